@@ -1,0 +1,108 @@
+"""Shared fixtures: an anyio backend, settings on a temp SQLite file, stores, managers."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vpsweb_tasks import TaskManager
+from vpsweb_tasks.config import Settings, load_config
+from vpsweb_tasks.storage.base import NewTask, TaskStore
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # backoff's async decorator and psycopg need asyncio; trio is not a goal.
+    return "asyncio"
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings on a fresh SQLite file under tmp_path, with quick test-friendly timings."""
+    background = {
+        "queue_check_interval": 0.05,
+        "retry_delay": 0.01,
+        "progress_flush_interval": 0.05,
+        "shutdown_grace_period": 2.0,
+        **sections.pop("background_tasks", {}),
+    }
+    storage = {"sqlite_path": str(tmp_path / "tasks.db"), **sections.pop("storage", {})}
+    logging_ = {"file": str(tmp_path / "logs" / "repository.log"), **sections.pop("logging", {})}
+    return load_config(background_tasks=background, storage=storage, logging=logging_, **sections)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **sections: make_settings(tmp_path, **sections)
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[TaskManager]:
+    async with TaskManager(make_settings(tmp_path)) as m:
+        yield m
+
+
+_ids = itertools.count()
+
+
+def new_task(now: float, **fields: Any) -> NewTask:
+    """A NewTask with sensible defaults; ``fields`` override."""
+    values: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "name": f"task {next(_ids)}",
+        "task_type": "work",
+        "priority": 1,
+        "max_retries": 3,
+        "run_at": now,
+        "created_at": now,
+    }
+    values.update(fields)
+    return NewTask(**values)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_factory(backend: str, tmp_path: Path) -> Iterator[Callable[..., TaskStore]]:
+    """Makes unopened stores on one database of the selected backend."""
+
+    def make(**options: Any) -> TaskStore:
+        if backend == "sqlite":
+            return SQLiteTaskStore(tmp_path / "conformance.db", **options)
+        raise AssertionError(backend)
+
+    return make
+
+
+@pytest.fixture
+async def store(store_factory: Callable[..., TaskStore]) -> AsyncIterator[TaskStore]:
+    async with store_factory() as s:
+        yield s

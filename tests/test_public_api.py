@@ -1,0 +1,56 @@
+"""The public API is short and deliberate: this test makes changing it a decision."""
+
+from __future__ import annotations
+
+import vpsweb_tasks
+
+PUBLIC = {
+    "CircuitOpenError",
+    "ErrorCategory",
+    "EventHub",
+    "ExecutionRecord",
+    "HandlerUnavailableError",
+    "LeaseLostError",
+    "ManagerNotRunningError",
+    "ProgressUpdate",
+    "QueueFullError",
+    "QueueStatus",
+    "Retry",
+    "RetryConfig",
+    "RetryPolicy",
+    "RetryStrategy",
+    "Settings",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskManager",
+    "TaskNotFoundError",
+    "TaskPriority",
+    "TaskRecord",
+    "TaskStateError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "UnknownTaskTypeError",
+    "VpswebTasksError",
+    "__version__",
+    "classify_error",
+    "current_task",
+    "get_task_manager",
+    "load_config",
+    "register_error_rule",
+    "set_task_manager",
+    "with_retry",
+}
+
+
+def test_all_is_the_agreed_public_api() -> None:
+    assert set(vpsweb_tasks.__all__) == PUBLIC
+    for name in vpsweb_tasks.__all__:
+        assert hasattr(vpsweb_tasks, name), name
+
+
+def test_the_core_never_imports_fastapi() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, vpsweb_tasks; sys.exit('fastapi' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

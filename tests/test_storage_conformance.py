@@ -1,0 +1,543 @@
+"""The storage contract (vpsweb_tasks/storage/base.py), operation by operation.
+
+Every backend runs this whole module (the ``backend`` fixture in conftest.py). Time is
+passed in explicitly, so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from vpsweb_tasks.errors import (
+    ErrorCategory,
+    LeaseLostError,
+    QueueFullError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from vpsweb_tasks.models import ExecutionOutcome, TaskPriority, TaskStatus
+from vpsweb_tasks.storage.base import (
+    Cancelled,
+    Completed,
+    Deferred,
+    Failed,
+    ProgressSnapshot,
+    Released,
+    TaskStore,
+    WorkerInfo,
+)
+
+from .conftest import new_task
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+
+
+def worker(worker_id: str = "w1") -> WorkerInfo:
+    return WorkerInfo(worker_id=worker_id, hostname="test-host", pid=1)
+
+
+async def claim_one(store: TaskStore, worker_id: str = "w1", now: float = T0):
+    claims = await store.claim(worker_id=worker_id, now=now, lease_seconds=LEASE, limit=1)
+    assert len(claims) == 1
+    return claims[0]
+
+
+# --- submit and read ---------------------------------------------------------------------
+
+
+async def test_add_task_stores_a_pending_task(store: TaskStore) -> None:
+    task = new_task(T0, payload={"n": 1}, metadata={"source": "x"}, timeout_seconds=5.0)
+    record = await store.add_task(task)
+    assert record.id == task.id
+    assert record.status is TaskStatus.PENDING
+    assert record.priority is TaskPriority.NORMAL
+    assert record.payload == {"n": 1}
+    assert record.metadata == {"source": "x"}
+    assert record.timeout_seconds == 5.0
+    assert record.attempts == 0
+    assert record.created_at.timestamp() == T0
+    assert await store.get_task(task.id) == record
+
+
+async def test_get_task_of_unknown_id_is_none(store: TaskStore) -> None:
+    assert await store.get_task("nope") is None
+    assert await store.get_tasks(["nope"]) == []
+
+
+async def test_adding_an_existing_id_is_refused(store: TaskStore) -> None:
+    task = new_task(T0)
+    await store.add_task(task)
+    with pytest.raises(ValueError, match="already exists"):
+        await store.add_task(task)
+
+
+async def test_queue_limit_counts_waiting_tasks_and_stores_nothing_beyond(store: TaskStore) -> None:
+    first, second = new_task(T0), new_task(T0)
+    await store.add_task(first, max_queue_size=2)
+    await store.add_task(second, max_queue_size=2)
+    rejected = new_task(T0)
+    with pytest.raises(QueueFullError) as caught:
+        await store.add_task(rejected, max_queue_size=2)
+    assert caught.value.limit == 2
+    assert await store.get_task(rejected.id) is None
+    # A running task is no longer waiting: there is room again.
+    await claim_one(store)
+    await store.add_task(rejected, max_queue_size=2)
+    assert (await store.count_tasks())[TaskStatus.PENDING] == 2
+
+
+async def test_list_and_count(store: TaskStore) -> None:
+    a = await store.add_task(new_task(T0, task_type="a"))
+    b = await store.add_task(new_task(T0 + 1, task_type="b", priority=3))
+    await store.add_task(new_task(T0 + 2, task_type="a"))
+    claim = await claim_one(store, now=T0 + 5)  # b: the highest priority
+    assert claim.task.id == b.id
+    assert [t.id for t in await store.list_tasks(statuses=[TaskStatus.RUNNING])] == [b.id]
+    newest_first = await store.list_tasks(task_type="a")
+    assert [t.created_at.timestamp() for t in newest_first] == [T0 + 2, T0]
+    assert len(await store.list_tasks(limit=1, offset=1)) == 1
+    counts = await store.count_tasks()
+    assert counts[TaskStatus.PENDING] == 2
+    assert counts[TaskStatus.RUNNING] == 1
+    assert counts[TaskStatus.COMPLETED] == 0
+    assert set(counts) == set(TaskStatus)
+    assert {t.id for t in await store.get_tasks([a.id, b.id, "nope"])} == {a.id, b.id}
+
+
+# --- claim ---------------------------------------------------------------------------------
+
+
+async def test_claim_takes_highest_priority_first_then_fifo(store: TaskStore) -> None:
+    order = [
+        (0, "low-1"),
+        (2, "high-1"),
+        (1, "normal-1"),
+        (3, "critical"),
+        (2, "high-2"),
+        (0, "low-2"),
+    ]
+    for i, (priority, name) in enumerate(order):
+        await store.add_task(new_task(T0 + i * 0.001, priority=priority, name=name))
+    claims = await store.claim(worker_id="w1", now=T0 + 1, lease_seconds=LEASE, limit=10)
+    assert [c.task.name for c in claims] == [
+        "critical",
+        "high-1",
+        "high-2",
+        "normal-1",
+        "low-1",
+        "low-2",
+    ]
+
+
+async def test_claim_without_priority_is_plain_fifo(store: TaskStore) -> None:
+    for i, priority in enumerate([0, 3, 1]):
+        await store.add_task(new_task(T0 + i, priority=priority, name=str(i)))
+    claims = await store.claim(
+        worker_id="w1", now=T0 + 5, lease_seconds=LEASE, limit=3, by_priority=False
+    )
+    assert [c.task.name for c in claims] == ["0", "1", "2"]
+
+
+async def test_fifo_among_equal_times_is_insertion_order(store: TaskStore) -> None:
+    names = [f"t{i}" for i in range(20)]
+    for name in names:
+        await store.add_task(new_task(T0, name=name))
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=20)
+    assert [c.task.name for c in claims] == names
+
+
+async def test_claim_marks_running_with_a_lease_and_an_execution(store: TaskStore) -> None:
+    task = await store.add_task(new_task(T0))
+    claim = await claim_one(store, now=T0 + 2)
+    assert claim.task.id == task.id
+    assert claim.task.status is TaskStatus.RUNNING
+    assert claim.task.attempts == 1
+    assert claim.task.lease_owner == "w1"
+    assert claim.task.lease_expires_at is not None
+    assert claim.task.lease_expires_at.timestamp() == T0 + 2 + LEASE
+    assert claim.task.started_at is not None
+    assert claim.token.worker_id == "w1"
+    [execution] = await store.list_executions(task.id)
+    assert execution.attempt == 1
+    assert execution.worker_id == "w1"
+    assert execution.outcome is ExecutionOutcome.RUNNING
+    assert await store.claim(worker_id="w2", now=T0 + 2, lease_seconds=LEASE, limit=5) == []
+
+
+async def test_claim_respects_run_at(store: TaskStore) -> None:
+    await store.add_task(new_task(T0 + 60, name="later"))
+    assert await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=1) == []
+    claim = await claim_one(store, now=T0 + 60)
+    assert claim.task.name == "later"
+
+
+async def test_claim_respects_task_types_and_closure_owners(store: TaskStore) -> None:
+    await store.add_task(new_task(T0, task_type="a", name="a"))
+    await store.add_task(new_task(T0, task_type="b", name="b"))
+    await store.add_task(new_task(T0, task_type="c", name="mine", owner="w1"))
+    await store.add_task(new_task(T0, task_type="a", name="theirs", owner="w2"))
+    claims = await store.claim(
+        worker_id="w1", now=T0, lease_seconds=LEASE, limit=10, task_types=["a"]
+    )
+    assert sorted(c.task.name for c in claims) == ["a", "mine"]
+    claims = await store.claim(worker_id="w2", now=T0, lease_seconds=LEASE, limit=10)
+    assert sorted(c.task.name for c in claims) == ["b", "theirs"]
+
+
+async def test_two_connections_never_claim_the_same_task(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    for i in range(200):
+        await store.add_task(new_task(T0, name=str(i)))
+    async with store_factory() as other:
+        claimed: dict[str, list[str]] = {"w1": [], "w2": []}
+
+        async def drain(s: TaskStore, worker_id: str) -> None:
+            while claims := await s.claim(
+                worker_id=worker_id, now=T0, lease_seconds=LEASE, limit=3
+            ):
+                claimed[worker_id] += [c.task.id for c in claims]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, store, "w1")
+            tg.start_soon(drain, other, "w2")
+    everything = claimed["w1"] + claimed["w2"]
+    assert len(everything) == 200
+    assert len(set(everything)) == 200
+
+
+# --- finish ----------------------------------------------------------------------------
+
+
+async def test_completed_records_result_execution_and_metrics(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store, now=T0 + 1)
+    record = await store.finish(claim.token, Completed({"rows": 3}), now=T0 + 4)
+    assert record.status is TaskStatus.COMPLETED
+    assert record.result == {"rows": 3}
+    assert record.progress == 1.0
+    assert record.finished_at is not None
+    assert record.finished_at.timestamp() == T0 + 4
+    assert record.duration_seconds == 3.0
+    assert record.lease_owner is None
+    [execution] = await store.list_executions(record.id)
+    assert execution.outcome is ExecutionOutcome.COMPLETED
+    assert execution.finished_at is not None
+
+
+async def test_failed_with_retry_time_waits_then_runs_again(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    failure = Failed("ConnectionError", "refused", ErrorCategory.NETWORK, retry_at=T0 + 10)
+    record = await store.finish(claim.token, failure, now=T0 + 1)
+    assert record.status is TaskStatus.RETRYING
+    assert record.run_at.timestamp() == T0 + 10
+    assert record.error_category is ErrorCategory.NETWORK
+    assert record.error_message == "refused"
+    assert await store.claim(worker_id="w1", now=T0 + 9, lease_seconds=LEASE, limit=1) == []
+    again = await claim_one(store, now=T0 + 10)
+    assert again.task.attempts == 2
+    [first, second] = await store.list_executions(record.id)
+    assert (first.outcome, first.error_category, first.error_type) == (
+        ExecutionOutcome.FAILED,
+        ErrorCategory.NETWORK,
+        "ConnectionError",
+    )
+    assert second.outcome is ExecutionOutcome.RUNNING
+
+
+async def test_failed_without_retry_goes_to_dead_letter_and_can_be_requeued(
+    store: TaskStore,
+) -> None:
+    await store.add_task(new_task(T0, task_type="a"))
+    await store.add_task(new_task(T0, task_type="b"))
+    for claim in await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2):
+        category = (
+            ErrorCategory.VALIDATION if claim.task.task_type == "a" else ErrorCategory.NETWORK
+        )
+        record = await store.finish(claim.token, Failed("E", "bad", category), now=T0 + 1)
+        assert record.status is TaskStatus.FAILED
+        assert record.finished_at is not None
+    requeued = await store.requeue_failed(now=T0 + 2, category=ErrorCategory.VALIDATION)
+    assert [(t.task_type, t.status, t.attempts) for t in requeued] == [("a", TaskStatus.PENDING, 0)]
+    assert requeued[0].finished_at is None
+    assert len(await store.list_executions(requeued[0].id)) == 1  # history kept
+    rest = await store.requeue_failed(now=T0 + 2)
+    assert [t.task_type for t in rest] == ["b"]
+    assert await store.requeue_failed(now=T0 + 3) == []
+
+
+async def test_stale_token_changes_nothing(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    await store.finish(claim.token, Completed("first"), now=T0 + 1)
+    with pytest.raises(LeaseLostError):
+        await store.finish(claim.token, Failed("E", "late", ErrorCategory.UNKNOWN), now=T0 + 2)
+    record = await store.get_task(claim.task.id)
+    assert record is not None
+    assert (record.status, record.result) == (TaskStatus.COMPLETED, "first")
+
+
+async def test_fencing_a_reaped_worker_cannot_overwrite_the_newer_attempt(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    old = await claim_one(store, "w1", now=T0)
+    # w1 stalls past its lease; the reaper re-queues, w2 takes the new attempt.
+    result = await store.reap(now=T0 + LEASE + 1, decide=lambda task: T0 + LEASE + 1)
+    assert [t.id for t in result.requeued] == [old.task.id]
+    new = await claim_one(store, "w2", now=T0 + LEASE + 1)
+    assert new.task.attempts == 2
+    with pytest.raises(LeaseLostError):
+        await store.finish(old.token, Completed("stale"), now=T0 + LEASE + 2)
+    heartbeat = await store.heartbeat(
+        worker=worker("w1"), now=T0 + LEASE + 2, lease_seconds=LEASE, running=[old.token]
+    )
+    assert heartbeat.lost == {old.task.id}
+    record = await store.finish(new.token, Completed("fresh"), now=T0 + LEASE + 3)
+    assert record.result == "fresh"
+    outcomes = [e.outcome for e in await store.list_executions(record.id)]
+    assert outcomes == [ExecutionOutcome.LOST, ExecutionOutcome.COMPLETED]
+
+
+async def test_released_and_deferred_give_the_attempt_back(store: TaskStore) -> None:
+    await store.add_task(new_task(T0, name="released"))
+    await store.add_task(new_task(T0, name="deferred"))
+    claims = {
+        c.task.name: c
+        for c in await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2)
+    }
+    released = await store.finish(claims["released"].token, Released(), now=T0 + 1)
+    assert (released.status, released.attempts) == (TaskStatus.PENDING, 0)
+    deferred = await store.finish(
+        claims["deferred"].token, Deferred(retry_at=T0 + 60, reason="breaker open"), now=T0 + 1
+    )
+    assert (deferred.status, deferred.attempts) == (TaskStatus.RETRYING, 0)
+    assert deferred.run_at.timestamp() == T0 + 60
+    again = await claim_one(store, now=T0 + 2)
+    assert (again.task.name, again.task.attempts) == ("released", 1)
+    outcomes = [e.outcome for e in await store.list_executions(again.task.id)]
+    assert outcomes == [ExecutionOutcome.INTERRUPTED, ExecutionOutcome.RUNNING]
+
+
+# --- heartbeat and cancel --------------------------------------------------------------
+
+
+async def test_heartbeat_extends_leases_and_registers_the_worker(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    result = await store.heartbeat(
+        worker=worker(), now=T0 + 20, lease_seconds=LEASE, running=[claim.token]
+    )
+    assert result.lost == frozenset()
+    assert result.cancel_requested == frozenset()
+    record = await store.get_task(claim.task.id)
+    assert record is not None
+    assert record.lease_expires_at is not None
+    assert record.lease_expires_at.timestamp() == T0 + 20 + LEASE
+    # The extended lease is not reaped at the old expiry.
+    assert (await store.reap(now=T0 + LEASE + 1, decide=lambda t: None)).requeued == []
+    [registered] = await store.list_workers()
+    assert (registered.worker_id, registered.expires_at) == ("w1", T0 + 20 + LEASE)
+
+
+async def test_cancel_of_waiting_running_and_finished_tasks(store: TaskStore) -> None:
+    waiting = await store.add_task(new_task(T0))
+    await store.add_task(new_task(T0 + 1))
+    cancelled = await store.request_cancel(waiting.id, now=T0 + 1)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    running = await claim_one(store, now=T0 + 1)
+    requested = await store.request_cancel(running.task.id, now=T0 + 2)
+    assert (requested.status, requested.cancel_requested) == (TaskStatus.RUNNING, True)
+    beat = await store.heartbeat(
+        worker=worker(), now=T0 + 3, lease_seconds=LEASE, running=[running.token]
+    )
+    assert beat.cancel_requested == {running.task.id}
+    done = await store.finish(running.token, Cancelled(), now=T0 + 4)
+    assert done.status is TaskStatus.CANCELLED
+    for task_id in (waiting.id, running.task.id):
+        with pytest.raises(TaskStateError):
+            await store.request_cancel(task_id, now=T0 + 5)
+    with pytest.raises(TaskNotFoundError):
+        await store.request_cancel("nope", now=T0)
+
+
+async def test_a_cancel_request_wins_over_a_retry(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    await store.request_cancel(claim.task.id, now=T0 + 1)
+    failure = Failed("E", "boom", ErrorCategory.NETWORK, retry_at=T0 + 5)
+    record = await store.finish(claim.token, failure, now=T0 + 2)
+    assert record.status is TaskStatus.CANCELLED
+
+
+async def test_terminal_tasks_are_never_overwritten(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    await store.finish(claim.token, Completed(1), now=T0 + 1)
+    assert await store.cancel_waiting(now=T0 + 2) == 0
+    assert (await store.reap(now=T0 + 10_000, decide=lambda t: T0)).requeued == []
+    assert await store.claim(worker_id="w1", now=T0 + 10_000, lease_seconds=LEASE, limit=1) == []
+    record = await store.get_task(claim.task.id)
+    assert record is not None
+    assert record.status is TaskStatus.COMPLETED
+
+
+async def test_cancel_waiting_clears_pending_and_retrying(store: TaskStore) -> None:
+    for _ in range(3):
+        await store.add_task(new_task(T0))
+    claim = await claim_one(store)
+    await store.finish(
+        claim.token, Failed("E", "x", ErrorCategory.NETWORK, retry_at=T0 + 9), now=T0
+    )
+    await store.add_task(new_task(T0))
+    running = await claim_one(store)
+    assert await store.cancel_waiting(now=T0 + 1) == 3
+    counts = await store.count_tasks()
+    assert counts[TaskStatus.CANCELLED] == 3
+    assert counts[TaskStatus.RUNNING] == 1
+    assert (await store.get_task(running.task.id)) is not None
+
+
+async def test_pause_state_is_shared(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    assert await store.get_paused() == (False, None)
+    await store.set_paused(True, reason="maintenance window")
+    async with store_factory() as other:
+        assert await other.get_paused() == (True, "maintenance window")
+        await other.set_paused(False)
+    assert await store.get_paused() == (False, None)
+
+
+# --- crash recovery -------------------------------------------------------------------
+
+
+async def test_reap_requeues_or_fails_by_the_decider(store: TaskStore) -> None:
+    await store.add_task(new_task(T0, name="retry"))
+    await store.add_task(new_task(T0, name="give-up"))
+    await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2)
+    result = await store.reap(
+        now=T0 + LEASE + 1, decide=lambda t: T0 + 100 if t.name == "retry" else None
+    )
+    assert [t.name for t in result.requeued] == ["retry"]
+    assert result.requeued[0].status is TaskStatus.RETRYING
+    assert result.requeued[0].run_at.timestamp() == T0 + 100
+    assert result.requeued[0].error_category is ErrorCategory.RESOURCE
+    [failed] = result.failed
+    assert (failed.name, failed.status, failed.error_type) == (
+        "give-up",
+        TaskStatus.FAILED,
+        "WorkerLostError",
+    )
+    executions = await store.list_executions(failed.id)
+    assert [(e.outcome, e.error_category) for e in executions] == [
+        (ExecutionOutcome.LOST, ErrorCategory.RESOURCE)
+    ]
+
+
+async def test_reap_of_an_expired_worker_does_not_wait_for_leases(store: TaskStore) -> None:
+    await store.heartbeat(worker=worker("dead"), now=T0, lease_seconds=LEASE)
+    await store.add_task(new_task(T0))
+    await claim_one(store, "dead")
+    await store.expire_workers(["dead"])
+    result = await store.reap(now=T0 + 1, decide=lambda t: T0 + 1)
+    assert len(result.requeued) == 1
+    assert result.expired_workers == ["dead"]
+    assert await store.list_workers() == []
+
+
+async def test_closures_of_a_dead_process_fail_with_handler_unavailable(store: TaskStore) -> None:
+    await store.heartbeat(worker=worker("gone"), now=T0, lease_seconds=LEASE)
+    await store.heartbeat(worker=worker("alive"), now=T0, lease_seconds=LEASE * 10)
+    running = await store.add_task(new_task(T0, owner="gone", name="running"))
+    waiting = await store.add_task(new_task(T0 + 1, owner="gone", name="waiting"))
+    kept = await store.add_task(new_task(T0, owner="alive", name="kept"))
+    await claim_one(store, "gone")
+    result = await store.reap(now=T0 + LEASE + 1, decide=lambda t: T0)
+    assert sorted(t.name for t in result.failed) == ["running", "waiting"]
+    for task_id in (running.id, waiting.id):
+        record = await store.get_task(task_id)
+        assert record is not None
+        assert (record.status, record.error_type) == (TaskStatus.FAILED, "HandlerUnavailableError")
+    record = await store.get_task(kept.id)
+    assert record is not None
+    assert record.status is TaskStatus.PENDING
+
+
+# --- progress and housekeeping ----------------------------------------------------------
+
+
+async def test_progress_is_saved_for_running_tasks_with_bounded_history(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    async with store_factory(history_limit=5) as store:
+        await store.add_task(new_task(T0))
+        idle = await store.add_task(new_task(T0 + 1))
+        claim = await claim_one(store)
+        snapshots = [
+            ProgressSnapshot(claim.task.id, i / 10, f"step {i}", {"i": i}, T0 + i)
+            for i in range(10)
+        ]
+        await store.save_progress(snapshots)
+        await store.save_progress([ProgressSnapshot(idle.id, 0.5, "not running", None, T0)])
+        record = await store.get_task(claim.task.id)
+        assert record is not None
+        assert (record.progress, record.message) == (0.9, "step 9")
+        history = await store.progress_history(claim.task.id)
+        assert [s.message for s in history] == [f"step {i}" for i in range(5, 10)]
+        assert history[-1].metadata == {"i": 9}
+        untouched = await store.get_task(idle.id)
+        assert untouched is not None
+        assert untouched.progress == 0.0
+
+
+async def test_cleanup_deletes_old_finished_tasks_with_their_rows(store: TaskStore) -> None:
+    for i in range(3):
+        await store.add_task(new_task(T0, name=f"old{i}"))
+    await store.add_task(new_task(T0, name="fresh"))
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
+    by_name = {c.task.name: c for c in claims}
+    await store.save_progress([ProgressSnapshot(by_name["old0"].task.id, 0.5, "x", None, T0)])
+    await store.finish(by_name["old0"].token, Completed(), now=T0 + 1)
+    await store.finish(by_name["old1"].token, Failed("E", "x", ErrorCategory.UNKNOWN), now=T0 + 1)
+    await store.finish(by_name["fresh"].token, Completed(), now=T0 + 100)
+    still_running = by_name["old2"]
+    deleted = await store.cleanup(finished_before=T0 + 50)
+    assert deleted == 2
+    assert await store.get_task(by_name["old0"].task.id) is None
+    assert await store.list_executions(by_name["old0"].task.id) == []
+    assert await store.progress_history(by_name["old0"].task.id) == []
+    assert await store.get_task(by_name["fresh"].task.id) is not None
+    assert await store.get_task(still_running.task.id) is not None
+
+
+async def test_maintenance_and_backup(store: TaskStore, tmp_path: Path) -> None:
+    for _ in range(5):
+        await store.add_task(new_task(T0))
+    report = await store.maintenance(vacuum=True)
+    assert report["integrity"] == "ok"
+    assert report["vacuumed"] is True
+    target = tmp_path / "backups" / "copy.db"
+    backup = await store.backup(str(target))
+    assert backup["tasks"] == 5
+    assert target.stat().st_size == backup["bytes"]
+    with sqlite3.connect(target) as copy:
+        assert copy.execute("SELECT count(*) FROM background_tasks").fetchone() == (5,)
+
+
+async def test_reopening_keeps_data_and_schema(store_factory: Callable[..., TaskStore]) -> None:
+    async with store_factory() as first:
+        version = first.schema_version
+        task = await first.add_task(new_task(T0))
+    assert version >= 1
+    async with store_factory() as second:
+        assert second.schema_version == version
+        assert await second.get_task(task.id) == task

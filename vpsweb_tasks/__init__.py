@@ -1,0 +1,74 @@
+"""vpsweb-tasks: a durable background-task system for Python applications.
+
+The public API; everything else is an implementation detail.
+"""
+
+from .config import Settings, load_config
+from .context import TaskContext, current_task
+from .errors import (
+    CircuitOpenError,
+    ErrorCategory,
+    HandlerUnavailableError,
+    LeaseLostError,
+    ManagerNotRunningError,
+    QueueFullError,
+    Retry,
+    TaskNotFoundError,
+    TaskStateError,
+    TaskTimeoutError,
+    UnknownTaskTypeError,
+    VpswebTasksError,
+    classify_error,
+    register_error_rule,
+)
+from .events import EventHub
+from .manager import TaskManager, get_task_manager, set_task_manager
+from .models import (
+    ExecutionRecord,
+    ProgressUpdate,
+    QueueStatus,
+    TaskDefinition,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+)
+from .retry import RetryConfig, RetryPolicy, RetryStrategy, with_retry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitOpenError",
+    "ErrorCategory",
+    "EventHub",
+    "ExecutionRecord",
+    "HandlerUnavailableError",
+    "LeaseLostError",
+    "ManagerNotRunningError",
+    "ProgressUpdate",
+    "QueueFullError",
+    "QueueStatus",
+    "Retry",
+    "RetryConfig",
+    "RetryPolicy",
+    "RetryStrategy",
+    "Settings",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskManager",
+    "TaskNotFoundError",
+    "TaskPriority",
+    "TaskRecord",
+    "TaskStateError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "UnknownTaskTypeError",
+    "VpswebTasksError",
+    "__version__",
+    "classify_error",
+    "current_task",
+    "get_task_manager",
+    "load_config",
+    "register_error_rule",
+    "set_task_manager",
+    "with_retry",
+]

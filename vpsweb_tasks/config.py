@@ -1,0 +1,311 @@
+"""Configuration: pydantic models of the YAML sections, and :func:`load_config`.
+
+The file has the sections of the original design document (``background_tasks``,
+``task_monitoring``, ``system_resources``) plus ``storage``, ``logging`` and
+``providers``. Every key has a default, so an empty file (or none) is a valid config.
+Environment variables override the file: ``VPSWEB_TASKS_<SECTION>__<KEY>``, for example
+``VPSWEB_TASKS_BACKGROUND_TASKS__MAX_CONCURRENT_JOBS=8``. Values are validated; an invalid
+one raises :class:`~vpsweb_tasks.errors.ConfigError` naming the key.
+
+Durations are float seconds; a ``timedelta`` is accepted too.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "BackgroundTaskSettings",
+    "LoggingSettings",
+    "MonitoringSettings",
+    "ProviderSettings",
+    "Seconds",
+    "Settings",
+    "StorageSettings",
+    "SystemResourceSettings",
+    "load_config",
+]
+
+
+def _to_seconds(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+#: A duration in seconds; accepts numbers or ``timedelta``.
+Seconds = Annotated[float, BeforeValidator(_to_seconds)]
+PositiveSeconds = Annotated[Seconds, Field(gt=0)]
+
+
+DEFAULT_TIMEOUTS: dict[str, float] = {
+    "translation": 600.0,
+    "maintenance": 300.0,
+    "cleanup": 120.0,
+    "backup": 1800.0,
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class BackgroundTaskSettings(_Section):
+    """The ``background_tasks`` section: the queue and its workers."""
+
+    enabled: bool = True
+    """Run workers in this process. False makes an API-only process: tasks are accepted
+    and stored, and other worker processes run them."""
+    max_concurrent_jobs: int = Field(default=3, ge=1)
+    """Tasks one worker process runs at once."""
+    job_timeout: PositiveSeconds = 300.0
+    """Timeout of a task that sets none and whose type has no entry in task_timeouts."""
+    cleanup_interval: PositiveSeconds = 3600.0
+    """How often finished tasks older than task_retention_hours are deleted."""
+    max_retry_attempts: int = Field(default=3, ge=0)
+    """Upper bound on any task's retries, whatever its own max_retries says."""
+    retry_delay: Annotated[Seconds, Field(ge=0)] = 60.0
+    """Base delay of the retry strategies."""
+    max_queue_size: int = Field(default=100, ge=1)
+    """Waiting tasks (pending + retrying) beyond which submit raises QueueFullError."""
+    queue_check_interval: PositiveSeconds = 1.0
+    """Upper bound on how long a worker takes to notice work or a cancel request made by
+    another process. A submit in the same process wakes the dispatcher at once."""
+    task_retention_hours: float = Field(default=24.0, gt=0)
+    """Finished tasks older than this are deleted (with their executions, metrics and
+    progress) by the periodic cleanup."""
+    task_timeouts: dict[str, PositiveSeconds] = Field(
+        default_factory=lambda: dict(DEFAULT_TIMEOUTS)
+    )
+    """Per task type; entries given in a config file are added to these defaults."""
+    max_memory_mb: float = Field(default=512.0, gt=0)
+    """Memory (RSS) budget of a worker process, for overload control."""
+    max_cpu_percent: float = Field(default=80.0, gt=0, le=100)
+    """CPU budget, for overload control."""
+    enable_priority_queue: bool = True
+    """Dispatch by priority, then FIFO; false: plain FIFO."""
+    pause_on_overload: bool = True
+    """Pause dispatch while memory or CPU is above overload_threshold of its budget."""
+    overload_threshold: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of max_memory_mb / max_cpu_percent at which dispatch pauses."""
+
+    # Beyond the document.
+    lease_seconds: PositiveSeconds = 30.0
+    """A running task's claim lasts this long unless its worker renews it. A worker that
+    dies stops renewing; its tasks are re-queued once the lease expires."""
+    shutdown_grace_period: Annotated[Seconds, Field(ge=0)] = 10.0
+    """On shutdown, running tasks get this long to finish before they are cancelled and
+    put back in the queue (they run again later, without losing an attempt)."""
+    progress_flush_interval: PositiveSeconds = 0.5
+    """Progress reaches listeners at once; storage gets the latest value this often."""
+
+    @field_validator("task_timeouts", mode="after")
+    @classmethod
+    def _keep_default_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        return {**DEFAULT_TIMEOUTS, **value}
+
+    def timeout_for(self, task_type: str, task_timeout: float | None) -> float:
+        """Timeout precedence: the task's own > ``task_timeouts[type]`` > ``job_timeout``."""
+        if task_timeout is not None:
+            return task_timeout
+        return self.task_timeouts.get(task_type, self.job_timeout)
+
+
+class MonitoringSettings(_Section):
+    """The ``task_monitoring`` section."""
+
+    enable_health_checks: bool = True
+    """Evaluate health and alerts periodically."""
+    health_check_interval: PositiveSeconds = 60.0
+    """Seconds between health evaluations."""
+    enable_task_metrics: bool = True
+    """Compute task statistics."""
+    metrics_history_size: int = Field(default=1000, ge=1)
+    """System resource samples kept in memory."""
+    failed_task_threshold: int = Field(default=5, ge=1)
+    """Failed tasks (in the last hour) that degrade health."""
+    queue_size_warning: int = Field(default=50, ge=1)
+    """Waiting tasks that raise a queue size warning."""
+    memory_usage_warning: float = Field(default=0.8, gt=0, le=1)
+    """Fraction of max_memory_mb at which process memory raises a warning."""
+    track_task_lifecycle: bool = True
+    """Log every lifecycle event of every task."""
+    enable_task_tracing: bool = False
+    """Log every progress update too (verbose)."""
+    progress_history_limit: int = Field(default=200, ge=1)
+    """Progress history rows kept per task (beyond the document)."""
+
+
+class SystemResourceSettings(_Section):
+    """The ``system_resources`` section."""
+
+    enable_resource_monitoring: bool = True
+    """Sample CPU, memory and disk with psutil."""
+    resource_check_interval: PositiveSeconds = 30.0
+    """Seconds between samples."""
+    max_cpu_usage: float = Field(default=80.0, gt=0, le=100)
+    """System CPU percent that makes health critical."""
+    cpu_warning_threshold: float = Field(default=70.0, gt=0, le=100)
+    """System CPU percent that raises a warning."""
+    max_memory_usage_percent: float = Field(default=85.0, gt=0, le=100)
+    """System memory percent that makes health critical."""
+    memory_warning_threshold: float = Field(default=75.0, gt=0, le=100)
+    """System memory percent that raises a warning."""
+    max_disk_usage_percent: float = Field(default=90.0, gt=0, le=100)
+    """Disk percent (of the database's volume) that makes health critical."""
+    disk_warning_threshold: float = Field(default=80.0, gt=0, le=100)
+    """Disk percent that raises a warning."""
+
+
+class StorageSettings(_Section):
+    """Where tasks live: one SQLite file (the default) or a PostgreSQL database."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    """Where tasks are stored."""
+    sqlite_path: Path = Path("vpsweb_tasks.db")
+    """The SQLite file (created with its folder if missing)."""
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    """SQLite's synchronous pragma: NORMAL in WAL mode survives process crashes; FULL also
+    survives power loss, at a cost in write speed."""
+    busy_timeout: PositiveSeconds = 30.0
+    """How long a write waits for another process's lock."""
+    postgres_dsn: str | None = None
+    """libpq connection string, for backend postgres."""
+
+
+class LoggingSettings(_Section):
+    """Log file and level. Every line about a task carries ``task_id:<id>``."""
+
+    file: Path | None = Path("logs/repository.log")
+    """Log file of the library (rotated at 20 MB); null: no file."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Level of the library's logger."""
+
+
+class ProviderSettings(_Section):
+    """An OpenAI-compatible chat-completions provider for translation jobs."""
+
+    base_url: str | None = None
+    """Base URL of the chat-completions API, e.g. http://127.0.0.1:11434/v1."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key is never stored)."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model per workflow mode (and optionally per step)."""
+    timeout: PositiveSeconds = 120.0
+    """Timeout of one LLM call."""
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="VPSWEB_TASKS_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    background_tasks: BackgroundTaskSettings = Field(default_factory=BackgroundTaskSettings)
+    task_monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    system_resources: SystemResourceSettings = Field(default_factory=SystemResourceSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{key}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from a YAML file (optional), then environment variables, then
+    keyword overrides (``load_config(background_tasks={"max_concurrent_jobs": 1})``).
+
+    With no path, ``$VPSWEB_TASKS_CONFIG`` names the file if it is set.
+    """
+    if path is None:
+        path = os.environ.get("VPSWEB_TASKS_CONFIG") or None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(path)))
+            return tuple(sources)
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return Settings.model_validate(loaded.model_dump())
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and key (docs/configuration.md is this)."""
+    out = [
+        "# Configuration",
+        "",
+        "`load_config(path=None, **overrides)` reads a YAML file (or `$VPSWEB_TASKS_CONFIG`),",
+        "then environment variables, then keyword overrides, and validates everything: an",
+        "invalid value raises `ConfigError` naming the key, e.g.",
+        "`background_tasks.max_concurrent_jobs: Input should be greater than or equal to 1`.",
+        "Environment variables are `VPSWEB_TASKS_<SECTION>__<KEY>`, for example",
+        "`VPSWEB_TASKS_STORAGE__SQLITE_PATH=/var/lib/tasks.db`. Durations are seconds (a",
+        "`timedelta` is accepted from Python). This page is generated from the models by",
+        "`vpsweb_tasks.config.config_reference()`; a test keeps it current.",
+        "",
+    ]
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("background_tasks", BackgroundTaskSettings),
+        ("task_monitoring", MonitoringSettings),
+        ("system_resources", SystemResourceSettings),
+        ("storage", StorageSettings),
+        ("logging", LoggingSettings),
+        ("providers.<name>", ProviderSettings),
+    ]
+    for name, model in sections:
+        doc = " ".join((model.__doc__ or "").split())
+        out += [f"## `{name}`", "", doc, "", "| key | default | meaning |", "|---|---|---|"]
+        for key, info in model.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, Path):
+                default = str(default)
+            meaning = " ".join((info.description or "").split())
+            out.append(f"| `{key}` | `{default!r}` | {meaning} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,185 @@
+"""TaskContext: what a task function receives, and what a submitter holds.
+
+The same object is handed to ``create_task``/``submit`` callers and, in the process that
+runs the task, to the task function: ``await context.update_progress(...)`` in the task is
+seen at once by whoever holds the context and by every progress listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .errors import ErrorCategory
+from .log import TaskLogger
+from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+
+__all__ = ["TaskContext", "TaskFunction", "current_task"]
+
+#: ``async def fn(context) -> JSON-able result``
+TaskFunction = Callable[["TaskContext"], Awaitable[Any]]
+
+_current: ContextVar[TaskContext | None] = ContextVar("vpsweb_tasks_current", default=None)
+
+
+def current_task() -> TaskContext | None:
+    """The context of the task running in the current async task, if any."""
+    return _current.get()
+
+
+class TaskContext:
+    """A task as its submitter and its function see it."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        definition: TaskDefinition,
+        manager: TaskManager,
+        payload: dict[str, Any] | None = None,
+        record: TaskRecord | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.definition = definition
+        self.payload: dict[str, Any] = payload or {}
+        self._manager = manager
+        self._record = record
+        self._status = record.status if record else TaskStatus.PENDING
+        self._progress = record.progress if record else 0.0
+        self._message = record.message if record else None
+        self._attempt = record.attempts if record else 0
+        self._cancel_requested = False
+        self._stored = anyio.Event()
+        self._store_error: BaseException | None = None
+        self._done = anyio.Event()
+        self.logger = TaskLogger(logging.getLogger("vpsweb_tasks.task"), task_id)
+        if record is not None:
+            self._stored.set()
+            if record.status.is_terminal:
+                self._done.set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskContext {self.task_id} {self.definition.task_type!r} {self._status}"
+            f" {self._progress:.0%}>"
+        )
+
+    # --- read ----------------------------------------------------------------------------
+
+    @property
+    def status(self) -> TaskStatus:
+        return self._status
+
+    @property
+    def progress(self) -> float:
+        return self._progress
+
+    @property
+    def message(self) -> str | None:
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        """The current attempt, from 1 (0 before the first attempt starts)."""
+        return self._attempt
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (the task is being stopped) or happened."""
+        return self._cancel_requested or self._status is TaskStatus.CANCELLED
+
+    @property
+    def record(self) -> TaskRecord | None:
+        """The latest record this context has seen from storage."""
+        return self._record
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # --- write from the task -------------------------------------------------------------
+
+    async def update_progress(
+        self,
+        progress: float,
+        message: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Report progress (0..1) with an optional message and metadata.
+
+        Listeners receive every update, in order; storage receives the latest value at
+        most every ``progress_flush_interval`` (plus each change of message).
+        """
+        if isinstance(progress, bool) or not isinstance(progress, int | float):
+            raise TypeError("progress must be a number between 0 and 1")
+        if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
+        self._progress = float(progress)
+        if message is not None:
+            self._message = message
+        update = ProgressUpdate.model_construct(
+            task_id=self.task_id,
+            progress=float(progress),
+            message=self._message,
+            status=self._status,
+            timestamp=to_datetime(time.time()),
+            metadata=metadata or {},
+        )
+        await self._manager._report_progress(self, update)
+
+    # --- wait ----------------------------------------------------------------------------
+
+    async def wait_stored(self) -> TaskRecord:
+        """Wait until the task is durably stored (``create_task`` stores in the
+        background). Raises the error that prevented it, e.g. ``QueueFullError``."""
+        await self._stored.wait()
+        if self._store_error is not None:
+            raise self._store_error
+        assert self._record is not None
+        return self._record
+
+    async def wait(self, timeout: float | None = None) -> TaskRecord:
+        """Wait for the task to finish (completed, failed or cancelled) and return its
+        final record, with ``result`` or the error. Works whichever process runs it."""
+        with anyio.fail_after(timeout):
+            await self.wait_stored()
+            return await self._manager.wait(self.task_id, _context=self)
+
+    # --- updates from the manager --------------------------------------------------------
+
+    def _mark_stored(self, record: TaskRecord | None, error: BaseException | None) -> None:
+        if record is not None:
+            self._apply(record)
+        self._store_error = error
+        self._stored.set()
+        if error is not None:
+            self._done.set()
+
+    def _apply(self, record: TaskRecord) -> None:
+        self._record = record
+        self._status = record.status
+        self._attempt = record.attempts
+        if record.status is TaskStatus.COMPLETED or record.progress > self._progress:
+            self._progress = record.progress
+        if record.message is not None:
+            self._message = record.message
+        if record.cancel_requested:
+            self._cancel_requested = True
+        if record.status.is_terminal:
+            self._done.set()
+
+    def _request_cancel(self) -> None:
+        self._cancel_requested = True
+
+    @property
+    def error_category(self) -> ErrorCategory | None:
+        return self._record.error_category if self._record else None

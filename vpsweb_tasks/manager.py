@@ -1,0 +1,526 @@
+"""TaskManager: the public face of the queue.
+
+::
+
+    async with TaskManager(load_config()) as manager:
+        @manager.task("resize_image")
+        async def resize(context):
+            await context.update_progress(0.5, "halfway")
+            return {"ok": True}
+
+        context = await manager.submit(TaskDefinition(name="Resize", task_type="resize_image"))
+        record = await context.wait()
+
+``create_task`` returns at once and stores the task in the background; ``submit`` returns
+once the task is durably committed. A task is either of a *registered type* (any worker
+process can run it, and it resumes after a restart) or an unregistered callable (a
+closure): it runs in this process only and, should the process die, is failed with
+``HandlerUnavailableError`` on restart rather than lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Collection
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.abc
+
+from .config import Settings, load_config
+from .context import TaskContext, TaskFunction
+from .errors import (
+    HandlerUnavailableError,
+    ManagerNotRunningError,
+    TaskNotFoundError,
+    UnknownTaskTypeError,
+)
+from .events import EventHub, QueueCleared, QueuePaused, QueueResumed, TaskCancelled, TaskSubmitted
+from .log import configure_logging, remove_handler, task_logger
+from .models import (
+    ExecutionRecord,
+    ProgressUpdate,
+    QueueStatus,
+    TaskDefinition,
+    TaskRecord,
+    TaskStatus,
+    _json_bounded,
+)
+from .queue import TaskQueue
+from .retry import RetryConfig, RetryPolicy
+from .storage.base import NewTask, TaskStore
+
+__all__ = ["TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
+
+F = TypeVar("F", bound=TaskFunction)
+
+
+class TaskType:
+    """A registered task type: its handler and optional retry policy."""
+
+    __slots__ = ("fn", "name", "retry")
+
+    def __init__(self, name: str, fn: TaskFunction, retry: RetryConfig | None = None) -> None:
+        self.name = name
+        self.fn = fn
+        self.retry = retry
+
+
+def make_store(settings: Settings) -> TaskStore:
+    """The store named by the ``storage`` section."""
+    storage = settings.storage
+    if storage.backend == "postgres":
+        from .storage import postgres  # type: ignore[attr-defined]
+
+        store: TaskStore = postgres.PostgresTaskStore(
+            storage.postgres_dsn,
+            history_limit=settings.task_monitoring.progress_history_limit,
+        )
+        return store
+    from .storage.sqlite import SQLiteTaskStore
+
+    return SQLiteTaskStore(
+        storage.sqlite_path,
+        synchronous=storage.sqlite_synchronous,
+        busy_timeout=storage.busy_timeout,
+        history_limit=settings.task_monitoring.progress_history_limit,
+    )
+
+
+class TaskManager:
+    """Submits, runs, cancels and answers questions about tasks. See the module docstring.
+
+    Start it with ``async with manager:`` (or ``await manager.start()`` and
+    ``await manager.stop()`` from the same task).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: TaskStore | None = None,
+        clock: Callable[[], float] = time.time,
+        worker_id: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        events: EventHub | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_config()
+        self.config = self.settings.background_tasks
+        self._owns_store = store is None
+        self.store = store if store is not None else make_store(self.settings)
+        self.clock = clock
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.retry_policy = retry_policy or RetryPolicy(
+            base_delay=self.config.retry_delay,
+            max_retry_attempts=self.config.max_retry_attempts,
+        )
+        self.events = events or EventHub()
+        self._types: dict[str, TaskType] = {}
+        self._closures: dict[str, TaskFunction] = {}
+        self._contexts: weakref.WeakValueDictionary[str, TaskContext] = (
+            weakref.WeakValueDictionary()
+        )
+        self._queue = TaskQueue(self)
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running = False
+        self._log_handler: Any = None
+        from .builtin_tasks import register_builtin_tasks
+
+        register_builtin_tasks(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<TaskManager {self.worker_id} {state} on {self.store!r}>"
+
+    # --- registry --------------------------------------------------------------------------
+
+    def register(self, name: str, fn: TaskFunction, *, retry: RetryConfig | None = None) -> None:
+        """Register ``fn`` as the handler of task type ``name``."""
+        if not name:
+            raise ValueError("task type name must not be empty")
+        self._types[name] = TaskType(name, fn, retry)
+
+    def task(
+        self, name: str | None = None, *, retry: RetryConfig | None = None
+    ) -> Callable[[F], F]:
+        """Decorator: ``@manager.task("data_processing")`` registers a handler."""
+
+        def decorate(fn: F) -> F:
+            self.register(name or fn.__name__, fn, retry=retry)
+            return fn
+
+        return decorate
+
+    @property
+    def task_types(self) -> list[str]:
+        """Names of the registered task types."""
+        return sorted(self._types)
+
+    def _type_retry(self, task_type: str) -> RetryConfig | None:
+        spec = self._types.get(task_type)
+        return spec.retry if spec else None
+
+    def _handler_for(self, task: TaskRecord) -> TaskFunction | None:
+        if task.owner is not None:
+            return self._closures.get(task.id) if task.owner == self.worker_id else None
+        spec = self._types.get(task.task_type)
+        return spec.fn if spec else None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        stack = AsyncExitStack()
+        try:
+            self._log_handler = configure_logging(self.settings.logging)
+            await stack.enter_async_context(self.events)
+            if self._owns_store:
+                await stack.enter_async_context(self.store)
+            else:
+                await self.store.open()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg = tg
+            self._queue = TaskQueue(self)
+            await self._queue.start(tg)
+        except BaseException:
+            self._tg = None
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._running = True
+        if _default is None:
+            set_task_manager(self)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop claiming, let running tasks finish within
+        ``shutdown_grace_period``, then cancel and release the rest (they run again later,
+        without losing an attempt), flush progress, close storage."""
+        if not self._running or self._stack is None:
+            return
+        self._running = False
+        stack, self._stack = self._stack, None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._queue.stop()
+        finally:
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            self._tg = None
+            await stack.aclose()
+            if self._log_handler is not None:
+                remove_handler(self._log_handler)
+                self._log_handler = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _require_running(self) -> anyio.abc.TaskGroup:
+        if not self._running or self._tg is None:
+            raise ManagerNotRunningError(
+                "the task manager is not running:"
+                " use `async with manager:` or `await manager.start()`"
+            )
+        return self._tg
+
+    def _tg_start(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._require_running().start_soon(fn, *args)
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        definition: TaskDefinition,
+        fn: TaskFunction | str | None,
+        payload: dict[str, Any],
+    ) -> tuple[NewTask, TaskFunction | None]:
+        if not isinstance(definition, TaskDefinition):
+            raise TypeError("definition must be a TaskDefinition")
+        try:
+            _json_bounded(payload)
+        except ValueError as exc:
+            raise ValueError(f"payload {exc}") from None
+        closure: TaskFunction | None = None
+        if fn is None or isinstance(fn, str):
+            name = fn or definition.task_type
+            if name != definition.task_type:
+                raise ValueError(
+                    f"task type {name!r} does not match the definition's {definition.task_type!r}"
+                )
+            if name not in self._types:
+                raise UnknownTaskTypeError(name, list(self._types))
+        elif not callable(fn):
+            raise TypeError("fn must be an async callable or a registered task type name")
+        else:
+            spec = self._types.get(definition.task_type)
+            if spec is None or spec.fn is not fn:
+                closure = fn
+                if not self.config.enabled:
+                    raise HandlerUnavailableError(
+                        f"task {definition.name!r} is an unregistered callable and this process"
+                        " runs no workers (background_tasks.enabled is false): register its"
+                        " type with @manager.task so any worker can run it"
+                    )
+        now = self.clock()
+        delay = definition.delay.total_seconds() if definition.delay else 0.0
+        task = NewTask(
+            id=str(uuid.uuid4()),
+            name=definition.name,
+            task_type=definition.task_type,
+            priority=definition.priority.rank,
+            max_retries=definition.max_retries,
+            timeout_seconds=definition.timeout_seconds,
+            payload=payload,
+            metadata=definition.metadata,
+            owner=self.worker_id if closure is not None else None,
+            retry=None if definition.retry is None else definition.retry.model_dump(mode="json"),
+            run_at=now + delay,
+            created_at=now,
+        )
+        return task, closure
+
+    def create_task(
+        self, definition: TaskDefinition, fn: TaskFunction | str | None = None
+    ) -> TaskContext:
+        """Create a task and return its context at once; it is stored in the background.
+
+        Errors found before storing (unknown type, bad payload) raise here. An error while
+        storing (e.g. ``QueueFullError``) is raised by ``await context.wait_stored()`` and
+        ``await context.wait()``, and logged. Use :meth:`submit` to know it was stored.
+        """
+        tg = self._require_running()
+        task, closure = self._prepare(definition, fn, {})
+        context = self._new_context(task, definition, closure)
+        tg.start_soon(functools.partial(self._store, task, context, raise_errors=False))
+        return context
+
+    async def submit(
+        self,
+        definition: TaskDefinition,
+        fn: TaskFunction | str | None = None,
+        **payload: Any,
+    ) -> TaskContext:
+        """Store a task durably and return its context. ``fn`` is an async callable, the
+        name of a registered type, or None for the type named by ``definition.task_type``.
+        Keyword arguments are the task's JSON payload (``context.payload``).
+
+        Raises ``QueueFullError`` when ``max_queue_size`` tasks are waiting,
+        ``UnknownTaskTypeError``, or ``ValueError`` for a payload that is not JSON.
+        """
+        self._require_running()
+        task, closure = self._prepare(definition, fn, payload)
+        context = self._new_context(task, definition, closure)
+        await self._store(task, context, raise_errors=True)
+        return context
+
+    def _new_context(
+        self, task: NewTask, definition: TaskDefinition, closure: TaskFunction | None
+    ) -> TaskContext:
+        context = TaskContext(
+            task_id=task.id, definition=definition, manager=self, payload=task.payload
+        )
+        self._contexts[task.id] = context
+        if closure is not None:
+            self._closures[task.id] = closure
+        return context
+
+    async def _store(self, task: NewTask, context: TaskContext, *, raise_errors: bool) -> None:
+        log = task_logger(task.id, "vpsweb_tasks.manager")
+        try:
+            with anyio.CancelScope(shield=True):
+                record = await self.store.add_task(task, max_queue_size=self.config.max_queue_size)
+        except Exception as exc:
+            self._closures.pop(task.id, None)
+            context._mark_stored(None, exc)
+            log.warning("not stored: %s", exc)
+            if raise_errors:
+                raise
+            return
+        context._mark_stored(record, None)
+        log.info("submitted %s %r (priority %s)", task.task_type, task.name, record.priority)
+        self._queue.notify(run_at=task.run_at)
+        await self.events.publish(
+            TaskSubmitted(task=task.id, task_type=task.task_type, priority=record.priority.value)
+        )
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        record = await self.store.get_task(task_id)
+        if record is None:
+            raise TaskNotFoundError(task_id)
+        return record
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "created_desc",
+    ) -> list[TaskRecord]:
+        return await self.store.list_tasks(
+            statuses=statuses, task_type=task_type, limit=limit, offset=offset, order=order
+        )
+
+    async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
+        await self.get_task(task_id)
+        return await self.store.list_executions(task_id)
+
+    def context(self, task_id: str) -> TaskContext | None:
+        """The live context of a task known to this process, if any."""
+        return self._contexts.get(task_id)
+
+    def _context_for(self, record: TaskRecord) -> TaskContext:
+        context = self._contexts.get(record.id)
+        if context is None:
+            context = TaskContext(
+                task_id=record.id,
+                definition=record.definition(),
+                manager=self,
+                payload=record.payload,
+                record=record,
+            )
+            self._contexts[record.id] = context
+        return context
+
+    async def wait(
+        self, task_id: str, *, timeout: float | None = None, _context: TaskContext | None = None
+    ) -> TaskRecord:
+        """Wait until the task is finished and return its final record. Tasks run by
+        other processes are polled every ``queue_check_interval``."""
+        with anyio.fail_after(timeout):
+            context = _context or self._contexts.get(task_id)
+            if context is None:
+                context = self._context_for(await self.get_task(task_id))
+            while not context.done:
+                with anyio.move_on_after(self.config.queue_check_interval):
+                    await context._done.wait()
+                if not context.done:
+                    context._apply(await self.get_task(task_id))
+            record = context.record
+            if record is None or not record.status.is_terminal:
+                record = await self.get_task(task_id)
+            return record
+
+    def _finished(self, record: TaskRecord) -> None:
+        """A task reached a new state in this process (called by the queue)."""
+        context = self._contexts.get(record.id)
+        if context is not None:
+            context._apply(record)
+        if record.status.is_terminal:
+            self._closures.pop(record.id, None)
+
+    async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None:
+        from .events import TaskProgressed
+
+        if context.task_id in self._queue.running:
+            self._queue.buffer_progress(update)
+        await self.events.publish(
+            TaskProgressed(
+                task=context.task_id, task_type=context.definition.task_type, update=update
+            )
+        )
+
+    # --- control ---------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task. A waiting task is cancelled at once; a running one is stopped
+        through its cancel scope (in this process now, in another worker process within
+        ``queue_check_interval``). Raises ``TaskNotFoundError``, or ``TaskStateError`` if
+        the task already finished."""
+        self._require_running()
+        record = await self.store.request_cancel(task_id, now=self.clock())
+        task_logger(task_id, "vpsweb_tasks.manager").info("cancel requested (%s)", record.status)
+        if record.status is TaskStatus.RUNNING:
+            context = self._contexts.get(task_id)
+            if context is not None:
+                context._request_cancel()
+            running = self._queue.running.get(task_id)
+            if running is not None:
+                running.stop("cancel")
+        else:
+            self._finished(record)
+            await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
+        return record
+
+    async def pause(self, reason: str | None = None) -> None:
+        """Stop dispatching in every worker process; running tasks go on."""
+        await self.store.set_paused(True, reason=reason)
+        self._queue.set_shared_pause(True, reason)
+        await self.events.publish(QueuePaused(reason=reason))
+
+    async def resume(self) -> None:
+        await self.store.set_paused(False)
+        self._queue.set_shared_pause(False, None)
+        await self.events.publish(QueueResumed())
+
+    async def clear(self) -> int:
+        """Cancel every pending and retrying task; return how many."""
+        count = await self.store.cancel_waiting(now=self.clock())
+        await self.events.publish(QueueCleared(cancelled=count))
+        return count
+
+    async def queue_status(self) -> QueueStatus:
+        counts = await self.store.count_tasks()
+        return QueueStatus(
+            paused=self._queue.paused,
+            pause_reason=self._queue.pause_reason,
+            pending=counts[TaskStatus.PENDING],
+            retrying=counts[TaskStatus.RETRYING],
+            running=counts[TaskStatus.RUNNING],
+            running_here=len(self._queue.running),
+            max_queue_size=self.config.max_queue_size,
+            max_concurrent_jobs=self.config.max_concurrent_jobs,
+            worker_id=self.worker_id,
+            workers_enabled=self.config.enabled,
+        )
+
+    async def cleanup(self, *, retention_hours: float | None = None) -> int:
+        """Delete finished tasks older than the retention period; return how many."""
+        hours = self.config.task_retention_hours if retention_hours is None else retention_hours
+        return await self.store.cleanup(finished_before=self.clock() - hours * 3600)
+
+    @property
+    def queue(self) -> TaskQueue:
+        return self._queue
+
+
+_default: TaskManager | None = None
+
+
+def get_task_manager() -> TaskManager:
+    """The process-wide manager: the one passed to :func:`set_task_manager`, else the
+    first one started, else a new one configured by :func:`load_config` (start it with
+    ``async with get_task_manager():``)."""
+    global _default
+    if _default is None:
+        _default = TaskManager()
+    return _default
+
+
+def set_task_manager(manager: TaskManager | None) -> None:
+    global _default
+    _default = manager

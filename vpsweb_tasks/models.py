@@ -1,0 +1,273 @@
+"""The data model: priorities, statuses and their legal transitions, task definitions,
+the records storage returns, and progress updates."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from .errors import ErrorCategory
+from .retry import RetryConfig
+
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "MAX_METADATA_BYTES",
+    "ExecutionOutcome",
+    "ExecutionRecord",
+    "ProgressUpdate",
+    "QueueStatus",
+    "TaskDefinition",
+    "TaskPriority",
+    "TaskRecord",
+    "TaskStatus",
+    "from_timestamp",
+    "to_datetime",
+]
+
+#: Largest JSON encoding accepted for a task's metadata or payload.
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class TaskPriority(StrEnum):
+    """Dispatch priority; strings on the wire. ``critical > high > normal > low``."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """Integer stored in the database; a higher rank runs first."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> TaskPriority:
+        return _RANK_PRIORITY[rank]
+
+
+_PRIORITY_RANK = {
+    TaskPriority.LOW: 0,
+    TaskPriority.NORMAL: 1,
+    TaskPriority.HIGH: 2,
+    TaskPriority.CRITICAL: 3,
+}
+_RANK_PRIORITY = {rank: priority for priority, rank in _PRIORITY_RANK.items()}
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    """Waiting to run (also while a delayed submit's run time is in the future)."""
+    RUNNING = "running"
+    """Claimed by a worker, which holds a lease on it."""
+    RETRYING = "retrying"
+    """An attempt failed; waiting for the next run time."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    """Retries exhausted or not retryable: the task is in the dead letter queue."""
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_waiting(self) -> bool:
+        return self in (TaskStatus.PENDING, TaskStatus.RETRYING)
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+#: Every status change storage may make. ``running -> pending`` is a release on graceful
+#: shutdown (the attempt is not counted); ``failed -> pending`` is a requeue from the dead
+#: letter queue. Completed and cancelled tasks never change again.
+LEGAL_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    TaskStatus.RETRYING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    TaskStatus.RUNNING: frozenset(
+        {
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.RETRYING,
+            TaskStatus.CANCELLED,
+            TaskStatus.PENDING,
+        }
+    ),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def _json_bounded(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must be JSON-serialisable: {exc}") from None
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_bounded)]
+
+
+class TaskDefinition(BaseModel):
+    """What to run and how: validated on construction, errors name the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    task_type: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    priority: TaskPriority = TaskPriority.NORMAL
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+    delay: timedelta | None = None
+    """Run no earlier than this long after submission (float seconds or timedelta)."""
+    retry: RetryConfig | None = None
+    """This task's own retry policy, instead of its type's or its error category's."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("delay")
+    @classmethod
+    def _delay_not_negative(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(0):
+            raise ValueError("must be >= 0")
+        return value
+
+
+def to_datetime(value: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+def from_timestamp(value: float | None) -> datetime | None:
+    return None if value is None else to_datetime(value)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TaskRecord(_Record):
+    """A task as storage holds it. Times are UTC."""
+
+    id: str
+    name: str
+    task_type: str
+    priority: TaskPriority
+    status: TaskStatus
+    payload: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    max_retries: int = 3
+    timeout_seconds: float | None = None
+    retry: RetryConfig | None = None
+    attempts: int = 0
+    """Attempts started so far (a release on shutdown gives its attempt back)."""
+    progress: float = 0.0
+    message: str | None = None
+    result: Any = None
+    error_message: str | None = None
+    error_type: str | None = None
+    error_category: ErrorCategory | None = None
+    owner: str | None = None
+    """Worker whose process holds this task's callable (an unregistered closure); None for
+    registered task types, which any worker can run."""
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def definition(self) -> TaskDefinition:
+        """The definition the task was submitted with (delay aside)."""
+        return TaskDefinition.model_construct(
+            name=self.name,
+            task_type=self.task_type,
+            priority=self.priority,
+            max_retries=self.max_retries,
+            timeout_seconds=self.timeout_seconds,
+            metadata=self.metadata,
+            delay=None,
+            retry=self.retry,
+        )
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class ExecutionOutcome(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    """The worker died or lost its lease; the attempt's outcome is unknown."""
+    INTERRUPTED = "interrupted"
+    """Stopped by a graceful shutdown; the attempt is given back."""
+    DEFERRED = "deferred"
+    """Not run: a circuit breaker it depends on was open."""
+
+
+class ExecutionRecord(_Record):
+    """One attempt at running a task (a row of ``task_executions``)."""
+
+    id: int
+    task_id: str
+    attempt: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: ExecutionOutcome
+    error_category: ErrorCategory | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+class ProgressUpdate(_Record):
+    """One progress report of a running task, as listeners receive it."""
+
+    task_id: str
+    progress: float
+    message: str | None = None
+    status: TaskStatus = TaskStatus.RUNNING
+    timestamp: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class QueueStatus(_Record):
+    """A snapshot of the queue as seen by one manager."""
+
+    paused: bool
+    pause_reason: str | None = None
+    pending: int
+    retrying: int
+    running: int
+    running_here: int
+    max_queue_size: int
+    max_concurrent_jobs: int
+    worker_id: str
+    workers_enabled: bool

@@ -1,0 +1,567 @@
+"""Dispatch: claiming tasks, running them, and keeping their leases.
+
+One :class:`TaskQueue` per manager runs these loops in the manager's task group:
+
+* **dispatch**: claim up to the free capacity (``max_concurrent_jobs`` minus running) in
+  one SQL statement, highest priority first, and start each claimed task. It sleeps until
+  woken (a submit or a finished task in this process) or ``queue_check_interval`` passes
+  (work submitted by other processes).
+* **heartbeat**: renew the leases of running tasks, learn of cancel requests made by other
+  processes, and stop tasks whose lease was lost.
+* **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
+* **flush**: write coalesced progress to storage.
+* **cleanup**: delete finished tasks past ``task_retention_hours``.
+
+A task runs under its own cancel scope and a timeout (the task's own, else
+``task_timeouts[type]``, else ``job_timeout``). Its outcome, the retry decision, the
+execution row and the metrics row are written in one transaction, shielded from
+cancellation, and only then published as events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import psutil
+
+from .context import TaskContext, _current
+from .errors import (
+    CircuitOpenError,
+    HandlerUnavailableError,
+    LeaseLostError,
+    ResultNotSerializableError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from .events import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskDeadLettered,
+    TaskDeferred,
+    TaskFailed,
+    TaskRequeued,
+    TaskRetryScheduled,
+    TaskStarted,
+)
+from .log import task_logger
+from .models import ProgressUpdate, TaskRecord, TaskStatus
+from .storage.base import (
+    Cancelled,
+    Claim,
+    Completed,
+    Deferred,
+    Failed,
+    LeaseToken,
+    Outcome,
+    ProgressSnapshot,
+    Released,
+    WorkerInfo,
+)
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+
+__all__ = ["RunningTask", "TaskQueue"]
+
+logger = logging.getLogger("vpsweb_tasks.queue")
+
+
+@dataclass(eq=False)
+class RunningTask:
+    """A task this process is running."""
+
+    token: LeaseToken
+    context: TaskContext
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stop_reason: str | None = None
+    """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.scope.cancel()
+
+
+def _process_started_at() -> float | None:
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return None
+
+
+def _process_alive(pid: int, started_at: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if started_at is None:
+            return process.is_running()
+        return abs(process.create_time() - started_at) < 1.0
+    except psutil.Error:
+        return False
+
+
+class TaskQueue:
+    """The dispatch side of a :class:`~vpsweb_tasks.manager.TaskManager`."""
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+        self.config = manager.config
+        self.store = manager.store
+        self.running: dict[str, RunningTask] = {}
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._shared_pause: tuple[bool, str | None] = (False, None)
+        self._overload_reason: str | None = None
+        self._progress: dict[str, list[ProgressSnapshot]] = {}
+        self._next_due: float | None = None
+        self.worker = WorkerInfo(
+            worker_id=manager.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            process_started_at=_process_started_at(),
+            concurrency=self.config.max_concurrent_jobs,
+        )
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._shared_pause[0] or self._overload_reason is not None
+
+    @property
+    def pause_reason(self) -> str | None:
+        if self._shared_pause[0]:
+            return self._shared_pause[1] or "paused"
+        return self._overload_reason
+
+    def notify(self, run_at: float | None = None) -> None:
+        """Wake the dispatcher: work was submitted or capacity freed, or (with ``run_at``)
+        a task becomes eligible at that time."""
+        if run_at is not None and run_at > self._now():
+            if self._next_due is None or run_at < self._next_due:
+                self._next_due = run_at
+            if self._next_due < self._now() + self.config.queue_check_interval:
+                self._wake.set()  # let the dispatcher shorten its sleep
+            return
+        self._wake.set()
+
+    def _sleep_time(self) -> float:
+        interval = self.config.queue_check_interval
+        if self._next_due is None:
+            return interval
+        return max(0.0, min(interval, self._next_due - self._now()))
+
+    def set_shared_pause(self, paused: bool, reason: str | None) -> None:
+        self._shared_pause = (paused, reason)
+        self.notify()
+
+    def set_overloaded(self, reason: str | None) -> None:
+        """Pause (with a reason) or resume dispatch in this process because of load."""
+        self._overload_reason = reason
+        self.notify()
+
+    @property
+    def _heartbeat_interval(self) -> float:
+        return min(self.config.queue_check_interval, self.config.lease_seconds / 3)
+
+    def _now(self) -> float:
+        return self.manager.clock()
+
+    # --- loops -----------------------------------------------------------------------------
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._shared_pause = await self.store.get_paused()
+        await self.store.heartbeat(
+            worker=self.worker, now=self._now(), lease_seconds=self.config.lease_seconds
+        )
+        await self.reap()
+        if self.config.enabled:
+            tg.start_soon(self._loop, "dispatch", self._dispatch_loop)
+            tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
+            tg.start_soon(self._loop, "reap", self._reap_loop)
+            tg.start_soon(self._loop, "progress flush", self._flush_loop)
+            tg.start_soon(self._loop, "cleanup", self._cleanup_loop)
+
+    async def _loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop body forever; an error is logged and the loop goes on."""
+        while not self._stopping:
+            try:
+                await body()
+            except Exception:
+                logger.exception("%s loop failed; retrying", name)
+                await anyio.sleep(self.config.queue_check_interval)
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            self._wake = anyio.Event()
+            capacity = self.config.max_concurrent_jobs - len(self.running)
+            claimed = 0
+            if capacity > 0 and not self.paused:
+                claimed = await self._claim_and_start(capacity)
+            if claimed and claimed == capacity:
+                continue  # more may be waiting; capacity is rechecked at the top
+            if self._next_due is not None and self._next_due <= self._now():
+                self._next_due = None
+                continue
+            with anyio.move_on_after(self._sleep_time()) as timer:
+                await self._wake.wait()
+            if timer.cancelled_caught and (self._next_due is None or self._next_due > self._now()):
+                # Nothing woke us: another process may have paused or resumed the queue.
+                self._shared_pause = await self.store.get_paused()
+
+    async def _claim_and_start(self, limit: int) -> int:
+        with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
+            claims = await self.store.claim(
+                worker_id=self.manager.worker_id,
+                now=self._now(),
+                lease_seconds=self.config.lease_seconds,
+                limit=limit,
+                task_types=self.manager.task_types,
+                by_priority=self.config.enable_priority_queue,
+            )
+        for claim in claims:
+            context = self.manager._context_for(claim.task)
+            running = RunningTask(claim.token, context)
+            self.running[claim.task.id] = running
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self.manager._tg_start(self._execute, claim, running)
+        return len(claims)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._heartbeat_interval if self.running else self.config.lease_seconds / 3
+        await anyio.sleep(interval)
+        result = await self.store.heartbeat(
+            worker=self.worker,
+            now=self._now(),
+            lease_seconds=self.config.lease_seconds,
+            running=[running.token for running in self.running.values()],
+        )
+        for task_id in result.lost:
+            running = self.running.get(task_id)
+            if running is not None:
+                task_logger(task_id).warning("lease lost; stopping this attempt without a write")
+                running.stop("lost")
+        for task_id in result.cancel_requested:
+            running = self.running.get(task_id)
+            if running is not None:
+                running.context._request_cancel()
+                running.stop("cancel")
+
+    async def _reap_loop(self) -> None:
+        await anyio.sleep(min(self.config.lease_seconds / 2, 10.0))
+        await self.reap()
+
+    async def reap(self) -> None:
+        """Recover tasks of dead workers now."""
+        dead = [
+            worker.worker_id
+            for worker in await self.store.list_workers()
+            if worker.worker_id != self.manager.worker_id
+            and worker.hostname == self.worker.hostname
+            and not _process_alive(worker.pid, worker.process_started_at)
+        ]
+        if dead:
+            logger.warning("workers %s on this host are gone; recovering their tasks", dead)
+            await self.store.expire_workers(dead)
+        now = self._now()
+        lost = WorkerLostError("the worker running this task stopped renewing its lease")
+
+        def decide(task: TaskRecord) -> float | None:
+            return self.manager.retry_policy.decide(
+                lost,
+                attempts=task.attempts,
+                max_retries=task.max_retries,
+                now=now,
+                task_type=task.task_type,
+                task_config=task.retry,
+            ).retry_at
+
+        result = await self.store.reap(now=now, decide=decide)
+        for task in result.requeued:
+            task_logger(task.id).warning(
+                "attempt %d lost with its worker; retrying at %s", task.attempts, task.run_at
+            )
+        for task in result.failed:
+            task_logger(task.id).error("failed: %s", task.error_message)
+            self.manager._finished(task)
+            await self.manager.events.publish(
+                TaskDeadLettered(
+                    task=task.id,
+                    task_type=task.task_type,
+                    category=task.error_category or lost.category,
+                    error_message=task.error_message or "",
+                )
+            )
+        for task in result.requeued:
+            self.notify(run_at=task.run_at.timestamp())
+        if result.requeued:
+            self.notify()
+
+    async def _flush_loop(self) -> None:
+        await anyio.sleep(self.config.progress_flush_interval)
+        await self.flush_progress()
+
+    async def _cleanup_loop(self) -> None:
+        await anyio.sleep(self.config.cleanup_interval)
+        deleted = await self.manager.cleanup()
+        if deleted:
+            logger.info("retention cleanup deleted %d finished tasks", deleted)
+
+    # --- progress ------------------------------------------------------------------------
+
+    def buffer_progress(self, update: ProgressUpdate) -> None:
+        """Keep an update for the next flush: the latest one per task, plus the last one
+        before each change of message (so the stored history shows every step)."""
+        snapshot = ProgressSnapshot(
+            task_id=update.task_id,
+            progress=update.progress,
+            message=update.message,
+            metadata=update.metadata or None,
+            at=update.timestamp.timestamp(),
+        )
+        pending = self._progress.setdefault(update.task_id, [])
+        if pending and pending[-1].message == snapshot.message:
+            pending[-1] = snapshot
+        else:
+            pending.append(snapshot)
+            if len(pending) > self.manager.settings.task_monitoring.progress_history_limit:
+                del pending[0]
+
+    async def flush_progress(self, task_id: str | None = None) -> None:
+        if task_id is None:
+            batches, self._progress = self._progress, {}
+            snapshots = [s for batch in batches.values() for s in batch]
+        else:
+            snapshots = self._progress.pop(task_id, [])
+        if snapshots:
+            await self.store.save_progress(snapshots)
+
+    # --- running one task -----------------------------------------------------------------
+
+    async def _execute(self, claim: Claim, running: RunningTask) -> None:
+        task = claim.task
+        context = running.context
+        log = task_logger(task.id)
+        outcome: Outcome | None = None
+        try:
+            context._apply(task)
+            log.info("started attempt %d of %s (%s)", task.attempts, task.task_type, task.name)
+            await self.manager.events.publish(
+                TaskStarted(
+                    task=task.id,
+                    task_type=task.task_type,
+                    attempt=task.attempts,
+                    worker_id=self.manager.worker_id,
+                )
+            )
+            result, error = await self._call(task, running)
+            outcome = self._outcome(task, running, result, error)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if outcome is None and running.stop_reason != "lost":
+                    outcome = Released()  # torn down from outside: give the attempt back
+                await self._finish(task, running, outcome)
+
+    async def _call(
+        self, task: TaskRecord, running: RunningTask
+    ) -> tuple[Any, BaseException | None]:
+        handler = self.manager._handler_for(task)
+        if handler is None:
+            return None, HandlerUnavailableError(
+                f"no handler for task type {task.task_type!r} in this process"
+            )
+        timeout = self.config.timeout_for(task.task_type, task.timeout_seconds)
+        reset = _current.set(running.context)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with running.scope, anyio.move_on_after(timeout) as deadline:
+                try:
+                    result = await handler(running.context)
+                except Exception as exc:
+                    error = exc
+            if deadline.cancelled_caught and running.stop_reason is None:
+                error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
+        finally:
+            _current.reset(reset)
+        return result, error
+
+    def _outcome(
+        self,
+        task: TaskRecord,
+        running: RunningTask,
+        result: Any,
+        error: BaseException | None,
+    ) -> Outcome | None:
+        match running.stop_reason:
+            case "lost":
+                return None
+            case "cancel":
+                return Cancelled()
+            case "shutdown":
+                return Released()
+        if error is None:
+            try:
+                json.dumps(result, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                error = ResultNotSerializableError(f"task returned a non-JSON result: {exc}")
+            else:
+                return Completed(result)
+        breaker = _find(error, CircuitOpenError)
+        if breaker is not None and breaker.retry_at is not None:
+            return Deferred(retry_at=breaker.retry_at, reason=str(breaker))
+        now = self._now()
+        decision = self.manager.retry_policy.decide(
+            error,
+            attempts=task.attempts,
+            max_retries=task.max_retries,
+            now=now,
+            task_type=task.task_type,
+            task_config=task.retry or self.manager._type_retry(task.task_type),
+        )
+        return Failed(
+            error_type=type(error).__name__,
+            error_message=str(error) or type(error).__name__,
+            category=decision.category,
+            retry_at=decision.retry_at,
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+    async def _finish(
+        self, task: TaskRecord, running: RunningTask, outcome: Outcome | None
+    ) -> None:
+        log = task_logger(task.id)
+        record: TaskRecord | None = None
+        try:
+            await self.flush_progress(task.id)
+            if outcome is not None:
+                record = await self.store.finish(running.token, outcome, now=self._now())
+        except LeaseLostError:
+            log.warning("lease lost before the outcome was written; a newer attempt owns it")
+        except Exception:
+            # The lease stops being renewed, expires, and the task is retried (at least once).
+            log.exception("could not record the outcome; the task will be recovered")
+        finally:
+            self.running.pop(task.id, None)
+            if not self.running:
+                self._idle.set()
+            self.notify()
+        if record is None:
+            return
+        if record.status.is_waiting:
+            self.notify(run_at=record.run_at.timestamp())
+        self.manager._finished(record)
+        await self._publish_outcome(record, outcome)
+
+    async def _publish_outcome(self, record: TaskRecord, outcome: Outcome | None) -> None:
+        log = task_logger(record.id)
+        events = self.manager.events
+        task_id, task_type = record.id, record.task_type
+        if record.status is TaskStatus.COMPLETED:
+            log.info("completed in %.3fs", record.duration_seconds or 0.0)
+            await events.publish(
+                TaskCompleted(
+                    task=task_id,
+                    task_type=task_type,
+                    attempt=record.attempts,
+                    duration=record.duration_seconds,
+                )
+            )
+        elif record.status is TaskStatus.CANCELLED:
+            log.info("cancelled")
+            await events.publish(TaskCancelled(task=task_id, task_type=task_type))
+        elif isinstance(outcome, Failed):
+            will_retry = record.status is TaskStatus.RETRYING
+            log.log(
+                logging.WARNING if will_retry else logging.ERROR,
+                "attempt %d failed (%s) %s: %s%s",
+                record.attempts,
+                outcome.category,
+                outcome.error_type,
+                outcome.error_message,
+                f"; retrying at {record.run_at.isoformat()}" if will_retry else "; dead-lettered",
+            )
+            await events.publish(
+                TaskFailed(
+                    task=task_id,
+                    task_type=task_type,
+                    attempt=record.attempts,
+                    error_type=outcome.error_type,
+                    error_message=outcome.error_message,
+                    category=outcome.category,
+                    will_retry=will_retry,
+                )
+            )
+            if will_retry:
+                await events.publish(
+                    TaskRetryScheduled(
+                        task=task_id,
+                        task_type=task_type,
+                        attempt=record.attempts,
+                        retry_at=record.run_at.timestamp(),
+                        category=outcome.category,
+                    )
+                )
+            else:
+                await events.publish(
+                    TaskDeadLettered(
+                        task=task_id,
+                        task_type=task_type,
+                        category=outcome.category,
+                        error_message=outcome.error_message,
+                    )
+                )
+        elif isinstance(outcome, Deferred):
+            log.info("deferred until %s: %s", record.run_at.isoformat(), outcome.reason)
+            await events.publish(
+                TaskDeferred(
+                    task=task_id,
+                    task_type=task_type,
+                    retry_at=outcome.retry_at,
+                    reason=outcome.reason,
+                )
+            )
+        elif isinstance(outcome, Released):
+            log.info("released back to the queue on shutdown")
+            await events.publish(TaskRequeued(task=task_id, task_type=task_type, reason="shutdown"))
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop claiming; give running tasks the grace period; then cancel and release them."""
+        self._stopping = True
+        self.notify()
+        if self.running:
+            logger.info(
+                "shutting down: waiting up to %gs for %d running tasks",
+                self.config.shutdown_grace_period,
+                len(self.running),
+            )
+            with anyio.move_on_after(self.config.shutdown_grace_period):
+                await self._idle.wait()
+            for running in list(self.running.values()):
+                running.stop("shutdown")
+            await self._idle.wait()
+        await self.flush_progress()
+        await self.store.remove_worker(self.manager.worker_id)
+
+
+def _find(error: BaseException, kind: type[CircuitOpenError]) -> CircuitOpenError | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

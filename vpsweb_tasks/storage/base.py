@@ -1,0 +1,404 @@
+"""The storage contract.
+
+Storage is the single source of truth: everything a manager keeps in memory can be rebuilt
+from it after a crash. A backend (SQLite, PostgreSQL) implements :class:`TaskStore`; both
+pass one conformance suite (``tests/test_storage_conformance.py``).
+
+Conventions that hold for every operation:
+
+* **Time is passed in.** Operations that depend on the clock take ``now`` (epoch seconds,
+  float) from the caller, so tests drive time with a fake clock and several machines agree
+  on what "expired" means as long as their clocks roughly agree.
+* **Atomicity.** Each operation is one transaction: it happens completely or not at all.
+  A caller is answered only after its change is durable (committed). Backends may commit
+  several callers' operations in one transaction (group commit); each is still atomic.
+* **Legal transitions only.** Status changes follow
+  :data:`vpsweb_tasks.models.LEGAL_TRANSITIONS`. Every write is guarded by the status it
+  expects, so a terminal task (completed, failed, cancelled) is never overwritten, except
+  that ``failed`` may be requeued explicitly.
+* **Fencing.** :meth:`TaskStore.claim` hands out a :class:`LeaseToken` with a number
+  (``fence``) that grows with every claim of the task. Writes on behalf of a running
+  attempt (:meth:`finish`, :meth:`heartbeat`) only apply while the task is still
+  ``running`` under that exact token. A worker whose lease expired and whose task was
+  re-queued or re-claimed gets :class:`~vpsweb_tasks.errors.LeaseLostError` and changes
+  nothing: it can never overwrite the outcome of a newer attempt.
+* **Attempts.** ``attempts`` counts the attempts that count against a task's retries. A
+  claim adds one; a release (graceful shutdown) or a deferral (open circuit breaker)
+  gives it back. Each claim writes a ``task_executions`` row, closed by the outcome.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from ..errors import ErrorCategory
+from ..models import ExecutionRecord, TaskRecord, TaskStatus
+
+__all__ = [
+    "Cancelled",
+    "Claim",
+    "Completed",
+    "Deferred",
+    "Failed",
+    "HeartbeatResult",
+    "LeaseToken",
+    "NewTask",
+    "Outcome",
+    "ProgressSnapshot",
+    "ReapResult",
+    "Released",
+    "RetryDecider",
+    "TaskStore",
+    "WorkerInfo",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated task to insert. ``priority`` is :attr:`TaskPriority.rank`."""
+
+    id: str
+    name: str
+    task_type: str
+    priority: int
+    max_retries: int
+    run_at: float
+    created_at: float
+    timeout_seconds: float | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    """Worker id whose process holds the callable (closures); None for registered types."""
+    retry: dict[str, Any] | None = None
+    """The task's own RetryConfig, as a dict."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseToken:
+    """Proof that a worker holds the current attempt of a task."""
+
+    task_id: str
+    worker_id: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task handed to a worker: the record as it is after the claim, and its token."""
+
+    task: TaskRecord
+    token: LeaseToken
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The attempt succeeded. ``result`` must be JSON-serialisable."""
+
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt raised. ``retry_at`` (epoch seconds) schedules the next attempt (status
+    ``retrying``); None makes the task ``failed`` (the dead letter queue)."""
+
+    error_type: str
+    error_message: str
+    category: ErrorCategory
+    retry_at: float | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The attempt was stopped because cancellation was requested."""
+
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The attempt was interrupted by a graceful shutdown: back to ``pending``, the attempt
+    given back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The task could not start because a dependency (a circuit breaker) is unavailable:
+    ``retrying`` until ``retry_at``, the attempt given back."""
+
+    retry_at: float
+    reason: str
+
+
+Outcome = Completed | Failed | Cancelled | Released | Deferred
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressSnapshot:
+    """The latest progress of a running task, written coalesced."""
+
+    task_id: str
+    progress: float
+    message: str | None
+    metadata: dict[str, Any] | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as recorded in the ``workers`` table."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    process_started_at: float | None = None
+    concurrency: int = 1
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """What a heartbeat learned about the worker's running tasks."""
+
+    lost: frozenset[str]
+    """Task ids the worker thought it held but no longer does (fenced out)."""
+    cancel_requested: frozenset[str]
+    """Task ids held by the worker whose cancellation another process requested."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    """Tasks changed by :meth:`TaskStore.reap`."""
+
+    requeued: list[TaskRecord]
+    failed: list[TaskRecord]
+    expired_workers: list[str]
+
+
+#: Given a task whose attempt was lost (its worker died), returns the epoch time of its
+#: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
+RetryDecider = Callable[[TaskRecord], float | None]
+
+
+class TaskStore(abc.ABC):
+    """A durable home for tasks. Use as ``async with store:`` or call open/close."""
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema to the newest migration. Idempotent; safe when
+        several processes open the same database at once."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The newest migration applied (valid after :meth:`open`)."""
+
+    # --- submit and read -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
+        """Insert a ``pending`` task and return its record.
+
+        With ``max_queue_size``, the count of waiting tasks (``pending`` + ``retrying``)
+        is checked in the same transaction: if it is already at the limit nothing is
+        stored and :class:`~vpsweb_tasks.errors.QueueFullError` is raised. Inserting an
+        id that exists raises ``ValueError``.
+        """
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The task, or None."""
+
+    @abc.abstractmethod
+    async def get_tasks(self, task_ids: Collection[str]) -> list[TaskRecord]:
+        """The tasks that exist among ``task_ids``, in no particular order."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "created_desc",
+    ) -> list[TaskRecord]:
+        """Tasks filtered by status and type. ``order`` is ``created_desc`` (newest
+        first), ``finished_desc`` (most recently finished first) or ``dispatch`` (the order
+        waiting tasks will be claimed in)."""
+
+    @abc.abstractmethod
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """Number of tasks per status (every status is a key)."""
+
+    @abc.abstractmethod
+    async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
+        """Every attempt of the task, oldest first."""
+
+    # --- dispatch --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        task_types: Collection[str] | None = None,
+        by_priority: bool = True,
+    ) -> list[Claim]:
+        """Atomically take up to ``limit`` eligible tasks for ``worker_id``.
+
+        Eligible: status ``pending`` or ``retrying``, ``run_at <= now``, and runnable by
+        this worker: owned by it (its closures), or unowned with ``task_type`` in
+        ``task_types`` (None: any type). Order: highest priority first, then earliest
+        ``run_at``, then insertion order (with ``by_priority=False``: ``run_at``, then
+        insertion order). Each claimed task becomes ``running`` with ``attempts + 1``, a
+        new fence, ``lease_owner = worker_id``, ``lease_expires_at = now + lease_seconds``,
+        ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
+        No task is ever handed to two workers. Returned in dispatch order.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self,
+        *,
+        worker: WorkerInfo,
+        now: float,
+        lease_seconds: float,
+        running: Collection[LeaseToken] = (),
+    ) -> HeartbeatResult:
+        """Record that the worker is alive (upserting its ``workers`` row, expiring at
+        ``now + lease_seconds``) and extend the lease of each running token it still
+        holds. Reports tokens it no longer holds and tasks with a pending cancel request.
+        """
+
+    @abc.abstractmethod
+    async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+        """Record the outcome of the attempt held by ``token`` and return the new record.
+
+        In one transaction: the task row (status per outcome, lease cleared, result or
+        error, ``finished_at`` for terminal outcomes), the attempt's execution row, and a
+        ``task_metrics`` row (queue wait, duration, outcome). ``Completed`` sets progress
+        to 1. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing nothing) when
+        the token is no longer current.
+        """
+
+    @abc.abstractmethod
+    async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
+        """Write the latest progress of running tasks (ignored for tasks no longer
+        running), and append each snapshot to the task's progress history, keeping at
+        most ``history_limit`` rows per task (set on the store)."""
+
+    @abc.abstractmethod
+    async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
+        """Stored progress snapshots of a task, oldest first."""
+
+    # --- cancel, pause, clear ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
+        """Cancel a task. ``pending``/``retrying``: becomes ``cancelled`` at once.
+        ``running``: ``cancel_requested`` is set, and the worker holding it cancels the
+        attempt and records ``Cancelled``. Raises ``TaskNotFoundError``, or
+        ``TaskStateError`` for a terminal task (which is left untouched)."""
+
+    @abc.abstractmethod
+    async def cancel_waiting(self, *, now: float) -> int:
+        """Cancel every ``pending`` and ``retrying`` task; return how many."""
+
+    @abc.abstractmethod
+    async def set_paused(self, paused: bool, *, reason: str | None = None) -> None:
+        """Pause or resume dispatch for every worker on this store."""
+
+    @abc.abstractmethod
+    async def get_paused(self) -> tuple[bool, str | None]:
+        """Whether dispatch is paused, and why."""
+
+    @abc.abstractmethod
+    async def requeue_failed(
+        self,
+        *,
+        now: float,
+        task_ids: Collection[str] | None = None,
+        category: ErrorCategory | None = None,
+        task_type: str | None = None,
+    ) -> list[TaskRecord]:
+        """Move ``failed`` tasks (the dead letter queue) back to ``pending`` with their
+        attempts reset, optionally only those ids / error category / type; return them.
+        Their execution history is kept."""
+
+    # --- workers and crash recovery ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Registered workers (live or not yet reaped)."""
+
+    @abc.abstractmethod
+    async def expire_workers(self, worker_ids: Collection[str]) -> None:
+        """Mark workers as dead now (e.g. their process is known to be gone), so the next
+        :meth:`reap` recovers their tasks without waiting for their leases."""
+
+    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's row on clean shutdown (after its tasks were released)."""
+
+    @abc.abstractmethod
+    async def reap(self, *, now: float, decide: RetryDecider) -> ReapResult:
+        """Recover from dead workers, in one transaction.
+
+        * A ``running`` task whose lease expired, or whose worker expired, loses its
+          attempt: the execution row is closed as ``lost`` (category ``resource``) and the
+          task is re-queued as ``retrying`` at ``decide(task)``, or ``failed`` when that is
+          None, or when its callable lived only in the dead worker (owner expired).
+        * A waiting task whose owner (the process holding its closure) is dead or unknown
+          becomes ``failed`` with ``HandlerUnavailableError``: never silently lost.
+        * Expired workers' rows are deleted.
+        """
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def cleanup(self, *, finished_before: float) -> int:
+        """Delete terminal tasks that finished before the cutoff, with their executions,
+        metrics, progress history and translation job; return how many tasks."""
+
+    @abc.abstractmethod
+    async def maintenance(self, *, vacuum: bool = False) -> dict[str, Any]:
+        """Keep the database healthy (checkpoint, statistics, optionally reclaim space);
+        return what was done and the sizes before and after."""
+
+    @abc.abstractmethod
+    async def backup(self, path: str) -> dict[str, Any]:
+        """Write a consistent copy of the whole database to ``path`` while it is in use;
+        return the path, its size and how many tasks it holds."""

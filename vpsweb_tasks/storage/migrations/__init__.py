@@ -1,0 +1,1 @@
+"""SQL migrations, one numbered file per schema version and backend."""

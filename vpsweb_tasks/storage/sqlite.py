@@ -1,0 +1,943 @@
+"""The SQLite backend: one file in WAL mode, all access from one dedicated thread.
+
+Several processes may share the file: writes take the lock up front (``BEGIN IMMEDIATE``)
+and wait for it up to ``busy_timeout``, so they queue instead of failing with "database is
+locked". Claims are one ``UPDATE ... WHERE rowid IN (SELECT ... ORDER BY ... LIMIT n)
+RETURNING`` statement, which SQLite runs under the write lock: no task is claimed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Collection, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import (
+    ErrorCategory,
+    HandlerUnavailableError,
+    LeaseLostError,
+    QueueFullError,
+    TaskNotFoundError,
+    TaskStateError,
+    WorkerLostError,
+)
+from ..models import (
+    ExecutionOutcome,
+    ExecutionRecord,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    from_timestamp,
+    to_datetime,
+)
+from ..retry import RetryConfig
+from ._dbthread import DatabaseThread, Mode
+from .base import (
+    Cancelled,
+    Claim,
+    Completed,
+    Deferred,
+    Failed,
+    HeartbeatResult,
+    LeaseToken,
+    NewTask,
+    Outcome,
+    ProgressSnapshot,
+    ReapResult,
+    Released,
+    RetryDecider,
+    TaskStore,
+    WorkerInfo,
+)
+
+__all__ = ["SQLiteTaskStore"]
+
+_WAITING = "('pending', 'retrying')"
+_TERMINAL = "('completed', 'failed', 'cancelled')"
+
+_CLAIM = """
+UPDATE background_tasks
+SET status = 'running', attempts = attempts + 1, fence = fence + 1,
+    lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
+    started_at = :now, updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM background_tasks
+    WHERE status IN ('pending', 'retrying') AND run_at <= :now AND {runnable}
+    ORDER BY {order}
+    LIMIT :limit
+)
+RETURNING rowid AS seq, *
+"""
+_RUNNABLE_ANY = "(owner IS NULL OR owner = :worker)"
+_RUNNABLE_TYPES = (
+    "(owner = :worker OR (owner IS NULL AND task_type IN (SELECT value FROM json_each(:types))))"
+)
+_ORDER_PRIORITY = "priority DESC, run_at, rowid"
+_ORDER_FIFO = "run_at, rowid"
+
+_OUTCOME_NAMES: dict[type, ExecutionOutcome] = {
+    Completed: ExecutionOutcome.COMPLETED,
+    Failed: ExecutionOutcome.FAILED,
+    Cancelled: ExecutionOutcome.CANCELLED,
+    Released: ExecutionOutcome.INTERRUPTED,
+    Deferred: ExecutionOutcome.DEFERRED,
+}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _f(value: Any) -> float | None:
+    # SQLite hands a whole-number REAL back as int through RETURNING.
+    return None if value is None else float(value)
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    category = row["error_category"]
+    result = row["result"]
+    return TaskRecord.model_construct(
+        id=row["id"],
+        name=row["name"],
+        task_type=row["task_type"],
+        priority=TaskPriority.from_rank(row["priority"]),
+        status=TaskStatus(row["status"]),
+        payload=json.loads(row["payload"]),
+        metadata=json.loads(row["metadata"]),
+        max_retries=row["max_retries"],
+        timeout_seconds=_f(row["timeout_seconds"]),
+        retry=None
+        if row["retry_config"] is None
+        else RetryConfig.model_validate_json(row["retry_config"]),
+        attempts=row["attempts"],
+        progress=float(row["progress"]),
+        message=row["message"],
+        result=None if result is None else json.loads(result),
+        error_message=row["error_message"],
+        error_type=row["error_type"],
+        error_category=None if category is None else ErrorCategory(category),
+        owner=row["owner"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=from_timestamp(row["lease_expires_at"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        run_at=to_datetime(row["run_at"]),
+        created_at=to_datetime(row["created_at"]),
+        updated_at=to_datetime(row["updated_at"]),
+        started_at=from_timestamp(row["started_at"]),
+        finished_at=from_timestamp(row["finished_at"]),
+    )
+
+
+def _execution(row: sqlite3.Row) -> ExecutionRecord:
+    category = row["error_category"]
+    return ExecutionRecord.model_construct(
+        id=row["id"],
+        task_id=row["task_id"],
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        started_at=to_datetime(row["started_at"]),
+        finished_at=from_timestamp(row["finished_at"]),
+        outcome=ExecutionOutcome(row["outcome"]),
+        error_category=None if category is None else ErrorCategory(category),
+        error_type=row["error_type"],
+        error_message=row["error_message"],
+    )
+
+
+def _worker(row: sqlite3.Row) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        process_started_at=_f(row["process_started_at"]),
+        concurrency=row["concurrency"],
+        started_at=float(row["started_at"]),
+        heartbeat_at=float(row["heartbeat_at"]),
+        expires_at=float(row["expires_at"]),
+    )
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("vpsweb_tasks.storage.migrations") / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SQLiteTaskStore(TaskStore):
+    """Tasks in one SQLite file (WAL). ``path`` may be ``":memory:"`` for throwaway use."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 30.0,
+        history_limit: int = 200,
+    ) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self.history_limit = history_limit
+        self._thread: DatabaseThread | None = None
+        self._schema_version = 0
+
+    def __repr__(self) -> str:
+        return f"SQLiteTaskStore({self.path!r})"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self.busy_timeout,
+        )
+        conn.row_factory = sqlite3.Row
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        if self.path != ":memory:":
+            db.enable_wal()
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return conn
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        thread = DatabaseThread(self._connect, name=f"vpsweb-tasks-sqlite:{Path(self.path).name}")
+        thread.start()
+        self._thread = thread
+        try:
+            self._schema_version = await thread.run(self._migrate)
+        except BaseException:
+            self._thread = None
+            thread.close()
+            raise
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> int:
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        if "schema_migrations" not in db.table_names():
+            conn.execute(
+                "CREATE TABLE schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in applied:
+                continue
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+            applied.add(version)
+        return max(applied, default=0)
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            # Joining waits for queued writes; do it off the event loop.
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(thread.close)
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    def _db(self) -> DatabaseThread:
+        if self._thread is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._thread
+
+    # --- submit and read -------------------------------------------------------------
+
+    async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
+        params = {
+            "id": task.id,
+            "name": task.name,
+            "task_type": task.task_type,
+            "priority": task.priority,
+            "payload": _dumps(task.payload),
+            "metadata": _dumps(task.metadata),
+            "max_retries": task.max_retries,
+            "timeout_seconds": task.timeout_seconds,
+            "retry_config": None if task.retry is None else _dumps(task.retry),
+            "owner": task.owner,
+            "run_at": task.run_at,
+            "created_at": task.created_at,
+        }
+
+        def insert(conn: sqlite3.Connection) -> TaskRecord:
+            if max_queue_size is not None:
+                (size,) = conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM background_tasks"
+                    f" WHERE status IN {_WAITING} LIMIT ?)",
+                    (max_queue_size,),
+                ).fetchone()
+                if size >= max_queue_size:
+                    raise QueueFullError(max_queue_size, size)
+            try:
+                row = conn.execute(
+                    "INSERT INTO background_tasks (id, name, task_type, priority, status,"
+                    " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
+                    " created_at, updated_at) VALUES (:id, :name, :task_type, :priority,"
+                    " 'pending', :payload, :metadata, :max_retries, :timeout_seconds,"
+                    " :retry_config, :owner,"
+                    " :run_at, :created_at, :created_at) RETURNING *",
+                    params,
+                ).fetchone()
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"task {task.id} already exists") from exc
+            return _task(row)
+
+        return await self._db().run(insert)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        def get(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute("SELECT * FROM background_tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else _task(row)
+
+        return await self._db().run(get, Mode.READ)
+
+    async def get_tasks(self, task_ids: Collection[str]) -> list[TaskRecord]:
+        ids = _dumps(list(task_ids))
+
+        def get(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(
+                "SELECT * FROM background_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            return [_task(row) for row in rows]
+
+        return await self._db().run(get, Mode.READ)
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "created_desc",
+    ) -> list[TaskRecord]:
+        orders = {
+            "created_desc": "created_at DESC, rowid DESC",
+            "finished_desc": "finished_at DESC, rowid DESC",
+            "dispatch": _ORDER_PRIORITY,
+        }
+        if order not in orders:
+            raise ValueError(f"order must be one of {sorted(orders)}")
+        where = []
+        params: list[Any] = []
+        if statuses is not None:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(_dumps([TaskStatus(s).value for s in statuses]))
+        if task_type is not None:
+            where.append("task_type = ?")
+            params.append(task_type)
+        sql = "SELECT * FROM background_tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {orders[order]} LIMIT ? OFFSET ?"
+        params += [limit, offset]
+
+        def select(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [_task(row) for row in conn.execute(sql, params)]
+
+        return await self._db().run(select, Mode.READ)
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        def count(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
+            counts = dict.fromkeys(TaskStatus, 0)
+            for status, n in conn.execute(
+                "SELECT status, count(*) FROM background_tasks GROUP BY status"
+            ):
+                counts[TaskStatus(status)] = n
+            return counts
+
+        return await self._db().run(count, Mode.READ)
+
+    async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
+        def select(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            rows = conn.execute(
+                "SELECT * FROM task_executions WHERE task_id = ? ORDER BY fence", (task_id,)
+            )
+            return [_execution(row) for row in rows]
+
+        return await self._db().run(select, Mode.READ)
+
+    # --- dispatch --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        task_types: Collection[str] | None = None,
+        by_priority: bool = True,
+    ) -> list[Claim]:
+        if limit <= 0:
+            return []
+        sql = _CLAIM.format(
+            runnable=_RUNNABLE_ANY if task_types is None else _RUNNABLE_TYPES,
+            order=_ORDER_PRIORITY if by_priority else _ORDER_FIFO,
+        )
+        params: dict[str, Any] = {
+            "worker": worker_id,
+            "expires": now + lease_seconds,
+            "now": now,
+            "limit": limit,
+        }
+        if task_types is not None:
+            params["types"] = _dumps(sorted(task_types))
+
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            rows = conn.execute(sql, params).fetchall()
+            if not rows:
+                return []
+            if by_priority:
+                rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))
+            else:
+                rows.sort(key=lambda r: (r["run_at"], r["seq"]))
+            conn.executemany(
+                "INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at,"
+                " outcome) VALUES (?, ?, ?, ?, ?, 'running')",
+                [(r["id"], r["attempts"], r["fence"], worker_id, now) for r in rows],
+            )
+            return [Claim(_task(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in rows]
+
+        return await self._db().run(claim)
+
+    async def heartbeat(
+        self,
+        *,
+        worker: WorkerInfo,
+        now: float,
+        lease_seconds: float,
+        running: Collection[LeaseToken] = (),
+    ) -> HeartbeatResult:
+        expires = now + lease_seconds
+        tokens = {token.task_id: token.fence for token in running}
+
+        def beat(conn: sqlite3.Connection) -> HeartbeatResult:
+            conn.execute(
+                "INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency,"
+                " started_at, heartbeat_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
+                " expires_at = excluded.expires_at",
+                (
+                    worker.worker_id,
+                    worker.hostname,
+                    worker.pid,
+                    worker.process_started_at,
+                    worker.concurrency,
+                    worker.started_at or now,
+                    now,
+                    expires,
+                ),
+            )
+            held: dict[str, tuple[int, bool]] = {}
+            if tokens:
+                for task_id, fence, cancel in conn.execute(
+                    "UPDATE background_tasks SET lease_expires_at = ?"
+                    " WHERE lease_owner = ? AND status = 'running'"
+                    " RETURNING id, fence, cancel_requested",
+                    (expires, worker.worker_id),
+                ):
+                    held[task_id] = (fence, bool(cancel))
+            lost = frozenset(
+                task_id
+                for task_id, fence in tokens.items()
+                if task_id not in held or held[task_id][0] != fence
+            )
+            cancel_requested = frozenset(
+                task_id
+                for task_id, (fence, cancel) in held.items()
+                if cancel and tokens.get(task_id) == fence
+            )
+            return HeartbeatResult(lost=lost, cancel_requested=cancel_requested)
+
+        return await self._db().run(beat)
+
+    async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+        def finish(conn: sqlite3.Connection) -> TaskRecord:
+            row = conn.execute(
+                "SELECT task_type, attempts, run_at, started_at, cancel_requested"
+                " FROM background_tasks"
+                " WHERE id = ? AND status = 'running' AND lease_owner = ? AND fence = ?",
+                (token.task_id, token.worker_id, token.fence),
+            ).fetchone()
+            if row is None:
+                raise LeaseLostError(
+                    f"task_id:{token.task_id} is no longer held by {token.worker_id}"
+                    f" (fence {token.fence})"
+                )
+            effective = outcome
+            if row["cancel_requested"] and isinstance(outcome, Failed | Released | Deferred):
+                # A cancel request that raced with the attempt's end still wins.
+                effective = Cancelled()
+            changes, execution = _changes_for(effective, now)
+            assignments = ", ".join(
+                f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = :{column}"
+                for column, value in changes.items()
+            )
+            values = {c: v for c, v in changes.items() if not isinstance(v, _Expr)}
+            updated = conn.execute(
+                f"UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
+                " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now"
+                " WHERE id = :id RETURNING *",
+                {**values, "now": now, "id": token.task_id},
+            ).fetchone()
+            conn.execute(
+                "UPDATE task_executions SET finished_at = :now, outcome = :outcome,"
+                " error_category = :error_category, error_type = :error_type,"
+                " error_message = :error_message, traceback = :traceback"
+                " WHERE task_id = :id AND fence = :fence",
+                {**execution, "now": now, "id": token.task_id, "fence": token.fence},
+            )
+            started = row["started_at"]
+            conn.execute(
+                "INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,"
+                " queue_wait_seconds, duration_seconds, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.task_id,
+                    row["task_type"],
+                    row["attempts"],
+                    execution["outcome"],
+                    execution["error_category"],
+                    None if started is None else max(0.0, started - row["run_at"]),
+                    None if started is None else max(0.0, now - started),
+                    now,
+                ),
+            )
+            return _task(updated)
+
+        return await self._db().run(finish)
+
+    async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
+        if not snapshots:
+            return
+        latest: dict[str, ProgressSnapshot] = {}
+        for snapshot in snapshots:
+            latest[snapshot.task_id] = snapshot
+        limit = self.history_limit
+
+        def save(conn: sqlite3.Connection) -> None:
+            running = {
+                task_id
+                for (task_id,) in conn.execute(
+                    "SELECT id FROM background_tasks WHERE status = 'running'"
+                    " AND id IN (SELECT value FROM json_each(?))",
+                    (_dumps(list(latest)),),
+                )
+            }
+            if not running:
+                return
+            conn.executemany(
+                "UPDATE background_tasks SET progress = ?, message = coalesce(?, message),"
+                " updated_at = ? WHERE id = ?",
+                [
+                    (s.progress, s.message, s.at, s.task_id)
+                    for s in latest.values()
+                    if s.task_id in running
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.task_id,
+                        s.progress,
+                        s.message,
+                        None if s.metadata is None else _dumps(s.metadata),
+                        s.at,
+                    )
+                    for s in snapshots
+                    if s.task_id in running
+                ],
+            )
+            conn.executemany(
+                "DELETE FROM task_progress WHERE task_id = ?1 AND id <= (SELECT id FROM"
+                " task_progress WHERE task_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                [(task_id, limit) for task_id in running],
+            )
+
+        await self._db().run(save)
+
+    async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
+        def select(conn: sqlite3.Connection) -> list[ProgressSnapshot]:
+            rows = conn.execute(
+                "SELECT * FROM (SELECT * FROM task_progress WHERE task_id = ?"
+                " ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (task_id, limit),
+            )
+            return [
+                ProgressSnapshot(
+                    task_id=row["task_id"],
+                    progress=float(row["progress"]),
+                    message=row["message"],
+                    metadata=None if row["metadata"] is None else json.loads(row["metadata"]),
+                    at=float(row["recorded_at"]),
+                )
+                for row in rows
+            ]
+
+        return await self._db().run(select, Mode.READ)
+
+    # --- cancel, pause, clear ----------------------------------------------------------
+
+    async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
+        def cancel(conn: sqlite3.Connection) -> TaskRecord:
+            row = conn.execute(
+                "SELECT status FROM background_tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            if row is None:
+                raise TaskNotFoundError(task_id)
+            status = TaskStatus(row["status"])
+            if status.is_terminal:
+                raise TaskStateError(task_id, status.value, "cancel")
+            if status is TaskStatus.RUNNING:
+                sql = (
+                    "UPDATE background_tasks SET cancel_requested = 1, updated_at = ?"
+                    " WHERE id = ? RETURNING *"
+                )
+            else:
+                sql = (
+                    "UPDATE background_tasks SET status = 'cancelled', finished_at = ?1,"
+                    " updated_at = ?1 WHERE id = ?2 RETURNING *"
+                )
+            return _task(conn.execute(sql, (now, task_id)).fetchone())
+
+        return await self._db().run(cancel)
+
+    async def cancel_waiting(self, *, now: float) -> int:
+        def cancel(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE background_tasks SET status = 'cancelled', finished_at = ?1,"
+                f" updated_at = ?1 WHERE status IN {_WAITING}",
+                (now,),
+            )
+            return cursor.rowcount
+
+        return await self._db().run(cancel)
+
+    async def set_paused(self, paused: bool, *, reason: str | None = None) -> None:
+        value = _dumps({"reason": reason}) if paused else None
+
+        def store(conn: sqlite3.Connection) -> None:
+            if paused:
+                conn.execute(
+                    "INSERT INTO queue_state (key, value) VALUES ('paused', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (value,),
+                )
+            else:
+                conn.execute("DELETE FROM queue_state WHERE key = 'paused'")
+
+        await self._db().run(store)
+
+    async def get_paused(self) -> tuple[bool, str | None]:
+        def load(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = conn.execute("SELECT value FROM queue_state WHERE key = 'paused'").fetchone()
+            if row is None:
+                return False, None
+            reason = json.loads(row["value"]).get("reason")
+            return True, reason
+
+        return await self._db().run(load, Mode.READ)
+
+    async def requeue_failed(
+        self,
+        *,
+        now: float,
+        task_ids: Collection[str] | None = None,
+        category: ErrorCategory | None = None,
+        task_type: str | None = None,
+    ) -> list[TaskRecord]:
+        where = ["status = 'failed'"]
+        params: list[Any] = [now]
+        if task_ids is not None:
+            where.append("id IN (SELECT value FROM json_each(?))")
+            params.append(_dumps(list(task_ids)))
+        if category is not None:
+            where.append("error_category = ?")
+            params.append(ErrorCategory(category).value)
+        if task_type is not None:
+            where.append("task_type = ?")
+            params.append(task_type)
+        sql = (
+            "UPDATE background_tasks SET status = 'pending', attempts = 0, run_at = ?1,"
+            " updated_at = ?1, finished_at = NULL, progress = 0"
+            " WHERE " + " AND ".join(where) + " RETURNING *"
+        )
+
+        def requeue(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [_task(row) for row in conn.execute(sql, params)]
+
+        return await self._db().run(requeue)
+
+    # --- workers and crash recovery ----------------------------------------------------
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        def select(conn: sqlite3.Connection) -> list[WorkerInfo]:
+            return [_worker(row) for row in conn.execute("SELECT * FROM workers")]
+
+        return await self._db().run(select, Mode.READ)
+
+    async def expire_workers(self, worker_ids: Collection[str]) -> None:
+        ids = _dumps(list(worker_ids))
+
+        def expire(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE workers SET expires_at = 0"
+                " WHERE worker_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+
+        await self._db().run(expire)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        def remove(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+        await self._db().run(remove)
+
+    async def reap(self, *, now: float, decide: RetryDecider) -> ReapResult:
+        def reap(conn: sqlite3.Connection) -> ReapResult:
+            dead = [
+                worker_id
+                for (worker_id,) in conn.execute(
+                    "SELECT worker_id FROM workers WHERE expires_at < ?", (now,)
+                )
+            ]
+            dead_json = _dumps(dead)
+            requeued: list[TaskRecord] = []
+            failed: list[TaskRecord] = []
+            lost_rows = conn.execute(
+                "SELECT * FROM background_tasks WHERE status = 'running'"
+                " AND (lease_expires_at < ? OR lease_owner IN (SELECT value FROM json_each(?)))",
+                (now, dead_json),
+            ).fetchall()
+            for row in lost_rows:
+                lost: Exception = WorkerLostError(
+                    f"worker {row['lease_owner']} stopped renewing its lease on task_id:{row['id']}"
+                )
+                conn.execute(
+                    "UPDATE task_executions SET finished_at = ?, outcome = 'lost',"
+                    " error_category = 'resource', error_type = 'WorkerLostError',"
+                    " error_message = ? WHERE task_id = ? AND fence = ?",
+                    (now, str(lost), row["id"], row["fence"]),
+                )
+                record = _task(row)
+                orphan = row["owner"] is not None and (
+                    row["owner"] in dead or row["owner"] == row["lease_owner"]
+                )
+                retry_at = None if orphan or row["cancel_requested"] else decide(record)
+                error: Exception = lost
+                if row["cancel_requested"]:
+                    status = "cancelled"
+                elif orphan:
+                    status = "failed"
+                    error = HandlerUnavailableError(
+                        f"the process holding the callable of task_id:{row['id']} died"
+                    )
+                else:
+                    status = "failed" if retry_at is None else "retrying"
+                updated = conn.execute(
+                    "UPDATE background_tasks SET status = :status, lease_owner = NULL,"
+                    " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now,"
+                    " run_at = coalesce(:retry_at, run_at),"
+                    " finished_at = CASE WHEN :status IN ('failed', 'cancelled') THEN :now END,"
+                    " error_message = :message, error_type = :type, error_category = :category"
+                    " WHERE id = :id RETURNING *",
+                    {
+                        "status": status,
+                        "now": now,
+                        "retry_at": retry_at,
+                        "message": str(error),
+                        "type": type(error).__name__,
+                        "category": ErrorCategory.RESOURCE.value,
+                        "id": row["id"],
+                    },
+                ).fetchone()
+                (requeued if status == "retrying" else failed).append(_task(updated))
+            orphans = conn.execute(
+                "UPDATE background_tasks SET status = 'failed', finished_at = :now,"
+                " updated_at = :now, error_type = 'HandlerUnavailableError',"
+                " error_category = 'resource', error_message = 'the process holding this"
+                " task''s callable is gone; register the task type to make it resumable'"
+                f" WHERE status IN {_WAITING} AND owner IS NOT NULL AND (owner IN"
+                " (SELECT value FROM json_each(:dead)) OR owner NOT IN"
+                " (SELECT worker_id FROM workers)) RETURNING *",
+                {"now": now, "dead": dead_json},
+            ).fetchall()
+            failed.extend(_task(row) for row in orphans)
+            conn.execute(
+                "DELETE FROM workers WHERE worker_id IN (SELECT value FROM json_each(?))",
+                (dead_json,),
+            )
+            return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
+
+        return await self._db().run(reap)
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def cleanup(self, *, finished_before: float) -> int:
+        def delete_some(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM background_tasks WHERE rowid IN (SELECT rowid FROM"
+                f" background_tasks WHERE status IN {_TERMINAL} AND finished_at < ? LIMIT 500)",
+                (finished_before,),
+            ).rowcount
+
+        # Small transactions, so other writers are never blocked for long.
+        total = 0
+        while deleted := await self._db().run(delete_some):
+            total += deleted
+        return total
+
+    def _sizes(self) -> dict[str, int]:
+        if self.path == ":memory:":
+            return {"database_bytes": 0, "wal_bytes": 0}
+        wal = Path(self.path + "-wal")
+        return {
+            "database_bytes": Path(self.path).stat().st_size,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        }
+
+    async def maintenance(self, *, vacuum: bool = False) -> dict[str, Any]:
+        def maintain(conn: sqlite3.Connection) -> dict[str, Any]:
+            before = self._sizes()
+            busy, wal_pages, checkpointed = conn.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+            conn.execute("ANALYZE")
+            conn.execute("PRAGMA optimize")
+            if vacuum:
+                conn.execute("VACUUM")
+            (check,) = conn.execute("PRAGMA quick_check").fetchone()
+            return {
+                "checkpoint": {
+                    "busy": bool(busy),
+                    "wal_pages": wal_pages,
+                    "checkpointed": checkpointed,
+                },
+                "analyzed": True,
+                "vacuumed": vacuum,
+                "integrity": check,
+                "before": before,
+                "after": self._sizes(),
+            }
+
+        return await self._db().run(maintain, Mode.ALONE)
+
+    async def backup(self, path: str) -> dict[str, Any]:
+        target = Path(path)
+
+        def copy(conn: sqlite3.Connection) -> dict[str, Any]:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            partial.unlink(missing_ok=True)
+            destination = sqlite3.connect(partial)
+            try:
+                conn.backup(destination)
+                (check,) = destination.execute("PRAGMA integrity_check").fetchone()
+                (tasks,) = destination.execute("SELECT count(*) FROM background_tasks").fetchone()
+            finally:
+                destination.close()
+            if check != "ok":
+                partial.unlink(missing_ok=True)
+                raise sqlite3.DatabaseError(f"backup failed its integrity check: {check}")
+            os.replace(partial, target)
+            return {
+                "path": str(target),
+                "bytes": target.stat().st_size,
+                "tasks": tasks,
+                "integrity": check,
+                "host": socket.gethostname(),
+            }
+
+        return await self._db().run(copy, Mode.ALONE)
+
+
+class _Expr(str):
+    """A SQL expression used as a column's new value (never user input)."""
+
+
+def _changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Column changes of the task row, and of the execution row, for an outcome."""
+    execution: dict[str, Any] = {
+        "outcome": _OUTCOME_NAMES[type(outcome)].value,
+        "error_category": None,
+        "error_type": None,
+        "error_message": None,
+        "traceback": None,
+    }
+    match outcome:
+        case Completed(result=result):
+            changes: dict[str, Any] = {
+                "status": "completed",
+                "result": _dumps(result),
+                "progress": 1.0,
+                "finished_at": now,
+                "error_message": None,
+                "error_type": None,
+                "error_category": None,
+            }
+        case Failed() as failed:
+            error = {
+                "error_message": failed.error_message,
+                "error_type": failed.error_type,
+                "error_category": ErrorCategory(failed.category).value,
+            }
+            execution |= error | {"traceback": failed.traceback}
+            if failed.retry_at is None:
+                changes = {"status": "failed", "finished_at": now, **error}
+            else:
+                changes = {"status": "retrying", "run_at": failed.retry_at, **error}
+        case Cancelled(reason=reason):
+            changes = {"status": "cancelled", "finished_at": now, "message": reason}
+        case Released():
+            changes = {"status": "pending", "attempts": _Expr("attempts - 1")}
+        case Deferred(retry_at=retry_at, reason=reason):
+            changes = {
+                "status": "retrying",
+                "run_at": retry_at,
+                "attempts": _Expr("attempts - 1"),
+                "message": reason,
+            }
+            execution["error_message"] = reason
+    return changes, execution
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (no semicolons inside literals in our scripts)."""
+    statements = []
+    for chunk in script.split(";"):
+        lines = [line for line in chunk.splitlines() if not line.strip().startswith("--")]
+        statement = "\n".join(lines).strip()
+        if statement:
+            statements.append(statement)
+    return statements
