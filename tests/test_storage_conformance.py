@@ -382,7 +382,7 @@ async def test_terminal_tasks_are_never_overwritten(store: TaskStore) -> None:
     await store.add_task(new_task(T0))
     claim = await claim_one(store)
     await store.finish(claim.token, Completed(1), now=T0 + 1)
-    assert await store.cancel_waiting(now=T0 + 2) == 0
+    assert await store.cancel_waiting(now=T0 + 2) == []
     assert (await store.reap(now=T0 + 10_000, decide=lambda t: T0)).requeued == []
     assert await store.claim(worker_id="w1", now=T0 + 10_000, lease_seconds=LEASE, limit=1) == []
     record = await store.get_task(claim.task.id)
@@ -399,7 +399,7 @@ async def test_cancel_waiting_clears_pending_and_retrying(store: TaskStore) -> N
     )
     await store.add_task(new_task(T0))
     running = await claim_one(store)
-    assert await store.cancel_waiting(now=T0 + 1) == 3
+    assert len(await store.cancel_waiting(now=T0 + 1)) == 3
     counts = await store.count_tasks()
     assert counts[TaskStatus.CANCELLED] == 3
     assert counts[TaskStatus.RUNNING] == 1

@@ -245,7 +245,9 @@ class TaskManager:
         return self._tg
 
     def _tg_start(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._require_running().start_soon(fn, *args)
+        if self._tg is None:
+            raise ManagerNotRunningError("the task manager has stopped")
+        self._tg.start_soon(fn, *args)
 
     # --- submitting ------------------------------------------------------------------------
 
@@ -479,9 +481,15 @@ class TaskManager:
 
     async def clear(self) -> int:
         """Cancel every pending and retrying task; return how many."""
-        count = await self.store.cancel_waiting(now=self.clock())
-        await self.events.publish(QueueCleared(cancelled=count))
-        return count
+        cancelled = await self.store.cancel_waiting(now=self.clock())
+        for task_id in cancelled:
+            context = self._contexts.get(task_id)
+            if context is not None:
+                context._apply(await self.get_task(task_id))
+            self._closures.pop(task_id, None)
+            await self.events.publish(TaskCancelled(task=task_id))
+        await self.events.publish(QueueCleared(cancelled=len(cancelled)))
+        return len(cancelled)
 
     async def queue_status(self) -> QueueStatus:
         counts = await self.store.count_tasks()

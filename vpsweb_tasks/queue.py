@@ -123,6 +123,11 @@ class TaskQueue:
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
+        self._round = anyio.Event()
+        self._dispatcher_stopped = anyio.Event()
+        self._dispatcher_stopped.set()
+        self._rounds_started = 0
+        self._rounds_done = 0
         self.worker = WorkerInfo(
             worker_id=manager.worker_id,
             hostname=socket.gethostname(),
@@ -185,11 +190,18 @@ class TaskQueue:
         )
         await self.reap()
         if self.config.enabled:
-            tg.start_soon(self._loop, "dispatch", self._dispatch_loop)
+            self._dispatcher_stopped = anyio.Event()
+            tg.start_soon(self._run_dispatcher)
             tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
             tg.start_soon(self._loop, "cleanup", self._cleanup_loop)
+
+    async def _run_dispatcher(self) -> None:
+        try:
+            await self._loop("dispatch", self._dispatch_loop)
+        finally:
+            self._dispatcher_stopped.set()
 
     async def _loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run a loop body forever; an error is logged and the loop goes on."""
@@ -200,13 +212,25 @@ class TaskQueue:
                 logger.exception("%s loop failed; retrying", name)
                 await anyio.sleep(self.config.queue_check_interval)
 
+    async def next_round(self) -> None:
+        """Wait until the dispatcher has looked at the queue at least once after this call
+        (for tests and tools that must know a claim was attempted, without sleeping)."""
+        target = self._rounds_started + 1
+        self.notify()
+        while self._rounds_done < target:
+            await self._round.wait()
+
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
+            self._rounds_started += 1
             self._wake = anyio.Event()
             capacity = self.config.max_concurrent_jobs - len(self.running)
             claimed = 0
             if capacity > 0 and not self.paused:
                 claimed = await self._claim_and_start(capacity)
+            self._rounds_done = self._rounds_started
+            self._round.set()
+            self._round = anyio.Event()
             if claimed and claimed == capacity:
                 continue  # more may be waiting; capacity is rechecked at the top
             if self._next_due is not None and self._next_due <= self._now():
@@ -541,6 +565,7 @@ class TaskQueue:
         """Stop claiming; give running tasks the grace period; then cancel and release them."""
         self._stopping = True
         self.notify()
+        await self._dispatcher_stopped.wait()  # a claim in flight still starts its tasks
         if self.running:
             logger.info(
                 "shutting down: waiting up to %gs for %d running tasks",

@@ -334,8 +334,8 @@ class TaskStore(abc.ABC):
         ``TaskStateError`` for a terminal task (which is left untouched)."""
 
     @abc.abstractmethod
-    async def cancel_waiting(self, *, now: float) -> int:
-        """Cancel every ``pending`` and ``retrying`` task; return how many."""
+    async def cancel_waiting(self, *, now: float) -> list[str]:
+        """Cancel every ``pending`` and ``retrying`` task; return their ids."""
 
     @abc.abstractmethod
     async def set_paused(self, paused: bool, *, reason: str | None = None) -> None:

@@ -288,9 +288,7 @@ class SQLiteTaskStore(TaskStore):
         def insert(conn: sqlite3.Connection) -> TaskRecord:
             if max_queue_size is not None:
                 (size,) = conn.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM background_tasks"
-                    f" WHERE status IN {_WAITING} LIMIT ?)",
-                    (max_queue_size,),
+                    f"SELECT sum(n) FROM task_counts WHERE status IN {_WAITING}"
                 ).fetchone()
                 if size >= max_queue_size:
                     raise QueueFullError(max_queue_size, size)
@@ -367,9 +365,7 @@ class SQLiteTaskStore(TaskStore):
     async def count_tasks(self) -> dict[TaskStatus, int]:
         def count(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
             counts = dict.fromkeys(TaskStatus, 0)
-            for status, n in conn.execute(
-                "SELECT status, count(*) FROM background_tasks GROUP BY status"
-            ):
+            for status, n in conn.execute("SELECT status, n FROM task_counts"):
                 counts[TaskStatus(status)] = n
             return counts
 
@@ -632,14 +628,14 @@ class SQLiteTaskStore(TaskStore):
 
         return await self._db().run(cancel)
 
-    async def cancel_waiting(self, *, now: float) -> int:
-        def cancel(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
+    async def cancel_waiting(self, *, now: float) -> list[str]:
+        def cancel(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
                 "UPDATE background_tasks SET status = 'cancelled', finished_at = ?1,"
-                f" updated_at = ?1 WHERE status IN {_WAITING}",
+                f" updated_at = ?1 WHERE status IN {_WAITING} RETURNING id",
                 (now,),
             )
-            return cursor.rowcount
+            return [task_id for (task_id,) in rows]
 
         return await self._db().run(cancel)
 
@@ -933,11 +929,16 @@ def _changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside literals in our scripts)."""
-    statements = []
-    for chunk in script.split(";"):
-        lines = [line for line in chunk.splitlines() if not line.strip().startswith("--")]
-        statement = "\n".join(lines).strip()
-        if statement:
-            statements.append(statement)
+    """Statements of a migration script; a trigger body's semicolons stay inside it."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    statements: list[str] = []
+    current = ""
+    for chunk in "\n".join(lines).split(";"):
+        current += chunk + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {current!r}")
     return statements

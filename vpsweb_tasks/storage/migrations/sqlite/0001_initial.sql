@@ -132,3 +132,30 @@ CREATE TABLE queue_state (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT
 );
+
+-- Tasks per status, kept by triggers: the queue-size check on every submit and the
+-- statistics read it in O(1) instead of counting rows.
+CREATE TABLE task_counts (
+    status TEXT PRIMARY KEY NOT NULL,
+    n      INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO task_counts (status, n) VALUES
+    ('pending', 0), ('running', 0), ('retrying', 0),
+    ('completed', 0), ('failed', 0), ('cancelled', 0);
+
+CREATE TRIGGER tr_background_tasks_insert AFTER INSERT ON background_tasks
+BEGIN
+    UPDATE task_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+
+CREATE TRIGGER tr_background_tasks_delete AFTER DELETE ON background_tasks
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+
+CREATE TRIGGER tr_background_tasks_status AFTER UPDATE OF status ON background_tasks
+WHEN OLD.status <> NEW.status
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;
+    UPDATE task_counts SET n = n + 1 WHERE status = NEW.status;
+END;
