@@ -154,6 +154,17 @@ async def test_fifo_among_equal_times_is_insertion_order(store: TaskStore) -> No
     assert [c.task.name for c in claims] == names
 
 
+async def test_a_retried_task_lines_up_behind_tasks_eligible_before_it(store: TaskStore) -> None:
+    await store.add_task(new_task(T0, name="first"))
+    await store.add_task(new_task(T0 + 1, name="second"))
+    first = await claim_one(store, now=T0 + 1)
+    assert first.task.name == "first"
+    failure = Failed("E", "again", ErrorCategory.NETWORK, retry_at=T0 + 2)
+    await store.finish(first.token, failure, now=T0 + 2)
+    assert (await claim_one(store, now=T0 + 5)).task.name == "second"
+    assert (await claim_one(store, now=T0 + 5)).task.name == "first"
+
+
 async def test_claim_marks_running_with_a_lease_and_an_execution(store: TaskStore) -> None:
     task = await store.add_task(new_task(T0))
     claim = await claim_one(store, now=T0 + 2)

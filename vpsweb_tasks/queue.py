@@ -120,6 +120,7 @@ class TaskQueue:
         self._idle.set()
         self._stopping = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
+        self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
@@ -166,6 +167,7 @@ class TaskQueue:
         return max(0.0, min(interval, self._next_due - self._now()))
 
     def set_shared_pause(self, paused: bool, reason: str | None) -> None:
+        self._pause_changes += 1
         self._shared_pause = (paused, reason)
         self.notify()
 
@@ -240,7 +242,13 @@ class TaskQueue:
                 await self._wake.wait()
             if timer.cancelled_caught and (self._next_due is None or self._next_due > self._now()):
                 # Nothing woke us: another process may have paused or resumed the queue.
-                self._shared_pause = await self.store.get_paused()
+                await self._refresh_pause()
+
+    async def _refresh_pause(self) -> None:
+        changes = self._pause_changes
+        shared = await self.store.get_paused()
+        if changes == self._pause_changes:  # a local pause/resume during the read wins
+            self._shared_pause = shared
 
     async def _claim_and_start(self, limit: int) -> int:
         with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
