@@ -374,6 +374,8 @@ class EventHub:
         if after is not None:
             if after < self.oldest_id - 1:
                 self._subscriptions.discard(subscription)
+                subscription.send.close()
+                subscription.receive.close()
                 raise SubscriberLagged(after)
             backlog = self.recent(after=after)
             subscription.last_id = after
@@ -400,6 +402,7 @@ class EventHub:
         finally:
             self._subscriptions.discard(subscription)
             subscription.send.close()
+            subscription.receive.close()
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
