@@ -104,7 +104,7 @@ def _f(value: Any) -> float | None:
 def _task(row: sqlite3.Row) -> TaskRecord:
     category = row["error_category"]
     result = row["result"]
-    return TaskRecord.model_construct(
+    return TaskRecord(
         id=row["id"],
         name=row["name"],
         task_type=row["task_type"],
@@ -138,7 +138,7 @@ def _task(row: sqlite3.Row) -> TaskRecord:
 
 def _execution(row: sqlite3.Row) -> ExecutionRecord:
     category = row["error_category"]
-    return ExecutionRecord.model_construct(
+    return ExecutionRecord(
         id=row["id"],
         task_id=row["task_id"],
         attempt=row["attempt"],
