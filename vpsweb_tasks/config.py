@@ -154,6 +154,10 @@ class MonitoringSettings(_Section):
     """Log every progress update too (verbose)."""
     progress_history_limit: int = Field(default=200, ge=1)
     """Progress history rows kept per task (beyond the document)."""
+    statistics_window: PositiveSeconds = 3600.0
+    """Task statistics (rates, durations, error rates) cover this much recent time."""
+    min_attempts_for_error_rate: int = Field(default=5, ge=1)
+    """The error-rate alert needs at least this many finished attempts in the window."""
 
 
 class SystemResourceSettings(_Section):
