@@ -213,42 +213,26 @@ class TaskMonitor:
         self._breakers: dict[str, str] = {}
         self._status: HealthStatus = "healthy"
         self._stack: AsyncExitStack | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._host: anyio.abc.TaskGroup | None = None
+        self._loops: anyio.CancelScope | None = None
+        self._owns_host = False
         self.events.add_listener(self._on_breaker, kinds={BreakerStateChanged.kind})
 
     # --- lifecycle -------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self._tg is not None
-
-    async def start(self) -> None:
-        if self._tg is not None:
-            return
-        if self._sampler is None and self.settings.system_resources.enable_resource_monitoring:
-            self._sampler = PsutilSampler(self.settings.storage.sqlite_path.parent)
-        stack = AsyncExitStack()
-        self._tg = await stack.enter_async_context(anyio.create_task_group())
-        self._stack = stack
-        if self._sampler is not None:
-            self._tg.start_soon(
-                self._every, self.settings.system_resources.resource_check_interval, self.sample
-            )
-        if self.settings.task_monitoring.enable_health_checks:
-            self._tg.start_soon(
-                self._every, self.settings.task_monitoring.health_check_interval, self.check_health
-            )
-
-    async def stop(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is None or self._tg is None:
-            return
-        self._tg.cancel_scope.cancel()
-        self._tg = None
-        await stack.aclose()
+        """Whether the sampling and health loops are running."""
+        return self._loops is not None
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        """Host the monitor's loops in a task group for the duration of the block, and
+        start them. Inside the block, :meth:`stop` and :meth:`start` pause and resume the
+        loops (the HTTP routes ``/monitoring/stop`` and ``/start`` do this)."""
+        stack = AsyncExitStack()
+        self._host = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        self._start_loops()
         return self
 
     async def __aexit__(
@@ -257,7 +241,49 @@ class TaskMonitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        self._stop_loops()
+        stack, self._stack, self._host = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def start(self) -> None:
+        """Start the loops (entering the monitor as a context manager if it is not)."""
+        if self._host is None:
+            await self.__aenter__()
+            self._owns_host = True
+        else:
+            self._start_loops()
+
+    async def stop(self) -> None:
+        """Stop the loops (and leave the context entered by :meth:`start`)."""
+        if self._owns_host:
+            self._owns_host = False
+            await self.__aexit__(None, None, None)
+        else:
+            self._stop_loops()
+
+    def _start_loops(self) -> None:
+        if self._loops is not None or self._host is None:
+            return
+        if self._sampler is None and self.settings.system_resources.enable_resource_monitoring:
+            self._sampler = PsutilSampler(self.settings.storage.sqlite_path.parent)
+        self._loops = anyio.CancelScope()
+        self._host.start_soon(self._run_loops, self._loops)
+
+    def _stop_loops(self) -> None:
+        if self._loops is not None:
+            self._loops.cancel()
+            self._loops = None
+
+    async def _run_loops(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                if self._sampler is not None:
+                    interval = self.settings.system_resources.resource_check_interval
+                    tg.start_soon(self._every, interval, self.sample)
+                if self.settings.task_monitoring.enable_health_checks:
+                    interval = self.settings.task_monitoring.health_check_interval
+                    tg.start_soon(self._every, interval, self.check_health)
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -352,6 +378,12 @@ class TaskMonitor:
     def latest_sample(self) -> ResourceSample | None:
         return self._samples[-1] if self._samples else None
 
+    def smoothed_cpu(self) -> float | None:
+        """Mean CPU of the latest ``cpu_smoothing_samples`` samples."""
+        count = self.settings.system_resources.cpu_smoothing_samples
+        recent = list(self._samples)[-count:]
+        return sum(s.cpu_percent for s in recent) / len(recent) if recent else None
+
     async def sample(self) -> ResourceSample | None:
         """Take one resource sample now: keep it, persist it, and apply overload control."""
         if self._sampler is None:
@@ -389,9 +421,10 @@ class TaskMonitor:
                 f"process memory {sample.process_rss_mb:.0f} MB is above"
                 f" {memory_limit:.0f} MB ({tasks.overload_threshold:.0%} of max_memory_mb)"
             )
-        if sample.cpu_percent > cpu_limit:
+        cpu = self.smoothed_cpu() or 0.0
+        if cpu > cpu_limit:
             reasons.append(
-                f"CPU {sample.cpu_percent:.0f}% is above {cpu_limit:.0f}%"
+                f"CPU {cpu:.0f}% is above {cpu_limit:.0f}%"
                 f" ({tasks.overload_threshold:.0%} of max_cpu_percent)"
             )
         reason = "overloaded: " + "; ".join(reasons) if reasons else None
@@ -406,6 +439,11 @@ class TaskMonitor:
 
     def _on_breaker(self, event: BreakerStateChanged) -> None:
         self._breakers[event.name] = event.new_state
+
+    @property
+    def breaker_states(self) -> dict[str, str]:
+        """Last known state of every circuit breaker that changed state."""
+        return dict(sorted(self._breakers.items()))
 
     @property
     def alerts(self) -> list[Alert]:
