@@ -12,7 +12,7 @@ definition time, and some refer to dependencies local to :func:`create_router`.)
 
 import hmac
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -39,6 +39,7 @@ from .schemas import (
     AlertResponse,
     AlertsResponse,
     ClearResponse,
+    ErrorResponse,
     ExecutionResponse,
     HealthResponse,
     MonitoringStateResponse,
@@ -132,17 +133,32 @@ def create_router(
             )
 
     route_class = _route_class(queue_full_retry_after)
+    errors: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorResponse, "description": "The task manager is not running"},
+    }
+    guarded_errors: dict[int | str, dict[str, Any]] = {
+        **errors,
+        401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+        404: {"model": ErrorResponse, "description": "No task with that id"},
+        409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
+        429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
+    }
     root = APIRouter(route_class=route_class)
-    public = APIRouter(route_class=route_class, dependencies=[Depends(running)])
+    public = APIRouter(route_class=route_class, dependencies=[Depends(running)], responses=errors)
     guarded = [Depends(authorised), Depends(running)]
     tasks = APIRouter(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
         route_class=route_class,
         dependencies=guarded,
+        responses=guarded_errors,
     )
     monitoring = APIRouter(
-        prefix=MONITORING_PREFIX, tags=["monitoring"], route_class=route_class, dependencies=guarded
+        prefix=MONITORING_PREFIX,
+        tags=["monitoring"],
+        route_class=route_class,
+        dependencies=guarded,
+        responses=guarded_errors,
     )
 
     async def health_now() -> HealthResponse:
@@ -218,17 +234,11 @@ def create_router(
         limit: Limit = 100,
         offset: Offset = 0,
         status: Annotated[
-            list[TaskStatus] | None,
+            list[Literal["completed", "failed", "cancelled"]] | None,
             Query(description="Any of completed, failed, cancelled (default: all three)"),
         ] = None,
     ) -> TaskListResponse:
-        finished = [
-            s
-            for s in (status or [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED])
-            if s.is_terminal
-        ]
-        if not finished:
-            raise HTTPException(422, "status must be completed, failed or cancelled")
+        finished = [TaskStatus(s) for s in status or ("completed", "failed", "cancelled")]
         return await listing(finished, limit, offset, "finished_desc")
 
     @tasks.get("/statistics", summary="Get comprehensive task statistics")
@@ -279,7 +289,15 @@ def create_router(
             try:
                 return int(last_event_id)
             except ValueError:
-                raise HTTPException(422, "Last-Event-ID must be an event id (an integer)") from None
+                detail = [
+                    {
+                        "type": "int_parsing",
+                        "loc": ["header", "last-event-id"],
+                        "msg": "Last-Event-ID must be an event id (an integer)",
+                        "input": last_event_id,
+                    }
+                ]
+                raise HTTPException(422, detail) from None
         return after
 
     @tasks.get(
@@ -419,7 +437,7 @@ def create_router(
     root.include_router(tasks)
     root.include_router(monitoring)
     if metrics_path is not None:
-        metrics = APIRouter(route_class=route_class, dependencies=guarded)
+        metrics = APIRouter(route_class=route_class, dependencies=guarded, responses=guarded_errors)
 
         @metrics.get(
             metrics_path, tags=["monitoring"], summary="Prometheus metrics", response_class=Response

@@ -61,6 +61,12 @@ class RequeueRequest(_Request):
 # --- responses ------------------------------------------------------------------------------
 
 
+class ErrorResponse(_Response):
+    """The body of every error but validation errors (422, FastAPI's own shape)."""
+
+    detail: str
+
+
 class ErrorInfo(_Response):
     type: str | None
     message: str | None
