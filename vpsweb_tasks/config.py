@@ -120,6 +120,9 @@ class BackgroundTaskSettings(_Section):
     put back in the queue (they run again later, without losing an attempt)."""
     progress_flush_interval: PositiveSeconds = 0.5
     """Progress reaches listeners at once; storage gets the latest value this often."""
+    data_dir: Path = Path("data")
+    """Folder the built-in ``data_processing`` task reads from and writes to (it refuses
+    paths outside it)."""
 
     @field_validator("task_timeouts", mode="after")
     @classmethod
