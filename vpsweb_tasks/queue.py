@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import psutil
 
 from .context import TaskContext, _current
@@ -60,6 +61,7 @@ from .storage.base import (
     Deferred,
     Failed,
     LeaseToken,
+    Notice,
     Outcome,
     ProgressSnapshot,
     Released,
@@ -192,12 +194,39 @@ class TaskQueue:
         )
         await self.reap()
         if self.config.enabled:
+            await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
             tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
             tg.start_soon(self._loop, "cleanup", self._cleanup_loop)
+
+    async def _listen(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Relay other processes' submits and cancel requests (LISTEN/NOTIFY on PostgreSQL;
+        a no-op on SQLite, which relies on polling). A failure before the first notice
+        fails the start; a later one is logged and the store is asked again."""
+        status = _StartedOnce(task_status)
+        while not self._stopping:
+            try:
+                await self.store.listen(self._on_notice, task_status=status)
+            except Exception:
+                if not status.done:
+                    raise
+                logger.exception("listening for notices failed; polling until it is back")
+                await anyio.sleep(self.config.queue_check_interval)
+
+    def _on_notice(self, kind: Notice, task_id: str) -> None:
+        if kind == "task_added":
+            self.notify()
+        elif kind == "cancel_requested":
+            running = self.running.get(task_id)
+            if running is not None and running.stop_reason is None:
+                task_logger(task_id).info("cancel requested by another process")
+                running.context._request_cancel()
+                running.stop("cancel")
 
     async def _run_dispatcher(self) -> None:
         try:
@@ -587,6 +616,19 @@ class TaskQueue:
             await self._idle.wait()
         await self.flush_progress()
         await self.store.remove_worker(self.manager.worker_id)
+
+
+class _StartedOnce:
+    """Passes the first ``started()`` on to the task group; ignores later ones."""
+
+    def __init__(self, inner: anyio.abc.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started(value)
 
 
 def _find(error: BaseException, kind: type[CircuitOpenError]) -> CircuitOpenError | None:

@@ -82,6 +82,9 @@ logger = logging.getLogger("vpsweb_tasks.storage.postgres")
 
 Connection = psycopg.AsyncConnection[DictRow]
 
+#: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
+LISTENER_NAME = "vpsweb-tasks-listen"
+
 _WAITING = "('pending', 'retrying')"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 _ORDER_PRIORITY = "priority DESC, run_at, seq"
@@ -255,7 +258,9 @@ class PostgresTaskStore(TaskStore):
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self.channel = "vpsweb_tasks" if schema is None else f"vpsweb_tasks.{schema}"
+        self.channel = "vpsweb_tasks"
+        """The NOTIFY channel: one per schema (set by :meth:`open`), so stores on other
+        schemas of the same database do not wake each other."""
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._schema_version = 0
 
@@ -288,6 +293,9 @@ class PostgresTaskStore(TaskStore):
             await pool.open(wait=True, timeout=self.connect_timeout)
             self._pool = pool
             self._schema_version = await self._migrate()
+            row = await self._fetchone("SELECT current_schema() AS name")
+            assert row is not None
+            self.channel = f"vpsweb_tasks.{row['name']}"[:63]  # longer names are cut
         except BaseException:
             self._pool = None
             with anyio.CancelScope(shield=True):
@@ -299,8 +307,9 @@ class PostgresTaskStore(TaskStore):
             # One migrator at a time per schema, across processes; DDL is transactional,
             # so the others find everything applied once they get the lock.
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('vpsweb_tasks.migrate'), hashtext(%s))",
-                (self.schema or "",),
+                "SELECT pg_advisory_xact_lock(hashtext('vpsweb_tasks.migrate'),"
+                " hashtext(coalesce(%s, current_schema(), '')))",
+                (self.schema,),
             )
             if self.schema is not None:
                 await conn.execute(
@@ -363,7 +372,10 @@ class PostgresTaskStore(TaskStore):
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.connect_timeout)),
+                    application_name=LISTENER_NAME,
                 )
             except psycopg.OperationalError as exc:
                 if not started:
