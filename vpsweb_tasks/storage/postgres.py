@@ -110,6 +110,8 @@ WITH picked AS (
 )
 SELECT * FROM claimed ORDER BY {order}
 """
+_NO_CANCEL = " AND NOT cancel_requested"
+_CANCEL = " AND cancel_requested"
 _RUNNABLE_ANY = "(owner IS NULL OR owner = %(worker)s)"
 _RUNNABLE_TYPES = "(owner = %(worker)s OR (owner IS NULL AND task_type = ANY(%(types)s)))"
 
@@ -582,60 +584,61 @@ class PostgresTaskStore(TaskStore):
         return HeartbeatResult(lost=lost, cancel_requested=cancel_requested)
 
     async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
-        async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                "SELECT task_type, attempts, run_at, started_at, cancel_requested"
-                " FROM background_tasks"
-                " WHERE id = %s AND status = 'running' AND lease_owner = %s AND fence = %s"
-                " FOR UPDATE",
-                (token.task_id, token.worker_id, token.fence),
+        cancel_can_win = isinstance(outcome, Failed | Released | Deferred)
+        row = await self._finish_as(token, outcome, now, guard=_NO_CANCEL if cancel_can_win else "")
+        if row is None and cancel_can_win:
+            # A cancel request that raced with the attempt's end still wins.
+            row = await self._finish_as(token, Cancelled(), now, guard=_CANCEL)
+        if row is None:
+            raise LeaseLostError(
+                f"task_id:{token.task_id} is no longer held by {token.worker_id}"
+                f" (fence {token.fence})"
             )
-            row = await cursor.fetchone()
-            if row is None:
-                raise LeaseLostError(
-                    f"task_id:{token.task_id} is no longer held by {token.worker_id}"
-                    f" (fence {token.fence})"
-                )
-            effective = outcome
-            if row["cancel_requested"] and isinstance(outcome, Failed | Released | Deferred):
-                # A cancel request that raced with the attempt's end still wins.
-                effective = Cancelled()
-            changes, execution = _changes_for(effective, now)
-            assignments = ", ".join(
-                f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = %({column})s"
-                for column, value in changes.items()
-            )
-            values = {c: v for c, v in changes.items() if not isinstance(v, _Expr)}
-            started = row["started_at"]
-            cursor = await conn.execute(
-                _q(
-                    f"WITH execution AS (UPDATE task_executions SET finished_at = %(now)s,"
-                    " outcome = %(x_outcome)s, error_category = %(x_error_category)s,"
-                    " error_type = %(x_error_type)s, error_message = %(x_error_message)s,"
-                    " traceback = %(x_traceback)s WHERE task_id = %(id)s AND fence = %(fence)s),"
-                    " metric AS (INSERT INTO task_metrics (task_id, task_type, attempt, outcome,"
-                    " error_category, queue_wait_seconds, duration_seconds, recorded_at)"
-                    " VALUES (%(id)s, %(task_type)s, %(attempt)s, %(x_outcome)s,"
-                    " %(x_error_category)s, %(wait)s, %(duration)s, %(now)s))"
-                    f" UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
-                    " lease_expires_at = NULL, cancel_requested = FALSE, updated_at = %(now)s"
-                    " WHERE id = %(id)s RETURNING *"
-                ),
-                {
-                    **values,
-                    **{f"x_{key}": value for key, value in execution.items()},
-                    "now": now,
-                    "id": token.task_id,
-                    "fence": token.fence,
-                    "task_type": row["task_type"],
-                    "attempt": row["attempts"],
-                    "wait": None if started is None else max(0.0, started - row["run_at"]),
-                    "duration": None if started is None else max(0.0, now - started),
-                },
-            )
-            updated = await cursor.fetchone()
-            assert updated is not None
-            return _task(updated)
+        return _task(row)
+
+    async def _finish_as(
+        self, token: LeaseToken, outcome: Outcome, now: float, *, guard: str
+    ) -> DictRow | None:
+        """Record ``outcome`` in one statement if the token is current and the row matches
+        ``guard``; None (changing nothing) otherwise. One statement, not a transaction of
+        several: a task's end costs a single round trip."""
+        changes, execution = _changes_for(outcome, now)
+        assignments = ", ".join(
+            f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = %({column})s"
+            for column, value in changes.items()
+        )
+        values = {c: v for c, v in changes.items() if not isinstance(v, _Expr)}
+        return await self._fetchone(
+            _q(
+                "WITH current AS (SELECT id AS c_id, task_type AS c_type, attempts AS c_attempts,"
+                " run_at AS c_run_at, started_at AS c_started FROM background_tasks"
+                " WHERE id = %(id)s AND status = 'running' AND lease_owner = %(worker)s"
+                f" AND fence = %(fence)s{guard} FOR UPDATE),"
+                f" task AS (UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
+                " lease_expires_at = NULL, cancel_requested = FALSE, updated_at = %(now)s"
+                " FROM current WHERE id = c_id RETURNING background_tasks.*),"
+                " execution AS (UPDATE task_executions SET finished_at = %(now)s,"
+                " outcome = %(x_outcome)s, error_category = %(x_error_category)s,"
+                " error_type = %(x_error_type)s, error_message = %(x_error_message)s,"
+                " traceback = %(x_traceback)s"
+                " WHERE task_id = (SELECT c_id FROM current) AND fence = %(fence)s),"
+                " metric AS (INSERT INTO task_metrics (task_id, task_type, attempt, outcome,"
+                " error_category, queue_wait_seconds, duration_seconds, recorded_at)"
+                " SELECT c_id, c_type, c_attempts, %(x_outcome)s, %(x_error_category)s,"
+                " CASE WHEN c_started IS NOT NULL THEN greatest(0, c_started - c_run_at) END,"
+                " CASE WHEN c_started IS NOT NULL THEN greatest(0, %(now)s - c_started) END,"
+                " %(now)s FROM current)"
+                " SELECT * FROM task"
+            ),
+            {
+                **values,
+                **{f"x_{key}": value for key, value in execution.items()},
+                "now": now,
+                "id": token.task_id,
+                "worker": token.worker_id,
+                "fence": token.fence,
+            },
+        )
 
     async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
         if not snapshots:
