@@ -293,3 +293,50 @@ async def test_a_cancel_from_an_api_process_stops_a_task_in_a_worker_process(
         worker.worker_id,
     )
     assert await worker.stop() == 0, worker.stderr()
+
+
+async def test_workers_honour_a_pause_made_by_an_api_process(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[[Path], Worker],
+    tmp_path: Path,
+) -> None:
+    interval = 0.3
+    config = write_config(
+        tmp_path / "worker.yaml", storage, queue_check_interval=interval, lease_seconds=3.0
+    )
+    worker = start_worker(config)
+    await worker.ready()
+    definition = TaskDefinition(name="work", task_type="mp_work")
+
+    def finished(task_ids: list[str]) -> Callable[[], Any]:
+        async def check() -> bool:
+            tasks = await api.store.get_tasks(task_ids)
+            return all(t.status is TaskStatus.COMPLETED for t in tasks)
+
+        return check
+
+    warm_up = await api.submit(definition, n=0, seconds=0)
+    await poll(finished([warm_up.task_id]), timeout=10)
+
+    await api.pause("maintenance window")
+    paused_at = time.time()
+    # Keep submitting: on PostgreSQL every submit wakes the worker through a notice, and
+    # the pause must hold all the same, from one queue_check_interval after it was made.
+    settled = paused_at + 2 * interval  # one interval, plus as much for a claim in flight
+    late: list[str] = []
+    while time.time() < paused_at + 6 * interval:
+        context = await api.submit(definition, n=1, seconds=0)
+        if time.time() > settled:
+            late.append(context.task_id)
+        await anyio.sleep(0.02)  # pacing the submits, not synchronisation
+    assert late
+    assert {t.status for t in await api.store.get_tasks(late)} == {TaskStatus.PENDING}
+
+    await api.resume()
+    resumed_at = time.time()
+    await poll(finished(late), timeout=30)
+    for task_id in late:
+        [execution] = await api.store.list_executions(task_id)
+        assert execution.started_at.timestamp() >= resumed_at
+    assert await worker.stop() == 0, worker.stderr()

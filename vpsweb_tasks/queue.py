@@ -123,6 +123,7 @@ class TaskQueue:
         self._stopping = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
+        self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
@@ -189,6 +190,7 @@ class TaskQueue:
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._shared_pause = await self.store.get_paused()
+        self._pause_read_at = anyio.current_time()
         await self.store.heartbeat(
             worker=self.worker, now=self._now(), lease_seconds=self.config.lease_seconds
         )
@@ -269,11 +271,18 @@ class TaskQueue:
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
                 await self._wake.wait()
-            if timer.cancelled_caught and (self._next_due is None or self._next_due > self._now()):
-                # Nothing woke us: another process may have paused or resumed the queue.
+            idle = timer.cancelled_caught and (
+                self._next_due is None or self._next_due > self._now()
+            )
+            stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
+            if idle or stale:
+                # Another process may have paused or resumed the queue. `stale`: wake-ups
+                # (our own finishes, other processes' notices) can keep the sleep from ever
+                # running out, yet a pause must be seen within queue_check_interval.
                 await self._refresh_pause()
 
     async def _refresh_pause(self) -> None:
+        self._pause_read_at = anyio.current_time()
         changes = self._pause_changes
         shared = await self.store.get_paused()
         if changes == self._pause_changes:  # a local pause/resume during the read wins
