@@ -129,6 +129,20 @@ def store_factory(backend: str, tmp_path: Path) -> Iterator[Callable[..., TaskSt
 
 
 @pytest.fixture
+def storage(backend: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The ``storage`` config section of a fresh database of the selected backend, for
+    processes that read a config file (for postgres, a schema chosen in the DSN)."""
+    if backend == "sqlite":
+        yield {"backend": "sqlite", "sqlite_path": str(tmp_path / "shared.db")}
+    else:
+        import psycopg
+
+        with postgres_schema() as schema:
+            dsn = psycopg.conninfo.make_conninfo(POSTGRES_DSN, options=f"-csearch_path={schema}")
+            yield {"backend": "postgres", "postgres_dsn": dsn}
+
+
+@pytest.fixture
 async def store(store_factory: Callable[..., TaskStore]) -> AsyncIterator[TaskStore]:
     async with store_factory() as s:
         yield s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,23 +26,17 @@ def worker_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(library, "level", library.level)
 
 
-def config_file(tmp_path: Path) -> Path:
+def config_file(tmp_path: Path, storage: dict[str, Any] | None = None) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "storage": {"sqlite_path": str(tmp_path / "tasks.db")},
-                "logging": {"file": None},
-            }
-        )
-    )
+    storage = storage or {"sqlite_path": str(tmp_path / "tasks.db")}
+    path.write_text(yaml.safe_dump({"storage": storage, "logging": {"file": None}}))
     return path
 
 
 def test_status_reads_counts_workers_and_pause_from_the_database(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, storage: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = config_file(tmp_path)
+    config = config_file(tmp_path, storage)
 
     async def fill() -> str:
         async with TaskManager(load_config(config)) as manager:
@@ -58,7 +53,7 @@ def test_status_reads_counts_workers_and_pause_from_the_database(
     anyio.run(fill, backend="asyncio")
     assert main(["status", "--config", str(config), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["backend"] == "sqlite"
+    assert report["backend"] == storage["backend"]
     assert (report["paused"], report["pause_reason"]) == (True, "deploying")
     assert report["tasks"]["pending"] == 3
     assert report["waiting"] == 3

@@ -20,29 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psycopg
 import pytest
 import yaml
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
 from vpsweb_tasks.models import ExecutionOutcome
 
-from .conftest import POSTGRES_DSN, postgres_schema
-
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def storage(backend: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The ``storage`` config section of a fresh database of the backend under test."""
-    if backend == "sqlite":
-        yield {"backend": "sqlite", "sqlite_path": str(tmp_path / "shared.db")}
-    else:
-        with postgres_schema() as schema:
-            dsn = psycopg.conninfo.make_conninfo(POSTGRES_DSN, options=f"-csearch_path={schema}")
-            yield {"backend": "postgres", "postgres_dsn": dsn}
 
 
 def write_config(path: Path, storage: dict[str, Any], **background: Any) -> Path:
