@@ -369,6 +369,8 @@ class PostgresTaskStore(TaskStore):
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        if self._pool is None:
+            raise RuntimeError(f"{self!r} is not open")
         started = False
         delay = 0.1
         while True:
@@ -649,7 +651,7 @@ class PostgresTaskStore(TaskStore):
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "SELECT id FROM background_tasks WHERE status = 'running' AND id = ANY(%s)"
-                " FOR UPDATE",
+                " ORDER BY id FOR UPDATE",  # one lock order for every writer of several rows
                 (list(latest),),
             )
             running = {row["id"] for row in await cursor.fetchall()}
