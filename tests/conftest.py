@@ -72,11 +72,20 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         "retry_delay": 0.01,
         "progress_flush_interval": 0.05,
         "shutdown_grace_period": 2.0,
+        # The machine's real load must not pause tests; overload has its own tests.
+        "pause_on_overload": False,
         **sections.pop("background_tasks", {}),
     }
+    resources = {"cpu_smoothing_samples": 1, **sections.pop("system_resources", {})}
     storage = {"sqlite_path": str(tmp_path / "tasks.db"), **sections.pop("storage", {})}
     logging_ = {"file": str(tmp_path / "logs" / "repository.log"), **sections.pop("logging", {})}
-    return load_config(background_tasks=background, storage=storage, logging=logging_, **sections)
+    return load_config(
+        background_tasks=background,
+        storage=storage,
+        logging=logging_,
+        system_resources=resources,
+        **sections,
+    )
 
 
 @pytest.fixture

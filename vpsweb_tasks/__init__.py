@@ -32,6 +32,7 @@ from .models import (
     TaskRecord,
     TaskStatus,
 )
+from .monitor import TaskMonitor, get_task_monitor
 from .retry import RetryConfig, RetryPolicy, RetryStrategy, with_retry
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "TaskContext",
     "TaskDefinition",
     "TaskManager",
+    "TaskMonitor",
     "TaskNotFoundError",
     "TaskPriority",
     "TaskRecord",
@@ -67,6 +69,7 @@ __all__ = [
     "classify_error",
     "current_task",
     "get_task_manager",
+    "get_task_monitor",
     "load_config",
     "register_error_rule",
     "set_task_manager",

@@ -6,19 +6,27 @@
   with payload ``vacuum: true`` reclaim free space.
 * ``backup``: write a consistent copy of the database to payload ``path`` (default
   ``backups/vpsweb_tasks-<UTC time>.db``) while tasks keep running.
+* ``data_processing``: convert a table file between CSV, JSON and JSON lines (see
+  :func:`register_data_processing`; the design document's submit example uses it).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
 
 from .context import TaskContext
 
 if TYPE_CHECKING:
     from .manager import TaskManager
 
-__all__ = ["register_builtin_tasks"]
+__all__ = ["register_builtin_tasks", "register_data_processing"]
 
 
 def register_builtin_tasks(manager: TaskManager) -> None:
@@ -56,3 +64,80 @@ def register_builtin_tasks(manager: TaskManager) -> None:
     manager.register("cleanup", cleanup)
     manager.register("maintenance", maintenance)
     manager.register("backup", backup)
+    register_data_processing(manager)
+
+
+# --- data_processing ------------------------------------------------------------------------
+
+_FORMATS = ("json", "csv", "jsonl")
+
+
+def _locate(data_dir: Path, name: object) -> tuple[Path, Path]:
+    """The data folder and the source file in it; refuses anything outside it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("source_file must be a non-empty file name")
+    folder = data_dir.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder):
+        raise ValueError(f"source_file {name!r} is outside the data folder")
+    if not path.is_file():
+        raise ValueError(f"source_file {name!r} does not exist in {folder}")
+    return folder, path
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path.name} must hold a JSON array of objects")
+    return rows
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path, output_format: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as out:
+        if output_format == "json":
+            json.dump(rows, out, ensure_ascii=False, indent=1)
+        elif output_format == "jsonl":
+            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        else:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    partial.replace(path)
+
+
+def register_data_processing(manager: TaskManager) -> None:
+    """``data_processing``: convert a table file in ``background_tasks.data_dir`` between
+    CSV, JSON (array of objects) and JSON lines. Takes ``source_file`` and
+    ``output_format`` from the payload or the metadata (as the design document's submit
+    example sends them); writes ``<data_dir>/output/<stem>.<format>``."""
+
+    async def data_processing(context: TaskContext) -> dict[str, Any]:
+        spec = {**context.definition.metadata, **context.payload}
+        folder, source = await anyio.to_thread.run_sync(
+            _locate, manager.config.data_dir, spec.get("source_file")
+        )
+        output_format = spec.get("output_format", "json")
+        if output_format not in _FORMATS:
+            raise ValueError(f"output_format must be one of {', '.join(_FORMATS)}")
+        await context.update_progress(0.1, f"reading {source.name}")
+        rows = await anyio.to_thread.run_sync(_read_rows, source)
+        await context.update_progress(0.5, f"read {len(rows)} rows; writing {output_format}")
+        target = folder / "output" / f"{source.stem}.{output_format}"
+        await anyio.to_thread.run_sync(_write_rows, rows, target, output_format)
+        await context.update_progress(1.0, f"wrote {target.name}")
+        return {
+            "rows": len(rows),
+            "source_file": source.name,
+            "output_file": str(target.relative_to(folder)),
+            "output_format": output_format,
+        }
+
+    manager.register("data_processing", data_processing)

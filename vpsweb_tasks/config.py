@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
 )
@@ -36,6 +37,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BackgroundTaskSettings",
+    "HttpSettings",
     "LoggingSettings",
     "MonitoringSettings",
     "ProviderSettings",
@@ -118,6 +120,9 @@ class BackgroundTaskSettings(_Section):
     put back in the queue (they run again later, without losing an attempt)."""
     progress_flush_interval: PositiveSeconds = 0.5
     """Progress reaches listeners at once; storage gets the latest value this often."""
+    data_dir: Path = Path("data")
+    """Folder the built-in ``data_processing`` task reads from and writes to (it refuses
+    paths outside it)."""
 
     @field_validator("task_timeouts", mode="after")
     @classmethod
@@ -154,6 +159,10 @@ class MonitoringSettings(_Section):
     """Log every progress update too (verbose)."""
     progress_history_limit: int = Field(default=200, ge=1)
     """Progress history rows kept per task (beyond the document)."""
+    statistics_window: PositiveSeconds = 3600.0
+    """Task statistics (rates, durations, error rates) cover this much recent time."""
+    min_attempts_for_error_rate: int = Field(default=5, ge=1)
+    """The error-rate alert needs at least this many finished attempts in the window."""
 
 
 class SystemResourceSettings(_Section):
@@ -175,6 +184,9 @@ class SystemResourceSettings(_Section):
     """Disk percent (of the database's volume) that makes health critical."""
     disk_warning_threshold: float = Field(default=80.0, gt=0, le=100)
     """Disk percent that raises a warning."""
+    cpu_smoothing_samples: int = Field(default=3, ge=1, le=100)
+    """CPU alerts and overload use the mean of this many latest samples, so one busy
+    moment neither pauses dispatch nor raises an alert."""
 
 
 class StorageSettings(_Section):
@@ -215,6 +227,30 @@ class ProviderSettings(_Section):
     """Timeout of one LLM call."""
 
 
+class HttpSettings(_Section):
+    """The HTTP API (package ``vpsweb_tasks_http``) and ``vpsweb-tasks serve``."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; loopback by default."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key_env: str | None = None
+    """Name of an environment variable holding the API key. When a key is configured,
+    every route but the health checks requires header X-API-Key."""
+    api_key: SecretStr | None = None
+    """The API key itself (prefer api_key_env, which keeps it out of files)."""
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body accepted (413 beyond)."""
+    queue_full_retry_after: int = Field(default=5, ge=1)
+    """Retry-After seconds sent with 429 when the queue is full."""
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value() or None
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -231,6 +267,7 @@ class Settings(BaseSettings):
     system_resources: SystemResourceSettings = Field(default_factory=SystemResourceSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
 
 
@@ -296,6 +333,7 @@ def config_reference() -> str:
         ("system_resources", SystemResourceSettings),
         ("storage", StorageSettings),
         ("logging", LoggingSettings),
+        ("http", HttpSettings),
         ("providers.<name>", ProviderSettings),
     ]
     for name, model in sections:

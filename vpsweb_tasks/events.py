@@ -37,9 +37,12 @@ from .errors import ErrorCategory
 from .models import ProgressUpdate
 
 __all__ = [
+    "AlertCleared",
+    "AlertRaised",
     "BreakerStateChanged",
     "Event",
     "EventHub",
+    "HealthChanged",
     "Listener",
     "QueueCleared",
     "QueuePaused",
@@ -196,6 +199,33 @@ class BreakerStateChanged(Event):
     name: str = ""
     old_state: str = ""
     new_state: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRaised(Event):
+    """An alert started, or changed level."""
+
+    kind: ClassVar[str] = "alert_raised"
+    name: str = ""
+    level: str = "warning"
+    message: str = ""
+    value: float | None = None
+    threshold: float | None = None
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertCleared(Event):
+    kind: ClassVar[str] = "alert_cleared"
+    name: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthChanged(Event):
+    kind: ClassVar[str] = "health_changed"
+    old_status: str = ""
+    new_status: str = ""
 
 
 Listener = Callable[[Any], Awaitable[None] | None]

@@ -27,6 +27,7 @@ __all__ = [
     "ExecutionRecord",
     "ProgressUpdate",
     "QueueStatus",
+    "ResourceSample",
     "TaskDefinition",
     "TaskPriority",
     "TaskRecord",
@@ -252,6 +253,25 @@ class ExecutionRecord:
     error_category: ErrorCategory | None = None
     error_type: str | None = None
     error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceSample:
+    """One reading of system resources (a row of ``system_metrics``)."""
+
+    recorded_at: float
+    cpu_percent: float
+    """System-wide CPU use, percent."""
+    memory_percent: float
+    """System-wide memory use, percent."""
+    disk_percent: float
+    """Use of the volume holding the database, percent."""
+    process_rss_mb: float
+    """Resident memory of this process."""
+    process_cpu_percent: float = 0.0
+    """This process's CPU use, percent of one core."""
+    active_tasks: int = 0
+    queued_tasks: int = 0
 
 
 class ProgressUpdate(_Record):

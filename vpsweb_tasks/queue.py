@@ -174,6 +174,14 @@ class TaskQueue:
         self._shared_pause = (paused, reason)
         self.notify()
 
+    @property
+    def overloaded(self) -> bool:
+        return self._overload_reason is not None
+
+    @property
+    def overload_reason(self) -> str | None:
+        return self._overload_reason
+
     def set_overloaded(self, reason: str | None) -> None:
         """Pause (with a reason) or resume dispatch in this process because of load."""
         self._overload_reason = reason

@@ -39,9 +39,10 @@ import anyio
 import anyio.abc
 
 from ..errors import ErrorCategory
-from ..models import ExecutionRecord, TaskRecord, TaskStatus
+from ..models import ExecutionRecord, ResourceSample, TaskRecord, TaskStatus
 
 __all__ = [
+    "AttemptGroup",
     "Cancelled",
     "Claim",
     "Completed",
@@ -49,6 +50,7 @@ __all__ = [
     "Failed",
     "HeartbeatResult",
     "LeaseToken",
+    "MetricsWindow",
     "NewTask",
     "Notice",
     "Outcome",
@@ -188,6 +190,32 @@ class ReapResult:
     requeued: list[TaskRecord]
     failed: list[TaskRecord]
     expired_workers: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptGroup:
+    """Finished attempts in a window sharing type, outcome, category and first-or-retry."""
+
+    task_type: str
+    outcome: str
+    category: str | None
+    retry: bool
+    """True for attempts after the first."""
+    count: int
+    duration_total: float
+    wait_total: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsWindow:
+    """Aggregates of ``task_metrics`` since a time, for statistics."""
+
+    since: float
+    groups: list[AttemptGroup]
+    durations: list[float]
+    """Durations of the most recent completed attempts (bounded sample), unsorted."""
+    dead_lettered: int
+    """Tasks that became ``failed`` in the window."""
 
 
 #: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`.
@@ -418,12 +446,39 @@ class TaskStore(abc.ABC):
         * Expired workers' rows are deleted.
         """
 
+    # --- statistics and system metrics ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def count_tasks_by_type(self) -> dict[str, dict[TaskStatus, int]]:
+        """Number of tasks per type and status (types with no tasks left are omitted).
+        Cheap: backends keep these counts as tasks change."""
+
+    @abc.abstractmethod
+    async def metrics_window(self, *, since: float, sample_limit: int = 10_000) -> MetricsWindow:
+        """Finished attempts recorded since ``since``, grouped; plus a sample of at most
+        ``sample_limit`` completed durations and the count of dead-lettered tasks."""
+
+    @abc.abstractmethod
+    async def add_resource_sample(self, sample: ResourceSample) -> None:
+        """Persist one reading of system resources to ``system_metrics``."""
+
+    @abc.abstractmethod
+    async def resource_samples(
+        self, *, since: float | None = None, limit: int = 1000
+    ) -> list[ResourceSample]:
+        """Stored readings, oldest first: the most recent ``limit`` since ``since``."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """A trivial round trip; raises if the database cannot be reached."""
+
     # --- housekeeping ------------------------------------------------------------------
 
     @abc.abstractmethod
     async def cleanup(self, *, finished_before: float) -> int:
         """Delete terminal tasks that finished before the cutoff, with their executions,
-        metrics, progress history and translation job; return how many tasks."""
+        metrics, progress history and translation job, and system metrics recorded before
+        it; return how many tasks."""
 
     @abc.abstractmethod
     async def maintenance(self, *, vacuum: bool = False) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from ..errors import (
 from ..models import (
     ExecutionOutcome,
     ExecutionRecord,
+    ResourceSample,
     TaskPriority,
     TaskRecord,
     TaskStatus,
@@ -58,12 +59,14 @@ from ..models import (
 )
 from ..retry import RetryConfig
 from .base import (
+    AttemptGroup,
     Cancelled,
     Claim,
     Deferred,
     Failed,
     HeartbeatResult,
     LeaseToken,
+    MetricsWindow,
     NewTask,
     Notice,
     Outcome,
@@ -879,6 +882,110 @@ class PostgresTaskStore(TaskStore):
             await conn.execute("DELETE FROM workers WHERE worker_id = ANY(%s)", (dead,))
             return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
 
+    # --- statistics and system metrics ---------------------------------------------------
+
+    async def count_tasks_by_type(self) -> dict[str, dict[TaskStatus, int]]:
+        # Grouped from the (task_type, status) index: no counter rows to contend on.
+        counts: dict[str, dict[TaskStatus, int]] = {}
+        for row in await self._fetchall(
+            "SELECT task_type, status, count(*) AS n FROM background_tasks GROUP BY 1, 2"
+        ):
+            per_type = counts.setdefault(row["task_type"], dict.fromkeys(TaskStatus, 0))
+            per_type[TaskStatus(row["status"])] = row["n"]
+        return counts
+
+    async def metrics_window(self, *, since: float, sample_limit: int = 10_000) -> MetricsWindow:
+        async with self._connection() as conn:
+            await conn.set_autocommit(False)
+            try:
+                # One snapshot for the three reads, as SQLite's read transaction gives.
+                await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                async with conn.transaction():
+                    cursor = await conn.execute(
+                        "SELECT task_type, outcome, error_category, attempt > 1 AS retry,"
+                        " count(*) AS n, sum(duration_seconds) AS duration,"
+                        " sum(queue_wait_seconds) AS wait FROM task_metrics"
+                        " WHERE recorded_at >= %s GROUP BY 1, 2, 3, 4",
+                        (since,),
+                    )
+                    groups = [
+                        AttemptGroup(
+                            task_type=row["task_type"],
+                            outcome=row["outcome"],
+                            category=row["error_category"],
+                            retry=bool(row["retry"]),
+                            count=row["n"],
+                            duration_total=float(row["duration"] or 0.0),
+                            wait_total=float(row["wait"] or 0.0),
+                        )
+                        for row in await cursor.fetchall()
+                    ]
+                    cursor = await conn.execute(
+                        "SELECT duration_seconds FROM task_metrics WHERE recorded_at >= %s"
+                        " AND outcome = 'completed' AND duration_seconds IS NOT NULL"
+                        " ORDER BY recorded_at DESC LIMIT %s",
+                        (since, sample_limit),
+                    )
+                    durations = [float(row["duration_seconds"]) for row in await cursor.fetchall()]
+                    cursor = await conn.execute(
+                        "SELECT count(*) AS n FROM background_tasks WHERE finished_at >= %s"
+                        " AND status = 'failed'",
+                        (since,),
+                    )
+                    dead = await cursor.fetchone()
+            finally:
+                await conn.set_isolation_level(None)
+                await conn.set_autocommit(True)
+        return MetricsWindow(
+            since=since,
+            groups=groups,
+            durations=durations,
+            dead_lettered=0 if dead is None else dead["n"],
+        )
+
+    async def add_resource_sample(self, sample: ResourceSample) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO system_metrics (recorded_at, cpu_percent, memory_percent,"
+                " disk_percent, process_rss_mb, process_cpu_percent, active_tasks, queued_tasks)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    sample.recorded_at,
+                    sample.cpu_percent,
+                    sample.memory_percent,
+                    sample.disk_percent,
+                    sample.process_rss_mb,
+                    sample.process_cpu_percent,
+                    sample.active_tasks,
+                    sample.queued_tasks,
+                ),
+            )
+
+    async def resource_samples(
+        self, *, since: float | None = None, limit: int = 1000
+    ) -> list[ResourceSample]:
+        rows = await self._fetchall(
+            "SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= %s"
+            " ORDER BY recorded_at DESC LIMIT %s) AS recent ORDER BY recorded_at",
+            (since if since is not None else 0.0, limit),
+        )
+        return [
+            ResourceSample(
+                recorded_at=float(row["recorded_at"]),
+                cpu_percent=float(row["cpu_percent"]),
+                memory_percent=float(row["memory_percent"]),
+                disk_percent=float(row["disk_percent"]),
+                process_rss_mb=float(row["process_rss_mb"]),
+                process_cpu_percent=float(row["process_cpu_percent"] or 0.0),
+                active_tasks=row["active_tasks"] or 0,
+                queued_tasks=row["queued_tasks"] or 0,
+            )
+            for row in rows
+        ]
+
+    async def ping(self) -> None:
+        await self._fetchone("SELECT 1 AS ok")
+
     # --- housekeeping ------------------------------------------------------------------
 
     async def cleanup(self, *, finished_before: float) -> int:
@@ -893,8 +1000,13 @@ class PostgresTaskStore(TaskStore):
                 )
                 deleted = cursor.rowcount
             if deleted <= 0:
-                return total
+                break
             total += deleted
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM system_metrics WHERE recorded_at < %s", (finished_before,)
+            )
+        return total
 
     async def _sizes(self, conn: Connection) -> dict[str, int]:
         cursor = await conn.execute(

@@ -32,6 +32,7 @@ from ..errors import (
 from ..models import (
     ExecutionOutcome,
     ExecutionRecord,
+    ResourceSample,
     TaskPriority,
     TaskRecord,
     TaskStatus,
@@ -41,6 +42,7 @@ from ..models import (
 from ..retry import RetryConfig
 from ._dbthread import DatabaseThread, Mode
 from .base import (
+    AttemptGroup,
     Cancelled,
     Claim,
     Completed,
@@ -48,6 +50,7 @@ from .base import (
     Failed,
     HeartbeatResult,
     LeaseToken,
+    MetricsWindow,
     NewTask,
     Outcome,
     ProgressSnapshot,
@@ -288,7 +291,7 @@ class SQLiteTaskStore(TaskStore):
         def insert(conn: sqlite3.Connection) -> TaskRecord:
             if max_queue_size is not None:
                 (size,) = conn.execute(
-                    f"SELECT sum(n) FROM task_counts WHERE status IN {_WAITING}"
+                    f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
                 ).fetchone()
                 if size >= max_queue_size:
                     raise QueueFullError(max_queue_size, size)
@@ -365,7 +368,7 @@ class SQLiteTaskStore(TaskStore):
     async def count_tasks(self) -> dict[TaskStatus, int]:
         def count(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
             counts = dict.fromkeys(TaskStatus, 0)
-            for status, n in conn.execute("SELECT status, n FROM task_counts"):
+            for status, n in conn.execute("SELECT status, sum(n) FROM task_counts GROUP BY status"):
                 counts[TaskStatus(status)] = n
             return counts
 
@@ -798,6 +801,106 @@ class SQLiteTaskStore(TaskStore):
 
         return await self._db().run(reap)
 
+    # --- statistics and system metrics ---------------------------------------------------
+
+    async def count_tasks_by_type(self) -> dict[str, dict[TaskStatus, int]]:
+        def count(conn: sqlite3.Connection) -> dict[str, dict[TaskStatus, int]]:
+            counts: dict[str, dict[TaskStatus, int]] = {}
+            for task_type, status, n in conn.execute(
+                "SELECT task_type, status, n FROM task_counts WHERE n > 0"
+            ):
+                counts.setdefault(task_type, dict.fromkeys(TaskStatus, 0))[TaskStatus(status)] = n
+            return counts
+
+        return await self._db().run(count, Mode.READ)
+
+    async def metrics_window(self, *, since: float, sample_limit: int = 10_000) -> MetricsWindow:
+        def window(conn: sqlite3.Connection) -> MetricsWindow:
+            groups = [
+                AttemptGroup(
+                    task_type=row[0],
+                    outcome=row[1],
+                    category=row[2],
+                    retry=bool(row[3]),
+                    count=row[4],
+                    duration_total=float(row[5] or 0.0),
+                    wait_total=float(row[6] or 0.0),
+                )
+                for row in conn.execute(
+                    "SELECT task_type, outcome, error_category, attempt > 1, count(*),"
+                    " sum(duration_seconds), sum(queue_wait_seconds) FROM task_metrics"
+                    " WHERE recorded_at >= ? GROUP BY 1, 2, 3, 4",
+                    (since,),
+                )
+            ]
+            durations = [
+                float(d)
+                for (d,) in conn.execute(
+                    "SELECT duration_seconds FROM task_metrics WHERE recorded_at >= ?"
+                    " AND outcome = 'completed' AND duration_seconds IS NOT NULL"
+                    " ORDER BY recorded_at DESC LIMIT ?",
+                    (since, sample_limit),
+                )
+            ]
+            (dead,) = conn.execute(
+                "SELECT count(*) FROM background_tasks WHERE finished_at >= ?"
+                " AND status = 'failed'",
+                (since,),
+            ).fetchone()
+            return MetricsWindow(
+                since=since, groups=groups, durations=durations, dead_lettered=dead
+            )
+
+        return await self._db().run(window, Mode.READ)
+
+    async def add_resource_sample(self, sample: ResourceSample) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO system_metrics (recorded_at, cpu_percent, memory_percent,"
+                " disk_percent, process_rss_mb, process_cpu_percent, active_tasks, queued_tasks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sample.recorded_at,
+                    sample.cpu_percent,
+                    sample.memory_percent,
+                    sample.disk_percent,
+                    sample.process_rss_mb,
+                    sample.process_cpu_percent,
+                    sample.active_tasks,
+                    sample.queued_tasks,
+                ),
+            )
+
+        await self._db().run(insert)
+
+    async def resource_samples(
+        self, *, since: float | None = None, limit: int = 1000
+    ) -> list[ResourceSample]:
+        def select(conn: sqlite3.Connection) -> list[ResourceSample]:
+            rows = conn.execute(
+                "SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= ?"
+                " ORDER BY recorded_at DESC LIMIT ?) ORDER BY recorded_at",
+                (since if since is not None else 0.0, limit),
+            )
+            return [
+                ResourceSample(
+                    recorded_at=float(row["recorded_at"]),
+                    cpu_percent=float(row["cpu_percent"]),
+                    memory_percent=float(row["memory_percent"]),
+                    disk_percent=float(row["disk_percent"]),
+                    process_rss_mb=float(row["process_rss_mb"]),
+                    process_cpu_percent=float(row["process_cpu_percent"] or 0.0),
+                    active_tasks=row["active_tasks"] or 0,
+                    queued_tasks=row["queued_tasks"] or 0,
+                )
+                for row in rows
+            ]
+
+        return await self._db().run(select, Mode.READ)
+
+    async def ping(self) -> None:
+        await self._db().run(lambda conn: conn.execute("SELECT 1").fetchone(), Mode.READ)
+
     # --- housekeeping ------------------------------------------------------------------
 
     async def cleanup(self, *, finished_before: float) -> int:
@@ -808,10 +911,14 @@ class SQLiteTaskStore(TaskStore):
                 (finished_before,),
             ).rowcount
 
+        def delete_samples(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM system_metrics WHERE recorded_at < ?", (finished_before,))
+
         # Small transactions, so other writers are never blocked for long.
         total = 0
         while deleted := await self._db().run(delete_some):
             total += deleted
+        await self._db().run(delete_samples)
         return total
 
     def _sizes(self) -> dict[str, int]:

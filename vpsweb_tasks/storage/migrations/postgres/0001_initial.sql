@@ -47,6 +47,8 @@ CREATE INDEX ix_background_tasks_leases
     ON background_tasks (lease_owner, lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX ix_background_tasks_status ON background_tasks (status, created_at);
+-- Counts per type and status (statistics) and listing by type, from the index alone.
+CREATE INDEX ix_background_tasks_type ON background_tasks (task_type, status);
 CREATE INDEX ix_background_tasks_finished
     ON background_tasks (finished_at)
     WHERE finished_at IS NOT NULL;
@@ -105,6 +107,7 @@ CREATE TABLE system_metrics (
     memory_percent DOUBLE PRECISION,
     disk_percent   DOUBLE PRECISION,
     process_rss_mb DOUBLE PRECISION,
+    process_cpu_percent DOUBLE PRECISION,
     active_tasks   INTEGER,
     queued_tasks   INTEGER
 );
@@ -139,4 +142,4 @@ CREATE TABLE queue_state (
 -- No task_counts table here (SQLite keeps one by triggers): on PostgreSQL a counter row
 -- that every insert, claim and finish updates would serialise them all on its row lock.
 -- The queue-size check counts waiting rows through the dispatch index instead, bounded
--- by max_queue_size; count_tasks groups by status over ix_background_tasks_status.
+-- by max_queue_size; count_tasks and count_tasks_by_type group the status and type indexes.

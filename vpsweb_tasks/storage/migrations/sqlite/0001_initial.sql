@@ -102,6 +102,7 @@ CREATE TABLE system_metrics (
     memory_percent REAL,
     disk_percent   REAL,
     process_rss_mb REAL,
+    process_cpu_percent REAL,
     active_tasks   INTEGER,
     queued_tasks   INTEGER
 );
@@ -133,29 +134,32 @@ CREATE TABLE queue_state (
     value TEXT
 );
 
--- Tasks per status, kept by triggers: the queue-size check on every submit and the
--- statistics read it in O(1) instead of counting rows.
+-- Tasks per type and status, kept by triggers: the queue-size check on every submit and
+-- the statistics read a handful of rows instead of counting tasks.
 CREATE TABLE task_counts (
-    status TEXT PRIMARY KEY NOT NULL,
-    n      INTEGER NOT NULL DEFAULT 0
-);
-INSERT INTO task_counts (status, n) VALUES
-    ('pending', 0), ('running', 0), ('retrying', 0),
-    ('completed', 0), ('failed', 0), ('cancelled', 0);
+    task_type TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    n         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_type, status)
+) WITHOUT ROWID;
 
 CREATE TRIGGER tr_background_tasks_insert AFTER INSERT ON background_tasks
 BEGIN
-    UPDATE task_counts SET n = n + 1 WHERE status = NEW.status;
+    INSERT INTO task_counts (task_type, status, n) VALUES (NEW.task_type, NEW.status, 1)
+        ON CONFLICT (task_type, status) DO UPDATE SET n = n + 1;
 END;
 
 CREATE TRIGGER tr_background_tasks_delete AFTER DELETE ON background_tasks
 BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;
+    UPDATE task_counts SET n = n - 1
+        WHERE task_type = OLD.task_type AND status = OLD.status;
 END;
 
 CREATE TRIGGER tr_background_tasks_status AFTER UPDATE OF status ON background_tasks
 WHEN OLD.status <> NEW.status
 BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;
-    UPDATE task_counts SET n = n + 1 WHERE status = NEW.status;
+    UPDATE task_counts SET n = n - 1
+        WHERE task_type = OLD.task_type AND status = OLD.status;
+    INSERT INTO task_counts (task_type, status, n) VALUES (NEW.task_type, NEW.status, 1)
+        ON CONFLICT (task_type, status) DO UPDATE SET n = n + 1;
 END;

@@ -1,0 +1,79 @@
+"""The examples run as written: the document's HTTP examples against a real server, the
+library examples on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from vpsweb_tasks import TaskStatus
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks_http import create_app
+
+from .http_server import serve
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def run_example(name: str, *args: str, cwd: Path, url: str | None = None) -> str:
+    env = {**os.environ, "VPSWEB_TASKS_URL": url or "http://unused"}
+    env.pop("VPSWEB_TASKS_CONFIG", None)
+    result = await anyio.run_process(
+        [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, check=False
+    )
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    return output
+
+
+async def test_the_documents_http_examples_against_a_real_server(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_factory(background_tasks={"data_dir": str(tmp_path / "data")})
+    app = create_app(settings)
+    async with serve(app) as url:
+        submitted = await run_example("submit_task.py", cwd=tmp_path, url=url)
+        assert submitted.startswith("Task submitted: ")
+        task_id = submitted.split(": ", 1)[1].strip()
+        record = await app.state.manager.wait(task_id, timeout=10)
+        assert record.status is TaskStatus.COMPLETED, record.error_message
+        assert record.result["rows"] == 100
+        converted = json.loads((tmp_path / "data" / "output" / "data.json").read_text())
+        assert converted[0] == {"poem_id": "1", "title": "Poem 1", "lines": "4"}
+
+        progress = await run_example("monitor_progress.py", task_id, cwd=tmp_path, url=url)
+        assert progress.strip() == "Task progress: 100.0% - wrote data.json"
+
+        health = await run_example("system_health.py", cwd=tmp_path, url=url)
+        lines = health.splitlines()
+        assert lines[0] in (
+            "System status: healthy",
+            "System status: degraded",
+            "System status: unhealthy",
+        )
+        assert lines[1].startswith("CPU usage: ")
+        assert lines[3] == "Active tasks: 0"
+
+
+async def test_the_custom_task_example_runs_on_its_own(tmp_path: Path) -> None:
+    output = await run_example("custom_task.py", cwd=tmp_path)
+    assert output.strip() == (
+        "Custom Data Processing: completed -> {'status': 'success', 'records_processed': 100}"
+    )
+    assert (tmp_path / "vpsweb_tasks.db").exists()
+
+
+async def test_the_quickstart_runs(tmp_path: Path) -> None:
+    output = await run_example("quickstart.py", cwd=tmp_path)
+    outcomes = output.split("outcomes:")[1]
+    assert outcomes.count("completed") == 5
+    assert "attempts=2" in outcomes  # the flaky one was retried
+    assert "will retry" in output

@@ -1,0 +1,675 @@
+"""The monitor: progress, statistics, system resources, health, alerts and overload.
+
+::
+
+    async with TaskMonitor(manager) as monitor:
+        monitor.add_progress_listener(task_id, lambda update: print(update.progress))
+        print((await monitor.health()).status)
+
+Everything the monitor knows comes from two places: the manager's :class:`EventHub`
+(progress, task and breaker events, as they happen) and storage (statistics, progress
+history, resource history), so its answers are the same after a restart. While running it
+samples system resources every ``resource_check_interval`` (psutil, from this one loop),
+keeps the last ``metrics_history_size`` samples and persists them, evaluates health every
+``health_check_interval`` and raises or clears alerts as events, and, with
+``pause_on_overload``, pauses this process's dispatch while it is overloaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+
+import anyio
+import anyio.abc
+
+from .events import (
+    AlertCleared,
+    AlertRaised,
+    BreakerStateChanged,
+    Event,
+    EventHub,
+    HealthChanged,
+)
+from .models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
+from .resources import PsutilSampler
+from .storage.base import MetricsWindow, ProgressSnapshot
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+
+__all__ = [
+    "Alert",
+    "HealthReport",
+    "TaskMonitor",
+    "TaskStatistics",
+    "get_task_monitor",
+    "set_task_monitor",
+]
+
+logger = logging.getLogger("vpsweb_tasks.monitor")
+
+Level = Literal["warning", "critical"]
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+ProgressListener = Callable[[ProgressUpdate], Awaitable[None] | None]
+
+
+class Sampler(Protocol):
+    """Reads system resources (:class:`~vpsweb_tasks.resources.PsutilSampler`, or a fake
+    in tests)."""
+
+    def sample(self, *, now: float, active_tasks: int, queued_tasks: int) -> ResourceSample: ...
+
+
+#: Overload ends when load falls below this fraction of the level that started it.
+RESUME_FRACTION = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    name: str
+    level: Level
+    message: str
+    value: float | None
+    threshold: float | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatistics:
+    """Task statistics over the last ``window_seconds``, computed from storage."""
+
+    at: float
+    window_seconds: float
+    counts: dict[str, int]
+    """Tasks per status, right now."""
+    counts_by_type: dict[str, dict[str, int]]
+    attempts: int
+    """Attempts finished in the window (any outcome)."""
+    completed: int
+    failed_attempts: int
+    dead_lettered: int
+    completion_rate: float
+    """Completed tasks per minute."""
+    processing_rate: float
+    """Finished attempts per minute."""
+    average_duration: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    duration_p99: float | None
+    average_queue_wait: float | None
+    error_rate: float
+    """Failed attempts / finished attempts."""
+    errors_by_category: dict[str, int]
+    error_rate_by_category: dict[str, float]
+    retry_success_rate: float | None
+    """Of the attempts after the first that finished, the share that completed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: HealthStatus
+    at: float
+    cpu_usage: float | None
+    memory_usage: float | None
+    disk_usage: float | None
+    process_memory_mb: float | None
+    active_tasks: int
+    queued_tasks: int
+    error_rate: float
+    storage_ok: bool
+    paused: bool
+    pause_reason: str | None
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(0, math.ceil(q * len(ordered)) - 1)
+    return ordered[rank]
+
+
+def statistics_from(
+    window: MetricsWindow,
+    *,
+    now: float,
+    window_seconds: float,
+    counts: dict[TaskStatus, int],
+    counts_by_type: dict[str, dict[TaskStatus, int]],
+) -> TaskStatistics:
+    """Derive the statistics from storage aggregates (pure; tested on its own)."""
+    attempts = completed = failed = retries = retries_completed = 0
+    duration_total = wait_total = 0.0
+    errors: dict[str, int] = {}
+    for group in window.groups:
+        if group.outcome in ("deferred", "interrupted"):
+            continue  # not attempts that ran to an end
+        attempts += group.count
+        wait_total += group.wait_total
+        if group.retry and group.outcome in ("completed", "failed", "lost"):
+            retries += group.count
+            if group.outcome == "completed":
+                retries_completed += group.count
+        if group.outcome == "completed":
+            completed += group.count
+            duration_total += group.duration_total
+        elif group.outcome in ("failed", "lost"):
+            failed += group.count
+            category = group.category or "unknown"
+            errors[category] = errors.get(category, 0) + group.count
+    minutes = window_seconds / 60
+    ordered = sorted(window.durations)
+    return TaskStatistics(
+        at=now,
+        window_seconds=window_seconds,
+        counts={status.value: n for status, n in counts.items()},
+        counts_by_type={
+            task_type: {status.value: n for status, n in by_status.items()}
+            for task_type, by_status in sorted(counts_by_type.items())
+        },
+        attempts=attempts,
+        completed=completed,
+        failed_attempts=failed,
+        dead_lettered=window.dead_lettered,
+        completion_rate=completed / minutes,
+        processing_rate=attempts / minutes,
+        average_duration=duration_total / completed if completed else None,
+        duration_p50=_percentile(ordered, 0.50),
+        duration_p95=_percentile(ordered, 0.95),
+        duration_p99=_percentile(ordered, 0.99),
+        average_queue_wait=wait_total / attempts if attempts else None,
+        error_rate=failed / attempts if attempts else 0.0,
+        errors_by_category=dict(sorted(errors.items())),
+        error_rate_by_category={k: v / attempts for k, v in sorted(errors.items())},
+        retry_success_rate=retries_completed / retries if retries else None,
+    )
+
+
+class TaskMonitor:
+    """Watches one manager; see the module docstring."""
+
+    def __init__(
+        self,
+        manager: TaskManager,
+        *,
+        sampler: Sampler | None = None,
+    ) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.events: EventHub = manager.events
+        self._sampler = sampler
+        self._samples: deque[ResourceSample] = deque(
+            maxlen=self.settings.task_monitoring.metrics_history_size
+        )
+        self._alerts: dict[str, Alert] = {}
+        self._breakers: dict[str, str] = {}
+        self._status: HealthStatus = "healthy"
+        self._stack: AsyncExitStack | None = None
+        self._host: anyio.abc.TaskGroup | None = None
+        self._loops: anyio.CancelScope | None = None
+        self._owns_host = False
+        self.events.add_listener(self._on_breaker, kinds={BreakerStateChanged.kind})
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampling and health loops are running."""
+        return self._loops is not None
+
+    async def __aenter__(self) -> Self:
+        """Host the monitor's loops in a task group for the duration of the block, and
+        start them. Inside the block, :meth:`stop` and :meth:`start` pause and resume the
+        loops (the HTTP routes ``/monitoring/stop`` and ``/start`` do this)."""
+        stack = AsyncExitStack()
+        self._host = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        self._start_loops()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_loops()
+        stack, self._stack, self._host = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def start(self) -> None:
+        """Start the loops (entering the monitor as a context manager if it is not)."""
+        if self._host is None:
+            await self.__aenter__()
+            self._owns_host = True
+        else:
+            self._start_loops()
+
+    async def stop(self) -> None:
+        """Stop the loops (and leave the context entered by :meth:`start`)."""
+        if self._owns_host:
+            self._owns_host = False
+            await self.__aexit__(None, None, None)
+        else:
+            self._stop_loops()
+
+    def _start_loops(self) -> None:
+        if self._loops is not None or self._host is None:
+            return
+        if self._sampler is None and self.settings.system_resources.enable_resource_monitoring:
+            self._sampler = PsutilSampler(self.settings.storage.sqlite_path.parent)
+        self._loops = anyio.CancelScope()
+        self._host.start_soon(self._run_loops, self._loops)
+
+    def _stop_loops(self) -> None:
+        if self._loops is not None:
+            self._loops.cancel()
+            self._loops = None
+
+    async def _run_loops(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                if self._sampler is not None:
+                    interval = self.settings.system_resources.resource_check_interval
+                    tg.start_soon(self._every, interval, self.sample)
+                if self.settings.task_monitoring.enable_health_checks:
+                    interval = self.settings.task_monitoring.health_check_interval
+                    tg.start_soon(self._every, interval, self.check_health)
+
+    async def _every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            try:
+                await action()
+            except Exception:
+                logger.exception("monitor %s failed", getattr(action, "__name__", action))
+            await anyio.sleep(interval)
+
+    # --- listeners -------------------------------------------------------------------------
+
+    def add_progress_listener(
+        self, task_id: str | None, fn: ProgressListener
+    ) -> Callable[[], None]:
+        """Call ``fn(update)`` with every progress update of ``task_id`` (None: of every
+        task), in order. ``fn`` may be sync or async; if it raises, the error is logged
+        and neither the task nor other listeners are affected. Returns a remover."""
+
+        if inspect.iscoroutinefunction(fn):
+
+            async def forward_async(event: Any) -> None:
+                await fn(event.update)
+
+            return self.events.add_listener(
+                forward_async, task_id=task_id, kinds={"task_progressed"}
+            )
+
+        def forward(event: Any) -> None:
+            fn(event.update)
+
+        return self.events.add_listener(forward, task_id=task_id, kinds={"task_progressed"})
+
+    def add_listener(
+        self, fn: Callable[[Event], Awaitable[None] | None], *, kinds: set[str] | None = None
+    ) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event (optionally only some kinds)."""
+        return self.events.add_listener(fn, kinds=kinds)
+
+    def subscribe(
+        self, *, after: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """Live events with ids after ``after`` (see :meth:`EventHub.subscribe`)."""
+        return self.events.subscribe(after=after)
+
+    # --- progress ------------------------------------------------------------------------
+
+    async def task_progress(self, task_id: str) -> ProgressUpdate:
+        """The latest progress of a task: live if it runs in this process, else stored."""
+        context = self.manager.context(task_id)
+        record = await self.manager.get_task(task_id)
+        progress, message = record.progress, record.message
+        if context is not None and context.status is TaskStatus.RUNNING:
+            progress, message = context.progress, context.message
+        return ProgressUpdate(
+            task_id=task_id,
+            progress=progress,
+            message=message,
+            status=record.status,
+            timestamp=record.updated_at,
+            metadata={},
+        )
+
+    async def task_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
+        """Stored progress history of a task, oldest first (also after it finished)."""
+        await self.manager.get_task(task_id)
+        await self.manager.queue.flush_progress(task_id)
+        return await self.manager.store.progress_history(task_id, limit=limit)
+
+    # --- statistics ------------------------------------------------------------------------
+
+    async def statistics(self) -> TaskStatistics:
+        store = self.manager.store
+        now = self.manager.clock()
+        window_seconds = self.settings.task_monitoring.statistics_window
+        window = await store.metrics_window(since=now - window_seconds)
+        return statistics_from(
+            window,
+            now=now,
+            window_seconds=window_seconds,
+            counts=await store.count_tasks(),
+            counts_by_type=await store.count_tasks_by_type(),
+        )
+
+    # --- resources and overload ------------------------------------------------------------
+
+    @property
+    def samples(self) -> list[ResourceSample]:
+        """Samples kept in memory (at most ``metrics_history_size``), oldest first."""
+        return list(self._samples)
+
+    @property
+    def latest_sample(self) -> ResourceSample | None:
+        return self._samples[-1] if self._samples else None
+
+    def smoothed_cpu(self) -> float | None:
+        """Mean CPU of the latest ``cpu_smoothing_samples`` samples."""
+        count = self.settings.system_resources.cpu_smoothing_samples
+        recent = list(self._samples)[-count:]
+        return sum(s.cpu_percent for s in recent) / len(recent) if recent else None
+
+    async def sample(self) -> ResourceSample | None:
+        """Take one resource sample now: keep it, persist it, and apply overload control."""
+        if self._sampler is None:
+            return None
+        counts = await self.manager.store.count_tasks()
+        sample = self._sampler.sample(
+            now=self.manager.clock(),
+            active_tasks=len(self.manager.queue.running),
+            queued_tasks=counts[TaskStatus.PENDING] + counts[TaskStatus.RETRYING],
+        )
+        self._samples.append(sample)
+        await self.manager.store.add_resource_sample(sample)
+        self._control_overload(sample)
+        return sample
+
+    async def resource_history(
+        self, *, since: float | None = None, limit: int = 1000
+    ) -> list[ResourceSample]:
+        """Persisted samples (they outlive restarts), oldest first."""
+        return await self.manager.store.resource_samples(since=since, limit=limit)
+
+    def _control_overload(self, sample: ResourceSample) -> None:
+        tasks = self.manager.config
+        if not tasks.pause_on_overload:
+            return
+        memory_limit = tasks.overload_threshold * tasks.max_memory_mb
+        cpu_limit = tasks.overload_threshold * tasks.max_cpu_percent
+        overloaded = self.manager.queue.overloaded
+        if overloaded:
+            memory_limit *= RESUME_FRACTION
+            cpu_limit *= RESUME_FRACTION
+        reasons = []
+        if sample.process_rss_mb > memory_limit:
+            reasons.append(
+                f"process memory {sample.process_rss_mb:.0f} MB is above"
+                f" {memory_limit:.0f} MB ({tasks.overload_threshold:.0%} of max_memory_mb)"
+            )
+        cpu = self.smoothed_cpu() or 0.0
+        if cpu > cpu_limit:
+            reasons.append(
+                f"CPU {cpu:.0f}% is above {cpu_limit:.0f}%"
+                f" ({tasks.overload_threshold:.0%} of max_cpu_percent)"
+            )
+        reason = "overloaded: " + "; ".join(reasons) if reasons else None
+        if reason != self.manager.queue.overload_reason:
+            if reason is not None:
+                logger.warning("pausing dispatch: %s", reason)
+            elif overloaded:
+                logger.info("load fell: resuming dispatch")
+            self.manager.queue.set_overloaded(reason)
+
+    # --- health and alerts -----------------------------------------------------------------
+
+    def _on_breaker(self, event: BreakerStateChanged) -> None:
+        self._breakers[event.name] = event.new_state
+
+    @property
+    def breaker_states(self) -> dict[str, str]:
+        """Last known state of every circuit breaker that changed state."""
+        return dict(sorted(self._breakers.items()))
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return sorted(self._alerts.values(), key=lambda a: (a.level != "critical", a.name))
+
+    async def health(self) -> HealthReport:
+        """Evaluate health now (also raising and clearing alerts) and report it."""
+        return await self.check_health()
+
+    async def check_health(self) -> HealthReport:
+        now = self.manager.clock()
+        storage_ok = True
+        statistics: TaskStatistics | None = None
+        try:
+            await self.manager.store.ping()
+            statistics = await self.statistics()
+        except Exception as exc:
+            logger.error("storage unreachable: %s", exc)
+            storage_ok = False
+        firing = self._rules(self.latest_sample, statistics, storage_ok)
+        await self._update_alerts(firing, now)
+        status: HealthStatus = "healthy"
+        if any(alert.level == "critical" for alert in self._alerts.values()):
+            status = "unhealthy"
+        elif self._alerts:
+            status = "degraded"
+        if status != self._status:
+            await self.events.publish(HealthChanged(old_status=self._status, new_status=status))
+            logger.log(
+                logging.INFO if status == "healthy" else logging.WARNING,
+                "health %s -> %s",
+                self._status,
+                status,
+            )
+            self._status = status
+        sample = self.latest_sample
+        counts = statistics.counts if statistics else {}
+        return HealthReport(
+            status=status,
+            at=now,
+            cpu_usage=sample.cpu_percent if sample else None,
+            memory_usage=sample.memory_percent if sample else None,
+            disk_usage=sample.disk_percent if sample else None,
+            process_memory_mb=sample.process_rss_mb if sample else None,
+            active_tasks=counts.get("running", 0),
+            queued_tasks=counts.get("pending", 0) + counts.get("retrying", 0),
+            error_rate=statistics.error_rate if statistics else 0.0,
+            storage_ok=storage_ok,
+            paused=self.manager.queue.paused,
+            pause_reason=self.manager.queue.pause_reason,
+            alerts=self.alerts,
+        )
+
+    def _rules(
+        self,
+        sample: ResourceSample | None,
+        statistics: TaskStatistics | None,
+        storage_ok: bool,
+    ) -> dict[str, tuple[Level, str, float | None, float | None]]:
+        """Every rule that fires now: name -> (level, message, value, threshold)."""
+        firing: dict[str, tuple[Level, str, float | None, float | None]] = {}
+        resources = self.settings.system_resources
+        monitoring = self.settings.task_monitoring
+        tasks = self.manager.config
+
+        def threshold(
+            name: str, what: str, value: float, warn: float, crit: float, unit: str
+        ) -> None:
+            if value >= crit:
+                firing[name] = (
+                    "critical",
+                    f"{what} at {value:.1f}{unit} (limit {crit:g}{unit})",
+                    value,
+                    crit,
+                )
+            elif value >= warn:
+                firing[name] = (
+                    "warning",
+                    f"{what} at {value:.1f}{unit} (warning at {warn:g}{unit})",
+                    value,
+                    warn,
+                )
+
+        if not storage_ok:
+            firing["storage"] = ("critical", "the task database cannot be reached", None, None)
+        if sample is not None:
+            threshold(
+                "cpu",
+                "CPU",
+                sample.cpu_percent,
+                resources.cpu_warning_threshold,
+                resources.max_cpu_usage,
+                "%",
+            )
+            threshold(
+                "memory",
+                "memory",
+                sample.memory_percent,
+                resources.memory_warning_threshold,
+                resources.max_memory_usage_percent,
+                "%",
+            )
+            threshold(
+                "disk",
+                "disk",
+                sample.disk_percent,
+                resources.disk_warning_threshold,
+                resources.max_disk_usage_percent,
+                "%",
+            )
+            threshold(
+                "process_memory",
+                "process memory",
+                sample.process_rss_mb,
+                monitoring.memory_usage_warning * tasks.max_memory_mb,
+                tasks.max_memory_mb,
+                " MB",
+            )
+        if statistics is not None:
+            if statistics.attempts >= monitoring.min_attempts_for_error_rate:
+                rate = statistics.error_rate * 100
+                # The document: above 10% is a warning, above 20% critical.
+                if rate > 20.0:
+                    firing["error_rate"] = (
+                        "critical",
+                        f"error rate {rate:.1f}% (above 20%)",
+                        rate,
+                        20.0,
+                    )
+                elif rate > 10.0:
+                    firing["error_rate"] = (
+                        "warning",
+                        f"error rate {rate:.1f}% (above 10%)",
+                        rate,
+                        10.0,
+                    )
+            waiting = statistics.counts.get("pending", 0) + statistics.counts.get("retrying", 0)
+            threshold(
+                "queue_size",
+                "waiting tasks",
+                float(waiting),
+                monitoring.queue_size_warning,
+                tasks.max_queue_size,
+                "",
+            )
+            if statistics.dead_lettered >= monitoring.failed_task_threshold:
+                firing["failed_tasks"] = (
+                    "warning",
+                    f"{statistics.dead_lettered} tasks failed for good in the last"
+                    f" {statistics.window_seconds / 60:g} minutes"
+                    f" (threshold {monitoring.failed_task_threshold})",
+                    float(statistics.dead_lettered),
+                    float(monitoring.failed_task_threshold),
+                )
+        for name, state in sorted(self._breakers.items()):
+            if state != "closed":
+                firing[f"breaker:{name}"] = (
+                    "warning",
+                    f"circuit breaker {name!r} is {state}",
+                    None,
+                    None,
+                )
+        reason = self.manager.queue.overload_reason
+        if reason is not None:
+            firing["overload"] = ("warning", f"dispatch paused: {reason}", None, None)
+        return firing
+
+    async def _update_alerts(
+        self, firing: dict[str, tuple[Level, str, float | None, float | None]], now: float
+    ) -> None:
+        for name, (level, message, value, limit) in firing.items():
+            current = self._alerts.get(name)
+            since = current.since if current else now
+            alert = Alert(
+                name=name, level=level, message=message, value=value, threshold=limit, since=since
+            )
+            self._alerts[name] = alert
+            if current is None or current.level != level:
+                logger.warning("alert %s (%s): %s", name, level, message)
+                await self.events.publish(
+                    AlertRaised(
+                        name=name,
+                        level=level,
+                        message=message,
+                        value=value,
+                        threshold=limit,
+                        since=since,
+                    )
+                )
+        for name in [name for name in self._alerts if name not in firing]:
+            alert = self._alerts.pop(name)
+            logger.info("alert %s cleared", name)
+            await self.events.publish(AlertCleared(name=name, message=alert.message))
+
+    # --- summary ---------------------------------------------------------------------------
+
+    async def summary(self) -> dict[str, Any]:
+        """Everything at once: health, statistics, queue, latest resources, breakers."""
+        health = await self.health()
+        statistics = await self.statistics()
+        queue = await self.manager.queue_status()
+        return {
+            "health": health,
+            "statistics": statistics,
+            "queue": queue,
+            "resources": self.latest_sample,
+            "breakers": dict(self._breakers),
+            "monitoring": self.running,
+            "at": to_datetime(health.at),
+        }
+
+
+_default: TaskMonitor | None = None
+
+
+def get_task_monitor() -> TaskMonitor:
+    """The process-wide monitor, watching :func:`get_task_manager`'s manager."""
+    from .manager import get_task_manager
+
+    global _default
+    manager = get_task_manager()
+    if _default is None or _default.manager is not manager:
+        _default = TaskMonitor(manager)
+    return _default
+
+
+def set_task_monitor(monitor: TaskMonitor | None) -> None:
+    global _default
+    _default = monitor

@@ -1,0 +1,69 @@
+"""``create_app()``: the API, workers and monitor in one FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import vpsweb_tasks
+from vpsweb_tasks import Settings, TaskManager, TaskMonitor, load_config
+
+from .routes import create_router
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    manager: TaskManager | None = None,
+    monitor: TaskMonitor | None = None,
+    setup: Callable[[TaskManager], None] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops the manager (workers, unless
+    ``background_tasks.enabled`` is false) and the monitor. ``setup(manager)`` runs before
+    start, to register task types."""
+    settings = settings or (manager.settings if manager else load_config())
+    manager = manager or TaskManager(settings)
+    monitor = monitor or TaskMonitor(manager)
+    if setup is not None:
+        setup(manager)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with manager, monitor:
+            yield
+
+    app = FastAPI(
+        title="vpsweb-tasks",
+        version=vpsweb_tasks.__version__,
+        description="Durable background tasks: submit, follow, cancel; queue and monitoring.",
+        lifespan=lifespan,
+        max_body_size=settings.http.max_request_bytes,
+    )
+    app.state.manager = manager
+    app.state.monitor = monitor
+    app.include_router(
+        create_router(
+            manager,
+            monitor,
+            api_key=settings.http.resolved_api_key(),
+            queue_full_retry_after=settings.http.queue_full_retry_after,
+        )
+    )
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> dict[str, Any]:
+        return {
+            "name": "vpsweb-tasks",
+            "version": vpsweb_tasks.__version__,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "api": ["/api/v1/background-tasks", "/api/v1/monitoring"],
+            "metrics": "/metrics",
+        }
+
+    return app

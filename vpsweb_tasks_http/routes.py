@@ -1,0 +1,450 @@
+"""The routes of the document's tables, plus live events. Each route is one core call.
+
+``create_router(manager, monitor)`` returns one APIRouter holding
+``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``; include it in any FastAPI
+app. Library errors become HTTP errors here (the router carries its own route class, so
+the mapping works in an app that is not ours): unknown id 404, wrong state 409, invalid
+input 422 naming the field, queue full 429 with Retry-After, not started 503.
+
+(No ``from __future__ import annotations`` here: FastAPI resolves route annotations at
+definition time, and some refer to dependencies local to :func:`create_router`.)
+"""
+
+import hmac
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from vpsweb_tasks import (
+    TaskDefinition,
+    TaskManager,
+    TaskMonitor,
+    TaskStatus,
+)
+from vpsweb_tasks.errors import (
+    ManagerNotRunningError,
+    QueueFullError,
+    TaskNotFoundError,
+    TaskStateError,
+    UnknownTaskTypeError,
+)
+from vpsweb_tasks.events import SubscriberLagged
+
+from .metrics import render_metrics
+from .schemas import (
+    AlertResponse,
+    AlertsResponse,
+    ClearResponse,
+    ErrorResponse,
+    ExecutionResponse,
+    HealthResponse,
+    MonitoringStateResponse,
+    PauseRequest,
+    PerformanceResponse,
+    ProgressHistoryResponse,
+    ProgressPoint,
+    ProgressResponse,
+    QueueStatusResponse,
+    ResourcesResponse,
+    StatisticsResponse,
+    SubmitTaskRequest,
+    SubmitTaskResponse,
+    SummaryResponse,
+    TaskDetailResponse,
+    TaskListResponse,
+    TaskResponse,
+)
+
+__all__ = ["create_router"]
+
+TASKS_PREFIX = "/api/v1/background-tasks"
+MONITORING_PREFIX = "/api/v1/monitoring"
+FINAL_EVENTS = frozenset({"task_completed", "task_dead_lettered", "task_cancelled"})
+
+TaskId = Annotated[str, Path(min_length=1, max_length=100, description="The task's id")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def _route_class(retry_after: int) -> type[APIRoute]:
+    class LibraryErrorsRoute(APIRoute):
+        """Maps the library's exceptions to HTTP answers."""
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except TaskNotFoundError as exc:
+                    return _error(404, str(exc))
+                except TaskStateError as exc:
+                    return _error(409, str(exc))
+                except QueueFullError as exc:
+                    return _error(429, str(exc), {"Retry-After": str(retry_after)})
+                except UnknownTaskTypeError as exc:
+                    detail = [
+                        {
+                            "type": "unknown_task_type",
+                            "loc": ["body", "task_type"],
+                            "msg": str(exc),
+                            "input": exc.task_type,
+                            "ctx": {"registered": exc.registered},
+                        }
+                    ]
+                    return JSONResponse({"detail": detail}, status_code=422)
+                except ManagerNotRunningError as exc:
+                    return _error(503, str(exc))
+
+            return route
+
+    return LibraryErrorsRoute
+
+
+def create_router(
+    manager: TaskManager,
+    monitor: TaskMonitor,
+    *,
+    api_key: str | None = None,
+    queue_full_retry_after: int = 5,
+    metrics_path: str | None = "/metrics",
+) -> APIRouter:
+    """The API of one manager and its monitor. With ``api_key``, every route but the two
+    health checks requires header ``X-API-Key`` (compared in constant time)."""
+
+    async def running() -> None:
+        if not manager.running:
+            raise HTTPException(503, "the task manager is not running yet")
+
+    async def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if api_key is None:
+            return
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode()):
+            raise HTTPException(
+                401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
+            )
+
+    route_class = _route_class(queue_full_retry_after)
+    errors: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorResponse, "description": "The task manager is not running"},
+    }
+    guarded_errors: dict[int | str, dict[str, Any]] = {
+        **errors,
+        401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+        404: {"model": ErrorResponse, "description": "No task with that id"},
+        409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
+        429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
+    }
+    root = APIRouter(route_class=route_class)
+    public = APIRouter(route_class=route_class, dependencies=[Depends(running)], responses=errors)
+    guarded = [Depends(authorised), Depends(running)]
+    tasks = APIRouter(
+        prefix=TASKS_PREFIX,
+        tags=["background tasks"],
+        route_class=route_class,
+        dependencies=guarded,
+        responses=guarded_errors,
+    )
+    monitoring = APIRouter(
+        prefix=MONITORING_PREFIX,
+        tags=["monitoring"],
+        route_class=route_class,
+        dependencies=guarded,
+        responses=guarded_errors,
+    )
+
+    async def health_now() -> HealthResponse:
+        if monitor.latest_sample is None:
+            await monitor.sample()
+        return HealthResponse.of(await monitor.health())
+
+    # --- health (no API key) ----------------------------------------------------------------
+
+    @public.get(f"{TASKS_PREFIX}/health", tags=["background tasks"], summary="System health check")
+    async def tasks_health() -> HealthResponse:
+        return await health_now()
+
+    @public.get(
+        f"{MONITORING_PREFIX}/health", tags=["monitoring"], summary="Current system health status"
+    )
+    async def monitoring_health() -> HealthResponse:
+        return await health_now()
+
+    # --- task management ----------------------------------------------------------------------
+
+    @tasks.post("/submit", status_code=202, summary="Submit a new background task")
+    async def submit(body: SubmitTaskRequest, request: Request) -> SubmitTaskResponse:
+        definition = TaskDefinition(
+            name=body.task_name,
+            task_type=body.task_type,
+            priority=body.priority,
+            max_retries=body.max_retries,
+            timeout_seconds=body.timeout_seconds,
+            metadata=body.metadata,
+            delay=body.delay_seconds,
+        )
+        context = await manager.submit(definition, body.task_type, **body.payload)
+        record = await context.wait_stored()
+        return SubmitTaskResponse(
+            task_id=record.id,
+            status=record.status,
+            task_type=record.task_type,
+            priority=record.priority,
+            created_at=record.created_at,
+            status_url=str(request.url_for("task_status", task_id=record.id)),
+        )
+
+    @tasks.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
+    async def status(task_id: TaskId) -> TaskDetailResponse:
+        record = await manager.get_task(task_id)
+        executions = await manager.list_executions(task_id)
+        return TaskDetailResponse(
+            **TaskResponse.of(record).model_dump(),
+            executions=[ExecutionResponse.of(e) for e in executions],
+        )
+
+    async def listing(
+        statuses: list[TaskStatus], limit: int, offset: int, order: str
+    ) -> TaskListResponse:
+        records = await manager.list_tasks(
+            statuses=statuses, limit=limit, offset=offset, order=order
+        )
+        return TaskListResponse(
+            tasks=[TaskResponse.of(r) for r in records],
+            count=len(records),
+            limit=limit,
+            offset=offset,
+        )
+
+    @tasks.get("/active", summary="List all active tasks (waiting and running)")
+    async def active(limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+        waiting = [TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.RETRYING]
+        return await listing(waiting, limit, offset, "created_desc")
+
+    @tasks.get("/completed", summary="List finished tasks, most recent first")
+    async def completed(
+        limit: Limit = 100,
+        offset: Offset = 0,
+        status: Annotated[
+            list[Literal["completed", "failed", "cancelled"]] | None,
+            Query(description="Any of completed, failed, cancelled (default: all three)"),
+        ] = None,
+    ) -> TaskListResponse:
+        finished = [TaskStatus(s) for s in status or ("completed", "failed", "cancelled")]
+        return await listing(finished, limit, offset, "finished_desc")
+
+    @tasks.get("/statistics", summary="Get comprehensive task statistics")
+    async def statistics() -> StatisticsResponse:
+        return StatisticsResponse.of(await monitor.statistics())
+
+    @tasks.post("/cancel/{task_id}", summary="Cancel a waiting or running task")
+    async def cancel(task_id: TaskId) -> TaskResponse:
+        return TaskResponse.of(await manager.cancel(task_id))
+
+    # --- queue ------------------------------------------------------------------------------
+
+    @tasks.get("/queue/status", summary="Get queue status and information")
+    async def queue_status() -> QueueStatusResponse:
+        return QueueStatusResponse.of(await manager.queue_status())
+
+    @tasks.get("/queue/tasks", summary="List queued tasks in dispatch order")
+    async def queue_tasks(limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+        return await listing([TaskStatus.PENDING, TaskStatus.RETRYING], limit, offset, "dispatch")
+
+    @tasks.get("/queue/running", summary="List running tasks")
+    async def queue_running(limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+        return await listing([TaskStatus.RUNNING], limit, offset, "created_desc")
+
+    @tasks.post("/queue/clear", summary="Cancel all pending and retrying tasks")
+    async def queue_clear() -> ClearResponse:
+        return ClearResponse(cancelled=await manager.clear())
+
+    @tasks.post("/queue/pause", summary="Pause queue processing (running tasks go on)")
+    async def queue_pause(body: PauseRequest | None = None) -> QueueStatusResponse:
+        await manager.pause(reason=body.reason if body else None)
+        return QueueStatusResponse.of(await manager.queue_status())
+
+    @tasks.post("/queue/resume", summary="Resume queue processing")
+    async def queue_resume() -> QueueStatusResponse:
+        await manager.resume()
+        return QueueStatusResponse.of(await manager.queue_status())
+
+    # --- live events --------------------------------------------------------------------------
+
+    async def existing_task(task_id: TaskId) -> str:
+        """Answers 404 before a stream starts, rather than inside it."""
+        await manager.get_task(task_id)
+        return task_id
+
+    def resume_point(last_event_id: str | None, after: int | None) -> int | None:
+        if last_event_id is not None:
+            try:
+                return int(last_event_id)
+            except ValueError:
+                detail = [
+                    {
+                        "type": "int_parsing",
+                        "loc": ["header", "last-event-id"],
+                        "msg": "Last-Event-ID must be an event id (an integer)",
+                        "input": last_event_id,
+                    }
+                ]
+                raise HTTPException(422, detail) from None
+        return after
+
+    @tasks.get(
+        "/tasks/{task_id}/events",
+        response_class=EventSourceResponse,
+        summary="Server-sent events of one task: its state now, then every change until it ends",
+    )
+    async def task_events(
+        task_id: Annotated[str, Depends(existing_task)],
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        start = resume_point(last_event_id, None)
+        hub = manager.events
+        # Subscribe first, then read the state: nothing can fall between the two.
+        async with hub.subscribe(after=start if start is not None else hub.last_id) as stream:
+            now = await monitor.task_progress(task_id)
+            yield ServerSentEvent(
+                event="status",
+                data=ProgressResponse(
+                    task_id=task_id,
+                    progress=now.progress,
+                    message=now.message,
+                    status=now.status,
+                    timestamp=now.timestamp,
+                ).model_dump(mode="json"),
+            )
+            if now.status.is_terminal:
+                return
+            async for event in stream:
+                if event.task_id != task_id:
+                    continue
+                yield ServerSentEvent(event=event.kind, id=str(event.id), data=event.to_dict())
+                if event.kind in FINAL_EVENTS:
+                    return
+
+    @monitoring.get(
+        "/events",
+        response_class=EventSourceResponse,
+        summary="Server-sent events of everything; reconnect with Last-Event-ID to resume",
+    )
+    async def all_events(
+        last_event_id: Annotated[str | None, Header()] = None,
+        after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        start = resume_point(last_event_id, after)
+        try:
+            async with monitor.subscribe(after=start) as stream:
+                async for event in stream:
+                    yield ServerSentEvent(event=event.kind, id=str(event.id), data=event.to_dict())
+        except SubscriberLagged as lagged:
+            # Events after lagged.last_id are no longer kept: the client must reload state.
+            yield ServerSentEvent(
+                event="reset",
+                data={
+                    "reason": "events were lost",
+                    "last_id": lagged.last_id,
+                    "now": manager.events.last_id,
+                },
+            )
+
+    # --- monitoring ---------------------------------------------------------------------------
+
+    @monitoring.get("/summary", summary="Complete monitoring summary")
+    async def summary() -> SummaryResponse:
+        health = await health_now()
+        sample = monitor.latest_sample
+        return SummaryResponse(
+            health=health,
+            statistics=StatisticsResponse.of(await monitor.statistics()),
+            queue=QueueStatusResponse.of(await manager.queue_status()),
+            resources=None if sample is None else ResourcesResponse.of(sample),
+            breakers=monitor.breaker_states,
+            monitoring=monitor.running,
+        )
+
+    @monitoring.get("/metrics/performance", summary="Performance (resource) metrics history")
+    async def performance(
+        since: Annotated[float | None, Query(description="Epoch seconds")] = None,
+        limit: Limit = 1000,
+    ) -> PerformanceResponse:
+        samples = await monitor.resource_history(since=since, limit=limit)
+        return PerformanceResponse(
+            samples=[ResourcesResponse.of(s) for s in samples], count=len(samples)
+        )
+
+    @monitoring.get("/tasks/statistics", summary="Task statistics")
+    async def task_statistics() -> StatisticsResponse:
+        return StatisticsResponse.of(await monitor.statistics())
+
+    @monitoring.get("/tasks/{task_id}/progress", summary="Task progress information")
+    async def task_progress(task_id: TaskId) -> ProgressResponse:
+        update = await monitor.task_progress(task_id)
+        return ProgressResponse(
+            task_id=update.task_id,
+            progress=update.progress,
+            message=update.message,
+            status=update.status,
+            timestamp=update.timestamp,
+        )
+
+    @monitoring.get("/tasks/{task_id}/history", summary="Task progress history")
+    async def task_history(task_id: TaskId, limit: Limit = 1000) -> ProgressHistoryResponse:
+        history = await monitor.task_history(task_id, limit=limit)
+        return ProgressHistoryResponse(
+            task_id=task_id, history=[ProgressPoint.of(s) for s in history]
+        )
+
+    @monitoring.get("/alerts", summary="Current alert status")
+    async def alerts() -> AlertsResponse:
+        await monitor.health()
+        current = [AlertResponse.of(alert) for alert in monitor.alerts]
+        critical = sum(alert.level == "critical" for alert in current)
+        return AlertsResponse(
+            alerts=current, count=len(current), critical=critical, warning=len(current) - critical
+        )
+
+    @monitoring.get("/system/resources", summary="System resource usage")
+    async def resources() -> ResourcesResponse:
+        sample = await monitor.sample() or monitor.latest_sample
+        if sample is None:
+            raise HTTPException(
+                503, "resource monitoring is disabled (system_resources.enable_resource_monitoring)"
+            )
+        return ResourcesResponse.of(sample)
+
+    @monitoring.post("/start", summary="Start monitoring system")
+    async def start_monitoring() -> MonitoringStateResponse:
+        await monitor.start()
+        return MonitoringStateResponse(monitoring=monitor.running)
+
+    @monitoring.post("/stop", summary="Stop monitoring system")
+    async def stop_monitoring() -> MonitoringStateResponse:
+        await monitor.stop()
+        return MonitoringStateResponse(monitoring=monitor.running)
+
+    root.include_router(public)
+    root.include_router(tasks)
+    root.include_router(monitoring)
+    if metrics_path is not None:
+        metrics = APIRouter(route_class=route_class, dependencies=guarded, responses=guarded_errors)
+
+        @metrics.get(
+            metrics_path, tags=["monitoring"], summary="Prometheus metrics", response_class=Response
+        )
+        async def prometheus() -> Response:
+            body, content_type = await render_metrics(manager, monitor)
+            return Response(content=body, media_type=content_type)
+
+        root.include_router(metrics)
+    return root

@@ -1,0 +1,372 @@
+"""Request and response models of the HTTP API (all visible in OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vpsweb_tasks.models import (
+    ExecutionRecord,
+    JsonObject,
+    QueueStatus,
+    ResourceSample,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    to_datetime,
+)
+from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
+from vpsweb_tasks.storage.base import ProgressSnapshot
+
+TaskType = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class SubmitTaskRequest(_Request):
+    """The document's submit body, plus an optional payload and delay."""
+
+    task_name: Annotated[str, Field(min_length=1, max_length=200)]
+    task_type: TaskType
+    priority: TaskPriority = TaskPriority.NORMAL
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+    payload: JsonObject = Field(default_factory=dict)
+    """Input of the task's handler (``context.payload``)."""
+    delay_seconds: Annotated[float, Field(ge=0, le=365 * 24 * 3600)] | None = None
+    """Run no earlier than this many seconds from now."""
+
+
+class PauseRequest(_Request):
+    reason: Annotated[str, Field(max_length=500)] | None = None
+
+
+class RequeueRequest(_Request):
+    category: str | None = None
+    task_type: TaskType | None = None
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class ErrorResponse(_Response):
+    """The body of every error but validation errors (422, FastAPI's own shape)."""
+
+    detail: str
+
+
+class ErrorInfo(_Response):
+    type: str | None
+    message: str | None
+    category: str | None
+
+
+class TaskResponse(_Response):
+    task_id: str
+    name: str
+    task_type: str
+    priority: TaskPriority
+    status: TaskStatus
+    progress: float
+    message: str | None
+    attempts: int
+    max_retries: int
+    timeout_seconds: float | None
+    metadata: dict[str, Any]
+    result: Any = None
+    error: ErrorInfo | None = None
+    cancel_requested: bool
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> TaskResponse:
+        error = None
+        if record.error_message is not None or record.error_type is not None:
+            error = ErrorInfo(
+                type=record.error_type,
+                message=record.error_message,
+                category=None if record.error_category is None else record.error_category.value,
+            )
+        return cls(
+            task_id=record.id,
+            name=record.name,
+            task_type=record.task_type,
+            priority=record.priority,
+            status=record.status,
+            progress=record.progress,
+            message=record.message,
+            attempts=record.attempts,
+            max_retries=record.max_retries,
+            timeout_seconds=record.timeout_seconds,
+            metadata=record.metadata,
+            result=record.result,
+            error=error,
+            cancel_requested=record.cancel_requested,
+            created_at=record.created_at,
+            run_at=record.run_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            duration_seconds=record.duration_seconds,
+        )
+
+
+class SubmitTaskResponse(_Response):
+    task_id: str
+    status: TaskStatus
+    task_type: str
+    priority: TaskPriority
+    created_at: datetime
+    status_url: str
+
+
+class TaskListResponse(_Response):
+    tasks: list[TaskResponse]
+    count: int
+    limit: int
+    offset: int
+
+
+class ExecutionResponse(_Response):
+    attempt: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    error_category: str | None
+    error_type: str | None
+    error_message: str | None
+
+    @classmethod
+    def of(cls, record: ExecutionRecord) -> ExecutionResponse:
+        return cls(
+            attempt=record.attempt,
+            worker_id=record.worker_id,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            outcome=record.outcome.value,
+            error_category=None if record.error_category is None else record.error_category.value,
+            error_type=record.error_type,
+            error_message=record.error_message,
+        )
+
+
+class TaskDetailResponse(TaskResponse):
+    executions: list[ExecutionResponse]
+
+
+class QueueStatusResponse(_Response):
+    paused: bool
+    pause_reason: str | None
+    pending: int
+    retrying: int
+    running: int
+    running_here: int
+    queue_size: int
+    max_queue_size: int
+    max_concurrent_jobs: int
+    worker_id: str
+    workers_enabled: bool
+
+    @classmethod
+    def of(cls, status: QueueStatus) -> QueueStatusResponse:
+        return cls(
+            paused=status.paused,
+            pause_reason=status.pause_reason,
+            pending=status.pending,
+            retrying=status.retrying,
+            running=status.running,
+            running_here=status.running_here,
+            queue_size=status.pending + status.retrying,
+            max_queue_size=status.max_queue_size,
+            max_concurrent_jobs=status.max_concurrent_jobs,
+            worker_id=status.worker_id,
+            workers_enabled=status.workers_enabled,
+        )
+
+
+class ClearResponse(_Response):
+    cancelled: int
+
+
+class RequeueResponse(_Response):
+    requeued: int
+    task_ids: list[str]
+
+
+class ProgressResponse(_Response):
+    task_id: str
+    progress: Annotated[float, Field(ge=0, le=1)]
+    message: str | None
+    status: TaskStatus
+    timestamp: datetime
+
+
+class ProgressPoint(_Response):
+    progress: float
+    message: str | None
+    metadata: dict[str, Any] | None
+    timestamp: datetime
+
+    @classmethod
+    def of(cls, snapshot: ProgressSnapshot) -> ProgressPoint:
+        return cls(
+            progress=snapshot.progress,
+            message=snapshot.message,
+            metadata=snapshot.metadata,
+            timestamp=to_datetime(snapshot.at),
+        )
+
+
+class ProgressHistoryResponse(_Response):
+    task_id: str
+    history: list[ProgressPoint]
+
+
+class AlertResponse(_Response):
+    name: str
+    level: Literal["warning", "critical"]
+    message: str
+    value: float | None
+    threshold: float | None
+    since: datetime
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertResponse:
+        return cls(
+            name=alert.name,
+            level=alert.level,
+            message=alert.message,
+            value=alert.value,
+            threshold=alert.threshold,
+            since=to_datetime(alert.since),
+        )
+
+
+class AlertsResponse(_Response):
+    alerts: list[AlertResponse]
+    count: int
+    critical: int
+    warning: int
+
+
+class HealthResponse(_Response):
+    """The document's health fields (``status``, ``cpu_usage``, ``memory_usage``,
+    ``active_tasks``) and more. Usages are percentages."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    cpu_usage: float
+    memory_usage: float
+    disk_usage: float
+    process_memory_mb: float
+    active_tasks: int
+    queued_tasks: int
+    error_rate: float
+    storage_ok: bool
+    paused: bool
+    pause_reason: str | None
+    alerts: list[AlertResponse]
+    timestamp: datetime
+
+    @classmethod
+    def of(cls, report: HealthReport) -> HealthResponse:
+        return cls(
+            status=report.status,
+            cpu_usage=report.cpu_usage or 0.0,
+            memory_usage=report.memory_usage or 0.0,
+            disk_usage=report.disk_usage or 0.0,
+            process_memory_mb=report.process_memory_mb or 0.0,
+            active_tasks=report.active_tasks,
+            queued_tasks=report.queued_tasks,
+            error_rate=report.error_rate,
+            storage_ok=report.storage_ok,
+            paused=report.paused,
+            pause_reason=report.pause_reason,
+            alerts=[AlertResponse.of(alert) for alert in report.alerts],
+            timestamp=to_datetime(report.at),
+        )
+
+
+class ResourcesResponse(_Response):
+    timestamp: datetime
+    cpu_percent: float
+    memory_percent: float
+    disk_percent: float
+    process_rss_mb: float
+    process_cpu_percent: float
+    active_tasks: int
+    queued_tasks: int
+
+    @classmethod
+    def of(cls, sample: ResourceSample) -> ResourcesResponse:
+        return cls(
+            timestamp=to_datetime(sample.recorded_at),
+            cpu_percent=sample.cpu_percent,
+            memory_percent=sample.memory_percent,
+            disk_percent=sample.disk_percent,
+            process_rss_mb=sample.process_rss_mb,
+            process_cpu_percent=sample.process_cpu_percent,
+            active_tasks=sample.active_tasks,
+            queued_tasks=sample.queued_tasks,
+        )
+
+
+class StatisticsResponse(_Response):
+    timestamp: datetime
+    window_seconds: float
+    counts: dict[str, int]
+    counts_by_type: dict[str, dict[str, int]]
+    attempts: int
+    completed: int
+    failed_attempts: int
+    dead_lettered: int
+    completion_rate: float
+    processing_rate: float
+    average_duration: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    duration_p99: float | None
+    average_queue_wait: float | None
+    error_rate: float
+    errors_by_category: dict[str, int]
+    error_rate_by_category: dict[str, float]
+    retry_success_rate: float | None
+
+    @classmethod
+    def of(cls, stats: TaskStatistics) -> StatisticsResponse:
+        values = {name: getattr(stats, name) for name in TaskStatistics.__dataclass_fields__}
+        values["timestamp"] = to_datetime(values.pop("at"))
+        return cls(**values)
+
+
+class PerformanceResponse(_Response):
+    samples: list[ResourcesResponse]
+    count: int
+
+
+class MonitoringStateResponse(_Response):
+    monitoring: bool
+
+
+class SummaryResponse(_Response):
+    health: HealthResponse
+    statistics: StatisticsResponse
+    queue: QueueStatusResponse
+    resources: ResourcesResponse | None
+    breakers: dict[str, str]
+    monitoring: bool

@@ -1,0 +1,45 @@
+"""Run the API, workers, monitor (and dashboard) in one process with uvicorn."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from vpsweb_tasks import Settings, TaskManager, set_task_manager
+
+from .app import create_app
+
+__all__ = ["serve"]
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    imports: Sequence[str] = (),
+) -> None:
+    """Serve until interrupted. Modules in ``imports`` are imported after the process-wide
+    manager is set, so their ``@get_task_manager().task("name")`` decorators register on
+    it. Binds ``http.host`` (127.0.0.1 by default) unless told otherwise."""
+    manager = TaskManager(settings)
+    set_task_manager(manager)
+    for module in imports:
+        importlib.import_module(module)
+    app = create_app(settings, manager=manager)
+    logging.getLogger("vpsweb_tasks").info(
+        "serving on http://%s:%s with task types: %s",
+        host or settings.http.host,
+        port if port is not None else settings.http.port,
+        ", ".join(manager.task_types),
+    )
+    uvicorn.run(
+        app,
+        host=host or settings.http.host,
+        port=port if port is not None else settings.http.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.background_tasks.shutdown_grace_period) + 5,
+    )
