@@ -20,7 +20,7 @@ from vpsweb_tasks.errors import (
     TaskNotFoundError,
     TaskStateError,
 )
-from vpsweb_tasks.models import ExecutionOutcome, TaskPriority, TaskStatus
+from vpsweb_tasks.models import ExecutionOutcome, ResourceSample, TaskPriority, TaskStatus
 from vpsweb_tasks.storage.base import (
     Cancelled,
     Completed,
@@ -481,6 +481,75 @@ async def test_closures_of_a_dead_process_fail_with_handler_unavailable(store: T
     record = await store.get_task(kept.id)
     assert record is not None
     assert record.status is TaskStatus.PENDING
+
+
+# --- statistics and system metrics --------------------------------------------------------
+
+
+async def test_counts_by_type_follow_every_change(store: TaskStore) -> None:
+    for task_type in ("a", "a", "b"):
+        await store.add_task(new_task(T0, task_type=task_type))
+    claims = await store.claim(
+        worker_id="w1", now=T0, lease_seconds=LEASE, limit=3, task_types=["b"]
+    )
+    await store.finish(claims[0].token, Completed(), now=T0 + 1)
+    counts = await store.count_tasks_by_type()
+    assert set(counts) == {"a", "b"}
+    assert counts["a"][TaskStatus.PENDING] == 2
+    assert counts["b"][TaskStatus.COMPLETED] == 1
+    assert set(counts["b"]) == set(TaskStatus)
+    assert sum(counts["b"].values()) == 1
+    await store.cleanup(finished_before=T0 + 2)
+    assert set(await store.count_tasks_by_type()) == {"a"}  # no tasks of b left
+
+
+async def test_metrics_window_groups_attempts_since_a_time(store: TaskStore) -> None:
+    for _ in range(3):
+        await store.add_task(new_task(T0, task_type="a", max_retries=0))
+    first, second, third = await store.claim(
+        worker_id="w1", now=T0 + 1, lease_seconds=LEASE, limit=3
+    )
+    await store.finish(first.token, Completed(), now=T0 + 3)  # waited 1 s, ran 2 s
+    await store.finish(second.token, Completed(), now=T0 + 5)  # ran 4 s
+    await store.finish(third.token, Failed("E", "x", ErrorCategory.VALIDATION), now=T0 + 6)
+    window = await store.metrics_window(since=T0)
+    groups = {(g.outcome, g.category, g.retry): g for g in window.groups}
+    completed = groups["completed", None, False]
+    assert (completed.task_type, completed.count) == ("a", 2)
+    assert (completed.duration_total, completed.wait_total) == (6.0, 2.0)
+    assert groups["failed", "validation", False].count == 1
+    assert sorted(window.durations) == [2.0, 4.0]
+    assert window.dead_lettered == 1
+    later = await store.metrics_window(since=T0 + 4, sample_limit=1)
+    assert sum(g.count for g in later.groups) == 2
+    assert later.durations == [4.0]
+
+
+async def test_resource_samples_are_stored_listed_and_cleaned_up(store: TaskStore) -> None:
+    await store.ping()
+    for i in range(5):
+        await store.add_resource_sample(
+            ResourceSample(
+                recorded_at=T0 + i,
+                cpu_percent=10.0 + i,
+                memory_percent=50.0,
+                disk_percent=20.0,
+                process_rss_mb=64.0,
+                process_cpu_percent=1.5,
+                active_tasks=i,
+                queued_tasks=2 * i,
+            )
+        )
+    samples = await store.resource_samples(since=T0 + 1, limit=3)
+    assert [s.recorded_at for s in samples] == [T0 + 2, T0 + 3, T0 + 4]  # newest 3, in order
+    assert (samples[0].cpu_percent, samples[0].active_tasks, samples[0].queued_tasks) == (
+        12.0,
+        2,
+        4,
+    )
+    assert samples[0].process_cpu_percent == 1.5
+    await store.cleanup(finished_before=T0 + 3)
+    assert [s.recorded_at for s in await store.resource_samples()] == [T0 + 3, T0 + 4]
 
 
 # --- progress and housekeeping ----------------------------------------------------------

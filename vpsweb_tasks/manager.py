@@ -77,7 +77,7 @@ def make_store(settings: Settings) -> TaskStore:
     """The store named by the ``storage`` section."""
     storage = settings.storage
     if storage.backend == "postgres":
-        from .storage import postgres  # type: ignore[attr-defined]
+        from .storage import postgres
 
         store: TaskStore = postgres.PostgresTaskStore(
             storage.postgres_dsn,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import psutil
 
 from .context import TaskContext, _current
@@ -60,6 +61,7 @@ from .storage.base import (
     Deferred,
     Failed,
     LeaseToken,
+    Notice,
     Outcome,
     ProgressSnapshot,
     Released,
@@ -121,6 +123,7 @@ class TaskQueue:
         self._stopping = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
+        self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
@@ -195,17 +198,45 @@ class TaskQueue:
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._shared_pause = await self.store.get_paused()
+        self._pause_read_at = anyio.current_time()
         await self.store.heartbeat(
             worker=self.worker, now=self._now(), lease_seconds=self.config.lease_seconds
         )
         await self.reap()
         if self.config.enabled:
+            await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
             tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
             tg.start_soon(self._loop, "cleanup", self._cleanup_loop)
+
+    async def _listen(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Relay other processes' submits and cancel requests (LISTEN/NOTIFY on PostgreSQL;
+        a no-op on SQLite, which relies on polling). A failure before the first notice
+        fails the start; a later one is logged and the store is asked again."""
+        status = _StartedOnce(task_status)
+        while not self._stopping:
+            try:
+                await self.store.listen(self._on_notice, task_status=status)
+            except Exception:
+                if not status.done:
+                    raise
+                logger.exception("listening for notices failed; polling until it is back")
+                await anyio.sleep(self.config.queue_check_interval)
+
+    def _on_notice(self, kind: Notice, task_id: str) -> None:
+        if kind == "task_added":
+            self.notify()
+        elif kind == "cancel_requested":
+            running = self.running.get(task_id)
+            if running is not None and running.stop_reason is None:
+                task_logger(task_id).info("cancel requested by another process")
+                running.context._request_cancel()
+                running.stop("cancel")
 
     async def _run_dispatcher(self) -> None:
         try:
@@ -248,11 +279,18 @@ class TaskQueue:
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
                 await self._wake.wait()
-            if timer.cancelled_caught and (self._next_due is None or self._next_due > self._now()):
-                # Nothing woke us: another process may have paused or resumed the queue.
+            idle = timer.cancelled_caught and (
+                self._next_due is None or self._next_due > self._now()
+            )
+            stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
+            if idle or stale:
+                # Another process may have paused or resumed the queue. `stale`: wake-ups
+                # (our own finishes, other processes' notices) can keep the sleep from ever
+                # running out, yet a pause must be seen within queue_check_interval.
                 await self._refresh_pause()
 
     async def _refresh_pause(self) -> None:
+        self._pause_read_at = anyio.current_time()
         changes = self._pause_changes
         shared = await self.store.get_paused()
         if changes == self._pause_changes:  # a local pause/resume during the read wins
@@ -595,6 +633,19 @@ class TaskQueue:
             await self._idle.wait()
         await self.flush_progress()
         await self.store.remove_worker(self.manager.worker_id)
+
+
+class _StartedOnce:
+    """Passes the first ``started()`` on to the task group; ignores later ones."""
+
+    def __init__(self, inner: anyio.abc.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started(value)
 
 
 def _find(error: BaseException, kind: type[CircuitOpenError]) -> CircuitOpenError | None:

@@ -33,7 +33,10 @@ import abc
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
+
+import anyio
+import anyio.abc
 
 from ..errors import ErrorCategory
 from ..models import ExecutionRecord, ResourceSample, TaskRecord, TaskStatus
@@ -49,6 +52,7 @@ __all__ = [
     "LeaseToken",
     "MetricsWindow",
     "NewTask",
+    "Notice",
     "Outcome",
     "ProgressSnapshot",
     "ReapResult",
@@ -214,6 +218,9 @@ class MetricsWindow:
     """Tasks that became ``failed`` in the window."""
 
 
+#: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`.
+Notice = Literal["task_added", "cancel_requested"]
+
 #: Given a task whose attempt was lost (its worker died), returns the epoch time of its
 #: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
 RetryDecider = Callable[[TaskRecord], float | None]
@@ -249,6 +256,31 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The newest migration applied (valid after :meth:`open`)."""
+
+    # --- notifications -----------------------------------------------------------------
+
+    async def listen(
+        self,
+        on_notice: Callable[[Notice, str], None],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled, calling ``on_notice(kind, task_id)`` for every
+        ``task_added`` (:meth:`add_task`, :meth:`requeue_failed`) and ``cancel_requested``
+        (:meth:`request_cancel` of a running task) committed by any process on this
+        database, this one included. Start it with ``await task_group.start(store.listen,
+        on_notice)``: it reports started once notices are being received.
+
+        Notices are a shortcut, never the only path: one may be lost (e.g. while a
+        connection is re-established), so workers still poll every
+        ``queue_check_interval`` and learn of cancel requests from :meth:`heartbeat`.
+        ``on_notice`` runs in the listening task: keep it quick and non-blocking.
+
+        The default does nothing and waits forever: backends without notifications (SQLite)
+        rely on that polling alone.
+        """
+        task_status.started()
+        await anyio.sleep_forever()
 
     # --- submit and read -------------------------------------------------------------
 

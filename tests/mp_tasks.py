@@ -1,0 +1,47 @@
+"""Task handlers for the multi-process tests, loaded by real worker processes with
+``vpsweb-tasks worker --import tests.mp_tasks``.
+
+Every run appends lines to the file named by ``$MP_TASKS_LOG`` (one ``os.write`` of a
+short line to an ``O_APPEND`` file, so lines of concurrent processes never interleave):
+``START <task_id> <pid>`` when a run begins, ``DONE <task_id> <pid>`` when it returns,
+``STOPPED <task_id> <pid>`` when it is cancelled. The test reads them to count runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+
+from vpsweb_tasks import TaskContext, get_task_manager
+
+manager = get_task_manager()
+
+
+def record(word: str, task_id: str) -> None:
+    fd = os.open(os.environ["MP_TASKS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{word} {task_id} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@manager.task("mp_work")
+async def mp_work(context: TaskContext) -> dict[str, Any]:
+    """Sleeps for the payload's ``seconds``: short random work."""
+    record("START", context.task_id)
+    await anyio.sleep(float(context.payload["seconds"]))
+    record("DONE", context.task_id)
+    return {"n": context.payload["n"]}
+
+
+@manager.task("mp_block")
+async def mp_block(context: TaskContext) -> None:
+    """Runs until cancelled."""
+    record("START", context.task_id)
+    try:
+        await anyio.sleep_forever()
+    except anyio.get_cancelled_exc_class():
+        record("STOPPED", context.task_id)
+        raise

@@ -1,0 +1,93 @@
+"""The ``vpsweb-tasks`` command, in process (workers run as real processes in
+test_multiprocess.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+
+import vpsweb_tasks.manager
+from vpsweb_tasks import TaskDefinition, TaskManager, load_config
+from vpsweb_tasks.cli import main
+
+
+@pytest.fixture
+def worker_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`worker` sets the process-wide manager and a stderr log handler: undo both."""
+    monkeypatch.setattr(vpsweb_tasks.manager, "_default", None)
+    library = logging.getLogger("vpsweb_tasks")
+    monkeypatch.setattr(library, "handlers", list(library.handlers))
+    monkeypatch.setattr(library, "level", library.level)
+
+
+def config_file(tmp_path: Path, storage: dict[str, Any] | None = None) -> Path:
+    path = tmp_path / "config.yaml"
+    storage = storage or {"sqlite_path": str(tmp_path / "tasks.db")}
+    path.write_text(yaml.safe_dump({"storage": storage, "logging": {"file": None}}))
+    return path
+
+
+def test_status_reads_counts_workers_and_pause_from_the_database(
+    tmp_path: Path, storage: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_file(tmp_path, storage)
+
+    async def fill() -> str:
+        async with TaskManager(load_config(config)) as manager:
+
+            async def noop(context: object) -> None:
+                return None
+
+            manager.register("noop", noop)
+            await manager.pause("deploying")
+            for _ in range(3):
+                await manager.submit(TaskDefinition(name="n", task_type="noop"))
+            return manager.worker_id
+
+    anyio.run(fill, backend="asyncio")
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == storage["backend"]
+    assert (report["paused"], report["pause_reason"]) == (True, "deploying")
+    assert report["tasks"]["pending"] == 3
+    assert report["waiting"] == 3
+    assert report["workers"] == []  # the manager removed its row when it stopped
+
+    assert main(["status", "--config", str(config)]) == 0
+    table = capsys.readouterr().out
+    assert "paused (deploying), 3 waiting" in table
+    assert "pending 3" in table
+
+
+def test_status_of_a_missing_database_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--config", str(config_file(tmp_path))]) == 1
+    assert "no database" in capsys.readouterr().err
+    assert not (tmp_path / "tasks.db").exists()
+
+
+@pytest.mark.usefixtures("worker_side_effects")
+def test_worker_refuses_a_module_it_cannot_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(config_file(tmp_path))
+    assert main(["worker", "--config", config, "--import", "no_such_module_here"]) == 2
+    assert "cannot import no_such_module_here" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("worker_side_effects")
+def test_a_bad_config_is_reported_with_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(config_file(tmp_path))
+    assert main(["worker", "--config", config, "--concurrency", "0"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
+    assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err

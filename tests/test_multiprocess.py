@@ -1,0 +1,328 @@
+"""Several real worker processes on one database, on each backend.
+
+Workers are ``python -m vpsweb_tasks.cli worker --import tests.mp_tasks`` processes; this
+process is an API-only manager (``background_tasks.enabled: false``) that submits and
+cancels. Synchronisation is by the workers' ``READY`` lines, the run log that
+tests/mp_tasks.py appends to, and database state, each polled with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks.models import ExecutionOutcome
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(path: Path, storage: dict[str, Any], **background: Any) -> Path:
+    config = {
+        "storage": storage,
+        "background_tasks": {"max_queue_size": 100_000, "retry_delay": 0.05, **background},
+        "logging": {"file": None, "level": "WARNING"},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Worker:
+    """One ``vpsweb-tasks worker`` process."""
+
+    def __init__(self, config: Path, run_log: Path, stderr: Path) -> None:
+        self.stderr_path = stderr
+        self._stderr = stderr.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vpsweb_tasks.cli",
+                "worker",
+                "--config",
+                str(config),
+                "--import",
+                "tests.mp_tasks",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env={**os.environ, "MP_TASKS_LOG": str(run_log), "PYTHONUNBUFFERED": "1"},
+        )
+        self.worker_id = ""
+
+    async def ready(self, timeout: float = 30.0) -> str:
+        assert self.process.stdout is not None
+        with anyio.fail_after(timeout):
+            line = await anyio.to_thread.run_sync(
+                self.process.stdout.readline, abandon_on_cancel=True
+            )
+        word, _, worker_id = line.strip().partition(" ")
+        assert word == "READY", f"worker did not start: {line!r}\n{self.stderr()}"
+        self.worker_id = worker_id
+        return worker_id
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the graceful exit."""
+        self.process.send_signal(signal.SIGTERM)
+        return await anyio.to_thread.run_sync(self.process.wait, timeout)
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._stderr.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Path], Worker]]:
+    workers: list[Worker] = []
+    run_log = tmp_path / "runs.log"
+
+    def start(config: Path) -> Worker:
+        worker = Worker(config, run_log, tmp_path / f"worker{len(workers)}.stderr")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
+async def unused_handler(context: TaskContext) -> None:
+    raise AssertionError("an API-only process never runs tasks")
+
+
+@pytest.fixture
+async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskManager]:
+    """An API-only manager in this process: it submits and cancels, workers run."""
+    config = write_config(tmp_path / "api.yaml", storage, enabled=False)
+    async with TaskManager(load_config(config)) as manager:
+        manager.register("mp_work", unused_handler)
+        manager.register("mp_block", unused_handler)
+        yield manager
+
+
+def runs(run_log: Path) -> list[tuple[str, str, int]]:
+    if not run_log.exists():
+        return []
+    lines = run_log.read_text().splitlines()
+    return [(word, task_id, int(pid)) for word, task_id, pid in (line.split() for line in lines)]
+
+
+async def poll(check: Callable[[], Any], *, timeout: float, every: float = 0.02) -> None:
+    """Wait until ``await check()`` is true, at most ``timeout`` seconds."""
+    # Other processes change this state: there is no event to wait on, so poll it.
+    with anyio.fail_after(timeout):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(every)
+
+
+async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[[Path], Worker],
+    tmp_path: Path,
+) -> None:
+    count = 2000
+    config = write_config(
+        tmp_path / "worker.yaml",
+        storage,
+        max_concurrent_jobs=8,
+        queue_check_interval=0.2,
+        lease_seconds=3.0,
+    )
+    workers = [start_worker(config) for _ in range(3)]
+    for worker in workers:
+        await worker.ready()
+    victim, survivors = workers[0], workers[1:]
+
+    rng = random.Random(7)
+    definition = TaskDefinition(name="work", task_type="mp_work", max_retries=3)
+    submitted: dict[str, int] = {}
+
+    async def submit(numbers: range) -> None:
+        for n in numbers:
+            context = await api.submit(definition, n=n, seconds=rng.uniform(0.0, 0.02))
+            submitted[context.task_id] = n
+
+    async with anyio.create_task_group() as tg:
+        for start in range(0, count, 250):
+            tg.start_soon(submit, range(start, start + 250))
+
+    # Kill the victim mid-run: once a quarter of the work is done and it holds tasks.
+    async def victim_is_busy() -> bool:
+        counts = await api.store.count_tasks()
+        if counts[TaskStatus.COMPLETED] < count // 4:
+            return False
+        running = await api.store.list_tasks(statuses=[TaskStatus.RUNNING], limit=1000)
+        return any(task.lease_owner == victim.worker_id for task in running)
+
+    await poll(victim_is_busy, timeout=60)
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait()
+    assert victim.process.returncode == -signal.SIGKILL
+
+    async def all_finished() -> bool:
+        counts = await api.store.count_tasks()
+        return sum(counts[s] for s in TaskStatus if s.is_terminal) == count
+
+    await poll(all_finished, timeout=120, every=0.1)
+
+    # Every task completed, once, with its own result; none lost.
+    finals = await api.store.get_tasks(list(submitted))
+    assert len(finals) == count
+    assert {t.status for t in finals} == {TaskStatus.COMPLETED}
+    assert {t.id: t.result["n"] for t in finals} == submitted
+    executions = {task_id: await api.store.list_executions(task_id) for task_id in submitted}
+    re_run: list[str] = []
+    for task_id, attempts in executions.items():
+        outcomes = [e.outcome for e in attempts]
+        assert outcomes.count(ExecutionOutcome.COMPLETED) == 1, (task_id, outcomes)
+        assert outcomes[-1] is ExecutionOutcome.COMPLETED
+        lost = [e for e in attempts if e.outcome is ExecutionOutcome.LOST]
+        assert all(e.worker_id == victim.worker_id for e in lost), task_id
+        assert len(lost) == len(attempts) - 1, (task_id, outcomes)  # nothing else failed
+        if lost:
+            assert attempts[-1].worker_id != victim.worker_id
+            re_run.append(task_id)
+    assert re_run, "the victim held tasks when it was killed: they ran again elsewhere"
+
+    # The handlers' own log: each task returned at least once; a second return only ever
+    # came from the killed process (killed after its handler returned, before it wrote).
+    log = runs(tmp_path / "runs.log")
+    done = Counter(task_id for word, task_id, _ in log if word == "DONE")
+    assert set(done) == set(submitted)
+    survivor_pids = {w.process.pid for w in survivors}
+    for task_id, times in done.items():
+        if times > 1:
+            by = [pid for word, t, pid in log if word == "DONE" and t == task_id]
+            assert by.count(victim.process.pid) == times - 1, (task_id, by)
+    for task_id in re_run:
+        assert any(w == "START" and t == task_id and p in survivor_pids for w, t, p in log)
+
+    for worker in survivors:
+        assert worker.process.poll() is None, worker.stderr()
+        assert "database is locked" not in worker.stderr()
+        assert await worker.stop() == 0, worker.stderr()
+    # The dead worker's row was reaped; the others removed theirs on the way out.
+    assert [w.worker_id for w in await api.store.list_workers()] == [api.worker_id]
+
+
+async def test_a_cancel_from_an_api_process_stops_a_task_in_a_worker_process(
+    api: TaskManager,
+    backend: str,
+    storage: dict[str, Any],
+    start_worker: Callable[[Path], Worker],
+    tmp_path: Path,
+) -> None:
+    if backend == "postgres":
+        # Polling would take a minute: only LISTEN/NOTIFY can wake the worker in time,
+        # both for the submit and for the cancel.
+        interval, lease, bound = 60.0, 180.0, 2.0
+    else:
+        interval, lease = 0.5, 1.5
+        bound = interval + 0.5  # the heartbeat sees the request; then the write lands
+    config = write_config(
+        tmp_path / "worker.yaml", storage, queue_check_interval=interval, lease_seconds=lease
+    )
+    worker = start_worker(config)
+    await worker.ready()
+    run_log = tmp_path / "runs.log"
+
+    context = await api.submit(TaskDefinition(name="block", task_type="mp_block"))
+
+    async def started() -> bool:
+        return ("START", context.task_id, worker.process.pid) in runs(run_log)
+
+    await poll(started, timeout=10.0)  # well under a minute: woken by the submit
+
+    async def cancelled() -> bool:
+        record = await api.store.get_task(context.task_id)
+        assert record is not None
+        return record.status is TaskStatus.CANCELLED
+
+    requested = time.monotonic()
+    record = await api.cancel(context.task_id)
+    assert (record.status, record.cancel_requested) == (TaskStatus.RUNNING, True)
+    await poll(cancelled, timeout=30)
+    elapsed = time.monotonic() - requested
+    assert elapsed < bound, f"cancel took {elapsed:.2f}s"
+    # The work itself was stopped, in the worker process.
+    assert ("STOPPED", context.task_id, worker.process.pid) in runs(run_log)
+    [execution] = await api.store.list_executions(context.task_id)
+    assert (execution.outcome, execution.worker_id) == (
+        ExecutionOutcome.CANCELLED,
+        worker.worker_id,
+    )
+    assert await worker.stop() == 0, worker.stderr()
+
+
+async def test_workers_honour_a_pause_made_by_an_api_process(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[[Path], Worker],
+    tmp_path: Path,
+) -> None:
+    interval = 0.3
+    config = write_config(
+        tmp_path / "worker.yaml", storage, queue_check_interval=interval, lease_seconds=3.0
+    )
+    worker = start_worker(config)
+    await worker.ready()
+    definition = TaskDefinition(name="work", task_type="mp_work")
+
+    def finished(task_ids: list[str]) -> Callable[[], Any]:
+        async def check() -> bool:
+            tasks = await api.store.get_tasks(task_ids)
+            return all(t.status is TaskStatus.COMPLETED for t in tasks)
+
+        return check
+
+    warm_up = await api.submit(definition, n=0, seconds=0)
+    await poll(finished([warm_up.task_id]), timeout=10)
+
+    await api.pause("maintenance window")
+    paused_at = time.time()
+    # Keep submitting: on PostgreSQL every submit wakes the worker through a notice, and
+    # the pause must hold all the same, from one queue_check_interval after it was made.
+    settled = paused_at + 2 * interval  # one interval, plus as much for a claim in flight
+    late: list[str] = []
+    while time.time() < paused_at + 6 * interval:
+        context = await api.submit(definition, n=1, seconds=0)
+        if time.time() > settled:
+            late.append(context.task_id)
+        await anyio.sleep(0.02)  # pacing the submits, not synchronisation
+    assert late
+    assert {t.status for t in await api.store.get_tasks(late)} == {TaskStatus.PENDING}
+
+    await api.resume()
+    resumed_at = time.time()
+    await poll(finished(late), timeout=30)
+    for task_id in late:
+        [execution] = await api.store.list_executions(task_id)
+        assert execution.started_at.timestamp() >= resumed_at
+    assert await worker.stop() == 0, worker.stderr()

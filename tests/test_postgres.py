@@ -1,0 +1,142 @@
+"""What only the PostgreSQL backend does: notices across connections, reconnecting the
+listener, concurrent migrations, and a backup the SQLite backend can open.
+
+The rest of the contract is checked on both backends by test_storage_conformance.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+
+from vpsweb_tasks.models import TaskStatus
+from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
+from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
+
+from .conftest import POSTGRES_DSN, new_task, postgres_schema
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend", ["postgres"])]
+
+T0 = 1_800_000_000.0
+
+
+class Notices:
+    """Collects notices; ``wait_for`` returns once one matches (bounded)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Notice, str]] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, kind: Notice, task_id: str) -> None:
+        self.seen.append((kind, task_id))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, kind: Notice, task_id: str, timeout: float = 5.0) -> None:
+        with anyio.fail_after(timeout):
+            while (kind, task_id) not in self.seen:
+                await self._changed.wait()
+
+
+async def test_notices_from_another_connection_reach_the_listener(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    notices = Notices()
+    async with anyio.create_task_group() as tg, store_factory() as other:
+        await tg.start(store.listen, notices)
+        added = await other.add_task(new_task(T0))
+        await notices.wait_for("task_added", added.id)
+        [claim] = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=1)
+        await other.request_cancel(claim.task.id, now=T0 + 1)
+        await notices.wait_for("cancel_requested", claim.task.id)
+        await store.finish(claim.token, Completed(), now=T0 + 2)
+        tg.cancel_scope.cancel()
+    # A waiting task's cancel needs no worker: no notice for it.
+    assert [kind for kind, _ in notices.seen] == ["task_added", "cancel_requested"]
+
+
+async def test_stores_on_other_schemas_do_not_wake_each_other(store: TaskStore) -> None:
+    notices = Notices()
+    with postgres_schema() as elsewhere:
+        async with (
+            anyio.create_task_group() as tg,
+            PostgresTaskStore(POSTGRES_DSN, schema=elsewhere) as other,
+        ):
+            await tg.start(store.listen, notices)
+            unseen = await other.add_task(new_task(T0))
+            seen = await store.add_task(new_task(T0))
+            await notices.wait_for("task_added", seen.id)
+            tg.cancel_scope.cancel()
+    assert ("task_added", unseen.id) not in notices.seen
+
+
+async def test_the_listener_reconnects_after_losing_its_connection(store: TaskStore) -> None:
+    assert isinstance(store, PostgresTaskStore)
+    notices = Notices()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.listen, notices)
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND query LIKE %s",
+                (LISTENER_NAME, f"LISTEN%{store.channel}%"),
+            ).fetchall()
+        assert killed == [(True,)]
+        # Notices sent while it reconnects are lost (polling covers them): keep adding
+        # tasks until one is heard on the new connection.
+        with anyio.fail_after(10):
+            while True:
+                task = await store.add_task(new_task(T0))
+                with anyio.move_on_after(0.1):
+                    await notices.wait_for("task_added", task.id)
+                    break
+        tg.cancel_scope.cancel()
+
+
+async def test_several_processes_may_open_a_new_schema_at_once(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    stores = [store_factory() for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for s in stores:
+            tg.start_soon(s.open)
+    try:
+        assert {s.schema_version for s in stores} == {1}
+        task = await stores[0].add_task(new_task(T0))
+        assert await stores[4].get_task(task.id) == task
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
+    store: TaskStore, tmp_path: Path
+) -> None:
+    for i in range(30):
+        await store.add_task(new_task(T0 + i, payload={"i": i}, priority=i % 4))
+    claims = await store.claim(worker_id="w1", now=T0 + 50, lease_seconds=30, limit=10)
+    for claim in claims[:5]:
+        await store.finish(claim.token, Completed({"i": claim.task.payload["i"]}), now=T0 + 51)
+    await store.set_paused(True, reason="backup test")
+    report = await store.backup(str(tmp_path / "copy.db"))
+    assert (report["tasks"], report["integrity"]) == (30, "ok")
+
+    async with SQLiteTaskStore(tmp_path / "copy.db") as copy:
+        originals = await store.list_tasks(limit=100)
+        assert await copy.list_tasks(limit=100) == originals
+        assert await copy.count_tasks() == await store.count_tasks()
+        assert await copy.get_paused() == (True, "backup test")
+        for claim in claims:
+            assert await copy.list_executions(claim.task.id) == await store.list_executions(
+                claim.task.id
+            )
+        # Dispatch order survives the copy (PostgreSQL's seq becomes SQLite's rowid).
+        waiting = await store.list_tasks(statuses=[TaskStatus.PENDING], order="dispatch")
+        assert [
+            t.id for t in await copy.list_tasks(statuses=[TaskStatus.PENDING], order="dispatch")
+        ] == [t.id for t in waiting]

@@ -1,0 +1,234 @@
+"""The ``vpsweb-tasks`` command.
+
+::
+
+    vpsweb-tasks worker --config config.yaml --import myapp.tasks   # workers only, to scale out
+    vpsweb-tasks status --config config.yaml [--json]              # queue, workers, pause
+
+``worker`` makes the :class:`~vpsweb_tasks.manager.TaskManager` from the config, makes it
+the process-wide manager, and only then imports the ``--import`` modules, so that their
+``@get_task_manager().task("name")`` decorators register on it. It runs until SIGINT or
+SIGTERM, then shuts down gracefully: running tasks get ``shutdown_grace_period`` to
+finish, the rest go back to the queue without losing an attempt. Several ``worker``
+processes may share one database (PostgreSQL, or SQLite on one host); a process started
+with ``background_tasks.enabled: false`` (an API server) submits, they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from .config import BackgroundTaskSettings, Settings, load_config
+from .errors import ConfigError
+from .manager import TaskManager, make_store, set_task_manager
+from .models import TaskStatus
+
+__all__ = ["main"]
+
+logger = logging.getLogger("vpsweb_tasks.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_config(args.config)
+
+
+# --- worker ------------------------------------------------------------------------------
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    # Workers run here even if the config file (often shared with an API-only process)
+    # says background_tasks.enabled: false.
+    background: dict[str, Any] = {**settings.background_tasks.model_dump(), "enabled": True}
+    if args.concurrency is not None:
+        background["max_concurrent_jobs"] = args.concurrency
+    try:
+        checked = BackgroundTaskSettings.model_validate(background)
+    except ValidationError as exc:
+        raise ConfigError(f"--concurrency: {exc.errors()[0]['msg']}") from None
+    settings = settings.model_copy(update={"background_tasks": checked})
+    _log_to_stderr(settings)
+    # Modules are named as from the working directory, as `python -m` would find them.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    manager = TaskManager(settings)
+    set_task_manager(manager)
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            print(f"vpsweb-tasks worker: cannot import {module}: {exc}", file=sys.stderr)
+            return 2
+    anyio.run(_serve_worker, manager, backend="asyncio")
+    return 0
+
+
+async def _serve_worker(manager: TaskManager) -> None:
+    # The signal receiver is in place before start-up, so an early SIGTERM still stops
+    # the worker gracefully.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with manager:
+            types = ", ".join(manager.task_types)
+            logger.info("worker %s running task types: %s", manager.worker_id, types)
+            print(f"READY {manager.worker_id}", flush=True)
+            async for signum in signals:
+                logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                break
+
+
+def _log_to_stderr(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    )
+    handler.setLevel(settings.logging.level)
+    root = logging.getLogger("vpsweb_tasks")
+    root.addHandler(handler)
+    root.setLevel(settings.logging.level)
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    storage = settings.storage
+    if storage.backend == "sqlite" and not storage.sqlite_path.exists():
+        print(f"vpsweb-tasks status: no database at {storage.sqlite_path}", file=sys.stderr)
+        return 1
+    report = anyio.run(_read_status, settings, backend="asyncio")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_format_status(report))
+    return 0
+
+
+async def _read_status(settings: Settings) -> dict[str, Any]:
+    async with make_store(settings) as store:
+        counts = await store.count_tasks()
+        workers = await store.list_workers()
+        paused, reason = await store.get_paused()
+        described = repr(store)
+    now = time.time()
+    return {
+        "backend": settings.storage.backend,
+        "database": described,
+        "paused": paused,
+        "pause_reason": reason,
+        "tasks": {status.value: counts[status] for status in TaskStatus},
+        "waiting": counts[TaskStatus.PENDING] + counts[TaskStatus.RETRYING],
+        "workers": [
+            {
+                "worker_id": w.worker_id,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "concurrency": w.concurrency,
+                "started_at": w.started_at,
+                "heartbeat_at": w.heartbeat_at,
+                "alive": w.expires_at >= now,
+            }
+            for w in sorted(workers, key=lambda w: w.started_at)
+        ],
+    }
+
+
+def _format_status(report: dict[str, Any]) -> str:
+    now = time.time()
+    queue = "paused" if report["paused"] else "running"
+    if report["paused"] and report["pause_reason"]:
+        queue += f" ({report['pause_reason']})"
+    tasks = "  ".join(f"{status} {n}" for status, n in report["tasks"].items())
+    lines = [
+        f"database  {report['database']}",
+        f"queue     {queue}, {report['waiting']} waiting",
+        f"tasks     {tasks}",
+        f"workers   {len(report['workers'])}",
+    ]
+    if report["workers"]:
+        rows = [("WORKER", "HOST", "PID", "JOBS", "HEARTBEAT", "STATE")]
+        for w in report["workers"]:
+            rows.append(
+                (
+                    w["worker_id"],
+                    w["hostname"],
+                    str(w["pid"]),
+                    str(w["concurrency"]),
+                    f"{max(0.0, now - w['heartbeat_at']):.1f}s ago",
+                    "alive" if w["alive"] else "expired",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += [
+            "  " + "  ".join(c.ljust(n) for c, n in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
+    return "\n".join(lines)
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpsweb-tasks", description="Durable background tasks: workers and inspection."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], doc: str) -> Any:
+        sub = commands.add_parser(name, help=doc, description=doc)
+        sub.add_argument(
+            "--config",
+            metavar="PATH",
+            help="YAML config file (default: $VPSWEB_TASKS_CONFIG, else built-in defaults)",
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    # `serve` (API, workers and dashboard) belongs here too; it comes with vpsweb_tasks_http.
+
+    worker = command("worker", _run_worker, "Run workers only (to scale out), until SIGTERM.")
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module whose @get_task_manager().task(...) handlers to register (repeatable)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="tasks this process runs at once (overrides background_tasks.max_concurrent_jobs)",
+    )
+
+    status = command("status", _run_status, "Show queue counts, workers and pause state.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"vpsweb-tasks {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""PostgreSQL migrations: numbered SQL files, applied in order under an advisory lock."""
