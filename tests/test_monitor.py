@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import psutil
 import pytest
 
 from vpsweb_tasks import (
@@ -430,11 +431,24 @@ async def test_cpu_overload_too(
     monitored: tuple[TaskManager, TaskMonitor], sampler: FakeSampler
 ) -> None:
     manager, monitor = monitored
-    sampler.reading = replace(CALM, cpu_percent=75.0)  # above 0.9 * 80%
+    cores = psutil.cpu_count() or 1
+    # This process at 75% of the whole machine: above 0.9 * 80%.
+    sampler.reading = replace(CALM, process_cpu_percent=75.0 * cores)
     await monitor.sample()
     reason = (await manager.queue_status()).pause_reason
     assert reason is not None
-    assert "CPU 75%" in reason
+    assert "process CPU 75%" in reason
+
+
+@overload_on
+async def test_a_machine_busy_with_other_work_does_not_pause_the_queue(
+    monitored: tuple[TaskManager, TaskMonitor], sampler: FakeSampler
+) -> None:
+    manager, monitor = monitored
+    sampler.reading = replace(CALM, cpu_percent=99.0, process_cpu_percent=1.0)
+    await monitor.sample()
+    assert not (await manager.queue_status()).paused
+    assert "cpu" in {a.name for a in (await monitor.health()).alerts}
 
 
 async def test_real_resource_samples_are_kept_bounded_and_persisted(

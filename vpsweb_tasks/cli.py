@@ -2,6 +2,7 @@
 
 ::
 
+    vpsweb-tasks serve [--host H] [--port P] [--config PATH]         # API, dashboard, workers
     vpsweb-tasks worker --config config.yaml --import myapp.tasks   # workers only, to scale out
     vpsweb-tasks status --config config.yaml [--json]              # queue, workers, pause
 
@@ -99,6 +100,26 @@ def _log_to_stderr(settings: Settings) -> None:
     root.setLevel(settings.logging.level)
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from vpsweb_tasks_http.server import serve
+    except ImportError as exc:  # the http extra is not installed
+        print(f"vpsweb-tasks serve needs the http extra: pip install 'vpsweb-tasks[http]' ({exc})")
+        return 2
+    settings = _settings(args)
+    if args.no_workers:
+        background = settings.background_tasks.model_copy(update={"enabled": False})
+        settings = settings.model_copy(update={"background_tasks": background})
+    _log_to_stderr(settings)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    serve(settings, host=args.host, port=args.port, imports=args.imports)
+    return 0
+
+
 # --- status ------------------------------------------------------------------------------
 
 
@@ -183,7 +204,7 @@ def _format_status(report: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vpsweb-tasks", description="Durable background tasks: workers and inspection."
+        prog="vpsweb-tasks", description="Durable background tasks: server, workers, inspection."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -197,7 +218,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    # `serve` (API, workers and dashboard) belongs here too; it comes with vpsweb_tasks_http.
+    serve = command(
+        "serve",
+        _run_serve,
+        "Run the HTTP API, the dashboard, the monitor and workers (SQLite by default).",
+    )
+    serve.add_argument("--host", help="address to bind (default: http.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: http.port, 8000)")
+    serve.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module whose @get_task_manager().task(...) handlers to register (repeatable)",
+    )
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="API only: accept tasks and let `vpsweb-tasks worker` processes run them",
+    )
 
     worker = command("worker", _run_worker, "Run workers only (to scale out), until SIGTERM.")
     worker.add_argument(

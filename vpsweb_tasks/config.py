@@ -103,7 +103,8 @@ class BackgroundTaskSettings(_Section):
     max_memory_mb: float = Field(default=512.0, gt=0)
     """Memory (RSS) budget of a worker process, for overload control."""
     max_cpu_percent: float = Field(default=80.0, gt=0, le=100)
-    """CPU budget, for overload control."""
+    """CPU budget of a worker process, as a share of the whole machine, for overload
+    control (a machine busy with other work does not pause the queue)."""
     enable_priority_queue: bool = True
     """Dispatch by priority, then FIFO; false: plain FIFO."""
     pause_on_overload: bool = True

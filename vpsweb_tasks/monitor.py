@@ -13,6 +13,11 @@ samples system resources every ``resource_check_interval`` (psutil, from this on
 keeps the last ``metrics_history_size`` samples and persists them, evaluates health every
 ``health_check_interval`` and raises or clears alerts as events, and, with
 ``pause_on_overload``, pauses this process's dispatch while it is overloaded.
+
+Overload is about this worker process (``background_tasks`` holds its resource limits):
+its resident memory against ``max_memory_mb`` and its CPU, as a share of the whole
+machine, against ``max_cpu_percent``. A machine that is busy with other work does not
+pause the queue (that shows as the system CPU alert of ``system_resources`` instead).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import anyio
 import anyio.abc
+import psutil
 
 from .events import (
     AlertCleared,
@@ -379,10 +385,18 @@ class TaskMonitor:
         return self._samples[-1] if self._samples else None
 
     def smoothed_cpu(self) -> float | None:
-        """Mean CPU of the latest ``cpu_smoothing_samples`` samples."""
-        count = self.settings.system_resources.cpu_smoothing_samples
-        recent = list(self._samples)[-count:]
+        """Mean system CPU of the latest ``cpu_smoothing_samples`` samples."""
+        recent = self._recent()
         return sum(s.cpu_percent for s in recent) / len(recent) if recent else None
+
+    def smoothed_process_cpu(self) -> float | None:
+        """Mean CPU of this process, as a percentage of the whole machine (all cores)."""
+        recent = self._recent()
+        cores = psutil.cpu_count() or 1
+        return sum(s.process_cpu_percent for s in recent) / len(recent) / cores if recent else None
+
+    def _recent(self) -> list[ResourceSample]:
+        return list(self._samples)[-self.settings.system_resources.cpu_smoothing_samples :]
 
     async def sample(self) -> ResourceSample | None:
         """Take one resource sample now: keep it, persist it, and apply overload control."""
@@ -421,10 +435,10 @@ class TaskMonitor:
                 f"process memory {sample.process_rss_mb:.0f} MB is above"
                 f" {memory_limit:.0f} MB ({tasks.overload_threshold:.0%} of max_memory_mb)"
             )
-        cpu = self.smoothed_cpu() or 0.0
+        cpu = self.smoothed_process_cpu() or 0.0
         if cpu > cpu_limit:
             reasons.append(
-                f"CPU {cpu:.0f}% is above {cpu_limit:.0f}%"
+                f"process CPU {cpu:.0f}% is above {cpu_limit:.0f}%"
                 f" ({tasks.overload_threshold:.0%} of max_cpu_percent)"
             )
         reason = "overloaded: " + "; ".join(reasons) if reasons else None

@@ -8,6 +8,7 @@ sampling loop (never from pooled worker threads).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,9 @@ __all__ = ["PsutilSampler"]
 class PsutilSampler:
     """Reads CPU, memory, the disk holding ``disk_path``, and this process's RSS."""
 
+    #: CPU readings over a shorter span than this are noise; the last good one is reused.
+    min_cpu_span = 0.5
+
     def __init__(self, disk_path: str | os.PathLike[str] = ".") -> None:
         path = Path(disk_path).resolve()
         # The database file may not exist yet: measure the nearest existing folder.
@@ -29,15 +33,24 @@ class PsutilSampler:
         self._process = psutil.Process()
         psutil.cpu_percent(None)  # establish the baselines the next readings measure from
         self._process.cpu_percent(None)
+        self._cpu_at = time.monotonic()
+        self._cpu = (0.0, 0.0)
+
+    def _cpu_reading(self) -> tuple[float, float]:
+        if time.monotonic() - self._cpu_at >= self.min_cpu_span:
+            self._cpu = (float(psutil.cpu_percent(None)), float(self._process.cpu_percent(None)))
+            self._cpu_at = time.monotonic()
+        return self._cpu
 
     def sample(self, *, now: float, active_tasks: int = 0, queued_tasks: int = 0) -> ResourceSample:
+        system_cpu, process_cpu = self._cpu_reading()
         return ResourceSample(
             recorded_at=now,
-            cpu_percent=float(psutil.cpu_percent(None)),
+            cpu_percent=system_cpu,
             memory_percent=float(psutil.virtual_memory().percent),
             disk_percent=float(psutil.disk_usage(self.disk_path).percent),
             process_rss_mb=self._process.memory_info().rss / (1024 * 1024),
-            process_cpu_percent=float(self._process.cpu_percent(None)),
+            process_cpu_percent=process_cpu,
             active_tasks=active_tasks,
             queued_tasks=queued_tasks,
         )

@@ -1,0 +1,67 @@
+"""`vpsweb-tasks serve` as a newcomer runs it: a real process, real HTTP, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "poems.csv").write_text("title,lines\nOde,14\nHaiku,3\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vpsweb_tasks.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    try:
+        for line in server.stderr:  # uvicorn says when it listens
+            if "Application startup complete" in line:
+                break
+        else:
+            pytest.fail("the server exited before it started")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            submitted = client.post(
+                "/api/v1/background-tasks/submit",
+                json={
+                    "task_name": "Convert poems",
+                    "task_type": "data_processing",
+                    "metadata": {"source_file": "poems.csv", "output_format": "jsonl"},
+                },
+            )
+            assert submitted.status_code == 202
+            task_id = submitted.json()["task_id"]
+            with client.stream("GET", f"/api/v1/background-tasks/tasks/{task_id}/events") as events:
+                for line in events.iter_lines():  # ends when the task does
+                    if line.startswith("event: task_dead_lettered"):
+                        break
+            status = client.get(f"/api/v1/background-tasks/status/{task_id}").json()
+        assert status["status"] == "completed", status
+        assert status["result"]["rows"] == 2
+        assert (tmp_path / "data" / "output" / "poems.jsonl").read_text().count("\n") == 2
+        assert (tmp_path / "vpsweb_tasks.db").exists()  # the embedded SQLite default
+        assert f"task_id:{task_id}" in (tmp_path / "logs" / "repository.log").read_text()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, rest = server.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert "Application shutdown complete" in rest
+    assert server.returncode in (0, -signal.SIGTERM)
