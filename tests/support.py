@@ -71,9 +71,10 @@ class LoopbackServer:
             self._held.set()
             self._held = None
 
-    async def wait_for_calls(self, count: int) -> None:
-        while self.calls < count:
-            await self._changed.wait()
+    async def wait_for_calls(self, count: int, *, timeout: float = 10) -> None:
+        with anyio.fail_after(timeout):
+            while self.calls < count:
+                await self._changed.wait()
 
     async def _handle(self, stream: SocketStream) -> None:
         async with stream:
@@ -147,15 +148,21 @@ class EventRecorder:
             and all(getattr(event, key) == value for key, value in fields.items())
         ]
 
-    async def wait_for(self, kind: type[Event], count: int = 1, **fields: Any) -> list[Any]:
+    async def wait_for(
+        self, kind: type[Event], count: int = 1, *, timeout: float = 10, **fields: Any
+    ) -> list[Any]:
         """Wait until ``count`` events of ``kind`` (with these field values) were seen."""
-        while len(found := self.of(kind, **fields)) < count:
-            await self._changed.wait()
+        with anyio.fail_after(timeout):
+            while len(found := self.of(kind, **fields)) < count:
+                await self._changed.wait()
         return found
 
-    async def wait_until(self, predicate: Callable[[list[Any]], bool]) -> None:
-        while not predicate(self.events):
-            await self._changed.wait()
+    async def wait_until(
+        self, predicate: Callable[[list[Any]], bool], *, timeout: float = 10
+    ) -> None:
+        with anyio.fail_after(timeout):
+            while not predicate(self.events):
+                await self._changed.wait()
 
 
 def kinds(events: Iterable[Event]) -> list[str]:
