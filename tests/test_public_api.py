@@ -5,6 +5,8 @@ from __future__ import annotations
 import vpsweb_tasks
 
 PUBLIC = {
+    "BreakerConfig",
+    "BreakerRegistry",
     "CircuitOpenError",
     "ErrorCategory",
     "EventHub",
@@ -34,10 +36,13 @@ PUBLIC = {
     "__version__",
     "classify_error",
     "current_task",
+    "get_breaker",
+    "get_breaker_registry",
     "get_task_manager",
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "with_circuit_breaker",
     "with_retry",
 }
 

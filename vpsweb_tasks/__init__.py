@@ -3,6 +3,13 @@
 The public API; everything else is an implementation detail.
 """
 
+from .breakers import (
+    BreakerConfig,
+    BreakerRegistry,
+    get_breaker,
+    get_breaker_registry,
+    with_circuit_breaker,
+)
 from .config import Settings, load_config
 from .context import TaskContext, current_task
 from .errors import (
@@ -37,6 +44,8 @@ from .retry import RetryConfig, RetryPolicy, RetryStrategy, with_retry
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerConfig",
+    "BreakerRegistry",
     "CircuitOpenError",
     "ErrorCategory",
     "EventHub",
@@ -66,9 +75,12 @@ __all__ = [
     "__version__",
     "classify_error",
     "current_task",
+    "get_breaker",
+    "get_breaker_registry",
     "get_task_manager",
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "with_circuit_breaker",
     "with_retry",
 ]

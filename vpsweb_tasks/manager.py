@@ -34,6 +34,7 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.abc
 
+from .breakers import BreakerRegistry, get_breaker_registry
 from .config import Settings, load_config
 from .context import TaskContext, TaskFunction
 from .errors import (
@@ -42,7 +43,15 @@ from .errors import (
     TaskNotFoundError,
     UnknownTaskTypeError,
 )
-from .events import EventHub, QueueCleared, QueuePaused, QueueResumed, TaskCancelled, TaskSubmitted
+from .events import (
+    BreakerStateChanged,
+    EventHub,
+    QueueCleared,
+    QueuePaused,
+    QueueResumed,
+    TaskCancelled,
+    TaskSubmitted,
+)
 from .log import configure_logging, remove_handler, task_logger
 from .models import (
     ExecutionRecord,
@@ -110,6 +119,7 @@ class TaskManager:
         worker_id: str | None = None,
         retry_policy: RetryPolicy | None = None,
         events: EventHub | None = None,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_config()
         self.config = self.settings.background_tasks
@@ -122,6 +132,8 @@ class TaskManager:
             max_retry_attempts=self.config.max_retry_attempts,
         )
         self.events = events or EventHub()
+        #: Circuit breakers whose state changes this manager publishes on its hub.
+        self.breakers = breakers if breakers is not None else get_breaker_registry()
         self._types: dict[str, TaskType] = {}
         self._closures: dict[str, TaskFunction] = {}
         self._contexts: weakref.WeakValueDictionary[str, TaskContext] = (
@@ -193,6 +205,7 @@ class TaskManager:
                 await self.store.open()
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
+            stack.callback(self.breakers.add_listener(self._forward_breaker_event))
             self._queue = TaskQueue(self)
             await self._queue.start(tg)
         except BaseException:
@@ -235,6 +248,12 @@ class TaskManager:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def _forward_breaker_event(self, event: BreakerStateChanged) -> None:
+        # Breakers call listeners synchronously, from the event loop's thread; publish in
+        # the task group (tasks start in order, and the hub numbers events on entry).
+        if self._tg is not None:
+            self._tg.start_soon(self.events.publish, event)
 
     def _require_running(self) -> anyio.abc.TaskGroup:
         if not self._running or self._tg is None:
