@@ -17,6 +17,11 @@ from vpsweb_tasks import (
     BreakerRegistry,
     CircuitOpenError,
     ErrorCategory,
+    ExecutionRecord,
+    TaskContext,
+    TaskDefinition,
+    TaskManager,
+    TaskStatus,
     classify_error,
     get_breaker,
     get_breaker_registry,
@@ -29,8 +34,16 @@ from vpsweb_tasks.breakers import (
     ClockedMemoryStorage,
     set_breaker_registry,
 )
+from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import ConfigError
-from vpsweb_tasks.events import BreakerStateChanged
+from vpsweb_tasks.events import (
+    BreakerStateChanged,
+    TaskCompleted,
+    TaskDeferred,
+    TaskFailed,
+    TaskRetryScheduled,
+)
+from vpsweb_tasks.models import ExecutionOutcome
 
 from .conftest import FakeClock
 from .support import EventRecorder, LoopbackServer, Reply, loopback_server
@@ -488,3 +501,148 @@ async def test_the_documents_error_handling_example_runs_as_written(
         server.always(Reply(200))
         assert await external_api_call() == {"call": 9}
         assert breaker.state is BreakerState.CLOSED
+
+
+# --- in the queue -----------------------------------------------------------------------
+
+
+def _outcomes(executions: list[ExecutionRecord]) -> list[ExecutionOutcome]:
+    return [execution.outcome for execution in executions]
+
+
+async def test_tasks_wait_out_an_open_breaker_and_complete_after_it_closes(
+    registry: BreakerRegistry, clock: FakeClock, settings_factory: Callable[..., Settings]
+) -> None:
+    config = BreakerConfig(failure_threshold=2, recovery_timeout=30, half_open_max_calls=1)
+    settings = settings_factory(background_tasks={"max_concurrent_jobs": 3})
+    async with (
+        loopback_server() as server,
+        httpx.AsyncClient() as client,
+        TaskManager(settings, clock=clock, breakers=registry) as manager,
+    ):
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+
+        @with_circuit_breaker("provider", config=config)
+        async def call_provider() -> Any:
+            response = await client.get(server.url)
+            response.raise_for_status()
+            return response.json()
+
+        @manager.task("translate")
+        async def translate(context: TaskContext) -> Any:
+            return await call_provider()
+
+        # 1. Three calls fail together; the second failure opens the breaker. Each is an
+        #    ordinary failed attempt, retried by its category's policy.
+        server.always(Reply(503))
+        server.hold()
+        contexts = [
+            await manager.submit(TaskDefinition(name=f"t{n}", task_type="translate"))
+            for n in range(3)
+        ]
+        await server.wait_for_calls(3)
+        server.release()
+        failed = await recorder.wait_for(TaskFailed, 3)
+        assert {(e.will_retry, e.category) for e in failed} == {
+            (True, ErrorCategory.EXTERNAL_SERVICE)
+        }
+        await recorder.wait_for(TaskRetryScheduled, 3)
+        breaker = registry.get("provider")
+        opened_at = clock.now
+        assert (breaker.state, breaker.statistics().opened_at) == (BreakerState.OPEN, opened_at)
+        assert recorder.of(TaskDeferred) == []
+
+        # 2. Their retries come due while it is open: each is deferred to the breaker's
+        #    retry time without a call and without spending an attempt.
+        clock.advance(1)
+        manager.queue.notify()
+        deferred = await recorder.wait_for(TaskDeferred, 3)
+        assert {e.retry_at for e in deferred} == {opened_at + 30}
+        assert server.calls == 3
+        for context in contexts:
+            record = await manager.get_task(context.task_id)
+            assert (record.status, record.attempts, record.run_at.timestamp()) == (
+                TaskStatus.RETRYING,
+                1,
+                opened_at + 30,
+            )
+        assert await manager.list_tasks(statuses=[TaskStatus.FAILED]) == []
+
+        # 3. Recovery: one trial call gets through (held by the server meanwhile), the other
+        #    two are deferred briefly; the trial closes the breaker and all complete.
+        server.always(Reply(200))
+        server.hold()
+        clock.advance(29)
+        manager.queue.notify()
+        await server.wait_for_calls(4)
+        await recorder.wait_for(TaskDeferred, 5)
+        assert breaker.state is BreakerState.HALF_OPEN
+        server.release()
+        await recorder.wait_for(TaskCompleted, 1)
+        assert breaker.state is BreakerState.CLOSED
+        clock.advance(1)
+        manager.queue.notify()
+        records = [await context.wait(timeout=10) for context in contexts]
+        assert [(r.status, r.attempts) for r in records] == [(TaskStatus.COMPLETED, 2)] * 3
+        assert server.calls == 6
+        histories = sorted(
+            [_outcomes(await manager.list_executions(c.task_id)) for c in contexts], key=len
+        )
+        failed_, deferred_, completed = (
+            ExecutionOutcome.FAILED,
+            ExecutionOutcome.DEFERRED,
+            ExecutionOutcome.COMPLETED,
+        )
+        assert histories == [
+            [failed_, deferred_, completed],
+            [failed_, deferred_, deferred_, completed],
+            [failed_, deferred_, deferred_, completed],
+        ]
+        # The breaker's state changes reached the manager's event hub.
+        changes = await recorder.wait_for(BreakerStateChanged, 3)
+        assert [(e.name, e.old_state, e.new_state) for e in changes] == [
+            ("provider", "closed", "open"),
+            ("provider", "open", "half-open"),
+            ("provider", "half-open", "closed"),
+        ]
+
+
+async def test_a_rejection_inside_a_handlers_task_group_defers_the_task(
+    registry: BreakerRegistry, clock: FakeClock, settings_factory: Callable[..., Settings]
+) -> None:
+    breaker = registry.get("svc", BreakerConfig(failure_threshold=1, recovery_timeout=30))
+    await fail(breaker, 1)
+
+    async def ok() -> str:
+        return "ok"
+
+    async with TaskManager(settings_factory(), clock=clock, breakers=registry) as manager:
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+
+        @manager.task("fan_out")
+        async def fan_out(context: TaskContext) -> list[str]:
+            results: list[str] = []
+
+            async def one() -> None:
+                results.append(await breaker.call(ok))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one)
+                tg.start_soon(one)
+            return results
+
+        context = await manager.submit(TaskDefinition(name="fan", task_type="fan_out"))
+        [deferred] = await recorder.wait_for(TaskDeferred)
+        assert deferred.retry_at == clock.now + 30
+        record = await manager.get_task(context.task_id)
+        assert (record.status, record.attempts) == (TaskStatus.RETRYING, 0)
+        clock.advance(30)
+        manager.queue.notify()
+        record = await context.wait(timeout=10)
+        assert (record.status, record.result, record.attempts) == (
+            TaskStatus.COMPLETED,
+            ["ok", "ok"],
+            1,
+        )
