@@ -8,6 +8,7 @@ PUBLIC = {
     "BreakerConfig",
     "BreakerRegistry",
     "CircuitOpenError",
+    "DeadLetter",
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",

@@ -31,6 +31,7 @@ from .errors import (
 from .events import EventHub
 from .manager import TaskManager, get_task_manager, set_task_manager
 from .models import (
+    DeadLetter,
     ExecutionRecord,
     ProgressUpdate,
     QueueStatus,
@@ -47,6 +48,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerRegistry",
     "CircuitOpenError",
+    "DeadLetter",
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",
