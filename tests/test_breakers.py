@@ -185,7 +185,7 @@ async def test_half_open_lets_at_most_max_calls_through_then_closes_on_success(
             stats = breaker.statistics()
             assert (stats.state, stats.half_open_calls) == (BreakerState.HALF_OPEN, 3)
             assert server.calls == 8  # three trials, seven rejected fast
-            assert {exc.retry_at for exc in rejected} == {clock.now + 1.0}
+            assert {exc.retry_at for exc in rejected} == {clock.now + 5.0}
             assert {exc.state for exc in rejected} == {"half-open"}
             server.release()
         assert len(results) == 3
@@ -581,7 +581,10 @@ async def test_tasks_wait_out_an_open_breaker_and_complete_after_it_closes(
         server.release()
         await recorder.wait_for(TaskCompleted, 1)
         assert breaker.state is BreakerState.CLOSED
-        clock.advance(1)
+        assert {e.retry_at for e in recorder.of(TaskDeferred)[3:]} == {
+            clock.now + config.half_open_retry_after
+        }
+        clock.advance(config.half_open_retry_after)
         manager.queue.notify()
         records = [await context.wait(timeout=10) for context in contexts]
         assert [(r.status, r.attempts) for r in records] == [(TaskStatus.COMPLETED, 2)] * 3

@@ -117,9 +117,11 @@ class BreakerConfig(BaseModel):
     """Trial calls let through per half-open period, concurrent or one after another."""
     success_threshold: Annotated[int, Field(ge=1)] = 1
     """Successful trials that close the breaker (at most half_open_max_calls)."""
-    half_open_retry_after: Annotated[Seconds, Field(gt=0)] = 1.0
+    half_open_retry_after: Annotated[Seconds, Field(gt=0)] = 5.0
     """When every trial slot is taken, rejected callers are told to come back after this
-    long (the trials' outcome is not known yet)."""
+    long (the trials' outcome is not known yet). Short enough to follow a recovery
+    closely, long enough that deferred tasks do not cycle through the queue while slow
+    trial calls run."""
     excluded_categories: frozenset[ErrorCategory] = frozenset(
         {ErrorCategory.VALIDATION, ErrorCategory.PERMISSION}
     )
