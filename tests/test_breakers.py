@@ -422,6 +422,22 @@ async def test_state_can_be_shared_through_a_storage_factory(clock: FakeClock) -
     assert transitions(noticed) == [("closed", "open")]
 
 
+async def test_a_storage_failure_does_not_turn_a_success_into_an_error(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unreachable(ClockedMemoryStorage):
+        def reset_counter(self) -> None:
+            raise ConnectionError("breaker storage is down")
+
+    registry = BreakerRegistry(clock=clock, storage=lambda name, clock: Unreachable(clock))
+
+    async def ok() -> str:
+        return "ok"
+
+    assert await registry.get("svc").call(ok) == "ok"
+    assert "could not record a success" in caplog.text
+
+
 # --- the decorator ----------------------------------------------------------------------
 
 

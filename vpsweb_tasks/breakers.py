@@ -37,7 +37,8 @@ three synchronous steps around the ``await``, which anyio cannot interrupt:
 Time comes from the registry's clock (``time.time`` by default; tests inject a fake one):
 the storage records ``opened_at`` from it, and admission compares against it. The state
 lives in a ``pybreaker.CircuitBreakerStorage`` made by the registry's ``storage`` factory,
-so it can be shared (e.g. through the task database) by writing another factory.
+so it can be shared (e.g. through the task database) by writing another factory; the
+half-open trial limit and the statistics' counters stay per process.
 
 State changes are published as :class:`~vpsweb_tasks.events.BreakerStateChanged` to the
 registry's listeners (plain callables, called synchronously); a running
@@ -363,7 +364,10 @@ class Breaker:
             if not current:
                 return  # admitted in a period that has ended: says nothing about now
             if exc is None:
-                self._circuit.call(_succeed)
+                try:
+                    self._circuit.call(_succeed)
+                except Exception:  # e.g. shared storage unreachable: the call still succeeded
+                    logger.exception("circuit breaker %r could not record a success", self.name)
                 self._successes += 1
                 return
             traceback = exc.__traceback__
@@ -371,7 +375,7 @@ class Breaker:
                 self._circuit.call(_fail, exc)
             except Exception as raised:
                 if raised is not exc:
-                    logger.exception("circuit breaker %r failed to record a failure", self.name)
+                    logger.exception("circuit breaker %r could not record a failure", self.name)
             finally:
                 exc.__traceback__ = traceback  # keep pybreaker's frames out of the report
             if self._circuit.is_system_error(exc):
@@ -389,7 +393,7 @@ class Breaker:
                 "circuit breaker %r opened after %d failures; trial calls from %s",
                 self.name,
                 self._circuit.fail_counter,
-                retry_at,
+                "now" if retry_at is None else datetime.fromtimestamp(retry_at, UTC).isoformat(),
             )
         else:
             logger.info("circuit breaker %r is %s (was %s)", self.name, new, old)
