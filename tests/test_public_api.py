@@ -5,7 +5,10 @@ from __future__ import annotations
 import vpsweb_tasks
 
 PUBLIC = {
+    "BreakerConfig",
+    "BreakerRegistry",
     "CircuitOpenError",
+    "DeadLetter",
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",
@@ -35,11 +38,14 @@ PUBLIC = {
     "__version__",
     "classify_error",
     "current_task",
+    "get_breaker",
+    "get_breaker_registry",
     "get_task_manager",
     "get_task_monitor",
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "with_circuit_breaker",
     "with_retry",
 }
 

@@ -3,6 +3,13 @@
 The public API; everything else is an implementation detail.
 """
 
+from .breakers import (
+    BreakerConfig,
+    BreakerRegistry,
+    get_breaker,
+    get_breaker_registry,
+    with_circuit_breaker,
+)
 from .config import Settings, load_config
 from .context import TaskContext, current_task
 from .errors import (
@@ -24,6 +31,7 @@ from .errors import (
 from .events import EventHub
 from .manager import TaskManager, get_task_manager, set_task_manager
 from .models import (
+    DeadLetter,
     ExecutionRecord,
     ProgressUpdate,
     QueueStatus,
@@ -38,7 +46,10 @@ from .retry import RetryConfig, RetryPolicy, RetryStrategy, with_retry
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerConfig",
+    "BreakerRegistry",
     "CircuitOpenError",
+    "DeadLetter",
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",
@@ -68,10 +79,13 @@ __all__ = [
     "__version__",
     "classify_error",
     "current_task",
+    "get_breaker",
+    "get_breaker_registry",
     "get_task_manager",
     "get_task_monitor",
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "with_circuit_breaker",
     "with_retry",
 ]

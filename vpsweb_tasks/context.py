@@ -165,6 +165,11 @@ class TaskContext:
             self._done.set()
 
     def _apply(self, record: TaskRecord) -> None:
+        requeued = (
+            self._status is TaskStatus.FAILED
+            and record.status is TaskStatus.PENDING
+            and (self._record is None or record.updated_at >= self._record.updated_at)
+        )
         self._record = record
         self._status = record.status
         self._attempt = record.attempts
@@ -176,6 +181,8 @@ class TaskContext:
             self._cancel_requested = True
         if record.status.is_terminal:
             self._done.set()
+        elif requeued and self._done.is_set():
+            self._done = anyio.Event()  # back from the dead letter queue: waiting again
 
     def _request_cancel(self) -> None:
         self._cancel_requested = True

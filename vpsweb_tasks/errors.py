@@ -20,20 +20,24 @@ Every exception the library raises derives from one root::
 Failures of task code are not wrapped: they are *classified* into an
 :class:`ErrorCategory` by :func:`classify_error`, which walks the exception's
 ``__cause__`` / ``__context__`` chain so that errors wrapped by application code
-(VPSWeb wraps provider errors twice) keep their meaning. User rules registered
-with :func:`register_error_rule` take precedence over the built-in ones.
+(VPSWeb wraps provider errors twice) keep their meaning, and looks into exception groups
+(a handler's own task group wraps what its children raise). User rules registered
+with :func:`register_error_rule` take precedence over the built-in ones. Every exception
+gets exactly one category; ``unknown`` when nothing matches.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pybreaker
@@ -56,6 +60,7 @@ __all__ = [
     "VpswebTasksError",
     "WorkerLostError",
     "classify_error",
+    "find_error",
     "register_error_rule",
     "retry_after_hint",
 ]
@@ -160,14 +165,21 @@ class HandlerUnavailableError(VpswebTasksError):
     category = ErrorCategory.RESOURCE
 
 
-class CircuitOpenError(VpswebTasksError):
-    """A circuit breaker rejected a call because it is open (or half-open and full)."""
+class CircuitOpenError(VpswebTasksError, pybreaker.CircuitBreakerError):
+    """A circuit breaker rejected a call because it is open (or half-open with all its
+    trial calls taken). Also a ``pybreaker.CircuitBreakerError``.
+
+    A task failing with this error (anywhere in its chain) is deferred to ``retry_at``
+    without spending an attempt.
+    """
 
     category = ErrorCategory.EXTERNAL_SERVICE
 
-    def __init__(self, name: str, retry_at: float | None = None) -> None:
-        super().__init__(f"circuit breaker {name!r} is open")
+    def __init__(self, name: str, retry_at: float | None = None, *, state: str = "open") -> None:
+        detail = "is open" if state == "open" else f"is {state} and its trial calls are taken"
+        super().__init__(f"circuit breaker {name!r} {detail}")
         self.breaker = name
+        self.state = state
         #: Epoch seconds at which the breaker lets a trial call through again.
         self.retry_at = retry_at
 
@@ -208,14 +220,36 @@ _NETWORK_ERRNOS = frozenset(
 _RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
+logger = logging.getLogger("vpsweb_tasks.errors")
+
+E = TypeVar("E", bound=BaseException)
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, then what it was raised from or while handling, outermost first."""
+    """Every exception that explains ``exc``, depth first: the exception, the members of
+    an exception group (each with its own chain), then what it was raised from or while
+    handling. Each exception once, however the chain loops."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        follow = current.__cause__ or current.__context__
+        if follow is not None:
+            stack.append(follow)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``exc``'s chain or groups, if any."""
+    for link in _chain(exc):
+        if isinstance(link, kind):
+            return link
+    return None
 
 
 def _http_status_category(status: int) -> ErrorCategory:
@@ -297,24 +331,39 @@ class ErrorClassifier:
         with self._lock:
             self._rules.clear()
 
-    def _user_category(self, exc: BaseException) -> ErrorCategory | None:
-        for matcher, category in self._rules:
+    def _user_category(self, exc: BaseException, rules: list[Rule]) -> ErrorCategory | None:
+        for matcher, category in rules:
             if isinstance(matcher, type):
                 if isinstance(exc, matcher):
                     return category
-            elif matcher(exc):
+                continue
+            try:
+                matched = matcher(exc)
+            except Exception:
+                # Classification must always answer: a broken rule is skipped, not fatal.
+                logger.exception("error rule %r failed on %r; rule skipped", matcher, exc)
+                continue
+            if matched:
                 return category
         return None
 
     def classify(self, exc: BaseException) -> ErrorCategory:
+        """Exactly one category for any exception: the first user rule matching any
+        exception in the chain (outermost first), else the first built-in match, else
+        ``unknown``."""
         chain = list(_chain(exc))
-        if self._rules:
+        with self._lock:
+            rules = list(self._rules)
+        if rules:
             for link in chain:
-                found = self._user_category(link)
+                found = self._user_category(link, rules)
                 if found is not None:
                     return found
         for link in chain:
-            category = _builtin_category(link)
+            try:
+                category = _builtin_category(link)
+            except Exception:  # e.g. a ``category`` property that raises
+                continue
             if category is not ErrorCategory.UNKNOWN:
                 return category
         return ErrorCategory.UNKNOWN
@@ -337,14 +386,18 @@ def register_error_rule(
 
 
 def _parse_retry_after(value: str, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP-date; None when
+    malformed."""
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when: datetime = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -358,7 +411,7 @@ def retry_after_hint(exc: BaseException, *, now: float | None = None) -> float |
     current = time.time() if now is None else now
     for link in _chain(exc):
         hint: Any = getattr(link, "retry_after", None)
-        if isinstance(hint, int | float) and not isinstance(hint, bool):
+        if isinstance(hint, int | float) and not isinstance(hint, bool) and math.isfinite(hint):
             return max(0.0, float(hint))
         if isinstance(link, httpx.HTTPStatusError):
             header = link.response.headers.get("retry-after")

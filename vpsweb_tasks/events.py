@@ -195,10 +195,14 @@ class QueueCleared(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerStateChanged(Event):
+    """A circuit breaker moved between ``closed``, ``open`` and ``half-open``."""
+
     kind: ClassVar[str] = "breaker_state_changed"
     name: str = ""
     old_state: str = ""
     new_state: str = ""
+    retry_at: float | None = None
+    """When opened: epoch seconds from which a trial call is allowed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

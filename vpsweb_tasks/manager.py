@@ -26,25 +26,38 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Collection
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Callable, Collection
+from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
 
+from .breakers import BreakerRegistry, get_breaker_registry
 from .config import Settings, load_config
 from .context import TaskContext, TaskFunction
 from .errors import (
+    ErrorCategory,
     HandlerUnavailableError,
     ManagerNotRunningError,
     TaskNotFoundError,
+    TaskStateError,
     UnknownTaskTypeError,
 )
-from .events import EventHub, QueueCleared, QueuePaused, QueueResumed, TaskCancelled, TaskSubmitted
+from .events import (
+    BreakerStateChanged,
+    EventHub,
+    QueueCleared,
+    QueuePaused,
+    QueueResumed,
+    TaskCancelled,
+    TaskRequeued,
+    TaskSubmitted,
+)
 from .log import configure_logging, remove_handler, task_logger
 from .models import (
+    DeadLetter,
     ExecutionRecord,
     ProgressUpdate,
     QueueStatus,
@@ -60,6 +73,8 @@ from .storage.base import NewTask, TaskStore
 __all__ = ["TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
 
 F = TypeVar("F", bound=TaskFunction)
+
+_DEAD_LETTER_PAGE = 200  # rows read at a time when filtering dead letters by category
 
 
 class TaskType:
@@ -110,6 +125,7 @@ class TaskManager:
         worker_id: str | None = None,
         retry_policy: RetryPolicy | None = None,
         events: EventHub | None = None,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_config()
         self.config = self.settings.background_tasks
@@ -122,6 +138,8 @@ class TaskManager:
             max_retry_attempts=self.config.max_retry_attempts,
         )
         self.events = events or EventHub()
+        #: Circuit breakers whose state changes this manager publishes on its hub.
+        self.breakers = breakers if breakers is not None else get_breaker_registry()
         self._types: dict[str, TaskType] = {}
         self._closures: dict[str, TaskFunction] = {}
         self._contexts: weakref.WeakValueDictionary[str, TaskContext] = (
@@ -193,6 +211,7 @@ class TaskManager:
                 await self.store.open()
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
+            stack.callback(self.breakers.add_listener(self._forward_breaker_event))
             self._queue = TaskQueue(self)
             await self._queue.start(tg)
         except BaseException:
@@ -235,6 +254,12 @@ class TaskManager:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def _forward_breaker_event(self, event: BreakerStateChanged) -> None:
+        # Breakers call listeners synchronously, from the event loop's thread; publish in
+        # the task group (tasks start in order, and the hub numbers events on entry).
+        if self._tg is not None:
+            self._tg.start_soon(self.events.publish, event)
 
     def _require_running(self) -> anyio.abc.TaskGroup:
         if not self._running or self._tg is None:
@@ -514,6 +539,126 @@ class TaskManager:
     @property
     def queue(self) -> TaskQueue:
         return self._queue
+
+    # --- dead letter queue -------------------------------------------------------------
+
+    async def _dead_letters(
+        self, category: ErrorCategory | str | None, task_type: str | None
+    ) -> AsyncGenerator[TaskRecord, None]:
+        """Failed tasks, most recently failed first, a page at a time. The storage contract
+        filters by status and type; the error category is filtered here."""
+        wanted = None if category is None else ErrorCategory(category)
+        page, offset = _DEAD_LETTER_PAGE, 0
+        while True:
+            batch = await self.store.list_tasks(
+                statuses=[TaskStatus.FAILED],
+                task_type=task_type,
+                limit=page,
+                offset=offset,
+                order="finished_desc",
+            )
+            for record in batch:
+                if wanted is None or record.error_category is wanted:
+                    yield record
+            if len(batch) < page:
+                return
+            offset += page
+
+    async def list_dead_letters(
+        self,
+        *,
+        category: ErrorCategory | str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Tasks in the dead letter queue (``failed``: retries exhausted or not retryable),
+        most recently failed first, optionally of one error category and task type."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        if category is None:
+            return await self.store.list_tasks(
+                statuses=[TaskStatus.FAILED],
+                task_type=task_type,
+                limit=limit,
+                offset=offset,
+                order="finished_desc",
+            )
+        found: list[TaskRecord] = []
+        seen = 0
+        async with aclosing(self._dead_letters(category, task_type)) as records:
+            async for record in records:
+                if len(found) == limit:
+                    break
+                if seen >= offset:
+                    found.append(record)
+                seen += 1
+        return found
+
+    async def dead_letter(self, task_id: str) -> DeadLetter:
+        """A failed task with every attempt's outcome and error (``task_executions``).
+        Raises ``TaskNotFoundError``, or ``TaskStateError`` if the task is not failed."""
+        record = await self.get_task(task_id)
+        if record.status is not TaskStatus.FAILED:
+            raise TaskStateError(task_id, record.status.value, "read the dead letter of")
+        executions = await self.store.list_executions(task_id)
+        return DeadLetter(task=record, executions=tuple(executions))
+
+    async def requeue(self, task_id: str) -> TaskRecord:
+        """Put a failed task back in the queue (``pending``, attempts reset to 0; its
+        earlier attempts stay in its history). Raises ``TaskNotFoundError``,
+        ``TaskStateError`` if it is not failed, or ``HandlerUnavailableError`` if it ran an
+        unregistered callable (gone once the task failed: submit it again)."""
+        self._require_running()
+        record = await self.get_task(task_id)
+        if record.status is TaskStatus.FAILED and record.owner is not None:
+            raise HandlerUnavailableError(
+                f"task {task_id} ran an unregistered callable, which is gone: submit it again"
+            )
+        requeued = []
+        if record.status is TaskStatus.FAILED:
+            requeued = await self.store.requeue_failed(now=self.clock(), task_ids=[task_id])
+        if not requeued:  # not failed, or requeued by someone else meanwhile
+            current = await self.get_task(task_id)
+            raise TaskStateError(task_id, current.status.value, "requeue")
+        await self._requeued(requeued)
+        return requeued[0]
+
+    async def requeue_all(
+        self, *, category: ErrorCategory | str | None = None, task_type: str | None = None
+    ) -> int:
+        """Requeue every failed task (of this error category and task type); return how
+        many. Tasks that ran unregistered callables are left where they are."""
+        self._require_running()
+        ids = [
+            record.id
+            async for record in self._dead_letters(category, task_type)
+            if record.owner is None
+        ]
+        if not ids:
+            return 0
+        requeued = await self.store.requeue_failed(
+            now=self.clock(),
+            task_ids=ids,
+            category=None if category is None else ErrorCategory(category),
+            task_type=task_type,
+        )
+        await self._requeued(requeued)
+        return len(requeued)
+
+    async def _requeued(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            context = self._contexts.get(record.id)
+            if context is not None:
+                context._apply(record)
+            task_logger(record.id, "vpsweb_tasks.manager").info(
+                "requeued from the dead letter queue"
+            )
+            await self.events.publish(
+                TaskRequeued(task=record.id, task_type=record.task_type, reason="dead_letter")
+            )
+        if records:
+            self._queue.notify()
 
 
 _default: TaskManager | None = None

@@ -23,6 +23,7 @@ from .retry import RetryConfig
 __all__ = [
     "LEGAL_TRANSITIONS",
     "MAX_METADATA_BYTES",
+    "DeadLetter",
     "ExecutionOutcome",
     "ExecutionRecord",
     "ProgressUpdate",
@@ -298,3 +299,19 @@ class QueueStatus(_Record):
     max_concurrent_jobs: int
     worker_id: str
     workers_enabled: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A task in the dead letter queue (status ``failed``) and every attempt it made."""
+
+    task: TaskRecord
+    executions: tuple[ExecutionRecord, ...]
+    """Every attempt, oldest first, each with its outcome and error (a requeued task keeps
+    the attempts of its earlier runs)."""
+
+    @property
+    def errors(self) -> list[ExecutionRecord]:
+        """The attempts that failed (or were lost with their worker)."""
+        failed = (ExecutionOutcome.FAILED, ExecutionOutcome.LOST)
+        return [execution for execution in self.executions if execution.outcome in failed]

@@ -41,6 +41,7 @@ from .errors import (
     ResultNotSerializableError,
     TaskTimeoutError,
     WorkerLostError,
+    find_error,
 )
 from .events import (
     TaskCancelled,
@@ -495,7 +496,9 @@ class TaskQueue:
                 error = ResultNotSerializableError(f"task returned a non-JSON result: {exc}")
             else:
                 return Completed(result)
-        breaker = _find(error, CircuitOpenError)
+        # A breaker's rejection (also from inside the handler's own task group) defers the
+        # task without spending an attempt; the failure that trips a breaker does not.
+        breaker = find_error(error, CircuitOpenError)
         if breaker is not None and breaker.retry_at is not None:
             return Deferred(retry_at=breaker.retry_at, reason=str(breaker))
         now = self._now()
@@ -646,14 +649,3 @@ class _StartedOnce:
         if not self.done:
             self.done = True
             self.inner.started(value)
-
-
-def _find(error: BaseException, kind: type[CircuitOpenError]) -> CircuitOpenError | None:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None

@@ -12,6 +12,13 @@ retries from 0): exponential ``base * multiplier**n`` capped at ``max_delay``, w
 jitter (uniform in ``[0, delay]``) when ``jitter`` is on; linear ``base * (n + 1)``; fixed
 ``base``; immediate ``0``; none: no retry. A ``Retry-After`` hint carried by the error
 (HTTP 429/503) is a lower bound on the delay.
+
+Attempts of a task are capped by its ``max_retries + 1``, by ``max_retry_attempts + 1``
+(config), by its error category's max attempts, and by the ``max_attempts`` of its own or
+its type's ``RetryConfig``, whichever is smallest: a task's config picks the strategy and
+may lower the count, it cannot make a validation error retryable. A task that raises
+:class:`~vpsweb_tasks.errors.Retry` is the exception: it asked, so only its own
+``max_retries`` (and ``max_retry_attempts``) cap it.
 """
 
 from __future__ import annotations
@@ -29,9 +36,18 @@ import backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import Seconds
-from .errors import ErrorCategory, ErrorClassifier, Retry, default_classifier, retry_after_hint
+from .errors import (
+    CircuitOpenError,
+    ErrorCategory,
+    ErrorClassifier,
+    Retry,
+    default_classifier,
+    find_error,
+    retry_after_hint,
+)
 
 __all__ = [
+    "DEFAULT_CALL_DELAY",
     "DEFAULT_CATEGORY_RETRY",
     "RetryConfig",
     "RetryDecision",
@@ -79,8 +95,11 @@ class RetryConfig(BaseModel):
         waits = self._waits(base)
         next(waits)  # backoff's generators start with a priming yield
         value = 0.0
-        for _ in range(retry + 1):
-            value = float(next(waits))
+        try:
+            for _ in range(retry + 1):
+                value = float(next(waits))
+        except OverflowError:  # multiplier**n beyond a float: far past any cap
+            value = self.max_delay
         value = min(value, self.max_delay)
         if self.jitter and self.strategy is RetryStrategy.EXPONENTIAL_BACKOFF:
             value = rng.uniform(0, value) if rng is not None else backoff.full_jitter(value)
@@ -195,14 +214,17 @@ class RetryPolicy:
         """``attempts`` is the number of attempts made so far, the failed one included."""
         category = self.classifier.classify(error)
         cap = min(max_retries, self.max_retry_attempts) + 1
-        if isinstance(error, Retry):
+        requested = find_error(error, Retry)
+        if requested is not None:
             if attempts >= cap:
                 return RetryDecision(category, None, None, cap, "retry requested, none left")
-            return RetryDecision(category, now + error.delay, error.delay, cap, "retry requested")
+            delay = requested.delay
+            return RetryDecision(category, now + delay, delay, cap, "retry requested")
+        category_config = self.categories[category]
         config = self.config_for(category, task_type=task_type, task_config=task_config)
-        max_attempts = min(cap, config.max_attempts)
-        if config.strategy is RetryStrategy.NO_RETRY:
+        if RetryStrategy.NO_RETRY in (config.strategy, category_config.strategy):
             return RetryDecision(category, None, None, 1, f"{category} errors are not retried")
+        max_attempts = min(cap, config.max_attempts, category_config.max_attempts)
         if attempts >= max_attempts:
             return RetryDecision(
                 category, None, None, max_attempts, f"gave up after {attempts} attempts"
@@ -219,17 +241,28 @@ class RetryPolicy:
 # --- in-call retries ----------------------------------------------------------------------
 
 
+#: Base delay of ``with_retry`` when neither its config nor its caller gives one.
+DEFAULT_CALL_DELAY = 1.0
+
+
 def with_retry(
     retry_config: RetryConfig | None = None,
     *,
+    base_delay: float | None = None,
     classifier: ErrorClassifier | None = None,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
     """Retry an async function in memory when it raises, using backoff.
 
-    With a ``retry_config``, every exception is retried by that config (except
-    cancellation, validation and permission errors, which are never worth repeating).
-    Without one, each failure picks the strategy and attempt limit of its error
-    category (SPEC section 3); a ``Retry-After`` hint is honoured as the minimum delay.
+    With a ``retry_config``, every exception is retried by that config. Without one, each
+    failure picks the strategy and attempt limit of its error category (SPEC section 3).
+    Either way, validation and permission errors are never repeated, cancellation is
+    never caught, and a ``Retry-After`` hint is honoured as the minimum delay.
+    ``base_delay`` (default :data:`DEFAULT_CALL_DELAY`, 1 s) applies to configs that set
+    none.
+
+    A :class:`~vpsweb_tasks.errors.CircuitOpenError` is not retried here: the breaker
+    says when to come back, which is the queue's job (it defers the task without
+    spending an attempt). Retrying it in memory would only wait out the breaker.
     """
     classify = (classifier or default_classifier).classify
 
@@ -237,6 +270,7 @@ def with_retry(
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             failures = 0
+            base = DEFAULT_CALL_DELAY if base_delay is None else base_delay
 
             def config_for(exc: BaseException) -> RetryConfig:
                 return retry_config or DEFAULT_CATEGORY_RETRY[classify(exc)]
@@ -245,6 +279,8 @@ def with_retry(
                 category = classify(exc)
                 if category in (ErrorCategory.VALIDATION, ErrorCategory.PERMISSION):
                     return True
+                if find_error(exc, CircuitOpenError) is not None:
+                    return True
                 config = config_for(exc)
                 return config.strategy is RetryStrategy.NO_RETRY or failures >= config.max_attempts
 
@@ -252,7 +288,7 @@ def with_retry(
                 exc = yield 0.0
                 while True:
                     config = config_for(exc)
-                    delay = config.delay(failures - 1, base_delay=1.0)
+                    delay = config.delay(failures - 1, base_delay=base)
                     hint = retry_after_hint(exc)
                     exc = yield max(delay, hint or 0.0)
 
