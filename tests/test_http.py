@@ -475,3 +475,51 @@ def test_task_status_values_match_the_library() -> None:
         "failed",
         "cancelled",
     ]
+
+
+async def test_dead_letter_queue_routes(api: Api) -> None:
+    failed = [await api.submit(task_type="bad_input") for _ in range(2)]
+    for task in failed:
+        assert (await api.wait(task["task_id"]))["status"] == "failed"
+    listing = (
+        await api.client.get(f"{TASKS}/dead-letters", params={"category": "validation"})
+    ).json()
+    assert {t["task_id"] for t in listing["tasks"]} == {t["task_id"] for t in failed}
+    assert (await api.client.get(f"{TASKS}/dead-letters", params={"category": "network"})).json()[
+        "count"
+    ] == 0
+    bad_category = await api.client.get(f"{TASKS}/dead-letters", params={"category": "cosmic-rays"})
+    assert bad_category.status_code == 422
+    letter = (await api.client.get(f"{TASKS}/dead-letters/{failed[0]['task_id']}")).json()
+    assert [
+        (e["outcome"], e["error_category"], e["error_message"]) for e in letter["executions"]
+    ] == [("failed", "validation", "the poem is empty")]
+    requeued = await api.client.post(f"{TASKS}/dead-letters/{failed[0]['task_id']}/requeue")
+    assert (requeued.status_code, requeued.json()["status"]) == (200, "pending")
+    assert (await api.wait(failed[0]["task_id"]))["status"] == "failed"  # and fails again
+    everything = await api.client.post(
+        f"{TASKS}/dead-letters/requeue", json={"task_type": "bad_input"}
+    )
+    assert everything.json() == {"requeued": 2}
+    ok = await api.submit(task_type="data_processing")
+    await api.wait(ok["task_id"])
+    not_failed = await api.client.post(f"{TASKS}/dead-letters/{ok['task_id']}/requeue")
+    assert not_failed.status_code == 409
+
+
+async def test_breakers_route(api: Api) -> None:
+    breaker = api.manager.breakers.get("llm-provider")
+
+    async def refuse() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(breaker.statistics().config.failure_threshold):
+        with pytest.raises(ConnectionError):
+            await breaker.call(refuse)
+    body = (await api.client.get(f"{MONITORING}/breakers")).json()
+    [llm] = [b for b in body["breakers"] if b["name"] == "llm-provider"]
+    assert (llm["state"], llm["failures"], body["open"]) == ("open", 5, 1)
+    assert llm["retry_at"] is not None
+    health = (await api.client.get(f"{MONITORING}/health")).json()
+    assert "breaker:llm-provider" in {a["name"] for a in health["alerts"]}
+    breaker.reset()

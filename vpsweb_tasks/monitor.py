@@ -456,8 +456,12 @@ class TaskMonitor:
 
     @property
     def breaker_states(self) -> dict[str, str]:
-        """Last known state of every circuit breaker that changed state."""
-        return dict(sorted(self._breakers.items()))
+        """State of every circuit breaker: the manager's registry, and any other breaker
+        whose state change was published on the hub."""
+        states = dict(self._breakers)
+        for name, stats in self.manager.breakers.statistics().items():
+            states[name] = stats.state.value
+        return dict(sorted(states.items()))
 
     @property
     def alerts(self) -> list[Alert]:
@@ -612,7 +616,7 @@ class TaskMonitor:
                     float(statistics.dead_lettered),
                     float(monitoring.failed_task_threshold),
                 )
-        for name, state in sorted(self._breakers.items()):
+        for name, state in self.breaker_states.items():
             if state != "closed":
                 firing[f"breaker:{name}"] = (
                     "warning",

@@ -26,6 +26,8 @@ from vpsweb_tasks import (
     TaskStatus,
 )
 from vpsweb_tasks.errors import (
+    ErrorCategory,
+    HandlerUnavailableError,
     ManagerNotRunningError,
     QueueFullError,
     TaskNotFoundError,
@@ -38,6 +40,8 @@ from .metrics import render_metrics
 from .schemas import (
     AlertResponse,
     AlertsResponse,
+    BreakerResponse,
+    BreakersResponse,
     ClearResponse,
     ErrorResponse,
     ExecutionResponse,
@@ -49,6 +53,8 @@ from .schemas import (
     ProgressPoint,
     ProgressResponse,
     QueueStatusResponse,
+    RequeueRequest,
+    RequeueResponse,
     ResourcesResponse,
     StatisticsResponse,
     SubmitTaskRequest,
@@ -103,6 +109,8 @@ def _route_class(retry_after: int) -> type[APIRoute]:
                     return JSONResponse({"detail": detail}, status_code=422)
                 except ManagerNotRunningError as exc:
                     return _error(503, str(exc))
+                except HandlerUnavailableError as exc:
+                    return _error(409, str(exc))
 
             return route
 
@@ -277,6 +285,45 @@ def create_router(
         await manager.resume()
         return QueueStatusResponse.of(await manager.queue_status())
 
+    # --- dead letter queue ---------------------------------------------------------------------
+
+    @tasks.get("/dead-letters", summary="Tasks in the dead letter queue, most recent first")
+    async def dead_letters(
+        limit: Limit = 100,
+        offset: Offset = 0,
+        category: ErrorCategory | None = None,
+        task_type: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> TaskListResponse:
+        records = await manager.list_dead_letters(
+            category=category, task_type=task_type, limit=limit, offset=offset
+        )
+        return TaskListResponse(
+            tasks=[TaskResponse.of(r) for r in records],
+            count=len(records),
+            limit=limit,
+            offset=offset,
+        )
+
+    @tasks.get("/dead-letters/{task_id}", summary="A dead-lettered task and every attempt's error")
+    async def dead_letter(task_id: TaskId) -> TaskDetailResponse:
+        letter = await manager.dead_letter(task_id)
+        return TaskDetailResponse(
+            **TaskResponse.of(letter.task).model_dump(),
+            executions=[ExecutionResponse.of(e) for e in letter.executions],
+        )
+
+    @tasks.post("/dead-letters/{task_id}/requeue", summary="Put one failed task back in the queue")
+    async def requeue(task_id: TaskId) -> TaskResponse:
+        return TaskResponse.of(await manager.requeue(task_id))
+
+    @tasks.post(
+        "/dead-letters/requeue", summary="Requeue every failed task (of a category or type)"
+    )
+    async def requeue_all(body: RequeueRequest | None = None) -> RequeueResponse:
+        body = body or RequeueRequest()
+        count = await manager.requeue_all(category=body.category, task_type=body.task_type)
+        return RequeueResponse(requeued=count)
+
     # --- live events --------------------------------------------------------------------------
 
     async def existing_task(task_id: TaskId) -> str:
@@ -404,6 +451,11 @@ def create_router(
         return ProgressHistoryResponse(
             task_id=task_id, history=[ProgressPoint.of(s) for s in history]
         )
+
+    @monitoring.get("/breakers", summary="Circuit breakers and their states")
+    async def breakers() -> BreakersResponse:
+        stats = [BreakerResponse.of(s) for s in manager.breakers.statistics().values()]
+        return BreakersResponse(breakers=stats, open=sum(b.state != "closed" for b in stats))
 
     @monitoring.get("/alerts", summary="Current alert status")
     async def alerts() -> AlertsResponse:

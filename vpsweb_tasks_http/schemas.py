@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vpsweb_tasks.breakers import BreakerStatistics
+from vpsweb_tasks.errors import ErrorCategory
 from vpsweb_tasks.models import (
     ExecutionRecord,
     JsonObject,
@@ -15,6 +17,7 @@ from vpsweb_tasks.models import (
     TaskPriority,
     TaskRecord,
     TaskStatus,
+    from_timestamp,
     to_datetime,
 )
 from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
@@ -54,7 +57,9 @@ class PauseRequest(_Request):
 
 
 class RequeueRequest(_Request):
-    category: str | None = None
+    """Which failed tasks to requeue: all of them, or those of one category / type."""
+
+    category: ErrorCategory | None = None
     task_type: TaskType | None = None
 
 
@@ -206,7 +211,6 @@ class ClearResponse(_Response):
 
 class RequeueResponse(_Response):
     requeued: int
-    task_ids: list[str]
 
 
 class ProgressResponse(_Response):
@@ -357,6 +361,43 @@ class StatisticsResponse(_Response):
 class PerformanceResponse(_Response):
     samples: list[ResourcesResponse]
     count: int
+
+
+class BreakerResponse(_Response):
+    name: str
+    state: Literal["closed", "open", "half-open"]
+    consecutive_failures: int
+    failures: int
+    successes: int
+    rejections: int
+    half_open_calls: int
+    opened_at: datetime | None
+    retry_at: datetime | None
+    failure_threshold: int
+    recovery_timeout: float
+    half_open_max_calls: int
+
+    @classmethod
+    def of(cls, stats: BreakerStatistics) -> BreakerResponse:
+        return cls(
+            name=stats.name,
+            state=stats.state.value,
+            consecutive_failures=stats.consecutive_failures,
+            failures=stats.failures,
+            successes=stats.successes,
+            rejections=stats.rejections,
+            half_open_calls=stats.half_open_calls,
+            opened_at=from_timestamp(stats.opened_at),
+            retry_at=from_timestamp(stats.retry_at),
+            failure_threshold=stats.config.failure_threshold,
+            recovery_timeout=stats.config.recovery_timeout,
+            half_open_max_calls=stats.config.half_open_max_calls,
+        )
+
+
+class BreakersResponse(_Response):
+    breakers: list[BreakerResponse]
+    open: int
 
 
 class MonitoringStateResponse(_Response):
