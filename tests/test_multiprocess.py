@@ -166,7 +166,10 @@ async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(
 
     async def submit(numbers: range) -> None:
         for n in numbers:
-            context = await api.submit(definition, n=n, seconds=rng.uniform(0.0, 0.02))
+            # A few long tasks: one held by the victim is certainly still running when the
+            # kill lands (short ones may finish between the check and the signal).
+            seconds = 2.0 if n % 100 == 0 else rng.uniform(0.0, 0.02)
+            context = await api.submit(definition, n=n, seconds=seconds)
             submitted[context.task_id] = n
 
     async with anyio.create_task_group() as tg:
@@ -179,7 +182,10 @@ async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(
         if counts[TaskStatus.COMPLETED] < count // 4:
             return False
         running = await api.store.list_tasks(statuses=[TaskStatus.RUNNING], limit=1000)
-        return any(task.lease_owner == victim.worker_id for task in running)
+        return any(
+            task.lease_owner == victim.worker_id and task.payload["seconds"] >= 1.0
+            for task in running
+        )
 
     await poll(victim_is_busy, timeout=60)
     victim.process.send_signal(signal.SIGKILL)

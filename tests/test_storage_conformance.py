@@ -28,6 +28,7 @@ from vpsweb_tasks.storage.base import (
     Failed,
     ProgressSnapshot,
     Released,
+    SharedBreakerState,
     TaskStore,
     WorkerInfo,
 )
@@ -621,3 +622,21 @@ async def test_reopening_keeps_data_and_schema(store_factory: Callable[..., Task
     async with store_factory() as second:
         assert second.schema_version == version
         assert await second.get_task(task.id) == task
+
+
+# --- shared circuit breakers --------------------------------------------------------
+
+
+async def test_breaker_states_are_shared_and_the_latest_change_wins(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    assert await store.load_breaker_states() == []
+    opened = SharedBreakerState("llm", "open", T0, T0 + 60, T0 + 1, "w1")
+    await store.save_breaker_state(opened)
+    older = SharedBreakerState("llm", "closed", None, None, T0, "w2")
+    await store.save_breaker_state(older)  # recorded earlier than the opening: ignored
+    async with store_factory() as other:
+        assert await other.load_breaker_states() == [opened]
+        closed = SharedBreakerState("llm", "closed", None, None, T0 + 70, "w2")
+        await other.save_breaker_state(closed)
+    assert await store.load_breaker_states() == [closed]

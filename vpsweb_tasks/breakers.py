@@ -167,6 +167,7 @@ class ClockedMemoryStorage(pybreaker.CircuitMemoryStorage):
     def __init__(self, clock: Clock) -> None:
         super().__init__(pybreaker.STATE_CLOSED)
         self._clock = clock
+        self.adopted_opened_at: float | None = None
 
     @property
     def opened_at(self) -> datetime | None:
@@ -174,8 +175,10 @@ class ClockedMemoryStorage(pybreaker.CircuitMemoryStorage):
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
-        # pybreaker passes datetime.now(UTC); the breaker's clock is the one that counts.
-        self._opened_at = datetime.fromtimestamp(self._clock(), UTC)
+        # pybreaker passes datetime.now(UTC); the breaker's clock is the one that counts,
+        # unless the state is being adopted from another worker, with its opening time.
+        when = self.adopted_opened_at if self.adopted_opened_at is not None else self._clock()
+        self._opened_at = datetime.fromtimestamp(when, UTC)
 
 
 def _memory_storage(name: str, clock: Clock) -> pybreaker.CircuitBreakerStorage:
@@ -258,6 +261,7 @@ class Breaker:
         self._failures = 0
         self._successes = 0
         self._rejections = 0
+        self._adopting = False
         self._circuit = pybreaker.CircuitBreaker(
             fail_max=config.failure_threshold,
             reset_timeout=config.recovery_timeout,
@@ -294,6 +298,34 @@ class Breaker:
         """Close the breaker now (an operator's override)."""
         with self._lock:
             self._circuit.close()
+
+    def adopt(self, state: BreakerState | str, *, opened_at: float | None = None) -> bool:
+        """Take on a state another worker recorded: ``open`` (since ``opened_at``, so the
+        recovery timeout runs from the same moment everywhere) or ``closed``. A
+        ``half-open`` state is not adopted: an open breaker past its recovery timeout lets
+        its own trials through. Returns whether the state changed. The state change is
+        published with ``shared=True``, so it is not recorded back to storage."""
+        target = BreakerState(state)
+        with self._lock:
+            current = BreakerState(self._circuit.state.name)
+            if target is current or target is BreakerState.HALF_OPEN:
+                return False
+            self._adopting = True
+            try:
+                if target is BreakerState.OPEN:
+                    storage = self._storage
+                    if isinstance(storage, ClockedMemoryStorage):
+                        storage.adopted_opened_at = opened_at
+                    try:
+                        self._circuit.open()
+                    finally:
+                        if isinstance(storage, ClockedMemoryStorage):
+                            storage.adopted_opened_at = None
+                else:
+                    self._circuit.close()
+            finally:
+                self._adopting = False
+            return True
 
     # --- read -------------------------------------------------------------------------
 
@@ -388,7 +420,9 @@ class Breaker:
             self._generation += 1
             self._trials = 0
             retry_at = self._retry_at() if new == pybreaker.STATE_OPEN else None
-        if new == pybreaker.STATE_OPEN:
+        if new == pybreaker.STATE_OPEN and self._adopting:
+            logger.warning("circuit breaker %r opened by another worker", self.name)
+        elif new == pybreaker.STATE_OPEN:
             logger.warning(
                 "circuit breaker %r opened after %d failures; trial calls from %s",
                 self.name,
@@ -404,6 +438,7 @@ class Breaker:
                 new_state=new,
                 retry_at=retry_at,
                 at=self._clock(),
+                shared=self._adopting,
             )
         )
 

@@ -203,6 +203,9 @@ class BreakerStateChanged(Event):
     new_state: str = ""
     retry_at: float | None = None
     """When opened: epoch seconds from which a trial call is allowed."""
+    shared: bool = False
+    """True when the change was adopted from another worker (through storage) rather than
+    caused by this process's own calls."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ closure): it runs in this process only and, should the process die, is failed wi
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import time
@@ -68,11 +69,13 @@ from .models import (
 )
 from .queue import TaskQueue
 from .retry import RetryConfig, RetryPolicy
-from .storage.base import NewTask, TaskStore
+from .storage.base import NewTask, SharedBreakerState, TaskStore
 
 __all__ = ["TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
 
 F = TypeVar("F", bound=TaskFunction)
+
+logger = logging.getLogger("vpsweb_tasks.manager")
 
 _DEAD_LETTER_PAGE = 200  # rows read at a time when filtering dead letters by category
 
@@ -260,6 +263,26 @@ class TaskManager:
         # the task group (tasks start in order, and the hub numbers events on entry).
         if self._tg is not None:
             self._tg.start_soon(self.events.publish, event)
+            if not event.shared:
+                self._tg.start_soon(self._share_breaker_state, event)
+
+    async def _share_breaker_state(self, event: BreakerStateChanged) -> None:
+        """Record a breaker's change for the other workers on this database."""
+        opened_at = None
+        if event.new_state != "closed" and event.name in self.breakers:
+            opened_at = self.breakers.get(event.name).statistics().opened_at
+        state = SharedBreakerState(
+            name=event.name,
+            state=event.new_state,
+            opened_at=opened_at,
+            retry_at=event.retry_at,
+            updated_at=event.at,
+            worker_id=self.worker_id,
+        )
+        try:
+            await self.store.save_breaker_state(state)
+        except Exception:
+            logger.exception("could not share circuit breaker %r's state", event.name)
 
     def _require_running(self) -> anyio.abc.TaskGroup:
         if not self._running or self._tg is None:

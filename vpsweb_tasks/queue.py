@@ -125,6 +125,7 @@ class TaskQueue:
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
         self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
+        self._breakers_seen: dict[str, float] = {}  # updated_at of each adopted breaker state
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
@@ -204,6 +205,7 @@ class TaskQueue:
             worker=self.worker, now=self._now(), lease_seconds=self.config.lease_seconds
         )
         await self.reap()
+        await self.sync_breakers()
         if self.config.enabled:
             await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
@@ -232,12 +234,20 @@ class TaskQueue:
     def _on_notice(self, kind: Notice, task_id: str) -> None:
         if kind == "task_added":
             self.notify()
+        elif kind == "breaker_changed":
+            self.manager._tg_start(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
             running = self.running.get(task_id)
             if running is not None and running.stop_reason is None:
                 task_logger(task_id).info("cancel requested by another process")
                 running.context._request_cancel()
                 running.stop("cancel")
+
+    async def _loop_once(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await body()
+        except Exception:
+            logger.exception("%s failed", name)
 
     async def _run_dispatcher(self) -> None:
         try:
@@ -289,6 +299,24 @@ class TaskQueue:
                 # (our own finishes, other processes' notices) can keep the sleep from ever
                 # running out, yet a pause must be seen within queue_check_interval.
                 await self._refresh_pause()
+                await self.sync_breakers()
+
+    async def sync_breakers(self) -> None:
+        """Adopt breaker states other workers recorded since we last looked."""
+        for shared in await self.store.load_breaker_states():
+            if shared.worker_id == self.manager.worker_id:
+                continue
+            if shared.updated_at <= self._breakers_seen.get(shared.name, float("-inf")):
+                continue
+            self._breakers_seen[shared.name] = shared.updated_at
+            breaker = self.manager.breakers.get(shared.name)
+            if breaker.adopt(shared.state, opened_at=shared.opened_at):
+                logger.info(
+                    "circuit breaker %r is %s: adopted from worker %s",
+                    shared.name,
+                    shared.state,
+                    shared.worker_id,
+                )
 
     async def _refresh_pause(self) -> None:
         self._pause_read_at = anyio.current_time()

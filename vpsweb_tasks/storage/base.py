@@ -58,6 +58,7 @@ __all__ = [
     "ReapResult",
     "Released",
     "RetryDecider",
+    "SharedBreakerState",
     "TaskStore",
     "WorkerInfo",
 ]
@@ -218,8 +219,23 @@ class MetricsWindow:
     """Tasks that became ``failed`` in the window."""
 
 
-#: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`.
-Notice = Literal["task_added", "cancel_requested"]
+#: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`. For
+#: ``breaker_changed`` the second argument is the breaker's name.
+Notice = Literal["task_added", "cancel_requested", "breaker_changed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBreakerState:
+    """A circuit breaker's state as one worker last recorded it for all the others."""
+
+    name: str
+    state: str
+    """``closed``, ``open`` or ``half-open``."""
+    opened_at: float | None
+    retry_at: float | None
+    updated_at: float
+    worker_id: str
+
 
 #: Given a task whose attempt was lost (its worker died), returns the epoch time of its
 #: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
@@ -268,7 +284,8 @@ class TaskStore(abc.ABC):
         """Run until cancelled, calling ``on_notice(kind, task_id)`` for every
         ``task_added`` (:meth:`add_task`, :meth:`requeue_failed`) and ``cancel_requested``
         (:meth:`request_cancel` of a running task) committed by any process on this
-        database, this one included. Start it with ``await task_group.start(store.listen,
+        database, this one included, and ``on_notice("breaker_changed", name)`` for every
+        :meth:`save_breaker_state`. Start it with ``await task_group.start(store.listen,
         on_notice)``: it reports started once notices are being received.
 
         Notices are a shortcut, never the only path: one may be lost (e.g. while a
@@ -445,6 +462,18 @@ class TaskStore(abc.ABC):
           becomes ``failed`` with ``HandlerUnavailableError``: never silently lost.
         * Expired workers' rows are deleted.
         """
+
+    # --- shared circuit breakers --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_breaker_state(self, state: SharedBreakerState) -> None:
+        """Record a breaker's new state for every worker (insert or replace; a state older
+        than the one stored is ignored, so the latest change wins). Backends with
+        notifications also send ``breaker_changed``."""
+
+    @abc.abstractmethod
+    async def load_breaker_states(self) -> list[SharedBreakerState]:
+        """Every recorded breaker state."""
 
     # --- statistics and system metrics ---------------------------------------------------
 

@@ -74,6 +74,7 @@ from .base import (
     ReapResult,
     Released,
     RetryDecider,
+    SharedBreakerState,
     TaskStore,
     WorkerInfo,
 )
@@ -400,7 +401,7 @@ class PostgresTaskStore(TaskStore):
                     delay = 0.1
                     async for notice in conn.notifies():
                         kind, _, task_id = notice.payload.partition(" ")
-                        if kind in ("task_added", "cancel_requested"):
+                        if kind in ("task_added", "cancel_requested", "breaker_changed"):
                             on_notice(cast(Notice, kind), task_id)
             except psycopg.OperationalError as exc:
                 # Notices sent while we reconnect are lost; polling every
@@ -881,6 +882,43 @@ class PostgresTaskStore(TaskStore):
             failed.extend(_task(row) for row in await cursor.fetchall())
             await conn.execute("DELETE FROM workers WHERE worker_id = ANY(%s)", (dead,))
             return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
+
+    # --- shared circuit breakers --------------------------------------------------------
+
+    async def save_breaker_state(self, state: SharedBreakerState) -> None:
+        # Autocommit: the row and its notice commit together, in one statement.
+        await self._fetchall(
+            "WITH saved AS (INSERT INTO circuit_breakers AS b (name, state, opened_at,"
+            " retry_at, updated_at, worker_id) VALUES (%(name)s, %(state)s, %(opened_at)s,"
+            " %(retry_at)s, %(updated_at)s, %(worker_id)s) ON CONFLICT (name) DO UPDATE SET"
+            " state = excluded.state, opened_at = excluded.opened_at,"
+            " retry_at = excluded.retry_at, updated_at = excluded.updated_at,"
+            " worker_id = excluded.worker_id WHERE excluded.updated_at >= b.updated_at"
+            " RETURNING name)"
+            " SELECT pg_notify(%(channel)s, 'breaker_changed ' || name) FROM saved",
+            {
+                "name": state.name,
+                "state": state.state,
+                "opened_at": state.opened_at,
+                "retry_at": state.retry_at,
+                "updated_at": state.updated_at,
+                "worker_id": state.worker_id,
+                "channel": self.channel,
+            },
+        )
+
+    async def load_breaker_states(self) -> list[SharedBreakerState]:
+        return [
+            SharedBreakerState(
+                name=row["name"],
+                state=row["state"],
+                opened_at=row["opened_at"],
+                retry_at=row["retry_at"],
+                updated_at=row["updated_at"],
+                worker_id=row["worker_id"],
+            )
+            for row in await self._fetchall("SELECT * FROM circuit_breakers ORDER BY name")
+        ]
 
     # --- statistics and system metrics ---------------------------------------------------
 

@@ -57,6 +57,7 @@ from .base import (
     ReapResult,
     Released,
     RetryDecider,
+    SharedBreakerState,
     TaskStore,
     WorkerInfo,
 )
@@ -800,6 +801,44 @@ class SQLiteTaskStore(TaskStore):
             return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
 
         return await self._db().run(reap)
+
+    # --- shared circuit breakers --------------------------------------------------------
+
+    async def save_breaker_state(self, state: SharedBreakerState) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO circuit_breakers (name, state, opened_at, retry_at, updated_at,"
+                " worker_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " state = excluded.state, opened_at = excluded.opened_at,"
+                " retry_at = excluded.retry_at, updated_at = excluded.updated_at,"
+                " worker_id = excluded.worker_id WHERE excluded.updated_at >= updated_at",
+                (
+                    state.name,
+                    state.state,
+                    state.opened_at,
+                    state.retry_at,
+                    state.updated_at,
+                    state.worker_id,
+                ),
+            )
+
+        await self._db().run(save)
+
+    async def load_breaker_states(self) -> list[SharedBreakerState]:
+        def load(conn: sqlite3.Connection) -> list[SharedBreakerState]:
+            return [
+                SharedBreakerState(
+                    name=row["name"],
+                    state=row["state"],
+                    opened_at=_f(row["opened_at"]),
+                    retry_at=_f(row["retry_at"]),
+                    updated_at=float(row["updated_at"]),
+                    worker_id=row["worker_id"],
+                )
+                for row in conn.execute("SELECT * FROM circuit_breakers ORDER BY name")
+            ]
+
+        return await self._db().run(load, Mode.READ)
 
     # --- statistics and system metrics ---------------------------------------------------
 
