@@ -31,6 +31,32 @@ TaskFunction = Callable[["TaskContext"], Awaitable[Any]]
 _current: ContextVar[TaskContext | None] = ContextVar("vpsweb_tasks_current", default=None)
 
 
+class _Flag:
+    """A one-way flag that makes its anyio Event only when someone waits: most contexts
+    are never waited on, and an Event per context per state was measurable per task."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self, value: bool = False) -> None:
+        self._set = value
+        self._event: anyio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 def current_task() -> TaskContext | None:
     """The context of the task running in the current async task, if any."""
     return _current.get()
@@ -58,14 +84,17 @@ class TaskContext:
         self._message = record.message if record else None
         self._attempt = record.attempts if record else 0
         self._cancel_requested = False
-        self._stored = anyio.Event()
+        self._stored = _Flag(record is not None)
         self._store_error: BaseException | None = None
-        self._done = anyio.Event()
-        self.logger = TaskLogger(logging.getLogger("vpsweb_tasks.task"), task_id)
-        if record is not None:
-            self._stored.set()
-            if record.status.is_terminal:
-                self._done.set()
+        self._done = _Flag(record is not None and record.status.is_terminal)
+        self._logger: TaskLogger | None = None
+
+    @property
+    def logger(self) -> TaskLogger:
+        """A logger whose every line carries ``task_id:<id>``, for the task's own code."""
+        if self._logger is None:
+            self._logger = TaskLogger(logging.getLogger("vpsweb_tasks.task"), self.task_id)
+        return self._logger
 
     def __repr__(self) -> str:
         return (
@@ -182,7 +211,7 @@ class TaskContext:
         if record.status.is_terminal:
             self._done.set()
         elif requeued and self._done.is_set():
-            self._done = anyio.Event()  # back from the dead letter queue: waiting again
+            self._done = _Flag()  # back from the dead letter queue: waiting again
 
     def _request_cancel(self) -> None:
         self._cancel_requested = True

@@ -8,6 +8,7 @@ one task's whole story.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 from collections.abc import MutableMapping
@@ -36,8 +37,14 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
         return f"task_id:{self.task_id} {msg}", kwargs
 
 
+@functools.cache
+def _named(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
 def task_logger(task_id: str, name: str = "vpsweb_tasks.queue") -> TaskLogger:
-    return TaskLogger(logging.getLogger(name), task_id)
+    """A logger for lines about one task (cheap: several are made per task)."""
+    return TaskLogger(_named(name), task_id)
 
 
 def configure_logging(settings: LoggingSettings) -> logging.Handler | None:

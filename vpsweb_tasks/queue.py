@@ -53,7 +53,7 @@ from .events import (
     TaskRetryScheduled,
     TaskStarted,
 )
-from .log import task_logger
+from .log import TaskLogger, task_logger
 from .models import ProgressUpdate, TaskRecord, TaskStatus
 from .storage.base import (
     Cancelled,
@@ -86,6 +86,10 @@ class RunningTask:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
+    log: TaskLogger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = task_logger(self.token.task_id)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -458,7 +462,7 @@ class TaskQueue:
     async def _execute(self, claim: Claim, running: RunningTask) -> None:
         task = claim.task
         context = running.context
-        log = task_logger(task.id)
+        log = running.log
         outcome: Outcome | None = None
         try:
             context._apply(task)
@@ -570,10 +574,11 @@ class TaskQueue:
         if record.status.is_waiting:
             self.notify(run_at=record.run_at.timestamp())
         self.manager._finished(record)
-        await self._publish_outcome(record, outcome)
+        await self._publish_outcome(record, outcome, running.log)
 
-    async def _publish_outcome(self, record: TaskRecord, outcome: Outcome | None) -> None:
-        log = task_logger(record.id)
+    async def _publish_outcome(
+        self, record: TaskRecord, outcome: Outcome | None, log: TaskLogger
+    ) -> None:
         events = self.manager.events
         task_id, task_type = record.id, record.task_type
         if record.status is TaskStatus.COMPLETED:

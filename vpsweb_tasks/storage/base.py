@@ -39,7 +39,15 @@ import anyio
 import anyio.abc
 
 from ..errors import ErrorCategory
-from ..models import ExecutionRecord, ResourceSample, TaskRecord, TaskStatus
+from ..models import (
+    ExecutionRecord,
+    ResourceSample,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    to_datetime,
+)
+from ..retry import RetryConfig
 
 __all__ = [
     "AttemptGroup",
@@ -82,6 +90,26 @@ class NewTask:
     """Worker id whose process holds the callable (closures); None for registered types."""
     retry: dict[str, Any] | None = None
     """The task's own RetryConfig, as a dict."""
+
+    def record(self) -> TaskRecord:
+        """The record of this task as :meth:`TaskStore.add_task` stores it (``pending``):
+        built here rather than read back, which spares a row conversion per submit."""
+        return TaskRecord(
+            id=self.id,
+            name=self.name,
+            task_type=self.task_type,
+            priority=TaskPriority.from_rank(self.priority),
+            status=TaskStatus.PENDING,
+            run_at=to_datetime(self.run_at),
+            created_at=to_datetime(self.created_at),
+            updated_at=to_datetime(self.created_at),
+            payload=self.payload,
+            metadata=self.metadata,
+            max_retries=self.max_retries,
+            timeout_seconds=self.timeout_seconds,
+            retry=None if self.retry is None else RetryConfig.model_validate(self.retry),
+            owner=self.owner,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,15 @@ _OUTCOME_NAMES: dict[type, ExecutionOutcome] = {
 
 
 def _dumps(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value == {}:  # most payloads and metadata: skip the encoder
+        return "{}"
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _loads(text: str) -> Any:
+    return {} if text == "{}" else json.loads(text)
 
 
 def _f(value: Any) -> float | None:
@@ -114,8 +122,8 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         task_type=row["task_type"],
         priority=TaskPriority.from_rank(row["priority"]),
         status=TaskStatus(row["status"]),
-        payload=json.loads(row["payload"]),
-        metadata=json.loads(row["metadata"]),
+        payload=_loads(row["payload"]),
+        metadata=_loads(row["metadata"]),
         max_retries=row["max_retries"],
         timeout_seconds=_f(row["timeout_seconds"]),
         retry=None
@@ -289,6 +297,8 @@ class SQLiteTaskStore(TaskStore):
             "created_at": task.created_at,
         }
 
+        record = task.record()
+
         def insert(conn: sqlite3.Connection) -> TaskRecord:
             if max_queue_size is not None:
                 (size,) = conn.execute(
@@ -297,18 +307,18 @@ class SQLiteTaskStore(TaskStore):
                 if size >= max_queue_size:
                     raise QueueFullError(max_queue_size, size)
             try:
-                row = conn.execute(
+                conn.execute(
                     "INSERT INTO background_tasks (id, name, task_type, priority, status,"
                     " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
                     " created_at, updated_at) VALUES (:id, :name, :task_type, :priority,"
                     " 'pending', :payload, :metadata, :max_retries, :timeout_seconds,"
                     " :retry_config, :owner,"
-                    " :run_at, :created_at, :created_at) RETURNING *",
+                    " :run_at, :created_at, :created_at)",
                     params,
-                ).fetchone()
+                )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"task {task.id} already exists") from exc
-            return _task(row)
+            return record
 
         return await self._db().run(insert)
 
