@@ -81,6 +81,16 @@ WHERE rowid IN (
 )
 RETURNING rowid AS seq, *
 """
+_INSERT_COLUMNS = (
+    "INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,"
+    " max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)"
+)
+_INSERT = _INSERT_COLUMNS + " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_WAITING_COUNT = f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
+_INSERT_UNLESS_FULL = (
+    _INSERT_COLUMNS + " SELECT ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    f" WHERE ({_WAITING_COUNT}) < ?"
+)
 _RUNNABLE_ANY = "(owner IS NULL OR owner = :worker)"
 _RUNNABLE_TYPES = (
     "(owner = :worker OR (owner IS NULL AND task_type IN (SELECT value FROM json_each(:types))))"
@@ -184,43 +194,35 @@ class SQLiteTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        params = {
-            "id": task.id,
-            "name": task.name,
-            "task_type": task.task_type,
-            "priority": task.priority,
-            "payload": _dumps(task.payload),
-            "metadata": _dumps(task.metadata),
-            "max_retries": task.max_retries,
-            "timeout_seconds": task.timeout_seconds,
-            "retry_config": None if task.retry is None else _dumps(task.retry),
-            "owner": task.owner,
-            "run_at": task.run_at,
-            "created_at": task.created_at,
-        }
-
+        values = (
+            task.id,
+            task.name,
+            task.task_type,
+            task.priority,
+            _dumps(task.payload),
+            _dumps(task.metadata),
+            task.max_retries,
+            task.timeout_seconds,
+            None if task.retry is None else _dumps(task.retry),
+            task.owner,
+            task.run_at,
+            task.created_at,
+            task.created_at,
+        )
         record = task.record()
 
         def insert(conn: sqlite3.Connection) -> TaskRecord:
-            if max_queue_size is not None:
-                (size,) = conn.execute(
-                    f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
-                ).fetchone()
-                if size >= max_queue_size:
-                    raise QueueFullError(max_queue_size, size)
             try:
-                conn.execute(
-                    "INSERT INTO background_tasks (id, name, task_type, priority, status,"
-                    " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
-                    " created_at, updated_at) VALUES (:id, :name, :task_type, :priority,"
-                    " 'pending', :payload, :metadata, :max_retries, :timeout_seconds,"
-                    " :retry_config, :owner,"
-                    " :run_at, :created_at, :created_at)",
-                    params,
-                )
+                if max_queue_size is None:
+                    conn.execute(_INSERT, values)
+                    return record
+                # The size check rides in the INSERT: one statement, under the write lock.
+                if conn.execute(_INSERT_UNLESS_FULL, (*values, max_queue_size)).rowcount:
+                    return record
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"task {task.id} already exists") from exc
-            return record
+            (size,) = conn.execute(_WAITING_COUNT).fetchone()
+            raise QueueFullError(max_queue_size, size)
 
         return await self._db().run(insert)
 
