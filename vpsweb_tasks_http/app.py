@@ -48,16 +48,17 @@ def create_app(
     )
     app.state.manager = manager
     app.state.monitor = monitor
+    api_key = settings.http.resolved_api_key()
     app.include_router(
         create_router(
             manager,
             monitor,
-            api_key=settings.http.resolved_api_key(),
+            api_key=api_key,
             queue_full_retry_after=settings.http.queue_full_retry_after,
         )
     )
 
-    mount_dashboard(app)
+    mount_dashboard(app, api_key_required=api_key is not None)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index(request: Request) -> HTMLResponse | JSONResponse:
