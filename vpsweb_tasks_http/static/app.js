@@ -266,7 +266,8 @@ async function loadTasks() {
     if (TERMINAL.has(live.status) && id !== state.selected) state.live.delete(id);
   }
   list("#running", running.tasks, runningItem);
-  const waiting = state.queue ? state.queue.queue_size : undefined;
+  // A list holds at most 50: beyond that, say how many there are in all.
+  const waiting = queued.tasks.length === 50 ? state.queue?.queue_size : undefined;
   list("#queued", queued.tasks, queuedItem, waiting);
   list("#recent", recent.tasks, recentRow);
   await loadTranslations();
@@ -413,7 +414,7 @@ async function loadDetail() {
   const left = h(
     "div",
     { "data-task-id": id },
-    h("dl", { class: "kv" }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", {}, value)]).flat()),
+    h("dl", { class: "kv" }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", { "data-field": label.toLowerCase() }, value)]).flat()),
     h("h3", {}, "Progress"),
     h("div", { class: "task-line" }, h("span", { class: "message" }, live?.message ?? task.message ?? ""), h("span", { class: "right pct" }, `${Math.round(progress * 100)}%`)),
     bar(progress, task.status),
@@ -438,7 +439,8 @@ async function loadDetail() {
     "div",
     {},
     h("h3", {}, "Progress history"),
-    points.length ? h("ul", { class: "history" }, points) : h("p", { class: "empty" }, "No progress reported."),
+    h("ul", { class: "history" }, points),
+    h("p", { class: "empty no-history", hidden: points.length > 0 }, "No progress reported."),
     h("h3", {}, "Attempts"),
     attempts.length
       ? h(
@@ -478,6 +480,7 @@ function onEvent(kind, data) {
       if (!state.lists.running.some((task) => task.task_id === id)) schedule("tasks", "queue");
       if (id === state.selected) {
         const history = $("#detail .history");
+        $("#detail .no-history")?.setAttribute("hidden", "");
         history?.append(h("li", {}, h("span", { class: "muted" }, clock(update.timestamp)), h("span", { class: "pct" }, `${Math.round((update.progress ?? 0) * 100)}%`), h("span", {}, update.message ?? "")));
       }
       return;
