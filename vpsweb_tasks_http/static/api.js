@@ -119,6 +119,13 @@ export function followEvents({ onEvent, onState }) {
       source.addEventListener(kind, (message) => {
         if (message.lastEventId) lastId = message.lastEventId;
         onEvent(kind, JSON.parse(message.data));
+        if (kind === "reset") {
+          // The server no longer has the events after ours: start from now (the page
+          // reloads its panels) instead of letting the browser resume from a lost id.
+          lastId = null;
+          source.close();
+          connect().catch(() => onState("closed"));
+        }
       });
     }
   }
