@@ -52,6 +52,7 @@ from .base import (
     LeaseToken,
     MetricsWindow,
     NewTask,
+    NewTranslationJob,
     Outcome,
     ProgressSnapshot,
     ReapResult,
@@ -59,6 +60,7 @@ from .base import (
     RetryDecider,
     SharedBreakerState,
     TaskStore,
+    TranslationJobRow,
     WorkerInfo,
 )
 
@@ -187,6 +189,55 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
+    if max_queue_size is not None:
+        (size,) = conn.execute(
+            f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
+        ).fetchone()
+        if size >= max_queue_size:
+            raise QueueFullError(max_queue_size, size)
+    try:
+        conn.execute(
+            "INSERT INTO background_tasks (id, name, task_type, priority, status,"
+            " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task.id,
+                task.name,
+                task.task_type,
+                task.priority,
+                _dumps(task.payload),
+                _dumps(task.metadata),
+                task.max_retries,
+                task.timeout_seconds,
+                None if task.retry is None else _dumps(task.retry),
+                task.owner,
+                task.run_at,
+                task.created_at,
+                task.created_at,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"task {task.id} already exists") from exc
+
+
+def _translation_job(row: sqlite3.Row, task: TaskRecord) -> TranslationJobRow:
+    result = row["result"]
+    return TranslationJobRow(
+        id=row["id"],
+        task=task,
+        source_language=row["source_language"],
+        target_language=row["target_language"],
+        workflow_mode=row["workflow_mode"],
+        original_text=row["original_text"],
+        metadata=_loads(row["metadata"]),
+        steps=_loads(row["steps"]),
+        result=None if result is None else json.loads(result),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
 class SQLiteTaskStore(TaskStore):
     """Tasks in one SQLite file (WAL). ``path`` may be ``":memory:"`` for throwaway use."""
 
@@ -282,42 +333,10 @@ class SQLiteTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        params = {
-            "id": task.id,
-            "name": task.name,
-            "task_type": task.task_type,
-            "priority": task.priority,
-            "payload": _dumps(task.payload),
-            "metadata": _dumps(task.metadata),
-            "max_retries": task.max_retries,
-            "timeout_seconds": task.timeout_seconds,
-            "retry_config": None if task.retry is None else _dumps(task.retry),
-            "owner": task.owner,
-            "run_at": task.run_at,
-            "created_at": task.created_at,
-        }
-
         record = task.record()
 
         def insert(conn: sqlite3.Connection) -> TaskRecord:
-            if max_queue_size is not None:
-                (size,) = conn.execute(
-                    f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
-                ).fetchone()
-                if size >= max_queue_size:
-                    raise QueueFullError(max_queue_size, size)
-            try:
-                conn.execute(
-                    "INSERT INTO background_tasks (id, name, task_type, priority, status,"
-                    " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
-                    " created_at, updated_at) VALUES (:id, :name, :task_type, :priority,"
-                    " 'pending', :payload, :metadata, :max_retries, :timeout_seconds,"
-                    " :retry_config, :owner,"
-                    " :run_at, :created_at, :created_at)",
-                    params,
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"task {task.id} already exists") from exc
+            _insert_task(conn, task, max_queue_size)
             return record
 
         return await self._db().run(insert)
@@ -949,6 +968,121 @@ class SQLiteTaskStore(TaskStore):
 
     async def ping(self) -> None:
         await self._db().run(lambda conn: conn.execute("SELECT 1").fetchone(), Mode.READ)
+
+    # --- translation jobs ----------------------------------------------------------------
+
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        record = task.record()
+
+        def insert(conn: sqlite3.Connection) -> TranslationJobRow:
+            _insert_task(conn, task, max_queue_size)
+            try:
+                conn.execute(
+                    "INSERT INTO translation_jobs (id, task_id, source_language,"
+                    " target_language, workflow_mode, original_text, metadata, steps,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                    (
+                        job.id,
+                        task.id,
+                        job.source_language,
+                        job.target_language,
+                        job.workflow_mode,
+                        job.original_text,
+                        _dumps(job.metadata),
+                        task.created_at,
+                        task.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"translation job {job.id} already exists") from exc
+            return TranslationJobRow(
+                id=job.id,
+                task=record,
+                source_language=job.source_language,
+                target_language=job.target_language,
+                workflow_mode=job.workflow_mode,
+                original_text=job.original_text,
+                metadata=job.metadata,
+                steps={},
+                result=None,
+                created_at=task.created_at,
+                updated_at=task.created_at,
+            )
+
+        return await self._db().run(insert)
+
+    @staticmethod
+    def _jobs(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[TranslationJobRow]:
+        ids = _dumps([row["task_id"] for row in rows])
+        tasks = {
+            task["id"]: _task(task)
+            for task in conn.execute(
+                "SELECT * FROM background_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        }
+        return [_translation_job(row, tasks[row["task_id"]]) for row in rows]
+
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        def get(conn: sqlite3.Connection) -> TranslationJobRow | None:
+            row = conn.execute("SELECT * FROM translation_jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else self._jobs(conn, [row])[0]
+
+        return await self._db().run(get, Mode.READ)
+
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        sql = "SELECT j.* FROM translation_jobs AS j"
+        params: list[Any] = []
+        if statuses is not None:
+            sql += (
+                " JOIN background_tasks AS t ON t.id = j.task_id"
+                " WHERE t.status IN (SELECT value FROM json_each(?))"
+            )
+            params.append(_dumps([TaskStatus(s).value for s in statuses]))
+        sql += " ORDER BY j.created_at DESC, j.id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+
+        def select(conn: sqlite3.Connection) -> list[TranslationJobRow]:
+            return self._jobs(conn, list(conn.execute(sql, params)))
+
+        return await self._db().run(select, Mode.READ)
+
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        path = "$." + json.dumps(step)  # a quoted key: any step name is safe
+
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET steps = json_set(steps, ?, json(?)),"
+                " updated_at = ? WHERE id = ?",
+                (path, _dumps(checkpoint), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
+
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET result = ?, updated_at = ? WHERE id = ?",
+                (_dumps(result), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
 
     # --- housekeeping ------------------------------------------------------------------
 
