@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import ProviderSettings
 from ..context import TaskContext
@@ -46,10 +46,12 @@ from ..models import TaskDefinition, TaskRecord, TaskStatus
 from ..storage.base import NewTask, NewTranslationJob, TranslationJobRow
 from .client import ChatClient, breaker_name
 from .models import (
+    MAX_TEXT_LENGTH,
     STEP_NAMES,
     STEPS,
     Comparison,
     ComparisonEntry,
+    Language,
     StepCheckpoint,
     TokenUsage,
     TranslationInput,
@@ -105,9 +107,9 @@ class CompareRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    original_text: str = Field(min_length=1, max_length=50_000)
-    source_language: str
-    target_language: str
+    original_text: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    source_language: Language
+    target_language: Language
     workflow_modes: list[WorkflowMode] = Field(
         default_factory=lambda: list(WorkflowMode), min_length=1, max_length=3
     )
@@ -116,9 +118,14 @@ class CompareRequest(BaseModel):
     """Answer once every job has finished (or ``timeout`` passed)."""
     timeout: float = Field(default=300.0, gt=0, le=3600)
 
-    def requests(self) -> list[TranslationRequest]:
-        if len(set(self.workflow_modes)) != len(self.workflow_modes):
+    @field_validator("workflow_modes")
+    @classmethod
+    def _distinct(cls, modes: list[WorkflowMode]) -> list[WorkflowMode]:
+        if len(set(modes)) != len(modes):
             raise ValueError("workflow_modes must not repeat a mode")
+        return modes
+
+    def requests(self) -> list[TranslationRequest]:
         return [
             TranslationRequest(
                 original_text=self.original_text,
