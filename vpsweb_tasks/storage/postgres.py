@@ -24,8 +24,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from importlib import resources
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,16 +47,18 @@ from ..errors import (
     WorkerLostError,
 )
 from ..models import (
-    ExecutionOutcome,
     ExecutionRecord,
     ResourceSample,
-    TaskPriority,
     TaskRecord,
     TaskStatus,
-    from_timestamp,
-    to_datetime,
 )
-from ..retry import RetryConfig
+from ._rows import Expr as _Expr
+from ._rows import changes_for as _changes_for
+from ._rows import dumps as _dumps
+from ._rows import execution_from_row as _execution
+from ._rows import migrations, translation_job_from_row
+from ._rows import task_from_row as _task
+from ._rows import worker_from_row as _worker
 from .base import (
     AttemptGroup,
     Cancelled,
@@ -80,7 +81,7 @@ from .base import (
     TranslationJobRow,
     WorkerInfo,
 )
-from .sqlite import SQLiteTaskStore, _changes_for, _Expr
+from .sqlite import SQLiteTaskStore
 
 __all__ = ["PostgresTaskStore"]
 
@@ -148,105 +149,6 @@ _BACKUP_TABLES = (
     "workers",
     "queue_state",
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _task(row: Mapping[str, Any]) -> TaskRecord:
-    category = row["error_category"]
-    result = row["result"]
-    return TaskRecord(
-        id=row["id"],
-        name=row["name"],
-        task_type=row["task_type"],
-        priority=TaskPriority.from_rank(row["priority"]),
-        status=TaskStatus(row["status"]),
-        payload=json.loads(row["payload"]),
-        metadata=json.loads(row["metadata"]),
-        max_retries=row["max_retries"],
-        timeout_seconds=_f(row["timeout_seconds"]),
-        retry=None
-        if row["retry_config"] is None
-        else RetryConfig.model_validate_json(row["retry_config"]),
-        attempts=row["attempts"],
-        progress=float(row["progress"]),
-        message=row["message"],
-        result=None if result is None else json.loads(result),
-        error_message=row["error_message"],
-        error_type=row["error_type"],
-        error_category=None if category is None else ErrorCategory(category),
-        owner=row["owner"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=from_timestamp(row["lease_expires_at"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        run_at=to_datetime(row["run_at"]),
-        created_at=to_datetime(row["created_at"]),
-        updated_at=to_datetime(row["updated_at"]),
-        started_at=from_timestamp(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
-    )
-
-
-def _execution(row: Mapping[str, Any]) -> ExecutionRecord:
-    category = row["error_category"]
-    return ExecutionRecord(
-        id=row["id"],
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        worker_id=row["worker_id"],
-        started_at=to_datetime(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
-        outcome=ExecutionOutcome(row["outcome"]),
-        error_category=None if category is None else ErrorCategory(category),
-        error_type=row["error_type"],
-        error_message=row["error_message"],
-    )
-
-
-def _worker(row: Mapping[str, Any]) -> WorkerInfo:
-    return WorkerInfo(
-        worker_id=row["worker_id"],
-        hostname=row["hostname"],
-        pid=row["pid"],
-        process_started_at=_f(row["process_started_at"]),
-        concurrency=row["concurrency"],
-        started_at=float(row["started_at"]),
-        heartbeat_at=float(row["heartbeat_at"]),
-        expires_at=float(row["expires_at"]),
-    )
-
-
-def _translation_job(row: Mapping[str, Any], task: TaskRecord) -> TranslationJobRow:
-    result = row["result"]
-    return TranslationJobRow(
-        id=row["id"],
-        task=task,
-        source_language=row["source_language"],
-        target_language=row["target_language"],
-        workflow_mode=row["workflow_mode"],
-        original_text=row["original_text"],
-        metadata=json.loads(row["metadata"]),
-        steps=json.loads(row["steps"]),
-        result=None if result is None else json.loads(result),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("vpsweb_tasks.storage.migrations") / "postgres"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def _q(text: str) -> sql.SQL:
@@ -346,7 +248,7 @@ class PostgresTaskStore(TaskStore):
             )
             cursor = await conn.execute("SELECT version FROM schema_migrations")
             applied = {row["version"] for row in await cursor.fetchall()}
-            for version, name, script in _migrations():
+            for version, name, script in migrations("postgres"):
                 if version in applied:
                     continue
                 await conn.execute(_q(script))
@@ -1098,7 +1000,7 @@ class PostgresTaskStore(TaskStore):
             ([row["task_id"] for row in rows],),
         )
         tasks = {task["id"]: _task(task) for task in await cursor.fetchall()}
-        return [_translation_job(row, tasks[row["task_id"]]) for row in rows]
+        return [translation_job_from_row(row, tasks[row["task_id"]]) for row in rows]
 
     async def _read_jobs(self, query: Any, params: Any) -> list[TranslationJobRow]:
         # Jobs and their tasks from one snapshot.
