@@ -4,7 +4,9 @@ breaker, error classification, batch and compare, status and health."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -629,3 +631,104 @@ async def test_vpswebs_own_workflow_can_be_injected_and_is_really_cancelled(
     assert made[1].cancelled
     assert status.workflow.endswith("factory")
     assert status.configured
+
+
+FAKE_VPSWEB = {
+    "__init__.py": "",
+    "core/__init__.py": "",
+    "models/__init__.py": "",
+    "models/config.py": (
+        "from enum import Enum\n"
+        "class WorkflowMode(str, Enum):\n"
+        "    REASONING = 'reasoning'\n"
+        "    NON_REASONING = 'non_reasoning'\n"
+        "    HYBRID = 'hybrid'\n"
+    ),
+    "models/translation.py": (
+        "from enum import Enum\n"
+        "from pydantic import BaseModel\n"
+        "class Language(str, Enum):\n"
+        "    ENGLISH = 'English'\n"
+        "    CHINESE = 'Chinese'\n"
+        "class TranslationInput(BaseModel):\n"
+        "    original_poem: str\n"
+        "    source_lang: Language\n"
+        "    target_lang: Language\n"
+        "    metadata: dict | None = None\n"
+    ),
+    "core/workflow.py": (
+        "from pydantic import BaseModel\n"
+        "class Revised(BaseModel):\n"
+        "    revised_translation: str\n"
+        "class TranslationOutput(BaseModel):\n"
+        "    workflow_mode: str\n"
+        "    revised_translation: Revised\n"
+        "class TranslationWorkflow:\n"
+        "    def __init__(self, workflow_mode=None):\n"
+        "        self.workflow_mode = workflow_mode\n"
+        "        self.progress_callback = None\n"
+        "        self._cancelled = False\n"
+        "    def cancel(self):\n"
+        "        self._cancelled = True\n"
+        "    async def execute(self, input_data, show_progress=True):\n"
+        "        for step in ('Initial Translation', 'Editor Review', 'Translator Revision'):\n"
+        "            await self.progress_callback(step, {'status': 'running'})\n"
+        "            await self.progress_callback(step, {'status': 'completed'})\n"
+        "        text = f'{input_data.target_lang.value}: {input_data.original_poem}'\n"
+        "        return TranslationOutput(\n"
+        "            workflow_mode=self.workflow_mode.value,\n"
+        "            revised_translation=Revised(revised_translation=text),\n"
+        "        )\n"
+    ),
+}
+
+
+@pytest.fixture
+def fake_vpsweb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A stand-in for the vpsweb package (its workflow's interface, v0.7), importable."""
+    root = tmp_path / "site"
+    for name, text in FAKE_VPSWEB.items():
+        path = root / "vpsweb" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    yield
+    for name in [n for n in sys.modules if n == "vpsweb" or n.startswith("vpsweb.")]:
+        del sys.modules[name]
+
+
+async def test_translation_workflow_vpsweb_runs_vpswebs_own_workflow_when_importable(
+    fake_vpsweb: None, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(translation={"workflow": "vpsweb"})  # no provider here
+    async with make_manager(settings, breakers) as manager:
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit({**DOCUMENT_REQUEST, "workflow_mode": "reasoning"})
+        record = await manager.wait(job.job_id, timeout=10)
+        assert record.status is TaskStatus.COMPLETED, record.error_message
+        result = await adapter.result(job.job_id)
+        status = await adapter.integration_status()
+        health = await adapter.health()
+    assert result.final_translation == "Chinese: Hello world, how are you?"
+    assert result.workflow_output is not None
+    assert result.workflow_output["workflow_mode"] == "reasoning"
+    steps = [
+        (e.update.metadata["event"], e.update.metadata["step"])
+        for e in recorder.of(TaskProgressed)
+        if e.update.metadata
+    ]
+    assert steps == [(kind, step) for step in STEPS for kind in ("step_start", "step_complete")]
+    assert (status.workflow, status.configured) == ("vpsweb", True)
+    assert health.status == "unchecked"
+
+
+async def test_translation_workflow_vpsweb_without_the_package_is_a_named_problem(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(translation={"workflow": "vpsweb"})
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        with pytest.raises(TranslationNotConfiguredError, match="vpsweb package cannot be"):
+            await adapter.submit(DOCUMENT_REQUEST)

@@ -249,6 +249,10 @@ class ProviderSettings(_Section):
 class TranslationSettings(_Section):
     """Translation jobs (the VPSWeb adapter): which provider they use and how."""
 
+    workflow: Literal["builtin", "vpsweb"] = "builtin"
+    """The workflow jobs run: the built-in one (calling the provider below), or VPSWeb's
+    own TranslationWorkflow when the vpsweb package is importable (configured by VPSWeb's
+    config; no provider needed here)."""
     provider: str | None = None
     """Name of the entry of ``providers`` translation steps call; unset: the only provider
     configured."""

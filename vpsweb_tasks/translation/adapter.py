@@ -62,6 +62,7 @@ from .models import (
     TranslationResult,
     WorkflowMode,
 )
+from .vpsweb import vpsweb_workflow_factory
 from .workflow import LLMTranslationWorkflow, TranslationWorkflow
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class IntegrationStatus(BaseModel):
     problems: list[str]
     """What to configure before jobs can run (empty when configured)."""
     workflow: str
-    """``built-in`` or the class of the injected workflow."""
+    """``built-in``, ``vpsweb`` (translation.workflow) or the injected workflow factory."""
     provider: str | None
     base_url: str | None
     api_key_env: str | None
@@ -169,7 +170,9 @@ class IntegrationStatus(BaseModel):
 class ProviderHealth(BaseModel):
     """A live check of the provider (``GET {base_url}/models``), bounded in time."""
 
-    status: Literal["healthy", "degraded", "unhealthy", "not_configured"]
+    status: Literal["healthy", "degraded", "unhealthy", "not_configured", "unchecked"]
+    """``unchecked``: jobs run a custom workflow (VPSWeb's) with no provider configured
+    here, so there is nothing to call; storage was checked."""
     provider: str | None
     base_url: str | None
     reachable: bool
@@ -271,10 +274,23 @@ class VPSWebAdapter:
         (only,) = providers
         return only, providers[only], []
 
+    def _factory(self) -> WorkflowFactory | None:
+        """The injected workflow factory, VPSWeb's (``translation.workflow: vpsweb``), or
+        None for the built-in workflow."""
+        if self.workflow_factory is not None:
+            return self.workflow_factory
+        if self.settings.workflow == "vpsweb":
+            factory: WorkflowFactory = vpsweb_workflow_factory()
+            return factory
+        return None
+
     def problems(self, modes: Iterable[WorkflowMode] = tuple(WorkflowMode)) -> list[str]:
         """What stops jobs of these modes from running (empty: nothing)."""
-        if self.workflow_factory is not None:
-            return []
+        try:
+            if self._factory() is not None:
+                return []
+        except TranslationNotConfiguredError as exc:
+            return exc.problems
         name, provider, problems = self._provider_entry()
         if provider is None:
             return problems
@@ -491,6 +507,11 @@ class VPSWebAdapter:
             if name.startswith("llm:")
         ]
 
+    def _workflow_name(self) -> str:
+        if self.workflow_factory is not None:
+            return getattr(self.workflow_factory, "__qualname__", repr(self.workflow_factory))
+        return "vpsweb" if self.settings.workflow == "vpsweb" else "built-in"
+
     async def integration_status(self) -> IntegrationStatus:
         """Configuration, breaker states and job counts (``vpsweb/status``)."""
         name, provider, _ = self._provider_entry()
@@ -506,9 +527,7 @@ class VPSWebAdapter:
         return IntegrationStatus(
             configured=bool(usable_modes),
             problems=problems,
-            workflow="built-in"
-            if self.workflow_factory is None
-            else getattr(self.workflow_factory, "__qualname__", repr(self.workflow_factory)),
+            workflow=self._workflow_name(),
             provider=name,
             base_url=provider.base_url if provider else None,
             api_key_env=provider.api_key_env if provider else None,
@@ -533,8 +552,9 @@ class VPSWebAdapter:
             storage_ok = False
         paused = self.manager.queue.paused
         if provider is None or not provider.base_url:
+            custom = not problems and self._factory() is not None
             return ProviderHealth(
-                status="not_configured",
+                status="unchecked" if custom and storage_ok else "not_configured",
                 provider=name,
                 base_url=None,
                 reachable=False,
@@ -640,8 +660,9 @@ class VPSWebAdapter:
     async def _workflow(
         self, row: TranslationJobRow, context: TaskContext, stack: AsyncExitStack
     ) -> TranslationWorkflow:
-        if self.workflow_factory is not None:
-            return self.workflow_factory(self._input(row))
+        factory = self._factory()
+        if factory is not None:
+            return factory(self._input(row))
         self.require_configured([WorkflowMode(row.workflow_mode)])
         name, provider, _ = self._provider_entry()
         assert name is not None
