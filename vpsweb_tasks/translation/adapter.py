@@ -677,6 +677,7 @@ class VPSWebAdapter:
             base_url=provider.base_url,
             api_key=provider.api_key(),
             breaker=self.manager.breakers.get(breaker_name(name)),
+            timeout=provider.timeout,
         )
         store = self.manager.store
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 from ..breakers import Breaker
@@ -55,11 +56,14 @@ class ChatClient:
         base_url: str,
         api_key: str | None,
         breaker: Breaker,
+        timeout: float | None = None,
     ) -> None:
         self.http = http
         self.provider = provider
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.breaker = breaker
+        self.timeout = timeout
+        """Bound on a whole call (httpx's own timeouts bound each read, not the total)."""
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def complete(
@@ -86,7 +90,12 @@ class ChatClient:
 
     async def _post(self, body: dict[str, Any]) -> httpx.Response:
         try:
-            response = await self.http.post(self.url, json=body, headers=self._headers)
+            with anyio.fail_after(self.timeout):
+                response = await self.http.post(self.url, json=body, headers=self._headers)
+        except TimeoutError as exc:
+            raise ProviderUnavailableError(
+                f"no answer within {self.timeout:g}s", provider=self.provider
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ProviderUnavailableError(
                 f"no answer in time ({type(exc).__name__})", provider=self.provider
