@@ -23,7 +23,16 @@ from ..models import (
     to_datetime,
 )
 from ..retry import RetryConfig
-from .base import Cancelled, Completed, Deferred, Failed, Outcome, Released, WorkerInfo
+from .base import (
+    Cancelled,
+    Completed,
+    Deferred,
+    Failed,
+    Outcome,
+    Released,
+    TranslationJobRow,
+    WorkerInfo,
+)
 
 __all__ = [
     "OUTCOME_NAMES",
@@ -35,6 +44,7 @@ __all__ = [
     "loads",
     "migrations",
     "task_from_row",
+    "translation_job_from_row",
     "worker_from_row",
 ]
 
@@ -191,3 +201,20 @@ def changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str,
             }
             execution["error_message"] = reason
     return changes, execution
+
+
+def translation_job_from_row(row: Row, task: TaskRecord) -> TranslationJobRow:
+    result = row["result"]
+    return TranslationJobRow(
+        id=row["id"],
+        task=task,
+        source_language=row["source_language"],
+        target_language=row["target_language"],
+        workflow_mode=row["workflow_mode"],
+        original_text=row["original_text"],
+        metadata=loads(row["metadata"]),
+        steps=loads(row["steps"]),
+        result=None if result is None else json.loads(result),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )

@@ -56,7 +56,7 @@ from ._rows import Expr as _Expr
 from ._rows import changes_for as _changes_for
 from ._rows import dumps as _dumps
 from ._rows import execution_from_row as _execution
-from ._rows import migrations
+from ._rows import migrations, translation_job_from_row
 from ._rows import task_from_row as _task
 from ._rows import worker_from_row as _worker
 from .base import (
@@ -69,6 +69,7 @@ from .base import (
     LeaseToken,
     MetricsWindow,
     NewTask,
+    NewTranslationJob,
     Notice,
     Outcome,
     ProgressSnapshot,
@@ -77,6 +78,7 @@ from .base import (
     RetryDecider,
     SharedBreakerState,
     TaskStore,
+    TranslationJobRow,
     WorkerInfo,
 )
 from .sqlite import SQLiteTaskStore
@@ -332,6 +334,12 @@ class PostgresTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
+        async with self._connection() as conn:
+            return await self._add_task_on(conn, task, max_queue_size)
+
+    async def _add_task_on(
+        self, conn: Connection, task: NewTask, max_queue_size: int | None
+    ) -> TaskRecord:
         params: dict[str, Any] = {
             "id": task.id,
             "name": task.name,
@@ -361,7 +369,8 @@ class PostgresTaskStore(TaskStore):
             " SELECT added.*, pg_notify(%(channel)s, 'task_added ' || added.id) FROM added"
         )
         try:
-            row = await self._fetchone(_q(query), params)
+            cursor = await conn.execute(_q(query), params)
+            row = await cursor.fetchone()
         except psycopg.errors.UniqueViolation as exc:
             raise ValueError(f"task {task.id} already exists") from exc
         if row is None:
@@ -942,6 +951,108 @@ class PostgresTaskStore(TaskStore):
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1 AS ok")
+
+    # --- translation jobs ----------------------------------------------------------------
+
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        async with self._connection() as conn, conn.transaction():
+            # The task first (with its queue-size check and notice), then its job: one
+            # transaction, so the notice arrives when both exist.
+            record = await self._add_task_on(conn, task, max_queue_size)
+            try:
+                await conn.execute(
+                    "INSERT INTO translation_jobs (id, task_id, source_language,"
+                    " target_language, workflow_mode, original_text, metadata, steps,"
+                    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, '{}', %s, %s)",
+                    (
+                        job.id,
+                        task.id,
+                        job.source_language,
+                        job.target_language,
+                        job.workflow_mode,
+                        job.original_text,
+                        _dumps(job.metadata),
+                        task.created_at,
+                        task.created_at,
+                    ),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise ValueError(f"translation job {job.id} already exists") from exc
+        return TranslationJobRow(
+            id=job.id,
+            task=record,
+            source_language=job.source_language,
+            target_language=job.target_language,
+            workflow_mode=job.workflow_mode,
+            original_text=job.original_text,
+            metadata=job.metadata,
+            steps={},
+            result=None,
+            created_at=task.created_at,
+            updated_at=task.created_at,
+        )
+
+    async def _jobs(self, conn: Connection, rows: list[DictRow]) -> list[TranslationJobRow]:
+        cursor = await conn.execute(
+            "SELECT * FROM background_tasks WHERE id = ANY(%s)",
+            ([row["task_id"] for row in rows],),
+        )
+        tasks = {task["id"]: _task(task) for task in await cursor.fetchall()}
+        return [translation_job_from_row(row, tasks[row["task_id"]]) for row in rows]
+
+    async def _read_jobs(self, query: Any, params: Any) -> list[TranslationJobRow]:
+        # Jobs and their tasks from one snapshot.
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor = await conn.execute(query, params)
+            rows = cast(list[DictRow], await cursor.fetchall())
+            return await self._jobs(conn, rows) if rows else []
+
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        jobs = await self._read_jobs("SELECT * FROM translation_jobs WHERE id = %s", (job_id,))
+        return jobs[0] if jobs else None
+
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        query = "SELECT j.* FROM translation_jobs AS j"
+        params: list[Any] = []
+        if statuses is not None:
+            query += " JOIN background_tasks AS t ON t.id = j.task_id WHERE t.status = ANY(%s)"
+            params.append([TaskStatus(s).value for s in statuses])
+        query += " ORDER BY j.created_at DESC, j.id DESC LIMIT %s OFFSET %s"
+        params += [limit, offset]
+        return await self._read_jobs(_q(query), params)
+
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE translation_jobs"
+                " SET steps = (steps::jsonb || jsonb_build_object(%s::text, %s::jsonb))::text,"
+                " updated_at = %s WHERE id = %s",
+                (step, _dumps(checkpoint), now, job_id),
+            )
+            if cursor.rowcount == 0:
+                raise TaskNotFoundError(job_id)
+
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE translation_jobs SET result = %s, updated_at = %s WHERE id = %s",
+                (_dumps(result), now, job_id),
+            )
+            if cursor.rowcount == 0:
+                raise TaskNotFoundError(job_id)
 
     # --- housekeeping ------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from ._rows import as_float as _as_float
 from ._rows import changes_for as _changes_for
 from ._rows import dumps as _dumps
 from ._rows import execution_from_row as _execution
-from ._rows import migrations
+from ._rows import migrations, translation_job_from_row
 from ._rows import task_from_row as _task
 from ._rows import worker_from_row as _worker
 from .base import (
@@ -53,6 +53,7 @@ from .base import (
     LeaseToken,
     MetricsWindow,
     NewTask,
+    NewTranslationJob,
     Outcome,
     ProgressSnapshot,
     ReapResult,
@@ -60,6 +61,7 @@ from .base import (
     RetryDecider,
     SharedBreakerState,
     TaskStore,
+    TranslationJobRow,
     WorkerInfo,
 )
 
@@ -97,6 +99,35 @@ _RUNNABLE_TYPES = (
 )
 _ORDER_PRIORITY = "priority DESC, run_at, rowid"
 _ORDER_FIFO = "run_at, rowid"
+
+
+def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
+    values = (
+        task.id,
+        task.name,
+        task.task_type,
+        task.priority,
+        _dumps(task.payload),
+        _dumps(task.metadata),
+        task.max_retries,
+        task.timeout_seconds,
+        None if task.retry is None else _dumps(task.retry),
+        task.owner,
+        task.run_at,
+        task.created_at,
+        task.created_at,
+    )
+    try:
+        if max_queue_size is None:
+            conn.execute(_INSERT, values)
+            return
+        # The size check rides in the INSERT: one statement, under the write lock.
+        if conn.execute(_INSERT_UNLESS_FULL, (*values, max_queue_size)).rowcount:
+            return
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"task {task.id} already exists") from exc
+    (size,) = conn.execute(_WAITING_COUNT).fetchone()
+    raise QueueFullError(max_queue_size, size)
 
 
 class SQLiteTaskStore(TaskStore):
@@ -194,35 +225,11 @@ class SQLiteTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        values = (
-            task.id,
-            task.name,
-            task.task_type,
-            task.priority,
-            _dumps(task.payload),
-            _dumps(task.metadata),
-            task.max_retries,
-            task.timeout_seconds,
-            None if task.retry is None else _dumps(task.retry),
-            task.owner,
-            task.run_at,
-            task.created_at,
-            task.created_at,
-        )
         record = task.record()
 
         def insert(conn: sqlite3.Connection) -> TaskRecord:
-            try:
-                if max_queue_size is None:
-                    conn.execute(_INSERT, values)
-                    return record
-                # The size check rides in the INSERT: one statement, under the write lock.
-                if conn.execute(_INSERT_UNLESS_FULL, (*values, max_queue_size)).rowcount:
-                    return record
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"task {task.id} already exists") from exc
-            (size,) = conn.execute(_WAITING_COUNT).fetchone()
-            raise QueueFullError(max_queue_size, size)
+            _insert_task(conn, task, max_queue_size)
+            return record
 
         return await self._db().run(insert)
 
@@ -853,6 +860,121 @@ class SQLiteTaskStore(TaskStore):
 
     async def ping(self) -> None:
         await self._db().run(lambda conn: conn.execute("SELECT 1").fetchone(), Mode.READ)
+
+    # --- translation jobs ----------------------------------------------------------------
+
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        record = task.record()
+
+        def insert(conn: sqlite3.Connection) -> TranslationJobRow:
+            _insert_task(conn, task, max_queue_size)
+            try:
+                conn.execute(
+                    "INSERT INTO translation_jobs (id, task_id, source_language,"
+                    " target_language, workflow_mode, original_text, metadata, steps,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                    (
+                        job.id,
+                        task.id,
+                        job.source_language,
+                        job.target_language,
+                        job.workflow_mode,
+                        job.original_text,
+                        _dumps(job.metadata),
+                        task.created_at,
+                        task.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"translation job {job.id} already exists") from exc
+            return TranslationJobRow(
+                id=job.id,
+                task=record,
+                source_language=job.source_language,
+                target_language=job.target_language,
+                workflow_mode=job.workflow_mode,
+                original_text=job.original_text,
+                metadata=job.metadata,
+                steps={},
+                result=None,
+                created_at=task.created_at,
+                updated_at=task.created_at,
+            )
+
+        return await self._db().run(insert)
+
+    @staticmethod
+    def _jobs(conn: sqlite3.Connection, rows: list[Any]) -> list[TranslationJobRow]:
+        ids = _dumps([row["task_id"] for row in rows])
+        tasks = {
+            task["id"]: _task(task)
+            for task in conn.execute(
+                "SELECT * FROM background_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        }
+        return [translation_job_from_row(row, tasks[row["task_id"]]) for row in rows]
+
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        def get(conn: sqlite3.Connection) -> TranslationJobRow | None:
+            row = conn.execute("SELECT * FROM translation_jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else self._jobs(conn, [row])[0]
+
+        return await self._db().run(get, Mode.READ)
+
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        sql = "SELECT j.* FROM translation_jobs AS j"
+        params: list[Any] = []
+        if statuses is not None:
+            sql += (
+                " JOIN background_tasks AS t ON t.id = j.task_id"
+                " WHERE t.status IN (SELECT value FROM json_each(?))"
+            )
+            params.append(_dumps([TaskStatus(s).value for s in statuses]))
+        sql += " ORDER BY j.created_at DESC, j.id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+
+        def select(conn: sqlite3.Connection) -> list[TranslationJobRow]:
+            return self._jobs(conn, list(conn.execute(sql, params)))
+
+        return await self._db().run(select, Mode.READ)
+
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        path = "$." + json.dumps(step)  # a quoted key: any step name is safe
+
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET steps = json_set(steps, ?, json(?)),"
+                " updated_at = ? WHERE id = ?",
+                (path, _dumps(checkpoint), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
+
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET result = ?, updated_at = ? WHERE id = ?",
+                (_dumps(result), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
 
     # --- housekeeping ------------------------------------------------------------------
 
