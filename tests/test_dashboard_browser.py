@@ -21,21 +21,24 @@ import anyio
 import httpx
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fastapi import APIRouter
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.translation import STEP_NAMES
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
+from .llm_server import fake_llm
+from .test_translation import provider
 
 pytestmark = pytest.mark.anyio
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TASKS = "/api/v1/background-tasks"
+TRANSLATION = f"{TASKS}/translation"
 MONITORING = "/api/v1/monitoring"
 TIMEOUT_MS = 5000
 
@@ -159,7 +162,6 @@ def console_errors(page: Page) -> list[str]:
 async def board_for(
     browser: Browser,
     settings: Settings,
-    routers: list[APIRouter] | None = None,
     more_types: dict[str, Callable[[TaskContext], Any]] | None = None,
 ) -> AsyncIterator[Board]:
     steps = Steps()
@@ -174,8 +176,6 @@ async def board_for(
     # A registry of its own: breakers opened here must not leak into other tests.
     manager = TaskManager(settings, breakers=BreakerRegistry())
     app = create_app(settings, manager=manager, setup=setup)
-    for router in routers or []:
-        app.include_router(router)
     async with (
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
@@ -216,7 +216,7 @@ async def test_the_page_loads_with_every_panel_and_no_console_errors(board: Boar
     await expect(page.locator("#charts svg")).to_have_count(3)
     await expect(page.locator("#running .empty")).to_be_visible()
     await expect(page.locator("#alerts li").first).to_be_visible()  # or "No alerts."
-    await expect(page.locator("#translations .empty")).to_contain_text("not available")
+    await expect(page.locator("#translations .empty")).to_have_text("No translation jobs.")
     await expect(page.locator("#detail")).to_be_hidden()
     assert board.errors == []
 
@@ -347,52 +347,39 @@ async def test_the_api_key_is_asked_once_and_sent(
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    # The translation routes come with the VPSWeb adapter; a stand-in serves the documented
-    # paths here, to show the panel lights up when they exist.
-    routes = APIRouter(prefix=f"{TASKS}/translation")
-    outputs = {
-        "initial_translation": {"text": "Bo nie mogłam przystanąć dla Śmierci", "tokens_used": 120},
-        "editor_review": {"text": "Consider a gentler verb for 'stop'.", "tokens_used": 80},
-        "translator_revision": {"text": "Że ja nie mogłam stanąć dla Śmierci", "tokens_used": 95},
-    }
-
-    @routes.get("/{job_id}")
-    async def job(job_id: str) -> dict[str, Any]:
-        return {
-            "job_id": job_id,
-            "status": "completed",
-            "progress": 1.0,
-            "source_language": "en",
-            "target_language": "pl",
-            "workflow_mode": "hybrid",
-            "original_text": "Because I could not stop for Death",
-        }
-
-    @routes.get("/{job_id}/result")
-    async def result(job_id: str) -> dict[str, Any]:
-        return {"job_id": job_id, "steps": outputs}
-
-    settings = settings_factory()
-
-    async def translate(context: TaskContext) -> str:
-        return "done"
-
-    translation = {"translation": translate}
-    async with board_for(browser, settings, routers=[routes], more_types=translation) as board:
-        await board.open()
-        task_id = await board.submit("translation", name="Dickinson 479")
-        job = board.page.locator(f'#translations [data-job-id="{task_id}"]')
-        await expect(job.locator(".step h4")).to_have_text(
-            ["Original", "Initial translation", "Editor review", "Translator revision"]
-        )
-        final = outputs["translator_revision"]["text"]
-        await expect(job.locator(".step p").last).to_have_text(final)
-        await expect(job).to_contain_text("en → pl · hybrid")
-        assert board.errors == []
-        ARTIFACTS.mkdir(exist_ok=True)
-        await board.page.locator("#translations").screenshot(
-            path=str(ARTIFACTS / "dashboard-translation.png")
-        )
+    # A real job: the adapter's three steps against the loopback OpenAI-compatible server.
+    async with fake_llm() as llm:
+        settings = settings_factory(providers=provider(llm))
+        async with board_for(browser, settings) as board:
+            await board.open()
+            response = await board.client.post(
+                TRANSLATION,
+                json={
+                    "original_text": "Because I could not stop for Death",
+                    "source_language": "en",
+                    "target_language": "pl",
+                    "workflow_mode": "hybrid",
+                    "metadata": {"title": "Dickinson 479", "author": "Emily Dickinson"},
+                },
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            job = board.page.locator(f'#translations [data-job-id="{job_id}"]')
+            await expect(job).to_have_attribute("data-status", "completed")
+            await expect(job.locator(".step h4")).to_have_text(["Original", *STEP_NAMES.values()])
+            result = (await board.client.get(f"{TRANSLATION}/{job_id}/result")).json()
+            outputs = [step["output"] for step in result["steps"]]
+            await expect(job.locator(".step p")).to_have_text(
+                ["Because I could not stop for Death", *outputs]
+            )
+            assert outputs[-1] == result["final_translation"]
+            await expect(job).to_contain_text("English → Polish · hybrid")
+            assert len(llm.calls) == 3  # the page only reads
+            assert board.errors == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            await board.page.locator("#translations").screenshot(
+                path=str(ARTIFACTS / "dashboard-translation.png")
+            )
 
 
 async def test_screenshot_under_load(board: Board) -> None:

@@ -274,10 +274,7 @@ async function loadTasks() {
 }
 
 async function loadTranslations() {
-  const { running, queued, recent, dead } = state.lists;
-  const seen = new Map();
-  for (const task of [...running, ...queued, ...recent, ...dead]) seen.set(task.task_id, task);
-  await renderTranslations($("#translations"), [...seen.values()]);
+  await renderTranslations($("#translations"));
 }
 
 // --- dead letter queue ---------------------------------------------------------------------

@@ -1,135 +1,87 @@
-// Translation jobs: each step's output side by side. The translation routes
-// (/api/v1/background-tasks/translation/{job_id}[/result]) may not exist on a server: the
-// panel then says so instead of failing.
+// Translation jobs (GET /translation): progress while they run, then the original and each
+// step's output side by side (GET /translation/{job_id}/result). A server mounted without
+// the translation routes says so instead of failing.
 
-import { api, ApiError, FEATURES, TASKS } from "./api.js";
+import { api, FEATURES, TASKS } from "./api.js";
 import { badge, bar, duration, fill, h } from "./dom.js";
 
-const STEP_KEYS = ["initial_translation", "editor_review", "translator_revision"];
-const TEXT_KEYS = ["output", "text", "translation", "content", "revised_translation", "suggestions", "review"];
-const finished = new Map(); // job id -> {job, result}: a finished job's outputs do not change
-
-function humanise(name) {
-  const words = String(name).replace(/[_-]+/g, " ").trim();
-  return words.charAt(0).toUpperCase() + words.slice(1);
-}
-
-function textOf(step) {
-  if (step === null || step === undefined) return "";
-  if (typeof step !== "object") return String(step);
-  for (const key of TEXT_KEYS) if (typeof step[key] === "string") return step[key];
-  return JSON.stringify(step, null, 2);
-}
+const TRANSLATION = `${TASKS}/translation`;
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const results = new Map(); // job id -> result: a completed job's outputs never change
 
 function notesOf(step) {
-  if (!step || typeof step !== "object") return "";
-  const tokens = step.tokens_used ?? step.tokens ?? step.usage?.total_tokens;
-  const seconds = step.duration_seconds ?? step.duration;
-  const model = step.model ?? step.model_info?.model;
-  return [model, tokens !== undefined ? `${tokens} tokens` : null, seconds !== undefined ? duration(seconds) : null]
+  const tokens = step.tokens?.total_tokens;
+  return [step.model, tokens ? `${tokens} tokens` : null, duration(step.duration_seconds)]
     .filter(Boolean)
     .join(" · ");
 }
 
-/** The steps of a result, whichever of the plausible shapes it has. */
-export function stepsOf(result) {
-  if (!result || typeof result !== "object") return [];
-  const steps = result.steps ?? result.step_outputs ?? result.outputs;
-  if (Array.isArray(steps)) {
-    return steps.map((step, i) => ({
-      name: step?.name ?? step?.step ?? `Step ${i + 1}`,
-      text: textOf(step),
-      notes: notesOf(step),
-    }));
+async function resultOf(job) {
+  if (!job.result_available) return null;
+  if (!results.has(job.job_id)) {
+    results.set(job.job_id, await api(`${TRANSLATION}/${encodeURIComponent(job.job_id)}/result`));
   }
-  if (steps && typeof steps === "object") {
-    return Object.entries(steps).map(([name, step]) => ({ name: humanise(name), text: textOf(step), notes: notesOf(step) }));
-  }
-  return STEP_KEYS.filter((key) => key in result).map((key) => ({
-    name: humanise(key),
-    text: textOf(result[key]),
-    notes: notesOf(result[key]),
-  }));
+  return results.get(job.job_id);
 }
 
-async function load(task) {
-  const id = task.metadata?.job_id ?? task.task_id;
-  const cached = finished.get(id);
-  if (cached) return cached;
-  const base = `${TASKS}/translation/${encodeURIComponent(id)}`;
-  const job = await api(base);
-  let result = null;
-  if (["completed", "failed"].includes(job.status ?? task.status)) {
-    try {
-      result = await api(`${base}/result`);
-    } catch (error) {
-      if (!(error instanceof ApiError && [404, 409].includes(error.status))) throw error;
-    }
-  }
-  const loaded = { id, job, result };
-  if (result !== null) finished.set(id, loaded);
-  return loaded;
-}
-
-function jobView(task, loaded) {
-  const job = loaded?.job ?? {};
-  const status = job.status ?? task.status;
-  const source = job.source_language ?? task.metadata?.source_language;
-  const target = job.target_language ?? task.metadata?.target_language;
-  const mode = job.workflow_mode ?? task.metadata?.workflow_mode;
-  const head = h(
+function column(name, text, notes, extra = "") {
+  return h(
     "div",
-    { class: "task-line" },
-    h("span", { class: "name" }, job.metadata?.title ?? task.name),
-    h("span", { class: "type" }, [source && target ? `${source} → ${target}` : "", mode ? ` · ${mode}` : ""].join("")),
-    h("span", { class: "right" }, badge(status)),
+    { class: `step ${extra}`.trim() },
+    h("h4", {}, name),
+    h("p", {}, text),
+    notes ? h("div", { class: "muted" }, notes) : null,
   );
-  const view = h("div", { class: "job", "data-job-id": loaded?.id ?? task.task_id }, head);
-  if (loaded === null) {
-    view.append(h("p", { class: "empty unavailable" }, "Translation details not available on this server."));
-    return view;
+}
+
+function jobView(job, result) {
+  const title = job.metadata?.title ?? job.job_id;
+  const author = job.metadata?.author ? ` (${job.metadata.author})` : "";
+  const view = h(
+    "div",
+    { class: "job", "data-job-id": job.job_id, "data-status": job.status },
+    h(
+      "div",
+      { class: "task-line" },
+      h("span", { class: "name" }, title + author),
+      h("span", { class: "type" }, `${job.source_language} → ${job.target_language} · ${job.workflow_mode}`),
+      h("span", { class: "right" }, badge(job.status)),
+    ),
+  );
+  if (!TERMINAL.has(job.status)) {
+    const step = job.current_step ? `${job.current_step}: ` : "";
+    view.append(bar(job.progress, job.status), h("div", { class: "muted" }, step + (job.message ?? "")));
   }
-  if (!["completed", "failed", "cancelled"].includes(status)) {
-    view.append(bar(job.progress ?? task.progress, status));
+  if (job.error_message) {
+    view.append(h("div", { class: "err" }, `${job.error_category ?? "unknown"}: ${job.error_message}`));
   }
-  const result = loaded.result?.result ?? loaded.result;
-  const steps = stepsOf(result);
-  const original = job.original_text ?? result?.original_text;
-  const columns = [];
-  if (original) columns.push(h("div", { class: "step original" }, h("h4", {}, "Original"), h("p", {}, original)));
-  for (const step of steps) {
-    columns.push(
+  if (result !== null) {
+    view.append(
       h(
         "div",
-        { class: "step" },
-        h("h4", {}, step.name),
-        h("p", {}, step.text),
-        step.notes ? h("div", { class: "muted" }, step.notes) : null,
+        { class: "steps" },
+        column("Original", result.original_text, `${result.source_language}`, "original"),
+        result.steps.map((step) => column(step.name, step.output, notesOf(step))),
       ),
     );
   }
-  if (columns.length) view.append(h("div", { class: "steps" }, columns));
   return view;
 }
 
-/** Renders the translation tasks among ``tasks`` (any lists of task responses). */
-export async function renderTranslations(section, tasks) {
-  const jobs = tasks.filter((task) => task.task_type === "translation");
+/** Renders the newest translation jobs into ``section``. */
+export async function renderTranslations(section) {
   const container = section.querySelector(".jobs");
   const empty = section.querySelector(".empty");
-  empty.textContent = FEATURES.has("translation")
-    ? "No translation jobs."
-    : "No translation jobs (the translation API is not available on this server).";
+  if (!FEATURES.has("translation")) {
+    empty.textContent = "No translation jobs (the translation API is not available on this server).";
+    empty.hidden = false;
+    fill(container, []);
+    return;
+  }
+  const { jobs } = await api(`${TRANSLATION}?limit=10`);
+  empty.textContent = "No translation jobs.";
   empty.hidden = jobs.length > 0;
   const views = [];
-  for (const task of jobs.slice(0, 10)) {
-    let loaded = null;
-    try {
-      loaded = await load(task);
-    } catch (error) {
-      if (!(error instanceof ApiError && error.status === 404)) throw error;
-    }
-    views.push(jobView(task, loaded));
-  }
+  for (const job of jobs) views.push(jobView(job, await resultOf(job)));
   fill(container, views);
 }
