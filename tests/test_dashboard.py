@@ -42,7 +42,7 @@ async def test_the_page_its_files_and_the_link_from_the_root(
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert (meta(page.text, "vpsweb-api-base"), meta(page.text, "vpsweb-api-key")) == ("", "")
-        assert meta(page.text, "vpsweb-features") == ""  # no translation routes here
+        assert meta(page.text, "vpsweb-features") == "translation"  # create_app has them
         redirect = await client.get("/dashboard")
         assert (redirect.status_code, redirect.headers["location"]) == (
             307,
@@ -81,7 +81,7 @@ async def test_mounted_under_a_prefix_and_with_translation_routes(
 ) -> None:
     inner = FastAPI()
 
-    @inner.get(f"/tasks-api{TASKS}/translation/{{job_id}}")
+    @inner.get(f"/tasks-api{TASKS}/translation/{{job_id}}", name="translation_status")
     async def job(job_id: str) -> dict[str, str]:
         return {"job_id": job_id}
 
@@ -94,6 +94,11 @@ async def test_mounted_under_a_prefix_and_with_translation_routes(
         assert meta(page, "vpsweb-api-base") == "/vpsweb/tasks-api"
         assert meta(page, "vpsweb-features") == "translation"
         assert (await client.get("/vpsweb/ops/app.js")).status_code == 200
+    bare = FastAPI()  # the task routes alone, without translations: the panel says so
+    mount_dashboard(bare)
+    transport = httpx.ASGITransport(app=bare)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert meta((await client.get("/dashboard/")).text, "vpsweb-features") == ""
 
 
 def test_stream_tokens_expire_and_cannot_be_forged(clock: FakeClock) -> None:
