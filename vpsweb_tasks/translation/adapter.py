@@ -251,38 +251,31 @@ class VPSWebAdapter:
     # --- configuration -----------------------------------------------------------------
 
     def _provider_entry(self) -> tuple[str | None, ProviderSettings | None, list[str]]:
+        """The provider jobs call (its name and settings), or what is wrong."""
         providers = self.manager.settings.providers
         name = self.settings.provider
-        if name is not None:
-            if name not in providers:
-                known = ", ".join(sorted(providers)) or "none"
-                return (
-                    name,
-                    None,
-                    [
-                        f"translation.provider is {name!r} but providers has no"
-                        f" such entry (configured: {known})"
-                    ],
-                )
+        if name is not None and name in providers:
             return name, providers[name], []
-        if not providers:
-            return (
-                None,
-                None,
-                [
-                    "no LLM provider: set providers.<name>.base_url (any OpenAI-compatible"
-                    " server, e.g. http://127.0.0.1:11434/v1 for Ollama) and"
-                    " providers.<name>.models (a model per workflow mode)"
-                ],
+        if name is not None:
+            known = ", ".join(sorted(providers)) or "none"
+            problem = (
+                f"translation.provider is {name!r} but providers has no such entry"
+                f" (configured: {known})"
             )
-        if len(providers) > 1:
-            return (
-                None,
-                None,
-                [f"several providers ({', '.join(sorted(providers))}): set translation.provider"],
+        elif not providers:
+            problem = (
+                "no LLM provider: set providers.<name>.base_url (any OpenAI-compatible"
+                " server, e.g. http://127.0.0.1:11434/v1 for Ollama) and"
+                " providers.<name>.models (a model per workflow mode)"
             )
-        (only,) = providers
-        return only, providers[only], []
+        elif len(providers) > 1:
+            problem = (
+                f"several providers ({', '.join(sorted(providers))}): set translation.provider"
+            )
+        else:
+            (only,) = providers
+            return only, providers[only], []
+        return name, None, [problem]
 
     def _factory(self) -> WorkflowFactory | None:
         """The injected workflow factory, VPSWeb's (``translation.workflow: vpsweb``), or
