@@ -30,6 +30,7 @@ from vpsweb_tasks.config import Settings
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
+from .llm_server import Reply, fake_llm
 
 pytestmark = pytest.mark.anyio
 
@@ -216,7 +217,7 @@ async def test_the_page_loads_with_every_panel_and_no_console_errors(board: Boar
     await expect(page.locator("#charts svg")).to_have_count(3)
     await expect(page.locator("#running .empty")).to_be_visible()
     await expect(page.locator("#alerts li").first).to_be_visible()  # or "No alerts."
-    await expect(page.locator("#translations .empty")).to_contain_text("not available")
+    await expect(page.locator("#translations .empty")).to_have_text("No translation jobs.")
     await expect(page.locator("#detail")).to_be_hidden()
     assert board.errors == []
 
@@ -347,52 +348,48 @@ async def test_the_api_key_is_asked_once_and_sent(
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    # The translation routes come with the VPSWeb adapter; a stand-in serves the documented
-    # paths here, to show the panel lights up when they exist.
-    routes = APIRouter(prefix=f"{TASKS}/translation")
-    outputs = {
-        "initial_translation": {"text": "Bo nie mogłam przystanąć dla Śmierci", "tokens_used": 120},
-        "editor_review": {"text": "Consider a gentler verb for 'stop'.", "tokens_used": 80},
-        "translator_revision": {"text": "Że ja nie mogłam stanąć dla Śmierci", "tokens_used": 95},
-    }
-
-    @routes.get("/{job_id}")
-    async def job(job_id: str) -> dict[str, Any]:
-        return {
-            "job_id": job_id,
-            "status": "completed",
-            "progress": 1.0,
-            "source_language": "en",
-            "target_language": "pl",
-            "workflow_mode": "hybrid",
-            "original_text": "Because I could not stop for Death",
-        }
-
-    @routes.get("/{job_id}/result")
-    async def result(job_id: str) -> dict[str, Any]:
-        return {"job_id": job_id, "steps": outputs}
-
-    settings = settings_factory()
-
-    async def translate(context: TaskContext) -> str:
-        return "done"
-
-    translation = {"translation": translate}
-    async with board_for(browser, settings, routers=[routes], more_types=translation) as board:
-        await board.open()
-        task_id = await board.submit("translation", name="Dickinson 479")
-        job = board.page.locator(f'#translations [data-job-id="{task_id}"]')
-        await expect(job.locator(".step h4")).to_have_text(
-            ["Original", "Initial translation", "Editor review", "Translator revision"]
+    # A real translation job, its three steps answered by a loopback LLM server.
+    outputs = [
+        "Bo nie mogłam przystanąć dla Śmierci",
+        "Consider a gentler verb for 'stop'.",
+        "Że ja nie mogłam stanąć dla Śmierci",
+    ]
+    async with fake_llm() as llm:
+        llm.reply(
+            Reply(content=f"<translation>{outputs[0]}</translation><notes>first</notes>"),
+            Reply(content=outputs[1]),
+            Reply(content=f"<translation>{outputs[2]}</translation><notes>revised</notes>"),
         )
-        final = outputs["translator_revision"]["text"]
-        await expect(job.locator(".step p").last).to_have_text(final)
-        await expect(job).to_contain_text("en → pl · hybrid")
-        assert board.errors == []
-        ARTIFACTS.mkdir(exist_ok=True)
-        await board.page.locator("#translations").screenshot(
-            path=str(ARTIFACTS / "dashboard-translation.png")
-        )
+        provider = {"base_url": llm.base_url, "models": {"default": "m-initial"}}
+        settings = settings_factory(providers={"local": provider})
+        async with board_for(browser, settings) as board:
+            await board.open()
+            response = await board.client.post(
+                f"{TASKS}/translation",
+                json={
+                    "original_text": "Because I could not stop for Death",
+                    "source_language": "en",
+                    "target_language": "pl",
+                    "workflow_mode": "hybrid",
+                    "metadata": {"author": "Emily Dickinson", "title": "Dickinson 479"},
+                },
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            await board.manager.wait(job_id, timeout=10)
+            job = board.page.locator(f'#translations [data-job-id="{job_id}"]')
+            await expect(job.locator(".step h4")).to_have_text(
+                ["Original", "Initial Translation", "Editor Review", "Translator Revision"]
+            )
+            await expect(job.locator(".step p")).to_have_text(
+                ["Because I could not stop for Death", *outputs]
+            )
+            await expect(job).to_contain_text("English → Polish · hybrid")
+            assert board.errors == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            await board.page.locator("#translations").screenshot(
+                path=str(ARTIFACTS / "dashboard-translation.png")
+            )
 
 
 async def test_screenshot_under_load(board: Board) -> None:

@@ -11,6 +11,7 @@ the app is mounted under a prefix), whether to ask for the API key before its fi
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -20,12 +21,20 @@ from fastapi.staticfiles import StaticFiles
 
 __all__ = ["STATIC_DIR", "mount_dashboard"]
 
+logger = logging.getLogger("vpsweb_tasks_http.dashboard")
+
 STATIC_DIR = Path(__file__).parent / "static"
 TRANSLATION_PATH = "/api/v1/background-tasks/translation"
 
 
 def _features(app: FastAPI, api_base: str) -> list[str]:
+    # FastAPI 0.16x keeps included routers as nested route objects, so app.routes holds
+    # only the app's own routes: the OpenAPI paths (built once, then cached) hold them all.
     paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
+    try:
+        paths |= set(app.openapi().get("paths", {}))
+    except Exception:  # a schema that cannot be built must not break the page
+        logger.exception("could not read the app's OpenAPI paths")
     return ["translation"] if any(p.startswith(api_base + TRANSLATION_PATH) for p in paths) else []
 
 
