@@ -280,7 +280,10 @@ async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
         record = await manager.wait(job.job_id, timeout=10)
         assert record.status is TaskStatus.CANCELLED
         llm.release()
+        for _ in range(3):  # the dispatcher looks again: nothing picks the job up
+            await manager.queue.next_round()
         state = await adapter.status(job.job_id)
+        executions = await manager.list_executions(job.job_id)
         with pytest.raises(TaskStateError):
             await adapter.cancel(job.job_id)
         with pytest.raises(TaskStateError):
@@ -288,6 +291,7 @@ async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
     assert [call.model for call in llm.calls] == ["m-initial", "m-editor"]
     assert state.status is TaskStatus.CANCELLED
     assert state.steps_completed == ["initial_translation"]  # paid-for work is kept
+    assert [e.outcome for e in executions] == [ExecutionOutcome.CANCELLED]
 
 
 async def test_jobs_wait_out_an_open_breaker_and_finish_when_the_provider_recovers(
