@@ -30,8 +30,7 @@ from vpsweb_tasks.translation import STEP_NAMES
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
-from .llm_server import fake_llm
-from .test_translation import provider
+from .llm_server import Reply, fake_llm
 
 pytestmark = pytest.mark.anyio
 
@@ -347,9 +346,20 @@ async def test_the_api_key_is_asked_once_and_sent(
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    # A real job: the adapter's three steps against the loopback OpenAI-compatible server.
+    # A real translation job, its three steps answered by a loopback LLM server.
+    outputs = [
+        "Bo nie mogłam przystanąć dla Śmierci",
+        "Consider a gentler verb for 'stop'.",
+        "Że ja nie mogłam stanąć dla Śmierci",
+    ]
     async with fake_llm() as llm:
-        settings = settings_factory(providers=provider(llm))
+        llm.reply(
+            Reply(content=f"<translation>{outputs[0]}</translation><notes>first</notes>"),
+            Reply(content=outputs[1]),
+            Reply(content=f"<translation>{outputs[2]}</translation><notes>revised</notes>"),
+        )
+        provider = {"base_url": llm.base_url, "models": {"default": "m-initial"}}
+        settings = settings_factory(providers={"local": provider})
         async with board_for(browser, settings) as board:
             await board.open()
             response = await board.client.post(
@@ -359,20 +369,18 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
                     "source_language": "en",
                     "target_language": "pl",
                     "workflow_mode": "hybrid",
-                    "metadata": {"title": "Dickinson 479", "author": "Emily Dickinson"},
+                    "metadata": {"author": "Emily Dickinson", "title": "Dickinson 479"},
                 },
             )
             assert response.status_code == 202, response.text
             job_id = response.json()["job_id"]
             job = board.page.locator(f'#translations [data-job-id="{job_id}"]')
-            await expect(job).to_have_attribute("data-status", "completed")
+            await expect(job).to_have_attribute("data-status", "completed")  # live, no reload
             await expect(job.locator(".step h4")).to_have_text(["Original", *STEP_NAMES.values()])
-            result = (await board.client.get(f"{TRANSLATION}/{job_id}/result")).json()
-            outputs = [step["output"] for step in result["steps"]]
             await expect(job.locator(".step p")).to_have_text(
                 ["Because I could not stop for Death", *outputs]
             )
-            assert outputs[-1] == result["final_translation"]
+            await expect(job).to_contain_text("Dickinson 479 (Emily Dickinson)")
             await expect(job).to_contain_text("English → Polish · hybrid")
             assert len(llm.calls) == 3  # the page only reads
             assert board.errors == []

@@ -280,7 +280,10 @@ async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
         record = await manager.wait(job.job_id, timeout=10)
         assert record.status is TaskStatus.CANCELLED
         llm.release()
+        for _ in range(3):  # the dispatcher looks again: nothing picks the job up
+            await manager.queue.next_round()
         state = await adapter.status(job.job_id)
+        executions = await manager.list_executions(job.job_id)
         with pytest.raises(TaskStateError):
             await adapter.cancel(job.job_id)
         with pytest.raises(TaskStateError):
@@ -288,6 +291,7 @@ async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
     assert [call.model for call in llm.calls] == ["m-initial", "m-editor"]
     assert state.status is TaskStatus.CANCELLED
     assert state.steps_completed == ["initial_translation"]  # paid-for work is kept
+    assert [e.outcome for e in executions] == [ExecutionOutcome.CANCELLED]
 
 
 async def test_jobs_wait_out_an_open_breaker_and_finish_when_the_provider_recovers(
@@ -576,12 +580,14 @@ async def test_an_unreachable_provider_is_unhealthy_within_the_time_bound(
 class VPSWebLikeWorkflow:
     """VPSWeb's duck-typed interface: execute / progress_callback / cancel."""
 
-    def __init__(self, input: TranslationInput, gate: anyio.Event | None = None) -> None:
+    def __init__(
+        self, input: TranslationInput, gate: anyio.Event | None, started: anyio.Event
+    ) -> None:
         self.input = input
         self.gate = gate
         self.progress_callback: Any = None
         self.cancelled = False
-        self.started = anyio.Event()
+        self.started = started
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -605,9 +611,10 @@ async def test_vpswebs_own_workflow_can_be_injected_and_is_really_cancelled(
 ) -> None:
     made: list[VPSWebLikeWorkflow] = []
     gate: anyio.Event | None = None
+    started = anyio.Event()
 
     def factory(input: TranslationInput) -> VPSWebLikeWorkflow:
-        made.append(VPSWebLikeWorkflow(input, gate))
+        made.append(VPSWebLikeWorkflow(input, gate, started))
         return made[-1]
 
     async with make_manager(settings_factory(), breakers) as manager:  # no provider needed
@@ -624,11 +631,10 @@ async def test_vpswebs_own_workflow_can_be_injected_and_is_really_cancelled(
         assert made[0].input.original_poem == "Hello world, how are you?"
 
         gate = anyio.Event()  # never set: the next job runs until cancelled
+        started = anyio.Event()
         job = await adapter.submit(DOCUMENT_REQUEST)
         with anyio.fail_after(10):
-            while len(made) < 2:  # noqa: ASYNC110 - the factory runs inside the task
-                await anyio.sleep(0.01)
-            await made[1].started.wait()
+            await started.wait()
         await adapter.cancel(job.job_id)
         record = await manager.wait(job.job_id, timeout=10)
         status = await adapter.integration_status()

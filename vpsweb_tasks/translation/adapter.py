@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.to_thread
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -235,44 +237,45 @@ class VPSWebAdapter:
         self.settings = manager.settings.translation
         self.workflow_factory = workflow_factory
         self._transport = transport
+        self._ssl: ssl.SSLContext | None = None
         manager.register(TASK_TYPE, self._run)
         _adapters[manager] = self
+
+    async def _http(self, timeout: float) -> httpx.AsyncClient:
+        """An httpx client for provider calls. Loading the CA bundle costs ~50 ms of CPU:
+        done once per adapter, in a worker thread, not once per job on the event loop."""
+        if self._ssl is None:
+            self._ssl = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+        return httpx.AsyncClient(timeout=timeout, transport=self._transport, verify=self._ssl)
 
     # --- configuration -----------------------------------------------------------------
 
     def _provider_entry(self) -> tuple[str | None, ProviderSettings | None, list[str]]:
+        """The provider jobs call (its name and settings), or what is wrong."""
         providers = self.manager.settings.providers
         name = self.settings.provider
-        if name is not None:
-            if name not in providers:
-                known = ", ".join(sorted(providers)) or "none"
-                return (
-                    name,
-                    None,
-                    [
-                        f"translation.provider is {name!r} but providers has no"
-                        f" such entry (configured: {known})"
-                    ],
-                )
+        if name is not None and name in providers:
             return name, providers[name], []
-        if not providers:
-            return (
-                None,
-                None,
-                [
-                    "no LLM provider: set providers.<name>.base_url (any OpenAI-compatible"
-                    " server, e.g. http://127.0.0.1:11434/v1 for Ollama) and"
-                    " providers.<name>.models (a model per workflow mode)"
-                ],
+        if name is not None:
+            known = ", ".join(sorted(providers)) or "none"
+            problem = (
+                f"translation.provider is {name!r} but providers has no such entry"
+                f" (configured: {known})"
             )
-        if len(providers) > 1:
-            return (
-                None,
-                None,
-                [f"several providers ({', '.join(sorted(providers))}): set translation.provider"],
+        elif not providers:
+            problem = (
+                "no LLM provider: set providers.<name>.base_url (any OpenAI-compatible"
+                " server, e.g. http://127.0.0.1:11434/v1 for Ollama) and"
+                " providers.<name>.models (a model per workflow mode)"
             )
-        (only,) = providers
-        return only, providers[only], []
+        elif len(providers) > 1:
+            problem = (
+                f"several providers ({', '.join(sorted(providers))}): set translation.provider"
+            )
+        else:
+            (only,) = providers
+            return only, providers[only], []
+        return name, None, [problem]
 
     def _factory(self) -> WorkflowFactory | None:
         """The injected workflow factory, VPSWeb's (``translation.workflow: vpsweb``), or
@@ -581,9 +584,7 @@ class VPSWebAdapter:
         started = time.perf_counter()
         with anyio.move_on_after(self.settings.health_check_timeout) as deadline:
             try:
-                async with httpx.AsyncClient(
-                    timeout=self.settings.health_check_timeout, transport=self._transport
-                ) as http:
+                async with await self._http(self.settings.health_check_timeout) as http:
                     response = await http.get(
                         provider.base_url.rstrip("/") + "/models", headers=headers
                     )
@@ -668,9 +669,7 @@ class VPSWebAdapter:
         assert name is not None
         assert provider is not None
         assert provider.base_url
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=provider.timeout, transport=self._transport)
-        )
+        http = await stack.enter_async_context(await self._http(provider.timeout))
         client = ChatClient(
             http,
             provider=name,
