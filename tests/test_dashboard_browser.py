@@ -21,8 +21,8 @@ import anyio
 import httpx
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fastapi import APIRouter
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from fastapi import FastAPI
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_playwright, expect
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
@@ -159,23 +159,15 @@ def console_errors(page: Page) -> list[str]:
 async def board_for(
     browser: Browser,
     settings: Settings,
-    routers: list[APIRouter] | None = None,
-    more_types: dict[str, Callable[[TaskContext], Any]] | None = None,
+    prepare: Callable[[FastAPI], None] | None = None,
 ) -> AsyncIterator[Board]:
     steps = Steps()
     fixed = anyio.Event()
-    base_setup = register(steps, fixed)
-
-    def setup(manager: TaskManager) -> None:
-        base_setup(manager)
-        for name, fn in (more_types or {}).items():
-            manager.register(name, fn)
-
     # A registry of its own: breakers opened here must not leak into other tests.
     manager = TaskManager(settings, breakers=BreakerRegistry())
-    app = create_app(settings, manager=manager, setup=setup)
-    for router in routers or []:
-        app.include_router(router)
+    app = create_app(settings, manager=manager, setup=register(steps, fixed))
+    if prepare is not None:
+        prepare(app)
     async with (
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
@@ -344,55 +336,152 @@ async def test_the_api_key_is_asked_once_and_sent(
         assert all("status of 401" in error for error in board.errors), board.errors
 
 
+# --- translation jobs ----------------------------------------------------------------------
+# The translation routes come with the VPSWeb adapter (built separately). Their answers are
+# given here in the browser (page.route), in the shapes of TranslationJob and
+# TranslationResult, so the panel is tested whether or not this server has them; the server
+# only has to say it does (a placeholder route when the real ones are absent).
+
+STEP_OUTPUTS = [
+    ("initial_translation", "Initial Translation", "Bo nie mogłam przystanąć dla Śmierci -"),
+    ("editor_review", "Editor Review", "Line 1: 'przystanąć' loses the courtesy of 'stop'."),
+    ("translator_revision", "Translator Revision", "Że ja nie mogłam stanąć dla Śmierci -"),
+]
+JOB = {
+    "source_language": "English",
+    "target_language": "Polish",
+    "workflow_mode": "hybrid",
+    "metadata": {"title": "Because I could not stop for Death", "author": "Emily Dickinson"},
+    "attempts": 1,
+    "error_message": None,
+    "error_category": None,
+    "created_at": "2026-11-29T12:00:00Z",
+    "updated_at": "2026-11-29T12:00:13Z",
+    "started_at": "2026-11-29T12:00:00Z",
+}
+JOBS = [
+    {
+        **JOB,
+        "job_id": "job-running",
+        "task_id": "job-running",
+        "status": "running",
+        "progress": 0.5,
+        "message": "Editor Review",
+        "current_step": "editor_review",
+        "steps_completed": ["initial_translation"],
+        "metadata": {"title": "Hope is the thing with feathers"},
+        "finished_at": None,
+        "result_available": False,
+    },
+    {
+        **JOB,
+        "job_id": "job-done",
+        "task_id": "job-done",
+        "status": "completed",
+        "progress": 1.0,
+        "message": "done",
+        "current_step": None,
+        "steps_completed": [key for key, _, _ in STEP_OUTPUTS],
+        "finished_at": "2026-11-29T12:00:13Z",
+        "result_available": True,
+    },
+]
+RESULT = {
+    **{k: JOB[k] for k in ("source_language", "target_language", "workflow_mode", "metadata")},
+    "job_id": "job-done",
+    "status": "completed",
+    "original_text": "Because I could not stop for Death -",
+    "final_translation": STEP_OUTPUTS[-1][2],
+    "steps": [
+        {
+            "step": key,
+            "name": name,
+            "output": output,
+            "notes": None,
+            "model": "qwen2.5:7b",
+            "tokens": {"prompt_tokens": 200, "completion_tokens": 100, "total_tokens": 300},
+            "duration_seconds": 4.2,
+            "finished_at": 1_800_000_000.0,
+            "attempt": 1,
+        }
+        for key, name, output in STEP_OUTPUTS
+    ],
+    "models_used": {key: "qwen2.5:7b" for key, _, _ in STEP_OUTPUTS},
+    "token_usage": {"prompt_tokens": 600, "completion_tokens": 300, "total_tokens": 900},
+    "duration_seconds": 12.6,
+    "workflow_output": None,
+}
+TRANSLATION_URL = re.compile(r"/api/v1/background-tasks/translation(/[^?]*)?(\?.*)?$")
+
+
+def claim_translation_routes(app: FastAPI) -> None:
+    """Makes the app say it has translation routes: a placeholder when it has none."""
+    if not any(
+        getattr(route, "path", "").startswith(f"{TASKS}/translation") for route in app.routes
+    ):
+        app.add_api_route(f"{TASKS}/translation", lambda: {"jobs": []}, methods=["GET"])
+
+
+async def answer_translations(page: Page, status: int = 200) -> list[str]:
+    """Answers the page's translation calls with JOBS and RESULT (or ``status``)."""
+    asked: list[str] = []
+
+    async def handle(route: Route) -> None:
+        url = route.request.url
+        asked.append(url.split("/translation", 1)[1])
+        if status != 200:
+            await route.fulfill(status=status, json={"detail": "Not Found"})
+        elif url.split("?")[0].endswith("/translation"):
+            await route.fulfill(json={"jobs": JOBS, "count": 2, "limit": 5, "offset": 0})
+        elif url.endswith("/job-done/result"):
+            await route.fulfill(json=RESULT)
+        else:
+            await route.fulfill(status=404, json={"detail": "no such job"})
+
+    await page.route(TRANSLATION_URL, handle)
+    return asked
+
+
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    # The translation routes come with the VPSWeb adapter; a stand-in serves the documented
-    # paths here, to show the panel lights up when they exist.
-    routes = APIRouter(prefix=f"{TASKS}/translation")
-    outputs = {
-        "initial_translation": {"text": "Bo nie mogłam przystanąć dla Śmierci", "tokens_used": 120},
-        "editor_review": {"text": "Consider a gentler verb for 'stop'.", "tokens_used": 80},
-        "translator_revision": {"text": "Że ja nie mogłam stanąć dla Śmierci", "tokens_used": 95},
-    }
-
-    @routes.get("/{job_id}")
-    async def job(job_id: str) -> dict[str, Any]:
-        return {
-            "job_id": job_id,
-            "status": "completed",
-            "progress": 1.0,
-            "source_language": "en",
-            "target_language": "pl",
-            "workflow_mode": "hybrid",
-            "original_text": "Because I could not stop for Death",
-        }
-
-    @routes.get("/{job_id}/result")
-    async def result(job_id: str) -> dict[str, Any]:
-        return {"job_id": job_id, "steps": outputs}
-
-    settings = settings_factory()
-
-    async def translate(context: TaskContext) -> str:
-        return "done"
-
-    translation = {"translation": translate}
-    async with board_for(browser, settings, routers=[routes], more_types=translation) as board:
+    async with board_for(browser, settings_factory(), prepare=claim_translation_routes) as board:
+        asked = await answer_translations(board.page)
         await board.open()
-        task_id = await board.submit("translation", name="Dickinson 479")
-        job = board.page.locator(f'#translations [data-job-id="{task_id}"]')
-        await expect(job.locator(".step h4")).to_have_text(
-            ["Original", "Initial translation", "Editor review", "Translator revision"]
+        done = board.page.locator('#translations [data-job-id="job-done"]')
+        await expect(done.locator(".step h4")).to_have_text(
+            ["Original", "Initial Translation", "Editor Review", "Translator Revision"]
         )
-        final = outputs["translator_revision"]["text"]
-        await expect(job.locator(".step p").last).to_have_text(final)
-        await expect(job).to_contain_text("en → pl · hybrid")
+        await expect(done.locator(".step p")).to_have_text(
+            [RESULT["original_text"], *(output for _, _, output in STEP_OUTPUTS)]
+        )
+        await expect(done.locator(".step").nth(1)).to_contain_text("qwen2.5:7b · 300 tokens")
+        await expect(done).to_contain_text("English → Polish · hybrid")
+        running = board.page.locator('#translations [data-job-id="job-running"]')
+        await expect(running.locator(".bar")).to_have_attribute("aria-valuenow", "50")
+        await expect(running.locator(".step")).to_have_count(0)  # no result yet: not asked
+        assert "/job-running/result" not in asked
         assert board.errors == []
         ARTIFACTS.mkdir(exist_ok=True)
         await board.page.locator("#translations").screenshot(
             path=str(ARTIFACTS / "dashboard-translation.png")
         )
+
+
+async def test_translation_routes_answering_404_show_not_available(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> None:
+    async with board_for(browser, settings_factory(), prepare=claim_translation_routes) as board:
+        asked = await answer_translations(board.page, status=404)
+        await board.open()
+        panel = board.page.locator("#translations")
+        await expect(panel).to_have_attribute("data-available", "false")
+        await expect(panel.locator(".empty")).to_have_text(
+            "Translation jobs: not available on this server."
+        )
+        await expect(board.page.locator("#translations .error")).to_be_hidden()
+        assert asked
+        assert all("status of 404" in error for error in board.errors), board.errors
 
 
 async def test_screenshot_under_load(board: Board) -> None:

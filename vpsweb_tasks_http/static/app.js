@@ -7,7 +7,7 @@ import { renderTranslations } from "./translations.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "detail"];
+const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "translations", "detail"];
 
 const state = {
   live: new Map(), // task id -> {progress, message, status}: fresher than storage
@@ -54,6 +54,7 @@ const loaders = {
   dead: loadDeadLetters,
   breakers: loadBreakers,
   resources: loadResources,
+  translations: () => renderTranslations($("#translations")),
   detail: loadDetail,
 };
 
@@ -270,14 +271,6 @@ async function loadTasks() {
   const waiting = queued.tasks.length === 50 ? state.queue?.queue_size : undefined;
   list("#queued", queued.tasks, queuedItem, waiting);
   list("#recent", recent.tasks, recentRow);
-  await loadTranslations();
-}
-
-async function loadTranslations() {
-  const { running, queued, recent, dead } = state.lists;
-  const seen = new Map();
-  for (const task of [...running, ...queued, ...recent, ...dead]) seen.set(task.task_id, task);
-  await renderTranslations($("#translations"), [...seen.values()]);
 }
 
 // --- dead letter queue ---------------------------------------------------------------------
@@ -475,6 +468,7 @@ function onEvent(kind, data) {
   switch (kind) {
     case "task_progressed": {
       const update = data.update ?? {};
+      if (data.task_type === "translation") schedule("translations");
       state.live.set(id, { progress: update.progress ?? 0, message: update.message, status: "running" });
       applyLive(id);
       if (!state.lists.running.some((task) => task.task_id === id)) schedule("tasks", "queue");
@@ -514,6 +508,7 @@ function onEvent(kind, data) {
       break;
   }
   schedule("tasks", "queue");
+  if (data.task_type === "translation") schedule("translations");
   if (["task_dead_lettered", "task_requeued", "task_failed"].includes(kind)) schedule("dead");
   if (id !== undefined && id === state.selected) schedule("detail");
 }

@@ -1,135 +1,129 @@
-// Translation jobs: each step's output side by side. The translation routes
-// (/api/v1/background-tasks/translation/{job_id}[/result]) may not exist on a server: the
-// panel then says so instead of failing.
+// Translation jobs: the latest jobs, and for a finished one each step's output side by
+// side with the original. Routes (the design document's "Translation Jobs" table):
+//   GET /api/v1/background-tasks/translation?limit=N      jobs, newest first
+//   GET /api/v1/background-tasks/translation/{id}/result  original, steps, final text
+// A server without them (the page is told so when it is served) or answering 404 / 405
+// gets "not available" instead of an error.
 
 import { api, ApiError, FEATURES, TASKS } from "./api.js";
 import { badge, bar, duration, fill, h } from "./dom.js";
 
-const STEP_KEYS = ["initial_translation", "editor_review", "translator_revision"];
-const TEXT_KEYS = ["output", "text", "translation", "content", "revised_translation", "suggestions", "review"];
-const finished = new Map(); // job id -> {job, result}: a finished job's outputs do not change
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const results = new Map(); // job id -> result: a finished job's outputs never change
 
 function humanise(name) {
-  const words = String(name).replace(/[_-]+/g, " ").trim();
+  const words = String(name ?? "").replace(/[_-]+/g, " ").trim();
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
-function textOf(step) {
-  if (step === null || step === undefined) return "";
-  if (typeof step !== "object") return String(step);
-  for (const key of TEXT_KEYS) if (typeof step[key] === "string") return step[key];
-  return JSON.stringify(step, null, 2);
+function tokensOf(tokens) {
+  if (tokens === null || tokens === undefined) return null;
+  return typeof tokens === "object" ? tokens.total_tokens : tokens;
 }
 
 function notesOf(step) {
-  if (!step || typeof step !== "object") return "";
-  const tokens = step.tokens_used ?? step.tokens ?? step.usage?.total_tokens;
-  const seconds = step.duration_seconds ?? step.duration;
-  const model = step.model ?? step.model_info?.model;
-  return [model, tokens !== undefined ? `${tokens} tokens` : null, seconds !== undefined ? duration(seconds) : null]
+  const tokens = tokensOf(step.tokens);
+  return [
+    step.model,
+    tokens ? `${tokens} tokens` : null,
+    step.duration_seconds !== undefined ? duration(step.duration_seconds) : null,
+  ]
     .filter(Boolean)
     .join(" · ");
 }
 
-/** The steps of a result, whichever of the plausible shapes it has. */
-export function stepsOf(result) {
-  if (!result || typeof result !== "object") return [];
-  const steps = result.steps ?? result.step_outputs ?? result.outputs;
-  if (Array.isArray(steps)) {
-    return steps.map((step, i) => ({
-      name: step?.name ?? step?.step ?? `Step ${i + 1}`,
-      text: textOf(step),
-      notes: notesOf(step),
-    }));
-  }
-  if (steps && typeof steps === "object") {
-    return Object.entries(steps).map(([name, step]) => ({ name: humanise(name), text: textOf(step), notes: notesOf(step) }));
-  }
-  return STEP_KEYS.filter((key) => key in result).map((key) => ({
-    name: humanise(key),
-    text: textOf(result[key]),
-    notes: notesOf(result[key]),
-  }));
-}
-
-async function load(task) {
-  const id = task.metadata?.job_id ?? task.task_id;
-  const cached = finished.get(id);
-  if (cached) return cached;
-  const base = `${TASKS}/translation/${encodeURIComponent(id)}`;
-  const job = await api(base);
-  let result = null;
-  if (["completed", "failed"].includes(job.status ?? task.status)) {
-    try {
-      result = await api(`${base}/result`);
-    } catch (error) {
-      if (!(error instanceof ApiError && [404, 409].includes(error.status))) throw error;
-    }
-  }
-  const loaded = { id, job, result };
-  if (result !== null) finished.set(id, loaded);
-  return loaded;
-}
-
-function jobView(task, loaded) {
-  const job = loaded?.job ?? {};
-  const status = job.status ?? task.status;
-  const source = job.source_language ?? task.metadata?.source_language;
-  const target = job.target_language ?? task.metadata?.target_language;
-  const mode = job.workflow_mode ?? task.metadata?.workflow_mode;
-  const head = h(
+function column(title, text, notes, extra = {}) {
+  return h(
     "div",
-    { class: "task-line" },
-    h("span", { class: "name" }, job.metadata?.title ?? task.name),
-    h("span", { class: "type" }, [source && target ? `${source} → ${target}` : "", mode ? ` · ${mode}` : ""].join("")),
-    h("span", { class: "right" }, badge(status)),
+    { class: "step", ...extra },
+    h("h4", {}, title),
+    h("p", {}, text ?? ""),
+    notes ? h("div", { class: "muted" }, notes) : null,
   );
-  const view = h("div", { class: "job", "data-job-id": loaded?.id ?? task.task_id }, head);
-  if (loaded === null) {
-    view.append(h("p", { class: "empty unavailable" }, "Translation details not available on this server."));
-    return view;
-  }
-  if (!["completed", "failed", "cancelled"].includes(status)) {
-    view.append(bar(job.progress ?? task.progress, status));
-  }
-  const result = loaded.result?.result ?? loaded.result;
-  const steps = stepsOf(result);
-  const original = job.original_text ?? result?.original_text;
-  const columns = [];
-  if (original) columns.push(h("div", { class: "step original" }, h("h4", {}, "Original"), h("p", {}, original)));
-  for (const step of steps) {
-    columns.push(
-      h(
-        "div",
-        { class: "step" },
-        h("h4", {}, step.name),
-        h("p", {}, step.text),
-        step.notes ? h("div", { class: "muted" }, step.notes) : null,
-      ),
+}
+
+function jobView(job, result) {
+  const status = job.status;
+  const title = job.metadata?.title ?? job.metadata?.name ?? `Job ${job.job_id}`;
+  const author = job.metadata?.author ? ` by ${job.metadata.author}` : "";
+  const view = h(
+    "div",
+    { class: "job", "data-job-id": job.job_id, "data-status": status },
+    h(
+      "div",
+      { class: "task-line" },
+      h("span", { class: "name" }, `${title}${author}`),
+      h("span", { class: "type" }, `${job.source_language} → ${job.target_language} · ${job.workflow_mode}`),
+      h("span", { class: "right" }, result ? h("span", { class: "muted" }, duration(result.duration_seconds)) : null, badge(status)),
+    ),
+  );
+  if (!TERMINAL.has(status)) {
+    const step = job.current_step ? humanise(job.current_step) : "waiting";
+    view.append(
+      h("div", { "data-task-id": job.task_id ?? job.job_id }, bar(job.progress ?? 0, status), h("div", { class: "message" }, job.message ?? step)),
     );
   }
-  if (columns.length) view.append(h("div", { class: "steps" }, columns));
+  if (job.error_message) {
+    view.append(h("div", { class: "message" }, h("span", { class: "category" }, job.error_category ?? ""), ` ${job.error_message}`));
+  }
+  if (result) {
+    const columns = [column("Original", result.original_text, null, { "data-step": "original" })];
+    for (const step of result.steps ?? []) {
+      columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }));
+    }
+    view.append(h("div", { class: "steps" }, columns));
+  } else if (job.steps_completed?.length) {
+    view.append(h("div", { class: "muted" }, `done: ${job.steps_completed.map(humanise).join(", ")}`));
+  }
   return view;
 }
 
-/** Renders the translation tasks among ``tasks`` (any lists of task responses). */
-export async function renderTranslations(section, tasks) {
-  const jobs = tasks.filter((task) => task.task_type === "translation");
-  const container = section.querySelector(".jobs");
-  const empty = section.querySelector(".empty");
-  empty.textContent = FEATURES.has("translation")
-    ? "No translation jobs."
-    : "No translation jobs (the translation API is not available on this server).";
-  empty.hidden = jobs.length > 0;
-  const views = [];
-  for (const task of jobs.slice(0, 10)) {
-    let loaded = null;
+async function resultOf(job) {
+  if (!(job.result_available ?? job.status === "completed")) return null;
+  if (!results.has(job.job_id)) {
     try {
-      loaded = await load(task);
+      results.set(job.job_id, await api(`${TASKS}/translation/${encodeURIComponent(job.job_id)}/result`));
     } catch (error) {
-      if (!(error instanceof ApiError && error.status === 404)) throw error;
+      if (error instanceof ApiError && [404, 409].includes(error.status)) return null;
+      throw error;
     }
-    views.push(jobView(task, loaded));
   }
-  fill(container, views);
+  return results.get(job.job_id);
+}
+
+function unavailable(section, text) {
+  fill(section.querySelector(".jobs"), []);
+  const empty = section.querySelector(".empty");
+  empty.textContent = text;
+  empty.hidden = false;
+  section.dataset.available = "false";
+}
+
+/** Draws the latest translation jobs into ``section``. */
+export async function renderTranslations(section, limit = 5) {
+  if (!FEATURES.has("translation")) {
+    unavailable(section, "Translation jobs: not available on this server.");
+    return;
+  }
+  let listing;
+  try {
+    listing = await api(`${TASKS}/translation?limit=${limit}`);
+  } catch (error) {
+    if (error instanceof ApiError && [404, 405].includes(error.status)) {
+      unavailable(section, "Translation jobs: not available on this server.");
+      return;
+    }
+    if (error instanceof ApiError && error.status === 503) {
+      unavailable(section, `Translation jobs: ${error.message}`);
+      return;
+    }
+    throw error;
+  }
+  section.dataset.available = "true";
+  const views = [];
+  for (const job of listing.jobs) views.push(jobView(job, await resultOf(job)));
+  fill(section.querySelector(".jobs"), views);
+  const empty = section.querySelector(".empty");
+  empty.textContent = "No translation jobs yet.";
+  empty.hidden = views.length > 0;
 }
