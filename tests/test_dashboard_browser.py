@@ -208,7 +208,12 @@ async def test_the_page_loads_with_every_panel_and_no_console_errors(board: Boar
     await expect(page.locator("#charts svg")).to_have_count(3)
     await expect(page.locator("#running .empty")).to_be_visible()
     await expect(page.locator("#alerts li").first).to_be_visible()  # or "No alerts."
-    await expect(page.locator("#translations .empty")).to_contain_text("not available")
+    # No jobs either way; whether the routes exist depends on the VPSWeb adapter being in.
+    await expect(page.locator("#translations .empty")).to_have_text(
+        re.compile(
+            r"^(Translation jobs: not available on this server\.|No translation jobs yet\.)$"
+        )
+    )
     await expect(page.locator("#detail")).to_be_hidden()
     assert board.errors == []
 

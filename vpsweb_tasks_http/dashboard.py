@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 __all__ = ["STATIC_DIR", "mount_dashboard"]
@@ -25,8 +24,11 @@ TRANSLATION_PATH = "/api/v1/background-tasks/translation"
 
 
 def _features(app: FastAPI, api_base: str) -> list[str]:
-    paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
-    return ["translation"] if any(p.startswith(api_base + TRANSLATION_PATH) for p in paths) else []
+    # The OpenAPI paths, not app.routes: FastAPI keeps included routers unflattened there.
+    # (app.openapi() is built once and cached by FastAPI.)
+    paths = app.openapi().get("paths", {})
+    has_translation = any(path.startswith(api_base + TRANSLATION_PATH) for path in paths)
+    return ["translation"] if has_translation else []
 
 
 def mount_dashboard(
