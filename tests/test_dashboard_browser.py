@@ -291,7 +291,8 @@ async def test_a_failed_task_shows_its_error_category_and_requeue_acts(board: Bo
     locked = await board.submit("needs_fix", name="Upload")
     letter = board.task("#dead-letters", locked)
     await expect(letter.locator(".category")).to_have_text("permission")
-    await letter.click()  # every attempt's error in the detail view
+    await letter.focus()  # rows open by keyboard too
+    await page.keyboard.press("Enter")  # every attempt's error in the detail view
     attempts = page.locator("#detail table.attempts tbody tr")
     await expect(attempts).to_have_count(1)
     await expect(attempts.first).to_contain_text("PermissionError: no access to the bucket")

@@ -178,7 +178,7 @@ function runningItem(task) {
   const { progress, message } = liveOf(task);
   return h(
     "li",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h(
       "div",
       { class: "task-line" },
@@ -202,7 +202,7 @@ function queuedItem(task) {
   const waiting = task.run_at && Date.parse(task.run_at) > Date.now();
   return h(
     "li",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h(
       "div",
       { class: "task-line" },
@@ -236,7 +236,7 @@ function errorCell(task) {
 function recentRow(task) {
   return h(
     "tr",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h("td", {}, task.name, h("div", { class: "sub" }, task.task_type)),
     h("td", {}, badge(task.status)),
     h("td", { class: "num duration" }, duration(task.duration_seconds)),
@@ -278,7 +278,7 @@ async function loadTasks() {
 function deadRow(task) {
   return h(
     "tr",
-    { "data-task-id": task.task_id, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, ...opens(task.task_id) },
     h("td", {}, task.name, h("div", { class: "sub" }, task.task_type)),
     h("td", {}, h("span", { class: "category" }, task.error?.category ?? "unknown")),
     h("td", { class: "err", title: task.error?.message ?? "" }, `${task.error?.type ?? ""}: ${task.error?.message ?? ""}`),
@@ -358,6 +358,17 @@ async function loadResources() {
 }
 
 // --- task detail ---------------------------------------------------------------------------
+
+/** Attributes of a row that opens a task's detail: by click, or Enter when focused. */
+function opens(taskId) {
+  return {
+    tabindex: 0,
+    onclick: () => select(taskId),
+    onkeydown: (event) => {
+      if (event.key === "Enter" && event.target === event.currentTarget) select(taskId);
+    },
+  };
+}
 
 function select(taskId) {
   location.hash = `task=${encodeURIComponent(taskId)}`;
