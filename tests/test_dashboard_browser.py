@@ -541,3 +541,18 @@ async def test_screenshot_under_load(board: Board) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     await board.page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+async def test_a_failing_route_shows_its_error_in_its_panel_only(board: Board) -> None:
+    async def broken(route: Route) -> None:
+        await route.fulfill(status=500, json={"detail": "storage is on fire"})
+
+    await board.page.route(re.compile(r"/api/v1/background-tasks/dead-letters\?"), broken)
+    await board.open()
+    await expect(board.page.locator("#dead-letters .error")).to_have_text("storage is on fire")
+    await expect(board.page.locator("#queue .error")).to_be_hidden()
+    task_id = await board.submit("bad_input")
+    await expect(board.task("#recent", task_id)).to_have_attribute("data-status", "failed")
+    assert board.errors
+    assert all("status of 500" in error for error in board.errors)
+    board.errors.clear()

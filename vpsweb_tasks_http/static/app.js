@@ -266,7 +266,7 @@ async function loadTasks() {
   for (const [id, live] of state.live) {
     if (TERMINAL.has(live.status) && id !== state.selected) state.live.delete(id);
   }
-  list("#running", running.tasks, runningItem);
+  list("#running", running.tasks, runningItem, running.tasks.length === 50 ? state.queue?.running : undefined);
   // A list holds at most 50: beyond that, say how many there are in all.
   const waiting = queued.tasks.length === 50 ? state.queue?.queue_size : undefined;
   list("#queued", queued.tasks, queuedItem, waiting);
