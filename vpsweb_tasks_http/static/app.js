@@ -521,6 +521,7 @@ function onEvent(kind, data) {
   schedule("tasks", "queue");
   if (data.task_type === "translation") schedule("translations");
   if (["task_dead_lettered", "task_requeued", "task_failed"].includes(kind)) schedule("dead");
+  if (["task_completed", "task_failed"].includes(kind)) schedule("health"); // error rate, counts
   if (id !== undefined && id === state.selected) schedule("detail");
 }
 
