@@ -21,21 +21,24 @@ import anyio
 import httpx
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fastapi import FastAPI
 from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_playwright, expect
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.translation import STEP_NAMES
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
+from .llm_server import fake_llm
+from .test_translation import provider
 
 pytestmark = pytest.mark.anyio
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TASKS = "/api/v1/background-tasks"
+TRANSLATION = f"{TASKS}/translation"
 MONITORING = "/api/v1/monitoring"
 TIMEOUT_MS = 5000
 
@@ -159,15 +162,12 @@ def console_errors(page: Page) -> list[str]:
 async def board_for(
     browser: Browser,
     settings: Settings,
-    prepare: Callable[[FastAPI], None] | None = None,
 ) -> AsyncIterator[Board]:
     steps = Steps()
     fixed = anyio.Event()
     # A registry of its own: breakers opened here must not leak into other tests.
     manager = TaskManager(settings, breakers=BreakerRegistry())
     app = create_app(settings, manager=manager, setup=register(steps, fixed))
-    if prepare is not None:
-        prepare(app)
     async with (
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
@@ -208,12 +208,7 @@ async def test_the_page_loads_with_every_panel_and_no_console_errors(board: Boar
     await expect(page.locator("#charts svg")).to_have_count(3)
     await expect(page.locator("#running .empty")).to_be_visible()
     await expect(page.locator("#alerts li").first).to_be_visible()  # or "No alerts."
-    # No jobs either way; whether the routes exist depends on the VPSWeb adapter being in.
-    await expect(page.locator("#translations .empty")).to_have_text(
-        re.compile(
-            r"^(Translation jobs: not available on this server\.|No translation jobs yet\.)$"
-        )
-    )
+    await expect(page.locator("#translations .empty")).to_have_text("No translation jobs.")
     await expect(page.locator("#detail")).to_be_hidden()
     assert board.errors == []
 
@@ -343,10 +338,9 @@ async def test_the_api_key_is_asked_once_and_sent(
 
 
 # --- translation jobs ----------------------------------------------------------------------
-# The translation routes come with the VPSWeb adapter (built separately). Their answers are
-# given here in the browser (page.route), in the shapes of TranslationJob and
-# TranslationResult, so the panel is tested whether or not this server has them; the server
-# only has to say it does (a placeholder route when the real ones are absent).
+# Besides a real job (below), some states are easier to give in the browser (page.route),
+# in the shapes of TranslationJob and TranslationResult: a job still running next to a
+# finished one, and a server answering 404.
 
 STEP_OUTPUTS = [
     ("initial_translation", "Initial Translation", "Bo nie mogłam przystanąć dla Śmierci -"),
@@ -420,14 +414,6 @@ RESULT = {
 TRANSLATION_URL = re.compile(r"/api/v1/background-tasks/translation(/[^?]*)?(\?.*)?$")
 
 
-def claim_translation_routes(app: FastAPI) -> None:
-    """Makes the app say it has translation routes: a placeholder when it has none."""
-    if not any(
-        getattr(route, "path", "").startswith(f"{TASKS}/translation") for route in app.routes
-    ):
-        app.add_api_route(f"{TASKS}/translation", lambda: {"jobs": []}, methods=["GET"])
-
-
 async def answer_translations(page: Page, status: int = 200) -> list[str]:
     """Answers the page's translation calls with JOBS and RESULT (or ``status``)."""
     asked: list[str] = []
@@ -451,7 +437,47 @@ async def answer_translations(page: Page, status: int = 200) -> list[str]:
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    async with board_for(browser, settings_factory(), prepare=claim_translation_routes) as board:
+    # A real job: the adapter's three steps against the loopback OpenAI-compatible server.
+    async with fake_llm() as llm:
+        settings = settings_factory(providers=provider(llm))
+        async with board_for(browser, settings) as board:
+            await board.open()
+            response = await board.client.post(
+                TRANSLATION,
+                json={
+                    "original_text": "Because I could not stop for Death",
+                    "source_language": "en",
+                    "target_language": "pl",
+                    "workflow_mode": "hybrid",
+                    "metadata": {"title": "Dickinson 479", "author": "Emily Dickinson"},
+                },
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            job = board.page.locator(f'#translations [data-job-id="{job_id}"]')
+            await expect(job).to_have_attribute("data-status", "completed")
+            await expect(job.locator(".step h4")).to_have_text(["Original", *STEP_NAMES.values()])
+            result = (await board.client.get(f"{TRANSLATION}/{job_id}/result")).json()
+            outputs = [step["output"] for step in result["steps"]]
+            await expect(job.locator(".step p")).to_have_text(
+                ["Because I could not stop for Death", *outputs]
+            )
+            assert outputs[-1] == result["final_translation"]
+            await expect(job).to_contain_text("English → Polish · hybrid")
+            assert len(llm.calls) == 3  # the page only reads
+            assert board.errors == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            await board.page.locator("#translations").screenshot(
+                path=str(ARTIFACTS / "dashboard-translation.png")
+            )
+
+
+async def test_translation_panel_draws_running_and_finished_jobs_from_the_routes_shapes(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> None:
+    # Both states at once, answered in the browser in the routes' shapes: a running job has
+    # a bar and no result is asked for it; a finished one shows every step.
+    async with board_for(browser, settings_factory()) as board:
         asked = await answer_translations(board.page)
         await board.open()
         done = board.page.locator('#translations [data-job-id="job-done"]')
@@ -468,16 +494,12 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
         await expect(running.locator(".step")).to_have_count(0)  # no result yet: not asked
         assert "/job-running/result" not in asked
         assert board.errors == []
-        ARTIFACTS.mkdir(exist_ok=True)
-        await board.page.locator("#translations").screenshot(
-            path=str(ARTIFACTS / "dashboard-translation.png")
-        )
 
 
 async def test_translation_routes_answering_404_show_not_available(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
-    async with board_for(browser, settings_factory(), prepare=claim_translation_routes) as board:
+    async with board_for(browser, settings_factory()) as board:
         asked = await answer_translations(board.page, status=404)
         await board.open()
         panel = board.page.locator("#translations")

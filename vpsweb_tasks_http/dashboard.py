@@ -16,19 +16,20 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import NoMatchFound
 
 __all__ = ["STATIC_DIR", "mount_dashboard"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-TRANSLATION_PATH = "/api/v1/background-tasks/translation"
 
 
-def _features(app: FastAPI, api_base: str) -> list[str]:
-    # The OpenAPI paths, not app.routes: FastAPI keeps included routers unflattened there.
-    # (app.openapi() is built once and cached by FastAPI.)
-    paths = app.openapi().get("paths", {})
-    has_translation = any(path.startswith(api_base + TRANSLATION_PATH) for path in paths)
-    return ["translation"] if has_translation else []
+def _features(app: FastAPI) -> list[str]:
+    # By route name: routers are included lazily, so app.routes does not list their paths.
+    try:
+        app.url_path_for("translation_status", job_id="-")
+    except NoMatchFound:
+        return []
+    return ["translation"]
 
 
 def mount_dashboard(
@@ -50,7 +51,7 @@ def mount_dashboard(
         values = {
             "{{api_base}}": str(request.scope.get("root_path", "")) + api_base,
             "{{api_key}}": "required" if api_key_required else "",
-            "{{features}}": " ".join(_features(app, api_base)),
+            "{{features}}": " ".join(_features(app)),
         }
         body = page
         for placeholder, value in values.items():

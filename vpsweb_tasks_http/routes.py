@@ -4,13 +4,15 @@
 ``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``; include it in any FastAPI
 app. Library errors become HTTP errors here (the router carries its own route class, so
 the mapping works in an app that is not ours): unknown id 404, wrong state 409, invalid
-input 422 naming the field, queue full 429 with Retry-After, not started 503.
+input 422 naming the field, queue full 429 with Retry-After, not started (or translations
+not configured) 503. The translation routes are in ``translation.py``.
 
 (No ``from __future__ import annotations`` here: FastAPI resolves route annotations at
 definition time, and some refer to dependencies local to :func:`create_router`.)
 """
 
 import hmac
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 
 from vpsweb_tasks import (
     TaskDefinition,
@@ -32,6 +35,7 @@ from vpsweb_tasks.errors import (
     QueueFullError,
     TaskNotFoundError,
     TaskStateError,
+    TranslationNotConfiguredError,
     UnknownTaskTypeError,
 )
 from vpsweb_tasks.events import SubscriberLagged
@@ -67,6 +71,7 @@ from .schemas import (
     TaskListResponse,
     TaskResponse,
 )
+from .translation import create_translation_router
 
 __all__ = ["create_router"]
 
@@ -112,6 +117,16 @@ def _route_class(retry_after: int) -> type[APIRoute]:
                     return JSONResponse({"detail": detail}, status_code=422)
                 except ManagerNotRunningError as exc:
                     return _error(503, str(exc))
+                except TranslationNotConfiguredError as exc:
+                    return JSONResponse(
+                        {"detail": str(exc), "problems": exc.problems}, status_code=503
+                    )
+                except ValidationError as exc:
+                    # Models validated inside a call (e.g. one request per mode of a
+                    # compare): the body is what was invalid.
+                    errors = json.loads(exc.json(include_url=False, include_context=False))
+                    invalid = [{**error, "loc": ["body", *error["loc"]]} for error in errors]
+                    return JSONResponse({"detail": invalid}, status_code=422)
                 except HandlerUnavailableError as exc:
                     return _error(409, str(exc))
 
@@ -530,6 +545,15 @@ def create_router(
         return MonitoringStateResponse(monitoring=monitor.running)
 
     root.include_router(public)
+    root.include_router(
+        create_translation_router(
+            manager,
+            route_class=route_class,
+            dependencies=guarded,
+            responses=guarded_errors,
+            prefix=TASKS_PREFIX,
+        )
+    )
     root.include_router(tasks)
     root.include_router(monitoring)
     root.include_router(task_streams)

@@ -124,6 +124,6 @@ export async function renderTranslations(section, limit = 5) {
   for (const job of listing.jobs) views.push(jobView(job, await resultOf(job)));
   fill(section.querySelector(".jobs"), views);
   const empty = section.querySelector(".empty");
-  empty.textContent = "No translation jobs yet.";
+  empty.textContent = "No translation jobs.";
   empty.hidden = views.length > 0;
 }
