@@ -32,12 +32,13 @@ function notesOf(step) {
     .join(" · ");
 }
 
-function column(title, text, notes, extra = {}) {
+function column(title, text, notes, extra = {}, remarks = null) {
   return h(
     "div",
     { class: "step", ...extra },
     h("h4", {}, title),
     h("p", {}, text ?? ""),
+    remarks ? h("div", { class: "remarks" }, remarks) : null,
     notes ? h("div", { class: "muted" }, notes) : null,
   );
 }
@@ -69,7 +70,7 @@ function jobView(job, result) {
   if (result) {
     const columns = [column("Original", result.original_text, null, { "data-step": "original" })];
     for (const step of result.steps ?? []) {
-      columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }));
+      columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }, step.notes));
     }
     view.append(h("div", { class: "steps" }, columns));
   } else if (job.steps_completed?.length) {
