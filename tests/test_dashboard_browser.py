@@ -21,7 +21,7 @@ import anyio
 import httpx
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_playwright, expect
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
@@ -161,20 +161,12 @@ def console_errors(page: Page) -> list[str]:
 async def board_for(
     browser: Browser,
     settings: Settings,
-    more_types: dict[str, Callable[[TaskContext], Any]] | None = None,
 ) -> AsyncIterator[Board]:
     steps = Steps()
     fixed = anyio.Event()
-    base_setup = register(steps, fixed)
-
-    def setup(manager: TaskManager) -> None:
-        base_setup(manager)
-        for name, fn in (more_types or {}).items():
-            manager.register(name, fn)
-
     # A registry of its own: breakers opened here must not leak into other tests.
     manager = TaskManager(settings, breakers=BreakerRegistry())
-    app = create_app(settings, manager=manager, setup=setup)
+    app = create_app(settings, manager=manager, setup=register(steps, fixed))
     async with (
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
@@ -293,7 +285,8 @@ async def test_a_failed_task_shows_its_error_category_and_requeue_acts(board: Bo
     locked = await board.submit("needs_fix", name="Upload")
     letter = board.task("#dead-letters", locked)
     await expect(letter.locator(".category")).to_have_text("permission")
-    await letter.click()  # every attempt's error in the detail view
+    await letter.focus()  # rows open by keyboard too
+    await page.keyboard.press("Enter")  # every attempt's error in the detail view
     attempts = page.locator("#detail table.attempts tbody tr")
     await expect(attempts).to_have_count(1)
     await expect(attempts.first).to_contain_text("PermissionError: no access to the bucket")
@@ -343,6 +336,103 @@ async def test_the_api_key_is_asked_once_and_sent(
         assert all("status of 401" in error for error in board.errors), board.errors
 
 
+# --- translation jobs ----------------------------------------------------------------------
+# Besides a real job (below), some states are easier to give in the browser (page.route),
+# in the shapes of TranslationJob and TranslationResult: a job still running next to a
+# finished one, and a server answering 404.
+
+STEP_OUTPUTS = [
+    ("initial_translation", "Initial Translation", "Bo nie mogłam przystanąć dla Śmierci -"),
+    ("editor_review", "Editor Review", "Line 1: 'przystanąć' loses the courtesy of 'stop'."),
+    ("translator_revision", "Translator Revision", "Że ja nie mogłam stanąć dla Śmierci -"),
+]
+JOB = {
+    "source_language": "English",
+    "target_language": "Polish",
+    "workflow_mode": "hybrid",
+    "metadata": {"title": "Because I could not stop for Death", "author": "Emily Dickinson"},
+    "attempts": 1,
+    "error_message": None,
+    "error_category": None,
+    "created_at": "2026-11-29T12:00:00Z",
+    "updated_at": "2026-11-29T12:00:13Z",
+    "started_at": "2026-11-29T12:00:00Z",
+}
+JOBS = [
+    {
+        **JOB,
+        "job_id": "job-running",
+        "task_id": "job-running",
+        "status": "running",
+        "progress": 0.5,
+        "message": "Editor Review",
+        "current_step": "editor_review",
+        "steps_completed": ["initial_translation"],
+        "metadata": {"title": "Hope is the thing with feathers"},
+        "finished_at": None,
+        "result_available": False,
+    },
+    {
+        **JOB,
+        "job_id": "job-done",
+        "task_id": "job-done",
+        "status": "completed",
+        "progress": 1.0,
+        "message": "done",
+        "current_step": None,
+        "steps_completed": [key for key, _, _ in STEP_OUTPUTS],
+        "finished_at": "2026-11-29T12:00:13Z",
+        "result_available": True,
+    },
+]
+RESULT = {
+    **{k: JOB[k] for k in ("source_language", "target_language", "workflow_mode", "metadata")},
+    "job_id": "job-done",
+    "status": "completed",
+    "original_text": "Because I could not stop for Death -",
+    "final_translation": STEP_OUTPUTS[-1][2],
+    "steps": [
+        {
+            "step": key,
+            "name": name,
+            "output": output,
+            "notes": None,
+            "model": "qwen2.5:7b",
+            "tokens": {"prompt_tokens": 200, "completion_tokens": 100, "total_tokens": 300},
+            "duration_seconds": 4.2,
+            "finished_at": 1_800_000_000.0,
+            "attempt": 1,
+        }
+        for key, name, output in STEP_OUTPUTS
+    ],
+    "models_used": {key: "qwen2.5:7b" for key, _, _ in STEP_OUTPUTS},
+    "token_usage": {"prompt_tokens": 600, "completion_tokens": 300, "total_tokens": 900},
+    "duration_seconds": 12.6,
+    "workflow_output": None,
+}
+TRANSLATION_URL = re.compile(r"/api/v1/background-tasks/translation(/[^?]*)?(\?.*)?$")
+
+
+async def answer_translations(page: Page, status: int = 200) -> list[str]:
+    """Answers the page's translation calls with JOBS and RESULT (or ``status``)."""
+    asked: list[str] = []
+
+    async def handle(route: Route) -> None:
+        url = route.request.url
+        asked.append(url.split("/translation", 1)[1])
+        if status != 200:
+            await route.fulfill(status=status, json={"detail": "Not Found"})
+        elif url.split("?")[0].endswith("/translation"):
+            await route.fulfill(json={"jobs": JOBS, "count": 2, "limit": 5, "offset": 0})
+        elif url.endswith("/job-done/result"):
+            await route.fulfill(json=RESULT)
+        else:
+            await route.fulfill(status=404, json={"detail": "no such job"})
+
+    await page.route(TRANSLATION_URL, handle)
+    return asked
+
+
 async def test_translation_jobs_show_each_steps_output_side_by_side(
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
@@ -388,6 +478,46 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
             await board.page.locator("#translations").screenshot(
                 path=str(ARTIFACTS / "dashboard-translation.png")
             )
+
+
+async def test_translation_panel_draws_running_and_finished_jobs_from_the_routes_shapes(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> None:
+    # Both states at once, answered in the browser in the routes' shapes: a running job has
+    # a bar and no result is asked for it; a finished one shows every step.
+    async with board_for(browser, settings_factory()) as board:
+        asked = await answer_translations(board.page)
+        await board.open()
+        done = board.page.locator('#translations [data-job-id="job-done"]')
+        await expect(done.locator(".step h4")).to_have_text(
+            ["Original", "Initial Translation", "Editor Review", "Translator Revision"]
+        )
+        await expect(done.locator(".step p")).to_have_text(
+            [RESULT["original_text"], *(output for _, _, output in STEP_OUTPUTS)]
+        )
+        await expect(done.locator(".step").nth(1)).to_contain_text("qwen2.5:7b · 300 tokens")
+        await expect(done).to_contain_text("English → Polish · hybrid")
+        running = board.page.locator('#translations [data-job-id="job-running"]')
+        await expect(running.locator(".bar")).to_have_attribute("aria-valuenow", "50")
+        await expect(running.locator(".step")).to_have_count(0)  # no result yet: not asked
+        assert "/job-running/result" not in asked
+        assert board.errors == []
+
+
+async def test_translation_routes_answering_404_show_not_available(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> None:
+    async with board_for(browser, settings_factory()) as board:
+        asked = await answer_translations(board.page, status=404)
+        await board.open()
+        panel = board.page.locator("#translations")
+        await expect(panel).to_have_attribute("data-available", "false")
+        await expect(panel.locator(".empty")).to_have_text(
+            "Translation jobs: not available on this server."
+        )
+        await expect(board.page.locator("#translations .error")).to_be_hidden()
+        assert asked
+        assert all("status of 404" in error for error in board.errors), board.errors
 
 
 async def test_screenshot_under_load(board: Board) -> None:
@@ -441,3 +571,18 @@ async def test_screenshot_under_load(board: Board) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     await board.page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+async def test_a_failing_route_shows_its_error_in_its_panel_only(board: Board) -> None:
+    async def broken(route: Route) -> None:
+        await route.fulfill(status=500, json={"detail": "storage is on fire"})
+
+    await board.page.route(re.compile(r"/api/v1/background-tasks/dead-letters\?"), broken)
+    await board.open()
+    await expect(board.page.locator("#dead-letters .error")).to_have_text("storage is on fire")
+    await expect(board.page.locator("#queue .error")).to_be_hidden()
+    task_id = await board.submit("bad_input")
+    await expect(board.task("#recent", task_id)).to_have_attribute("data-status", "failed")
+    assert board.errors
+    assert all("status of 500" in error for error in board.errors)
+    board.errors.clear()

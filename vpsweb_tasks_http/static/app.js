@@ -7,7 +7,7 @@ import { renderTranslations } from "./translations.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "detail"];
+const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "translations", "detail"];
 
 const state = {
   live: new Map(), // task id -> {progress, message, status}: fresher than storage
@@ -54,6 +54,7 @@ const loaders = {
   dead: loadDeadLetters,
   breakers: loadBreakers,
   resources: loadResources,
+  translations: () => renderTranslations($("#translations")),
   detail: loadDetail,
 };
 
@@ -177,7 +178,7 @@ function runningItem(task) {
   const { progress, message } = liveOf(task);
   return h(
     "li",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h(
       "div",
       { class: "task-line" },
@@ -201,7 +202,7 @@ function queuedItem(task) {
   const waiting = task.run_at && Date.parse(task.run_at) > Date.now();
   return h(
     "li",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h(
       "div",
       { class: "task-line" },
@@ -235,7 +236,7 @@ function errorCell(task) {
 function recentRow(task) {
   return h(
     "tr",
-    { "data-task-id": task.task_id, "data-status": task.status, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
     h("td", {}, task.name, h("div", { class: "sub" }, task.task_type)),
     h("td", {}, badge(task.status)),
     h("td", { class: "num duration" }, duration(task.duration_seconds)),
@@ -265,16 +266,11 @@ async function loadTasks() {
   for (const [id, live] of state.live) {
     if (TERMINAL.has(live.status) && id !== state.selected) state.live.delete(id);
   }
-  list("#running", running.tasks, runningItem);
+  list("#running", running.tasks, runningItem, running.tasks.length === 50 ? state.queue?.running : undefined);
   // A list holds at most 50: beyond that, say how many there are in all.
   const waiting = queued.tasks.length === 50 ? state.queue?.queue_size : undefined;
   list("#queued", queued.tasks, queuedItem, waiting);
   list("#recent", recent.tasks, recentRow);
-  await loadTranslations();
-}
-
-async function loadTranslations() {
-  await renderTranslations($("#translations"));
 }
 
 // --- dead letter queue ---------------------------------------------------------------------
@@ -282,7 +278,7 @@ async function loadTranslations() {
 function deadRow(task) {
   return h(
     "tr",
-    { "data-task-id": task.task_id, onclick: () => select(task.task_id) },
+    { "data-task-id": task.task_id, ...opens(task.task_id) },
     h("td", {}, task.name, h("div", { class: "sub" }, task.task_type)),
     h("td", {}, h("span", { class: "category" }, task.error?.category ?? "unknown")),
     h("td", { class: "err", title: task.error?.message ?? "" }, `${task.error?.type ?? ""}: ${task.error?.message ?? ""}`),
@@ -362,6 +358,17 @@ async function loadResources() {
 }
 
 // --- task detail ---------------------------------------------------------------------------
+
+/** Attributes of a row that opens a task's detail: by click, or Enter when focused. */
+function opens(taskId) {
+  return {
+    tabindex: 0,
+    onclick: () => select(taskId),
+    onkeydown: (event) => {
+      if (event.key === "Enter" && event.target === event.currentTarget) select(taskId);
+    },
+  };
+}
 
 function select(taskId) {
   location.hash = `task=${encodeURIComponent(taskId)}`;
@@ -472,6 +479,7 @@ function onEvent(kind, data) {
   switch (kind) {
     case "task_progressed": {
       const update = data.update ?? {};
+      if (data.task_type === "translation") schedule("translations");
       state.live.set(id, { progress: update.progress ?? 0, message: update.message, status: "running" });
       applyLive(id);
       if (!state.lists.running.some((task) => task.task_id === id)) schedule("tasks", "queue");
@@ -511,7 +519,9 @@ function onEvent(kind, data) {
       break;
   }
   schedule("tasks", "queue");
+  if (data.task_type === "translation") schedule("translations");
   if (["task_dead_lettered", "task_requeued", "task_failed"].includes(kind)) schedule("dead");
+  if (["task_completed", "task_failed"].includes(kind)) schedule("health"); // error rate, counts
   if (id !== undefined && id === state.selected) schedule("detail");
 }
 

@@ -1,87 +1,130 @@
-// Translation jobs (GET /translation): progress while they run, then the original and each
-// step's output side by side (GET /translation/{job_id}/result). A server mounted without
-// the translation routes says so instead of failing.
+// Translation jobs: the latest jobs, and for a finished one each step's output side by
+// side with the original. Routes (the design document's "Translation Jobs" table):
+//   GET /api/v1/background-tasks/translation?limit=N      jobs, newest first
+//   GET /api/v1/background-tasks/translation/{id}/result  original, steps, final text
+// A server without them (the page is told so when it is served) or answering 404 / 405
+// gets "not available" instead of an error.
 
-import { api, FEATURES, TASKS } from "./api.js";
+import { api, ApiError, FEATURES, TASKS } from "./api.js";
 import { badge, bar, duration, fill, h } from "./dom.js";
 
-const TRANSLATION = `${TASKS}/translation`;
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const results = new Map(); // job id -> result: a completed job's outputs never change
+const results = new Map(); // job id -> result: a finished job's outputs never change
+
+function humanise(name) {
+  const words = String(name ?? "").replace(/[_-]+/g, " ").trim();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+function tokensOf(tokens) {
+  if (tokens === null || tokens === undefined) return null;
+  return typeof tokens === "object" ? tokens.total_tokens : tokens;
+}
 
 function notesOf(step) {
-  const tokens = step.tokens?.total_tokens;
-  return [step.model, tokens ? `${tokens} tokens` : null, duration(step.duration_seconds)]
+  const tokens = tokensOf(step.tokens);
+  return [
+    step.model,
+    tokens ? `${tokens} tokens` : null,
+    step.duration_seconds !== undefined ? duration(step.duration_seconds) : null,
+  ]
     .filter(Boolean)
     .join(" · ");
 }
 
-async function resultOf(job) {
-  if (!job.result_available) return null;
-  if (!results.has(job.job_id)) {
-    results.set(job.job_id, await api(`${TRANSLATION}/${encodeURIComponent(job.job_id)}/result`));
-  }
-  return results.get(job.job_id);
-}
-
-function column(name, text, notes, extra = "") {
+function column(title, text, notes, extra = {}, remarks = null) {
   return h(
     "div",
-    { class: `step ${extra}`.trim() },
-    h("h4", {}, name),
-    h("p", {}, text),
+    { class: "step", ...extra },
+    h("h4", {}, title),
+    h("p", {}, text ?? ""),
+    remarks ? h("div", { class: "remarks" }, remarks) : null,
     notes ? h("div", { class: "muted" }, notes) : null,
   );
 }
 
 function jobView(job, result) {
-  const title = job.metadata?.title ?? job.job_id;
-  const author = job.metadata?.author ? ` (${job.metadata.author})` : "";
+  const status = job.status;
+  const title = job.metadata?.title ?? job.metadata?.name ?? `Job ${job.job_id}`;
+  const author = job.metadata?.author ? ` by ${job.metadata.author}` : "";
   const view = h(
     "div",
-    { class: "job", "data-job-id": job.job_id, "data-status": job.status },
+    { class: "job", "data-job-id": job.job_id, "data-status": status },
     h(
       "div",
       { class: "task-line" },
-      h("span", { class: "name" }, title + author),
+      h("span", { class: "name" }, `${title}${author}`),
       h("span", { class: "type" }, `${job.source_language} → ${job.target_language} · ${job.workflow_mode}`),
-      h("span", { class: "right" }, badge(job.status)),
+      h("span", { class: "right" }, result ? h("span", { class: "muted" }, duration(result.duration_seconds)) : null, badge(status)),
     ),
   );
-  if (!TERMINAL.has(job.status)) {
-    const step = job.current_step ? `${job.current_step}: ` : "";
-    view.append(bar(job.progress, job.status), h("div", { class: "muted" }, step + (job.message ?? "")));
+  if (!TERMINAL.has(status)) {
+    const step = job.current_step ? humanise(job.current_step) : "waiting";
+    view.append(
+      h("div", { "data-task-id": job.task_id ?? job.job_id }, bar(job.progress ?? 0, status), h("div", { class: "message" }, job.message ?? step)),
+    );
   }
   if (job.error_message) {
-    view.append(h("div", { class: "err" }, `${job.error_category ?? "unknown"}: ${job.error_message}`));
+    view.append(h("div", { class: "message" }, h("span", { class: "category" }, job.error_category ?? ""), ` ${job.error_message}`));
   }
-  if (result !== null) {
-    view.append(
-      h(
-        "div",
-        { class: "steps" },
-        column("Original", result.original_text, `${result.source_language}`, "original"),
-        result.steps.map((step) => column(step.name, step.output, notesOf(step))),
-      ),
-    );
+  if (result) {
+    const columns = [column("Original", result.original_text, null, { "data-step": "original" })];
+    for (const step of result.steps ?? []) {
+      columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }, step.notes));
+    }
+    view.append(h("div", { class: "steps" }, columns));
+  } else if (job.steps_completed?.length) {
+    view.append(h("div", { class: "muted" }, `done: ${job.steps_completed.map(humanise).join(", ")}`));
   }
   return view;
 }
 
-/** Renders the newest translation jobs into ``section``. */
-export async function renderTranslations(section) {
-  const container = section.querySelector(".jobs");
+async function resultOf(job) {
+  if (!(job.result_available ?? job.status === "completed")) return null;
+  if (!results.has(job.job_id)) {
+    try {
+      results.set(job.job_id, await api(`${TASKS}/translation/${encodeURIComponent(job.job_id)}/result`));
+    } catch (error) {
+      if (error instanceof ApiError && [404, 409].includes(error.status)) return null;
+      throw error;
+    }
+  }
+  return results.get(job.job_id);
+}
+
+function unavailable(section, text) {
+  fill(section.querySelector(".jobs"), []);
   const empty = section.querySelector(".empty");
+  empty.textContent = text;
+  empty.hidden = false;
+  section.dataset.available = "false";
+}
+
+/** Draws the latest translation jobs into ``section``. */
+export async function renderTranslations(section, limit = 5) {
   if (!FEATURES.has("translation")) {
-    empty.textContent = "No translation jobs (the translation API is not available on this server).";
-    empty.hidden = false;
-    fill(container, []);
+    unavailable(section, "Translation jobs: not available on this server.");
     return;
   }
-  const { jobs } = await api(`${TRANSLATION}?limit=10`);
-  empty.textContent = "No translation jobs.";
-  empty.hidden = jobs.length > 0;
+  let listing;
+  try {
+    listing = await api(`${TASKS}/translation?limit=${limit}`);
+  } catch (error) {
+    if (error instanceof ApiError && [404, 405].includes(error.status)) {
+      unavailable(section, "Translation jobs: not available on this server.");
+      return;
+    }
+    if (error instanceof ApiError && error.status === 503) {
+      unavailable(section, `Translation jobs: ${error.message}`);
+      return;
+    }
+    throw error;
+  }
+  section.dataset.available = "true";
   const views = [];
-  for (const job of jobs) views.push(jobView(job, await resultOf(job)));
-  fill(container, views);
+  for (const job of listing.jobs) views.push(jobView(job, await resultOf(job)));
+  fill(section.querySelector(".jobs"), views);
+  const empty = section.querySelector(".empty");
+  empty.textContent = "No translation jobs.";
+  empty.hidden = views.length > 0;
 }
