@@ -470,7 +470,7 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
             await expect(job.locator(".step p")).to_have_text(
                 ["Because I could not stop for Death", *outputs]
             )
-            await expect(job).to_contain_text("Dickinson 479 (Emily Dickinson)")
+            await expect(job).to_contain_text("Dickinson 479 by Emily Dickinson")
             await expect(job).to_contain_text("English → Polish · hybrid")
             assert len(llm.calls) == 3  # the page only reads
             assert board.errors == []
