@@ -14,7 +14,9 @@ each on its own copy of the state:
   runs from ``resume()`` until ``--claims`` tasks are completed (claim, run, finish).
 
 Prints one table: claims per second at each depth and the ratio of the deepest to the
-shallowest (target: >= 0.8). Run by hand; nothing here is a unit test.
+shallowest (target: >= 0.8). ``--analyze`` runs ANALYZE after filling, to show what the
+query planner does with statistics. A measurement that has not done ``--claims`` after
+``--max-seconds`` stops there and reports the rate so far. Run by hand; nothing here is a unit test.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async def create(path: Path) -> None:
         pass
 
 
-def fill(path: Path, count: int) -> float:
+def fill(path: Path, count: int, *, analyze: bool = False) -> float:
     """Write ``count`` pending no-op tasks; returns rows per second."""
     conn = sqlite3.connect(path, isolation_level=None)
     rank = TaskPriority.NORMAL.rank
@@ -66,24 +68,29 @@ def fill(path: Path, count: int) -> float:
         conn.execute("COMMIT")
         done += size
     elapsed = time.perf_counter() - start
+    if analyze:
+        conn.execute("ANALYZE")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return count / elapsed
 
 
-async def store_claims(path: Path, claims: int) -> float:
+async def store_claims(path: Path, claims: int, limit: float) -> float:
     async with SQLiteTaskStore(path) as store:
-        start = time.perf_counter()
-        for _ in range(claims):
+        start, done = time.perf_counter(), 0
+        while done < claims:
             got = await store.claim(
                 worker_id="bench", now=time.time(), lease_seconds=600, limit=1, task_types={"noop"}
             )
             if len(got) != 1:
                 raise AssertionError("ran out of tasks")
-        return claims / (time.perf_counter() - start)
+            done += 1
+            if time.perf_counter() - start > limit:
+                break
+        return done / (time.perf_counter() - start)
 
 
-async def manager_claims(path: Path, claims: int, total: int) -> float:
+async def manager_claims(path: Path, claims: int, total: int, limit: float) -> float:
     settings = load_config(
         storage={"sqlite_path": str(path)},
         background_tasks={"max_concurrent_jobs": 32, "max_queue_size": total + 10},
@@ -104,16 +111,23 @@ async def manager_claims(path: Path, claims: int, total: int) -> float:
         manager.events.add_listener(on_completed, kinds={"task_completed"})
         start = time.perf_counter()
         await manager.resume()
-        await done.wait()
-        elapsed = time.perf_counter() - start
+        with anyio.move_on_after(limit):
+            await done.wait()
+        elapsed, finished = time.perf_counter() - start, min(finished, claims)
         await manager.pause("done")  # stop claiming; the manager stops with tasks pending
-    return claims / elapsed
+    return finished / elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[1000, 1_000_000])
     parser.add_argument("--claims", type=int, default=5000)
+    parser.add_argument(
+        "--max-seconds", type=float, default=30.0, help="stop a measurement early after this"
+    )
+    parser.add_argument(
+        "--analyze", action="store_true", help="run ANALYZE after filling (the planner's stats)"
+    )
     parser.add_argument("--dir", default=".", help="where the temporary databases go")
     args = parser.parse_args()
 
@@ -124,12 +138,12 @@ def main() -> None:
             base = folder / f"depth-{depth}.db"
             anyio.run(create, base)
             total = depth + args.claims
-            rate = fill(base, total)
+            rate = fill(base, total, analyze=args.analyze)
             size = base.stat().st_size / 1e6
             copy = folder / f"copy-{depth}.db"
             shutil.copyfile(base, copy)
-            by_store = anyio.run(store_claims, copy, args.claims)
-            by_manager = anyio.run(manager_claims, base, args.claims, total)
+            by_store = anyio.run(store_claims, copy, args.claims, args.max_seconds)
+            by_manager = anyio.run(manager_claims, base, args.claims, total, args.max_seconds)
             results[depth] = (by_store, by_manager, rate, size)
             print(f"  depth {depth:>9,}: store {by_store:,.0f}/s, manager {by_manager:,.0f}/s")
             copy.unlink()
@@ -139,6 +153,7 @@ def main() -> None:
     print(
         f"\n{args.claims} claims at each depth (D pending at the end), SQLite WAL,"
         f" synchronous=NORMAL, in {where}; {os.cpu_count()} CPUs"
+        + ("; ANALYZE run after filling" if args.analyze else "")
     )
     header = (
         f"{'pending':>10} {'db MB':>7} {'fill rows/s':>12} {'store claims/s':>15}"
