@@ -152,7 +152,7 @@ def main() -> None:
 
     print(
         f"\n{args.claims} claims at each depth (D pending at the end), SQLite WAL,"
-        f" synchronous=NORMAL, in {where}; {os.cpu_count()} CPUs"
+        f" synchronous=NORMAL, in {where}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
         + ("; ANALYZE run after filling" if args.analyze else "")
     )
     header = (

@@ -323,7 +323,8 @@ def main() -> None:
             rows.extend(huey_dispatch(folder, args.samples, args.pause, args.idle_seconds))
         where = str(folder.parent)
 
-    print(f"\nSQLite WAL, synchronous=NORMAL, in {where}; {os.cpu_count()} CPUs")
+    load = os.getloadavg()[0]
+    print(f"\nSQLite WAL, synchronous=NORMAL, in {where}; {os.cpu_count()} CPUs, load {load:.1f}")
     header = f"{'measure':<48} {'p50 ms':>8} {'p99 ms':>8}  {'':<32} target"
     print(header)
     print("-" * len(header))

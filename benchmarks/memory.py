@@ -199,7 +199,8 @@ def main() -> None:
 
     print(
         f"\nRSS of a process with a TaskManager and TaskMonitor (SQLite in {where};"
-        f" the {args.pending:,}-task file is {size:,.0f} MB); {os.cpu_count()} CPUs"
+        f" the {args.pending:,}-task file is {size:,.0f} MB); {os.cpu_count()} CPUs,"
+        f" load {os.getloadavg()[0]:.1f}"
     )
     header = f"{'measure':<48} {'after imports':>13} {'peak RSS':>9}  what it did"
     print(header)

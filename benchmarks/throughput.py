@@ -81,7 +81,15 @@ def settings_for(path: Path, concurrency: int, synchronous: str, n: int) -> Sett
     )
 
 
-async def ours(path: Path, n: int, concurrency: int, synchronous: str) -> Run:
+async def ours(
+    path: Path,
+    n: int,
+    concurrency: int,
+    synchronous: str,
+    probe: Callable[[], None] | None = None,
+) -> Run:
+    """``probe()`` is called when the clock starts and when it stops (the manager and its
+    threads still alive)."""
     definition = TaskDefinition(name="noop", task_type="noop")
     async with TaskManager(settings_for(path, concurrency, synchronous, n)) as manager:
         manager.register("noop", noop)
@@ -101,12 +109,16 @@ async def ours(path: Path, n: int, concurrency: int, synchronous: str) -> Run:
             for _ in range(count):
                 await manager.submit(definition)
 
+        if probe is not None:
+            probe()
         cpu, start = time.process_time(), time.perf_counter()
         async with anyio.create_task_group() as tg:
             for i in range(SUBMITTERS):
                 tg.start_soon(submitter, n // SUBMITTERS + (1 if i < n % SUBMITTERS else 0))
         await done.wait()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if probe is not None:
+            probe()
     return Run(n / elapsed, cpu / n)
 
 
@@ -177,44 +189,85 @@ def raw(path: Path, n: int, synchronous: str) -> Run:
 def _normalise(sql: str) -> str:
     sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
     sql = re.sub(r"\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\b", "?", sql)
-    return " ".join(sql.split())[:110]
+    return " ".join(sql.split())[:100]
+
+
+class ThreadClock:
+    """CPU seconds of each thread of this process between two calls (psutil)."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.marks: list[dict[int, float]] = []
+
+    def __call__(self) -> None:
+        self.names.update({t.native_id or 0: t.name for t in threading.enumerate()})
+        self.marks.append({t.id: t.user_time + t.system_time for t in psutil.Process().threads()})
+
+    def spent(self) -> dict[str, float]:
+        first, last = self.marks[0], self.marks[-1]
+        spent: Counter[str] = Counter()
+        for tid, seconds in last.items():
+            name = re.sub(r"[-_:]?\d+$", "", self.names.get(tid, "other"))
+            spent[name] += seconds - first.get(tid, 0.0)
+        return dict(spent)
 
 
 def profile(folder: Path, n: int, concurrency: int) -> None:
-    statements: Counter[str] = Counter()
+    """Where the time of one end-to-end no-op task goes (see the module docstring)."""
+    from vpsweb_tasks.storage._dbthread import DatabaseThread
+
+    # 1. No profiler: the honest rate and the CPU of each thread.
+    clock = ThreadClock()
+    plain = anyio.run(ours, folder / "plain.db", n, concurrency, "NORMAL", clock)
+    print(f"\nvpsweb-tasks, {n} no-op tasks, synchronous=NORMAL, max_concurrent_jobs={concurrency}")
+    print(f"without a profiler: {plain.rate:,.0f} tasks/s, {plain.cpu * 1e6:,.0f} us CPU/task")
+    print("CPU per task by thread (psutil):")
+    for name, seconds in sorted(clock.spent().items(), key=lambda kv: -kv[1]):
+        if seconds > 0:
+            print(f"  {name:<40} {seconds * 1e6 / n:>8,.1f} us")
+
+    # 2. cProfile on the event loop and on the store's database thread; SQL counted.
+    traced_sql: list[str] = []
+    trace = traced_sql.append  # cheap in the thread; counted after the run
+
     connect: Callable[[SQLiteTaskStore], sqlite3.Connection] = SQLiteTaskStore._connect
 
     def traced(store: SQLiteTaskStore) -> sqlite3.Connection:
         conn = connect(store)
-        conn.set_trace_callback(lambda sql: statements.update([_normalise(sql)]))
+        conn.set_trace_callback(trace)
         return conn
 
+    db_profiler = cProfile.Profile()
+    thread_main: Callable[[DatabaseThread], None] = DatabaseThread._main
+
+    def profiled_main(thread: DatabaseThread) -> None:
+        db_profiler.runcall(thread_main, thread)
+
     SQLiteTaskStore._connect = traced  # type: ignore[method-assign]
-    process = psutil.Process()
-    before = {t.id: t.user_time + t.system_time for t in process.threads()}
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run = anyio.run(ours, folder / "profile.db", n, concurrency, "NORMAL")
-    profiler.disable()
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    # The store's thread has ended by now; name whatever is not the main thread by exclusion.
-    per_thread = {
-        t.id: t.user_time + t.system_time - before.get(t.id, 0.0) for t in process.threads()
-    }
-    print(f"\nvpsweb-tasks, {n} no-op tasks, synchronous=NORMAL: {run.rate:,.0f} tasks/s,")
-    print(f"{run.cpu * 1e6:,.0f} us CPU per task (all threads; cProfile inflates both)")
-    print("\nCPU per thread over the run (threads alive at the end; ended ones are missing):")
-    for tid, seconds in sorted(per_thread.items(), key=lambda kv: -kv[1]):
-        print(f"  {names.get(tid, f'thread {tid}'):<40} {seconds * 1e6 / n:>8,.1f} us/task")
-    stats = pstats.Stats(profiler).strip_dirs()
-    for key in ("cumulative", "tottime"):
-        print(f"\nevent-loop thread, top 30 by {key}:")
-        stats.sort_stats(key).print_stats(30)
-    print(f"SQL statements per task (n={n} + warm-up; triggers show as '-- TRIGGER'):")
-    total = sum(statements.values())
-    for sql, count in statements.most_common(30):
-        print(f"  {count / n:>6.2f}  {sql}")
-    print(f"  {total / n:>6.2f}  all")
+    DatabaseThread._main = profiled_main  # type: ignore[method-assign]
+    loop_profiler = cProfile.Profile()
+    loop_profiler.enable()
+    profiled = anyio.run(ours, folder / "profile.db", n, concurrency, "NORMAL")
+    loop_profiler.disable()
+    print(f"\nunder cProfile: {profiled.rate:,.0f} tasks/s (the profiler slows it down)")
+    for title, profiler in (("event-loop thread", loop_profiler), ("database thread", db_profiler)):
+        stats = pstats.Stats(profiler).strip_dirs()
+        for key in ("tottime", "cumulative"):
+            print(f"\n{title}, top 25 by {key}:")
+            stats.sort_stats(key).print_stats(25)
+    statements: Counter[str] = Counter()
+    trigger_steps: Counter[str] = Counter()
+    last = ""
+    for sql in traced_sql:
+        # sqlite reports each step of a trigger as the outer statement again: count apart.
+        (trigger_steps if sql == last else statements)[_normalise(sql)] += 1
+        last = sql
+    print(f"SQL per task (n={n}, plus setup and one warm-up task), by statement:")
+    print(f"  {'runs':>6} {'+trigger traces':>15}  statement (a trigger: 1 + 1 per statement)")
+    for sql, count in statements.most_common(14):
+        print(f"  {count / n:>6.2f} {trigger_steps[sql] / n:>15.2f}  {sql}")
+    total, steps = sum(statements.values()), sum(trigger_steps.values())
+    print(f"  {total / n:>6.2f} {steps / n:>15.2f}  all")
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -262,7 +315,7 @@ def main() -> None:
     print(
         f"\n{n} no-op tasks per run, median of {args.repeat}; SQLite WAL in {where}"
         + (f" ({disk.device}, {disk.fstype})" if disk else "")
-        + f"; {os.cpu_count()} CPUs"
+        + f"; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
     header = (
         f"{'synchronous':<11}  {'system':<26} {'tasks/s':>9} {'CPU us/task':>11}"
