@@ -14,7 +14,9 @@ the child's RSS with psutil every 50 ms:
   batches of 10) for ``--progress-seconds``, with one event listener counting the updates.
 
 Prints one table: RSS after imports (before the manager starts), the peak while it runs,
-and what the run did. Target: under 200 MB with 1M pending. Run by hand.
+and what the run did. Target: under 200 MB with 1M pending. ``--analyze`` runs ANALYZE after
+filling (without it the claim query scans, see depth.py, and the manager does little).
+Run by hand.
 """
 
 from __future__ import annotations
@@ -168,6 +170,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=10_000, help="progress updates a second")
     parser.add_argument("--progress-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--analyze", action="store_true", help="run ANALYZE after filling (see depth.py)"
+    )
     parser.add_argument("--dir", default=".", help="where the temporary databases go")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,7 +184,7 @@ def main() -> None:
         folder = Path(tmp).resolve()
         pending = folder / "pending.db"
         anyio.run(create, pending)
-        fill(pending, args.pending)
+        fill(pending, args.pending, analyze=args.analyze)
         size = pending.stat().st_size / 1e6
         rows = [
             (
@@ -200,7 +205,7 @@ def main() -> None:
     print(
         f"\nRSS of a process with a TaskManager and TaskMonitor (SQLite in {where};"
         f" the {args.pending:,}-task file is {size:,.0f} MB); {os.cpu_count()} CPUs,"
-        f" load {os.getloadavg()[0]:.1f}"
+        f" load {os.getloadavg()[0]:.1f}" + ("; ANALYZE run after filling" if args.analyze else "")
     )
     header = f"{'measure':<48} {'after imports':>13} {'peak RSS':>9}  what it did"
     print(header)
