@@ -17,6 +17,7 @@ from vpsweb_tasks.config import Settings
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
+from .llm_server import fake_llm
 
 pytestmark = pytest.mark.anyio
 
@@ -77,3 +78,22 @@ async def test_the_quickstart_runs(tmp_path: Path) -> None:
     assert outcomes.count("completed") == 5
     assert "attempts=2" in outcomes  # the flaky one was retried
     assert "will retry" in output
+
+
+async def test_the_documents_translation_example_against_a_real_server(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with fake_llm() as llm:
+        provider = {"base_url": llm.base_url, "models": {"default": "m-initial"}, "timeout": 5}
+        app = create_app(settings_factory(providers={"local": provider}))
+        async with serve(app) as url:
+            output = await run_example("submit_translation.py", "--wait", cwd=tmp_path, url=url)
+            lines = output.splitlines()
+            assert lines[0].startswith("Translation job submitted: ")
+            job_id = lines[0].split(": ", 1)[1]
+            record = await app.state.manager.wait(job_id, timeout=10)
+    assert record.status is TaskStatus.COMPLETED
+    # The job may be done before the script's stream connects: then only the end shows.
+    assert lines[-2:] == ["completed", "Final translation: m-initial translation, call 3"]
+    assert set(lines[1:-2]) <= {"step_start", "step_complete"}
+    assert len(llm.calls) == 3

@@ -343,6 +343,7 @@ async def test_unknown_type_lists_the_registered_ones(api: Api) -> None:
         "data_processing",
         "fail_once",
         "maintenance",
+        "translation",
     ]
 
 

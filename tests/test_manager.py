@@ -447,7 +447,7 @@ async def test_a_result_that_is_not_json_fails_the_task_clearly(manager: TaskMan
 async def test_unknown_task_types_and_bad_payloads_are_refused(manager: TaskManager) -> None:
     with pytest.raises(
         UnknownTaskTypeError,
-        match="registered types: backup, cleanup, data_processing, maintenance",
+        match="registered types: backup, cleanup, data_processing, maintenance, translation",
     ):
         await manager.submit(definition("nope"))
     manager.register("work", _noop)

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from vpsweb_tasks.models import TaskStatus
+from vpsweb_tasks.storage._rows import migrations
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
-from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore, _migrations
+from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
 from .conftest import POSTGRES_DSN, new_task, postgres_schema
@@ -106,7 +107,7 @@ async def test_several_processes_may_open_a_new_schema_at_once(
         for s in stores:
             tg.start_soon(s.open)
     try:
-        latest = max(version for version, _, _ in _migrations())
+        latest = max(version for version, _, _ in migrations("postgres"))
         assert {s.schema_version for s in stores} == {latest}
         task = await stores[0].add_task(new_task(T0))
         assert await stores[4].get_task(task.id) == task

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -26,6 +27,7 @@ from vpsweb_tasks.storage.base import (
     Completed,
     Deferred,
     Failed,
+    NewTranslationJob,
     ProgressSnapshot,
     Released,
     SharedBreakerState,
@@ -640,3 +642,102 @@ async def test_breaker_states_are_shared_and_the_latest_change_wins(
         closed = SharedBreakerState("llm", "closed", None, None, T0 + 70, "w2")
         await other.save_breaker_state(closed)
     assert await store.load_breaker_states() == [closed]
+
+
+# --- translation jobs ----------------------------------------------------------------------
+
+
+def new_job(job_id: str, **fields: Any) -> NewTranslationJob:
+    values: dict[str, Any] = {
+        "id": job_id,
+        "source_language": "English",
+        "target_language": "Chinese",
+        "workflow_mode": "hybrid",
+        "original_text": "Hello world",
+        "metadata": {"author": "A", "title": "T"},
+    }
+    values.update(fields)
+    return NewTranslationJob(**values)
+
+
+async def test_a_translation_job_is_stored_with_its_task(store: TaskStore) -> None:
+    task = new_task(T0, task_type="translation")
+    added = await store.add_translation_job(task, new_job(task.id))
+    assert added.task.id == task.id
+    assert added.task.status is TaskStatus.PENDING
+    got = await store.get_translation_job(task.id)
+    assert got is not None
+    assert got.task == await store.get_task(task.id)
+    assert (got.source_language, got.target_language, got.workflow_mode) == (
+        "English",
+        "Chinese",
+        "hybrid",
+    )
+    assert got.original_text == "Hello world"
+    assert got.metadata == {"author": "A", "title": "T"}
+    assert got.steps == {}
+    assert got.result is None
+    assert got.created_at == T0
+    assert await store.get_translation_job("nope") is None
+
+
+async def test_a_translation_job_and_its_task_are_stored_together_or_not_at_all(
+    store: TaskStore,
+) -> None:
+    first = new_task(T0, task_type="translation")
+    await store.add_translation_job(first, new_job("job-1"))
+    # The job id exists: the new task must not be left behind without its job.
+    orphan = new_task(T0, task_type="translation")
+    with pytest.raises(ValueError, match="already exists"):
+        await store.add_translation_job(orphan, new_job("job-1"))
+    assert await store.get_task(orphan.id) is None
+    # A full queue stores neither.
+    full = new_task(T0, task_type="translation")
+    with pytest.raises(QueueFullError):
+        await store.add_translation_job(full, new_job(full.id), max_queue_size=1)
+    assert await store.get_task(full.id) is None
+    assert await store.get_translation_job(full.id) is None
+    assert len(await store.list_translation_jobs()) == 1
+
+
+async def test_translation_jobs_are_listed_newest_first_and_by_status(store: TaskStore) -> None:
+    ids = []
+    for i in range(3):
+        task = new_task(T0 + i, task_type="translation")
+        await store.add_translation_job(task, new_job(task.id))
+        ids.append(task.id)
+    await store.request_cancel(ids[1], now=T0 + 5)
+    assert [job.id for job in await store.list_translation_jobs()] == ids[::-1]
+    assert [job.id for job in await store.list_translation_jobs(limit=1, offset=1)] == [ids[1]]
+    cancelled = await store.list_translation_jobs(statuses=[TaskStatus.CANCELLED])
+    assert [(job.id, job.task.status) for job in cancelled] == [(ids[1], TaskStatus.CANCELLED)]
+    pending = await store.list_translation_jobs(statuses=[TaskStatus.PENDING])
+    assert [job.id for job in pending] == [ids[2], ids[0]]
+
+
+async def test_step_checkpoints_accumulate_and_the_result_is_kept(store: TaskStore) -> None:
+    task = new_task(T0, task_type="translation")
+    await store.add_translation_job(task, new_job(task.id))
+    first = {"output": "你好", "tokens": {"total": 12}, "notes": None}
+    await store.save_translation_step(task.id, "initial_translation", first, now=T0 + 1)
+    await store.save_translation_step(task.id, "editor's review", {"output": "x"}, now=T0 + 2)
+    await store.save_translation_step(task.id, "editor's review", {"output": "y"}, now=T0 + 3)
+    await store.save_translation_result(task.id, {"translation": "你好"}, now=T0 + 4)
+    job = await store.get_translation_job(task.id)
+    assert job is not None
+    assert job.steps == {"initial_translation": first, "editor's review": {"output": "y"}}
+    assert job.result == {"translation": "你好"}
+    assert job.updated_at == T0 + 4
+    with pytest.raises(TaskNotFoundError):
+        await store.save_translation_step("nope", "initial_translation", {}, now=T0)
+    with pytest.raises(TaskNotFoundError):
+        await store.save_translation_result("nope", {}, now=T0)
+
+
+async def test_cleanup_deletes_a_translation_job_with_its_task(store: TaskStore) -> None:
+    task = new_task(T0, task_type="translation")
+    await store.add_translation_job(task, new_job(task.id))
+    await store.request_cancel(task.id, now=T0 + 1)
+    assert await store.cleanup(finished_before=T0 + 10) == 1
+    assert await store.get_translation_job(task.id) is None
+    assert await store.list_translation_jobs() == []

@@ -66,6 +66,10 @@ def register_builtin_tasks(manager: TaskManager) -> None:
     manager.register("backup", backup)
     register_data_processing(manager)
 
+    from .translation.adapter import VPSWebAdapter
+
+    VPSWebAdapter(manager)  # registers "translation"
+
 
 # --- data_processing ------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Configuration: pydantic models of the YAML sections, and :func:`load_config`.
 
 The file has the sections of the original design document (``background_tasks``,
-``task_monitoring``, ``system_resources``) plus ``storage``, ``logging`` and
-``providers``. Every key has a default, so an empty file (or none) is a valid config.
+``task_monitoring``, ``system_resources``) plus ``storage``, ``logging``, ``http``,
+``providers`` and ``translation``. Every key has a default, so an empty file (or none) is a
+valid config.
 Environment variables override the file: ``VPSWEB_TASKS_<SECTION>__<KEY>``, for example
 ``VPSWEB_TASKS_BACKGROUND_TASKS__MAX_CONCURRENT_JOBS=8``. Values are validated; an invalid
 one raises :class:`~vpsweb_tasks.errors.ConfigError` naming the key.
@@ -45,6 +46,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "SystemResourceSettings",
+    "TranslationSettings",
     "load_config",
 ]
 
@@ -216,16 +218,54 @@ class LoggingSettings(_Section):
 
 
 class ProviderSettings(_Section):
-    """An OpenAI-compatible chat-completions provider for translation jobs."""
+    """An OpenAI-compatible chat-completions provider for translation jobs (Ollama,
+    llama.cpp's server, vLLM, OpenAI, DeepSeek...): ``providers.<name>``."""
 
     base_url: str | None = None
-    """Base URL of the chat-completions API, e.g. http://127.0.0.1:11434/v1."""
+    """Base URL of the chat-completions API, e.g. http://127.0.0.1:11434/v1 (steps POST to
+    {base_url}/chat/completions)."""
     api_key_env: str | None = None
-    """Name of the environment variable holding the API key (the key is never stored)."""
+    """Name of the environment variable holding the API key (the key is never stored).
+    Unset: requests carry no Authorization header (local servers)."""
     models: dict[str, str] = Field(default_factory=dict)
-    """Model per workflow mode (and optionally per step)."""
+    """Model by workflow mode (reasoning, non_reasoning, hybrid), by step
+    (initial_translation, editor_review, translator_revision) or by both
+    ("hybrid.editor_review"); the most specific entry wins, then "default"."""
     timeout: PositiveSeconds = 120.0
-    """Timeout of one LLM call."""
+    """Timeout of one LLM call (connect, read, write)."""
+
+    def model_for(self, mode: str, step: str) -> str | None:
+        """The model of one step in one workflow mode, or None if none is configured."""
+        for key in (f"{mode}.{step}", step, mode, "default"):
+            if key in self.models:
+                return self.models[key]
+        return None
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable named by ``api_key_env``, if set."""
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
+
+class TranslationSettings(_Section):
+    """Translation jobs (the VPSWeb adapter): which provider they use and how."""
+
+    workflow: Literal["builtin", "vpsweb"] = "builtin"
+    """The workflow jobs run: the built-in one (calling the provider below), or VPSWeb's
+    own TranslationWorkflow when the vpsweb package is importable (configured by VPSWeb's
+    config; no provider needed here)."""
+    provider: str | None = None
+    """Name of the entry of ``providers`` translation steps call; unset: the only provider
+    configured."""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature of every step."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Upper bound on tokens generated per step (unset: the provider's default)."""
+    max_retries: int = Field(default=3, ge=0)
+    """Retries of a translation job (a retry resumes at the first unfinished step)."""
+    max_batch_size: int = Field(default=50, ge=1)
+    """Most jobs accepted in one batch submit."""
+    health_check_timeout: PositiveSeconds = 5.0
+    """Upper bound on the live provider check of vpsweb/health."""
 
 
 class HttpSettings(_Section):
@@ -270,6 +310,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    translation: TranslationSettings = Field(default_factory=TranslationSettings)
 
 
 def _describe(error: ValidationError) -> str:
@@ -336,6 +377,7 @@ def config_reference() -> str:
         ("logging", LoggingSettings),
         ("http", HttpSettings),
         ("providers.<name>", ProviderSettings),
+        ("translation", TranslationSettings),
     ]
     for name, model in sections:
         doc = " ".join((model.__doc__ or "").split())

@@ -6,6 +6,7 @@ Every exception the library raises derives from one root::
     ├── ConfigError (ValueError)          invalid configuration; names the key
     ├── QueueFullError                    max_queue_size reached; nothing was stored
     ├── TaskNotFoundError (LookupError)   no task with that id
+    │   └── TranslationJobNotFoundError   no translation job with that id
     ├── UnknownTaskTypeError (LookupError) no handler registered under that name
     ├── TaskStateError                    the task's status does not allow the operation
     ├── ManagerNotRunningError            the manager has not been started (or has stopped)
@@ -15,7 +16,13 @@ Every exception the library raises derives from one root::
     ├── WorkerLostError                   the worker running a task died (lease expired)
     ├── HandlerUnavailableError           the task's callable is gone (its process died)
     ├── CircuitOpenError                  a circuit breaker rejected the call
-    └── Retry                             raised by a task to ask for a retry after `delay`
+    ├── Retry                             raised by a task to ask for a retry after `delay`
+    ├── TranslationNotConfiguredError (ConfigError)  no usable LLM provider for translations
+    └── ProviderError                     an LLM provider's call failed (status, retry_after)
+        ├── ProviderAuthError             401/403: the key is missing or wrong (permission)
+        ├── ProviderRateLimitError        429, with the Retry-After it sent (external_service)
+        ├── ProviderUnavailableError      5xx, timeout, dropped connection, unusable answer
+        └── ProviderRequestError          another 4xx: the request itself is wrong (validation)
 
 Failures of task code are not wrapped: they are *classified* into an
 :class:`ErrorCategory` by :func:`classify_error`, which walks the exception's
@@ -50,12 +57,19 @@ __all__ = [
     "HandlerUnavailableError",
     "LeaseLostError",
     "ManagerNotRunningError",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderRateLimitError",
+    "ProviderRequestError",
+    "ProviderUnavailableError",
     "QueueFullError",
     "ResultNotSerializableError",
     "Retry",
     "TaskNotFoundError",
     "TaskStateError",
     "TaskTimeoutError",
+    "TranslationJobNotFoundError",
+    "TranslationNotConfiguredError",
     "UnknownTaskTypeError",
     "VpswebTasksError",
     "WorkerLostError",
@@ -109,6 +123,15 @@ class TaskNotFoundError(VpswebTasksError, LookupError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task not found: {task_id}")
         self.task_id = task_id
+
+
+class TranslationJobNotFoundError(TaskNotFoundError):
+    """No translation job with the given id (the id may be another kind of task's)."""
+
+    def __init__(self, job_id: str) -> None:
+        VpswebTasksError.__init__(self, f"translation job not found: {job_id}")
+        self.task_id = job_id
+        self.job_id = job_id
 
 
 class UnknownTaskTypeError(VpswebTasksError, LookupError):
@@ -195,6 +218,55 @@ class Retry(VpswebTasksError):
             raise ValueError("delay must be >= 0")
         super().__init__(message)
         self.delay = float(delay)
+
+
+class TranslationNotConfiguredError(ConfigError):
+    """Translation jobs cannot run: no LLM provider is configured (or its configuration is
+    incomplete). ``problems`` lists what to configure, one key per entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("translation jobs are not configured: " + "; ".join(problems))
+        self.problems = list(problems)
+
+
+class ProviderError(VpswebTasksError):
+    """A call to an LLM provider failed. ``status`` is the HTTP status (None when no
+    answer came), ``retry_after`` the seconds the provider asked us to wait."""
+
+    category = ErrorCategory.EXTERNAL_SERVICE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ProviderAuthError(ProviderError):
+    """401/403: the API key is missing, wrong or not allowed. Not retried."""
+
+    category = ErrorCategory.PERMISSION
+
+
+class ProviderRateLimitError(ProviderError):
+    """429: retried no sooner than the provider's Retry-After."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """5xx, a timeout, a dropped connection or an answer that is not a chat completion."""
+
+
+class ProviderRequestError(ProviderError):
+    """Another 4xx (unknown model, request too large...): repeating it cannot help."""
+
+    category = ErrorCategory.VALIDATION
 
 
 # --- classification -------------------------------------------------------------------

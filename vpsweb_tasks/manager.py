@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -385,6 +385,23 @@ class TaskManager:
         await self._store(task, context, raise_errors=True)
         return context
 
+    async def submit_linked(
+        self,
+        definition: TaskDefinition,
+        insert: Callable[[NewTask, int | None], Awaitable[TaskRecord]],
+        fn: TaskFunction | str | None = None,
+        **payload: Any,
+    ) -> TaskContext:
+        """:meth:`submit`, for a task stored together with rows of other tables:
+        ``await insert(task, max_queue_size)`` must add the task and its rows in one
+        store transaction (e.g. :meth:`TaskStore.add_translation_job`) and return the
+        task's record. Raises what :meth:`submit` raises, and what ``insert`` raises."""
+        self._require_running()
+        task, closure = self._prepare(definition, fn, payload)
+        context = self._new_context(task, definition, closure)
+        await self._store(task, context, raise_errors=True, insert=insert)
+        return context
+
     def _new_context(
         self, task: NewTask, definition: TaskDefinition, closure: TaskFunction | None
     ) -> TaskContext:
@@ -396,11 +413,23 @@ class TaskManager:
             self._closures[task.id] = closure
         return context
 
-    async def _store(self, task: NewTask, context: TaskContext, *, raise_errors: bool) -> None:
+    async def _store(
+        self,
+        task: NewTask,
+        context: TaskContext,
+        *,
+        raise_errors: bool,
+        insert: Callable[[NewTask, int | None], Awaitable[TaskRecord]] | None = None,
+    ) -> None:
         log = task_logger(task.id, "vpsweb_tasks.manager")
         try:
             with anyio.CancelScope(shield=True):
-                record = await self.store.add_task(task, max_queue_size=self.config.max_queue_size)
+                if insert is None:
+                    record = await self.store.add_task(
+                        task, max_queue_size=self.config.max_queue_size
+                    )
+                else:
+                    record = await insert(task, self.config.max_queue_size)
         except Exception as exc:
             self._closures.pop(task.id, None)
             context._mark_stored(None, exc)

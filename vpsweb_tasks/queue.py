@@ -495,13 +495,15 @@ class TaskQueue:
         reset = _current.set(running.context)
         result: Any = None
         error: BaseException | None = None
+        scope = running.scope
+        scope.deadline = anyio.current_time() + timeout  # one scope: timeout and stop()
         try:
-            with running.scope, anyio.move_on_after(timeout) as deadline:
+            with scope:
                 try:
                     result = await handler(running.context)
                 except Exception as exc:
                     error = exc
-            if deadline.cancelled_caught and running.stop_reason is None:
+            if scope.cancelled_caught and running.stop_reason is None:
                 error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
         finally:
             _current.reset(reset)

@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 import vpsweb_tasks
 from vpsweb_tasks import Settings, TaskManager, TaskMonitor, load_config
 
+from .dashboard import mount_dashboard
 from .routes import create_router
 
 __all__ = ["create_app"]
@@ -46,24 +48,44 @@ def create_app(
     )
     app.state.manager = manager
     app.state.monitor = monitor
+    api_key = settings.http.resolved_api_key()
     app.include_router(
         create_router(
             manager,
             monitor,
-            api_key=settings.http.resolved_api_key(),
+            api_key=api_key,
             queue_full_retry_after=settings.http.queue_full_retry_after,
         )
     )
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict[str, Any]:
-        return {
+    mount_dashboard(app, api_key_required=api_key is not None)
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def index(request: Request) -> HTMLResponse | JSONResponse:
+        links: dict[str, Any] = {
             "name": "vpsweb-tasks",
             "version": vpsweb_tasks.__version__,
+            "dashboard": "/dashboard/",
             "docs": "/docs",
             "openapi": "/openapi.json",
             "api": ["/api/v1/background-tasks", "/api/v1/monitoring"],
             "metrics": "/metrics",
         }
+        if "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(_INDEX_HTML)
+        return JSONResponse(links)
 
     return app
+
+
+_INDEX_HTML = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vpsweb-tasks</title></head>
+<body style="font-family: system-ui, sans-serif; margin: 2rem">
+<h1>vpsweb-tasks {vpsweb_tasks.__version__}</h1>
+<ul>
+<li><a href="dashboard/">Dashboard</a></li>
+<li><a href="docs">API documentation</a> (<a href="openapi.json">OpenAPI</a>)</li>
+<li><a href="metrics">Prometheus metrics</a></li>
+</ul>
+</body></html>
+"""

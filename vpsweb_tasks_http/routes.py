@@ -4,13 +4,15 @@
 ``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``; include it in any FastAPI
 app. Library errors become HTTP errors here (the router carries its own route class, so
 the mapping works in an app that is not ours): unknown id 404, wrong state 409, invalid
-input 422 naming the field, queue full 429 with Retry-After, not started 503.
+input 422 naming the field, queue full 429 with Retry-After, not started (or translations
+not configured) 503. The translation routes are in ``translation.py``.
 
 (No ``from __future__ import annotations`` here: FastAPI resolves route annotations at
 definition time, and some refer to dependencies local to :func:`create_router`.)
 """
 
 import hmac
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 
 from vpsweb_tasks import (
     TaskDefinition,
@@ -32,10 +35,13 @@ from vpsweb_tasks.errors import (
     QueueFullError,
     TaskNotFoundError,
     TaskStateError,
+    TranslationNotConfiguredError,
     UnknownTaskTypeError,
 )
 from vpsweb_tasks.events import SubscriberLagged
+from vpsweb_tasks.models import to_datetime
 
+from .auth import StreamTokens
 from .metrics import render_metrics
 from .schemas import (
     AlertResponse,
@@ -57,6 +63,7 @@ from .schemas import (
     RequeueResponse,
     ResourcesResponse,
     StatisticsResponse,
+    StreamTokenResponse,
     SubmitTaskRequest,
     SubmitTaskResponse,
     SummaryResponse,
@@ -64,6 +71,7 @@ from .schemas import (
     TaskListResponse,
     TaskResponse,
 )
+from .translation import create_translation_router
 
 __all__ = ["create_router"]
 
@@ -109,6 +117,16 @@ def _route_class(retry_after: int) -> type[APIRoute]:
                     return JSONResponse({"detail": detail}, status_code=422)
                 except ManagerNotRunningError as exc:
                     return _error(503, str(exc))
+                except TranslationNotConfiguredError as exc:
+                    return JSONResponse(
+                        {"detail": str(exc), "problems": exc.problems}, status_code=503
+                    )
+                except ValidationError as exc:
+                    # Models validated inside a call (e.g. one request per mode of a
+                    # compare): the body is what was invalid.
+                    errors = json.loads(exc.json(include_url=False, include_context=False))
+                    invalid = [{**error, "loc": ["body", *error["loc"]]} for error in errors]
+                    return JSONResponse({"detail": invalid}, status_code=422)
                 except HandlerUnavailableError as exc:
                     return _error(409, str(exc))
 
@@ -124,9 +142,13 @@ def create_router(
     api_key: str | None = None,
     queue_full_retry_after: int = 5,
     metrics_path: str | None = "/metrics",
+    stream_token_ttl: float = 60.0,
 ) -> APIRouter:
     """The API of one manager and its monitor. With ``api_key``, every route but the two
-    health checks requires header ``X-API-Key`` (compared in constant time)."""
+    health checks requires header ``X-API-Key`` (compared in constant time); the two event
+    streams also accept ``?token=`` from ``POST /api/v1/monitoring/stream-token``, valid for
+    ``stream_token_ttl`` seconds, since a browser's EventSource cannot send headers."""
+    tokens = StreamTokens(api_key, ttl=stream_token_ttl)
 
     async def running() -> None:
         if not manager.running:
@@ -139,6 +161,17 @@ def create_router(
             raise HTTPException(
                 401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
             )
+
+    async def stream_authorised(
+        x_api_key: Annotated[str | None, Header()] = None,
+        token: Annotated[
+            str | None,
+            Query(max_length=200, description="A token from POST .../monitoring/stream-token"),
+        ] = None,
+    ) -> None:
+        if api_key is None or (token is not None and tokens.valid(token)):
+            return
+        await authorised(x_api_key)
 
     route_class = _route_class(queue_full_retry_after)
     errors: dict[int | str, dict[str, Any]] = {
@@ -166,6 +199,22 @@ def create_router(
         tags=["monitoring"],
         route_class=route_class,
         dependencies=guarded,
+        responses=guarded_errors,
+    )
+    # The event streams: X-API-Key or a stream token.
+    streamed = [Depends(stream_authorised), Depends(running)]
+    task_streams = APIRouter(
+        prefix=TASKS_PREFIX,
+        tags=["background tasks"],
+        route_class=route_class,
+        dependencies=streamed,
+        responses=guarded_errors,
+    )
+    monitoring_streams = APIRouter(
+        prefix=MONITORING_PREFIX,
+        tags=["monitoring"],
+        route_class=route_class,
+        dependencies=streamed,
         responses=guarded_errors,
     )
 
@@ -347,7 +396,17 @@ def create_router(
                 raise HTTPException(422, detail) from None
         return after
 
-    @tasks.get(
+    @monitoring.post(
+        "/stream-token",
+        summary="A short-lived token for the event streams (?token=), for EventSource",
+    )
+    async def stream_token() -> StreamTokenResponse:
+        token, expires = tokens.issue()
+        return StreamTokenResponse(
+            token=token, expires_at=to_datetime(expires), expires_in=tokens.ttl
+        )
+
+    @task_streams.get(
         "/tasks/{task_id}/events",
         response_class=EventSourceResponse,
         summary="Server-sent events of one task: its state now, then every change until it ends",
@@ -380,7 +439,7 @@ def create_router(
                 if event.kind in FINAL_EVENTS:
                     return
 
-    @monitoring.get(
+    @monitoring_streams.get(
         "/events",
         response_class=EventSourceResponse,
         summary="Server-sent events of everything; reconnect with Last-Event-ID to resume",
@@ -486,8 +545,19 @@ def create_router(
         return MonitoringStateResponse(monitoring=monitor.running)
 
     root.include_router(public)
+    root.include_router(
+        create_translation_router(
+            manager,
+            route_class=route_class,
+            dependencies=guarded,
+            responses=guarded_errors,
+            prefix=TASKS_PREFIX,
+        )
+    )
     root.include_router(tasks)
     root.include_router(monitoring)
+    root.include_router(task_streams)
+    root.include_router(monitoring_streams)
     if metrics_path is not None:
         metrics = APIRouter(route_class=route_class, dependencies=guarded, responses=guarded_errors)
 

@@ -400,6 +400,15 @@ class BreakersResponse(_Response):
     open: int
 
 
+class StreamTokenResponse(_Response):
+    """A token for ``?token=`` on the event-stream routes (which EventSource needs, as it
+    cannot send X-API-Key)."""
+
+    token: str
+    expires_at: datetime
+    expires_in: float
+
+
 class MonitoringStateResponse(_Response):
     monitoring: bool
 

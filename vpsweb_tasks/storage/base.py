@@ -60,6 +60,7 @@ __all__ = [
     "LeaseToken",
     "MetricsWindow",
     "NewTask",
+    "NewTranslationJob",
     "Notice",
     "Outcome",
     "ProgressSnapshot",
@@ -68,6 +69,7 @@ __all__ = [
     "RetryDecider",
     "SharedBreakerState",
     "TaskStore",
+    "TranslationJobRow",
     "WorkerInfo",
 ]
 
@@ -245,6 +247,41 @@ class MetricsWindow:
     """Durations of the most recent completed attempts (bounded sample), unsorted."""
     dead_lettered: int
     """Tasks that became ``failed`` in the window."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTranslationJob:
+    """A translation job to insert with its task (:meth:`TaskStore.add_translation_job`).
+    Languages are already normalised; ``metadata`` is JSON (author, title, poem_id...)."""
+
+    id: str
+    source_language: str
+    target_language: str
+    workflow_mode: str
+    original_text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslationJobRow:
+    """A ``translation_jobs`` row with the task it belongs to (read together)."""
+
+    id: str
+    task: TaskRecord
+    source_language: str
+    target_language: str
+    workflow_mode: str
+    original_text: str
+    metadata: dict[str, Any]
+    steps: dict[str, dict[str, Any]]
+    """Checkpoints of finished workflow steps, by step name."""
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def task_id(self) -> str:
+        return self.task.id
 
 
 #: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`. For
@@ -528,6 +565,47 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """A trivial round trip; raises if the database cannot be reached."""
+
+    # --- translation jobs ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        """Insert a ``pending`` task (as :meth:`add_task`, queue-size check included) and its
+        ``translation_jobs`` row, linked one-to-one, in ONE transaction: either both exist
+        or neither. ``created_at`` of the job is the task's. Raises ``ValueError`` when the
+        task id or the job id exists, ``QueueFullError`` when the queue is full."""
+
+    @abc.abstractmethod
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        """The job with its task, read from one snapshot; None if unknown."""
+
+    @abc.abstractmethod
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        """Jobs whose task has one of ``statuses`` (None: any), newest first."""
+
+    @abc.abstractmethod
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        """Record (insert or replace) the checkpoint of one finished step: the other
+        steps' checkpoints are kept. Written as the step finishes, whatever the task's
+        status, so that work paid for is never lost. Raises ``TaskNotFoundError`` for an
+        unknown job."""
+
+    @abc.abstractmethod
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        """Record the job's final result (JSON). Raises ``TaskNotFoundError`` for an
+        unknown job."""
 
     # --- housekeeping ------------------------------------------------------------------
 

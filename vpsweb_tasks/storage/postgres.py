@@ -24,8 +24,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from importlib import resources
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,16 +47,18 @@ from ..errors import (
     WorkerLostError,
 )
 from ..models import (
-    ExecutionOutcome,
     ExecutionRecord,
     ResourceSample,
-    TaskPriority,
     TaskRecord,
     TaskStatus,
-    from_timestamp,
-    to_datetime,
 )
-from ..retry import RetryConfig
+from ._rows import Expr as _Expr
+from ._rows import changes_for as _changes_for
+from ._rows import dumps as _dumps
+from ._rows import execution_from_row as _execution
+from ._rows import migrations, translation_job_from_row
+from ._rows import task_from_row as _task
+from ._rows import worker_from_row as _worker
 from .base import (
     AttemptGroup,
     Cancelled,
@@ -68,6 +69,7 @@ from .base import (
     LeaseToken,
     MetricsWindow,
     NewTask,
+    NewTranslationJob,
     Notice,
     Outcome,
     ProgressSnapshot,
@@ -76,9 +78,10 @@ from .base import (
     RetryDecider,
     SharedBreakerState,
     TaskStore,
+    TranslationJobRow,
     WorkerInfo,
 )
-from .sqlite import SQLiteTaskStore, _changes_for, _Expr
+from .sqlite import SQLiteTaskStore
 
 __all__ = ["PostgresTaskStore"]
 
@@ -146,88 +149,6 @@ _BACKUP_TABLES = (
     "workers",
     "queue_state",
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _task(row: Mapping[str, Any]) -> TaskRecord:
-    category = row["error_category"]
-    result = row["result"]
-    return TaskRecord(
-        id=row["id"],
-        name=row["name"],
-        task_type=row["task_type"],
-        priority=TaskPriority.from_rank(row["priority"]),
-        status=TaskStatus(row["status"]),
-        payload=json.loads(row["payload"]),
-        metadata=json.loads(row["metadata"]),
-        max_retries=row["max_retries"],
-        timeout_seconds=_f(row["timeout_seconds"]),
-        retry=None
-        if row["retry_config"] is None
-        else RetryConfig.model_validate_json(row["retry_config"]),
-        attempts=row["attempts"],
-        progress=float(row["progress"]),
-        message=row["message"],
-        result=None if result is None else json.loads(result),
-        error_message=row["error_message"],
-        error_type=row["error_type"],
-        error_category=None if category is None else ErrorCategory(category),
-        owner=row["owner"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=from_timestamp(row["lease_expires_at"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        run_at=to_datetime(row["run_at"]),
-        created_at=to_datetime(row["created_at"]),
-        updated_at=to_datetime(row["updated_at"]),
-        started_at=from_timestamp(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
-    )
-
-
-def _execution(row: Mapping[str, Any]) -> ExecutionRecord:
-    category = row["error_category"]
-    return ExecutionRecord(
-        id=row["id"],
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        worker_id=row["worker_id"],
-        started_at=to_datetime(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
-        outcome=ExecutionOutcome(row["outcome"]),
-        error_category=None if category is None else ErrorCategory(category),
-        error_type=row["error_type"],
-        error_message=row["error_message"],
-    )
-
-
-def _worker(row: Mapping[str, Any]) -> WorkerInfo:
-    return WorkerInfo(
-        worker_id=row["worker_id"],
-        hostname=row["hostname"],
-        pid=row["pid"],
-        process_started_at=_f(row["process_started_at"]),
-        concurrency=row["concurrency"],
-        started_at=float(row["started_at"]),
-        heartbeat_at=float(row["heartbeat_at"]),
-        expires_at=float(row["expires_at"]),
-    )
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("vpsweb_tasks.storage.migrations") / "postgres"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def _q(text: str) -> sql.SQL:
@@ -327,7 +248,7 @@ class PostgresTaskStore(TaskStore):
             )
             cursor = await conn.execute("SELECT version FROM schema_migrations")
             applied = {row["version"] for row in await cursor.fetchall()}
-            for version, name, script in _migrations():
+            for version, name, script in migrations("postgres"):
                 if version in applied:
                     continue
                 await conn.execute(_q(script))
@@ -413,6 +334,12 @@ class PostgresTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
+        async with self._connection() as conn:
+            return await self._add_task_on(conn, task, max_queue_size)
+
+    async def _add_task_on(
+        self, conn: Connection, task: NewTask, max_queue_size: int | None
+    ) -> TaskRecord:
         params: dict[str, Any] = {
             "id": task.id,
             "name": task.name,
@@ -442,7 +369,8 @@ class PostgresTaskStore(TaskStore):
             " SELECT added.*, pg_notify(%(channel)s, 'task_added ' || added.id) FROM added"
         )
         try:
-            row = await self._fetchone(_q(query), params)
+            cursor = await conn.execute(_q(query), params)
+            row = await cursor.fetchone()
         except psycopg.errors.UniqueViolation as exc:
             raise ValueError(f"task {task.id} already exists") from exc
         if row is None:
@@ -1023,6 +951,108 @@ class PostgresTaskStore(TaskStore):
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1 AS ok")
+
+    # --- translation jobs ----------------------------------------------------------------
+
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        async with self._connection() as conn, conn.transaction():
+            # The task first (with its queue-size check and notice), then its job: one
+            # transaction, so the notice arrives when both exist.
+            record = await self._add_task_on(conn, task, max_queue_size)
+            try:
+                await conn.execute(
+                    "INSERT INTO translation_jobs (id, task_id, source_language,"
+                    " target_language, workflow_mode, original_text, metadata, steps,"
+                    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, '{}', %s, %s)",
+                    (
+                        job.id,
+                        task.id,
+                        job.source_language,
+                        job.target_language,
+                        job.workflow_mode,
+                        job.original_text,
+                        _dumps(job.metadata),
+                        task.created_at,
+                        task.created_at,
+                    ),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise ValueError(f"translation job {job.id} already exists") from exc
+        return TranslationJobRow(
+            id=job.id,
+            task=record,
+            source_language=job.source_language,
+            target_language=job.target_language,
+            workflow_mode=job.workflow_mode,
+            original_text=job.original_text,
+            metadata=job.metadata,
+            steps={},
+            result=None,
+            created_at=task.created_at,
+            updated_at=task.created_at,
+        )
+
+    async def _jobs(self, conn: Connection, rows: list[DictRow]) -> list[TranslationJobRow]:
+        cursor = await conn.execute(
+            "SELECT * FROM background_tasks WHERE id = ANY(%s)",
+            ([row["task_id"] for row in rows],),
+        )
+        tasks = {task["id"]: _task(task) for task in await cursor.fetchall()}
+        return [translation_job_from_row(row, tasks[row["task_id"]]) for row in rows]
+
+    async def _read_jobs(self, query: Any, params: Any) -> list[TranslationJobRow]:
+        # Jobs and their tasks from one snapshot.
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor = await conn.execute(query, params)
+            rows = cast(list[DictRow], await cursor.fetchall())
+            return await self._jobs(conn, rows) if rows else []
+
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        jobs = await self._read_jobs("SELECT * FROM translation_jobs WHERE id = %s", (job_id,))
+        return jobs[0] if jobs else None
+
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        query = "SELECT j.* FROM translation_jobs AS j"
+        params: list[Any] = []
+        if statuses is not None:
+            query += " JOIN background_tasks AS t ON t.id = j.task_id WHERE t.status = ANY(%s)"
+            params.append([TaskStatus(s).value for s in statuses])
+        query += " ORDER BY j.created_at DESC, j.id DESC LIMIT %s OFFSET %s"
+        params += [limit, offset]
+        return await self._read_jobs(_q(query), params)
+
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE translation_jobs"
+                " SET steps = (steps::jsonb || jsonb_build_object(%s::text, %s::jsonb))::text,"
+                " updated_at = %s WHERE id = %s",
+                (step, _dumps(checkpoint), now, job_id),
+            )
+            if cursor.rowcount == 0:
+                raise TaskNotFoundError(job_id)
+
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE translation_jobs SET result = %s, updated_at = %s WHERE id = %s",
+                (_dumps(result), now, job_id),
+            )
+            if cursor.rowcount == 0:
+                raise TaskNotFoundError(job_id)
 
     # --- housekeeping ------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import Collection, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +29,31 @@ from ..errors import (
     WorkerLostError,
 )
 from ..models import (
-    ExecutionOutcome,
     ExecutionRecord,
     ResourceSample,
-    TaskPriority,
     TaskRecord,
     TaskStatus,
-    from_timestamp,
-    to_datetime,
 )
-from ..retry import RetryConfig
 from ._dbthread import DatabaseThread, Mode
+from ._rows import Expr as _Expr
+from ._rows import as_float as _as_float
+from ._rows import changes_for as _changes_for
+from ._rows import dumps as _dumps
+from ._rows import execution_from_row as _execution
+from ._rows import migrations, translation_job_from_row
+from ._rows import task_from_row as _task
+from ._rows import worker_from_row as _worker
 from .base import (
     AttemptGroup,
     Cancelled,
     Claim,
-    Completed,
     Deferred,
     Failed,
     HeartbeatResult,
     LeaseToken,
     MetricsWindow,
     NewTask,
+    NewTranslationJob,
     Outcome,
     ProgressSnapshot,
     ReapResult,
@@ -59,6 +61,7 @@ from .base import (
     RetryDecider,
     SharedBreakerState,
     TaskStore,
+    TranslationJobRow,
     WorkerInfo,
 )
 
@@ -80,6 +83,16 @@ WHERE rowid IN (
 )
 RETURNING rowid AS seq, *
 """
+_INSERT_COLUMNS = (
+    "INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,"
+    " max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)"
+)
+_INSERT = _INSERT_COLUMNS + " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_WAITING_COUNT = f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
+_INSERT_UNLESS_FULL = (
+    _INSERT_COLUMNS + " SELECT ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    f" WHERE ({_WAITING_COUNT}) < ?"
+)
 _RUNNABLE_ANY = "(owner IS NULL OR owner = :worker)"
 _RUNNABLE_TYPES = (
     "(owner = :worker OR (owner IS NULL AND task_type IN (SELECT value FROM json_each(:types))))"
@@ -87,104 +100,34 @@ _RUNNABLE_TYPES = (
 _ORDER_PRIORITY = "priority DESC, run_at, rowid"
 _ORDER_FIFO = "run_at, rowid"
 
-_OUTCOME_NAMES: dict[type, ExecutionOutcome] = {
-    Completed: ExecutionOutcome.COMPLETED,
-    Failed: ExecutionOutcome.FAILED,
-    Cancelled: ExecutionOutcome.CANCELLED,
-    Released: ExecutionOutcome.INTERRUPTED,
-    Deferred: ExecutionOutcome.DEFERRED,
-}
 
-
-def _dumps(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value == {}:  # most payloads and metadata: skip the encoder
-        return "{}"
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _loads(text: str) -> Any:
-    return {} if text == "{}" else json.loads(text)
-
-
-def _f(value: Any) -> float | None:
-    # SQLite hands a whole-number REAL back as int through RETURNING.
-    return None if value is None else float(value)
-
-
-def _task(row: sqlite3.Row) -> TaskRecord:
-    category = row["error_category"]
-    result = row["result"]
-    return TaskRecord(
-        id=row["id"],
-        name=row["name"],
-        task_type=row["task_type"],
-        priority=TaskPriority.from_rank(row["priority"]),
-        status=TaskStatus(row["status"]),
-        payload=_loads(row["payload"]),
-        metadata=_loads(row["metadata"]),
-        max_retries=row["max_retries"],
-        timeout_seconds=_f(row["timeout_seconds"]),
-        retry=None
-        if row["retry_config"] is None
-        else RetryConfig.model_validate_json(row["retry_config"]),
-        attempts=row["attempts"],
-        progress=float(row["progress"]),
-        message=row["message"],
-        result=None if result is None else json.loads(result),
-        error_message=row["error_message"],
-        error_type=row["error_type"],
-        error_category=None if category is None else ErrorCategory(category),
-        owner=row["owner"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=from_timestamp(row["lease_expires_at"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        run_at=to_datetime(row["run_at"]),
-        created_at=to_datetime(row["created_at"]),
-        updated_at=to_datetime(row["updated_at"]),
-        started_at=from_timestamp(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
+def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
+    values = (
+        task.id,
+        task.name,
+        task.task_type,
+        task.priority,
+        _dumps(task.payload),
+        _dumps(task.metadata),
+        task.max_retries,
+        task.timeout_seconds,
+        None if task.retry is None else _dumps(task.retry),
+        task.owner,
+        task.run_at,
+        task.created_at,
+        task.created_at,
     )
-
-
-def _execution(row: sqlite3.Row) -> ExecutionRecord:
-    category = row["error_category"]
-    return ExecutionRecord(
-        id=row["id"],
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        worker_id=row["worker_id"],
-        started_at=to_datetime(row["started_at"]),
-        finished_at=from_timestamp(row["finished_at"]),
-        outcome=ExecutionOutcome(row["outcome"]),
-        error_category=None if category is None else ErrorCategory(category),
-        error_type=row["error_type"],
-        error_message=row["error_message"],
-    )
-
-
-def _worker(row: sqlite3.Row) -> WorkerInfo:
-    return WorkerInfo(
-        worker_id=row["worker_id"],
-        hostname=row["hostname"],
-        pid=row["pid"],
-        process_started_at=_f(row["process_started_at"]),
-        concurrency=row["concurrency"],
-        started_at=float(row["started_at"]),
-        heartbeat_at=float(row["heartbeat_at"]),
-        expires_at=float(row["expires_at"]),
-    )
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("vpsweb_tasks.storage.migrations") / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    try:
+        if max_queue_size is None:
+            conn.execute(_INSERT, values)
+            return
+        # The size check rides in the INSERT: one statement, under the write lock.
+        if conn.execute(_INSERT_UNLESS_FULL, (*values, max_queue_size)).rowcount:
+            return
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"task {task.id} already exists") from exc
+    (size,) = conn.execute(_WAITING_COUNT).fetchone()
+    raise QueueFullError(max_queue_size, size)
 
 
 class SQLiteTaskStore(TaskStore):
@@ -250,7 +193,7 @@ class SQLiteTaskStore(TaskStore):
                 " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in _migrations():
+        for version, name, sql in migrations("sqlite"):
             if version in applied:
                 continue
             for statement in _split_sql(sql):
@@ -282,42 +225,10 @@ class SQLiteTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        params = {
-            "id": task.id,
-            "name": task.name,
-            "task_type": task.task_type,
-            "priority": task.priority,
-            "payload": _dumps(task.payload),
-            "metadata": _dumps(task.metadata),
-            "max_retries": task.max_retries,
-            "timeout_seconds": task.timeout_seconds,
-            "retry_config": None if task.retry is None else _dumps(task.retry),
-            "owner": task.owner,
-            "run_at": task.run_at,
-            "created_at": task.created_at,
-        }
-
         record = task.record()
 
         def insert(conn: sqlite3.Connection) -> TaskRecord:
-            if max_queue_size is not None:
-                (size,) = conn.execute(
-                    f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN {_WAITING}"
-                ).fetchone()
-                if size >= max_queue_size:
-                    raise QueueFullError(max_queue_size, size)
-            try:
-                conn.execute(
-                    "INSERT INTO background_tasks (id, name, task_type, priority, status,"
-                    " payload, metadata, max_retries, timeout_seconds, retry_config, owner, run_at,"
-                    " created_at, updated_at) VALUES (:id, :name, :task_type, :priority,"
-                    " 'pending', :payload, :metadata, :max_retries, :timeout_seconds,"
-                    " :retry_config, :owner,"
-                    " :run_at, :created_at, :created_at)",
-                    params,
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"task {task.id} already exists") from exc
+            _insert_task(conn, task, max_queue_size)
             return record
 
         return await self._db().run(insert)
@@ -840,8 +751,8 @@ class SQLiteTaskStore(TaskStore):
                 SharedBreakerState(
                     name=row["name"],
                     state=row["state"],
-                    opened_at=_f(row["opened_at"]),
-                    retry_at=_f(row["retry_at"]),
+                    opened_at=_as_float(row["opened_at"]),
+                    retry_at=_as_float(row["retry_at"]),
                     updated_at=float(row["updated_at"]),
                     worker_id=row["worker_id"],
                 )
@@ -950,6 +861,121 @@ class SQLiteTaskStore(TaskStore):
     async def ping(self) -> None:
         await self._db().run(lambda conn: conn.execute("SELECT 1").fetchone(), Mode.READ)
 
+    # --- translation jobs ----------------------------------------------------------------
+
+    async def add_translation_job(
+        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
+    ) -> TranslationJobRow:
+        record = task.record()
+
+        def insert(conn: sqlite3.Connection) -> TranslationJobRow:
+            _insert_task(conn, task, max_queue_size)
+            try:
+                conn.execute(
+                    "INSERT INTO translation_jobs (id, task_id, source_language,"
+                    " target_language, workflow_mode, original_text, metadata, steps,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                    (
+                        job.id,
+                        task.id,
+                        job.source_language,
+                        job.target_language,
+                        job.workflow_mode,
+                        job.original_text,
+                        _dumps(job.metadata),
+                        task.created_at,
+                        task.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"translation job {job.id} already exists") from exc
+            return TranslationJobRow(
+                id=job.id,
+                task=record,
+                source_language=job.source_language,
+                target_language=job.target_language,
+                workflow_mode=job.workflow_mode,
+                original_text=job.original_text,
+                metadata=job.metadata,
+                steps={},
+                result=None,
+                created_at=task.created_at,
+                updated_at=task.created_at,
+            )
+
+        return await self._db().run(insert)
+
+    @staticmethod
+    def _jobs(conn: sqlite3.Connection, rows: list[Any]) -> list[TranslationJobRow]:
+        ids = _dumps([row["task_id"] for row in rows])
+        tasks = {
+            task["id"]: _task(task)
+            for task in conn.execute(
+                "SELECT * FROM background_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        }
+        return [translation_job_from_row(row, tasks[row["task_id"]]) for row in rows]
+
+    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
+        def get(conn: sqlite3.Connection) -> TranslationJobRow | None:
+            row = conn.execute("SELECT * FROM translation_jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else self._jobs(conn, [row])[0]
+
+        return await self._db().run(get, Mode.READ)
+
+    async def list_translation_jobs(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TranslationJobRow]:
+        sql = "SELECT j.* FROM translation_jobs AS j"
+        params: list[Any] = []
+        if statuses is not None:
+            sql += (
+                " JOIN background_tasks AS t ON t.id = j.task_id"
+                " WHERE t.status IN (SELECT value FROM json_each(?))"
+            )
+            params.append(_dumps([TaskStatus(s).value for s in statuses]))
+        sql += " ORDER BY j.created_at DESC, j.id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+
+        def select(conn: sqlite3.Connection) -> list[TranslationJobRow]:
+            return self._jobs(conn, list(conn.execute(sql, params)))
+
+        return await self._db().run(select, Mode.READ)
+
+    async def save_translation_step(
+        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
+    ) -> None:
+        path = "$." + json.dumps(step)  # a quoted key: any step name is safe
+
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET steps = json_set(steps, ?, json(?)),"
+                " updated_at = ? WHERE id = ?",
+                (path, _dumps(checkpoint), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
+
+    async def save_translation_result(
+        self, job_id: str, result: dict[str, Any], *, now: float
+    ) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE translation_jobs SET result = ?, updated_at = ? WHERE id = ?",
+                (_dumps(result), now, job_id),
+            ).rowcount
+            if not changed:
+                raise TaskNotFoundError(job_id)
+
+        await self._db().run(save)
+
     # --- housekeeping ------------------------------------------------------------------
 
     async def cleanup(self, *, finished_before: float) -> int:
@@ -1032,56 +1058,6 @@ class SQLiteTaskStore(TaskStore):
             }
 
         return await self._db().run(copy, Mode.ALONE)
-
-
-class _Expr(str):
-    """A SQL expression used as a column's new value (never user input)."""
-
-
-def _changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Column changes of the task row, and of the execution row, for an outcome."""
-    execution: dict[str, Any] = {
-        "outcome": _OUTCOME_NAMES[type(outcome)].value,
-        "error_category": None,
-        "error_type": None,
-        "error_message": None,
-        "traceback": None,
-    }
-    match outcome:
-        case Completed(result=result):
-            changes: dict[str, Any] = {
-                "status": "completed",
-                "result": _dumps(result),
-                "progress": 1.0,
-                "finished_at": now,
-                "error_message": None,
-                "error_type": None,
-                "error_category": None,
-            }
-        case Failed() as failed:
-            error = {
-                "error_message": failed.error_message,
-                "error_type": failed.error_type,
-                "error_category": ErrorCategory(failed.category).value,
-            }
-            execution |= error | {"traceback": failed.traceback}
-            if failed.retry_at is None:
-                changes = {"status": "failed", "finished_at": now, **error}
-            else:
-                changes = {"status": "retrying", "run_at": failed.retry_at, **error}
-        case Cancelled(reason=reason):
-            changes = {"status": "cancelled", "finished_at": now, "message": reason}
-        case Released():
-            changes = {"status": "pending", "attempts": _Expr("attempts - 1")}
-        case Deferred(retry_at=retry_at, reason=reason):
-            changes = {
-                "status": "retrying",
-                "run_at": retry_at,
-                "attempts": _Expr("attempts - 1"),
-                "message": reason,
-            }
-            execution["error_message"] = reason
-    return changes, execution
 
 
 def _split_sql(script: str) -> list[str]:

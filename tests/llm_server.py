@@ -1,0 +1,224 @@
+"""A real OpenAI-compatible chat-completions server on loopback, for translation tests.
+
+It speaks just enough HTTP/1.1 for httpx (one request per connection) and answers
+``POST /v1/chat/completions`` and ``GET /v1/models``. Every chat call is recorded (model,
+messages), and the next replies can be scripted, per model or for any model: a normal
+completion, an HTTP error status with headers (500, 429 + Retry-After, 401...), a dropped
+connection, or a reply held back until the test releases it (a held call whose client
+goes away is counted as a disconnect).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+REASONS |= {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """``status`` 200 answers a completion (``content`` or a default one); ``drop``
+    closes the connection without an answer; ``hold`` waits for :meth:`FakeLLM.release`."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content: str | None = None
+    drop: bool = False
+    hold: bool = False
+
+
+OK = Reply()
+DROP = Reply(drop=True)
+HOLD = Reply(hold=True)
+
+
+@dataclass(frozen=True)
+class Call:
+    number: int
+    model: str
+    messages: list[dict[str, str]]
+    authorization: str | None
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.port = 0
+        self.calls: list[Call] = []
+        self.answered = 0
+        self.disconnects = 0
+        self.models_listed = ["m-initial", "m-editor", "m-revision", "m-reasoning"]
+        self._script: deque[Reply] = deque()
+        self._by_model: dict[str, deque[Reply]] = {}
+        self.default = OK
+        self._release = anyio.Event()
+        self._changed = anyio.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- scripting ----------------------------------------------------------------------
+
+    def reply(self, *replies: Reply, model: str | None = None) -> None:
+        """The next calls (of ``model``, or any) get these replies, then the default."""
+        if model is None:
+            self._script.extend(replies)
+        else:
+            self._by_model.setdefault(model, deque()).extend(replies)
+
+    def always(self, reply: Reply) -> None:
+        self._script.clear()
+        self._by_model.clear()
+        self.default = reply
+
+    def release(self) -> None:
+        """Let every held reply go (and those held later, until the next hold)."""
+        self._release.set()
+        self._release = anyio.Event()
+
+    def calls_for(self, model: str) -> int:
+        return sum(call.model == model for call in self.calls)
+
+    # --- waiting --------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Any, *, timeout: float = 10) -> None:
+        with anyio.fail_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+
+    async def wait_for_calls(self, count: int, *, timeout: float = 10) -> None:
+        await self.wait_until(lambda s: len(s.calls) >= count, timeout=timeout)
+
+    # --- serving --------------------------------------------------------------------------
+
+    def _next(self, model: str) -> Reply:
+        queued = self._by_model.get(model)
+        if queued:
+            return queued.popleft()
+        if self._script:
+            return self._script.popleft()
+        return self.default
+
+    async def _handle(self, stream: SocketStream) -> None:
+        async with stream:
+            buffered = BufferedByteReceiveStream(stream)
+            try:
+                head = await buffered.receive_until(b"\r\n\r\n", 65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            body = await buffered.receive_exactly(length) if length else b""
+            if method == "GET" and path.endswith("/models"):
+                data = {"object": "list", "data": [{"id": m} for m in self.models_listed]}
+                await self._send(stream, 200, {}, data)
+                return
+            if method != "POST" or not path.endswith("/chat/completions"):
+                await self._send(stream, 404, {}, {"error": {"message": "no such route"}})
+                return
+            request = json.loads(body)
+            call = Call(
+                number=len(self.calls) + 1,
+                model=request["model"],
+                messages=request["messages"],
+                authorization=headers.get("authorization"),
+            )
+            self.calls.append(call)
+            reply = self._next(call.model)
+            self._notify()
+            if reply.hold and not await self._held(buffered):
+                return
+            if reply.drop:
+                return  # closed without a word
+            if reply.status != 200:
+                error = {"error": {"message": f"scripted {reply.status}"}}
+                await self._send(stream, reply.status, reply.headers, error)
+                return
+            content = reply.content or (
+                f"<translation>{call.model} translation, call {call.number}</translation>"
+                f"<notes>notes from {call.model}</notes>"
+            )
+            completion = {
+                "id": f"chatcmpl-{call.number}",
+                "object": "chat.completion",
+                "model": call.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+            await self._send(stream, 200, reply.headers, completion)
+            self.answered += 1
+            self._notify()
+
+    async def _held(self, buffered: BufferedByteReceiveStream) -> bool:
+        """Wait for release; False if the client went away first."""
+        released = self._release
+        gone = False
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal gone
+                try:
+                    await buffered.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    gone = True
+                    self.disconnects += 1
+                    self._notify()
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await released.wait()
+            tg.cancel_scope.cancel()
+        return not gone
+
+    @staticmethod
+    async def _send(stream: SocketStream, status: int, extra: dict[str, str], data: Any) -> None:
+        payload = json.dumps(data).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(payload)),
+            "Connection": "close",
+            **extra,
+        }
+        head = f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+        head += "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.send(head.encode() + b"\r\n" + payload)
+
+
+@asynccontextmanager
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    server = FakeLLM()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        server.port = listener.extra(SocketAttribute.local_port)
+        tg.start_soon(listener.serve, server._handle)
+        try:
+            yield server
+        finally:
+            server.release()
+            tg.cancel_scope.cancel()

@@ -1,0 +1,435 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright's Python package) against a real uvicorn server.
+
+Tasks here are driven step by step by the test (a memory stream per task), so what the
+page must show at each moment is known; the page is awaited with Playwright's auto-waiting
+``expect``, never with sleeps. ``test_screenshot_under_load`` saves
+``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
+from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks.translation import STEP_NAMES
+from vpsweb_tasks_http import create_app
+
+from .http_server import serve
+from .llm_server import fake_llm
+from .test_translation import provider
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TASKS = "/api/v1/background-tasks"
+TRANSLATION = f"{TASKS}/translation"
+MONITORING = "/api/v1/monitoring"
+TIMEOUT_MS = 5000
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    # Module scope, so that one browser serves every test of the module.
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def browser(anyio_backend: str) -> AsyncIterator[Browser]:
+    if not await anyio.Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield browser
+        await browser.close()
+
+
+StreamPair = tuple[MemoryObjectSendStream[float], MemoryObjectReceiveStream[float]]
+
+
+@dataclass
+class Steps:
+    """Progress of "stepped" tasks, fed by the test: each value sent becomes one
+    update_progress; closing the stream ends the task."""
+
+    streams: dict[str, tuple[MemoryObjectSendStream[float], MemoryObjectReceiveStream[float]]] = (
+        field(default_factory=dict)
+    )
+
+    def pair(
+        self, name: str
+    ) -> tuple[MemoryObjectSendStream[float], MemoryObjectReceiveStream[float]]:
+        if name not in self.streams:
+            self.streams[name] = anyio.create_memory_object_stream[float](10)
+        return self.streams[name]
+
+    async def send(self, name: str, progress: float) -> None:
+        await self.pair(name)[0].send(progress)
+
+    async def finish(self, name: str) -> None:
+        await self.pair(name)[0].aclose()
+
+
+@dataclass
+class Board:
+    url: str
+    page: Page
+    client: httpx.AsyncClient
+    manager: TaskManager
+    monitor: TaskMonitor
+    steps: Steps
+    fixed: anyio.Event
+    errors: list[str]
+
+    async def submit(self, task_type: str, name: str = "t", **body: Any) -> str:
+        response = await self.client.post(
+            f"{TASKS}/submit", json={"task_name": name, "task_type": task_type, **body}
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["task_id"])
+
+    async def open(self) -> None:
+        await self.page.goto(f"{self.url}/dashboard/")
+        await self.ready()
+
+    async def ready(self) -> None:
+        """Loaded, following the event stream, and drawn at least once."""
+        await expect(self.page.locator("body")).to_have_attribute("data-live", "open")
+        await expect(self.page.locator("body")).to_have_attribute("data-ready", "true")
+
+    def task(self, panel: str, task_id: str) -> Any:
+        return self.page.locator(f'{panel} [data-task-id="{task_id}"]')
+
+
+def register(steps: Steps, fixed: anyio.Event) -> Callable[[TaskManager], None]:
+    def setup(manager: TaskManager) -> None:
+        @manager.task("stepped")
+        async def stepped(context: TaskContext) -> dict[str, int]:
+            _, receive = steps.pair(context.payload["steps"])
+            count = 0
+            async for progress in receive:
+                count += 1
+                await context.update_progress(progress, f"step {count}: {progress:.0%}")
+            return {"steps": count}
+
+        @manager.task("bad_input")
+        async def bad_input(context: TaskContext) -> None:
+            raise ValueError("the poem is empty")
+
+        @manager.task("provider_down")
+        async def provider_down(context: TaskContext) -> None:
+            raise ConnectionError("provider unreachable")
+
+        @manager.task("needs_fix")
+        async def needs_fix(context: TaskContext) -> str:
+            if not fixed.is_set():
+                raise PermissionError("no access to the bucket")
+            return "fixed"
+
+    return setup
+
+
+def console_errors(page: Page) -> list[str]:
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} at {message.location}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    return errors
+
+
+@asynccontextmanager
+async def board_for(
+    browser: Browser,
+    settings: Settings,
+    more_types: dict[str, Callable[[TaskContext], Any]] | None = None,
+) -> AsyncIterator[Board]:
+    steps = Steps()
+    fixed = anyio.Event()
+    base_setup = register(steps, fixed)
+
+    def setup(manager: TaskManager) -> None:
+        base_setup(manager)
+        for name, fn in (more_types or {}).items():
+            manager.register(name, fn)
+
+    # A registry of its own: breakers opened here must not leak into other tests.
+    manager = TaskManager(settings, breakers=BreakerRegistry())
+    app = create_app(settings, manager=manager, setup=setup)
+    async with (
+        serve(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+    ):
+        context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = await context.new_page()
+        errors = console_errors(page)
+        try:
+            yield Board(
+                base_url, page, client, app.state.manager, app.state.monitor, steps, fixed, errors
+            )
+        finally:
+            for send, _ in steps.streams.values():
+                send.close()
+            # Close the page's event stream before the server stops waiting for it.
+            await context.close()
+
+
+@pytest.fixture
+async def board(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> AsyncIterator[Board]:
+    settings = settings_factory(background_tasks={"max_concurrent_jobs": 3})
+    async with board_for(browser, settings) as board:
+        yield board
+        assert board.errors == []
+
+
+async def test_the_page_loads_with_every_panel_and_no_console_errors(board: Board) -> None:
+    await board.open()
+    page = board.page
+    # (The status depends on this machine's load: any of the three is right.)
+    await expect(page.locator("#health-status")).to_have_text(
+        re.compile(r"^(healthy|degraded|unhealthy)$")
+    )
+    await expect(page.locator("#queue-state")).to_have_text("Processing")
+    await expect(page.locator("#live")).to_have_text("live")
+    await expect(page.locator("#charts svg")).to_have_count(3)
+    await expect(page.locator("#running .empty")).to_be_visible()
+    await expect(page.locator("#alerts li").first).to_be_visible()  # or "No alerts."
+    await expect(page.locator("#translations .empty")).to_have_text("No translation jobs.")
+    await expect(page.locator("#detail")).to_be_hidden()
+    assert board.errors == []
+
+
+async def test_a_submitted_task_appears_and_its_bar_advances_to_done_without_reload(
+    board: Board,
+) -> None:
+    await board.open()
+    page = board.page
+    await page.evaluate("window.notReloaded = true")
+    task_id = await board.submit("stepped", name="Import poems", payload={"steps": "a"})
+    running = board.task("#running", task_id)
+    await expect(running).to_be_visible()
+    await expect(running.locator(".name")).to_have_text("Import poems")
+    await running.click()  # opens the detail view, which follows the task too
+    detail = page.locator("#detail")
+    await expect(detail).to_be_visible()
+    await expect(detail.locator("#detail-title")).to_have_text("Import poems")
+    expected = ["25", "50", "75"]
+    for step, percent in enumerate(expected, start=1):
+        await board.steps.send("a", int(percent) / 100)
+        await expect(running.locator(".bar")).to_have_attribute("aria-valuenow", percent)
+        await expect(running.locator(".message")).to_have_text(f"step {step}: {percent}%")
+        await expect(detail.locator(".bar")).to_have_attribute("aria-valuenow", percent)
+    await expect(detail.locator(".history li")).to_have_count(3)
+    await board.steps.finish("a")
+    await expect(detail.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    await expect(detail.locator(".bar")).to_have_attribute("data-status", "completed")
+    await expect(detail.locator("dd[data-field=status]")).to_have_text("completed")
+    await expect(detail.locator("pre")).to_contain_text('"steps": 3')
+    finished = board.task("#recent", task_id)
+    await expect(finished).to_have_attribute("data-status", "completed")
+    await expect(finished.locator(".duration")).not_to_have_text("\u2013")  # a dash: unknown
+    await expect(running).to_have_count(0)
+    assert await page.evaluate("window.notReloaded") is True
+    record = await board.manager.get_task(task_id)
+    assert (record.status, record.progress) == (TaskStatus.COMPLETED, 1.0)
+
+
+async def test_pause_resume_and_clear_buttons_act_on_the_queue(board: Board) -> None:
+    await board.open()
+    page = board.page
+    await page.locator("#pause").click()
+    await expect(page.locator("#queue-state")).to_have_attribute("data-paused", "true")
+    await expect(page.locator("#queue-state")).to_have_text("Paused: paused from the dashboard")
+    status = await board.manager.queue_status()
+    assert (status.paused, status.pause_reason) == (True, "paused from the dashboard")
+    waiting = [await board.submit("stepped", payload={"steps": f"w{i}"}) for i in range(3)]
+    for task_id in waiting:
+        await expect(board.task("#queued", task_id)).to_be_visible()
+    await expect(page.locator("#queue-stats")).to_contain_text("3/100")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.locator("#clear").click()
+    for task_id in waiting:
+        await expect(board.task("#recent", task_id)).to_have_attribute("data-status", "cancelled")
+    assert [(await board.manager.get_task(t)).status for t in waiting] == [TaskStatus.CANCELLED] * 3
+
+    await page.locator("#resume").click()
+    await expect(page.locator("#queue-state")).to_have_attribute("data-paused", "false")
+    assert not (await board.manager.queue_status()).paused
+    task_id = await board.submit("stepped", payload={"steps": "after"})
+    await expect(board.task("#running", task_id)).to_be_visible()
+
+
+async def test_a_failed_task_shows_its_error_category_and_requeue_acts(board: Board) -> None:
+    await board.open()
+    page = board.page
+    bad = await board.submit("bad_input", name="Empty poem")
+    row = board.task("#recent", bad)
+    await expect(row).to_have_attribute("data-status", "failed")
+    await expect(row.locator(".category")).to_have_text("validation")
+    await expect(board.task("#dead-letters", bad).locator(".category")).to_have_text("validation")
+
+    locked = await board.submit("needs_fix", name="Upload")
+    letter = board.task("#dead-letters", locked)
+    await expect(letter.locator(".category")).to_have_text("permission")
+    await letter.click()  # every attempt's error in the detail view
+    attempts = page.locator("#detail table.attempts tbody tr")
+    await expect(attempts).to_have_count(1)
+    await expect(attempts.first).to_contain_text("PermissionError: no access to the bucket")
+
+    board.fixed.set()
+    await letter.locator("button.requeue").click()
+    await expect(letter).to_have_count(0)
+    await expect(board.task("#recent", locked)).to_have_attribute("data-status", "completed")
+    await expect(attempts).to_have_count(2)  # the open detail view follows the task
+    record = await board.manager.get_task(locked)
+    assert (record.status, record.result) == (TaskStatus.COMPLETED, "fixed")
+    outcomes = [e.outcome.value for e in await board.manager.list_executions(locked)]
+    assert outcomes == ["failed", "completed"]
+
+
+async def test_the_api_key_is_asked_once_and_sent(
+    browser: Browser,
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DASHBOARD_KEY", "open-sesame")
+    settings = settings_factory(http={"api_key_env": "DASHBOARD_KEY"})
+    async with board_for(browser, settings) as board:
+        board.client.headers["X-API-Key"] = "open-sesame"
+        page = board.page
+        await page.goto(f"{board.url}/dashboard/")
+        dialog = page.locator("#key-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(page.locator("#key-error")).to_be_hidden()
+        await page.locator("#api-key-input").fill("wrong")
+        await page.locator("#key-dialog button").click()
+        await expect(page.locator("#key-error")).to_be_visible()  # refused: asked again
+        await page.locator("#api-key-input").fill("open-sesame")
+        await page.locator("#key-dialog button").click()
+        await board.ready()  # the event stream is open: through a stream token
+        await expect(dialog).to_be_hidden()
+        task_id = await board.submit("bad_input")
+        await expect(board.task("#recent", task_id)).to_have_attribute("data-status", "failed")
+        assert await page.evaluate("sessionStorage.length") == 1
+
+        await page.reload()  # same tab: the key is kept, not asked again
+        await board.ready()
+        await expect(dialog).to_be_hidden()
+        await expect(board.task("#recent", task_id)).to_be_visible()
+        # The refused key's 401s are the only errors the console saw.
+        assert board.errors, "the wrong key was not refused"
+        assert all("status of 401" in error for error in board.errors), board.errors
+
+
+async def test_translation_jobs_show_each_steps_output_side_by_side(
+    browser: Browser, settings_factory: Callable[..., Settings]
+) -> None:
+    # A real job: the adapter's three steps against the loopback OpenAI-compatible server.
+    async with fake_llm() as llm:
+        settings = settings_factory(providers=provider(llm))
+        async with board_for(browser, settings) as board:
+            await board.open()
+            response = await board.client.post(
+                TRANSLATION,
+                json={
+                    "original_text": "Because I could not stop for Death",
+                    "source_language": "en",
+                    "target_language": "pl",
+                    "workflow_mode": "hybrid",
+                    "metadata": {"title": "Dickinson 479", "author": "Emily Dickinson"},
+                },
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            job = board.page.locator(f'#translations [data-job-id="{job_id}"]')
+            await expect(job).to_have_attribute("data-status", "completed")
+            await expect(job.locator(".step h4")).to_have_text(["Original", *STEP_NAMES.values()])
+            result = (await board.client.get(f"{TRANSLATION}/{job_id}/result")).json()
+            outputs = [step["output"] for step in result["steps"]]
+            await expect(job.locator(".step p")).to_have_text(
+                ["Because I could not stop for Death", *outputs]
+            )
+            assert outputs[-1] == result["final_translation"]
+            await expect(job).to_contain_text("English → Polish · hybrid")
+            assert len(llm.calls) == 3  # the page only reads
+            assert board.errors == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            await board.page.locator("#translations").screenshot(
+                path=str(ARTIFACTS / "dashboard-translation.png")
+            )
+
+
+async def test_screenshot_under_load(board: Board) -> None:
+    """Several running, queued, retrying and failed tasks, an open breaker and a resource
+    history; saved to test-artifacts/dashboard.png."""
+    manager = board.manager
+    for _ in range(12):  # a resource history for the charts
+        await board.monitor.sample()
+    breaker = manager.breakers.get("llm_provider", BreakerConfig(failure_threshold=2))
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            async with breaker.guard():
+                raise ConnectionError("provider unreachable")
+    async with manager.breakers.get("storage").guard():
+        pass
+    await board.open()
+
+    done = await board.submit("stepped", name="Nightly export", payload={"steps": "done"})
+    await board.steps.send("done", 1.0)
+    await board.steps.finish("done")
+    await expect(board.task("#recent", done)).to_be_visible()
+    for name in ("Empty poem", "Blank stanza"):
+        await board.submit("bad_input", name=name)
+    await board.submit("needs_fix", name="Upload to archive")
+    flaky = await board.submit("provider_down", name="Call LLM provider", max_retries=0)
+    await expect(board.task("#dead-letters", flaky)).to_be_visible()
+    running = {
+        "Translate batch 7": [0.1, 0.25, 0.42],
+        "Rebuild index": [0.5, 0.78],
+        "Import anthology": [0.15],
+    }
+    for name, steps in running.items():
+        task_id = await board.submit("stepped", name=name, payload={"steps": name})
+        for progress in steps:
+            await board.steps.send(name, progress)
+        await expect(board.task("#running", task_id).locator(".bar")).to_have_attribute(
+            "aria-valuenow", str(math.floor(steps[-1] * 100 + 0.5))
+        )
+    # The detail view of the first one: its progress history and attempts.
+    await board.page.locator("#running li", has_text="Translate batch 7").click()
+    await expect(board.page.locator("#detail .history li")).to_have_count(3)
+    for name, priority in [("Backfill metrics", "low"), ("Urgent fix", "critical")]:
+        task_id = await board.submit(
+            "stepped", name=name, priority=priority, payload={"steps": name}
+        )
+        await expect(board.task("#queued", task_id)).to_be_visible()
+    await expect(board.page.locator("#breakers [data-breaker=llm_provider] .badge")).to_have_text(
+        "open"
+    )
+    await expect(board.page.locator("#dead-letters tbody tr")).to_have_count(4)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await board.page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -1,0 +1,739 @@
+"""Translation jobs end to end against a real loopback OpenAI-compatible server
+(tests/llm_server.py): the three steps, checkpoints and resume, cancel, the provider's
+breaker, error classification, batch and compare, status and health."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import ValidationError
+
+from vpsweb_tasks import (
+    BreakerConfig,
+    BreakerRegistry,
+    ErrorCategory,
+    QueueFullError,
+    TaskManager,
+    TaskStateError,
+    TaskStatus,
+)
+from vpsweb_tasks.breakers import BreakerState
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks.errors import TranslationJobNotFoundError, TranslationNotConfiguredError
+from vpsweb_tasks.events import (
+    TaskCompleted,
+    TaskDeferred,
+    TaskFailed,
+    TaskProgressed,
+    TaskRetryScheduled,
+)
+from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks.translation import (
+    STEPS,
+    TranslationInput,
+    TranslationRequest,
+    VPSWebAdapter,
+    get_vpsweb_adapter,
+)
+
+from .conftest import FakeClock
+from .llm_server import DROP, HOLD, FakeLLM, Reply, fake_llm
+from .support import EventRecorder, closed_port
+
+pytestmark = pytest.mark.anyio
+
+#: The design document's example request, unchanged.
+DOCUMENT_REQUEST = {
+    "original_text": "Hello world, how are you?",
+    "source_language": "en",
+    "target_language": "zh-Hans",
+    "workflow_mode": "hybrid",
+    "metadata": {"author": "Test Author", "title": "Test Poem"},
+}
+
+STEP_MODELS = {
+    "initial_translation": "m-initial",
+    "editor_review": "m-editor",
+    "translator_revision": "m-revision",
+    "reasoning": "m-reasoning",
+}
+
+
+def provider(llm: FakeLLM | None, **overrides: Any) -> dict[str, Any]:
+    return {
+        "local": {
+            "base_url": llm.base_url if llm else None,
+            "models": STEP_MODELS,
+            "timeout": 5,
+            **overrides,
+        }
+    }
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with fake_llm() as server:
+        yield server
+
+
+@pytest.fixture
+def breakers(clock: FakeClock) -> BreakerRegistry:
+    return BreakerRegistry(
+        BreakerConfig(failure_threshold=2, recovery_timeout=30, half_open_max_calls=3),
+        clock=clock,
+    )
+
+
+def make_manager(
+    settings: Settings, breakers: BreakerRegistry, clock: Callable[[], float] | None = None
+) -> TaskManager:
+    if clock is None:
+        return TaskManager(settings, breakers=breakers)
+    return TaskManager(settings, breakers=breakers, clock=clock)
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+def test_requests_normalise_languages_to_vpswebs_names() -> None:
+    request = TranslationRequest.model_validate(DOCUMENT_REQUEST)
+    assert (request.source_language, request.target_language) == ("English", "Chinese")
+    for code in ("zh-CN", "zh-Hans", "zh_TW", "Chinese", "chinese"):
+        assert (
+            TranslationRequest(
+                original_text="x", source_language="pl", target_language=code
+            ).target_language
+            == "Chinese"
+        )
+    assert request.metadata.author == "Test Author"
+    assert request.workflow_mode == "hybrid"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"original_text": ""}, "original_text"),
+        ({"original_text": "   "}, "original_text"),
+        ({"original_text": "x" * 50_001}, "original_text"),
+        ({"target_language": "Klingon"}, "target_language"),
+        ({"workflow_mode": "fast"}, "workflow_mode"),
+        ({"metadata": {"title": "t" * 501}}, "metadata.title"),
+        ({"target_language": "English"}, ""),
+    ],
+)
+def test_invalid_requests_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TranslationRequest.model_validate({**DOCUMENT_REQUEST, **change})
+    locations = {".".join(str(p) for p in error["loc"]) for error in raised.value.errors()}
+    assert field in locations
+
+
+def test_fifty_thousand_characters_are_accepted() -> None:
+    request = TranslationRequest.model_validate({**DOCUMENT_REQUEST, "original_text": "x" * 50_000})
+    assert len(request.original_text) == 50_000
+
+
+# --- the workflow ----------------------------------------------------------------------
+
+
+async def test_a_job_runs_the_three_steps_and_keeps_each_output(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(providers=provider(llm, api_key_env="TEST_LLM_KEY"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TEST_LLM_KEY", "sk-test")
+        async with make_manager(settings, breakers) as manager:
+            recorder = EventRecorder()
+            manager.events.add_listener(recorder)
+            adapter = get_vpsweb_adapter(manager)
+            job = await adapter.submit(DOCUMENT_REQUEST)
+            assert job.status is TaskStatus.PENDING
+            assert (job.source_language, job.target_language) == ("English", "Chinese")
+            record = await manager.wait(job.job_id, timeout=10)
+            assert record.status is TaskStatus.COMPLETED, record.error_message
+
+            result = await adapter.result(job.job_id)
+    assert [call.model for call in llm.calls] == ["m-initial", "m-editor", "m-revision"]
+    assert {call.authorization for call in llm.calls} == {"Bearer sk-test"}
+    assert [step.step for step in result.steps] == list(STEPS)
+    assert [step.name for step in result.steps] == [
+        "Initial Translation",
+        "Editor Review",
+        "Translator Revision",
+    ]
+    assert result.steps[0].output == "m-initial translation, call 1"
+    assert result.steps[0].notes == "notes from m-initial"
+    assert result.final_translation == "m-revision translation, call 3"
+    assert result.models_used == {
+        "initial_translation": "m-initial",
+        "editor_review": "m-editor",
+        "translator_revision": "m-revision",
+    }
+    assert result.token_usage.total_tokens == 45
+    assert result.duration_seconds == pytest.approx(
+        sum(step.duration_seconds for step in result.steps)
+    )
+    assert result.metadata == {"author": "Test Author", "title": "Test Poem"}
+    # Each step builds on the ones before it.
+    review_prompt = llm.calls[1].messages[-1]["content"]
+    assert "m-initial translation, call 1" in review_prompt
+    revision_prompt = llm.calls[2].messages[-1]["content"]
+    assert "m-editor translation, call 2" in revision_prompt
+    assert "Chinese" in llm.calls[0].messages[0]["content"]
+    # Progress under VPSWeb's step names: start and finish of each, 0 -> 1/3 -> 2/3 -> 1.
+    steps = [
+        (e.update.metadata["event"], e.update.metadata["step_name"], round(e.update.progress, 2))
+        for e in recorder.of(TaskProgressed)
+        if e.update.metadata
+    ]
+    assert steps == [
+        ("step_start", "Initial Translation", 0.0),
+        ("step_complete", "Initial Translation", 0.33),
+        ("step_start", "Editor Review", 0.33),
+        ("step_complete", "Editor Review", 0.67),
+        ("step_start", "Translator Revision", 0.67),
+        ("step_complete", "Translator Revision", 1.0),
+    ]
+
+
+async def test_a_job_failing_at_step_three_resumes_at_step_three(
+    llm: FakeLLM,
+    settings_factory: Callable[..., Settings],
+    breakers: BreakerRegistry,
+    storage: dict[str, Any],
+) -> None:
+    # On both backends: the checkpoints are what the retry resumes from.
+    llm.reply(Reply(status=500), model="m-revision")
+    settings = settings_factory(providers=provider(llm), storage=storage)
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        record = await manager.wait(job.job_id, timeout=10)
+        assert record.status is TaskStatus.COMPLETED, record.error_message
+        executions = await manager.list_executions(job.job_id)
+        result = await adapter.result(job.job_id)
+    # The retry called the server for step 3 only: steps 1 and 2 were paid for once.
+    assert [call.model for call in llm.calls] == [
+        "m-initial",
+        "m-editor",
+        "m-revision",
+        "m-revision",
+    ]
+    assert [(e.outcome, e.error_category) for e in executions] == [
+        (ExecutionOutcome.FAILED, ErrorCategory.EXTERNAL_SERVICE),
+        (ExecutionOutcome.COMPLETED, None),
+    ]
+    assert [step.attempt for step in result.steps] == [1, 1, 2]
+    assert result.final_translation == "m-revision translation, call 4"
+
+
+async def test_an_auth_failure_is_not_retried_and_a_retry_resumes_after_the_fix(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    llm.reply(Reply(status=401), model="m-editor")
+    async with make_manager(settings_factory(providers=provider(llm)), breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        record = await manager.wait(job.job_id, timeout=10)
+        assert (record.status, record.attempts, record.error_category) == (
+            TaskStatus.FAILED,
+            1,
+            ErrorCategory.PERMISSION,
+        )
+        assert "HTTP 401" in (record.error_message or "")
+        failed = await adapter.status(job.job_id)
+        assert (failed.steps_completed, failed.current_step) == (
+            ["initial_translation"],
+            "editor_review",
+        )
+        # A 401 means the provider answered: it does not count against its breaker.
+        assert breakers.get("llm:local").statistics().consecutive_failures == 0
+        with pytest.raises(TaskStateError):
+            await adapter.result(job.job_id)
+
+        retried = await adapter.retry(job.job_id)
+        assert retried.status is TaskStatus.PENDING
+        record = await manager.wait(job.job_id, timeout=10)
+        assert record.status is TaskStatus.COMPLETED
+        with pytest.raises(TaskStateError, match="cannot retry"):
+            await adapter.retry(job.job_id)
+    assert [call.model for call in llm.calls] == ["m-initial", "m-editor", "m-editor", "m-revision"]
+
+
+async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    llm.reply(HOLD, model="m-editor")
+    async with make_manager(settings_factory(providers=provider(llm)), breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        await llm.wait_for_calls(2)  # step 2 is in flight, held by the server
+        cancelled = await adapter.cancel(job.job_id)
+        assert cancelled.job_id == job.job_id
+        # The request in flight is abandoned: the server sees its client go away.
+        await llm.wait_until(lambda s: s.disconnects == 1)
+        record = await manager.wait(job.job_id, timeout=10)
+        assert record.status is TaskStatus.CANCELLED
+        llm.release()
+        state = await adapter.status(job.job_id)
+        with pytest.raises(TaskStateError):
+            await adapter.cancel(job.job_id)
+        with pytest.raises(TaskStateError):
+            await adapter.retry(job.job_id)
+    assert [call.model for call in llm.calls] == ["m-initial", "m-editor"]
+    assert state.status is TaskStatus.CANCELLED
+    assert state.steps_completed == ["initial_translation"]  # paid-for work is kept
+
+
+async def test_jobs_wait_out_an_open_breaker_and_finish_when_the_provider_recovers(
+    llm: FakeLLM,
+    settings_factory: Callable[..., Settings],
+    breakers: BreakerRegistry,
+    clock: FakeClock,
+) -> None:
+    settings = settings_factory(
+        providers=provider(llm), background_tasks={"max_concurrent_jobs": 3}
+    )
+    async with make_manager(settings, breakers, clock) as manager:
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+        adapter = get_vpsweb_adapter(manager)
+        # 1. An outage: the first step of three jobs fails; two failures open the breaker.
+        #    (The server holds its answers until all three calls are in.)
+        llm.always(Reply(status=503, hold=True))
+        jobs = [await adapter.submit(DOCUMENT_REQUEST) for _ in range(3)]
+        await llm.wait_for_calls(3)
+        llm.release()
+        await recorder.wait_for(TaskRetryScheduled, 3)
+        breaker = breakers.get("llm:local")
+        assert breaker.state is BreakerState.OPEN
+        opened_at = clock.now
+        calls_in_outage = len(llm.calls)
+        assert calls_in_outage == 3
+
+        # 2. Their retries come due while it is open: deferred, no call, no attempt spent.
+        clock.advance(1)
+        manager.queue.notify()
+        deferred = await recorder.wait_for(TaskDeferred, 3)
+        assert {event.retry_at for event in deferred} == {opened_at + 30}
+        assert len(llm.calls) == calls_in_outage
+        for job in jobs:
+            state = await adapter.status(job.job_id)
+            assert (state.status, state.attempts) == (TaskStatus.RETRYING, 1)
+        status = await adapter.integration_status()
+        assert [(b.name, b.state) for b in status.breakers] == [("llm:local", "open")]
+
+        # 3. The provider recovers; after the recovery timeout the jobs run to the end.
+        llm.always(Reply())
+        clock.advance(30)
+        manager.queue.notify()
+        completed = await recorder.wait_for(TaskCompleted, 3)
+        assert {event.task_id for event in completed} == {job.job_id for job in jobs}
+        assert breaker.state is BreakerState.CLOSED
+        assert recorder.of(TaskFailed, will_retry=False) == []
+        for job in jobs:
+            record = await manager.get_task(job.job_id)
+            assert (record.status, record.attempts) == (TaskStatus.COMPLETED, 2)
+    assert len(llm.calls) == calls_in_outage + 9
+
+
+async def test_a_rate_limit_is_retried_no_sooner_than_retry_after(
+    llm: FakeLLM,
+    settings_factory: Callable[..., Settings],
+    breakers: BreakerRegistry,
+    clock: FakeClock,
+) -> None:
+    llm.reply(Reply(status=429, headers={"Retry-After": "40"}), model="m-initial")
+    async with make_manager(settings_factory(providers=provider(llm)), breakers, clock) as manager:
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        (scheduled,) = await recorder.wait_for(TaskRetryScheduled)
+        assert scheduled.category is ErrorCategory.EXTERNAL_SERVICE
+        assert scheduled.retry_at >= clock.now + 40
+        clock.advance(39)
+        manager.queue.notify()
+        await manager.queue.next_round()
+        assert len(llm.calls) == 1  # not yet
+        clock.advance(scheduled.retry_at - clock.now)
+        manager.queue.notify()
+        record = await manager.wait(job.job_id, timeout=10)
+    assert record.status is TaskStatus.COMPLETED
+    assert [call.model for call in llm.calls] == ["m-initial"] * 2 + ["m-editor", "m-revision"]
+
+
+async def test_dropped_connections_and_timeouts_are_external_service_failures(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    llm.reply(DROP, model="m-initial")
+    llm.reply(HOLD, model="m-editor")  # never released: the call times out
+    settings = settings_factory(providers=provider(llm, timeout=0.2))
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        record = await manager.wait(job.job_id, timeout=10)
+        executions = await manager.list_executions(job.job_id)
+    assert record.status is TaskStatus.COMPLETED, record.error_message
+    assert [(e.error_category, e.error_type) for e in executions] == [
+        (ErrorCategory.EXTERNAL_SERVICE, "ProviderUnavailableError"),
+        (ErrorCategory.EXTERNAL_SERVICE, "ProviderUnavailableError"),
+        (None, None),
+    ]
+    assert "connection failed" in (executions[0].error_message or "")
+    assert "no answer" in (executions[1].error_message or "")
+    assert [call.model for call in llm.calls] == [
+        "m-initial",
+        "m-initial",
+        "m-editor",
+        "m-editor",
+        "m-revision",
+    ]
+
+
+# --- batch and compare ---------------------------------------------------------------------
+
+
+async def test_a_batch_gives_one_job_per_request(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    async with make_manager(settings_factory(providers=provider(llm)), breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        poems = [{**DOCUMENT_REQUEST, "original_text": f"poem {n}"} for n in range(3)]
+        jobs = await adapter.batch(poems)
+        assert len({job.job_id for job in jobs}) == 3
+        for job in jobs:
+            assert (await manager.wait(job.job_id, timeout=10)).status is TaskStatus.COMPLETED
+        listed = await adapter.list_jobs(statuses=[TaskStatus.COMPLETED])
+    assert {job.job_id for job in listed} == {job.job_id for job in jobs}
+    assert len(llm.calls) == 9
+
+
+async def test_a_batch_is_accepted_all_or_nothing(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(
+        providers=provider(llm),
+        background_tasks={"enabled": False, "max_queue_size": 3},
+    )
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        bad = [DOCUMENT_REQUEST, {**DOCUMENT_REQUEST, "target_language": "Klingon"}]
+        with pytest.raises(ValidationError) as raised:
+            await adapter.batch(bad)
+        assert [error["loc"] for error in raised.value.errors()] == [
+            ("requests", 1, "target_language")
+        ]
+        with pytest.raises(QueueFullError):
+            await adapter.batch([DOCUMENT_REQUEST] * 4)  # room for 3
+        with pytest.raises(ValidationError):
+            await adapter.batch([])
+        assert await adapter.list_jobs() == []
+        assert len(await adapter.batch([DOCUMENT_REQUEST] * 3)) == 3
+
+
+async def test_compare_runs_one_text_through_several_modes_side_by_side(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    models = {"default": "m-initial", "reasoning": "m-reasoning"}
+    settings = settings_factory(providers=provider(llm, models=models))
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        comparison = await adapter.compare(
+            {
+                "original_text": "Hello world",
+                "source_language": "en",
+                "target_language": "pl",
+                "workflow_modes": ["reasoning", "hybrid"],
+                "wait": True,
+                "timeout": 10,
+            }
+        )
+        again = await adapter.comparison([e.job_id for e in comparison.entries])
+        with pytest.raises(ValidationError):
+            await adapter.compare({**DOCUMENT_REQUEST, "workflow_modes": ["speedy"]})
+    assert comparison.complete
+    assert (comparison.source_language, comparison.target_language) == ("English", "Polish")
+    assert [e.workflow_mode for e in comparison.entries] == ["reasoning", "hybrid"]
+    assert [set(e.models_used.values()) for e in comparison.entries] == [
+        {"m-reasoning"},
+        {"m-initial"},
+    ]
+    assert all(e.status is TaskStatus.COMPLETED for e in comparison.entries)
+    assert all(e.final_translation for e in comparison.entries)
+    assert comparison.entries[0].final_translation != comparison.entries[1].final_translation
+    assert again == comparison
+
+
+# --- configuration, status and health -----------------------------------------------------
+
+
+async def test_without_a_provider_submits_are_refused_and_status_says_what_to_configure(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    async with make_manager(settings_factory(), breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        with pytest.raises(TranslationNotConfiguredError, match=r"providers\.<name>\.base_url"):
+            await adapter.submit(DOCUMENT_REQUEST)
+        status = await adapter.integration_status()
+        health = await adapter.health()
+        assert await adapter.list_jobs() == []
+        with pytest.raises(TranslationJobNotFoundError):
+            await adapter.status("no-such-job")
+    assert not status.configured
+    assert status.problems
+    assert "providers.<name>.models" in status.problems[0]
+    assert health.status == "not_configured"
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        ({"providers": {"local": {"models": STEP_MODELS}}}, "providers.local.base_url"),
+        (
+            {"providers": {"local": {"base_url": "http://x/v1", "models": {"hybrid": "m"}}}},
+            "no model for workflow mode reasoning",
+        ),
+        (
+            {"providers": provider(None, base_url="http://x/v1", api_key_env="NO_SUCH_KEY_VAR")},
+            "NO_SUCH_KEY_VAR",
+        ),
+        (
+            {
+                "providers": provider(None, base_url="http://x"),
+                "translation": {"provider": "cloud"},
+            },
+            "translation.provider is 'cloud'",
+        ),
+    ],
+)
+async def test_incomplete_configuration_is_named(
+    settings_factory: Callable[..., Settings],
+    breakers: BreakerRegistry,
+    sections: dict[str, Any],
+    problem: str,
+) -> None:
+    async with make_manager(settings_factory(**sections), breakers) as manager:
+        status = await get_vpsweb_adapter(manager).integration_status()
+    assert any(problem in text for text in status.problems), status.problems
+
+
+async def test_integration_status_and_a_live_health_check(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    async with make_manager(settings_factory(providers=provider(llm)), breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        await manager.wait(job.job_id, timeout=10)
+        status = await adapter.integration_status()
+        healthy = await adapter.health()
+        llm.models_listed = ["m-initial"]
+        degraded = await adapter.health()
+    assert status.configured
+    assert (status.provider, status.base_url, status.workflow) == (
+        "local",
+        llm.base_url,
+        "built-in",
+    )
+    assert status.models["hybrid"] == {
+        "initial_translation": "m-initial",
+        "editor_review": "m-editor",
+        "translator_revision": "m-revision",
+    }
+    assert status.models["reasoning"]["editor_review"] == "m-editor"  # the step's model wins
+    assert status.jobs["completed"] == 1
+    assert [(b.name, b.state) for b in status.breakers] == [("llm:local", "closed")]
+    assert (healthy.status, healthy.reachable, healthy.breaker_state) == ("healthy", True, "closed")
+    assert healthy.latency_ms is not None
+    assert healthy.models_missing == []
+    assert degraded.status == "degraded"
+    assert degraded.models_missing == ["m-editor", "m-reasoning", "m-revision"]
+
+
+async def test_an_unreachable_provider_is_unhealthy_within_the_time_bound(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    port = await closed_port()
+    settings = settings_factory(
+        providers=provider(None, base_url=f"http://127.0.0.1:{port}/v1"),
+        translation={"health_check_timeout": 1},
+    )
+    async with make_manager(settings, breakers) as manager:
+        with anyio.fail_after(2):
+            health = await get_vpsweb_adapter(manager).health()
+    assert (health.status, health.reachable) == ("unhealthy", False)
+    assert health.error
+
+
+# --- a workflow of VPSWeb's own ----------------------------------------------------------
+
+
+class VPSWebLikeWorkflow:
+    """VPSWeb's duck-typed interface: execute / progress_callback / cancel."""
+
+    def __init__(self, input: TranslationInput, gate: anyio.Event | None = None) -> None:
+        self.input = input
+        self.gate = gate
+        self.progress_callback: Any = None
+        self.cancelled = False
+        self.started = anyio.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def execute(self, input: TranslationInput) -> dict[str, Any]:
+        self.started.set()
+        await self.progress_callback("Initial Translation", {"status": "running"})
+        if self.gate is not None:
+            await self.gate.wait()
+        await self.progress_callback(
+            "Initial Translation", {"status": "completed", "tokens_used": 7, "duration": 0.1}
+        )
+        return {
+            "workflow_id": "w1",
+            "revised_translation": {"revised_translation": f"[{input.target_lang}] done"},
+        }
+
+
+async def test_vpswebs_own_workflow_can_be_injected_and_is_really_cancelled(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    made: list[VPSWebLikeWorkflow] = []
+    gate: anyio.Event | None = None
+
+    def factory(input: TranslationInput) -> VPSWebLikeWorkflow:
+        made.append(VPSWebLikeWorkflow(input, gate))
+        return made[-1]
+
+    async with make_manager(settings_factory(), breakers) as manager:  # no provider needed
+        adapter = VPSWebAdapter(manager, workflow_factory=factory)
+        assert get_vpsweb_adapter(manager) is adapter
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        await manager.wait(job.job_id, timeout=10)
+        result = await adapter.result(job.job_id)
+        assert result.final_translation == "[Chinese] done"
+        assert result.workflow_output == {
+            "workflow_id": "w1",
+            "revised_translation": {"revised_translation": "[Chinese] done"},
+        }
+        assert made[0].input.original_poem == "Hello world, how are you?"
+
+        gate = anyio.Event()  # never set: the next job runs until cancelled
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        with anyio.fail_after(10):
+            while len(made) < 2:  # noqa: ASYNC110 - the factory runs inside the task
+                await anyio.sleep(0.01)
+            await made[1].started.wait()
+        await adapter.cancel(job.job_id)
+        record = await manager.wait(job.job_id, timeout=10)
+        status = await adapter.integration_status()
+    assert record.status is TaskStatus.CANCELLED
+    assert made[1].cancelled
+    assert status.workflow.endswith("factory")
+    assert status.configured
+
+
+FAKE_VPSWEB = {
+    "__init__.py": "",
+    "core/__init__.py": "",
+    "models/__init__.py": "",
+    "models/config.py": (
+        "from enum import Enum\n"
+        "class WorkflowMode(str, Enum):\n"
+        "    REASONING = 'reasoning'\n"
+        "    NON_REASONING = 'non_reasoning'\n"
+        "    HYBRID = 'hybrid'\n"
+    ),
+    "models/translation.py": (
+        "from enum import Enum\n"
+        "from pydantic import BaseModel\n"
+        "class Language(str, Enum):\n"
+        "    ENGLISH = 'English'\n"
+        "    CHINESE = 'Chinese'\n"
+        "class TranslationInput(BaseModel):\n"
+        "    original_poem: str\n"
+        "    source_lang: Language\n"
+        "    target_lang: Language\n"
+        "    metadata: dict | None = None\n"
+    ),
+    "core/workflow.py": (
+        "from pydantic import BaseModel\n"
+        "class Revised(BaseModel):\n"
+        "    revised_translation: str\n"
+        "class TranslationOutput(BaseModel):\n"
+        "    workflow_mode: str\n"
+        "    revised_translation: Revised\n"
+        "class TranslationWorkflow:\n"
+        "    def __init__(self, workflow_mode=None):\n"
+        "        self.workflow_mode = workflow_mode\n"
+        "        self.progress_callback = None\n"
+        "        self._cancelled = False\n"
+        "    def cancel(self):\n"
+        "        self._cancelled = True\n"
+        "    async def execute(self, input_data, show_progress=True):\n"
+        "        for step in ('Initial Translation', 'Editor Review', 'Translator Revision'):\n"
+        "            await self.progress_callback(step, {'status': 'running'})\n"
+        "            await self.progress_callback(step, {'status': 'completed'})\n"
+        "        text = f'{input_data.target_lang.value}: {input_data.original_poem}'\n"
+        "        return TranslationOutput(\n"
+        "            workflow_mode=self.workflow_mode.value,\n"
+        "            revised_translation=Revised(revised_translation=text),\n"
+        "        )\n"
+    ),
+}
+
+
+@pytest.fixture
+def fake_vpsweb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A stand-in for the vpsweb package (its workflow's interface, v0.7), importable."""
+    root = tmp_path / "site"
+    for name, text in FAKE_VPSWEB.items():
+        path = root / "vpsweb" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    yield
+    for name in [n for n in sys.modules if n == "vpsweb" or n.startswith("vpsweb.")]:
+        del sys.modules[name]
+
+
+async def test_translation_workflow_vpsweb_runs_vpswebs_own_workflow_when_importable(
+    fake_vpsweb: None, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(translation={"workflow": "vpsweb"})  # no provider here
+    async with make_manager(settings, breakers) as manager:
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+        adapter = get_vpsweb_adapter(manager)
+        job = await adapter.submit({**DOCUMENT_REQUEST, "workflow_mode": "reasoning"})
+        record = await manager.wait(job.job_id, timeout=10)
+        assert record.status is TaskStatus.COMPLETED, record.error_message
+        result = await adapter.result(job.job_id)
+        status = await adapter.integration_status()
+        health = await adapter.health()
+    assert result.final_translation == "Chinese: Hello world, how are you?"
+    assert result.workflow_output is not None
+    assert result.workflow_output["workflow_mode"] == "reasoning"
+    steps = [
+        (e.update.metadata["event"], e.update.metadata["step"])
+        for e in recorder.of(TaskProgressed)
+        if e.update.metadata
+    ]
+    assert steps == [(kind, step) for step in STEPS for kind in ("step_start", "step_complete")]
+    assert (status.workflow, status.configured) == ("vpsweb", True)
+    assert health.status == "unchecked"
+
+
+async def test_translation_workflow_vpsweb_without_the_package_is_a_named_problem(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(translation={"workflow": "vpsweb"})
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        with pytest.raises(TranslationNotConfiguredError, match="vpsweb package cannot be"):
+            await adapter.submit(DOCUMENT_REQUEST)

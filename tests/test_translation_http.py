@@ -1,0 +1,272 @@
+"""Translation jobs over real HTTP: a uvicorn server (the API) and a loopback
+OpenAI-compatible server (the LLM provider), driven by httpx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from vpsweb_tasks import BreakerConfig, BreakerRegistry, TaskManager
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks_http import create_app
+
+from .http_server import serve
+from .llm_server import HOLD, FakeLLM, Reply, fake_llm
+from .test_http import read_events
+from .test_translation import DOCUMENT_REQUEST, provider
+
+pytestmark = pytest.mark.anyio
+
+TASKS = "/api/v1/background-tasks"
+TRANSLATION = f"{TASKS}/translation"
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    manager: TaskManager
+    llm: FakeLLM
+
+
+async def start(settings: Settings, llm: FakeLLM) -> AsyncIterator[Api]:
+    manager = TaskManager(settings, breakers=BreakerRegistry(BreakerConfig()))
+    app = create_app(settings, manager=manager)
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield Api(client, manager, llm)
+
+
+@pytest.fixture
+async def api(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
+    async with fake_llm() as llm:
+        settings = settings_factory(providers=provider(llm))
+        async for running in start(settings, llm):
+            yield running
+
+
+@pytest.fixture
+async def unconfigured(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
+    async with fake_llm() as llm:
+        async for running in start(settings_factory(), llm):
+            yield running
+
+
+async def test_the_documents_translation_example_works_unchanged(api: Api) -> None:
+    response = await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)
+    assert response.status_code == 202, response.text
+    submitted = response.json()
+    job_id = submitted["job_id"]
+    assert (submitted["source_language"], submitted["target_language"]) == ("English", "Chinese")
+    assert submitted["status"] == "pending"
+    await api.manager.wait(job_id, timeout=10)
+
+    status = (await api.client.get(submitted["status_url"])).json()
+    assert status["status"] == "completed"
+    assert status["steps_completed"] == [
+        "initial_translation",
+        "editor_review",
+        "translator_revision",
+    ]
+    result = (await api.client.get(submitted["result_url"])).json()
+    assert result["final_translation"] == "m-revision translation, call 3"
+    assert [step["name"] for step in result["steps"]] == [
+        "Initial Translation",
+        "Editor Review",
+        "Translator Revision",
+    ]
+    assert result["token_usage"]["total_tokens"] == 45
+    assert result["metadata"] == {"author": "Test Author", "title": "Test Poem"}
+    # The job is a task: the generic task routes know it by the same id.
+    task = (await api.client.get(f"{TASKS}/status/{job_id}")).json()
+    assert (task["task_type"], task["status"]) == ("translation", "completed")
+    listed = (await api.client.get(TRANSLATION, params={"status": "completed"})).json()
+    assert [job["job_id"] for job in listed["jobs"]] == [job_id]
+
+
+async def test_the_event_stream_speaks_vpswebs_ui_events(api: Api) -> None:
+    api.llm.reply(HOLD, model="m-initial")
+    job_id = (await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await api.llm.wait_for_calls(1)
+    async with api.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        [first] = await read_events(lines, lambda e: True)
+        assert first["event"] == "status"
+        snapshot = json.loads(first["data"])
+        assert (snapshot["status"], snapshot["current_step"], snapshot["percent"]) == (
+            "running",
+            "initial_translation",
+            0,
+        )
+        api.llm.release()
+        events = await read_events(lines, lambda e: e["event"] in ("completed", "error"))
+    steps = [
+        (e["event"], json.loads(e["data"])["step_name"], json.loads(e["data"])["percent"])
+        for e in events
+        if e["event"].startswith("step_")
+    ]
+    assert steps == [
+        ("step_complete", "Initial Translation", 33),
+        ("step_start", "Editor Review", 33),
+        ("step_complete", "Editor Review", 67),
+        ("step_start", "Translator Revision", 67),
+        ("step_complete", "Translator Revision", 100),
+    ]
+    assert {e["event"] for e in events} <= {"status", "step_start", "step_complete", "completed"}
+    final = json.loads(events[-1]["data"])
+    assert (events[-1]["event"], final["final_translation"]) == (
+        "completed",
+        "m-revision translation, call 3",
+    )
+    # A finished job's stream says so at once, and ends.
+    async with api.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+        replay = await read_events(response, lambda e: e["event"] == "completed")
+    assert [e["event"] for e in replay] == ["status", "completed"]
+
+
+async def test_failure_retry_and_cancel_over_http(api: Api) -> None:
+    api.llm.reply(Reply(status=403), model="m-initial")
+    job_id = (await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await api.manager.wait(job_id, timeout=10)
+    async with api.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+        events = await read_events(response, lambda e: e["event"] == "error")
+    error = json.loads(events[-1]["data"])
+    assert (error["status"], error["error_category"]) == ("failed", "permission")
+    assert "HTTP 403" in error["message"]
+    early = await api.client.get(f"{TRANSLATION}/{job_id}/result")
+    assert early.status_code == 409
+
+    retried = await api.client.post(f"{TRANSLATION}/{job_id}/retry")
+    assert retried.status_code == 200, retried.text
+    await api.manager.wait(job_id, timeout=10)
+    assert (await api.client.get(f"{TRANSLATION}/{job_id}")).json()["status"] == "completed"
+    assert (await api.client.post(f"{TRANSLATION}/{job_id}/retry")).status_code == 409
+    assert (await api.client.delete(f"{TRANSLATION}/{job_id}")).status_code == 409
+
+    api.llm.reply(HOLD, model="m-initial")
+    held = (await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await api.llm.wait_for_calls(5)
+    cancelled = await api.client.delete(f"{TRANSLATION}/{held}")
+    assert cancelled.status_code == 200
+    assert (await api.manager.wait(held, timeout=10)).status == "cancelled"
+    await api.llm.wait_until(lambda s: s.disconnects == 1)
+
+    for method, path in [
+        ("GET", f"{TRANSLATION}/nope"),
+        ("GET", f"{TRANSLATION}/nope/result"),
+        ("POST", f"{TRANSLATION}/nope/retry"),
+        ("DELETE", f"{TRANSLATION}/nope"),
+        ("GET", f"{TRANSLATION}/nope/events"),
+    ]:
+        response = await api.client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["detail"] == "translation job not found: nope"
+
+
+async def test_invalid_requests_are_422_naming_the_field(api: Api) -> None:
+    cases: list[tuple[str, dict[str, Any], list[Any]]] = [
+        (TRANSLATION, {**DOCUMENT_REQUEST, "target_language": "Klingon"}, ["target_language"]),
+        (TRANSLATION, {**DOCUMENT_REQUEST, "original_text": ""}, ["original_text"]),
+        (TRANSLATION, {**DOCUMENT_REQUEST, "workflow_mode": "fast"}, ["workflow_mode"]),
+        (
+            f"{TRANSLATION}/batch",
+            {"requests": [DOCUMENT_REQUEST, {**DOCUMENT_REQUEST, "source_language": "xx"}]},
+            ["requests", 1, "source_language"],
+        ),
+        (f"{TRANSLATION}/batch", {"requests": []}, ["requests"]),
+        (
+            f"{TRANSLATION}/compare",
+            {**DOCUMENT_REQUEST, "workflow_modes": ["hybrid", "hybrid"]},
+            ["workflow_modes"],
+        ),
+    ]
+    for path, body, field in cases:
+        body = {
+            k: v for k, v in body.items() if not (path.endswith("compare") and k == "workflow_mode")
+        }
+        response = await api.client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        locations = [error["loc"] for error in response.json()["detail"]]
+        assert ["body", *field] in locations, (path, locations)
+    assert (await api.client.get(TRANSLATION)).json()["count"] == 0
+    assert api.llm.calls == []
+
+
+async def test_batch_and_compare_over_http(api: Api) -> None:
+    poems = [{**DOCUMENT_REQUEST, "original_text": f"poem {n}"} for n in range(2)]
+    response = await api.client.post(f"{TRANSLATION}/batch", json={"requests": poems})
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["count"] == 2
+    assert len(set(batch["job_ids"])) == 2
+    for job_id in batch["job_ids"]:
+        assert (await api.manager.wait(job_id, timeout=10)).status == "completed"
+
+    body = {
+        "original_text": "Hello world",
+        "source_language": "en",
+        "target_language": "zh-CN",
+        "workflow_modes": ["hybrid", "non_reasoning"],
+        "wait": True,
+        "timeout": 10,
+    }
+    response = await api.client.post(f"{TRANSLATION}/compare", json=body)
+    assert response.status_code == 200, response.text
+    comparison = response.json()
+    assert comparison["complete"]
+    assert [e["workflow_mode"] for e in comparison["entries"]] == ["hybrid", "non_reasoning"]
+    assert all(e["final_translation"] for e in comparison["entries"])
+    ids = [e["job_id"] for e in comparison["entries"]]
+    again = await api.client.get(f"{TRANSLATION}/compare", params={"job_id": ids})
+    assert again.json() == comparison
+
+
+async def test_vpsweb_status_and_health(api: Api) -> None:
+    status = (await api.client.get(f"{TASKS}/vpsweb/status")).json()
+    assert status["configured"] is True
+    assert (status["provider"], status["base_url"]) == ("local", api.llm.base_url)
+    assert status["jobs"]["pending"] == 0
+    health = (await api.client.get(f"{TASKS}/vpsweb/health")).json()
+    assert (health["status"], health["reachable"]) == ("healthy", True)
+    system = (await api.client.get(f"{TASKS}/health")).json()
+    assert {"status", "cpu_usage", "memory_usage", "active_tasks"} <= set(system)
+
+
+async def test_without_a_provider_submits_are_503_and_status_says_what_to_configure(
+    unconfigured: Api,
+) -> None:
+    response = await unconfigured.client.post(TRANSLATION, json=DOCUMENT_REQUEST)
+    assert response.status_code == 503
+    assert "providers.<name>.base_url" in response.json()["detail"]
+    assert response.json()["problems"]
+    batch = await unconfigured.client.post(
+        f"{TRANSLATION}/batch", json={"requests": [DOCUMENT_REQUEST]}
+    )
+    assert batch.status_code == 503
+    status = (await unconfigured.client.get(f"{TASKS}/vpsweb/status")).json()
+    assert status["configured"] is False
+    assert "providers.<name>.base_url" in status["problems"][0]
+    health = (await unconfigured.client.get(f"{TASKS}/vpsweb/health")).json()
+    assert health["status"] == "not_configured"
+
+
+async def test_the_documents_routes_are_in_openapi(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    table = [
+        ("post", TRANSLATION),
+        ("get", f"{TRANSLATION}/{{job_id}}"),
+        ("get", f"{TRANSLATION}/{{job_id}}/result"),
+        ("post", f"{TRANSLATION}/{{job_id}}/retry"),
+        ("delete", f"{TRANSLATION}/{{job_id}}"),
+        ("post", f"{TRANSLATION}/batch"),
+        ("post", f"{TRANSLATION}/compare"),
+        ("get", f"{TASKS}/health"),
+        ("get", f"{TASKS}/vpsweb/status"),
+        ("get", f"{TASKS}/vpsweb/health"),
+    ]
+    for method, path in table:
+        assert method in spec["paths"].get(path, {}), (method, path)

@@ -1,0 +1,66 @@
+"""Translation jobs: the VPSWeb adapter.
+
+:class:`TranslationRequest` validates a job; :class:`VPSWebAdapter` (one per manager, see
+:func:`get_vpsweb_adapter`) submits, follows, retries, cancels, batches and compares jobs;
+:class:`LLMTranslationWorkflow` runs VPSWeb's three steps (initial translation, editor
+review, translator revision) against any OpenAI-compatible chat-completions server, and
+VPSWeb's own workflow can be injected instead (:class:`TranslationWorkflow`). See
+docs/translation.md.
+"""
+
+from .adapter import (
+    TASK_TYPE,
+    CompareRequest,
+    IntegrationStatus,
+    ProviderHealth,
+    TranslationBatch,
+    VPSWebAdapter,
+    WorkflowFactory,
+    get_vpsweb_adapter,
+)
+from .languages import LANGUAGES, normalise_language
+from .models import (
+    STEP_NAMES,
+    STEPS,
+    Comparison,
+    ComparisonEntry,
+    StepCheckpoint,
+    TokenUsage,
+    TranslationInput,
+    TranslationJob,
+    TranslationMetadata,
+    TranslationOutput,
+    TranslationRequest,
+    TranslationResult,
+    WorkflowMode,
+)
+from .workflow import LLMTranslationWorkflow, ProgressCallback, TranslationWorkflow
+
+__all__ = [
+    "LANGUAGES",
+    "STEPS",
+    "STEP_NAMES",
+    "TASK_TYPE",
+    "CompareRequest",
+    "Comparison",
+    "ComparisonEntry",
+    "IntegrationStatus",
+    "LLMTranslationWorkflow",
+    "ProgressCallback",
+    "ProviderHealth",
+    "StepCheckpoint",
+    "TokenUsage",
+    "TranslationBatch",
+    "TranslationInput",
+    "TranslationJob",
+    "TranslationMetadata",
+    "TranslationOutput",
+    "TranslationRequest",
+    "TranslationResult",
+    "TranslationWorkflow",
+    "VPSWebAdapter",
+    "WorkflowFactory",
+    "WorkflowMode",
+    "get_vpsweb_adapter",
+    "normalise_language",
+]

@@ -1,0 +1,229 @@
+"""Translation requests, jobs and results: what VPSWeb sends and what it gets back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ..errors import ErrorCategory
+from ..models import TaskPriority, TaskStatus, _json_bounded
+from .languages import normalise_language
+
+__all__ = [
+    "MAX_TEXT_LENGTH",
+    "STEPS",
+    "STEP_NAMES",
+    "Comparison",
+    "ComparisonEntry",
+    "StepCheckpoint",
+    "TokenUsage",
+    "TranslationInput",
+    "TranslationJob",
+    "TranslationMetadata",
+    "TranslationOutput",
+    "TranslationRequest",
+    "TranslationResult",
+    "WorkflowMode",
+]
+
+#: VPSWeb's bound on a poem's length, in characters.
+MAX_TEXT_LENGTH = 50_000
+
+
+class WorkflowMode(StrEnum):
+    """VPSWeb's workflow modes; each picks its own models."""
+
+    REASONING = "reasoning"
+    NON_REASONING = "non_reasoning"
+    HYBRID = "hybrid"
+
+
+#: The three steps, in order, by key (as stored and configured).
+STEPS: tuple[str, ...] = ("initial_translation", "editor_review", "translator_revision")
+#: VPSWeb's names of the steps (its progress callback and UI use these).
+STEP_NAMES: dict[str, str] = {
+    "initial_translation": "Initial Translation",
+    "editor_review": "Editor Review",
+    "translator_revision": "Translator Revision",
+}
+
+Language = Annotated[str, Field(min_length=1, max_length=50), AfterValidator(normalise_language)]
+
+
+class TranslationMetadata(BaseModel):
+    """About the poem. Other keys are kept as given (JSON, bounded in size)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    author: Annotated[str, Field(max_length=500)] | None = None
+    title: Annotated[str, Field(max_length=500)] | None = None
+    poem_id: Annotated[str, Field(max_length=100)] | int | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        _json_bounded(self.model_dump(mode="json"))
+        return self
+
+
+class TranslationRequest(BaseModel):
+    """A translation job to run. Languages are codes (``en``, ``zh-Hans``, ``zh-CN``,
+    ``pl``...) or names (``English``); both become VPSWeb's names (``Chinese``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    original_text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    source_language: Language
+    target_language: Language
+    workflow_mode: WorkflowMode = WorkflowMode.HYBRID
+    metadata: TranslationMetadata = Field(default_factory=TranslationMetadata)
+    priority: TaskPriority = TaskPriority.NORMAL
+
+    @field_validator("original_text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("original_text must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _two_languages(self) -> Self:
+        if self.source_language == self.target_language:
+            raise ValueError(f"source_language and target_language are both {self.source_language}")
+        return self
+
+
+class TranslationInput(BaseModel):
+    """What a workflow's ``execute`` receives: VPSWeb's ``TranslationInput`` fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    original_poem: str
+    source_lang: str
+    target_lang: str
+    workflow_mode: WorkflowMode
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class StepCheckpoint(BaseModel):
+    """One finished step, stored as it finishes: a retry never pays for it again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: str
+    name: str
+    output: str
+    notes: str | None = None
+    model: str
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    duration_seconds: float
+    finished_at: float
+    """Epoch seconds."""
+    attempt: int
+    """The job's attempt that ran it."""
+
+
+class TranslationOutput(BaseModel):
+    """What the built-in workflow's ``execute`` returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: list[StepCheckpoint]
+
+    @property
+    def final_translation(self) -> str:
+        return self.steps[-1].output
+
+
+class TranslationResult(BaseModel):
+    """A finished job: every step's output, the final translation, models, tokens, times."""
+
+    job_id: str
+    status: TaskStatus
+    source_language: str
+    target_language: str
+    workflow_mode: WorkflowMode
+    original_text: str
+    metadata: dict[str, Any]
+    final_translation: str | None
+    steps: list[StepCheckpoint]
+    models_used: dict[str, str]
+    """Model by step."""
+    token_usage: TokenUsage
+    duration_seconds: float
+    """Sum of the steps' durations (time spent waiting in the queue excluded)."""
+    workflow_output: dict[str, Any] | None = None
+    """A custom workflow's own output, as it returned it (None for the built-in one)."""
+
+
+class TranslationJob(BaseModel):
+    """A job's state: its task's status and progress, and the steps finished so far."""
+
+    job_id: str
+    task_id: str
+    status: TaskStatus
+    progress: float
+    message: str | None
+    current_step: str | None
+    """Key of the step running or next to run; None once finished."""
+    steps_completed: list[str]
+    source_language: str
+    target_language: str
+    workflow_mode: WorkflowMode
+    metadata: dict[str, Any]
+    attempts: int
+    error_message: str | None
+    error_category: ErrorCategory | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result_available: bool
+
+
+class ComparisonEntry(BaseModel):
+    """One workflow mode of a comparison."""
+
+    workflow_mode: WorkflowMode
+    job_id: str
+    status: TaskStatus
+    final_translation: str | None = None
+    models_used: dict[str, str] = Field(default_factory=dict)
+    token_usage: TokenUsage | None = None
+    duration_seconds: float | None = None
+    error_message: str | None = None
+
+
+class Comparison(BaseModel):
+    """One text through several modes, side by side (in the order asked)."""
+
+    original_text: str
+    source_language: str
+    target_language: str
+    entries: list[ComparisonEntry]
+    complete: bool
+    """True once every job has finished."""

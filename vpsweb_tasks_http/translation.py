@@ -1,0 +1,308 @@
+"""The routes of the document's "Translation Jobs" and "System Health" tables.
+
+Each route calls one method of the manager's
+:class:`~vpsweb_tasks.translation.VPSWebAdapter`. The job id is the id of the job's task,
+so the task routes (status, progress, history, events) also work for jobs.
+``/translation/{job_id}/events`` streams a job in the event names of VPSWeb's UI:
+``status`` (the state now, then every change of status), ``step_start``,
+``step_complete``, then ``completed`` (with the result) or ``error`` (failed or
+cancelled), after which the stream ends.
+
+(No ``from __future__ import annotations``: FastAPI resolves route annotations at
+definition time.)
+"""
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.params import Depends as DependsParam
+from fastapi.routing import APIRoute
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel
+
+from vpsweb_tasks import TaskManager, TaskStatus
+from vpsweb_tasks.events import (
+    Event,
+    TaskCancelled,
+    TaskCompleted,
+    TaskDeadLettered,
+    TaskProgressed,
+)
+from vpsweb_tasks.translation import (
+    CompareRequest,
+    Comparison,
+    IntegrationStatus,
+    ProviderHealth,
+    TranslationBatch,
+    TranslationJob,
+    TranslationRequest,
+    TranslationResult,
+    VPSWebAdapter,
+    WorkflowMode,
+    get_vpsweb_adapter,
+)
+
+__all__ = ["TranslationSubmitResponse", "create_translation_router"]
+
+JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id")]
+
+
+class TranslationSubmitResponse(BaseModel):
+    """A stored job: ``job_id`` (as in the document's example) and where to follow it."""
+
+    job_id: str
+    task_id: str
+    status: TaskStatus
+    workflow_mode: WorkflowMode
+    source_language: str
+    target_language: str
+    created_at: datetime
+    status_url: str
+    result_url: str
+    events_url: str
+
+    @classmethod
+    def of(cls, job: TranslationJob, request: Request) -> "TranslationSubmitResponse":
+        return cls(
+            job_id=job.job_id,
+            task_id=job.task_id,
+            status=job.status,
+            workflow_mode=job.workflow_mode,
+            source_language=job.source_language,
+            target_language=job.target_language,
+            created_at=job.created_at,
+            status_url=str(request.url_for("translation_status", job_id=job.job_id)),
+            result_url=str(request.url_for("translation_result", job_id=job.job_id)),
+            events_url=str(request.url_for("translation_events", job_id=job.job_id)),
+        )
+
+
+class TranslationBatchResponse(BaseModel):
+    job_ids: list[str]
+    """One per request, in the order given."""
+    jobs: list[TranslationSubmitResponse]
+    count: int
+
+
+class TranslationListResponse(BaseModel):
+    jobs: list[TranslationJob]
+    count: int
+    limit: int
+    offset: int
+
+
+def _percent(progress: float) -> int:
+    return round(progress * 100)
+
+
+def create_translation_router(
+    manager: TaskManager,
+    *,
+    adapter: VPSWebAdapter | None = None,
+    route_class: type[APIRoute] = APIRoute,
+    dependencies: Sequence[DependsParam] = (),
+    responses: dict[int | str, dict[str, Any]] | None = None,
+    prefix: str = "/api/v1/background-tasks",
+) -> APIRouter:
+    """The translation and VPSWeb routes of one manager. ``adapter`` defaults to the
+    manager's (:func:`get_vpsweb_adapter`, looked up per request, so an adapter made
+    later with VPSWeb's own workflow is the one used)."""
+
+    def current() -> VPSWebAdapter:
+        return adapter if adapter is not None else get_vpsweb_adapter(manager)
+
+    Adapter = Annotated[VPSWebAdapter, Depends(current)]
+
+    async def existing_job(job_id: JobId) -> str:
+        """Answers 404 before a stream starts, rather than inside it."""
+        await current().status(job_id)
+        return job_id
+
+    router = APIRouter(
+        prefix=prefix,
+        tags=["translation jobs"],
+        route_class=route_class,
+        dependencies=list(dependencies),
+        responses={
+            **(responses or {}),
+            503: {"description": "Not running, or no LLM provider is configured"},
+        },
+    )
+
+    # --- translation jobs ---------------------------------------------------------------
+
+    @router.post("/translation", status_code=202, summary="Submit translation job")
+    async def submit(
+        body: TranslationRequest, request: Request, vpsweb: Adapter
+    ) -> TranslationSubmitResponse:
+        return TranslationSubmitResponse.of(await vpsweb.submit(body), request)
+
+    @router.get("/translation", summary="List translation jobs, newest first")
+    async def list_jobs(
+        vpsweb: Adapter,
+        status: Annotated[list[TaskStatus] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> TranslationListResponse:
+        jobs = await vpsweb.list_jobs(statuses=status, limit=limit, offset=offset)
+        return TranslationListResponse(jobs=jobs, count=len(jobs), limit=limit, offset=offset)
+
+    @router.post("/translation/batch", status_code=202, summary="Submit batch translation jobs")
+    async def batch(
+        body: TranslationBatch, request: Request, vpsweb: Adapter
+    ) -> TranslationBatchResponse:
+        most = vpsweb.settings.max_batch_size
+        if len(body.requests) > most:
+            detail = [
+                {
+                    "type": "too_long",
+                    "loc": ["body", "requests"],
+                    "msg": f"a batch holds at most {most} requests (translation.max_batch_size)",
+                    "input": len(body.requests),
+                }
+            ]
+            raise HTTPException(422, detail)
+        jobs = await vpsweb.batch(body)
+        return TranslationBatchResponse(
+            job_ids=[job.job_id for job in jobs],
+            jobs=[TranslationSubmitResponse.of(job, request) for job in jobs],
+            count=len(jobs),
+        )
+
+    @router.post("/translation/compare", summary="Compare workflow modes")
+    async def compare(body: CompareRequest, vpsweb: Adapter) -> Comparison:
+        return await vpsweb.compare(body)
+
+    @router.get("/translation/compare", summary="Jobs of a comparison, side by side")
+    async def comparison(
+        vpsweb: Adapter,
+        job_id: Annotated[list[str], Query(min_length=1, max_length=10)],
+    ) -> Comparison:
+        return await vpsweb.comparison(job_id)
+
+    @router.get(
+        "/translation/{job_id}", name="translation_status", summary="Get translation job status"
+    )
+    async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+        return await vpsweb.status(job_id)
+
+    @router.get(
+        "/translation/{job_id}/result",
+        name="translation_result",
+        summary="Get translation job result",
+        responses={409: {"description": "The job has not completed"}},
+    )
+    async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
+        return await vpsweb.result(job_id)
+
+    @router.post("/translation/{job_id}/retry", summary="Retry failed translation job")
+    async def retry(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+        return await vpsweb.retry(job_id)
+
+    @router.delete("/translation/{job_id}", summary="Cancel translation job")
+    async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+        return await vpsweb.cancel(job_id)
+
+    @router.get(
+        "/translation/{job_id}/events",
+        name="translation_events",
+        response_class=EventSourceResponse,
+        summary="Server-sent events of a job in VPSWeb's UI event names",
+    )
+    async def events(
+        job_id: Annotated[str, Depends(existing_job)],
+        vpsweb: Adapter,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        hub = manager.events
+        after = hub.last_id
+        if last_event_id is not None and last_event_id.isdigit():
+            after = int(last_event_id)
+        async with hub.subscribe(after=after) as stream:
+            job = await vpsweb.status(job_id)
+            yield ServerSentEvent(event="status", data=_status(job))
+            if job.status.is_terminal:
+                yield await _final(vpsweb, job_id, None)
+                return
+            async for event in stream:
+                if event.task_id != job_id:
+                    continue
+                if isinstance(event, TaskCompleted | TaskDeadLettered | TaskCancelled):
+                    yield await _final(vpsweb, job_id, event)
+                    return
+                yield await _translate(vpsweb, job_id, event)
+
+    # --- system health -------------------------------------------------------------------
+
+    @router.get("/vpsweb/status", tags=["system health"], summary="VPSWeb integration status")
+    async def vpsweb_status(vpsweb: Adapter) -> IntegrationStatus:
+        return await vpsweb.integration_status()
+
+    @router.get(
+        "/vpsweb/health", tags=["system health"], summary="VPSWeb comprehensive health check"
+    )
+    async def vpsweb_health(vpsweb: Adapter) -> ProviderHealth:
+        return await vpsweb.health()
+
+    return router
+
+
+def _status(job: TranslationJob) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "progress": job.progress,
+        "percent": _percent(job.progress),
+        "message": job.message,
+        "current_step": job.current_step,
+        "steps_completed": job.steps_completed,
+        "attempts": job.attempts,
+    }
+
+
+async def _translate(vpsweb: VPSWebAdapter, job_id: str, event: Event) -> ServerSentEvent:
+    """One hub event of the job, as VPSWeb's UI expects it."""
+    if isinstance(event, TaskProgressed) and event.update is not None:
+        update = event.update
+        meta = update.metadata or {}
+        kind = meta.get("event")
+        if kind in ("step_start", "step_complete"):
+            data = {
+                "job_id": job_id,
+                "step": meta.get("step"),
+                "step_name": meta.get("step_name"),
+                "progress": update.progress,
+                "percent": _percent(update.progress),
+                "message": update.message,
+                "details": meta.get("details", {}),
+            }
+            return ServerSentEvent(event=kind, id=str(event.id), data=data)
+    # Anything else (started, retrying, deferred, requeued, other progress): the state now.
+    job = await vpsweb.status(job_id)
+    data = {**_status(job), "cause": event.kind}
+    return ServerSentEvent(event="status", id=str(event.id), data=data)
+
+
+async def _final(vpsweb: VPSWebAdapter, job_id: str, event: Event | None) -> ServerSentEvent:
+    job = await vpsweb.status(job_id)
+    event_id = None if event is None else str(event.id)
+    if job.status is TaskStatus.COMPLETED:
+        result = await vpsweb.result(job_id)
+        return ServerSentEvent(
+            event="completed",
+            id=event_id,
+            data={"job_id": job_id, **result.model_dump(mode="json")},
+        )
+    message = job.error_message or f"translation job {job.status.value}"
+    return ServerSentEvent(
+        event="error",
+        id=event_id,
+        data={
+            "job_id": job_id,
+            "status": job.status.value,
+            "message": message,
+            "error_category": job.error_category,
+        },
+    )
