@@ -205,11 +205,11 @@ class ThreadClock:
 
     def spent(self) -> dict[str, float]:
         first, last = self.marks[0], self.marks[-1]
-        spent: Counter[str] = Counter()
+        spent: dict[str, float] = {}
         for tid, seconds in last.items():
             name = re.sub(r"[-_:]?\d+$", "", self.names.get(tid, "other"))
-            spent[name] += seconds - first.get(tid, 0.0)
-        return dict(spent)
+            spent[name] = spent.get(name, 0.0) + seconds - first.get(tid, 0.0)
+        return spent
 
 
 def profile(folder: Path, n: int, concurrency: int) -> None:
@@ -243,8 +243,8 @@ def profile(folder: Path, n: int, concurrency: int) -> None:
     def profiled_main(thread: DatabaseThread) -> None:
         db_profiler.runcall(thread_main, thread)
 
-    SQLiteTaskStore._connect = traced  # type: ignore[method-assign]
-    DatabaseThread._main = profiled_main  # type: ignore[method-assign]
+    SQLiteTaskStore._connect = traced
+    DatabaseThread._main = profiled_main
     loop_profiler = cProfile.Profile()
     loop_profiler.enable()
     profiled = anyio.run(ours, folder / "profile.db", n, concurrency, "NORMAL")
