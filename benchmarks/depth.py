@@ -75,6 +75,29 @@ def fill(path: Path, count: int, *, analyze: bool = False) -> float:
     return count / elapsed
 
 
+def claim_plan(path: Path) -> str:
+    """The index the store's claim query uses on ``path`` (from EXPLAIN QUERY PLAN of the
+    store's own SQL; private names, so "?" if they change)."""
+    try:
+        from vpsweb_tasks.storage import sqlite as store
+
+        sql = store._CLAIM.format(runnable=store._RUNNABLE_TYPES, order=store._ORDER_PRIORITY)
+    except (ImportError, AttributeError, KeyError):
+        return "?"
+    params = {"worker": "w", "expires": 0.0, "now": 0.0, "limit": 1, "types": '["noop"]'}
+    conn = sqlite3.connect(path)
+    try:
+        details = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    finally:
+        conn.close()
+    plan = next(
+        (d.split(" USING ", 1)[-1] for d in details if "INDEX ix_" in d),
+        "scan" if any(d.startswith("SCAN background_tasks") for d in details) else "?",
+    )
+    plan = plan.removeprefix("INDEX ").split(" (", 1)[0]
+    return plan + (" + sort" if any("TEMP B-TREE" in d for d in details) else "")
+
+
 async def store_claims(path: Path, claims: int, limit: float) -> float:
     async with SQLiteTaskStore(path) as store:
         start, done = time.perf_counter(), 0
@@ -131,7 +154,7 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where the temporary databases go")
     args = parser.parse_args()
 
-    results: dict[int, tuple[float, float, float, float]] = {}
+    results: dict[int, tuple[float, float, float, float, str]] = {}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
         folder = Path(tmp).resolve()
         for depth in args.depths:
@@ -140,11 +163,12 @@ def main() -> None:
             total = depth + args.claims
             rate = fill(base, total, analyze=args.analyze)
             size = base.stat().st_size / 1e6
+            plan = claim_plan(base)
             copy = folder / f"copy-{depth}.db"
             shutil.copyfile(base, copy)
             by_store = anyio.run(store_claims, copy, args.claims, args.max_seconds)
             by_manager = anyio.run(manager_claims, base, args.claims, total, args.max_seconds)
-            results[depth] = (by_store, by_manager, rate, size)
+            results[depth] = (by_store, by_manager, rate, size, plan)
             print(f"  depth {depth:>9,}: store {by_store:,.0f}/s, manager {by_manager:,.0f}/s")
             copy.unlink()
             base.unlink()
@@ -157,12 +181,15 @@ def main() -> None:
     )
     header = (
         f"{'pending':>10} {'db MB':>7} {'fill rows/s':>12} {'store claims/s':>15}"
-        f" {'manager tasks/s':>16}"
+        f" {'manager tasks/s':>16}  claim plan"
     )
     print(header)
     print("-" * len(header))
-    for depth, (by_store, by_manager, rate, size) in results.items():
-        print(f"{depth:>10,} {size:>7,.0f} {rate:>12,.0f} {by_store:>15,.0f} {by_manager:>16,.0f}")
+    for depth, (by_store, by_manager, rate, size, plan) in results.items():
+        print(
+            f"{depth:>10,} {size:>7,.0f} {rate:>12,.0f} {by_store:>15,.0f} {by_manager:>16,.0f}"
+            f"  {plan}"
+        )
     low, high = min(results), max(results)
     if low != high:
         store_ratio = results[high][0] / results[low][0]
