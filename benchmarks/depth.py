@@ -77,12 +77,12 @@ def fill(path: Path, count: int, *, analyze: bool = False) -> float:
 
 def claim_plan(path: Path) -> str:
     """The index the store's claim query uses on ``path`` (from EXPLAIN QUERY PLAN of the
-    store's own SQL; private names, so "?" if they change)."""
+    store's own SQL)."""
     try:
         from vpsweb_tasks.storage import sqlite as store
 
-        sql = store._CLAIM.format(runnable=store._RUNNABLE_TYPES, order=store._ORDER_PRIORITY)
-    except (ImportError, AttributeError, KeyError):
+        sql = store.claim_sql(typed=True, by_priority=True)
+    except (ImportError, AttributeError):
         return "?"
     params = {"worker": "w", "expires": 0.0, "now": 0.0, "limit": 1, "types": '["noop"]'}
     conn = sqlite3.connect(path)
