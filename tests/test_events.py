@@ -97,3 +97,21 @@ async def test_resuming_from_before_the_kept_history_is_refused() -> None:
         with pytest.raises(SubscriberLagged):
             async with hub.subscribe(after=3):
                 pass
+
+
+async def test_resuming_from_an_id_of_before_a_restart_is_refused() -> None:
+    """Ids restart with the process: a client that saw event 500 of the last run must be
+    told to reload, not be given events from 501 on of this one."""
+    hub = EventHub()
+    async with hub:
+        for i in range(3):
+            await hub.publish(TaskStarted(task=str(i)))
+        with pytest.raises(SubscriberLagged) as lagged:
+            async with hub.subscribe(after=500):
+                pass
+        assert lagged.value.last_id == 500
+        async with hub.subscribe(after=3) as events:  # the newest id itself is fine
+            await hub.publish(TaskStarted(task="next"))
+            async for event in events:
+                assert event.id == 4
+                break

@@ -402,13 +402,16 @@ class EventHub:
         """Iterate over events with ``id > after`` (None: only new ones), live.
 
         Raises :class:`SubscriberLagged` from the iterator if events were lost, either
-        because ``after`` is older than the ring or because the subscriber fell behind.
+        because ``after`` is older than the ring (or newer than any event: an id from before
+        a restart) or because the subscriber fell behind.
         """
         subscription = _Subscription(self._subscriber_buffer)
         self._subscriptions.add(subscription)
         backlog: list[Event] = []
         if after is not None:
-            if after < self.oldest_id - 1:
+            # Older than the ring: lost. Newer than anything published: an id of an earlier
+            # run of this process (ids restart with it), so what came since is unknown.
+            if after < self.oldest_id - 1 or after > self.last_id:
                 self._subscriptions.discard(subscription)
                 subscription.send.close()
                 subscription.receive.close()
