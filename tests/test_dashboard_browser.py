@@ -368,6 +368,7 @@ JOBS = [
         "message": "Editor Review",
         "current_step": "editor_review",
         "steps_completed": ["initial_translation"],
+        "steps": [],  # filled in below from RESULT's first step
         "metadata": {"title": "Hope is the thing with feathers"},
         "finished_at": None,
         "result_available": False,
@@ -410,6 +411,8 @@ RESULT = {
     "duration_seconds": 12.6,
     "workflow_output": None,
 }
+JOBS[0]["steps"] = RESULT["steps"][:1]  # the running job has finished step 1
+JOBS[1]["steps"] = RESULT["steps"]
 TRANSLATION_URL = re.compile(r"/api/v1/background-tasks/translation(/[^?]*)?(\?.*)?$")
 
 
@@ -484,7 +487,8 @@ async def test_translation_panel_draws_running_and_finished_jobs_from_the_routes
     browser: Browser, settings_factory: Callable[..., Settings]
 ) -> None:
     # Both states at once, answered in the browser in the routes' shapes: a running job has
-    # a bar and no result is asked for it; a finished one shows every step.
+    # a bar and its finished steps, and no result is asked for it; a finished one shows the
+    # original and every step.
     async with board_for(browser, settings_factory()) as board:
         asked = await answer_translations(board.page)
         await board.open()
@@ -499,7 +503,9 @@ async def test_translation_panel_draws_running_and_finished_jobs_from_the_routes
         await expect(done).to_contain_text("English → Polish · hybrid")
         running = board.page.locator('#translations [data-job-id="job-running"]')
         await expect(running.locator(".bar")).to_have_attribute("aria-valuenow", "50")
-        await expect(running.locator(".step")).to_have_count(0)  # no result yet: not asked
+        # No result yet (not asked for): the step it finished, from the job's checkpoints.
+        await expect(running.locator(".step h4")).to_have_text(["Initial Translation"])
+        await expect(running.locator(".step p")).to_have_text([STEP_OUTPUTS[0][2]])
         assert "/job-running/result" not in asked
         assert board.errors == []
 

@@ -251,6 +251,10 @@ async def test_an_auth_failure_is_not_retried_and_a_retry_resumes_after_the_fix(
             ["initial_translation"],
             "editor_review",
         )
+        # The failed job still shows what it paid for.
+        assert [(s.step, s.output, s.model) for s in failed.steps] == [
+            ("initial_translation", "m-initial translation, call 1", "m-initial")
+        ]
         # A 401 means the provider answered: it does not count against its breaker.
         assert breakers.get("llm:local").statistics().consecutive_failures == 0
         with pytest.raises(TaskStateError):

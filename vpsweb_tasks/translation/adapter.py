@@ -745,6 +745,7 @@ def _job(row: TranslationJobRow) -> TranslationJob:
         message=task.message,
         current_step=current,
         steps_completed=done,
+        steps=[StepCheckpoint.model_validate(row.steps[step]) for step in done],
         source_language=row.source_language,
         target_language=row.target_language,
         workflow_mode=WorkflowMode(row.workflow_mode),

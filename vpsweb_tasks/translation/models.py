@@ -191,6 +191,9 @@ class TranslationJob(BaseModel):
     current_step: str | None
     """Key of the step running or next to run; None once finished."""
     steps_completed: list[str]
+    steps: list[StepCheckpoint] = Field(default_factory=list)
+    """The finished steps' checkpoints (output, notes, model, tokens, duration), in
+    workflow order: visible while the job runs, and kept when it fails."""
     source_language: str
     target_language: str
     workflow_mode: WorkflowMode

@@ -67,15 +67,14 @@ function jobView(job, result) {
   if (job.error_message) {
     view.append(h("div", { class: "message" }, h("span", { class: "category" }, job.error_category ?? ""), ` ${job.error_message}`));
   }
-  if (result) {
-    const columns = [column("Original", result.original_text, null, { "data-step": "original" })];
-    for (const step of result.steps ?? []) {
-      columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }, step.notes));
-    }
-    view.append(h("div", { class: "steps" }, columns));
-  } else if (job.steps_completed?.length) {
-    view.append(h("div", { class: "muted" }, `done: ${job.steps_completed.map(humanise).join(", ")}`));
+  // A finished job shows the original and every step; a running or failed one the steps
+  // it has finished so far (their checkpoints come with the job).
+  const steps = result ? result.steps ?? [] : job.steps ?? [];
+  const columns = result ? [column("Original", result.original_text, null, { "data-step": "original" })] : [];
+  for (const step of steps) {
+    columns.push(column(step.name ?? humanise(step.step), step.output, notesOf(step), { "data-step": step.step ?? "" }, step.notes));
   }
+  if (columns.length) view.append(h("div", { class: "steps" }, columns));
   return view;
 }
 
