@@ -96,6 +96,14 @@ def claim_sql(*, typed: bool, by_priority: bool) -> str:
     )
 
 
+_RECORD_METRIC = (
+    "INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,"
+    " queue_wait_seconds, duration_seconds, recorded_at)"
+    " SELECT id, task_type, attempts, :outcome, :error_category,"
+    " max(0.0, started_at - run_at), max(0.0, :now - started_at), :now"
+    " FROM background_tasks"
+    " WHERE id = :id AND status = 'running' AND lease_owner = :worker AND fence = :fence"
+)
 _INSERT_COLUMNS = (
     "INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,"
     " max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)"
@@ -411,23 +419,30 @@ class SQLiteTaskStore(TaskStore):
         return await self._db().run(beat)
 
     async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+        lease = {"id": token.task_id, "worker": token.worker_id, "fence": token.fence}
+        # A cancel request that raced with the attempt's end still wins over a failure.
+        tries: list[tuple[Outcome, str]] = [(outcome, "")]
+        if isinstance(outcome, Failed | Released | Deferred):
+            tries = [(outcome, " AND NOT cancel_requested"), (Cancelled(), " AND cancel_requested")]
+
         def finish(conn: sqlite3.Connection) -> TaskRecord:
-            row = conn.execute(
-                "SELECT task_type, attempts, run_at, started_at, cancel_requested"
-                " FROM background_tasks"
-                " WHERE id = ? AND status = 'running' AND lease_owner = ? AND fence = ?",
-                (token.task_id, token.worker_id, token.fence),
-            ).fetchone()
-            if row is None:
+            # The metrics row is taken from the row as the attempt left it, and only if the
+            # lease is still ours: that INSERT is also the lease check.
+            for effective, guard in tries:
+                changes, execution = _changes_for(effective, now)
+                metric = {
+                    **lease,
+                    "outcome": execution["outcome"],
+                    "error_category": execution["error_category"],
+                    "now": now,
+                }
+                if conn.execute(_RECORD_METRIC + guard, metric).rowcount:
+                    break
+            else:
                 raise LeaseLostError(
                     f"task_id:{token.task_id} is no longer held by {token.worker_id}"
                     f" (fence {token.fence})"
                 )
-            effective = outcome
-            if row["cancel_requested"] and isinstance(outcome, Failed | Released | Deferred):
-                # A cancel request that raced with the attempt's end still wins.
-                effective = Cancelled()
-            changes, execution = _changes_for(effective, now)
             assignments = ", ".join(
                 f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = :{column}"
                 for column, value in changes.items()
@@ -444,23 +459,7 @@ class SQLiteTaskStore(TaskStore):
                 " error_category = :error_category, error_type = :error_type,"
                 " error_message = :error_message, traceback = :traceback"
                 " WHERE task_id = :id AND fence = :fence",
-                {**execution, "now": now, "id": token.task_id, "fence": token.fence},
-            )
-            started = row["started_at"]
-            conn.execute(
-                "INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,"
-                " queue_wait_seconds, duration_seconds, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token.task_id,
-                    row["task_type"],
-                    row["attempts"],
-                    execution["outcome"],
-                    execution["error_category"],
-                    None if started is None else max(0.0, started - row["run_at"]),
-                    None if started is None else max(0.0, now - started),
-                    now,
-                ),
+                {**execution, **lease, "now": now},
             )
             return _task(updated)
 
