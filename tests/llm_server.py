@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
-REASONS |= {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+from .support import send_json, serving
 
 
 @dataclass(frozen=True)
@@ -130,10 +128,10 @@ class FakeLLM:
             body = await buffered.receive_exactly(length) if length else b""
             if method == "GET" and path.endswith("/models"):
                 data = {"object": "list", "data": [{"id": m} for m in self.models_listed]}
-                await self._send(stream, 200, {}, data)
+                await send_json(stream, 200, data)
                 return
             if method != "POST" or not path.endswith("/chat/completions"):
-                await self._send(stream, 404, {}, {"error": {"message": "no such route"}})
+                await send_json(stream, 404, {"error": {"message": "no such route"}})
                 return
             request = json.loads(body)
             call = Call(
@@ -151,7 +149,7 @@ class FakeLLM:
                 return  # closed without a word
             if reply.status != 200:
                 error = {"error": {"message": f"scripted {reply.status}"}}
-                await self._send(stream, reply.status, reply.headers, error)
+                await send_json(stream, reply.status, error, reply.headers)
                 return
             content = reply.content or (
                 f"<translation>{call.model} translation, call {call.number}</translation>"
@@ -170,7 +168,7 @@ class FakeLLM:
                 ],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
-            await self._send(stream, 200, reply.headers, completion)
+            await send_json(stream, 200, completion, reply.headers)
             self.answered += 1
             self._notify()
 
@@ -195,30 +193,6 @@ class FakeLLM:
             tg.cancel_scope.cancel()
         return not gone
 
-    @staticmethod
-    async def _send(stream: SocketStream, status: int, extra: dict[str, str], data: Any) -> None:
-        payload = json.dumps(data).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Content-Length": str(len(payload)),
-            "Connection": "close",
-            **extra,
-        }
-        head = f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
-        head += "".join(f"{key}: {value}\r\n" for key, value in headers.items())
-        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await stream.send(head.encode() + b"\r\n" + payload)
 
-
-@asynccontextmanager
-async def fake_llm() -> AsyncIterator[FakeLLM]:
-    server = FakeLLM()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tg:
-        server.port = listener.extra(SocketAttribute.local_port)
-        tg.start_soon(listener.serve, server._handle)
-        try:
-            yield server
-        finally:
-            server.release()
-            tg.cancel_scope.cancel()
+def fake_llm() -> AbstractAsyncContextManager[FakeLLM]:
+    return serving(FakeLLM())

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -25,6 +25,7 @@ REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    404: "Not Found",
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -93,22 +94,42 @@ class LoopbackServer:
             self._changed = anyio.Event()
             if self._held is not None:
                 await self._held.wait()
-            body = json.dumps(reply.body if reply.body is not None else {"call": number})
-            payload = body.encode()
-            headers = {
-                "Content-Type": "application/json",
-                "Content-Length": str(len(payload)),
-                "Connection": "close",
-                **reply.headers,
-            }
-            head = f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}\r\n"
-            head += "".join(f"{key}: {value}\r\n" for key, value in headers.items())
-            await stream.send(head.encode() + b"\r\n" + payload)
+            body = reply.body if reply.body is not None else {"call": number}
+            await send_json(stream, reply.status, body, reply.headers)
+
+
+class Served(Protocol):
+    port: int
+
+    async def _handle(self, stream: SocketStream) -> None: ...
+
+    def release(self) -> None: ...
+
+
+S = TypeVar("S", bound=Served)
+
+
+async def send_json(
+    stream: SocketStream, status: int, data: Any, headers: dict[str, str] | None = None
+) -> None:
+    """One HTTP/1.1 response with a JSON body, then the connection is closed."""
+    payload = json.dumps(data).encode()
+    fields = {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(payload)),
+        "Connection": "close",
+        **(headers or {}),
+    }
+    head = f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+    head += "".join(f"{key}: {value}\r\n" for key, value in fields.items())
+    with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await stream.send(head.encode() + b"\r\n" + payload)
 
 
 @asynccontextmanager
-async def loopback_server() -> AsyncIterator[LoopbackServer]:
-    server = LoopbackServer()
+async def serving(server: S) -> AsyncIterator[S]:
+    """Serve ``server._handle`` on a free loopback port until the block ends; held
+    replies are released first."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     async with listener, anyio.create_task_group() as tg:
         server.port = listener.extra(SocketAttribute.local_port)
@@ -118,6 +139,10 @@ async def loopback_server() -> AsyncIterator[LoopbackServer]:
         finally:
             server.release()
             tg.cancel_scope.cancel()
+
+
+def loopback_server() -> AbstractAsyncContextManager[LoopbackServer]:
+    return serving(LoopbackServer())
 
 
 async def closed_port() -> int:
