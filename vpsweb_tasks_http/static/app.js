@@ -174,8 +174,8 @@ function cancelButton(task) {
   );
 }
 
-function runningItem(task) {
-  const { progress, message } = liveOf(task);
+/** A task's list item: its name and type, ``right`` beside them, ``below`` under them. */
+function taskItem(task, right, ...below) {
   return h(
     "li",
     { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
@@ -184,15 +184,21 @@ function runningItem(task) {
       { class: "task-line" },
       h("span", { class: "name" }, task.name),
       h("span", { class: "type" }, task.task_type),
-      h(
-        "span",
-        { class: "right" },
-        task.attempts > 1 ? h("span", { class: "muted" }, `attempt ${task.attempts}`) : null,
-        h("span", { class: "muted elapsed", "data-since": task.started_at }, duration(elapsed(task.started_at))),
-        h("span", { class: "pct" }, `${Math.round(progress * 100)}%`),
-        cancelButton(task),
-      ),
+      h("span", { class: "right" }, ...right, cancelButton(task)),
     ),
+    ...below,
+  );
+}
+
+function runningItem(task) {
+  const { progress, message } = liveOf(task);
+  return taskItem(
+    task,
+    [
+      task.attempts > 1 ? h("span", { class: "muted" }, `attempt ${task.attempts}`) : null,
+      h("span", { class: "muted elapsed", "data-since": task.started_at }, duration(elapsed(task.started_at))),
+      h("span", { class: "pct" }, `${Math.round(progress * 100)}%`),
+    ],
     bar(progress, task.status),
     h("div", { class: "message" }, message ?? ""),
   );
@@ -200,23 +206,13 @@ function runningItem(task) {
 
 function queuedItem(task) {
   const waiting = task.run_at && Date.parse(task.run_at) > Date.now();
-  return h(
-    "li",
-    { "data-task-id": task.task_id, "data-status": task.status, ...opens(task.task_id) },
-    h(
-      "div",
-      { class: "task-line" },
-      h("span", { class: "name" }, task.name),
-      h("span", { class: "type" }, task.task_type),
-      h(
-        "span",
-        { class: "right" },
-        waiting ? h("span", { class: "muted", "data-relative": task.run_at }, relative(task.run_at)) : null,
-        h("span", { class: "badge priority", "data-priority": task.priority }, task.priority),
-        badge(task.status),
-        cancelButton(task),
-      ),
-    ),
+  return taskItem(
+    task,
+    [
+      waiting ? h("span", { class: "muted", "data-relative": task.run_at }, relative(task.run_at)) : null,
+      h("span", { class: "badge priority", "data-priority": task.priority }, task.priority),
+      badge(task.status),
+    ],
     task.status === "retrying" && task.error
       ? h("div", { class: "message" }, `attempt ${task.attempts} failed: `, h("span", { class: "category" }, task.error.category ?? ""), ` ${task.error.message ?? ""}`)
       : null,
