@@ -250,8 +250,10 @@ async def test_a_cancel_from_an_api_process_stops_a_task_in_a_worker_process(
         # both for the submit and for the cancel.
         interval, lease, bound = 60.0, 180.0, 2.0
     else:
-        interval, lease = 0.5, 1.5
-        bound = interval + 0.5  # the heartbeat sees the request; then the write lands
+        # Polling would take a minute: the submit wakes the worker through the watch of
+        # the file's data version; the cancel is seen by the next heartbeat (lease / 3).
+        interval, lease = 60.0, 1.5
+        bound = lease / 3 + 0.5  # the heartbeat sees the request; then the write lands
     config = write_config(
         tmp_path / "worker.yaml", storage, queue_check_interval=interval, lease_seconds=lease
     )

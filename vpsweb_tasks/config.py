@@ -94,7 +94,9 @@ class BackgroundTaskSettings(_Section):
     """Waiting tasks (pending + retrying) beyond which submit raises QueueFullError."""
     queue_check_interval: PositiveSeconds = 1.0
     """Upper bound on how long a worker takes to notice work or a cancel request made by
-    another process. A submit in the same process wakes the dispatcher at once."""
+    another process. A submit in the same process wakes the dispatcher at once; one in
+    another process usually does too (PostgreSQL's notifications, SQLite's
+    storage.sqlite_watch_interval)."""
     task_retention_hours: float = Field(default=24.0, gt=0)
     """Finished tasks older than this are deleted (with their executions, metrics and
     progress) by the periodic cleanup."""
@@ -204,6 +206,10 @@ class StorageSettings(_Section):
     survives power loss, at a cost in write speed."""
     busy_timeout: PositiveSeconds = 30.0
     """How long a write waits for another process's lock."""
+    sqlite_watch_interval: float = Field(default=0.05, ge=0)
+    """SQLite with several processes: how often a worker checks whether another process
+    committed (``PRAGMA data_version``, no table read), so that a task submitted elsewhere
+    starts within this time rather than within ``queue_check_interval``. 0: off."""
     postgres_dsn: str | None = None
     """libpq connection string, for backend postgres."""
 

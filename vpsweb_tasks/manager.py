@@ -110,6 +110,7 @@ def make_store(settings: Settings) -> TaskStore:
         synchronous=storage.sqlite_synchronous,
         busy_timeout=storage.busy_timeout,
         history_limit=settings.task_monitoring.progress_history_limit,
+        watch_interval=storage.sqlite_watch_interval,
     )
 
 

@@ -223,8 +223,9 @@ class TaskQueue:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Relay other processes' submits and cancel requests (LISTEN/NOTIFY on PostgreSQL;
-        a no-op on SQLite, which relies on polling). A failure before the first notice
-        fails the start; a later one is logged and the store is asked again."""
+        on SQLite, a watch of the file's data version that wakes the dispatcher). A
+        failure before the first notice fails the start; a later one is logged and the
+        store is asked again."""
         status = _StartedOnce(task_status)
         while not self._stopping:
             try:
@@ -236,7 +237,7 @@ class TaskQueue:
                 await anyio.sleep(self.config.queue_check_interval)
 
     def _on_notice(self, kind: Notice, task_id: str) -> None:
-        if kind == "task_added":
+        if kind in ("task_added", "changed"):
             self.notify()
         elif kind == "breaker_changed":
             self.manager._tg_start(self._loop_once, "breaker sync", self.sync_breakers)

@@ -285,8 +285,9 @@ class TranslationJobRow:
 
 
 #: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`. For
-#: ``breaker_changed`` the second argument is the breaker's name.
-Notice = Literal["task_added", "cancel_requested", "breaker_changed"]
+#: ``breaker_changed`` the second argument is the breaker's name. ``changed`` (second
+#: argument empty) says only that another process committed something: look again.
+Notice = Literal["task_added", "cancel_requested", "breaker_changed", "changed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,8 +359,9 @@ class TaskStore(abc.ABC):
         ``queue_check_interval`` and learn of cancel requests from :meth:`heartbeat`.
         ``on_notice`` runs in the listening task: keep it quick and non-blocking.
 
-        The default does nothing and waits forever: backends without notifications (SQLite)
-        rely on that polling alone.
+        A backend that cannot tell what changed may send ``changed`` instead (SQLite
+        watches ``PRAGMA data_version``). The default does nothing and waits forever:
+        a backend without notifications relies on that polling alone.
         """
         task_status.started()
         await anyio.sleep_forever()

@@ -1,0 +1,83 @@
+"""What only the SQLite store does: claims read waiting tasks in dispatch order from their
+index, with or without planner statistics (a claim must not sort the whole queue: 1M
+pending would take ~0.5 s a claim; see benchmarks/depth.py), and another process's
+commits reach a listener through the file's data version."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from vpsweb_tasks.storage.base import Notice
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore, claim_sql
+
+from .conftest import new_task
+from .test_storage_conformance import T0
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("typed", [False, True])
+@pytest.mark.parametrize("by_priority", [True, False])
+@pytest.mark.parametrize("analyzed", [False, True])
+async def test_the_claim_uses_its_index_and_never_sorts(
+    tmp_path: Path, typed: bool, by_priority: bool, analyzed: bool
+) -> None:
+    path = tmp_path / "plans.db"
+    store = SQLiteTaskStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        # Many finished rows and a few waiting: the shape that misled the planner.
+        conn.executemany(
+            "INSERT INTO background_tasks (id, name, task_type, priority, status, max_retries,"
+            " run_at, created_at, updated_at) VALUES (?, 'n', 'noop', 1, ?, 3, 0, 0, 0)",
+            [(f"t{i}", "completed" if i % 10 else "pending") for i in range(2000)],
+        )
+        if analyzed:
+            conn.execute("ANALYZE")
+        sql = claim_sql(typed=typed, by_priority=by_priority)
+        params = {"worker": "w", "expires": 0.0, "now": 0.0, "limit": 1, "types": '["noop"]'}
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    finally:
+        conn.close()
+    index = "ix_background_tasks_dispatch" if by_priority else "ix_background_tasks_fifo"
+    assert any(index in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_another_connections_commit_reaches_a_listener(tmp_path: Path) -> None:
+    """Two stores on one file stand for two processes (each has its own connection)."""
+    path = tmp_path / "shared.db"
+    notices: list[tuple[Notice, str]] = []
+    heard = anyio.Event()
+
+    def on_notice(kind: Notice, task_id: str) -> None:
+        notices.append((kind, task_id))
+        heard.set()
+
+    async with (
+        SQLiteTaskStore(path, watch_interval=0.01) as worker,
+        SQLiteTaskStore(path, watch_interval=0) as web,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(worker.listen, on_notice)
+        await web.add_task(new_task(T0))
+        with anyio.fail_after(5):
+            await heard.wait()
+        assert notices == [("changed", "")]
+        tg.cancel_scope.cancel()
+
+
+async def test_the_watch_is_off_at_zero_and_in_memory(tmp_path: Path) -> None:
+    for store in (
+        SQLiteTaskStore(tmp_path / "off.db", watch_interval=0),
+        SQLiteTaskStore(":memory:"),
+    ):
+        async with store, anyio.create_task_group() as tg:
+            await tg.start(store.listen, lambda kind, task_id: None)  # starts, then waits
+            tg.cancel_scope.cancel()
