@@ -609,10 +609,11 @@ class TaskStore(abc.ABC):
         tasks (``pending`` + ``retrying``) plus ``len(items)`` exceed the limit, nothing
         is stored and :class:`~vpsweb_tasks.errors.QueueFullError` names the limit and
         the waiting count. The check and the inserts are one transaction, so no other
-        submit can take the room in between (within the limits of the backend's
-        isolation, as for :meth:`add_task`). A task id or job id that exists, or that
-        appears twice in ``items``, raises ``ValueError`` and stores nothing. An empty
-        ``items`` stores nothing and returns ``[]``."""
+        submit can take the room in between: exactly so on SQLite, whose writers take
+        turns; on PostgreSQL, submits racing on other connections can overshoot the
+        limit by the tasks they add, as with :meth:`add_task`. A task id or job id that
+        exists, or that appears twice in ``items``, raises ``ValueError`` and stores
+        nothing. An empty ``items`` stores nothing and returns ``[]``."""
 
     @abc.abstractmethod
     async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
