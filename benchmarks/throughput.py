@@ -12,7 +12,9 @@ at ``FULL`` (equal durability: the same pragma for all three):
   ``task_completed`` event (written durably before it is published).
 * huey: ``SqliteHuey`` (the subclass in ``huey_app.py`` sets the pragma) with its consumer in
   its own process, 4 worker threads, a constant 1 ms poll. The producer enqueues N no-op
-  tasks, and the clock stops when N results are in the result store.
+  tasks, and the clock stops when N results are in the result store. Also "same, in one
+  process": the same consumer started in the producer's process (one process and one GIL,
+  as vpsweb-tasks runs here); the issue's targets are shown against both.
 * raw sqlite3: one connection; per task an INSERT, a claim (``UPDATE ... RETURNING``) and a
   finishing UPDATE, each in its own transaction: what a hand-written queue pays.
 
@@ -58,6 +60,8 @@ PRAGMAS = ("NORMAL", "FULL")
 TARGETS: dict[tuple[str, str], float] = {
     ("FULL", "huey"): 5.0,
     ("NORMAL", "huey"): 2.0,
+    ("FULL", "huey1"): 5.0,
+    ("NORMAL", "huey1"): 2.0,
     ("NORMAL", "raw"): 1 / 3,
 }
 SUBMITTERS = 16
@@ -149,6 +153,41 @@ def huey(folder: Path, n: int, synchronous: str) -> Run:
     finally:
         consumer.send_signal(signal.SIGINT)  # graceful
         consumer.wait(30)
+        app.storage.close()
+    return Run(n / elapsed, cpu / n)
+
+
+def huey_one_process(folder: Path, n: int, synchronous: str) -> Run:
+    """Huey's consumer (4 threads, 1 ms poll) started inside this process, next to the
+    producer: one process and one GIL, as ours runs here."""
+    filename = str(folder / f"huey1-{synchronous}-{time.monotonic_ns()}.db")
+    app = make_huey(filename, synchronous)
+    task = noop_task(app)
+    consumer = app.create_consumer(
+        workers=4,
+        worker_type="thread",
+        initial_delay=0.001,
+        max_delay=0.001,
+        backoff=1,
+        periodic=False,
+        check_worker_health=False,
+    )
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    consumer.start()
+    try:
+        if task().get(blocking=True, timeout=30) is not None:  # warm up
+            raise AssertionError("the no-op returned something")
+        app.storage.flush_results()
+        cpu, start = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            task()
+        while app.storage.result_store_size() < n:
+            time.sleep(0.002)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        consumer.stop(graceful=True)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         app.storage.close()
     return Run(n / elapsed, cpu / n)
 
@@ -294,13 +333,14 @@ def main() -> None:
                 runs = {
                     "raw": raw(folder / f"raw-{sync}-{r}.db", n, sync),
                     "huey": huey(folder, n, sync),
+                    "huey1": huey_one_process(folder, n, sync),
                     "ours": anyio.run(
                         ours, folder / f"ours-{sync}-{r}.db", n, args.concurrency, sync
                     ),
                 }
                 for system, run in runs.items():
                     results.setdefault((sync, system), []).append(run)
-                    print(f"  run {r + 1} {sync:<6} {system:<5} {run.rate:>9,.0f} tasks/s")
+                    print(f"  run {r + 1} {sync:<6} {system:<6} {run.rate:>9,.0f} tasks/s")
         where = str(folder.parent)
 
     disk = next(
@@ -310,6 +350,7 @@ def main() -> None:
     titles = {
         "ours": f"vpsweb-tasks ({args.concurrency} jobs)",
         "huey": "huey SqliteHuey (4 thr)",
+        "huey1": "  same, in one process",
         "raw": "raw sqlite3 (3 txn/task)",
     }
     print(
@@ -325,7 +366,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for sync in PRAGMAS:
-        for system in ("ours", "huey", "raw"):
+        for system in ("ours", "huey", "huey1", "raw"):
             rate = statistics.median(run.rate for run in results[sync, system])
             cpu = statistics.median(run.cpu for run in results[sync, system])
             ratios = [
