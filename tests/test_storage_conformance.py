@@ -731,6 +731,9 @@ async def test_a_batch_of_translation_jobs_is_stored_in_order(store: TaskStore) 
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
     assert [c.task.id for c in claims] == [before.id, *(task.id for task in tasks)]
     assert await store.add_translation_jobs([], max_queue_size=1) == []
+    unlimited = [(task, new_job(task.id)) for task in (new_task(T0) for _ in range(2))]
+    assert len(await store.add_translation_jobs(unlimited)) == 2
+    assert await everything_stored(store) == (6, 6)
 
 
 async def test_a_batch_the_queue_has_no_room_for_stores_nothing(store: TaskStore) -> None:
