@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,12 @@ from vpsweb_tasks import (
     set_task_manager,
 )
 from vpsweb_tasks.config import Settings
-from vpsweb_tasks.events import Event, TaskProgressed
-from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks.events import Event, TaskProgressed, TaskSubmitted
+from vpsweb_tasks.models import ExecutionOutcome, TaskRecord
+from vpsweb_tasks.storage.base import NewTask, NewTranslationJob
 
 from .conftest import make_settings
+from .support import EventRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -359,6 +361,53 @@ async def test_a_full_queue_refuses_new_tasks_and_keeps_every_accepted_one(
         await manager.resume()
         results = [(await context.wait(timeout=10)).result for context in accepted]
     assert results == [0, 1, 2]
+
+
+async def test_a_linked_batch_is_stored_all_together_and_announced_after_its_commit(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    async with TaskManager(settings_factory(background_tasks={"max_queue_size": 3})) as manager:
+
+        @manager.task("work")
+        async def work(context: TaskContext) -> int:
+            return int(context.payload["n"])
+
+        await manager.pause()
+        recorder = EventRecorder()
+        manager.events.add_listener(recorder)
+        inserts: list[tuple[int, int]] = []
+
+        async def insert(tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
+            # (events announced so far, contexts that exist) when the batch is stored
+            known = sum(manager.context(task.id) is not None for task in tasks)
+            inserts.append((len(recorder.of(TaskSubmitted)), known))
+            jobs = [
+                (task, NewTranslationJob(task.id, "English", "Polish", "hybrid", "x"))
+                for task in tasks
+            ]
+            rows = await manager.store.add_translation_jobs(jobs, max_queue_size=limit)
+            return [row.task for row in rows]
+
+        contexts = await manager.submit_linked_batch(
+            [definition(name=f"t{n}") for n in range(2)], insert, payloads=[{"n": 0}, {"n": 1}]
+        )
+        assert inserts == [(0, 2)]
+        assert [e.task_id for e in recorder.of(TaskSubmitted)] == [c.task_id for c in contexts]
+        assert [c.record.status if c.record else None for c in contexts] == [TaskStatus.PENDING] * 2
+        # Room for one more task: a batch of two is refused whole.
+        with pytest.raises(QueueFullError, match="no room for 2 tasks: 2 waiting"):
+            await manager.submit_linked_batch([definition(), definition()], insert)
+        # An invalid member is refused before anything is stored.
+        with pytest.raises(UnknownTaskTypeError):
+            await manager.submit_linked_batch([definition(), definition("nope")], insert)
+        with pytest.raises(ValueError, match="2 payloads for 1 definitions"):
+            await manager.submit_linked_batch([definition()], insert, payloads=[{}, {}])
+        assert len(inserts) == 2
+        assert len(recorder.of(TaskSubmitted)) == 2
+        assert sum((await manager.store.count_tasks()).values()) == 2
+        await manager.resume()
+        results = [(await context.wait(timeout=10)).result for context in contexts]
+    assert results == [0, 1]
 
 
 async def test_listeners_get_every_progress_update_and_storage_gets_them_coalesced(

@@ -700,6 +700,77 @@ async def test_a_translation_job_and_its_task_are_stored_together_or_not_at_all(
     assert len(await store.list_translation_jobs()) == 1
 
 
+async def everything_stored(store: TaskStore) -> tuple[int, int]:
+    """How many tasks (any status) and translation jobs the store holds."""
+    tasks = sum((await store.count_tasks()).values())
+    return tasks, len(await store.list_translation_jobs(limit=1000))
+
+
+async def test_a_batch_of_translation_jobs_is_stored_in_order(store: TaskStore) -> None:
+    before = new_task(T0, task_type="translation")
+    await store.add_translation_job(before, new_job(before.id))
+    tasks = [new_task(T0, task_type="translation", payload={"i": i}) for i in range(3)]
+    items = [
+        (task, new_job(f"job-{i}", workflow_mode=mode))
+        for i, (task, mode) in enumerate(
+            zip(tasks, ["hybrid", "reasoning", "non_reasoning"], strict=True)
+        )
+    ]
+    # Exactly the room left: 1 waiting + 3 new = the limit.
+    rows = await store.add_translation_jobs(items, max_queue_size=4)
+    assert [row.id for row in rows] == ["job-0", "job-1", "job-2"]
+    assert [row.task_id for row in rows] == [task.id for task in tasks]
+    for row, (task, job) in zip(rows, items, strict=True):
+        stored = await store.get_translation_job(job.id)
+        assert stored == row
+        assert stored.task == await store.get_task(task.id)
+        assert stored.task.status is TaskStatus.PENDING
+        assert stored.workflow_mode == job.workflow_mode
+    assert await everything_stored(store) == (4, 4)
+    # Equal priority and run time: the batch is dispatched in the order given.
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
+    assert [c.task.id for c in claims] == [before.id, *(task.id for task in tasks)]
+    assert await store.add_translation_jobs([], max_queue_size=1) == []
+    unlimited = [(task, new_job(task.id)) for task in (new_task(T0) for _ in range(2))]
+    assert len(await store.add_translation_jobs(unlimited)) == 2
+    assert await everything_stored(store) == (6, 6)
+
+
+async def test_a_batch_the_queue_has_no_room_for_stores_nothing(store: TaskStore) -> None:
+    waiting = new_task(T0)
+    await store.add_task(waiting)
+    items = [(task, new_job(task.id)) for task in (new_task(T0) for _ in range(3))]
+    with pytest.raises(QueueFullError) as caught:
+        await store.add_translation_jobs(items, max_queue_size=3)  # room for 2
+    assert (caught.value.limit, caught.value.size, caught.value.requested) == (3, 1, 3)
+    assert await everything_stored(store) == (1, 0)
+    for task, job in items:
+        assert await store.get_task(task.id) is None
+        assert await store.get_translation_job(job.id) is None
+    # Running tasks do not count: once the waiting one runs, the batch fits.
+    await claim_one(store)
+    assert len(await store.add_translation_jobs(items, max_queue_size=3)) == 3
+    assert await everything_stored(store) == (4, 3)
+
+
+async def test_a_batch_with_a_taken_id_stores_nothing(store: TaskStore) -> None:
+    first = new_task(T0)
+    await store.add_translation_job(first, new_job("job-taken"))
+    fresh = [new_task(T0) for _ in range(3)]
+    # The last job's id is taken: the tasks and jobs before it must not stay behind.
+    taken_job = [(task, new_job(f"new-{i}")) for i, task in enumerate(fresh[:2])]
+    taken_job.append((fresh[2], new_job("job-taken")))
+    # A task id given twice within the batch.
+    twice = [(fresh[0], new_job("a")), (fresh[1], new_job("b")), (fresh[0], new_job("c"))]
+    # A task id that exists.
+    existing = [(fresh[0], new_job("d")), (first, new_job("e"))]
+    for items in (taken_job, twice, existing):
+        with pytest.raises(ValueError, match="already exists"):
+            await store.add_translation_jobs(items, max_queue_size=100)
+        assert await everything_stored(store) == (1, 1)
+        assert await store.get_tasks([task.id for task in fresh]) == []
+
+
 async def test_translation_jobs_are_listed_newest_first_and_by_status(store: TaskStore) -> None:
     ids = []
     for i in range(3):

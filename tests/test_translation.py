@@ -422,12 +422,22 @@ async def test_a_batch_gives_one_job_per_request(
     assert len(llm.calls) == 9
 
 
+async def stored_rows(manager: TaskManager) -> tuple[int, int]:
+    """Tasks (any status) and translation jobs in the manager's store."""
+    tasks = sum((await manager.store.count_tasks()).values())
+    return tasks, len(await manager.store.list_translation_jobs(limit=1000))
+
+
 async def test_a_batch_is_accepted_all_or_nothing(
-    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+    llm: FakeLLM,
+    settings_factory: Callable[..., Settings],
+    breakers: BreakerRegistry,
+    storage: dict[str, Any],
 ) -> None:
     settings = settings_factory(
         providers=provider(llm),
-        background_tasks={"enabled": False, "max_queue_size": 3},
+        background_tasks={"enabled": False, "max_queue_size": 4},
+        storage=storage,
     )
     async with make_manager(settings, breakers) as manager:
         adapter = get_vpsweb_adapter(manager)
@@ -437,12 +447,53 @@ async def test_a_batch_is_accepted_all_or_nothing(
         assert [error["loc"] for error in raised.value.errors()] == [
             ("requests", 1, "target_language")
         ]
-        with pytest.raises(QueueFullError):
-            await adapter.batch([DOCUMENT_REQUEST] * 4)  # room for 3
         with pytest.raises(ValidationError):
             await adapter.batch([])
-        assert await adapter.list_jobs() == []
-        assert len(await adapter.batch([DOCUMENT_REQUEST] * 3)) == 3
+        first = await adapter.submit(DOCUMENT_REQUEST)
+        # Room for 3 more: a batch of 4 is refused whole and leaves no row behind (the
+        # old way stored and then cancelled the ones that fit).
+        with pytest.raises(QueueFullError) as full:
+            await adapter.batch([DOCUMENT_REQUEST] * 4)
+        assert (full.value.limit, full.value.size, full.value.requested) == (4, 1, 4)
+        assert await stored_rows(manager) == (1, 1)
+        assert [job.job_id for job in await adapter.list_jobs()] == [first.job_id]
+        assert len(await adapter.batch([DOCUMENT_REQUEST] * 2)) == 2
+        # Room for 1: a comparison of two modes is refused whole too.
+        compare = {k: v for k, v in DOCUMENT_REQUEST.items() if k != "workflow_mode"}
+        with pytest.raises(QueueFullError):
+            await adapter.compare({**compare, "workflow_modes": ["hybrid", "reasoning"]})
+        assert await stored_rows(manager) == (3, 3)
+        comparison = await adapter.compare({**compare, "workflow_modes": ["hybrid"]})
+        assert len(comparison.entries) == 1
+        assert await stored_rows(manager) == (4, 4)
+        assert {job.status for job in await adapter.list_jobs()} == {TaskStatus.PENDING}
+
+
+async def test_concurrent_batches_never_share_the_last_room(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    """Two batches race for room for one of them (SQLite: writers take turns, so the
+    limit is exact): one is stored whole, the other refused whole."""
+    settings = settings_factory(
+        providers=provider(llm), background_tasks={"enabled": False, "max_queue_size": 5}
+    )
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        outcomes: list[int | str] = []
+
+        async def submit(n: int) -> None:
+            poems = [{**DOCUMENT_REQUEST, "original_text": f"batch {n} poem {i}"} for i in range(3)]
+            try:
+                outcomes.append(len(await adapter.batch(poems)))
+            except QueueFullError:
+                outcomes.append("full")
+
+        async with anyio.create_task_group() as tg:
+            for n in range(2):
+                tg.start_soon(submit, n)
+        assert sorted(outcomes, key=str) == [3, "full"]
+        assert await stored_rows(manager) == (3, 3)
+        assert {job.status for job in await adapter.list_jobs()} == {TaskStatus.PENDING}
 
 
 async def test_compare_runs_one_text_through_several_modes_side_by_side(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from vpsweb_tasks import BreakerConfig, BreakerRegistry, TaskManager
+from vpsweb_tasks import BreakerConfig, BreakerRegistry, TaskManager, TaskStatus
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks_http import create_app
 
@@ -223,6 +223,41 @@ async def test_batch_and_compare_over_http(api: Api) -> None:
     ids = [e["job_id"] for e in comparison["entries"]]
     again = await api.client.get(f"{TRANSLATION}/compare", params={"job_id": ids})
     assert again.json() == comparison
+
+
+async def test_a_batch_larger_than_the_free_room_is_429_and_leaves_nothing_behind(
+    settings_factory: Callable[..., Settings], storage: dict[str, Any]
+) -> None:
+    async with fake_llm() as llm:
+        settings = settings_factory(
+            providers=provider(llm),
+            background_tasks={"enabled": False, "max_queue_size": 3},
+            storage=storage,
+        )
+        async for api in start(settings, llm):
+            first = await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)
+            assert first.status_code == 202, first.text
+            poems = [{**DOCUMENT_REQUEST, "original_text": f"poem {n}"} for n in range(3)]
+            response = await api.client.post(f"{TRANSLATION}/batch", json={"requests": poems})
+            assert response.status_code == 429, response.text
+            assert response.headers["retry-after"] == "5"
+            detail = response.json()["detail"]
+            assert "no room for 3 tasks: 1 waiting" in detail
+            assert "max_queue_size=3" in detail
+            modes = {"workflow_modes": ["hybrid", "reasoning", "non_reasoning"]}
+            body = {k: v for k, v in DOCUMENT_REQUEST.items() if k != "workflow_mode"}
+            compare = await api.client.post(f"{TRANSLATION}/compare", json={**body, **modes})
+            assert compare.status_code == 429, compare.text
+            # Nothing was stored, not even as cancelled jobs: one task, one job.
+            listed = (await api.client.get(TRANSLATION)).json()
+            assert [job["job_id"] for job in listed["jobs"]] == [first.json()["job_id"]]
+            counts = await api.manager.store.count_tasks()
+            assert (sum(counts.values()), counts[TaskStatus.PENDING]) == (1, 1)
+            # What fits is accepted.
+            fits = await api.client.post(f"{TRANSLATION}/batch", json={"requests": poems[:2]})
+            assert fits.status_code == 202, fits.text
+            assert fits.json()["count"] == 2
+            assert (await api.client.get(TRANSLATION)).json()["count"] == 3
 
 
 async def test_vpsweb_status_and_health(api: Api) -> None:

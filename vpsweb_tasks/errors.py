@@ -107,14 +107,23 @@ class ConfigError(VpswebTasksError, ValueError):
 
 
 class QueueFullError(VpswebTasksError):
-    """The queue holds ``max_queue_size`` waiting tasks; the new task was not stored."""
+    """The queue holds ``max_queue_size`` waiting tasks (``size``), or too many to take
+    all ``requested`` tasks of a batch; nothing was stored."""
 
     category = ErrorCategory.RESOURCE
 
-    def __init__(self, limit: int, size: int) -> None:
-        super().__init__(f"queue is full: {size} waiting tasks, max_queue_size={limit}")
+    def __init__(self, limit: int, size: int, requested: int = 1) -> None:
+        if requested == 1:
+            message = f"queue is full: {size} waiting tasks, max_queue_size={limit}"
+        else:
+            message = (
+                f"queue has no room for {requested} tasks: {size} waiting tasks,"
+                f" max_queue_size={limit}"
+            )
+        super().__init__(message)
         self.limit = limit
         self.size = size
+        self.requested = requested
 
 
 class TaskNotFoundError(VpswebTasksError, LookupError):

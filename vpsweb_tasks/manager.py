@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -72,9 +72,14 @@ from .queue import TaskQueue
 from .retry import RetryConfig, RetryPolicy
 from .storage.base import NewTask, SharedBreakerState, TaskStore
 
-__all__ = ["TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
+__all__ = ["LinkedInsert", "TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
 
 F = TypeVar("F", bound=TaskFunction)
+
+#: ``await insert(tasks, max_queue_size)`` for :meth:`TaskManager.submit_linked_batch`:
+#: store the tasks (and rows of other tables linked to them) in ONE transaction, with the
+#: queue-size check covering all of them, and return their records in order.
+LinkedInsert = Callable[[Sequence[NewTask], int | None], Awaitable[Sequence[TaskRecord]]]
 
 logger = logging.getLogger("vpsweb_tasks.manager")
 
@@ -364,7 +369,9 @@ class TaskManager:
         tg = self._require_running()
         task, closure = self._prepare(definition, fn, {})
         context = self._new_context(task, definition, closure)
-        tg.start_soon(functools.partial(self._store, task, context, raise_errors=False))
+        tg.start_soon(
+            functools.partial(self._store, [task], [context], self._add_task, raise_errors=False)
+        )
         return context
 
     async def submit(
@@ -383,7 +390,7 @@ class TaskManager:
         self._require_running()
         task, closure = self._prepare(definition, fn, payload)
         context = self._new_context(task, definition, closure)
-        await self._store(task, context, raise_errors=True)
+        await self._store([task], [context], self._add_task, raise_errors=True)
         return context
 
     async def submit_linked(
@@ -397,11 +404,50 @@ class TaskManager:
         ``await insert(task, max_queue_size)`` must add the task and its rows in one
         store transaction (e.g. :meth:`TaskStore.add_translation_job`) and return the
         task's record. Raises what :meth:`submit` raises, and what ``insert`` raises."""
-        self._require_running()
-        task, closure = self._prepare(definition, fn, payload)
-        context = self._new_context(task, definition, closure)
-        await self._store(task, context, raise_errors=True, insert=insert)
+
+        async def insert_one(tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
+            (task,) = tasks
+            return [await insert(task, limit)]
+
+        (context,) = await self.submit_linked_batch([definition], insert_one, fn, [payload])
         return context
+
+    async def submit_linked_batch(
+        self,
+        definitions: Sequence[TaskDefinition],
+        insert: LinkedInsert,
+        fn: TaskFunction | str | None = None,
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> list[TaskContext]:
+        """:meth:`submit_linked` for several tasks, stored all together or not at all:
+        ``await insert(tasks, max_queue_size)`` must add every task with its rows in ONE
+        store transaction, checking that the queue has room for all of them (e.g.
+        :meth:`TaskStore.add_translation_jobs`), and return their records in order.
+        ``payloads`` are the tasks' payloads (default: empty), one per definition.
+
+        Every definition and payload is checked before anything is stored; the first
+        problem raises as :meth:`submit` would, and so does ``insert``'s error
+        (``QueueFullError`` when the batch does not fit): then nothing was stored. The
+        contexts are returned in order once all are committed; their ``TaskSubmitted``
+        events are published only after the commit."""
+        self._require_running()
+        if payloads is None:
+            payloads = [{} for _ in definitions]
+        elif len(payloads) != len(definitions):
+            raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+        if not definitions:
+            return []
+        prepared = [
+            self._prepare(definition, fn, payload)
+            for definition, payload in zip(definitions, payloads, strict=True)
+        ]
+        tasks = [task for task, _ in prepared]
+        contexts = [
+            self._new_context(task, definition, closure)
+            for (task, closure), definition in zip(prepared, definitions, strict=True)
+        ]
+        await self._store(tasks, contexts, insert, raise_errors=True)
+        return contexts
 
     def _new_context(
         self, task: NewTask, definition: TaskDefinition, closure: TaskFunction | None
@@ -414,36 +460,45 @@ class TaskManager:
             self._closures[task.id] = closure
         return context
 
+    async def _add_task(self, tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
+        (task,) = tasks
+        return [await self.store.add_task(task, max_queue_size=limit)]
+
     async def _store(
         self,
-        task: NewTask,
-        context: TaskContext,
+        tasks: Sequence[NewTask],
+        contexts: Sequence[TaskContext],
+        insert: LinkedInsert,
         *,
         raise_errors: bool,
-        insert: Callable[[NewTask, int | None], Awaitable[TaskRecord]] | None = None,
     ) -> None:
-        log = task_logger(task.id, "vpsweb_tasks.manager")
+        """Store ``tasks`` through ``insert`` (one transaction), then settle their
+        contexts and announce them; on an error, fail every context."""
         try:
             with anyio.CancelScope(shield=True):
-                if insert is None:
-                    record = await self.store.add_task(
-                        task, max_queue_size=self.config.max_queue_size
-                    )
-                else:
-                    record = await insert(task, self.config.max_queue_size)
+                records = list(await insert(tasks, self.config.max_queue_size))
+            if len(records) != len(tasks):
+                raise RuntimeError(f"stored {len(records)} records for {len(tasks)} tasks")
         except Exception as exc:
-            self._closures.pop(task.id, None)
-            context._mark_stored(None, exc)
-            log.warning("not stored: %s", exc)
+            for task, context in zip(tasks, contexts, strict=True):
+                self._closures.pop(task.id, None)
+                context._mark_stored(None, exc)
+                task_logger(task.id, "vpsweb_tasks.manager").warning("not stored: %s", exc)
             if raise_errors:
                 raise
             return
-        context._mark_stored(record, None)
-        log.info("submitted %s %r (priority %s)", task.task_type, task.name, record.priority)
-        self._queue.notify(run_at=task.run_at)
-        await self.events.publish(
-            TaskSubmitted(task=task.id, task_type=task.task_type, priority=record.priority.value)
-        )
+        for task, context, record in zip(tasks, contexts, records, strict=True):
+            context._mark_stored(record, None)
+            task_logger(task.id, "vpsweb_tasks.manager").info(
+                "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
+            )
+            self._queue.notify(run_at=task.run_at)
+        for task, record in zip(tasks, records, strict=True):
+            await self.events.publish(
+                TaskSubmitted(
+                    task=task.id, task_type=task.task_type, priority=record.priority.value
+                )
+            )
 
     # --- reading ---------------------------------------------------------------------------
 

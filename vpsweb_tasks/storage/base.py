@@ -261,6 +261,23 @@ class NewTranslationJob:
     original_text: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def row(self, task: NewTask) -> TranslationJobRow:
+        """The row of this job with ``task`` as :meth:`TaskStore.add_translation_job`
+        stores them (no steps, no result yet), built rather than read back."""
+        return TranslationJobRow(
+            id=self.id,
+            task=task.record(),
+            source_language=self.source_language,
+            target_language=self.target_language,
+            workflow_mode=self.workflow_mode,
+            original_text=self.original_text,
+            metadata=self.metadata,
+            steps={},
+            result=None,
+            created_at=task.created_at,
+            updated_at=task.created_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TranslationJobRow:
@@ -578,6 +595,27 @@ class TaskStore(abc.ABC):
         ``translation_jobs`` row, linked one-to-one, in ONE transaction: either both exist
         or neither. ``created_at`` of the job is the task's. Raises ``ValueError`` when the
         task id or the job id exists, ``QueueFullError`` when the queue is full."""
+
+    @abc.abstractmethod
+    async def add_translation_jobs(
+        self,
+        items: Sequence[tuple[NewTask, NewTranslationJob]],
+        *,
+        max_queue_size: int | None = None,
+    ) -> list[TranslationJobRow]:
+        """Insert several ``pending`` tasks, each with its ``translation_jobs`` row (as
+        :meth:`add_translation_job`), in ONE transaction: either every task and job of
+        ``items`` exists afterwards or none does. Returns the rows in the order given.
+
+        With ``max_queue_size``, the queue must have room for all of them: if the waiting
+        tasks (``pending`` + ``retrying``) plus ``len(items)`` exceed the limit, nothing
+        is stored and :class:`~vpsweb_tasks.errors.QueueFullError` names the limit and
+        the waiting count. The check and the inserts are one transaction, so no other
+        submit can take the room in between: exactly so on SQLite, whose writers take
+        turns; on PostgreSQL, submits racing on other connections can overshoot the
+        limit by the tasks they add, as with :meth:`add_task`. A task id or job id that
+        exists, or that appears twice in ``items``, raises ``ValueError`` and stores
+        nothing. An empty ``items`` stores nothing and returns ``[]``."""
 
     @abc.abstractmethod
     async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:

@@ -138,6 +138,21 @@ _WAITING_UP_TO = (
     f" WHERE status IN {_WAITING} LIMIT %(max_queue_size)s) AS waiting"
 )
 
+# add_translation_jobs: the batch's columns as arrays, one row per task, in order.
+_BATCH_ROWS = (
+    "unnest(%(id)s::text[], %(name)s::text[], %(task_type)s::text[], %(priority)s::int[],"
+    " %(payload)s::text[], %(metadata)s::text[], %(max_retries)s::int[],"
+    " %(timeout_seconds)s::float8[], %(retry_config)s::text[], %(owner)s::text[],"
+    " %(run_at)s::float8[], %(created_at)s::float8[]) WITH ORDINALITY AS t(id, name,"
+    " task_type, priority, payload, metadata, max_retries, timeout_seconds, retry_config,"
+    " owner, run_at, created_at, ord)"
+)
+_BATCH_VALUES = (
+    "t.id, t.name, t.task_type, t.priority, 'pending', t.payload, t.metadata, t.max_retries,"
+    " t.timeout_seconds, t.retry_config, t.owner, t.run_at, t.created_at, t.created_at"
+)
+_ROOM_FOR_ALL = f"({_WAITING_UP_TO}) + %(count)s <= %(max_queue_size)s"
+
 #: Tables copied by :meth:`PostgresTaskStore.backup`, parents before children.
 _BACKUP_TABLES = (
     "background_tasks",
@@ -960,39 +975,98 @@ class PostgresTaskStore(TaskStore):
         async with self._connection() as conn, conn.transaction():
             # The task first (with its queue-size check and notice), then its job: one
             # transaction, so the notice arrives when both exist.
-            record = await self._add_task_on(conn, task, max_queue_size)
-            try:
-                await conn.execute(
-                    "INSERT INTO translation_jobs (id, task_id, source_language,"
-                    " target_language, workflow_mode, original_text, metadata, steps,"
-                    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, '{}', %s, %s)",
-                    (
-                        job.id,
-                        task.id,
-                        job.source_language,
-                        job.target_language,
-                        job.workflow_mode,
-                        job.original_text,
-                        _dumps(job.metadata),
-                        task.created_at,
-                        task.created_at,
-                    ),
-                )
-            except psycopg.errors.UniqueViolation as exc:
-                raise ValueError(f"translation job {job.id} already exists") from exc
-        return TranslationJobRow(
-            id=job.id,
-            task=record,
-            source_language=job.source_language,
-            target_language=job.target_language,
-            workflow_mode=job.workflow_mode,
-            original_text=job.original_text,
-            metadata=job.metadata,
-            steps={},
-            result=None,
-            created_at=task.created_at,
-            updated_at=task.created_at,
+            await self._add_task_on(conn, task, max_queue_size)
+            await self._add_jobs_on(conn, [(task, job)])
+        return job.row(task)
+
+    async def add_translation_jobs(
+        self,
+        items: Sequence[tuple[NewTask, NewTranslationJob]],
+        *,
+        max_queue_size: int | None = None,
+    ) -> list[TranslationJobRow]:
+        items = list(items)
+        if not items:
+            return []
+        tasks = [task for task, _ in items]
+        columns: dict[str, list[Any]] = {
+            "id": [task.id for task in tasks],
+            "name": [task.name for task in tasks],
+            "task_type": [task.task_type for task in tasks],
+            "priority": [task.priority for task in tasks],
+            "payload": [_dumps(task.payload) for task in tasks],
+            "metadata": [_dumps(task.metadata) for task in tasks],
+            "max_retries": [task.max_retries for task in tasks],
+            "timeout_seconds": [task.timeout_seconds for task in tasks],
+            "retry_config": [None if task.retry is None else _dumps(task.retry) for task in tasks],
+            "owner": [task.owner for task in tasks],
+            "run_at": [task.run_at for task in tasks],
+            "created_at": [task.created_at for task in tasks],
+        }
+        params: dict[str, Any] = {
+            **columns,
+            "count": len(items),
+            "max_queue_size": max_queue_size,
+            "channel": self.channel,
+        }
+        room = "TRUE" if max_queue_size is None else _ROOM_FOR_ALL
+        # One statement, as for add_task: the size check for the whole batch, every task
+        # row (in the order given: seq keeps FIFO) and their notices.
+        query = (
+            f"WITH added AS (INSERT INTO background_tasks ({_INSERT_COLUMNS})"
+            f" SELECT {_BATCH_VALUES} FROM {_BATCH_ROWS} WHERE {room} ORDER BY t.ord"
+            " RETURNING id)"
+            " SELECT added.id, pg_notify(%(channel)s, 'task_added ' || added.id) FROM added"
         )
+        async with self._connection() as conn, conn.transaction():
+            try:
+                cursor = await conn.execute(_q(query), params)
+                added = await cursor.fetchall()
+            except psycopg.errors.UniqueViolation as exc:
+                raise ValueError(
+                    f"a task of the batch already exists ({exc.diag.message_detail})"
+                ) from exc
+            if len(added) != len(items):
+                assert max_queue_size is not None
+                cursor = await conn.execute(_q(f"SELECT ({_WAITING_UP_TO}) AS waiting"), params)
+                counted = await cursor.fetchone()
+                # Raising inside the transaction rolls it back: nothing was stored.
+                waiting = counted["waiting"] if counted else 0
+                raise QueueFullError(max_queue_size, waiting, len(items))
+            await self._add_jobs_on(conn, items)
+        return [job.row(task) for task, job in items]
+
+    async def _add_jobs_on(
+        self, conn: Connection, items: Sequence[tuple[NewTask, NewTranslationJob]]
+    ) -> None:
+        """The ``translation_jobs`` rows of tasks inserted in this transaction."""
+        try:
+            await conn.execute(
+                "INSERT INTO translation_jobs (id, task_id, source_language, target_language,"
+                " workflow_mode, original_text, metadata, steps, created_at, updated_at)"
+                " SELECT j.id, j.task_id, j.source_language, j.target_language,"
+                " j.workflow_mode, j.original_text, j.metadata, '{}', j.created_at,"
+                " j.created_at FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[], %s::float8[]) AS j(id, task_id,"
+                " source_language, target_language, workflow_mode, original_text, metadata,"
+                " created_at)",
+                (
+                    [job.id for _, job in items],
+                    [task.id for task, _ in items],
+                    [job.source_language for _, job in items],
+                    [job.target_language for _, job in items],
+                    [job.workflow_mode for _, job in items],
+                    [job.original_text for _, job in items],
+                    [_dumps(job.metadata) for _, job in items],
+                    [task.created_at for task, _ in items],
+                ),
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            if len(items) == 1:
+                raise ValueError(f"translation job {items[0][1].id} already exists") from exc
+            raise ValueError(
+                f"a translation job of the batch already exists ({exc.diag.message_detail})"
+            ) from exc
 
     async def _jobs(self, conn: Connection, rows: list[DictRow]) -> list[TranslationJobRow]:
         cursor = await conn.execute(

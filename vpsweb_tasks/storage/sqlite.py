@@ -157,6 +157,28 @@ def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | 
     raise QueueFullError(max_queue_size, size)
 
 
+def _insert_job(conn: sqlite3.Connection, task: NewTask, job: NewTranslationJob) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO translation_jobs (id, task_id, source_language, target_language,"
+            " workflow_mode, original_text, metadata, steps, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+            (
+                job.id,
+                task.id,
+                job.source_language,
+                job.target_language,
+                job.workflow_mode,
+                job.original_text,
+                _dumps(job.metadata),
+                task.created_at,
+                task.created_at,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"translation job {job.id} already exists") from exc
+
+
 class SQLiteTaskStore(TaskStore):
     """Tasks in one SQLite file (WAL). ``path`` may be ``":memory:"`` for throwaway use."""
 
@@ -934,42 +956,35 @@ class SQLiteTaskStore(TaskStore):
     async def add_translation_job(
         self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
     ) -> TranslationJobRow:
-        record = task.record()
-
         def insert(conn: sqlite3.Connection) -> TranslationJobRow:
             _insert_task(conn, task, max_queue_size)
-            try:
-                conn.execute(
-                    "INSERT INTO translation_jobs (id, task_id, source_language,"
-                    " target_language, workflow_mode, original_text, metadata, steps,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
-                    (
-                        job.id,
-                        task.id,
-                        job.source_language,
-                        job.target_language,
-                        job.workflow_mode,
-                        job.original_text,
-                        _dumps(job.metadata),
-                        task.created_at,
-                        task.created_at,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"translation job {job.id} already exists") from exc
-            return TranslationJobRow(
-                id=job.id,
-                task=record,
-                source_language=job.source_language,
-                target_language=job.target_language,
-                workflow_mode=job.workflow_mode,
-                original_text=job.original_text,
-                metadata=job.metadata,
-                steps={},
-                result=None,
-                created_at=task.created_at,
-                updated_at=task.created_at,
-            )
+            _insert_job(conn, task, job)
+            return job.row(task)
+
+        return await self._db().run(insert)
+
+    async def add_translation_jobs(
+        self,
+        items: Sequence[tuple[NewTask, NewTranslationJob]],
+        *,
+        max_queue_size: int | None = None,
+    ) -> list[TranslationJobRow]:
+        items = list(items)
+        if not items:
+            return []
+
+        def insert(conn: sqlite3.Connection) -> list[TranslationJobRow]:
+            # The transaction holds the write lock from its BEGIN IMMEDIATE: no other
+            # writer, in this process or another, can change the count before the inserts.
+            # An error rolls back the whole transaction, rows inserted so far included.
+            if max_queue_size is not None:
+                (waiting,) = conn.execute(_WAITING_COUNT).fetchone()
+                if waiting + len(items) > max_queue_size:
+                    raise QueueFullError(max_queue_size, waiting, len(items))
+            for task, job in items:
+                _insert_task(conn, task, None)
+                _insert_job(conn, task, job)
+            return [job.row(task) for task, job in items]
 
         return await self._db().run(insert)
 

@@ -21,12 +21,11 @@ attempts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..config import ProviderSettings
 from ..context import TaskContext
 from ..errors import (
-    QueueFullError,
     TaskStateError,
     TranslationJobNotFoundError,
     TranslationNotConfiguredError,
@@ -335,10 +333,9 @@ class VPSWebAdapter:
         self.require_configured([request.workflow_mode])
         return await self._submit(request)
 
-    async def _submit(self, request: TranslationRequest) -> TranslationJob:
-        metadata = request.metadata.model_dump(mode="json", exclude_none=True)
-        title = metadata.get("title") or " ".join(request.original_text.split())[:40]
-        definition = TaskDefinition(
+    def _definition(self, request: TranslationRequest) -> TaskDefinition:
+        title = request.metadata.title or " ".join(request.original_text.split())[:40]
+        return TaskDefinition(
             name=f"Translation ({request.workflow_mode.value}): {title}"[:200],
             task_type=TASK_TYPE,
             priority=request.priority,
@@ -349,32 +346,38 @@ class VPSWebAdapter:
                 "workflow_mode": request.workflow_mode.value,
             },
         )
+
+    @staticmethod
+    def _new_job(task: NewTask, request: TranslationRequest) -> NewTranslationJob:
+        return NewTranslationJob(
+            id=task.id,
+            source_language=request.source_language,
+            target_language=request.target_language,
+            workflow_mode=request.workflow_mode.value,
+            original_text=request.original_text,
+            metadata=request.metadata.model_dump(mode="json", exclude_none=True),
+        )
+
+    async def _submit(self, request: TranslationRequest) -> TranslationJob:
         stored: list[TranslationJobRow] = []
 
         async def insert(task: NewTask, max_queue_size: int | None) -> TaskRecord:
-            job = NewTranslationJob(
-                id=task.id,
-                source_language=request.source_language,
-                target_language=request.target_language,
-                workflow_mode=request.workflow_mode.value,
-                original_text=request.original_text,
-                metadata=metadata,
-            )
             row = await self.manager.store.add_translation_job(
-                task, job, max_queue_size=max_queue_size
+                task, self._new_job(task, request), max_queue_size=max_queue_size
             )
             stored.append(row)
             return row.task
 
-        await self.manager.submit_linked(definition, insert, TASK_TYPE)
+        await self.manager.submit_linked(self._definition(request), insert, TASK_TYPE)
         return _job(stored[0])
 
     async def batch(
         self, requests: TranslationBatch | Iterable[TranslationRequest | Mapping[str, Any]]
     ) -> list[TranslationJob]:
         """Submit several jobs, all or none: every request is validated (errors name
-        ``requests.<i>.<field>``) and the queue must have room for all before any is
-        stored; should one still be refused, those already stored are cancelled."""
+        ``requests.<i>.<field>``), then every job and its task are stored in one
+        transaction that also checks that the queue has room for all of them
+        (``QueueFullError`` otherwise): a refused batch leaves nothing behind."""
         if not isinstance(requests, TranslationBatch):
             requests = TranslationBatch.model_validate({"requests": list(requests)})
         items = requests.requests
@@ -387,21 +390,20 @@ class VPSWebAdapter:
         return await self._submit_all(items)
 
     async def _submit_all(self, items: list[TranslationRequest]) -> list[TranslationJob]:
-        status = await self.manager.queue_status()
-        waiting = status.pending + status.retrying
-        if waiting + len(items) > status.max_queue_size:
-            raise QueueFullError(status.max_queue_size, waiting)
-        jobs: list[TranslationJob] = []
-        try:
-            for item in items:
-                jobs.append(await self._submit(item))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                for job in jobs:
-                    with contextlib.suppress(TaskStateError):  # already over
-                        await self.manager.cancel(job.task_id)
-            raise
-        return jobs
+        """Store the jobs of ``items`` all together (one store transaction) or none."""
+        stored: list[TranslationJobRow] = []
+
+        async def insert(tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
+            jobs = [
+                (task, self._new_job(task, item)) for task, item in zip(tasks, items, strict=True)
+            ]
+            rows = await self.manager.store.add_translation_jobs(jobs, max_queue_size=limit)
+            stored.extend(rows)
+            return [row.task for row in rows]
+
+        definitions = [self._definition(item) for item in items]
+        await self.manager.submit_linked_batch(definitions, insert, TASK_TYPE)
+        return [_job(row) for row in stored]
 
     async def compare(self, request: CompareRequest | Mapping[str, Any]) -> Comparison:
         """Run one text through several workflow modes; with ``wait``, answer once all
