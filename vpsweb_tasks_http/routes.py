@@ -15,6 +15,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -41,6 +42,7 @@ from vpsweb_tasks.errors import (
 from vpsweb_tasks.events import SubscriberLagged
 from vpsweb_tasks.models import to_datetime
 
+from ._routing import RouteGroup, group_url
 from .auth import StreamTokens
 from .metrics import render_metrics
 from .schemas import (
@@ -143,6 +145,7 @@ def create_router(
     queue_full_retry_after: int = 5,
     metrics_path: str | None = "/metrics",
     stream_token_ttl: float = 60.0,
+    router: APIRouter | None = None,
 ) -> APIRouter:
     """The API of one manager and its monitor. With ``api_key``, every route but the two
     health checks requires header ``X-API-Key`` (compared in constant time); the two event
@@ -184,17 +187,17 @@ def create_router(
         409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
         429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
     }
-    root = APIRouter(route_class=route_class)
-    public = APIRouter(route_class=route_class, dependencies=[Depends(running)], responses=errors)
+    router = router if router is not None else APIRouter()
+    public = RouteGroup(route_class=route_class, dependencies=[Depends(running)], responses=errors)
     guarded = [Depends(authorised), Depends(running)]
-    tasks = APIRouter(
+    tasks = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
         route_class=route_class,
         dependencies=guarded,
         responses=guarded_errors,
     )
-    monitoring = APIRouter(
+    monitoring = RouteGroup(
         prefix=MONITORING_PREFIX,
         tags=["monitoring"],
         route_class=route_class,
@@ -203,14 +206,14 @@ def create_router(
     )
     # The event streams: X-API-Key or a stream token.
     streamed = [Depends(stream_authorised), Depends(running)]
-    task_streams = APIRouter(
+    task_streams = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
         route_class=route_class,
         dependencies=streamed,
         responses=guarded_errors,
     )
-    monitoring_streams = APIRouter(
+    monitoring_streams = RouteGroup(
         prefix=MONITORING_PREFIX,
         tags=["monitoring"],
         route_class=route_class,
@@ -256,7 +259,7 @@ def create_router(
             task_type=record.task_type,
             priority=record.priority,
             created_at=record.created_at,
-            status_url=str(request.url_for("task_status", task_id=record.id)),
+            status_url=f"{group_url(request, '/submit')}/status/{quote(record.id, safe='')}",
         )
 
     @tasks.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
@@ -544,22 +547,21 @@ def create_router(
         await monitor.stop()
         return MonitoringStateResponse(monitoring=monitor.running)
 
-    root.include_router(public)
-    root.include_router(
-        create_translation_router(
-            manager,
-            route_class=route_class,
-            dependencies=guarded,
-            responses=guarded_errors,
-            prefix=TASKS_PREFIX,
-        )
+    public.add_to(router)
+    create_translation_router(
+        manager,
+        route_class=route_class,
+        dependencies=guarded,
+        responses=guarded_errors,
+        prefix=TASKS_PREFIX,
+        router=router,
     )
-    root.include_router(tasks)
-    root.include_router(monitoring)
-    root.include_router(task_streams)
-    root.include_router(monitoring_streams)
+    for group in (tasks, monitoring, task_streams, monitoring_streams):
+        group.add_to(router)
     if metrics_path is not None:
-        metrics = APIRouter(route_class=route_class, dependencies=guarded, responses=guarded_errors)
+        metrics = RouteGroup(
+            route_class=route_class, dependencies=guarded, responses=guarded_errors
+        )
 
         @metrics.get(
             metrics_path, tags=["monitoring"], summary="Prometheus metrics", response_class=Response
@@ -568,5 +570,5 @@ def create_router(
             body, content_type = await render_metrics(manager, monitor)
             return Response(content=body, media_type=content_type)
 
-        root.include_router(metrics)
-    return root
+        metrics.add_to(router)
+    return router
