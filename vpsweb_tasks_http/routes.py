@@ -153,17 +153,28 @@ def create_router(
     ``stream_token_ttl`` seconds, since a browser's EventSource cannot send headers."""
     tokens = StreamTokens(api_key, ttl=stream_token_ttl)
 
-    async def running() -> None:
+    expected_key = api_key.encode() if api_key is not None else None
+
+    def check_running() -> None:
         if not manager.running:
             raise HTTPException(503, "the task manager is not running yet")
 
-    async def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api_key is None:
+    def check_key(x_api_key: str | None) -> None:
+        if expected_key is None:
             return
-        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode()):
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected_key):
             raise HTTPException(
                 401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
             )
+
+    # Each guard is one dependency (key, then running: 401 before 503), not two: FastAPI
+    # solves, caches and validates every dependency of every request on its own.
+    async def running() -> None:
+        check_running()
+
+    async def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        check_key(x_api_key)
+        check_running()
 
     async def stream_authorised(
         x_api_key: Annotated[str | None, Header()] = None,
@@ -172,9 +183,9 @@ def create_router(
             Query(max_length=200, description="A token from POST .../monitoring/stream-token"),
         ] = None,
     ) -> None:
-        if api_key is None or (token is not None and tokens.valid(token)):
-            return
-        await authorised(x_api_key)
+        if not (token is not None and expected_key is not None and tokens.valid(token)):
+            check_key(x_api_key)
+        check_running()
 
     route_class = _route_class(queue_full_retry_after)
     errors: dict[int | str, dict[str, Any]] = {
@@ -189,7 +200,7 @@ def create_router(
     }
     router = router if router is not None else APIRouter()
     public = RouteGroup(route_class=route_class, dependencies=[Depends(running)], responses=errors)
-    guarded = [Depends(authorised), Depends(running)]
+    guarded = [Depends(authorised)]
     tasks = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
@@ -205,7 +216,7 @@ def create_router(
         responses=guarded_errors,
     )
     # The event streams: X-API-Key or a stream token.
-    streamed = [Depends(stream_authorised), Depends(running)]
+    streamed = [Depends(stream_authorised)]
     task_streams = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
