@@ -276,10 +276,10 @@ def create_router(
     @tasks.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
     async def status(task_id: TaskId) -> TaskDetailResponse:
         record = await manager.get_task(task_id)
-        executions = await manager.list_executions(task_id)
-        return TaskDetailResponse(
-            **TaskResponse.of(record).model_dump(),
-            executions=[ExecutionResponse.of(e) for e in executions],
+        # The store's own call: manager.list_executions would read the task a second time.
+        executions = await manager.store.list_executions(task_id)
+        return TaskDetailResponse.of(
+            record, executions=[ExecutionResponse.of(e) for e in executions]
         )
 
     async def listing(
@@ -370,9 +370,8 @@ def create_router(
     @tasks.get("/dead-letters/{task_id}", summary="A dead-lettered task and every attempt's error")
     async def dead_letter(task_id: TaskId) -> TaskDetailResponse:
         letter = await manager.dead_letter(task_id)
-        return TaskDetailResponse(
-            **TaskResponse.of(letter.task).model_dump(),
-            executions=[ExecutionResponse.of(e) for e in letter.executions],
+        return TaskDetailResponse.of(
+            letter.task, executions=[ExecutionResponse.of(e) for e in letter.executions]
         )
 
     @tasks.post("/dead-letters/{task_id}/requeue", summary="Put one failed task back in the queue")
