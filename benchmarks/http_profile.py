@@ -227,7 +227,7 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
         )
 
         if profile:
-            for name, call in (("POST submit", submit), ("GET status", status)):
+            for name, call in (("POST submit", direct_submit), ("GET status", direct_status)):
                 profiler = cProfile.Profile()
                 profiler.enable()
                 for i in range(n):
@@ -237,7 +237,7 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats("tottime").print_stats(25)
                 stats.sort_stats("cumulative").print_stats("vpsweb_tasks|fastapi|starlette", 40)
-                print(f"\n--- cProfile, {name}, {n} requests (coroutine resumptions count as")
+                print(f"\n--- cProfile, {name}, {n} direct calls (coroutine resumptions count as")
                 print("calls): by own time, then by cumulative time in the server's code ---")
                 print(out.getvalue().split("\n", 6)[-1].replace(site, ""))
 
