@@ -13,9 +13,9 @@ default) in a temporary folder under ``--dir`` (default: the current directory):
   server (``vpsweb_tasks_http.create_app``, its workers running the tasks) in its own
   process, from as many httpx clients in this process, over keep-alive connections.
 * HTTP client ceiling: the same clients against a bare ASGI app under uvicorn that answers
-  202 at once: the rate and latency the clients themselves allow (httpx costs ~3 ms of
-  CPU a request, so the clients, not our server, bound the HTTP row's submits/s), and
-  uvicorn's own CPU per request.
+  202 at once: the rate and latency the clients themselves allow, and uvicorn's own CPU
+  per request. The httpx clients cost ~2.5 ms of CPU a request, about as much as our
+  server, on the same two cores: the HTTP row's rate and latency measure both.
 * idle dispatch: one task submitted at a time to an idle in-process manager; the time from
   calling ``submit`` to the handler's first line, ``--samples`` times with ``--pause``
   seconds between, so that the worker is idle each time.
