@@ -1,11 +1,12 @@
 """The routes of the document's tables, plus live events. Each route is one core call.
 
 ``create_router(manager, monitor)`` returns one APIRouter holding
-``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``; include it in any FastAPI
-app. Library errors become HTTP errors here (the router carries its own route class, so
-the mapping works in an app that is not ours): unknown id 404, wrong state 409, invalid
-input 422 naming the field, queue full 429 with Retry-After, not started (or translations
-not configured) 503. The translation routes are in ``translation.py``.
+``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``, all its routes directly on
+it (no nested routers); include it in any FastAPI app. Library errors become HTTP errors
+here (each route carries its own route class, so the mapping works in an app that is not
+ours): unknown id 404, wrong state 409, invalid input 422 naming the field, queue full 429
+with Retry-After, not started (or translations not configured) 503. The translation routes
+are in ``translation.py``.
 
 (No ``from __future__ import annotations`` here: FastAPI resolves route annotations at
 definition time, and some refer to dependencies local to :func:`create_router`.)
