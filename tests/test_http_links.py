@@ -110,3 +110,23 @@ async def test_translation_links_of_a_mounted_app(
                 status = await client.get(job["status_url"])
                 assert status.status_code == 200, status.text
                 assert status.json()["job_id"] == job["job_id"]
+
+
+def test_the_routes_are_flat(settings_factory: Callable[..., Settings]) -> None:
+    # An included router is matched again at each level of nesting on every request
+    # (FastAPI 0.165): our routes sit directly on the app's router, in the documented order.
+    from fastapi.routing import APIRoute
+
+    app = create_app(settings_factory())
+    ours = [route for route in app.router.routes if isinstance(route, APIRoute)]
+    assert len(ours) == len([r for r in app.router.routes if hasattr(r, "path")]) - 5
+    assert all(hasattr(route, "path") for route in app.router.routes)
+    paths = [route.path for route in ours]
+    assert paths[:2] == [f"{TASKS}/health", "/api/v1/monitoring/health"]
+    assert paths.index(f"{TASKS}/submit") < paths.index(f"{TASKS}/status/{{task_id}}")
+    manager = TaskManager(settings_factory())
+    router = create_router(manager, TaskMonitor(manager))
+    assert all(isinstance(route, APIRoute) for route in router.routes)
+    assert {route.path for route in router.routes} == {
+        path for path in paths if path.startswith("/api/")
+    } | {"/metrics"}
