@@ -12,6 +12,10 @@ default) in a temporary folder under ``--dir`` (default: the current directory):
 * submit, HTTP: the same through ``POST /api/v1/background-tasks/submit`` of a real uvicorn
   server (``vpsweb_tasks_http.create_app``, its workers running the tasks) in its own
   process, from as many httpx clients in this process, over keep-alive connections.
+* HTTP client ceiling: the same clients against a bare ASGI app under uvicorn that answers
+  202 at once: the rate and latency the clients themselves allow, and uvicorn's own CPU
+  per request. The httpx clients cost ~2.5 ms of CPU a request, about as much as our
+  server, on the same two cores: the HTTP row's rate and latency measure both.
 * idle dispatch: one task submitted at a time to an idle in-process manager; the time from
   calling ``submit`` to the handler's first line, ``--samples`` times with ``--pause``
   seconds between, so that the worker is idle each time.
@@ -35,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -119,6 +124,20 @@ def serve(config: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request 202 at once: the HTTP row without our application."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,7 +145,7 @@ def free_port() -> int:
         return port
 
 
-def submit_http(folder: Path, n: int, submitters: int) -> Row:
+def submit_http(folder: Path, n: int, submitters: int, *, bare: bool = False) -> Row:
     config = folder / "http.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -139,10 +158,16 @@ def submit_http(folder: Path, n: int, submitters: int) -> Row:
     )
     port = free_port()
     command = [sys.executable, str(BENCH / "latency.py"), "--serve", str(config), str(port)]
+    if bare:
+        command[-2] = "bare"
     server = subprocess.Popen(command, cwd=ROOT)
     try:
         watched = psutil.Process(server.pid)
-        return anyio.run(http_clients, f"http://127.0.0.1:{port}", n, submitters, watched)
+        row = anyio.run(http_clients, f"http://127.0.0.1:{port}", n, submitters, watched)
+        if bare:
+            measure = f"HTTP client ceiling (bare app), {submitters} concurrent"
+            return Row(measure, row.p50, row.p99, row.extra.replace("submits", "requests"))
+        return row
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(30)
@@ -315,6 +340,12 @@ def main() -> None:
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        if args.serve[0] == "bare":
+            port = int(args.serve[1])
+            uvicorn.run(
+                bare_app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+            )
+            return
         serve(args.serve[0], int(args.serve[1]))
         return
 
@@ -323,6 +354,7 @@ def main() -> None:
         folder = Path(tmp).resolve()
         rows.append(anyio.run(submit_library, folder / "lib.db", args.submits, args.submitters))
         rows.append(submit_http(folder, args.submits, args.submitters))
+        rows.append(submit_http(folder, args.submits, args.submitters, bare=True))
         rows.append(anyio.run(dispatch, folder / "dispatch.db", args.samples, args.pause))
         rows.append(worker_idle(folder, args.idle_seconds))
         if not args.no_huey:

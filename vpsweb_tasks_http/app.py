@@ -49,13 +49,12 @@ def create_app(
     app.state.manager = manager
     app.state.monitor = monitor
     api_key = settings.http.resolved_api_key()
-    app.include_router(
-        create_router(
-            manager,
-            monitor,
-            api_key=api_key,
-            queue_full_retry_after=settings.http.queue_full_retry_after,
-        )
+    create_router(  # onto app.router itself: no included router to match through
+        manager,
+        monitor,
+        api_key=api_key,
+        queue_full_retry_after=settings.http.queue_full_retry_after,
+        router=app.router,
     )
 
     mount_dashboard(app, api_key_required=api_key is not None)

@@ -1,11 +1,12 @@
 """The routes of the document's tables, plus live events. Each route is one core call.
 
 ``create_router(manager, monitor)`` returns one APIRouter holding
-``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``; include it in any FastAPI
-app. Library errors become HTTP errors here (the router carries its own route class, so
-the mapping works in an app that is not ours): unknown id 404, wrong state 409, invalid
-input 422 naming the field, queue full 429 with Retry-After, not started (or translations
-not configured) 503. The translation routes are in ``translation.py``.
+``/api/v1/background-tasks/...`` and ``/api/v1/monitoring/...``, all its routes directly on
+it (no nested routers); include it in any FastAPI app. Library errors become HTTP errors
+here (each route carries its own route class, so the mapping works in an app that is not
+ours): unknown id 404, wrong state 409, invalid input 422 naming the field, queue full 429
+with Retry-After, not started (or translations not configured) 503. The translation routes
+are in ``translation.py``.
 
 (No ``from __future__ import annotations`` here: FastAPI resolves route annotations at
 definition time, and some refer to dependencies local to :func:`create_router`.)
@@ -15,6 +16,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -41,6 +43,7 @@ from vpsweb_tasks.errors import (
 from vpsweb_tasks.events import SubscriberLagged
 from vpsweb_tasks.models import to_datetime
 
+from ._routing import RouteGroup, group_url
 from .auth import StreamTokens
 from .metrics import render_metrics
 from .schemas import (
@@ -143,6 +146,7 @@ def create_router(
     queue_full_retry_after: int = 5,
     metrics_path: str | None = "/metrics",
     stream_token_ttl: float = 60.0,
+    router: APIRouter | None = None,
 ) -> APIRouter:
     """The API of one manager and its monitor. With ``api_key``, every route but the two
     health checks requires header ``X-API-Key`` (compared in constant time); the two event
@@ -150,17 +154,28 @@ def create_router(
     ``stream_token_ttl`` seconds, since a browser's EventSource cannot send headers."""
     tokens = StreamTokens(api_key, ttl=stream_token_ttl)
 
-    async def running() -> None:
+    expected_key = api_key.encode() if api_key is not None else None
+
+    def check_running() -> None:
         if not manager.running:
             raise HTTPException(503, "the task manager is not running yet")
 
-    async def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api_key is None:
+    def check_key(x_api_key: str | None) -> None:
+        if expected_key is None:
             return
-        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode()):
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected_key):
             raise HTTPException(
                 401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
             )
+
+    # Each guard is one dependency (key, then running: 401 before 503), not two: FastAPI
+    # solves, caches and validates every dependency of every request on its own.
+    async def running() -> None:
+        check_running()
+
+    async def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        check_key(x_api_key)
+        check_running()
 
     async def stream_authorised(
         x_api_key: Annotated[str | None, Header()] = None,
@@ -169,9 +184,9 @@ def create_router(
             Query(max_length=200, description="A token from POST .../monitoring/stream-token"),
         ] = None,
     ) -> None:
-        if api_key is None or (token is not None and tokens.valid(token)):
-            return
-        await authorised(x_api_key)
+        if not (token is not None and expected_key is not None and tokens.valid(token)):
+            check_key(x_api_key)
+        check_running()
 
     route_class = _route_class(queue_full_retry_after)
     errors: dict[int | str, dict[str, Any]] = {
@@ -184,17 +199,17 @@ def create_router(
         409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
         429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
     }
-    root = APIRouter(route_class=route_class)
-    public = APIRouter(route_class=route_class, dependencies=[Depends(running)], responses=errors)
-    guarded = [Depends(authorised), Depends(running)]
-    tasks = APIRouter(
+    router = router if router is not None else APIRouter()
+    public = RouteGroup(route_class=route_class, dependencies=[Depends(running)], responses=errors)
+    guarded = [Depends(authorised)]
+    tasks = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
         route_class=route_class,
         dependencies=guarded,
         responses=guarded_errors,
     )
-    monitoring = APIRouter(
+    monitoring = RouteGroup(
         prefix=MONITORING_PREFIX,
         tags=["monitoring"],
         route_class=route_class,
@@ -202,15 +217,15 @@ def create_router(
         responses=guarded_errors,
     )
     # The event streams: X-API-Key or a stream token.
-    streamed = [Depends(stream_authorised), Depends(running)]
-    task_streams = APIRouter(
+    streamed = [Depends(stream_authorised)]
+    task_streams = RouteGroup(
         prefix=TASKS_PREFIX,
         tags=["background tasks"],
         route_class=route_class,
         dependencies=streamed,
         responses=guarded_errors,
     )
-    monitoring_streams = APIRouter(
+    monitoring_streams = RouteGroup(
         prefix=MONITORING_PREFIX,
         tags=["monitoring"],
         route_class=route_class,
@@ -256,16 +271,16 @@ def create_router(
             task_type=record.task_type,
             priority=record.priority,
             created_at=record.created_at,
-            status_url=str(request.url_for("task_status", task_id=record.id)),
+            status_url=f"{group_url(request, '/submit')}/status/{quote(record.id, safe='')}",
         )
 
     @tasks.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
     async def status(task_id: TaskId) -> TaskDetailResponse:
         record = await manager.get_task(task_id)
-        executions = await manager.list_executions(task_id)
-        return TaskDetailResponse(
-            **TaskResponse.of(record).model_dump(),
-            executions=[ExecutionResponse.of(e) for e in executions],
+        # The store's own call: manager.list_executions would read the task a second time.
+        executions = await manager.store.list_executions(task_id)
+        return TaskDetailResponse.of(
+            record, executions=[ExecutionResponse.of(e) for e in executions]
         )
 
     async def listing(
@@ -356,9 +371,8 @@ def create_router(
     @tasks.get("/dead-letters/{task_id}", summary="A dead-lettered task and every attempt's error")
     async def dead_letter(task_id: TaskId) -> TaskDetailResponse:
         letter = await manager.dead_letter(task_id)
-        return TaskDetailResponse(
-            **TaskResponse.of(letter.task).model_dump(),
-            executions=[ExecutionResponse.of(e) for e in letter.executions],
+        return TaskDetailResponse.of(
+            letter.task, executions=[ExecutionResponse.of(e) for e in letter.executions]
         )
 
     @tasks.post("/dead-letters/{task_id}/requeue", summary="Put one failed task back in the queue")
@@ -544,22 +558,21 @@ def create_router(
         await monitor.stop()
         return MonitoringStateResponse(monitoring=monitor.running)
 
-    root.include_router(public)
-    root.include_router(
-        create_translation_router(
-            manager,
-            route_class=route_class,
-            dependencies=guarded,
-            responses=guarded_errors,
-            prefix=TASKS_PREFIX,
-        )
+    public.add_to(router)
+    create_translation_router(
+        manager,
+        route_class=route_class,
+        dependencies=guarded,
+        responses=guarded_errors,
+        prefix=TASKS_PREFIX,
+        router=router,
     )
-    root.include_router(tasks)
-    root.include_router(monitoring)
-    root.include_router(task_streams)
-    root.include_router(monitoring_streams)
+    for group in (tasks, monitoring, task_streams, monitoring_streams):
+        group.add_to(router)
     if metrics_path is not None:
-        metrics = APIRouter(route_class=route_class, dependencies=guarded, responses=guarded_errors)
+        metrics = RouteGroup(
+            route_class=route_class, dependencies=guarded, responses=guarded_errors
+        )
 
         @metrics.get(
             metrics_path, tags=["monitoring"], summary="Prometheus metrics", response_class=Response
@@ -568,5 +581,5 @@ def create_router(
             body, content_type = await render_metrics(manager, monitor)
             return Response(content=body, media_type=content_type)
 
-        root.include_router(metrics)
-    return root
+        metrics.add_to(router)
+    return router

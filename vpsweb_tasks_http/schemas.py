@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,7 +100,8 @@ class TaskResponse(_Response):
     duration_seconds: float | None
 
     @classmethod
-    def of(cls, record: TaskRecord) -> TaskResponse:
+    def of(cls, record: TaskRecord, **more: Any) -> Self:
+        """The record's fields, and ``more`` (those of a subclass)."""
         error = None
         if record.error_message is not None or record.error_type is not None:
             error = ErrorInfo(
@@ -128,6 +129,7 @@ class TaskResponse(_Response):
             started_at=record.started_at,
             finished_at=record.finished_at,
             duration_seconds=record.duration_seconds,
+            **more,
         )
 
 

@@ -15,6 +15,7 @@ definition time.)
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.params import Depends as DependsParam
@@ -44,6 +45,8 @@ from vpsweb_tasks.translation import (
     get_vpsweb_adapter,
 )
 
+from ._routing import RouteGroup, group_url
+
 __all__ = ["TranslationSubmitResponse", "create_translation_router"]
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id")]
@@ -64,7 +67,9 @@ class TranslationSubmitResponse(BaseModel):
     events_url: str
 
     @classmethod
-    def of(cls, job: TranslationJob, request: Request) -> "TranslationSubmitResponse":
+    def of(cls, job: TranslationJob, base: str) -> "TranslationSubmitResponse":
+        """``base``: the URL of the routes' prefix (``.../api/v1/background-tasks``)."""
+        job_url = f"{base}/translation/{quote(job.job_id, safe='')}"
         return cls(
             job_id=job.job_id,
             task_id=job.task_id,
@@ -73,9 +78,9 @@ class TranslationSubmitResponse(BaseModel):
             source_language=job.source_language,
             target_language=job.target_language,
             created_at=job.created_at,
-            status_url=str(request.url_for("translation_status", job_id=job.job_id)),
-            result_url=str(request.url_for("translation_result", job_id=job.job_id)),
-            events_url=str(request.url_for("translation_events", job_id=job.job_id)),
+            status_url=job_url,
+            result_url=f"{job_url}/result",
+            events_url=f"{job_url}/events",
         )
 
 
@@ -105,10 +110,12 @@ def create_translation_router(
     dependencies: Sequence[DependsParam] = (),
     responses: dict[int | str, dict[str, Any]] | None = None,
     prefix: str = "/api/v1/background-tasks",
+    router: APIRouter | None = None,
 ) -> APIRouter:
-    """The translation and VPSWeb routes of one manager. ``adapter`` defaults to the
-    manager's (:func:`get_vpsweb_adapter`, looked up per request, so an adapter made
-    later with VPSWeb's own workflow is the one used)."""
+    """The translation and VPSWeb routes of one manager, added (flat) to ``router`` or to a
+    new APIRouter, which is returned. ``adapter`` defaults to the manager's
+    (:func:`get_vpsweb_adapter`, looked up per request, so an adapter made later with
+    VPSWeb's own workflow is the one used)."""
 
     def current() -> VPSWebAdapter:
         return adapter if adapter is not None else get_vpsweb_adapter(manager)
@@ -120,7 +127,7 @@ def create_translation_router(
         await current().status(job_id)
         return job_id
 
-    router = APIRouter(
+    group = RouteGroup(
         prefix=prefix,
         tags=["translation jobs"],
         route_class=route_class,
@@ -133,13 +140,14 @@ def create_translation_router(
 
     # --- translation jobs ---------------------------------------------------------------
 
-    @router.post("/translation", status_code=202, summary="Submit translation job")
+    @group.post("/translation", status_code=202, summary="Submit translation job")
     async def submit(
         body: TranslationRequest, request: Request, vpsweb: Adapter
     ) -> TranslationSubmitResponse:
-        return TranslationSubmitResponse.of(await vpsweb.submit(body), request)
+        job = await vpsweb.submit(body)
+        return TranslationSubmitResponse.of(job, group_url(request, "/translation"))
 
-    @router.get("/translation", summary="List translation jobs, newest first")
+    @group.get("/translation", summary="List translation jobs, newest first")
     async def list_jobs(
         vpsweb: Adapter,
         status: Annotated[list[TaskStatus] | None, Query()] = None,
@@ -149,7 +157,7 @@ def create_translation_router(
         jobs = await vpsweb.list_jobs(statuses=status, limit=limit, offset=offset)
         return TranslationListResponse(jobs=jobs, count=len(jobs), limit=limit, offset=offset)
 
-    @router.post("/translation/batch", status_code=202, summary="Submit batch translation jobs")
+    @group.post("/translation/batch", status_code=202, summary="Submit batch translation jobs")
     async def batch(
         body: TranslationBatch, request: Request, vpsweb: Adapter
     ) -> TranslationBatchResponse:
@@ -165,30 +173,31 @@ def create_translation_router(
             ]
             raise HTTPException(422, detail)
         jobs = await vpsweb.batch(body)
+        base = group_url(request, "/translation/batch")
         return TranslationBatchResponse(
             job_ids=[job.job_id for job in jobs],
-            jobs=[TranslationSubmitResponse.of(job, request) for job in jobs],
+            jobs=[TranslationSubmitResponse.of(job, base) for job in jobs],
             count=len(jobs),
         )
 
-    @router.post("/translation/compare", summary="Compare workflow modes")
+    @group.post("/translation/compare", summary="Compare workflow modes")
     async def compare(body: CompareRequest, vpsweb: Adapter) -> Comparison:
         return await vpsweb.compare(body)
 
-    @router.get("/translation/compare", summary="Jobs of a comparison, side by side")
+    @group.get("/translation/compare", summary="Jobs of a comparison, side by side")
     async def comparison(
         vpsweb: Adapter,
         job_id: Annotated[list[str], Query(min_length=1, max_length=10)],
     ) -> Comparison:
         return await vpsweb.comparison(job_id)
 
-    @router.get(
+    @group.get(
         "/translation/{job_id}", name="translation_status", summary="Get translation job status"
     )
     async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
         return await vpsweb.status(job_id)
 
-    @router.get(
+    @group.get(
         "/translation/{job_id}/result",
         name="translation_result",
         summary="Get translation job result",
@@ -197,15 +206,15 @@ def create_translation_router(
     async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
         return await vpsweb.result(job_id)
 
-    @router.post("/translation/{job_id}/retry", summary="Retry failed translation job")
+    @group.post("/translation/{job_id}/retry", summary="Retry failed translation job")
     async def retry(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
         return await vpsweb.retry(job_id)
 
-    @router.delete("/translation/{job_id}", summary="Cancel translation job")
+    @group.delete("/translation/{job_id}", summary="Cancel translation job")
     async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
         return await vpsweb.cancel(job_id)
 
-    @router.get(
+    @group.get(
         "/translation/{job_id}/events",
         name="translation_events",
         response_class=EventSourceResponse,
@@ -236,16 +245,18 @@ def create_translation_router(
 
     # --- system health -------------------------------------------------------------------
 
-    @router.get("/vpsweb/status", tags=["system health"], summary="VPSWeb integration status")
+    @group.get("/vpsweb/status", tags=["system health"], summary="VPSWeb integration status")
     async def vpsweb_status(vpsweb: Adapter) -> IntegrationStatus:
         return await vpsweb.integration_status()
 
-    @router.get(
+    @group.get(
         "/vpsweb/health", tags=["system health"], summary="VPSWeb comprehensive health check"
     )
     async def vpsweb_health(vpsweb: Adapter) -> ProviderHealth:
         return await vpsweb.health()
 
+    router = router if router is not None else APIRouter()
+    group.add_to(router)
     return router
 
 

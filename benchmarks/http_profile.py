@@ -1,0 +1,260 @@
+"""Server-side CPU per HTTP request, in process, through ``httpx.ASGITransport``.
+
+    .venv/bin/python benchmarks/http_profile.py              # --requests 2000
+    .venv/bin/python benchmarks/http_profile.py --profile    # and cProfile's top functions
+
+Runs ``create_app`` (workers off: only the request path and its storage are measured) and
+times, in process CPU seconds (``time.process_time``: every thread, the store's included;
+the least of 5 rounds of N/5), N sequential requests of each kind: ``POST .../submit``,
+``GET .../status/{id}`` and ``GET .../queue/status`` with a wrong key (stopped by the
+API-key guard), each
+
+* through httpx's ``ASGITransport``, less the same request to a bare ASGI app that answers
+  at once (the client's and the transport's own cost), and
+* "direct": the ASGI app called as a server calls it, with a prepared scope (no client);
+
+and ``TaskManager.submit`` called directly (the library's share of a submit).
+``--api-key`` turns the API key on (it is sent). To compare with another checkout, run
+this script with ``PYTHONPATH=<that checkout>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config
+from vpsweb_tasks_http import create_app
+
+TASKS = "/api/v1/background-tasks"
+KEY_ENV = "HTTP_PROFILE_KEY"
+
+
+async def noop(context: TaskContext) -> None:
+    return None
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The cheapest ASGI answer: what the client and transport cost on their own."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class Direct:
+    """Calls the ASGI app itself, as a server would (no client): the server's CPU alone."""
+
+    def __init__(self, app: Any, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> int:
+        headers = [(b"host", b"test"), *self.headers]
+        if body:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+        }
+        sent = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await anyio.sleep_forever()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app(scope, receive, send)
+        return status
+
+
+Call = Callable[[int], Awaitable[Any]]
+
+
+async def timed(n: int, calls: dict[str, Call], rounds: int = 5) -> dict[str, float]:
+    """CPU seconds per call of each, after a warm-up of 50 calls: the least of ``rounds``
+    rounds of ``n / rounds`` calls, the kinds taking turns (other processes on the machine
+    only ever add to a round's time)."""
+    for call in calls.values():
+        for i in range(50):
+            await call(i)
+    per_round = max(1, n // rounds)
+    best = dict.fromkeys(calls, float("inf"))
+    for r in range(rounds):
+        for name, call in calls.items():
+            start = time.process_time()
+            for i in range(r * per_round, (r + 1) * per_round):
+                await call(i)
+            best[name] = min(best[name], (time.process_time() - start) / per_round)
+    return best
+
+
+async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
+    http: dict[str, Any] = {"api_key_env": KEY_ENV} if api_key else {}
+    if api_key:
+        os.environ[KEY_ENV] = "secret"
+    settings = load_config(
+        storage={"sqlite_path": str(folder / "profile.db")},
+        background_tasks={"enabled": False, "max_queue_size": 100 * n + 1000},
+        logging={"file": None, "level": "WARNING"},
+        http=http,
+    )
+    app = create_app(settings, setup=lambda manager: manager.task("noop")(noop))
+    manager: TaskManager = app.state.manager
+    headers = {"X-API-Key": "secret"} if api_key else {}
+    body = {"task_name": "t", "task_type": "noop", "payload": {}}
+    raw_body = json.dumps(body).encode()
+    ids: list[str] = []
+    direct = Direct(app, headers)
+    wrong_key = Direct(app, {"X-API-Key": "no"})
+    refused = 401 if api_key else 200
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
+        ) as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=bare_app), base_url="http://t") as bare,
+    ):
+        first = await client.post(f"{TASKS}/submit", json=body)
+        ids.append(first.json()["task_id"])
+
+        async def submit(_: int) -> None:
+            response = await client.post(f"{TASKS}/submit", json=body)
+            assert response.status_code == 202, response.text
+
+        async def status(i: int) -> None:
+            response = await client.get(f"{TASKS}/status/{ids[0]}")
+            assert response.status_code == 200, response.text
+
+        async def unauthorised(_: int) -> None:
+            response = await client.get(f"{TASKS}/queue/status", headers={"X-API-Key": "no"})
+            assert response.status_code == refused, response.text
+
+        async def direct_submit(_: int) -> None:
+            assert await direct.request("POST", f"{TASKS}/submit", raw_body) == 202
+
+        async def direct_status(_: int) -> None:
+            assert await direct.request("GET", f"{TASKS}/status/{ids[0]}") == 200
+
+        async def direct_unauthorised(_: int) -> None:
+            assert await wrong_key.request("GET", f"{TASKS}/queue/status") == refused
+
+        async def bare_post(_: int) -> None:
+            await bare.post(f"{TASKS}/submit", json=body, headers=headers)
+
+        async def bare_get(_: int) -> None:
+            await bare.get(f"{TASKS}/status/x", headers=headers)
+
+        async def library(_: int) -> None:
+            context = await manager.submit(TaskDefinition(name="t", task_type="noop"), "noop")
+            await context.wait_stored()
+
+        cost = await timed(
+            n,
+            {
+                "bare post": bare_post,
+                "bare get": bare_get,
+                "library": library,
+                "submit": submit,
+                "status": status,
+                "unauthorised": unauthorised,
+                "direct submit": direct_submit,
+                "direct status": direct_status,
+                "direct unauthorised": direct_unauthorised,
+            },
+        )
+
+        print(
+            f"\n{n} sequential requests each, in process; {os.cpu_count()} CPUs, "
+            f"load {os.getloadavg()[0]:.1f}; API key {'on' if api_key else 'off'}"
+        )
+        header = f"{'request':<36} {'httpx us':>9} {'- client':>9} {'direct us':>10}"
+        print(header)
+        print("-" * len(header))
+        print(f"{'library submit (no HTTP)':<36} {'':>9} {'':>9} {cost['library'] * 1e6:>10.0f}")
+        for label, kind, base in (
+            ("POST submit", "submit", "bare post"),
+            ("GET status/{id}", "status", "bare get"),
+            (
+                "GET queue/status, " + ("wrong key (401)" if api_key else "no key"),
+                "unauthorised",
+                "bare get",
+            ),
+        ):
+            print(
+                f"{label:<36} {cost[kind] * 1e6:>9.0f} {(cost[kind] - cost[base]) * 1e6:>9.0f}"
+                f" {cost['direct ' + kind] * 1e6:>10.0f}"
+            )
+        print(
+            f"client + transport alone (bare ASGI app): POST {cost['bare post'] * 1e6:.0f} us,"
+            f" GET {cost['bare get'] * 1e6:.0f} us"
+        )
+
+        if profile:
+            for name, call in (("POST submit", direct_submit), ("GET status", direct_status)):
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for i in range(n):
+                    await call(i)
+                profiler.disable()
+                out = io.StringIO()
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats("tottime").print_stats(25)
+                stats.sort_stats("cumulative").print_stats("vpsweb_tasks|fastapi|starlette", 40)
+                print(f"\n--- cProfile, {name}, {n} direct calls (coroutine resumptions count as")
+                print("calls): by own time, then by cumulative time in the server's code ---")
+                print(out.getvalue().split("\n", 6)[-1].replace(site, ""))
+
+
+site = str(Path(httpx.__file__).parent.parent) + "/"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--api-key", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dir", default=".", help="where the temporary database goes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
+        anyio.run(run, Path(tmp), args.requests, args.api_key, args.profile)
+
+
+if __name__ == "__main__":
+    main()
