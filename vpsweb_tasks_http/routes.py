@@ -202,36 +202,21 @@ def create_router(
     router = router if router is not None else APIRouter()
     public = RouteGroup(route_class=route_class, dependencies=[Depends(running)], responses=errors)
     guarded = [Depends(authorised)]
-    tasks = RouteGroup(
-        prefix=TASKS_PREFIX,
-        tags=["background tasks"],
-        route_class=route_class,
-        dependencies=guarded,
-        responses=guarded_errors,
-    )
-    monitoring = RouteGroup(
-        prefix=MONITORING_PREFIX,
-        tags=["monitoring"],
-        route_class=route_class,
-        dependencies=guarded,
-        responses=guarded_errors,
-    )
+
+    def guarded_group(prefix: str, tag: str, guard: Callable[..., Any]) -> RouteGroup:
+        return RouteGroup(
+            prefix=prefix,
+            tags=[tag],
+            route_class=route_class,
+            dependencies=[Depends(guard)],
+            responses=guarded_errors,
+        )
+
+    tasks = guarded_group(TASKS_PREFIX, "background tasks", authorised)
+    monitoring = guarded_group(MONITORING_PREFIX, "monitoring", authorised)
     # The event streams: X-API-Key or a stream token.
-    streamed = [Depends(stream_authorised)]
-    task_streams = RouteGroup(
-        prefix=TASKS_PREFIX,
-        tags=["background tasks"],
-        route_class=route_class,
-        dependencies=streamed,
-        responses=guarded_errors,
-    )
-    monitoring_streams = RouteGroup(
-        prefix=MONITORING_PREFIX,
-        tags=["monitoring"],
-        route_class=route_class,
-        dependencies=streamed,
-        responses=guarded_errors,
-    )
+    task_streams = guarded_group(TASKS_PREFIX, "background tasks", stream_authorised)
+    monitoring_streams = guarded_group(MONITORING_PREFIX, "monitoring", stream_authorised)
 
     async def health_now() -> HealthResponse:
         if monitor.latest_sample is None:
