@@ -23,8 +23,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -35,11 +33,12 @@ import anyio
 import psutil
 import psycopg
 import yaml
+from multiprocess import spawn  # this folder's multiprocess.py
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
-#: Databases go under the directory the script is run from (absolute: workers run in ROOT).
+#: Databases go under the directory the script is run from (absolute: workers run in the
+#: project's root).
 HERE = os.path.abspath(".")
 
 
@@ -58,16 +57,6 @@ def write_config(path: Path, storage: dict[str, Any], enabled: bool) -> Path:
         )
     )
     return path
-
-
-def spawn(config: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
-    return subprocess.Popen(
-        [*command, "--import", "benchmarks.noop_tasks"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
 
 
 async def measure(

@@ -525,12 +525,12 @@ class TaskQueue:
             case "shutdown":
                 return Released()
         if error is None:
-            try:
-                json.dumps(result, allow_nan=False)
+            try:  # encoded once: the check is also what the store writes
+                encoded = json.dumps(result, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError) as exc:
                 error = ResultNotSerializableError(f"task returned a non-JSON result: {exc}")
             else:
-                return Completed(result)
+                return Completed(result, encoded)
         # A breaker's rejection (also from inside the handler's own task group) defers the
         # task without spending an attempt; the failure that trips a breaker does not.
         breaker = find_error(error, CircuitOpenError)

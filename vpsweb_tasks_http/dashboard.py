@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from string import Template
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
@@ -44,18 +45,16 @@ def mount_dashboard(
     ``api_key_required`` makes the page ask for the key before its first call."""
     path = "/" + path.strip("/")
     api_base = api_base.rstrip("/")
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    page = Template((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
 
     @app.get(path + "/", include_in_schema=False)
     async def dashboard(request: Request) -> HTMLResponse:
         values = {
-            "{{api_base}}": str(request.scope.get("root_path", "")) + api_base,
-            "{{api_key}}": "required" if api_key_required else "",
-            "{{features}}": " ".join(_features(app)),
+            "api_base": str(request.scope.get("root_path", "")) + api_base,
+            "api_key": "required" if api_key_required else "",
+            "features": " ".join(_features(app)),
         }
-        body = page
-        for placeholder, value in values.items():
-            body = body.replace(placeholder, html.escape(value, quote=True))
+        body = page.substitute({k: html.escape(v, quote=True) for k, v in values.items()})
         return HTMLResponse(body, headers={"Cache-Control": "no-cache"})
 
     app.mount(path, StaticFiles(directory=STATIC_DIR), name="dashboard")

@@ -274,12 +274,7 @@ def create_router(
         records = await manager.list_tasks(
             statuses=statuses, limit=limit, offset=offset, order=order
         )
-        return TaskListResponse(
-            tasks=[TaskResponse.of(r) for r in records],
-            count=len(records),
-            limit=limit,
-            offset=offset,
-        )
+        return TaskListResponse.of(records, limit=limit, offset=offset)
 
     @tasks.get("/active", summary="List all active tasks (waiting and running)")
     async def active(limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
@@ -346,12 +341,7 @@ def create_router(
         records = await manager.list_dead_letters(
             category=category, task_type=task_type, limit=limit, offset=offset
         )
-        return TaskListResponse(
-            tasks=[TaskResponse.of(r) for r in records],
-            count=len(records),
-            limit=limit,
-            offset=offset,
-        )
+        return TaskListResponse.of(records, limit=limit, offset=offset)
 
     @tasks.get("/dead-letters/{task_id}", summary="A dead-lettered task and every attempt's error")
     async def dead_letter(task_id: TaskId) -> TaskDetailResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -147,6 +148,15 @@ class TaskListResponse(_Response):
     count: int
     limit: int
     offset: int
+
+    @classmethod
+    def of(cls, records: Sequence[TaskRecord], *, limit: int, offset: int) -> Self:
+        return cls(
+            tasks=[TaskResponse.of(r) for r in records],
+            count=len(records),
+            limit=limit,
+            offset=offset,
+        )
 
 
 class ExecutionResponse(_Response):

@@ -167,10 +167,10 @@ def changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str,
         "traceback": None,
     }
     match outcome:
-        case Completed(result=result):
+        case Completed(result=result, result_json=encoded):
             changes: dict[str, Any] = {
                 "status": "completed",
-                "result": dumps(result),
+                "result": dumps(result) if encoded is None else encoded,
                 "progress": 1.0,
                 "finished_at": now,
                 "error_message": None,

@@ -140,6 +140,9 @@ class Completed:
     """The attempt succeeded. ``result`` must be JSON-serialisable."""
 
     result: Any = None
+    result_json: str | None = None
+    """``result`` already encoded, by a caller that had to encode it anyway to check it;
+    stores encode ``result`` themselves when this is None."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "trans
 
 const state = {
   live: new Map(), // task id -> {progress, message, status}: fresher than storage
-  lists: { running: [], queued: [], recent: [], dead: [] },
+  running: [], // the running tasks as last listed
   selected: null, // task id shown in the detail view
   queue: null,
 };
@@ -256,9 +256,7 @@ async function loadTasks() {
     api(`${TASKS}/queue/tasks?limit=50`),
     api(`${TASKS}/completed?limit=20`),
   ]);
-  state.lists.running = running.tasks;
-  state.lists.queued = queued.tasks;
-  state.lists.recent = recent.tasks;
+  state.running = running.tasks;
   for (const [id, live] of state.live) {
     if (TERMINAL.has(live.status) && id !== state.selected) state.live.delete(id);
   }
@@ -301,7 +299,6 @@ function deadRow(task) {
 
 async function loadDeadLetters() {
   const dead = await api(`${TASKS}/dead-letters?limit=50`);
-  state.lists.dead = dead.tasks;
   list("#dead-letters", dead.tasks, deadRow);
   $("#requeue-all").disabled = dead.tasks.length === 0;
 }
@@ -478,7 +475,7 @@ function onEvent(kind, data) {
       if (data.task_type === "translation") schedule("translations");
       state.live.set(id, { progress: update.progress ?? 0, message: update.message, status: "running" });
       applyLive(id);
-      if (!state.lists.running.some((task) => task.task_id === id)) schedule("tasks", "queue");
+      if (!state.running.some((task) => task.task_id === id)) schedule("tasks", "queue");
       if (id === state.selected) {
         const history = $("#detail .history");
         $("#detail .no-history")?.setAttribute("hidden", "");
