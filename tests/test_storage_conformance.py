@@ -340,6 +340,40 @@ async def test_released_and_deferred_give_the_attempt_back(store: TaskStore) -> 
     assert outcomes == [ExecutionOutcome.INTERRUPTED, ExecutionOutcome.RUNNING]
 
 
+FINISHES: dict[str, tuple[Any, bool]] = {  # outcome, and whether a cancel is requested
+    "completed": (Completed({"rows": [1, 2]}, '{"rows":[1,2]}'), False),
+    "completed, no encoding given": (Completed((1, "a")), False),
+    "failed, retried": (Failed("E", "boom", ErrorCategory.NETWORK, retry_at=T0 + 90), False),
+    "failed, dead": (Failed("E", "boom", ErrorCategory.VALIDATION, traceback="tb"), False),
+    "failed, but cancel requested": (Failed("E", "late", ErrorCategory.UNKNOWN), True),
+    "cancelled": (Cancelled(), True),
+    "released": (Released(), False),
+    "deferred": (Deferred(retry_at=T0 + 60, reason="breaker open"), False),
+}
+
+
+@pytest.mark.parametrize("case", list(FINISHES))
+async def test_finish_given_the_claimed_record_returns_the_stored_row(
+    store: TaskStore, case: str
+) -> None:
+    """With ``claimed`` a backend may build the record instead of reading it back: it must
+    be the row as stored, whatever changed while the task ran (progress, message, lease,
+    cancel flag) and whatever an earlier attempt left (its error)."""
+    outcome, cancel = FINISHES[case]
+    task = await store.add_task(new_task(T0, payload={"p": 1}, metadata={"m": "x"}))
+    first = await claim_one(store)
+    await store.finish(
+        first.token, Failed("Old", "first try", ErrorCategory.NETWORK, retry_at=T0), now=T0 + 1
+    )
+    claim = await claim_one(store, now=T0 + 2)
+    await store.save_progress([ProgressSnapshot(task.id, 0.4, "step 2", None, T0 + 3)])
+    await store.heartbeat(worker=worker(), now=T0 + 4, lease_seconds=LEASE, running=[claim.token])
+    if cancel:
+        await store.request_cancel(task.id, now=T0 + 5)
+    record = await store.finish(claim.token, outcome, now=T0 + 6, claimed=claim.task)
+    assert record == await store.get_task(task.id)
+
+
 # --- heartbeat and cancel --------------------------------------------------------------
 
 

@@ -487,11 +487,13 @@ class TaskManager:
             if raise_errors:
                 raise
             return
+        log_submits = logger.isEnabledFor(logging.INFO)
         for task, context, record in zip(tasks, contexts, records, strict=True):
             context._mark_stored(record, None)
-            task_logger(task.id, "vpsweb_tasks.manager").info(
-                "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
-            )
+            if log_submits:
+                task_logger(task.id, "vpsweb_tasks.manager").info(
+                    "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
+                )
             self._queue.notify(run_at=task.run_at)
         for task, record in zip(tasks, records, strict=True):
             await self.events.publish(

@@ -113,6 +113,8 @@ LEGAL_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 
 
 def _json_bounded(value: dict[str, Any]) -> dict[str, Any]:
+    if not value and type(value) is dict:  # most payloads: nothing to check
+        return value
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

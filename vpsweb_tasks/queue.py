@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import traceback
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import psutil
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .context import TaskContext, _current
 from .errors import (
@@ -86,10 +88,10 @@ class RunningTask:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
-    log: TaskLogger = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.log = task_logger(self.token.task_id)
+    @property
+    def log(self) -> TaskLogger:
+        return task_logger(self.token.task_id)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -138,6 +140,11 @@ class TaskQueue:
         self._dispatcher_stopped.set()
         self._rounds_started = 0
         self._rounds_done = 0
+        # Claimed tasks go to a pool of runner coroutines, one per task being run, kept
+        # for the manager's life: spawning a task per claim cost ~3x handing it over.
+        # The stream is made by start() and closed by stop().
+        self._claimed: _ClaimStream | None = None
+        self._runners = 0
         self.worker = WorkerInfo(
             worker_id=manager.worker_id,
             hostname=socket.gethostname(),
@@ -211,6 +218,7 @@ class TaskQueue:
         await self.reap()
         await self.sync_breakers()
         if self.config.enabled:
+            self._claimed = _ClaimStream(*anyio.create_memory_object_stream[_Claimed](math.inf))
             await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
@@ -331,6 +339,8 @@ class TaskQueue:
             self._shared_pause = shared
 
     async def _claim_and_start(self, limit: int) -> int:
+        stream = self._claimed
+        assert stream is not None, "dispatch runs only between start() and stop()"
         with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
             claims = await self.store.claim(
                 worker_id=self.manager.worker_id,
@@ -346,8 +356,17 @@ class TaskQueue:
             self.running[claim.task.id] = running
             if self._idle.is_set():
                 self._idle = anyio.Event()
-            self.manager._tg_start(self._execute, claim, running)
+            stream.send.send_nowait((claim, running))
+        while self._runners < len(self.running):  # a free runner for every claimed task
+            self._runners += 1
+            self.manager._tg_start(self._runner, stream.receive.clone())
         return len(claims)
+
+    async def _runner(self, claimed: MemoryObjectReceiveStream[_Claimed]) -> None:
+        """Run claimed tasks one at a time, until stop() ends the stream."""
+        async with claimed:
+            async for claim, running in claimed:
+                await self._execute(claim, running)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._heartbeat_interval if self.running else self.config.lease_seconds / 3
@@ -463,11 +482,13 @@ class TaskQueue:
     async def _execute(self, claim: Claim, running: RunningTask) -> None:
         task = claim.task
         context = running.context
-        log = running.log
         outcome: Outcome | None = None
         try:
             context._apply(task)
-            log.info("started attempt %d of %s (%s)", task.attempts, task.task_type, task.name)
+            if logger.isEnabledFor(logging.INFO):
+                running.log.info(
+                    "started attempt %d of %s (%s)", task.attempts, task.task_type, task.name
+                )
             await self.manager.events.publish(
                 TaskStarted(
                     task=task.id,
@@ -556,17 +577,20 @@ class TaskQueue:
     async def _finish(
         self, task: TaskRecord, running: RunningTask, outcome: Outcome | None
     ) -> None:
-        log = task_logger(task.id)
         record: TaskRecord | None = None
         try:
             await self.flush_progress(task.id)
             if outcome is not None:
-                record = await self.store.finish(running.token, outcome, now=self._now())
+                record = await self.store.finish(
+                    running.token, outcome, now=self._now(), claimed=task
+                )
         except LeaseLostError:
-            log.warning("lease lost before the outcome was written; a newer attempt owns it")
+            running.log.warning(
+                "lease lost before the outcome was written; a newer attempt owns it"
+            )
         except Exception:
             # The lease stops being renewed, expires, and the task is retried (at least once).
-            log.exception("could not record the outcome; the task will be recovered")
+            running.log.exception("could not record the outcome; the task will be recovered")
         finally:
             self.running.pop(task.id, None)
             if not self.running:
@@ -577,15 +601,16 @@ class TaskQueue:
         if record.status.is_waiting:
             self.notify(run_at=record.run_at.timestamp())
         self.manager._finished(record)
-        await self._publish_outcome(record, outcome, running.log)
+        await self._publish_outcome(record, outcome, running)
 
     async def _publish_outcome(
-        self, record: TaskRecord, outcome: Outcome | None, log: TaskLogger
+        self, record: TaskRecord, outcome: Outcome | None, running: RunningTask
     ) -> None:
         events = self.manager.events
         task_id, task_type = record.id, record.task_type
         if record.status is TaskStatus.COMPLETED:
-            log.info("completed in %.3fs", record.duration_seconds or 0.0)
+            if logger.isEnabledFor(logging.INFO):
+                running.log.info("completed in %.3fs", record.duration_seconds or 0.0)
             await events.publish(
                 TaskCompleted(
                     task=task_id,
@@ -595,11 +620,11 @@ class TaskQueue:
                 )
             )
         elif record.status is TaskStatus.CANCELLED:
-            log.info("cancelled")
+            running.log.info("cancelled")
             await events.publish(TaskCancelled(task=task_id, task_type=task_type))
         elif isinstance(outcome, Failed):
             will_retry = record.status is TaskStatus.RETRYING
-            log.log(
+            running.log.log(
                 logging.WARNING if will_retry else logging.ERROR,
                 "attempt %d failed (%s) %s: %s%s",
                 record.attempts,
@@ -639,7 +664,7 @@ class TaskQueue:
                     )
                 )
         elif isinstance(outcome, Deferred):
-            log.info("deferred until %s: %s", record.run_at.isoformat(), outcome.reason)
+            running.log.info("deferred until %s: %s", record.run_at.isoformat(), outcome.reason)
             await events.publish(
                 TaskDeferred(
                     task=task_id,
@@ -649,7 +674,7 @@ class TaskQueue:
                 )
             )
         elif isinstance(outcome, Released):
-            log.info("released back to the queue on shutdown")
+            running.log.info("released back to the queue on shutdown")
             await events.publish(TaskRequeued(task=task_id, task_type=task_type, reason="shutdown"))
 
     # --- shutdown ------------------------------------------------------------------------
@@ -670,8 +695,21 @@ class TaskQueue:
             for running in list(self.running.values()):
                 running.stop("shutdown")
             await self._idle.wait()
+        if self._claimed is not None:
+            self._claimed.send.close()  # idle runners see the end of the stream and return
+            self._claimed.receive.close()
+            self._claimed = None
         await self.flush_progress()
         await self.store.remove_worker(self.manager.worker_id)
+
+
+_Claimed = tuple[Claim, "RunningTask"]
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimStream:
+    send: MemoryObjectSendStream[_Claimed]
+    receive: MemoryObjectReceiveStream[_Claimed]
 
 
 class _StartedOnce:

@@ -7,6 +7,7 @@ conversions serves both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from importlib import resources
@@ -41,6 +42,7 @@ __all__ = [
     "changes_for",
     "dumps",
     "execution_from_row",
+    "finished_record",
     "loads",
     "migrations",
     "task_from_row",
@@ -201,6 +203,47 @@ def changes_for(outcome: Outcome, now: float) -> tuple[dict[str, Any], dict[str,
             }
             execution["error_message"] = reason
     return changes, execution
+
+
+def finished_record(
+    claimed: TaskRecord,
+    changes: Mapping[str, Any],
+    *,
+    progress: float,
+    message: str | None,
+    now: float,
+) -> TaskRecord:
+    """The record a finish leaves behind, built from the record its claim returned and the
+    finish's own ``changes`` (of :func:`changes_for`) instead of read back and decoded.
+
+    While a task runs, only its lease, progress, message and cancel flag change under it;
+    the finish clears the lease and the flag, so ``progress`` and ``message`` (as the
+    finish left them) are all it needs from the row."""
+    stamp = to_datetime(now)
+    result = changes.get("result")
+    run_at = changes.get("run_at")
+    error_category = changes.get("error_category", claimed.error_category)
+    return dataclasses.replace(
+        claimed,
+        status=TaskStatus(changes["status"]),
+        attempts=claimed.attempts - 1 if "attempts" in changes else claimed.attempts,
+        progress=float(progress),
+        message=message,
+        result=claimed.result if result is None else loads_result(result),
+        error_message=changes.get("error_message", claimed.error_message),
+        error_type=changes.get("error_type", claimed.error_type),
+        error_category=None if error_category is None else ErrorCategory(error_category),
+        lease_owner=None,
+        lease_expires_at=None,
+        cancel_requested=False,
+        run_at=claimed.run_at if run_at is None else to_datetime(run_at),
+        updated_at=stamp,
+        finished_at=stamp if "finished_at" in changes else claimed.finished_at,
+    )
+
+
+def loads_result(text: str) -> Any:
+    return None if text == "null" else json.loads(text)
 
 
 def translation_job_from_row(row: Row, task: TaskRecord) -> TranslationJobRow:

@@ -468,8 +468,20 @@ class TaskStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+    async def finish(
+        self,
+        token: LeaseToken,
+        outcome: Outcome,
+        *,
+        now: float,
+        claimed: TaskRecord | None = None,
+    ) -> TaskRecord:
         """Record the outcome of the attempt held by ``token`` and return the new record.
+
+        ``claimed`` is the record :meth:`claim` returned for this attempt, if the caller
+        has it: a backend may build the new record from it (and the columns that change
+        under a running task: progress and message) instead of reading the whole row
+        back. The record returned is the same either way.
 
         In one transaction: the task row (status per outcome, lease cleared, result or
         error, ``finished_at`` for terminal outcomes), the attempt's execution row, and a

@@ -532,7 +532,15 @@ class PostgresTaskStore(TaskStore):
         )
         return HeartbeatResult(lost=lost, cancel_requested=cancel_requested)
 
-    async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+    async def finish(
+        self,
+        token: LeaseToken,
+        outcome: Outcome,
+        *,
+        now: float,
+        claimed: TaskRecord | None = None,
+    ) -> TaskRecord:
+        # The row is read back whole in the same statement; `claimed` would spare nothing.
         cancel_can_win = isinstance(outcome, Failed | Released | Deferred)
         row = await self._finish_as(token, outcome, now, guard=_NO_CANCEL if cancel_can_win else "")
         if row is None and cancel_can_win:

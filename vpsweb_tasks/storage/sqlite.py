@@ -9,6 +9,7 @@ RETURNING`` statement, which SQLite runs under the write lock: no task is claime
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -45,7 +46,7 @@ from ._rows import as_float as _as_float
 from ._rows import changes_for as _changes_for
 from ._rows import dumps as _dumps
 from ._rows import execution_from_row as _execution
-from ._rows import migrations, translation_job_from_row
+from ._rows import finished_record, migrations, translation_job_from_row
 from ._rows import task_from_row as _task
 from ._rows import worker_from_row as _worker
 from .base import (
@@ -126,6 +127,38 @@ _RUNNABLE_TYPES = (
 )
 _ORDER_PRIORITY = "priority DESC, run_at, rowid"
 _ORDER_FIFO = "run_at, rowid"
+
+
+_FINISH_EXECUTION = (
+    "UPDATE task_executions SET finished_at = :now, outcome = :outcome,"
+    " error_category = :error_category, error_type = :error_type,"
+    " error_message = :error_message, traceback = :traceback"
+    " WHERE task_id = :id AND fence = :fence"
+)
+
+
+@functools.cache
+def _finish_statement(columns: tuple[tuple[str, str | None], ...], whole: bool) -> str:
+    assignments = ", ".join(
+        f"{column} = {expr}" if expr is not None else f"{column} = :{column}"
+        for column, expr in columns
+    )
+    # Given the claimed record, only what may have changed under the running task (and
+    # was not cleared here) is read back: RETURNING * and decoding it cost ~20 us a task.
+    returning = "*" if whole else "progress, message"
+    return (
+        f"UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
+        " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now"
+        f" WHERE id = :id RETURNING {returning}"
+    )
+
+
+def _finish_sql(changes: dict[str, Any], *, whole: bool) -> str:
+    columns = tuple(
+        (column, str(value) if isinstance(value, _Expr) else None)
+        for column, value in changes.items()
+    )
+    return _finish_statement(columns, whole)
 
 
 def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
@@ -499,7 +532,14 @@ class SQLiteTaskStore(TaskStore):
 
         return await self._db().run(beat)
 
-    async def finish(self, token: LeaseToken, outcome: Outcome, *, now: float) -> TaskRecord:
+    async def finish(
+        self,
+        token: LeaseToken,
+        outcome: Outcome,
+        *,
+        now: float,
+        claimed: TaskRecord | None = None,
+    ) -> TaskRecord:
         lease = {"id": token.task_id, "worker": token.worker_id, "fence": token.fence}
         # A cancel request that raced with the attempt's end still wins over a failure.
         tries: list[tuple[Outcome, str]] = [(outcome, "")]
@@ -524,25 +564,16 @@ class SQLiteTaskStore(TaskStore):
                     f"task_id:{token.task_id} is no longer held by {token.worker_id}"
                     f" (fence {token.fence})"
                 )
-            assignments = ", ".join(
-                f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = :{column}"
-                for column, value in changes.items()
-            )
             values = {c: v for c, v in changes.items() if not isinstance(v, _Expr)}
             updated = conn.execute(
-                f"UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
-                " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now"
-                " WHERE id = :id RETURNING *",
+                _finish_sql(changes, whole=claimed is None),
                 {**values, "now": now, "id": token.task_id},
             ).fetchone()
-            conn.execute(
-                "UPDATE task_executions SET finished_at = :now, outcome = :outcome,"
-                " error_category = :error_category, error_type = :error_type,"
-                " error_message = :error_message, traceback = :traceback"
-                " WHERE task_id = :id AND fence = :fence",
-                {**execution, **lease, "now": now},
-            )
-            return _task(updated)
+            conn.execute(_FINISH_EXECUTION, {**execution, **lease, "now": now})
+            if claimed is None:
+                return _task(updated)
+            progress, message = updated
+            return finished_record(claimed, changes, progress=progress, message=message, now=now)
 
         return await self._db().run(finish)
 
