@@ -360,7 +360,9 @@ async def test_finish_given_the_claimed_record_returns_the_stored_row(
     be the row as stored, whatever changed while the task ran (progress, message, lease,
     cancel flag) and whatever an earlier attempt left (its error)."""
     outcome, cancel = FINISHES[case]
-    task = await store.add_task(new_task(T0, payload={"p": 1}, metadata={"m": "x"}))
+    task = await store.add_task(
+        new_task(T0, payload={"p": 1}, metadata={"m": "x"}, timeout_seconds=9.0, max_retries=5)
+    )
     first = await claim_one(store)
     await store.finish(
         first.token, Failed("Old", "first try", ErrorCategory.NETWORK, retry_at=T0), now=T0 + 1

@@ -69,13 +69,15 @@ class TaskContext:
         self,
         *,
         task_id: str,
-        definition: TaskDefinition,
+        definition: TaskDefinition | None = None,
         manager: TaskManager,
         payload: dict[str, Any] | None = None,
         record: TaskRecord | None = None,
     ) -> None:
         self.task_id = task_id
-        self.definition = definition
+        if definition is None and record is None:
+            raise TypeError("a TaskContext needs its definition or its record")
+        self._definition = definition
         self.payload: dict[str, Any] = payload or {}
         self._manager = manager
         self._record = record
@@ -88,6 +90,15 @@ class TaskContext:
         self._store_error: BaseException | None = None
         self._done = _Flag(record is not None and record.status.is_terminal)
         self._logger: TaskLogger | None = None
+
+    @property
+    def definition(self) -> TaskDefinition:
+        """What the task was submitted with (built from its record on first use, for tasks
+        this process did not submit)."""
+        if self._definition is None:
+            assert self._record is not None
+            self._definition = self._record.definition()
+        return self._definition
 
     @property
     def logger(self) -> TaskLogger:

@@ -536,7 +536,6 @@ class TaskManager:
         if context is None:
             context = TaskContext(
                 task_id=record.id,
-                definition=record.definition(),
                 manager=self,
                 payload=record.payload,
                 record=record,

@@ -160,7 +160,7 @@ class TaskDefinition(BaseModel):
 
 def to_datetime(value: float) -> datetime:
     """Epoch seconds as an aware UTC datetime."""
-    return datetime.fromtimestamp(float(value), tz=UTC)
+    return datetime.fromtimestamp(value, UTC)  # ints too: SQLite returns 3.0 as 3
 
 
 def from_timestamp(value: float | None) -> datetime | None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import psutil
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .context import TaskContext, _current
 from .errors import (
@@ -142,8 +141,7 @@ class TaskQueue:
         self._rounds_done = 0
         # Claimed tasks go to a pool of runner coroutines, one per task being run, kept
         # for the manager's life: spawning a task per claim cost ~3x handing it over.
-        # The stream is made by start() and closed by stop().
-        self._claimed: _ClaimStream | None = None
+        self._claimed = _Handoff()
         self._runners = 0
         self.worker = WorkerInfo(
             worker_id=manager.worker_id,
@@ -218,7 +216,6 @@ class TaskQueue:
         await self.reap()
         await self.sync_breakers()
         if self.config.enabled:
-            self._claimed = _ClaimStream(*anyio.create_memory_object_stream[_Claimed](math.inf))
             await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
@@ -339,8 +336,6 @@ class TaskQueue:
             self._shared_pause = shared
 
     async def _claim_and_start(self, limit: int) -> int:
-        stream = self._claimed
-        assert stream is not None, "dispatch runs only between start() and stop()"
         with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
             claims = await self.store.claim(
                 worker_id=self.manager.worker_id,
@@ -356,17 +351,16 @@ class TaskQueue:
             self.running[claim.task.id] = running
             if self._idle.is_set():
                 self._idle = anyio.Event()
-            stream.send.send_nowait((claim, running))
+            self._claimed.put((claim, running))
         while self._runners < len(self.running):  # a free runner for every claimed task
             self._runners += 1
-            self.manager._tg_start(self._runner, stream.receive.clone())
+            self.manager._tg_start(self._runner)
         return len(claims)
 
-    async def _runner(self, claimed: MemoryObjectReceiveStream[_Claimed]) -> None:
-        """Run claimed tasks one at a time, until stop() ends the stream."""
-        async with claimed:
-            async for claim, running in claimed:
-                await self._execute(claim, running)
+    async def _runner(self) -> None:
+        """Run claimed tasks one at a time, until stop() closes the hand-off."""
+        while (claimed := await self._claimed.get()) is not None:
+            await self._execute(*claimed)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._heartbeat_interval if self.running else self.config.lease_seconds / 3
@@ -695,21 +689,43 @@ class TaskQueue:
             for running in list(self.running.values()):
                 running.stop("shutdown")
             await self._idle.wait()
-        if self._claimed is not None:
-            self._claimed.send.close()  # idle runners see the end of the stream and return
-            self._claimed.receive.close()
-            self._claimed = None
+        self._claimed.close()  # idle runners return
         await self.flush_progress()
         await self.store.remove_worker(self.manager.worker_id)
 
 
-_Claimed = tuple[Claim, "RunningTask"]
+_Claimed = tuple[Claim, RunningTask]
 
 
-@dataclass(frozen=True, slots=True)
-class _ClaimStream:
-    send: MemoryObjectSendStream[_Claimed]
-    receive: MemoryObjectReceiveStream[_Claimed]
+class _Handoff:
+    """Claimed tasks on their way to idle runners: a queue without a checkpoint per item
+    (an anyio memory stream paid a checkpoint, an event and a task-info lookup for each),
+    since a runner that finds work waiting takes it at once."""
+
+    def __init__(self) -> None:
+        self._items: deque[_Claimed] = deque()
+        self._waiters: deque[anyio.Event] = deque()
+        self._closed = False
+
+    def put(self, item: _Claimed) -> None:
+        self._items.append(item)
+        if self._waiters:
+            self._waiters.popleft().set()
+
+    async def get(self) -> _Claimed | None:
+        """The next claimed task; None once closed."""
+        while not self._items:
+            if self._closed:
+                return None
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        while self._waiters:
+            self._waiters.popleft().set()
 
 
 class _StartedOnce:

@@ -7,7 +7,6 @@ conversions serves both.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from importlib import resources
@@ -223,9 +222,18 @@ def finished_record(
     result = changes.get("result")
     run_at = changes.get("run_at")
     error_category = changes.get("error_category", claimed.error_category)
-    return dataclasses.replace(
-        claimed,
+    # Spelled out rather than dataclasses.replace(), which costs twice as much.
+    return TaskRecord(
+        id=claimed.id,
+        name=claimed.name,
+        task_type=claimed.task_type,
+        priority=claimed.priority,
         status=TaskStatus(changes["status"]),
+        payload=claimed.payload,
+        metadata=claimed.metadata,
+        max_retries=claimed.max_retries,
+        timeout_seconds=claimed.timeout_seconds,
+        retry=claimed.retry,
         attempts=claimed.attempts - 1 if "attempts" in changes else claimed.attempts,
         progress=float(progress),
         message=message,
@@ -233,11 +241,14 @@ def finished_record(
         error_message=changes.get("error_message", claimed.error_message),
         error_type=changes.get("error_type", claimed.error_type),
         error_category=None if error_category is None else ErrorCategory(error_category),
+        owner=claimed.owner,
         lease_owner=None,
         lease_expires_at=None,
         cancel_requested=False,
         run_at=claimed.run_at if run_at is None else to_datetime(run_at),
+        created_at=claimed.created_at,
         updated_at=stamp,
+        started_at=claimed.started_at,
         finished_at=stamp if "finished_at" in changes else claimed.finished_at,
     )
 
