@@ -251,6 +251,10 @@ class _Listener:
     task_id: str | None
     kinds: frozenset[str] | None
     send: MemoryObjectSendStream[Event] | None = None
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = _is_async(self.fn)  # asked on every event; inspect is not cheap
 
     def wants(self, event: Event) -> bool:
         if self.task_id is not None and event.task_id != self.task_id:
@@ -334,7 +338,7 @@ class EventHub:
         return remove
 
     def _start_async(self, listener: _Listener) -> None:
-        if not _is_async(listener.fn) or listener.send is not None or self._tg is None:
+        if not listener.is_async or listener.send is not None or self._tg is None:
             return
         send, receive = anyio.create_memory_object_stream[Event](self._listener_buffer)
         listener.send = send
@@ -364,7 +368,7 @@ class EventHub:
             if listener.send is not None:
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                     await listener.send.send(numbered)
-            elif not _is_async(listener.fn):
+            elif not listener.is_async:
                 try:
                     listener.fn(numbered)
                 except Exception:

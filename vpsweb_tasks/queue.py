@@ -359,8 +359,11 @@ class TaskQueue:
 
     async def _runner(self) -> None:
         """Run claimed tasks one at a time, until stop() closes the hand-off."""
-        while (claimed := await self._claimed.get()) is not None:
-            await self._execute(*claimed)
+        # One scope for the runner's life, shielded while an outcome is written: a
+        # cancelled task group never interrupts a finish (a new scope per task cost more).
+        with anyio.CancelScope() as scope:
+            while (claimed := await self._claimed.get()) is not None:
+                await self._execute(*claimed, scope)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._heartbeat_interval if self.running else self.config.lease_seconds / 3
@@ -473,7 +476,7 @@ class TaskQueue:
 
     # --- running one task -----------------------------------------------------------------
 
-    async def _execute(self, claim: Claim, running: RunningTask) -> None:
+    async def _execute(self, claim: Claim, running: RunningTask, runner: anyio.CancelScope) -> None:
         task = claim.task
         context = running.context
         outcome: Outcome | None = None
@@ -494,10 +497,13 @@ class TaskQueue:
             result, error = await self._call(task, running)
             outcome = self._outcome(task, running, result, error)
         finally:
-            with anyio.CancelScope(shield=True):
+            runner.shield = True
+            try:
                 if outcome is None and running.stop_reason != "lost":
                     outcome = Released()  # torn down from outside: give the attempt back
                 await self._finish(task, running, outcome)
+            finally:
+                runner.shield = False
 
     async def _call(
         self, task: TaskRecord, running: RunningTask
@@ -541,7 +547,11 @@ class TaskQueue:
                 return Released()
         if error is None:
             try:  # encoded once: the check is also what the store writes
-                encoded = json.dumps(result, separators=(",", ":"), allow_nan=False)
+                encoded = (
+                    "null"
+                    if result is None
+                    else json.dumps(result, separators=(",", ":"), allow_nan=False)
+                )
             except (TypeError, ValueError) as exc:
                 error = ResultNotSerializableError(f"task returned a non-JSON result: {exc}")
             else:
