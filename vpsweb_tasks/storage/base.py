@@ -96,15 +96,16 @@ class NewTask:
     def record(self) -> TaskRecord:
         """The record of this task as :meth:`TaskStore.add_task` stores it (``pending``):
         built here rather than read back, which spares a row conversion per submit."""
+        created = to_datetime(self.created_at)
         return TaskRecord(
             id=self.id,
             name=self.name,
             task_type=self.task_type,
             priority=TaskPriority.from_rank(self.priority),
             status=TaskStatus.PENDING,
-            run_at=to_datetime(self.run_at),
-            created_at=to_datetime(self.created_at),
-            updated_at=to_datetime(self.created_at),
+            run_at=created if self.run_at == self.created_at else to_datetime(self.run_at),
+            created_at=created,
+            updated_at=created,
             payload=self.payload,
             metadata=self.metadata,
             max_retries=self.max_retries,

@@ -9,7 +9,6 @@ RETURNING`` statement, which SQLite runs under the write lock: no task is claime
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import socket
@@ -137,28 +136,29 @@ _FINISH_EXECUTION = (
 )
 
 
-@functools.cache
-def _finish_statement(columns: tuple[tuple[str, str | None], ...], whole: bool) -> str:
-    assignments = ", ".join(
-        f"{column} = {expr}" if expr is not None else f"{column} = :{column}"
-        for column, expr in columns
-    )
-    # Given the claimed record, only what may have changed under the running task (and
-    # was not cleared here) is read back: RETURNING * and decoding it cost ~20 us a task.
-    returning = "*" if whole else "progress, message"
-    return (
-        f"UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
-        " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now"
-        f" WHERE id = :id RETURNING {returning}"
-    )
+_FINISH_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
 
 
 def _finish_sql(changes: dict[str, Any], *, whole: bool) -> str:
-    columns = tuple(
-        (column, str(value) if isinstance(value, _Expr) else None)
-        for column, value in changes.items()
-    )
-    return _finish_statement(columns, whole)
+    """The task row's UPDATE for these changes (cached: one per outcome shape; a column
+    whose value is an :class:`Expr` always has the same expression)."""
+    key = (tuple(changes), whole)
+    sql = _FINISH_SQL.get(key)
+    if sql is None:
+        assignments = ", ".join(
+            f"{column} = {value}" if isinstance(value, _Expr) else f"{column} = :{column}"
+            for column, value in changes.items()
+        )
+        # Given the claimed record, only what may have changed under the running task
+        # (and was not cleared here) is read back: RETURNING * and decoding it cost
+        # ~20 us a task.
+        returning = "*" if whole else "progress, message"
+        sql = _FINISH_SQL[key] = (
+            f"UPDATE background_tasks SET {assignments}, lease_owner = NULL,"
+            " lease_expires_at = NULL, cancel_requested = 0, updated_at = :now"
+            f" WHERE id = :id RETURNING {returning}"
+        )
+    return sql
 
 
 def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
@@ -548,28 +548,21 @@ class SQLiteTaskStore(TaskStore):
 
         def finish(conn: sqlite3.Connection) -> TaskRecord:
             # The metrics row is taken from the row as the attempt left it, and only if the
-            # lease is still ours: that INSERT is also the lease check.
+            # lease is still ours: that INSERT is also the lease check. One parameter dict
+            # serves the three statements (a name has the same value in each; SQLite binds
+            # only the names a statement uses).
             for effective, guard in tries:
                 changes, execution = _changes_for(effective, now)
-                metric = {
-                    **lease,
-                    "outcome": execution["outcome"],
-                    "error_category": execution["error_category"],
-                    "now": now,
-                }
-                if conn.execute(_RECORD_METRIC + guard, metric).rowcount:
+                params = {**changes, **execution, **lease, "now": now}
+                if conn.execute(_RECORD_METRIC + guard, params).rowcount:
                     break
             else:
                 raise LeaseLostError(
                     f"task_id:{token.task_id} is no longer held by {token.worker_id}"
                     f" (fence {token.fence})"
                 )
-            values = {c: v for c, v in changes.items() if not isinstance(v, _Expr)}
-            updated = conn.execute(
-                _finish_sql(changes, whole=claimed is None),
-                {**values, "now": now, "id": token.task_id},
-            ).fetchone()
-            conn.execute(_FINISH_EXECUTION, {**execution, **lease, "now": now})
+            updated = conn.execute(_finish_sql(changes, whole=claimed is None), params).fetchone()
+            conn.execute(_FINISH_EXECUTION, params)
             if claimed is None:
                 return _task(updated)
             progress, message = updated
