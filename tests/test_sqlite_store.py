@@ -6,11 +6,15 @@ commits reach a listener through the file's data version."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
+from vpsweb_tasks import TaskManager
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.base import Notice
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore, claim_sql
 
@@ -81,3 +85,18 @@ async def test_the_watch_is_off_at_zero_and_in_memory(tmp_path: Path) -> None:
         async with store, anyio.create_task_group() as tg:
             await tg.start(store.listen, lambda kind, task_id: None)  # starts, then waits
             tg.cancel_scope.cancel()
+
+
+async def test_the_page_cache_is_sized_from_the_settings(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A million waiting tasks outgrow SQLite's 2 MiB default cache and claims slow to
+    ~0.7x (benchmarks/depth.py); the store's connection takes ``storage.sqlite_cache_mb``."""
+    settings = settings_factory(storage={"sqlite_cache_mb": 7})
+    async with TaskManager(settings) as manager:
+        store = manager.store
+        assert isinstance(store, SQLiteTaskStore)
+        cache_size = await store._db().run(
+            lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0], Mode.READ
+        )
+    assert cache_size == -7 * 1024

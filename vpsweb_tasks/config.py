@@ -210,6 +210,10 @@ class StorageSettings(_Section):
     """SQLite with several processes: how often a worker checks whether another process
     committed (``PRAGMA data_version``, no table read), so that a task submitted elsewhere
     starts within this time rather than within ``queue_check_interval``. 0: off."""
+    sqlite_cache_mb: int = Field(default=32, ge=1)
+    """SQLite's page cache per connection, in MiB (filled only as pages are read). With a
+    million waiting tasks the claim's index pages stop fitting SQLite's 2 MiB default,
+    and each claim then re-reads them from the OS: ~0.7x the claim rate at 1k."""
     postgres_dsn: str | None = None
     """libpq connection string, for backend postgres."""
 

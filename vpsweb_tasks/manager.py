@@ -116,6 +116,7 @@ def make_store(settings: Settings) -> TaskStore:
         busy_timeout=storage.busy_timeout,
         history_limit=settings.task_monitoring.progress_history_limit,
         watch_interval=storage.sqlite_watch_interval,
+        cache_mb=storage.sqlite_cache_mb,
     )
 
 

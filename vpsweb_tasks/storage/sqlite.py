@@ -223,12 +223,14 @@ class SQLiteTaskStore(TaskStore):
         busy_timeout: float = 30.0,
         history_limit: int = 200,
         watch_interval: float = 0.05,
+        cache_mb: int = 32,
     ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.history_limit = history_limit
         self.watch_interval = watch_interval
+        self.cache_mb = cache_mb
         self._thread: DatabaseThread | None = None
         self._schema_version = 0
 
@@ -252,6 +254,7 @@ class SQLiteTaskStore(TaskStore):
             db.enable_wal()
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA cache_size=-{int(self.cache_mb) * 1024}")  # negative: KiB
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return conn
 
