@@ -149,6 +149,28 @@ async def test_claim_without_priority_is_plain_fifo(store: TaskStore) -> None:
     assert [c.task.name for c in claims] == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize("typed", [False, True])
+async def test_fifo_across_priorities_is_run_at_then_insertion_order(
+    store: TaskStore, typed: bool
+) -> None:
+    """Ties in ``run_at`` across priorities, claimed a few at a time: priority plays no
+    part, and each claim continues where the last one stopped."""
+    names = [f"t{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        await store.add_task(new_task(T0 + i // 2, priority=(i * 7) % 4, name=name))
+    claimed: list[str] = []
+    while batch := await store.claim(
+        worker_id="w1",
+        now=T0 + 10,
+        lease_seconds=LEASE,
+        limit=5,
+        by_priority=False,
+        task_types={"work"} if typed else None,
+    ):
+        claimed += [c.task.name for c in batch]
+    assert claimed == names
+
+
 async def test_fifo_among_equal_times_is_insertion_order(store: TaskStore) -> None:
     names = [f"t{i}" for i in range(20)]
     for name in names:

@@ -36,6 +36,7 @@ from ..errors import (
 from ..models import (
     ExecutionRecord,
     ResourceSample,
+    TaskPriority,
     TaskRecord,
     TaskStatus,
 )
@@ -81,25 +82,40 @@ UPDATE background_tasks
 SET status = 'running', attempts = attempts + 1, fence = fence + 1,
     lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
     started_at = :now, updated_at = :now
-WHERE rowid IN (
-    SELECT rowid FROM background_tasks INDEXED BY {index}
-    WHERE status IN ('pending', 'retrying') AND run_at <= :now AND {runnable}
-    ORDER BY {order}
-    LIMIT :limit
-)
+WHERE rowid IN ({pick})
 RETURNING rowid AS seq, *
 """
+_PICK = (
+    "SELECT rowid{columns} FROM background_tasks INDEXED BY ix_background_tasks_dispatch"
+    " WHERE status IN ('pending', 'retrying'){priority} AND run_at <= :now AND {runnable}"
+    " ORDER BY {order} LIMIT :limit"
+)
 
 
 def claim_sql(*, typed: bool, by_priority: bool) -> str:
-    """The claim statement. The index is named: without planner statistics (a new or
-    never-analysed file) SQLite may pick the status index and sort every waiting row, so
-    claims would slow down as the queue grows; the dispatch index reads them in order."""
-    return _CLAIM.format(
-        runnable=_RUNNABLE_TYPES if typed else _RUNNABLE_ANY,
-        order=_ORDER_PRIORITY if by_priority else _ORDER_FIFO,
-        index="ix_background_tasks_dispatch" if by_priority else "ix_background_tasks_fifo",
-    )
+    """The claim statement. It names the dispatch index, ``(priority DESC, run_at)`` of
+    waiting rows: without planner statistics (a new or never-analysed file) SQLite may
+    pick the status index and sort every waiting row, so claims would slow down as the
+    queue grows. Plain FIFO (``by_priority=False``) reads the first ``limit`` rows of each
+    priority from that index and sorts those few by ``run_at``: a second index in FIFO
+    order would cost every insert and claim, for a mode few use."""
+    runnable = _RUNNABLE_TYPES if typed else _RUNNABLE_ANY
+    if by_priority:
+        pick = _PICK.format(columns="", priority="", runnable=runnable, order=_ORDER_PRIORITY)
+    else:
+        arms = " UNION ALL ".join(
+            "SELECT * FROM ("
+            + _PICK.format(
+                columns=", run_at",
+                priority=f" AND priority = {rank}",
+                runnable=runnable,
+                order=_ORDER_FIFO,
+            )
+            + ")"
+            for rank in sorted(_PRIORITY_RANKS, reverse=True)
+        )
+        pick = f"SELECT rowid FROM ({arms}) ORDER BY {_ORDER_FIFO} LIMIT :limit"
+    return _CLAIM.format(pick=pick)
 
 
 _RECORD_METRIC = (
@@ -120,6 +136,7 @@ _INSERT_UNLESS_FULL = (
     _INSERT_COLUMNS + " SELECT ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?"
     f" WHERE ({_WAITING_COUNT}) < ?"
 )
+_PRIORITY_RANKS = [priority.rank for priority in TaskPriority]
 _RUNNABLE_ANY = "(owner IS NULL OR owner = :worker)"
 _RUNNABLE_TYPES = (
     "(owner = :worker OR (owner IS NULL AND task_type IN (SELECT value FROM json_each(:types))))"
