@@ -570,3 +570,48 @@ async def _noop(context: TaskContext) -> None:
 def test_settings_factory_points_at_tmp(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     assert settings.storage.sqlite_path == tmp_path / "tasks.db"
+
+
+async def test_a_task_group_torn_down_under_a_task_still_gives_its_attempt_back(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Not a graceful stop: a crash elsewhere tears the manager's task group down while a
+    task runs. The runner is cancelled with it, yet its buffered progress and the attempt's
+    outcome are written before it goes: the task is waiting again with its attempt given
+    back and its progress kept, no lease to wait out."""
+    settings = settings_factory()
+    started = anyio.Event()
+
+    async def crash() -> None:
+        raise RuntimeError("a crash elsewhere in the task group")
+
+    task_ids: list[str] = []
+
+    async def run_until_torn_down() -> None:
+        async with TaskManager(settings) as manager:
+
+            @manager.task("long")
+            async def long(context: TaskContext) -> None:
+                await context.update_progress(0.5, "half way")  # buffered, not yet stored
+                started.set()
+                await anyio.sleep_forever()
+
+            task_ids.append((await manager.submit(definition("long"))).task_id)
+            await started.wait()
+            assert manager._tg is not None
+            manager._tg.start_soon(crash)
+            await anyio.sleep_forever()
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await run_until_torn_down()
+    assert raised.group_contains(RuntimeError)
+    async with TaskManager(settings) as again:
+        record = await again.get_task(task_ids[0])
+        assert (record.status, record.attempts, record.lease_owner) == (
+            TaskStatus.PENDING,
+            0,
+            None,
+        )
+        assert (record.progress, record.message) == (0.5, "half way")
+        [execution] = await again.list_executions(task_ids[0])
+        assert execution.outcome is ExecutionOutcome.INTERRUPTED
