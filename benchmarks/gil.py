@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 
-def statements(conn: sqlite3.Connection, n: int, start: int) -> float:
+def statements(conn: sqlite3.Connection, n: int) -> float:
     """Seconds for ``n`` INSERTs, committed every 50 (as a group commit would)."""
     began = time.perf_counter()
     conn.execute("BEGIN")
-    for i in range(start, start + n):
+    for i in range(n):
         conn.execute("INSERT INTO t (a, b, c) VALUES (?, ?, ?)", (f"x{i}", f"y{i % 100}", i * 1.5))
         if i % 50 == 49:
             conn.execute("COMMIT")
@@ -33,14 +33,14 @@ def statements(conn: sqlite3.Connection, n: int, start: int) -> float:
     return time.perf_counter() - began
 
 
-def beside_busy_thread(conn: sqlite3.Connection, n: int, start: int) -> tuple[float, float]:
+def beside_busy_thread(conn: sqlite3.Connection, n: int) -> tuple[float, float]:
     """Run the statements on a thread while this one spins in Python; returns the
     statements' seconds and the spinner's share of its solo rate."""
     elapsed = 0.0
 
     def work() -> None:
         nonlocal elapsed
-        elapsed = statements(conn, n, start)
+        elapsed = statements(conn, n)
 
     solo_began, spins = time.perf_counter(), 0
     while time.perf_counter() - solo_began < 0.2:
@@ -75,11 +75,11 @@ def main() -> None:
         print(f"{n:,} INSERTs on a second thread; 2 CPUs; WAL, synchronous=NORMAL")
         print(f"{'setting':46} {'us/statement':>12}  busy thread's rate")
         print("-" * 80)
-        alone = statements(conn, n, 0)
+        alone = statements(conn, n)
         print(f"{'alone':46} {alone / n * 1e6:12.1f}")
         for interval in (default, 0.0005):
             sys.setswitchinterval(interval)
-            took, share = beside_busy_thread(conn, n, n * (2 if interval == default else 3))
+            took, share = beside_busy_thread(conn, n)
             label = f"beside a busy Python thread, switch {interval * 1e3:g} ms"
             print(f"{label:46} {took / n * 1e6:12.1f}  {share:.0%} of its solo rate")
         sys.setswitchinterval(default)

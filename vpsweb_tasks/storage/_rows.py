@@ -237,7 +237,7 @@ def finished_record(
         attempts=claimed.attempts - 1 if "attempts" in changes else claimed.attempts,
         progress=float(progress),
         message=message,
-        result=claimed.result if result is None else loads_result(result),
+        result=claimed.result if result is None else json.loads(result),
         error_message=changes.get("error_message", claimed.error_message),
         error_type=changes.get("error_type", claimed.error_type),
         error_category=None if error_category is None else ErrorCategory(error_category),
@@ -251,10 +251,6 @@ def finished_record(
         started_at=claimed.started_at,
         finished_at=stamp if "finished_at" in changes else claimed.finished_at,
     )
-
-
-def loads_result(text: str) -> Any:
-    return None if text == "null" else json.loads(text)
 
 
 def translation_job_from_row(row: Row, task: TaskRecord) -> TranslationJobRow:

@@ -112,7 +112,7 @@ def claim_sql(*, typed: bool, by_priority: bool) -> str:
                 order=_ORDER_FIFO,
             )
             + ")"
-            for rank in sorted(_PRIORITY_RANKS, reverse=True)
+            for rank in (priority.rank for priority in TaskPriority)
         )
         pick = f"SELECT rowid FROM ({arms}) ORDER BY {_ORDER_FIFO} LIMIT :limit"
     return _CLAIM.format(pick=pick)
@@ -136,7 +136,6 @@ _INSERT_UNLESS_FULL = (
     _INSERT_COLUMNS + " SELECT ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?"
     f" WHERE ({_WAITING_COUNT}) < ?"
 )
-_PRIORITY_RANKS = [priority.rank for priority in TaskPriority]
 _RUNNABLE_ANY = "(owner IS NULL OR owner = :worker)"
 _RUNNABLE_TYPES = (
     "(owner = :worker OR (owner IS NULL AND task_type IN (SELECT value FROM json_each(:types))))"
