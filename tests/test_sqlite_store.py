@@ -1,7 +1,8 @@
 """What only the SQLite store does: claims read waiting tasks in dispatch order from their
 index, with or without planner statistics (a claim must not sort the whole queue: 1M
-pending would take ~0.5 s a claim; see benchmarks/depth.py), and another process's
-commits reach a listener through the file's data version."""
+pending would take ~0.5 s a claim; see benchmarks/depth.py), submits and completions that
+land in one group commit are written by one statement each, and another process's commits
+reach a listener through the file's data version."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import pytest
 from vpsweb_tasks import TaskManager
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.storage._dbthread import Mode
-from vpsweb_tasks.storage.base import Notice
+from vpsweb_tasks.storage.base import Completed, Notice
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore, claim_sql
 
 from .conftest import new_task
-from .test_storage_conformance import T0
+from .test_storage_conformance import LEASE, T0, by_id, together
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +64,47 @@ async def test_the_claim_reads_the_dispatch_index_and_never_sorts_the_queue(
         assert len(reads) == 4, plan
         assert len(sorts) == 1, plan
         assert sorts[0] > plan.index("COMPOUND QUERY"), plan
+
+
+async def test_calls_that_land_together_share_their_statements(tmp_path: Path) -> None:
+    """Eight submits in one group are one INSERT (after one count for the size check),
+    and eight completions four statements, not three each: what makes a burst cheap."""
+    traced: list[str] = []
+
+    def statements() -> list[str]:
+        # A trigger's steps are traced as its statement again: count each run once.
+        runs = [sql for i, sql in enumerate(traced) if i == 0 or traced[i - 1] != sql]
+        traced.clear()
+        return [
+            " ".join(sql.split()[:3]) for sql in runs if sql not in ("BEGIN IMMEDIATE", "COMMIT")
+        ]
+
+    async with SQLiteTaskStore(tmp_path / "t.db") as store:
+        await store._db().run(lambda conn: conn.set_trace_callback(traced.append), Mode.ALONE)
+        tasks = [new_task(T0) for _ in range(8)]
+        added = await together(
+            store, [lambda task=task: store.add_task(task, max_queue_size=100) for task in tasks]
+        )
+        assert statements() == ["SELECT coalesce(sum(n), 0)", "INSERT INTO background_tasks"]
+        assert [record.id for record in added] == [task.id for task in tasks]
+        claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=8)
+        traced.clear()
+        done = await together(
+            store,
+            [
+                lambda claim=claim: store.finish(
+                    claim.token, Completed(None), now=T0 + 1, claimed=claim.task
+                )
+                for claim in claims
+            ],
+        )
+        assert statements() == [
+            "SELECT json_group_array(json_array(d.n, t.message))",
+            "INSERT INTO task_metrics",
+            "UPDATE background_tasks SET",
+            "UPDATE task_executions SET",
+        ]
+        assert by_id(done) == by_id(await store.get_tasks([record.id for record in done]))
 
 
 async def test_another_connections_commit_reaches_a_listener(tmp_path: Path) -> None:

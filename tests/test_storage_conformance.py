@@ -7,12 +7,14 @@ passed in explicitly, so nothing here sleeps.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.to_thread import run_sync
 
 from vpsweb_tasks.errors import (
     ErrorCategory,
@@ -22,18 +24,22 @@ from vpsweb_tasks.errors import (
     TaskStateError,
 )
 from vpsweb_tasks.models import ExecutionOutcome, ResourceSample, TaskPriority, TaskStatus
+from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.base import (
     Cancelled,
     Completed,
     Deferred,
     Failed,
+    LeaseToken,
     NewTranslationJob,
     ProgressSnapshot,
     Released,
     SharedBreakerState,
+    TaskRecord,
     TaskStore,
     WorkerInfo,
 )
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
 from .conftest import new_task
 
@@ -396,6 +402,143 @@ async def test_finish_given_the_claimed_record_returns_the_stored_row(
         await store.request_cancel(task.id, now=T0 + 5)
     record = await store.finish(claim.token, outcome, now=T0 + 6, claimed=claim.task)
     assert record == await store.get_task(task.id)
+
+
+# --- calls that land together ----------------------------------------------------------
+
+
+async def together(store: TaskStore, calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``calls`` at once; each one's result or error, in order. SQLite's database
+    thread is held until every call has queued its job, so they all land in one group
+    commit, the path that combines them; PostgreSQL runs them side by side."""
+    results: list[Any] = [None] * len(calls)
+    release = threading.Event()
+
+    async def run(i: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[i] = await call()
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        if isinstance(store, SQLiteTaskStore):
+            holding = threading.Event()
+
+            def hold(conn: sqlite3.Connection) -> None:
+                holding.set()
+                release.wait(10)
+
+            tg.start_soon(store._db().run, hold, Mode.ALONE)
+            await run_sync(holding.wait, 10)
+        for i, call in enumerate(calls):
+            tg.start_soon(run, i, call)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    return results
+
+
+def by_id(records: Sequence[TaskRecord]) -> dict[str, TaskRecord]:
+    return {record.id: record for record in records}
+
+
+async def test_submits_together_take_the_room_left(store: TaskStore, backend: str) -> None:
+    """Each submit is stored, or refused with QueueFullError, as if it came alone; every
+    stored record is the row as stored. Exactly the room left on SQLite, whose writers
+    take turns; PostgreSQL's submits racing on other connections may overshoot by the
+    tasks they add (storage-contract.md, "Queue-size check")."""
+    for _ in range(3):
+        await store.add_task(new_task(T0))
+    # Times that are not whole seconds: SQLite's combined insert passes them through JSON.
+    tasks = [new_task(T0 + i / 7, payload={"i": i}, metadata={"m": str(i)}) for i in range(20)]
+    results = await together(
+        store, [lambda task=task: store.add_task(task, max_queue_size=15) for task in tasks]
+    )
+    stored = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    if backend == "sqlite":
+        assert (len(stored), len(refused)) == (12, 8)
+    else:
+        assert 12 <= len(stored) <= 20
+    assert all(isinstance(r, QueueFullError) for r in refused)
+    assert by_id(stored) == by_id(await store.get_tasks([r.id for r in stored]))
+    assert (await store.count_tasks())[TaskStatus.PENDING] == 3 + len(stored)
+
+
+async def test_a_duplicate_among_submits_together_fails_alone(store: TaskStore) -> None:
+    first = await store.add_task(new_task(T0))
+    tasks = [new_task(T0) for _ in range(3)] + [new_task(T0, id=first.id)]
+    results = await together(store, [lambda task=task: store.add_task(task) for task in tasks])
+    assert isinstance(results[3], ValueError)
+    assert first.id in str(results[3])
+    assert by_id(results[:3]) == by_id(await store.get_tasks([task.id for task in tasks[:3]]))
+
+
+async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) -> None:
+    """Completions (which SQLite combines), a failure, a stale token and a second finish
+    of one attempt, all at once: each answer is what it would be alone."""
+    for i in range(6):
+        await store.add_task(new_task(T0, payload={"i": i}, metadata={"m": str(i)}))
+    retried = await claim_one(store)  # its second attempt ends below
+    await store.finish(
+        retried.token, Failed("E", "first", ErrorCategory.NETWORK, retry_at=T0), now=T0
+    )
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=6)
+    assert claims[0].task.id == retried.task.id
+    await store.save_progress(
+        [ProgressSnapshot(c.task.id, 0.5, f"step {i}", None, T0 + 1) for i, c in enumerate(claims)]
+    )
+    done, failing, stale = claims[:4], claims[4], claims[5]
+
+    def complete(i: int) -> Callable[[], Awaitable[Any]]:
+        return lambda: store.finish(
+            done[i].token, Completed({"n": i}), now=T0 + 2 + i, claimed=done[i].task
+        )
+
+    results = await together(
+        store,
+        [
+            *(complete(i) for i in range(4)),
+            lambda: store.finish(
+                failing.token, Failed("E", "boom", ErrorCategory.VALIDATION), now=T0 + 3
+            ),
+            lambda: store.finish(
+                LeaseToken(stale.task.id, "w1", stale.token.fence - 1),
+                Completed(1),
+                now=T0 + 3,
+                claimed=stale.task,
+            ),
+            complete(0),  # the same attempt again
+        ],
+    )
+    first, again = results[0], results[6]
+    if isinstance(first, LeaseLostError):  # concurrently (PostgreSQL), either may win
+        first, again = again, first
+    assert isinstance(again, LeaseLostError)
+    assert isinstance(results[5], LeaseLostError)
+    ended = [first, *results[1:5]]
+    assert by_id(ended) == by_id(await store.get_tasks([r.id for r in ended]))
+    assert [(r.status, r.progress, r.message) for r in ended] == [
+        *((TaskStatus.COMPLETED, 1.0, f"step {i}") for i in range(4)),
+        (TaskStatus.FAILED, 0.5, "step 4"),
+    ]
+    assert [r.result for r in ended[:4]] == [{"n": i} for i in range(4)]
+    outcomes = [[e.outcome for e in await store.list_executions(r.id)] for r in ended]
+    assert outcomes == [
+        [ExecutionOutcome.FAILED, ExecutionOutcome.COMPLETED],
+        *([ExecutionOutcome.COMPLETED] for _ in range(3)),
+        [ExecutionOutcome.FAILED],
+    ]
+    [running] = await store.list_executions(stale.task.id)
+    assert running.outcome is ExecutionOutcome.RUNNING
+    still = await store.get_task(stale.task.id)
+    assert still is not None
+    assert still.status is TaskStatus.RUNNING
+    window = await store.metrics_window(since=T0)
+    counts: dict[str, int] = {}
+    for group in window.groups:
+        counts[group.outcome] = counts.get(group.outcome, 0) + group.count
+    assert counts == {"completed": 4, "failed": 2}
+    assert sorted(window.durations) == [2.0, 3.0, 4.0, 5.0]
 
 
 # --- heartbeat and cancel --------------------------------------------------------------

@@ -1,13 +1,22 @@
 """One dedicated thread that owns a SQLite connection and commits in groups.
 
-All database work of a store runs on this thread, in submission order. Jobs that arrive
-while a transaction is running are committed together in the next one (group commit), and
-every caller is answered only after the COMMIT that made its change durable.
+All database work of a store runs on this thread. Jobs that arrive while a transaction is
+running are committed together in the next one (group commit), and every caller is answered
+only after the COMMIT that made its change durable.
+
+Jobs of one kind in a group can be combined: ``run_combined(combine, item)`` queues an
+item, and the group calls ``combine`` once with every item of that kind, where the first of
+them stood. A burst of submits is then one INSERT over a JSON array: one statement (and one
+release of the GIL) instead of one per task, and the per-statement cost of Python's sqlite3
+module is paid once. Every job of a group is still in flight (no caller has been answered),
+so running some of them earlier than their turn in the queue is an order the callers could
+have seen anyway.
 
 A group runs without savepoints, optimistically: if any job in it raises, the whole
 transaction is rolled back and each job of the group is run again in a transaction of its
 own, so one job's error never undoes another's change. Jobs are pure functions of the
-database, so running one again is safe.
+database, so running one again is safe. A combined item that fails on its own (a full
+queue, a lost lease) is answered with :class:`Refused` instead, so the others still commit.
 
 Answers go back to the event loop in one call per group, not one per job: every
 cross-thread wake-up costs a GIL hand-off, which dominated the cost of a job.
@@ -21,6 +30,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -39,20 +49,36 @@ class Mode(Enum):
     """Runs outside any transaction (VACUUM, checkpoints, backups)."""
 
 
+#: Runs the items of several jobs in one call and returns one result per item, in order;
+#: a :class:`Refused` result is raised to that item's caller alone.
+Combine = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A combined item's own error: its caller gets ``error``, the others their results."""
+
+    error: BaseException
+
+
 class _Job:
-    __slots__ = ("error", "fn", "future", "loop", "mode", "result")
+    __slots__ = ("combine", "error", "fn", "future", "item", "loop", "mode", "result")
 
     def __init__(
         self,
-        fn: Callable[[sqlite3.Connection], Any],
+        fn: Callable[[sqlite3.Connection], Any] | None,
         mode: Mode,
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
+        combine: Combine | None = None,
+        item: Any = None,
     ) -> None:
         self.fn = fn
         self.mode = mode
         self.loop = loop
         self.future = future
+        self.combine = combine
+        self.item = item
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -90,6 +116,16 @@ class DatabaseThread:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, mode, loop, future))
+        return await future
+
+    async def run_combined(self, combine: Combine, item: Any) -> Any:
+        """Run ``combine(conn, [item, ...])`` once for every job of this ``combine`` in one
+        group commit (a write)."""
+        if self._closed:
+            raise RuntimeError("database thread is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Job(None, Mode.WRITE, loop, future, combine, item))
         return await future
 
     def close(self) -> None:
@@ -152,12 +188,32 @@ class DatabaseThread:
                 group.append(job)
         self._run_group(conn, group)
 
-    @staticmethod
-    def _run_alone(conn: sqlite3.Connection, job: _Job) -> None:
+    @classmethod
+    def _run_alone(cls, conn: sqlite3.Connection, job: _Job) -> None:
         try:
-            job.result = job.fn(conn)
+            cls._run_jobs(conn, [job])
         except BaseException as exc:
             job.error = exc
+
+    @staticmethod
+    def _run_jobs(conn: sqlite3.Connection, group: list[_Job]) -> None:
+        combined: dict[Combine, list[_Job]] = {}
+        for job in group:
+            job.error = None  # from a try of the whole group
+            if job.combine is not None:
+                combined.setdefault(job.combine, []).append(job)
+        for job in group:
+            if job.combine is not None:
+                jobs = combined.pop(job.combine, None)
+                if jobs is not None:  # else run already, with the first of its kind
+                    results = job.combine(conn, [each.item for each in jobs])
+                    for each, result in zip(jobs, results, strict=True):
+                        if isinstance(result, Refused):
+                            each.error = result.error
+                        else:
+                            each.result = result
+            elif job.fn is not None:
+                job.result = job.fn(conn)
 
     @classmethod
     def _run_group(cls, conn: sqlite3.Connection, group: list[_Job]) -> None:
@@ -177,8 +233,7 @@ class DatabaseThread:
         writes = any(job.mode is Mode.WRITE for job in group)
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-            for job in group:
-                job.result = job.fn(conn)
+            DatabaseThread._run_jobs(conn, group)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:

@@ -40,7 +40,7 @@ from ..models import (
     TaskRecord,
     TaskStatus,
 )
-from ._dbthread import DatabaseThread, Mode
+from ._dbthread import DatabaseThread, Mode, Refused
 from ._rows import Expr as _Expr
 from ._rows import as_float as _as_float
 from ._rows import changes_for as _changes_for
@@ -53,6 +53,7 @@ from .base import (
     AttemptGroup,
     Cancelled,
     Claim,
+    Completed,
     Deferred,
     Failed,
     HeartbeatResult,
@@ -204,6 +205,190 @@ def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | 
         raise ValueError(f"task {task.id} already exists") from exc
     (size,) = conn.execute(_WAITING_COUNT).fetchone()
     raise QueueFullError(max_queue_size, size)
+
+
+def _json_rows(*columns: str) -> str:
+    """A subquery over the JSON array of arrays bound to its ``?``, one row per inner
+    array, its items named ``columns`` in order (and ``n``, the row's place)."""
+    picks = ", ".join(f"json_extract(value, '$[{i}]') AS {c}" for i, c in enumerate(columns))
+    return f"(SELECT key AS n, {picks} FROM json_each(?))"
+
+
+_INSERT_MANY = (
+    _INSERT_COLUMNS + " SELECT id, name, task_type, priority, 'pending', payload, metadata,"
+    " max_retries, timeout_seconds, retry_config, owner, run_at, created_at, created_at FROM "
+    + _json_rows(
+        *("id", "name", "task_type", "priority", "payload", "metadata", "max_retries"),
+        *("timeout_seconds", "retry_config", "owner", "run_at", "created_at"),
+    )
+)
+
+
+def _insert_tasks(
+    conn: sqlite3.Connection, items: list[tuple[NewTask, int | None, TaskRecord]]
+) -> list[TaskRecord | Refused]:
+    """Submits that landed in one group, as one INSERT over a JSON array. The size check
+    counts the waiting rows once, under the write lock, and lets tasks in, in order, while
+    there is room; a duplicate id fails the statement, and the group is then retried one
+    task at a time, which names the duplicate."""
+    if len(items) == 1:
+        ((task, limit, record),) = items
+        try:
+            _insert_task(conn, task, limit)
+        except (QueueFullError, ValueError) as exc:
+            return [Refused(exc)]
+        return [record]
+    results: list[TaskRecord | Refused] = []
+    rows: list[tuple[Any, ...]] = []
+    waiting: int | None = None
+    for task, limit, record in items:
+        if limit is not None:
+            if waiting is None:
+                (waiting,) = conn.execute(_WAITING_COUNT).fetchone()
+            if waiting >= limit:
+                results.append(Refused(QueueFullError(limit, waiting)))
+                continue
+            waiting += 1
+        rows.append(
+            (
+                task.id,
+                task.name,
+                task.task_type,
+                task.priority,
+                _dumps(task.payload),
+                _dumps(task.metadata),
+                task.max_retries,
+                task.timeout_seconds,
+                None if task.retry is None else _dumps(task.retry),
+                task.owner,
+                task.run_at,
+                task.created_at,
+            )
+        )
+        results.append(record)
+    if rows:
+        conn.execute(_INSERT_MANY, (_dumps(rows),))
+    return results
+
+
+def _finish(
+    conn: sqlite3.Connection,
+    token: LeaseToken,
+    outcome: Outcome,
+    now: float,
+    claimed: TaskRecord | None,
+) -> TaskRecord:
+    """One attempt's outcome: the metrics row, the task row and the execution row."""
+    lease = {"id": token.task_id, "worker": token.worker_id, "fence": token.fence}
+    # A cancel request that raced with the attempt's end still wins over a failure.
+    tries: list[tuple[Outcome, str]] = [(outcome, "")]
+    if isinstance(outcome, Failed | Released | Deferred):
+        tries = [(outcome, " AND NOT cancel_requested"), (Cancelled(), " AND cancel_requested")]
+    # The metrics row is taken from the row as the attempt left it, and only if the lease
+    # is still ours: that INSERT is also the lease check. One parameter dict serves the
+    # three statements (a name has the same value in each; SQLite binds only the names a
+    # statement uses).
+    for effective, guard in tries:
+        changes, execution = _changes_for(effective, now)
+        params = {**changes, **execution, **lease, "now": now}
+        if conn.execute(_RECORD_METRIC + guard, params).rowcount:
+            break
+    else:
+        raise _lease_lost(token)
+    updated = conn.execute(_finish_sql(changes, whole=claimed is None), params).fetchone()
+    conn.execute(_FINISH_EXECUTION, params)
+    if claimed is None:
+        return _task(updated)
+    progress, message = updated
+    return finished_record(claimed, changes, progress=progress, message=message, now=now)
+
+
+def _lease_lost(token: LeaseToken) -> LeaseLostError:
+    return LeaseLostError(
+        f"task_id:{token.task_id} is no longer held by {token.worker_id} (fence {token.fence})"
+    )
+
+
+# Completed attempts that landed in one group: each statement covers all of them. The
+# first is the lease check, and reads the message (a completion sets progress to 1 and
+# leaves the message as it was); the JSON rows are [id, worker, fence, result, now]. CROSS
+# JOIN keeps those few rows the outer loop: else SQLite may walk every running task.
+_DONE = _json_rows("id", "worker", "fence", "result", "now")
+_HELD = (
+    "SELECT json_group_array(json_array(d.n, t.message)) FROM " + _DONE + " AS d"
+    " CROSS JOIN background_tasks AS t ON t.id = d.id"
+    " WHERE t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence"
+)
+_COMPLETE_METRICS = (
+    "INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,"
+    " queue_wait_seconds, duration_seconds, recorded_at)"
+    " SELECT t.id, t.task_type, t.attempts, 'completed', NULL,"
+    " max(0.0, t.started_at - t.run_at), max(0.0, d.now - t.started_at), d.now"
+    " FROM " + _DONE + " AS d CROSS JOIN background_tasks AS t ON t.id = d.id"
+)
+_COMPLETE_TASKS = (
+    "UPDATE background_tasks SET status = 'completed', result = d.result, progress = 1.0,"
+    " finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,"
+    " lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = d.now"
+    " FROM " + _DONE + " AS d WHERE background_tasks.id = d.id"
+)
+_COMPLETE_EXECUTIONS = (
+    "UPDATE task_executions SET finished_at = d.now, outcome = 'completed',"
+    " error_category = NULL, error_type = NULL, error_message = NULL, traceback = NULL"
+    " FROM " + _DONE + " AS d WHERE task_id = d.id AND task_executions.fence = d.fence"
+)
+
+
+def _complete(
+    conn: sqlite3.Connection, items: list[tuple[LeaseToken, Completed, float, TaskRecord]]
+) -> list[TaskRecord | Refused]:
+    """Completed attempts that landed in one group (their claims' records given): what
+    :func:`_finish` writes for each, in four statements for the lot."""
+    if len(items) == 1:
+        ((token, outcome, now, claimed),) = items
+        try:
+            return [_finish(conn, token, outcome, now, claimed)]
+        except LeaseLostError as exc:
+            return [Refused(exc)]
+    rows = [
+        (
+            token.task_id,
+            token.worker_id,
+            token.fence,
+            _dumps(outcome.result) if outcome.result_json is None else outcome.result_json,
+            now,
+        )
+        for token, outcome, now, _ in items
+    ]
+    (held,) = conn.execute(_HELD, (_dumps(rows),)).fetchone()
+    messages: dict[int, str | None] = dict(json.loads(held))
+    results: list[TaskRecord | Refused] = []
+    kept: list[tuple[Any, ...]] = []
+    finishing: set[str] = set()
+    for key, (token, _, now, claimed) in enumerate(items):
+        if key not in messages or token.task_id in finishing:  # a second finish: stale
+            results.append(Refused(_lease_lost(token)))
+            continue
+        finishing.add(token.task_id)
+        row = rows[key]
+        kept.append(row)
+        changes = {
+            "status": "completed",
+            "result": row[3],
+            "finished_at": now,
+            "error_message": None,
+            "error_type": None,
+            "error_category": None,
+        }
+        results.append(
+            finished_record(claimed, changes, progress=1.0, message=messages[key], now=now)
+        )
+    if kept:
+        encoded = _dumps(kept)
+        conn.execute(_COMPLETE_METRICS, (encoded,))
+        conn.execute(_COMPLETE_TASKS, (encoded,))
+        conn.execute(_COMPLETE_EXECUTIONS, (encoded,))
+    return results
 
 
 def _insert_job(conn: sqlite3.Connection, task: NewTask, job: NewTranslationJob) -> None:
@@ -379,13 +564,10 @@ class SQLiteTaskStore(TaskStore):
     # --- submit and read -------------------------------------------------------------
 
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        record = task.record()
-
-        def insert(conn: sqlite3.Connection) -> TaskRecord:
-            _insert_task(conn, task, max_queue_size)
-            return record
-
-        return await self._db().run(insert)
+        record: TaskRecord = await self._db().run_combined(
+            _insert_tasks, (task, max_queue_size, task.record())
+        )
+        return record
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         def get(conn: sqlite3.Connection) -> TaskRecord | None:
@@ -559,35 +741,12 @@ class SQLiteTaskStore(TaskStore):
         now: float,
         claimed: TaskRecord | None = None,
     ) -> TaskRecord:
-        lease = {"id": token.task_id, "worker": token.worker_id, "fence": token.fence}
-        # A cancel request that raced with the attempt's end still wins over a failure.
-        tries: list[tuple[Outcome, str]] = [(outcome, "")]
-        if isinstance(outcome, Failed | Released | Deferred):
-            tries = [(outcome, " AND NOT cancel_requested"), (Cancelled(), " AND cancel_requested")]
-
-        def finish(conn: sqlite3.Connection) -> TaskRecord:
-            # The metrics row is taken from the row as the attempt left it, and only if the
-            # lease is still ours: that INSERT is also the lease check. One parameter dict
-            # serves the three statements (a name has the same value in each; SQLite binds
-            # only the names a statement uses).
-            for effective, guard in tries:
-                changes, execution = _changes_for(effective, now)
-                params = {**changes, **execution, **lease, "now": now}
-                if conn.execute(_RECORD_METRIC + guard, params).rowcount:
-                    break
-            else:
-                raise LeaseLostError(
-                    f"task_id:{token.task_id} is no longer held by {token.worker_id}"
-                    f" (fence {token.fence})"
-                )
-            updated = conn.execute(_finish_sql(changes, whole=claimed is None), params).fetchone()
-            conn.execute(_FINISH_EXECUTION, params)
-            if claimed is None:
-                return _task(updated)
-            progress, message = updated
-            return finished_record(claimed, changes, progress=progress, message=message, now=now)
-
-        return await self._db().run(finish)
+        record: TaskRecord
+        if claimed is not None and isinstance(outcome, Completed):
+            record = await self._db().run_combined(_complete, (token, outcome, now, claimed))
+        else:
+            record = await self._db().run(lambda conn: _finish(conn, token, outcome, now, claimed))
+        return record
 
     async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
         if not snapshots:
