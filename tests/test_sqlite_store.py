@@ -15,6 +15,7 @@ import pytest
 
 from vpsweb_tasks import TaskManager
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.errors import QueueFullError
 from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.base import Completed, Notice
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore, claim_sql
@@ -105,6 +106,25 @@ async def test_calls_that_land_together_share_their_statements(tmp_path: Path) -
             "UPDATE task_executions SET",
         ]
         assert by_id(done) == by_id(await store.get_tasks([record.id for record in done]))
+
+
+async def test_submits_together_without_a_limit_still_count_for_those_with_one(
+    tmp_path: Path,
+) -> None:
+    """Combined submits count every task let in, limit or not (PostgreSQL's racing
+    submits may overshoot instead: storage-contract.md)."""
+    tasks = [new_task(T0) for _ in range(3)]
+    async with SQLiteTaskStore(tmp_path / "t.db") as store:
+        results = await together(
+            store,
+            [
+                lambda: store.add_task(tasks[0]),  # no limit: stored, and takes room
+                lambda: store.add_task(tasks[1], max_queue_size=2),
+                lambda: store.add_task(tasks[2], max_queue_size=2),
+            ],
+        )
+        assert isinstance(results[2], QueueFullError)
+        assert [r.id for r in results[:2]] == [task.id for task in tasks[:2]]
 
 
 async def test_another_connections_commit_reaches_a_listener(tmp_path: Path) -> None:

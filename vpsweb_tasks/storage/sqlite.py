@@ -240,15 +240,14 @@ def _insert_tasks(
         return [record]
     results: list[TaskRecord | Refused] = []
     rows: list[tuple[Any, ...]] = []
-    waiting: int | None = None
+    waiting = 0
+    if any(limit is not None for _, limit, _ in items):
+        (waiting,) = conn.execute(_WAITING_COUNT).fetchone()
     for task, limit, record in items:
-        if limit is not None:
-            if waiting is None:
-                (waiting,) = conn.execute(_WAITING_COUNT).fetchone()
-            if waiting >= limit:
-                results.append(Refused(QueueFullError(limit, waiting)))
-                continue
-            waiting += 1
+        if limit is not None and waiting >= limit:
+            results.append(Refused(QueueFullError(limit, waiting)))
+            continue
+        waiting += 1
         rows.append(
             (
                 task.id,
