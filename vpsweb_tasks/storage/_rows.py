@@ -72,6 +72,10 @@ def loads(text: str) -> Any:
     return {} if text == "{}" else json.loads(text)
 
 
+def loads_result(text: str) -> Any:
+    return None if text == "null" else json.loads(text)  # most results: None
+
+
 def as_float(value: Any) -> float | None:
     # SQLite hands a whole-number REAL back as int through RETURNING.
     return None if value is None else float(value)
@@ -96,7 +100,7 @@ def task_from_row(row: Row) -> TaskRecord:
         attempts=row["attempts"],
         progress=float(row["progress"]),
         message=row["message"],
-        result=None if result is None else json.loads(result),
+        result=None if result is None else loads_result(result),
         error_message=row["error_message"],
         error_type=row["error_type"],
         error_category=None if category is None else ErrorCategory(category),
@@ -237,7 +241,7 @@ def finished_record(
         attempts=claimed.attempts - 1 if "attempts" in changes else claimed.attempts,
         progress=float(progress),
         message=message,
-        result=claimed.result if result is None else json.loads(result),
+        result=claimed.result if result is None else loads_result(result),
         error_message=changes.get("error_message", claimed.error_message),
         error_type=changes.get("error_type", claimed.error_type),
         error_category=None if error_category is None else ErrorCategory(error_category),
@@ -264,7 +268,7 @@ def translation_job_from_row(row: Row, task: TaskRecord) -> TranslationJobRow:
         original_text=row["original_text"],
         metadata=loads(row["metadata"]),
         steps=loads(row["steps"]),
-        result=None if result is None else json.loads(result),
+        result=None if result is None else loads_result(result),
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
     )

@@ -665,7 +665,11 @@ class SQLiteTaskStore(TaskStore):
             params["types"] = _dumps(sorted(task_types))
 
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            rows = conn.execute(sql, params).fetchall()
+            cursor = conn.execute(sql, params)
+            # As dicts: sqlite3.Row finds a column by name with a scan of every name,
+            # ~10 us a row for the ~35 lookups a claimed row gets.
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             if not rows:
                 return []
             if by_priority:
