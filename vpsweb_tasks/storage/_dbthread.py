@@ -111,22 +111,27 @@ class DatabaseThread:
             raise self._startup_error
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], mode: Mode = Mode.WRITE) -> T:
-        if self._closed:
-            raise RuntimeError("database thread is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, mode, loop, future))
-        return await future
+        result: T = await self._queue(fn, mode)
+        return result
 
     async def run_combined(self, combine: Combine, item: Any) -> Any:
         """Run ``combine(conn, [item, ...])`` once for every job of this ``combine`` in one
         group commit (a write)."""
+        return await self._queue(None, Mode.WRITE, combine, item)
+
+    def _queue(
+        self,
+        fn: Callable[[sqlite3.Connection], Any] | None,
+        mode: Mode,
+        combine: Combine | None = None,
+        item: Any = None,
+    ) -> asyncio.Future[Any]:
         if self._closed:
             raise RuntimeError("database thread is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(None, Mode.WRITE, loop, future, combine, item))
-        return await future
+        self._jobs.put(_Job(fn, mode, loop, future, combine, item))
+        return future
 
     def close(self) -> None:
         """Run every queued job, then close the connection and join the thread."""

@@ -178,8 +178,9 @@ def _finish_sql(changes: dict[str, Any], *, whole: bool) -> str:
     return sql
 
 
-def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
-    values = (
+def _new_row(task: NewTask) -> tuple[Any, ...]:
+    """A new task's columns, ``id`` to ``created_at`` in ``_INSERT_COLUMNS``' order."""
+    return (
         task.id,
         task.name,
         task.task_type,
@@ -192,8 +193,11 @@ def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | 
         task.owner,
         task.run_at,
         task.created_at,
-        task.created_at,
     )
+
+
+def _insert_task(conn: sqlite3.Connection, task: NewTask, max_queue_size: int | None) -> None:
+    values = (*_new_row(task), task.created_at)  # updated_at
     try:
         if max_queue_size is None:
             conn.execute(_INSERT, values)
@@ -248,22 +252,7 @@ def _insert_tasks(
             results.append(Refused(QueueFullError(limit, waiting)))
             continue
         waiting += 1
-        rows.append(
-            (
-                task.id,
-                task.name,
-                task.task_type,
-                task.priority,
-                _dumps(task.payload),
-                _dumps(task.metadata),
-                task.max_retries,
-                task.timeout_seconds,
-                None if task.retry is None else _dumps(task.retry),
-                task.owner,
-                task.run_at,
-                task.created_at,
-            )
-        )
+        rows.append(_new_row(task))
         results.append(record)
     if rows:
         conn.execute(_INSERT_MANY, (_dumps(rows),))
@@ -349,15 +338,10 @@ def _complete(
             return [_finish(conn, token, outcome, now, claimed)]
         except LeaseLostError as exc:
             return [Refused(exc)]
+    changes = [_changes_for(outcome, now)[0] for _, outcome, now, _ in items]
     rows = [
-        (
-            token.task_id,
-            token.worker_id,
-            token.fence,
-            _dumps(outcome.result) if outcome.result_json is None else outcome.result_json,
-            now,
-        )
-        for token, outcome, now, _ in items
+        (token.task_id, token.worker_id, token.fence, change["result"], now)
+        for (token, _, now, _), change in zip(items, changes, strict=True)
     ]
     (held,) = conn.execute(_HELD, (_dumps(rows),)).fetchone()
     messages: dict[int, str | None] = dict(json.loads(held))
@@ -369,18 +353,9 @@ def _complete(
             results.append(Refused(_lease_lost(token)))
             continue
         finishing.add(token.task_id)
-        row = rows[key]
-        kept.append(row)
-        changes = {
-            "status": "completed",
-            "result": row[3],
-            "finished_at": now,
-            "error_message": None,
-            "error_type": None,
-            "error_category": None,
-        }
+        kept.append(rows[key])
         results.append(
-            finished_record(claimed, changes, progress=1.0, message=messages[key], now=now)
+            finished_record(claimed, changes[key], progress=1.0, message=messages[key], now=now)
         )
     if kept:
         encoded = _dumps(kept)
