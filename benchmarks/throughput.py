@@ -1,7 +1,7 @@
 """End-to-end no-op throughput: vpsweb-tasks next to Huey's SqliteHuey and raw sqlite3.
 
     .venv/bin/python benchmarks/throughput.py [--tasks 5000] [--repeat 3] [--concurrency 32]
-        [--dir DIR] [--profile]
+        [--dir DIR] [--uvloop] [--profile]
 
 Three systems, each on a fresh SQLite file (WAL) in one temporary folder (under ``--dir``,
 default the current directory: the same disk for all), each at ``synchronous=NORMAL`` and
@@ -9,7 +9,9 @@ at ``FULL`` (equal durability: the same pragma for all three):
 
 * vpsweb-tasks: one process runs a ``TaskManager`` (``max_concurrent_jobs=--concurrency``);
   16 coroutines ``await manager.submit()`` N no-op tasks; the clock stops at the N-th
-  ``task_completed`` event (written durably before it is published).
+  ``task_completed`` event (written durably before it is published). ``--uvloop`` runs
+  that process's event loop on uvloop (as ``vpsweb-tasks serve`` and ``worker`` do when it
+  is installed) instead of asyncio's own.
 * huey: ``SqliteHuey`` (the subclass in ``huey_app.py`` sets the pragma) with its consumer in
   its own process, 4 worker threads, a constant 1 ms poll. The producer enqueues N no-op
   tasks, and the clock stops when N results are in the result store. Also "same, in one
@@ -318,9 +320,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32, help="max_concurrent_jobs")
     parser.add_argument("--dir", default=".", help="where the temporary databases go")
+    parser.add_argument("--uvloop", action="store_true", help="run vpsweb-tasks on uvloop")
     parser.add_argument("--profile", action="store_true", help="profile vpsweb-tasks instead")
     args = parser.parse_args()
     n = args.tasks
+    loop_options = {"use_uvloop": True} if args.uvloop else {}
 
     results: dict[tuple[str, str], list[Run]] = {}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
@@ -335,7 +339,12 @@ def main() -> None:
                     "huey": huey(folder, n, sync),
                     "huey1": huey_one_process(folder, n, sync),
                     "ours": anyio.run(
-                        ours, folder / f"ours-{sync}-{r}.db", n, args.concurrency, sync
+                        ours,
+                        folder / f"ours-{sync}-{r}.db",
+                        n,
+                        args.concurrency,
+                        sync,
+                        backend_options=loop_options,
                     ),
                 }
                 for system, run in runs.items():
@@ -348,7 +357,7 @@ def main() -> None:
         None,
     )
     titles = {
-        "ours": f"vpsweb-tasks ({args.concurrency} jobs)",
+        "ours": f"vpsweb-tasks ({args.concurrency} jobs{', uvloop' if args.uvloop else ''})",
         "huey": "huey SqliteHuey (4 thr)",
         "huey1": "  same, in one process",
         "raw": "raw sqlite3 (3 txn/task)",

@@ -9,6 +9,7 @@ short line to an ``O_APPEND`` file, so lines of concurrent processes never inter
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -45,3 +46,10 @@ async def mp_block(context: TaskContext) -> None:
     except anyio.get_cancelled_exc_class():
         record("STOPPED", context.task_id)
         raise
+
+
+@manager.task("mp_loop")
+async def mp_loop(context: TaskContext) -> str:
+    """The class of the event loop this worker runs on, as ``module.Name``."""
+    loop = type(asyncio.get_running_loop())
+    return f"{loop.__module__}.{loop.__qualname__}"

@@ -3,6 +3,7 @@ test_multiprocess.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -91,3 +92,17 @@ def test_a_bad_config_is_reported_with_its_key(
     assert "--concurrency" in capsys.readouterr().err
     assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("worker_side_effects")
+def test_asking_for_uvloop_where_it_is_not_installed_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    config = str(config_file(tmp_path))
+    assert main(["worker", "--config", config, "--loop", "uvloop"]) == 2
+    assert "--loop uvloop: uvloop is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "tasks.db").exists()  # refused before anything started

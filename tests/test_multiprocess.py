@@ -44,7 +44,9 @@ def write_config(path: Path, storage: dict[str, Any], **background: Any) -> Path
 class Worker:
     """One ``vpsweb-tasks worker`` process."""
 
-    def __init__(self, config: Path, run_log: Path, stderr: Path) -> None:
+    def __init__(
+        self, config: Path, run_log: Path, stderr: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.stderr_path = stderr
         self._stderr = stderr.open("w")
         self.process = subprocess.Popen(
@@ -57,6 +59,7 @@ class Worker:
                 str(config),
                 "--import",
                 "tests.mp_tasks",
+                *args,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -96,12 +99,12 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Path], Worker]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
     run_log = tmp_path / "runs.log"
 
-    def start(config: Path) -> Worker:
-        worker = Worker(config, run_log, tmp_path / f"worker{len(workers)}.stderr")
+    def start(config: Path, *args: str) -> Worker:
+        worker = Worker(config, run_log, tmp_path / f"worker{len(workers)}.stderr", args)
         workers.append(worker)
         return worker
 
@@ -121,6 +124,7 @@ async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskMana
     async with TaskManager(load_config(config)) as manager:
         manager.register("mp_work", unused_handler)
         manager.register("mp_block", unused_handler)
+        manager.register("mp_loop", unused_handler)
         yield manager
 
 
@@ -335,3 +339,31 @@ async def test_workers_honour_a_pause_made_by_an_api_process(
         [execution] = await api.store.list_executions(task_id)
         assert execution.started_at.timestamp() >= resumed_at
     assert await worker.stop() == 0, worker.stderr()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [((), "uvloop.Loop"), (("--loop", "asyncio"), "asyncio.unix_events._UnixSelectorEventLoop")],
+)
+async def test_a_worker_runs_on_uvloop_when_installed_unless_told_otherwise(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+    args: tuple[str, ...],
+    expected: str,
+) -> None:
+    pytest.importorskip("uvloop")  # the http extra brings it
+    worker = start_worker(write_config(tmp_path / "worker.yaml", storage), *args)
+    await worker.ready()
+    context = await api.submit(TaskDefinition(name="which loop", task_type="mp_loop"))
+
+    async def finished() -> bool:
+        task = await api.store.get_task(context.task_id)
+        return task is not None and task.status.is_terminal
+
+    await poll(finished, timeout=30)
+    task = await api.store.get_task(context.task_id)
+    assert task is not None
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, expected)
+    assert await worker.stop() == 0

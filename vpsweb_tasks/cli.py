@@ -13,12 +13,17 @@ SIGTERM, then shuts down gracefully: running tasks get ``shutdown_grace_period``
 finish, the rest go back to the queue without losing an attempt. Several ``worker``
 processes may share one database (PostgreSQL, or SQLite on one host); a process started
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
+
+``serve`` and ``worker`` run on uvloop when it is installed (the ``http`` extra brings it),
+as uvicorn does by default; ``--loop asyncio`` opts out. The event loop is a host's choice,
+so the library itself never picks one: an app that embeds a manager runs it on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import ValidationError
@@ -45,11 +50,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_config(args.config)
 
 
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _use_uvloop(loop: str) -> bool:
+    """``auto``: uvloop if it is installed (uvicorn's rule); ``uvloop``: it must be."""
+    installed = importlib.util.find_spec("uvloop") is not None
+    if loop == "uvloop" and not installed:
+        raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)")
+    return loop != "asyncio" and installed
+
+
 # --- worker ------------------------------------------------------------------------------
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    options = {"use_uvloop": True} if _use_uvloop(args.loop) else {}
     # Workers run here even if the config file (often shared with an API-only process)
     # says background_tasks.enabled: false.
     background: dict[str, Any] = {**settings.background_tasks.model_dump(), "enabled": True}
@@ -72,7 +89,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"vpsweb-tasks worker: cannot import {module}: {exc}", file=sys.stderr)
             return 2
-    anyio.run(_serve_worker, manager, backend="asyncio")
+    anyio.run(_serve_worker, manager, backend="asyncio", backend_options=options)
     return 0
 
 
@@ -110,13 +127,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"vpsweb-tasks serve needs the http extra: pip install 'vpsweb-tasks[http]' ({exc})")
         return 2
     settings = _settings(args)
+    loop: Literal["uvloop", "asyncio"] = "uvloop" if _use_uvloop(args.loop) else "asyncio"
     if args.no_workers:
         background = settings.background_tasks.model_copy(update={"enabled": False})
         settings = settings.model_copy(update={"background_tasks": background})
     _log_to_stderr(settings)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    serve(settings, host=args.host, port=args.port, imports=args.imports)
+    serve(settings, host=args.host, port=args.port, imports=args.imports, loop=loop)
     return 0
 
 
@@ -218,6 +236,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
+    def loop_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--loop",
+            choices=LOOPS,
+            default="auto",
+            help="event loop: uvloop if installed (auto, the default), asyncio, or uvloop",
+        )
+
     serve = command(
         "serve",
         _run_serve,
@@ -238,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="API only: accept tasks and let `vpsweb-tasks worker` processes run them",
     )
+    loop_option(serve)
 
     worker = command("worker", _run_worker, "Run workers only (to scale out), until SIGTERM.")
     worker.add_argument(
@@ -254,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tasks this process runs at once (overrides background_tasks.max_concurrent_jobs)",
     )
+    loop_option(worker)
 
     status = command("status", _run_status, "Show queue counts, workers and pause state.")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import uvicorn
 
@@ -21,10 +22,12 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     imports: Sequence[str] = (),
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto",
 ) -> None:
     """Serve until interrupted. Modules in ``imports`` are imported after the process-wide
     manager is set, so their ``@get_task_manager().task("name")`` decorators register on
-    it. Binds ``http.host`` (127.0.0.1 by default) unless told otherwise."""
+    it. Binds ``http.host`` (127.0.0.1 by default) unless told otherwise. ``loop`` is
+    uvicorn's: ``auto`` takes uvloop when it is installed."""
     manager = TaskManager(settings)
     set_task_manager(manager)
     for module in imports:
@@ -41,5 +44,6 @@ def serve(
         host=host or settings.http.host,
         port=port if port is not None else settings.http.port,
         log_level="info",
+        loop=loop,
         timeout_graceful_shutdown=int(settings.background_tasks.shutdown_grace_period) + 5,
     )
