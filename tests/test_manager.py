@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from vpsweb_tasks import (
 )
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import Event, TaskProgressed, TaskSubmitted
+from vpsweb_tasks.manager import new_task_id
 from vpsweb_tasks.models import ExecutionOutcome, TaskRecord
 from vpsweb_tasks.storage.base import NewTask, NewTranslationJob
 
@@ -615,3 +618,17 @@ async def test_a_task_group_torn_down_under_a_task_still_gives_its_attempt_back(
         assert (record.progress, record.message) == (0.5, "half way")
         [execution] = await again.list_executions(task_ids[0])
         assert execution.outcome is ExecutionOutcome.INTERRUPTED
+
+
+def test_task_ids_are_uuid7_strings_in_time_order() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_task_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id  # canonical: lower-case hex, dashes in place
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert before <= parsed.int >> 80 <= after  # the leading 48 bits: milliseconds
+    stamps = [uuid.UUID(task_id).int >> 80 for task_id in ids]
+    assert stamps == sorted(stamps)

