@@ -7,13 +7,14 @@ reach a listener through the file's data version."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from vpsweb_tasks import TaskManager
+from vpsweb_tasks import TaskDefinition, TaskManager
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import QueueFullError
 from vpsweb_tasks.storage._dbthread import Mode
@@ -173,3 +174,49 @@ async def test_the_page_cache_is_sized_from_the_settings(
             lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0], Mode.READ
         )
     assert cache_size == -7 * 1024
+
+
+async def test_an_idle_workers_claim_rides_in_the_submits_own_commit(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """On SQLite the dispatcher is woken as soon as a submit is queued: its claim waits
+    behind the INSERT on the database thread, and both commit in one transaction, so an
+    idle worker starts the task one round trip sooner."""
+    traced: list[str] = []
+    started = anyio.Event()
+
+    async def work(context: object) -> None:
+        started.set()
+
+    async with TaskManager(settings_factory()) as manager:
+        manager.register("work", work)
+        store = manager.store
+        assert isinstance(store, SQLiteTaskStore)
+        await manager.queue.next_round()  # the dispatcher is idle, waiting for a wake-up
+        release = threading.Event()
+        holding = threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            conn.set_trace_callback(traced.append)
+            holding.set()
+            release.wait(10)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store._db().run, hold, Mode.ALONE)
+            await anyio.to_thread.run_sync(holding.wait, 10)
+            tg.start_soon(manager.submit, TaskDefinition(name="w", task_type="work"))
+            await anyio.wait_all_tasks_blocked()  # the submitter and the dispatcher queued
+            release.set()
+        with anyio.fail_after(10):
+            await started.wait()
+    # A trigger's steps are traced as its statement again: count each run once.
+    runs = [sql for i, sql in enumerate(traced) if i == 0 or traced[i - 1] != sql]
+    kinds = [" ".join(sql.split()[:3]) for sql in runs]
+    first = kinds.index("BEGIN IMMEDIATE")
+    assert kinds[first : kinds.index("COMMIT", first) + 1] == [
+        "BEGIN IMMEDIATE",
+        "INSERT INTO background_tasks",  # the submit
+        "UPDATE background_tasks SET",  # the claim
+        "INSERT INTO task_executions",  # the attempt's execution row
+        "COMMIT",
+    ]

@@ -475,6 +475,15 @@ class TaskManager:
     ) -> None:
         """Store ``tasks`` through ``insert`` (one transaction), then settle their
         contexts and announce them; on an error, fail every context."""
+        # On a store whose calls run in order (SQLite), the dispatcher is woken before the
+        # insert is even committed: its claim is queued behind the insert, so an idle
+        # worker claims the task in the insert's own group commit (one round trip, not
+        # two). The plain submit queues its insert before its first await; a linked
+        # insert may not, so the dispatcher is woken again after its commit.
+        early = self.store.serial_writes and insert == self._add_task
+        if early:
+            for task in tasks:
+                self._queue.notify(run_at=task.run_at)
         try:
             with anyio.CancelScope(shield=True):
                 records = list(await insert(tasks, self.config.max_queue_size))
@@ -495,7 +504,8 @@ class TaskManager:
                 task_logger(task.id, "vpsweb_tasks.manager").info(
                     "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
                 )
-            self._queue.notify(run_at=task.run_at)
+            if not early:
+                self._queue.notify(run_at=task.run_at)
         for task, record in zip(tasks, records, strict=True):
             await self.events.publish(
                 TaskSubmitted(

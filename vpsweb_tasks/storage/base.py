@@ -33,7 +33,7 @@ import abc
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import anyio
 import anyio.abc
@@ -331,6 +331,13 @@ RetryDecider = Callable[[TaskRecord], float | None]
 
 class TaskStore(abc.ABC):
     """A durable home for tasks. Use as ``async with store:`` or call open/close."""
+
+    serial_writes: ClassVar[bool] = False
+    """True if calls run in the order they were made, each seeing the changes of the calls
+    made before it, even those not yet committed (one connection and one queue, as
+    SQLite's database thread). The manager then wakes its dispatcher as soon as a submit is
+    queued, so that an idle worker's claim rides in the same group commit as the insert
+    instead of a round trip after it."""
 
     # --- lifecycle -------------------------------------------------------------------
 

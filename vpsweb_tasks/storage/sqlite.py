@@ -390,6 +390,8 @@ def _insert_job(conn: sqlite3.Connection, task: NewTask, job: NewTranslationJob)
 class SQLiteTaskStore(TaskStore):
     """Tasks in one SQLite file (WAL). ``path`` may be ``":memory:"`` for throwaway use."""
 
+    serial_writes = True  # every call is a job of the one database thread, in order
+
     def __init__(
         self,
         path: str | os.PathLike[str],
