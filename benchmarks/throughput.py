@@ -1,7 +1,7 @@
 """End-to-end no-op throughput: vpsweb-tasks next to Huey's SqliteHuey and raw sqlite3.
 
     .venv/bin/python benchmarks/throughput.py [--tasks 5000] [--repeat 3] [--concurrency 32]
-        [--dir DIR] [--uvloop] [--profile]
+        [--dir DIR] [--uvloop] [--worker-process] [--profile]
 
 Three systems, each on a fresh SQLite file (WAL) in one temporary folder (under ``--dir``,
 default the current directory: the same disk for all), each at ``synchronous=NORMAL`` and
@@ -11,7 +11,10 @@ at ``FULL`` (equal durability: the same pragma for all three):
   16 coroutines ``await manager.submit()`` N no-op tasks; the clock stops at the N-th
   ``task_completed`` event (written durably before it is published). ``--uvloop`` runs
   that process's event loop on uvloop (as ``vpsweb-tasks serve`` and ``worker`` do when it
-  is installed) instead of asyncio's own.
+  is installed) instead of asyncio's own. ``--worker-process`` splits it as Huey is
+  split: this process submits, through an API-only manager, and one ``vpsweb-tasks
+  worker`` process runs the tasks; the clock stops, as Huey's does, when the database
+  holds N completed tasks (polled every 2 ms), and CPU counts both processes.
 * huey: ``SqliteHuey`` (the subclass in ``huey_app.py`` sets the pragma) with its consumer in
   its own process, 4 worker threads, a constant 1 ms poll. The producer enqueues N no-op
   tasks, and the clock stops when N results are in the result store. Also "same, in one
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import os
 import pstats
 import re
@@ -51,9 +55,17 @@ from typing import Any
 
 import anyio
 import psutil
+import yaml
 from huey_app import CONSUMER_OPTIONS, make_huey, noop_task
 
-from vpsweb_tasks import Settings, TaskContext, TaskDefinition, TaskManager, load_config
+from vpsweb_tasks import (
+    Settings,
+    TaskContext,
+    TaskDefinition,
+    TaskManager,
+    TaskStatus,
+    load_config,
+)
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
 BENCH = Path(__file__).resolve().parent
@@ -125,6 +137,72 @@ async def ours(
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         if probe is not None:
             probe()
+    return Run(n / elapsed, cpu / n)
+
+
+def _spawn_worker(config: Path, loop: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
+    return subprocess.Popen(
+        [*command, "--import", "benchmarks.noop_tasks", "--loop", loop],
+        cwd=BENCH.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def ours_split(
+    path: Path, n: int, concurrency: int, synchronous: str, loop: str = "auto"
+) -> Run:
+    """Huey's topology: this process submits (an API-only manager, ``enabled: false``) and
+    one ``vpsweb-tasks worker`` process (``--loop``) runs the tasks, notified through the
+    file (``storage.sqlite_watch_interval``). Like Huey's, the clock stops when the
+    database holds N completed tasks, polled every 2 ms; CPU counts both processes."""
+    config = path.with_suffix(".yaml")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"sqlite_path": str(path), "sqlite_synchronous": synchronous},
+                "background_tasks": {
+                    "enabled": False,
+                    "max_concurrent_jobs": concurrency,
+                    "max_queue_size": n + 10,
+                },
+                "logging": {"file": None, "level": "WARNING"},
+            }
+        )
+    )
+    definition = TaskDefinition(name="noop", task_type="noop")
+    async with TaskManager(load_config(config)) as manager:
+        manager.register("noop", noop)  # never run here: enabled is false
+        worker = _spawn_worker(config, loop)
+        try:
+            assert worker.stdout is not None
+            line = await anyio.to_thread.run_sync(worker.stdout.readline)
+            if not line.startswith("READY"):
+                raise AssertionError(f"the worker did not start: {line!r}")
+            await (await manager.submit(definition)).wait()  # warm up
+            child = psutil.Process(worker.pid)
+            cpu, start = time.process_time() + _cpu(child), time.perf_counter()
+
+            async def submitter(count: int) -> None:
+                for _ in range(count):
+                    await manager.submit(definition)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(SUBMITTERS):
+                    tg.start_soon(submitter, n // SUBMITTERS + (1 if i < n % SUBMITTERS else 0))
+            # Another process does the work: there is no event here to wait on.
+            while True:
+                if (await manager.store.count_tasks())[TaskStatus.COMPLETED] > n:
+                    break
+                await anyio.sleep(0.002)
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() + _cpu(child) - cpu
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            await anyio.to_thread.run_sync(worker.wait)
+            if worker.stdout is not None:
+                worker.stdout.close()
     return Run(n / elapsed, cpu / n)
 
 
@@ -321,6 +399,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="max_concurrent_jobs")
     parser.add_argument("--dir", default=".", help="where the temporary databases go")
     parser.add_argument("--uvloop", action="store_true", help="run vpsweb-tasks on uvloop")
+    parser.add_argument(
+        "--worker-process",
+        action="store_true",
+        help="vpsweb-tasks as Huey runs: submits here, tasks in a `vpsweb-tasks worker` process",
+    )
     parser.add_argument("--profile", action="store_true", help="profile vpsweb-tasks instead")
     args = parser.parse_args()
     n = args.tasks
@@ -339,7 +422,9 @@ def main() -> None:
                     "huey": huey(folder, n, sync),
                     "huey1": huey_one_process(folder, n, sync),
                     "ours": anyio.run(
-                        ours,
+                        functools.partial(ours_split, loop="uvloop" if args.uvloop else "asyncio")
+                        if args.worker_process
+                        else ours,
                         folder / f"ours-{sync}-{r}.db",
                         n,
                         args.concurrency,
@@ -357,7 +442,13 @@ def main() -> None:
         None,
     )
     titles = {
-        "ours": f"vpsweb-tasks ({args.concurrency} jobs{', uvloop' if args.uvloop else ''})",
+        "ours": "vpsweb-tasks ("
+        + ", ".join(
+            [f"{args.concurrency} jobs"]
+            + (["uvloop"] if args.uvloop else [])
+            + (["worker proc"] if args.worker_process else [])
+        )
+        + ")",
         "huey": "huey SqliteHuey (4 thr)",
         "huey1": "  same, in one process",
         "raw": "raw sqlite3 (3 txn/task)",
@@ -368,8 +459,9 @@ def main() -> None:
         + (f" ({disk.device}, {disk.fstype})" if disk else "")
         + f"; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
+    width = max(26, *(len(title) for title in titles.values()))
     header = (
-        f"{'synchronous':<11}  {'system':<26} {'tasks/s':>9} {'CPU us/task':>11}"
+        f"{'synchronous':<11}  {'system':<{width}} {'tasks/s':>9} {'CPU us/task':>11}"
         f"  {'ours/this':<18} {'target':>7}  met"
     )
     print(header)
@@ -388,7 +480,7 @@ def main() -> None:
             goal = f">= {target:.2f}" if target else ""
             met = ("yes" if ratio >= target else "NO") if target else ""
             print(
-                f"{sync:<11}  {titles[system]:<26} {rate:>9,.0f} {cpu * 1e6:>11,.0f}"
+                f"{sync:<11}  {titles[system]:<{width}} {rate:>9,.0f} {cpu * 1e6:>11,.0f}"
                 f"  {shown:<18} {goal:>7}  {met}"
             )
 
