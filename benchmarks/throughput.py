@@ -331,6 +331,63 @@ class ThreadClock:
         return spent
 
 
+def _sqlite_split(path: Path, n: int, concurrency: int) -> dict[str, float]:
+    """Thread CPU seconds of the database thread in its transactions (``batch``) and
+    inside sqlite3's execute and fetch calls (``sql``), over one run."""
+    from vpsweb_tasks.storage._dbthread import DatabaseThread
+
+    spent = {"sql": 0.0, "batch": 0.0}
+
+    class Cursor(sqlite3.Cursor):
+        def fetchone(self) -> Any:
+            started = time.thread_time()
+            try:
+                return super().fetchone()
+            finally:
+                spent["sql"] += time.thread_time() - started
+
+        def fetchall(self) -> list[Any]:
+            started = time.thread_time()
+            try:
+                return super().fetchall()
+            finally:
+                spent["sql"] += time.thread_time() - started
+
+    class Connection(sqlite3.Connection):
+        def execute(self, *args: Any) -> sqlite3.Cursor:
+            started = time.thread_time()
+            try:
+                return self.cursor(Cursor).execute(*args)
+            finally:
+                spent["sql"] += time.thread_time() - started
+
+        def executemany(self, *args: Any) -> sqlite3.Cursor:
+            started = time.thread_time()
+            try:
+                return self.cursor(Cursor).executemany(*args)
+            finally:
+                spent["sql"] += time.thread_time() - started
+
+    connect = sqlite3.connect
+    run_batch = DatabaseThread._run_batch
+
+    def timed_batch(thread: DatabaseThread, conn: sqlite3.Connection, batch: Any) -> None:
+        started = time.thread_time()
+        try:
+            run_batch(thread, conn, batch)
+        finally:
+            spent["batch"] += time.thread_time() - started
+
+    sqlite3.connect = functools.partial(connect, factory=Connection)  # type: ignore[assignment]
+    DatabaseThread._run_batch = timed_batch  # type: ignore[method-assign]
+    try:
+        anyio.run(ours, path, n, concurrency, "NORMAL")
+    finally:
+        sqlite3.connect = connect
+        DatabaseThread._run_batch = run_batch  # type: ignore[method-assign]
+    return spent
+
+
 def profile(folder: Path, n: int, concurrency: int) -> None:
     """Where the time of one end-to-end no-op task goes (see the module docstring)."""
     from vpsweb_tasks.storage._dbthread import DatabaseThread
@@ -344,6 +401,15 @@ def profile(folder: Path, n: int, concurrency: int) -> None:
     for name, seconds in sorted(clock.spent().items(), key=lambda kv: -kv[1]):
         if seconds > 0:
             print(f"  {name:<40} {seconds * 1e6 / n:>8,.1f} us")
+
+    # 1b. The database thread's CPU inside sqlite3's calls (binding, SQLite's own work)
+    # and the Python around them, by a thin timing wrapper on its connection.
+    split = _sqlite_split(folder / "split.db", n, concurrency)
+    print(
+        f"database thread, in transactions: {split['batch'] * 1e6 / n:,.1f} us a task, of"
+        f" which {split['sql'] * 1e6 / n:,.1f} us inside sqlite3 calls (execute, fetch) and"
+        f" {(split['batch'] - split['sql']) * 1e6 / n:,.1f} us of Python around them"
+    )
 
     # 2. cProfile on the event loop and on the store's database thread; SQL counted.
     traced_sql: list[str] = []
