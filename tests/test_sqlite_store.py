@@ -188,7 +188,10 @@ async def test_an_idle_workers_claim_rides_in_the_submits_own_commit(
     async def work(context: object) -> None:
         started.set()
 
-    async with TaskManager(settings_factory()) as manager:
+    # A long check interval: woken, the dispatcher goes straight to its claim, with no
+    # periodic read of the shared pause queued ahead of it.
+    settings = settings_factory(background_tasks={"queue_check_interval": 60.0})
+    async with TaskManager(settings) as manager:
         manager.register("work", work)
         store = manager.store
         assert isinstance(store, SQLiteTaskStore)
