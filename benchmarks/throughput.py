@@ -91,12 +91,30 @@ async def noop(context: TaskContext) -> None:
     return None
 
 
-def settings_for(path: Path, concurrency: int, synchronous: str, n: int) -> Settings:
+def settings_for(
+    path: Path, concurrency: int, synchronous: str, n: int, *, enabled: bool = True
+) -> Settings:
     return load_config(
         storage={"sqlite_path": str(path), "sqlite_synchronous": synchronous},
-        background_tasks={"max_concurrent_jobs": concurrency, "max_queue_size": n + 10},
+        background_tasks={
+            "enabled": enabled,
+            "max_concurrent_jobs": concurrency,
+            "max_queue_size": n + 10,
+        },
         logging={"file": None, "level": "WARNING"},
     )
+
+
+async def submit_all(manager: TaskManager, definition: TaskDefinition, n: int) -> None:
+    """``n`` submits from ``SUBMITTERS`` coroutines, each awaiting its own in turn."""
+
+    async def submitter(count: int) -> None:
+        for _ in range(count):
+            await manager.submit(definition)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(SUBMITTERS):
+            tg.start_soon(submitter, n // SUBMITTERS + (1 if i < n % SUBMITTERS else 0))
 
 
 async def ours(
@@ -122,17 +140,10 @@ async def ours(
                 done.set()
 
         manager.events.add_listener(on_completed, kinds={"task_completed"})
-
-        async def submitter(count: int) -> None:
-            for _ in range(count):
-                await manager.submit(definition)
-
         if probe is not None:
             probe()
         cpu, start = time.process_time(), time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(SUBMITTERS):
-                tg.start_soon(submitter, n // SUBMITTERS + (1 if i < n % SUBMITTERS else 0))
+        await submit_all(manager, definition, n)
         await done.wait()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         if probe is not None:
@@ -157,22 +168,11 @@ async def ours_split(
     one ``vpsweb-tasks worker`` process (``--loop``) runs the tasks, notified through the
     file (``storage.sqlite_watch_interval``). Like Huey's, the clock stops when the
     database holds N completed tasks, polled every 2 ms; CPU counts both processes."""
-    config = path.with_suffix(".yaml")
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": {"sqlite_path": str(path), "sqlite_synchronous": synchronous},
-                "background_tasks": {
-                    "enabled": False,
-                    "max_concurrent_jobs": concurrency,
-                    "max_queue_size": n + 10,
-                },
-                "logging": {"file": None, "level": "WARNING"},
-            }
-        )
-    )
+    settings = settings_for(path, concurrency, synchronous, n, enabled=False)
+    config = path.with_suffix(".yaml")  # the worker's too: it runs workers whatever it says
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     definition = TaskDefinition(name="noop", task_type="noop")
-    async with TaskManager(load_config(config)) as manager:
+    async with TaskManager(settings) as manager:
         manager.register("noop", noop)  # never run here: enabled is false
         worker = _spawn_worker(config, loop)
         try:
@@ -183,14 +183,7 @@ async def ours_split(
             await (await manager.submit(definition)).wait()  # warm up
             child = psutil.Process(worker.pid)
             cpu, start = time.process_time() + _cpu(child), time.perf_counter()
-
-            async def submitter(count: int) -> None:
-                for _ in range(count):
-                    await manager.submit(definition)
-
-            async with anyio.create_task_group() as tg:
-                for i in range(SUBMITTERS):
-                    tg.start_soon(submitter, n // SUBMITTERS + (1 if i < n % SUBMITTERS else 0))
+            await submit_all(manager, definition, n)
             # Another process does the work: there is no event here to wait on.
             while True:
                 if (await manager.store.count_tasks())[TaskStatus.COMPLETED] > n:
@@ -338,45 +331,30 @@ def _sqlite_split(path: Path, n: int, concurrency: int) -> dict[str, float]:
 
     spent = {"sql": 0.0, "batch": 0.0}
 
-    class Cursor(sqlite3.Cursor):
-        def fetchone(self) -> Any:
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
             started = time.thread_time()
             try:
-                return super().fetchone()
+                return fn(*args)
             finally:
-                spent["sql"] += time.thread_time() - started
+                spent[key] += time.thread_time() - started
 
-        def fetchall(self) -> list[Any]:
-            started = time.thread_time()
-            try:
-                return super().fetchall()
-            finally:
-                spent["sql"] += time.thread_time() - started
+        return call
+
+    class Cursor(sqlite3.Cursor):
+        fetchone = timed(sqlite3.Cursor.fetchone, "sql")
+        fetchall = timed(sqlite3.Cursor.fetchall, "sql")
 
     class Connection(sqlite3.Connection):
-        def execute(self, *args: Any) -> sqlite3.Cursor:
-            started = time.thread_time()
-            try:
-                return self.cursor(Cursor).execute(*args)
-            finally:
-                spent["sql"] += time.thread_time() - started
+        def _cursor(self) -> Cursor:
+            return self.cursor(Cursor)
 
-        def executemany(self, *args: Any) -> sqlite3.Cursor:
-            started = time.thread_time()
-            try:
-                return self.cursor(Cursor).executemany(*args)
-            finally:
-                spent["sql"] += time.thread_time() - started
+        execute = timed(lambda self, *args: self._cursor().execute(*args), "sql")
+        executemany = timed(lambda self, *args: self._cursor().executemany(*args), "sql")
 
     connect = sqlite3.connect
     run_batch = DatabaseThread._run_batch
-
-    def timed_batch(thread: DatabaseThread, conn: sqlite3.Connection, batch: Any) -> None:
-        started = time.thread_time()
-        try:
-            run_batch(thread, conn, batch)
-        finally:
-            spent["batch"] += time.thread_time() - started
+    timed_batch = timed(run_batch, "batch")
 
     sqlite3.connect = functools.partial(connect, factory=Connection)  # type: ignore[assignment]
     DatabaseThread._run_batch = timed_batch  # type: ignore[method-assign]

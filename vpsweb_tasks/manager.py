@@ -465,6 +465,10 @@ class TaskManager:
         (task,) = tasks
         return [await self.store.add_task(task, max_queue_size=limit)]
 
+    def _wake_dispatcher(self, tasks: Sequence[NewTask]) -> None:
+        for task in tasks:
+            self._queue.notify(run_at=task.run_at)
+
     async def _store(
         self,
         tasks: Sequence[NewTask],
@@ -482,8 +486,7 @@ class TaskManager:
         # insert may not, so the dispatcher is woken again after its commit.
         early = self.store.serial_writes and insert == self._add_task
         if early:
-            for task in tasks:
-                self._queue.notify(run_at=task.run_at)
+            self._wake_dispatcher(tasks)
         try:
             with anyio.CancelScope(shield=True):
                 records = list(await insert(tasks, self.config.max_queue_size))
@@ -504,8 +507,8 @@ class TaskManager:
                 task_logger(task.id, "vpsweb_tasks.manager").info(
                     "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
                 )
-            if not early:
-                self._queue.notify(run_at=task.run_at)
+        if not early:
+            self._wake_dispatcher(tasks)
         for task, record in zip(tasks, records, strict=True):
             await self.events.publish(
                 TaskSubmitted(
