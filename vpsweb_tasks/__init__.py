@@ -10,6 +10,7 @@ from .breakers import (
     get_breaker_registry,
     with_circuit_breaker,
 )
+from .classify import classify_error, register_error_rule
 from .config import Settings, load_config
 from .context import TaskContext, current_task
 from .errors import (
@@ -25,8 +26,6 @@ from .errors import (
     TaskTimeoutError,
     UnknownTaskTypeError,
     VpswebTasksError,
-    classify_error,
-    register_error_rule,
 )
 from .events import EventHub
 from .manager import TaskManager, get_task_manager, set_task_manager

@@ -62,13 +62,12 @@ from typing import Annotated, NoReturn, ParamSpec, Self, TypeVar
 import pybreaker
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .classify import ErrorClassifier, default_classifier
 from .config import Seconds
 from .errors import (
     CircuitOpenError,
     ConfigError,
     ErrorCategory,
-    ErrorClassifier,
-    default_classifier,
 )
 from .events import BreakerStateChanged
 

@@ -37,6 +37,7 @@ import anyio
 import anyio.abc
 import psutil
 
+from .classify import find_error
 from .context import TaskContext, _current
 from .errors import (
     CircuitOpenError,
@@ -45,7 +46,6 @@ from .errors import (
     ResultNotSerializableError,
     TaskTimeoutError,
     WorkerLostError,
-    find_error,
 )
 from .events import (
     TaskCancelled,

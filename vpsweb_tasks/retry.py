@@ -35,16 +35,9 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import backoff
 from pydantic import BaseModel, ConfigDict, Field
 
+from .classify import ErrorClassifier, default_classifier, find_error, retry_after_hint
 from .config import Seconds
-from .errors import (
-    CircuitOpenError,
-    ErrorCategory,
-    ErrorClassifier,
-    Retry,
-    default_classifier,
-    find_error,
-    retry_after_hint,
-)
+from .errors import CircuitOpenError, ErrorCategory, Retry
 
 __all__ = [
     "DEFAULT_CALL_DELAY",

@@ -17,12 +17,12 @@ import anyio
 import httpx
 
 from ..breakers import Breaker
+from ..classify import _parse_retry_after
 from ..errors import (
     ProviderAuthError,
     ProviderRateLimitError,
     ProviderRequestError,
     ProviderUnavailableError,
-    _parse_retry_after,
 )
 from .models import TokenUsage
 

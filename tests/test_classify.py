@@ -1,5 +1,6 @@
-"""Error classification: the built-in table, wrapped errors, exception groups, user rules,
-Retry-After hints, and totality (every exception gets exactly one category)."""
+"""Error classification (vpsweb_tasks.classify): the built-in table, wrapped errors,
+exception groups, user rules, Retry-After hints, and totality (every exception gets
+exactly one category)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vpsweb_tasks import CircuitOpenError, ErrorCategory, Retry, classify_error, register_error_rule
-from vpsweb_tasks.errors import (
+from vpsweb_tasks.classify import (
     ErrorClassifier,
-    TaskTimeoutError,
-    WorkerLostError,
     _parse_retry_after,
     default_classifier,
     find_error,
     retry_after_hint,
 )
+from vpsweb_tasks.errors import TaskTimeoutError, WorkerLostError
 
 from .support import Reply, closed_port, loopback_server
 
