@@ -107,6 +107,13 @@ def test_durations_accept_timedelta() -> None:
         ({"background_tasks": {"typo_key": 1}}, "background_tasks.typo_key"),
         ({"storage": {"backend": "redis"}}, "storage.backend"),
         ({"system_resources": {"max_cpu_usage": 120}}, "system_resources.max_cpu_usage"),
+        ({"task_monitoring": {"error_rate_critical": 0}}, "task_monitoring.error_rate_critical"),
+        ({"task_monitoring": {"error_rate_warning": 1.5}}, "task_monitoring.error_rate_warning"),
+        (
+            {"task_monitoring": {"error_rate_warning": 0.3, "error_rate_critical": 0.2}},
+            "task_monitoring: Value error, error_rate_warning must not be above"
+            " error_rate_critical",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(overrides: dict[str, dict[str, object]], key: str) -> None:

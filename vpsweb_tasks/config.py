@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -168,6 +169,21 @@ class MonitoringSettings(_Section):
     """Task statistics (rates, durations, error rates) cover this much recent time."""
     min_attempts_for_error_rate: int = Field(default=5, ge=1)
     """The error-rate alert needs at least this many finished attempts in the window."""
+    error_rate_warning: float = Field(default=0.10, gt=0, le=1)
+    """Share of the window's finished attempts that failed above which the error-rate
+    alert is a warning."""
+    error_rate_critical: float = Field(default=0.20, gt=0, le=1)
+    """Share of the window's finished attempts that failed above which the error-rate
+    alert is critical (at least error_rate_warning)."""
+
+    @model_validator(mode="after")
+    def _error_rate_levels_in_order(self) -> Self:
+        if self.error_rate_warning > self.error_rate_critical:
+            raise ValueError(
+                "error_rate_warning must not be above error_rate_critical"
+                f" ({self.error_rate_warning:g} > {self.error_rate_critical:g})"
+            )
+        return self
 
 
 class SystemResourceSettings(_Section):
