@@ -29,7 +29,7 @@ from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import AlertCleared, AlertRaised, BreakerStateChanged, Event
 from vpsweb_tasks.models import ResourceSample
 from vpsweb_tasks.monitor import set_task_monitor, statistics_from
-from vpsweb_tasks.resources import PsutilSampler
+from vpsweb_tasks.monitor.resources import PsutilSampler
 from vpsweb_tasks.storage.base import AttemptGroup, MetricsWindow
 
 from .conftest import FakeClock

@@ -1,4 +1,4 @@
-"""System resources from psutil.
+"""System resources: the :class:`Sampler` protocol, and :class:`PsutilSampler`.
 
 ``psutil.cpu_percent(None)`` measures since the previous call *from the same thread*, so
 one :class:`PsutilSampler` is created per monitor and only ever called from the monitor's
@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
-from .models import ResourceSample
+from ..models import ResourceSample
 
-__all__ = ["PsutilSampler"]
+__all__ = ["PsutilSampler", "Sampler"]
+
+
+class Sampler(Protocol):
+    """Reads system resources (:class:`PsutilSampler`, or a fake in tests)."""
+
+    def sample(self, *, now: float, active_tasks: int, queued_tasks: int) -> ResourceSample: ...
 
 
 class PsutilSampler:

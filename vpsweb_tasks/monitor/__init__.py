@@ -18,25 +18,27 @@ Overload is about this worker process (``background_tasks`` holds its resource l
 its resident memory against ``max_memory_mb`` and its CPU, as a share of the whole
 machine, against ``max_cpu_percent``. A machine that is busy with other work does not
 pause the queue (that shows as the system CPU alert of ``system_resources`` instead).
+
+The package: :class:`TaskMonitor` here; :mod:`.statistics` derives task statistics from
+storage's aggregates, :mod:`.health` holds alerts and the health report, and
+:mod:`.resources` samples the system with psutil.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
 import psutil
 
-from .events import (
+from ..events import (
     AlertCleared,
     AlertRaised,
     BreakerStateChanged,
@@ -44,159 +46,37 @@ from .events import (
     EventHub,
     HealthChanged,
 )
-from .models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
-from .resources import PsutilSampler
-from .storage.base import MetricsWindow, ProgressSnapshot
+from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
+from ..storage.base import ProgressSnapshot
+from .health import Alert, HealthReport, HealthStatus, Level
+from .resources import PsutilSampler, Sampler
+from .statistics import TaskStatistics, statistics_from
 
 if TYPE_CHECKING:
-    from .manager import TaskManager
+    from ..manager import TaskManager
 
 __all__ = [
     "Alert",
     "HealthReport",
+    "HealthStatus",
+    "Level",
+    "ProgressListener",
+    "PsutilSampler",
+    "Sampler",
     "TaskMonitor",
     "TaskStatistics",
     "get_task_monitor",
     "set_task_monitor",
+    "statistics_from",
 ]
 
 logger = logging.getLogger("vpsweb_tasks.monitor")
 
-Level = Literal["warning", "critical"]
-HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 ProgressListener = Callable[[ProgressUpdate], Awaitable[None] | None]
-
-
-class Sampler(Protocol):
-    """Reads system resources (:class:`~vpsweb_tasks.resources.PsutilSampler`, or a fake
-    in tests)."""
-
-    def sample(self, *, now: float, active_tasks: int, queued_tasks: int) -> ResourceSample: ...
 
 
 #: Overload ends when load falls below this fraction of the level that started it.
 RESUME_FRACTION = 0.95
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    name: str
-    level: Level
-    message: str
-    value: float | None
-    threshold: float | None
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStatistics:
-    """Task statistics over the last ``window_seconds``, computed from storage."""
-
-    at: float
-    window_seconds: float
-    counts: dict[str, int]
-    """Tasks per status, right now."""
-    counts_by_type: dict[str, dict[str, int]]
-    attempts: int
-    """Attempts finished in the window (any outcome)."""
-    completed: int
-    failed_attempts: int
-    dead_lettered: int
-    completion_rate: float
-    """Completed tasks per minute."""
-    processing_rate: float
-    """Finished attempts per minute."""
-    average_duration: float | None
-    duration_p50: float | None
-    duration_p95: float | None
-    duration_p99: float | None
-    average_queue_wait: float | None
-    error_rate: float
-    """Failed attempts / finished attempts."""
-    errors_by_category: dict[str, int]
-    error_rate_by_category: dict[str, float]
-    retry_success_rate: float | None
-    """Of the attempts after the first that finished, the share that completed."""
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    status: HealthStatus
-    at: float
-    cpu_usage: float | None
-    memory_usage: float | None
-    disk_usage: float | None
-    process_memory_mb: float | None
-    active_tasks: int
-    queued_tasks: int
-    error_rate: float
-    storage_ok: bool
-    paused: bool
-    pause_reason: str | None
-    alerts: list[Alert] = field(default_factory=list)
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    rank = max(0, math.ceil(q * len(ordered)) - 1)
-    return ordered[rank]
-
-
-def statistics_from(
-    window: MetricsWindow,
-    *,
-    now: float,
-    window_seconds: float,
-    counts: dict[TaskStatus, int],
-    counts_by_type: dict[str, dict[TaskStatus, int]],
-) -> TaskStatistics:
-    """Derive the statistics from storage aggregates (pure; tested on its own)."""
-    attempts = completed = failed = retries = retries_completed = 0
-    duration_total = wait_total = 0.0
-    errors: dict[str, int] = {}
-    for group in window.groups:
-        if group.outcome in ("deferred", "interrupted"):
-            continue  # not attempts that ran to an end
-        attempts += group.count
-        wait_total += group.wait_total
-        if group.retry and group.outcome in ("completed", "failed", "lost"):
-            retries += group.count
-            if group.outcome == "completed":
-                retries_completed += group.count
-        if group.outcome == "completed":
-            completed += group.count
-            duration_total += group.duration_total
-        elif group.outcome in ("failed", "lost"):
-            failed += group.count
-            category = group.category or "unknown"
-            errors[category] = errors.get(category, 0) + group.count
-    minutes = window_seconds / 60
-    ordered = sorted(window.durations)
-    return TaskStatistics(
-        at=now,
-        window_seconds=window_seconds,
-        counts={status.value: n for status, n in counts.items()},
-        counts_by_type={
-            task_type: {status.value: n for status, n in by_status.items()}
-            for task_type, by_status in sorted(counts_by_type.items())
-        },
-        attempts=attempts,
-        completed=completed,
-        failed_attempts=failed,
-        dead_lettered=window.dead_lettered,
-        completion_rate=completed / minutes,
-        processing_rate=attempts / minutes,
-        average_duration=duration_total / completed if completed else None,
-        duration_p50=_percentile(ordered, 0.50),
-        duration_p95=_percentile(ordered, 0.95),
-        duration_p99=_percentile(ordered, 0.99),
-        average_queue_wait=wait_total / attempts if attempts else None,
-        error_rate=failed / attempts if attempts else 0.0,
-        errors_by_category=dict(sorted(errors.items())),
-        error_rate_by_category={k: v / attempts for k, v in sorted(errors.items())},
-        retry_success_rate=retries_completed / retries if retries else None,
-    )
 
 
 class TaskMonitor:
@@ -679,7 +559,7 @@ _default: TaskMonitor | None = None
 
 def get_task_monitor() -> TaskMonitor:
     """The process-wide monitor, watching :func:`get_task_manager`'s manager."""
-    from .manager import get_task_manager
+    from ..manager import get_task_manager
 
     global _default
     manager = get_task_manager()
