@@ -28,7 +28,8 @@ from vpsweb_tasks import (
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import AlertCleared, AlertRaised, BreakerStateChanged, Event
 from vpsweb_tasks.models import ResourceSample
-from vpsweb_tasks.monitor import set_task_monitor, statistics_from
+from vpsweb_tasks.monitor import TaskStatistics, set_task_monitor, statistics_from
+from vpsweb_tasks.monitor.health import THRESHOLD_RULES, Observation, evaluate
 from vpsweb_tasks.monitor.resources import PsutilSampler
 from vpsweb_tasks.storage.base import AttemptGroup, MetricsWindow
 
@@ -338,6 +339,101 @@ async def test_error_rate_thresholds(monitored: tuple[TaskManager, TaskMonitor])
     report = await monitor.health()
     assert {a.name: a.level for a in report.alerts}["error_rate"] == "critical"
     assert report.status == "unhealthy"
+
+
+def statistics_with(*, completed: int, failed: int, dead_lettered: int = 0) -> TaskStatistics:
+    window = MetricsWindow(
+        since=0.0,
+        groups=[
+            AttemptGroup("a", "completed", None, False, completed, 0.0, 0.0),
+            AttemptGroup("a", "failed", "network", False, failed, 0.0, 0.0),
+        ],
+        durations=[],
+        dead_lettered=dead_lettered,
+    )
+    return statistics_from(window, now=0.0, window_seconds=3600.0, counts={}, counts_by_type={})
+
+
+def test_the_rule_table_reads_its_levels_from_config(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    observation = Observation(sample=CALM, statistics=statistics_with(completed=93, failed=7))
+    assert evaluate(observation, settings_factory()) == {}  # 7% is below the default 10%
+    lower = settings_factory(task_monitoring={"error_rate_warning": 0.05})
+    [(name, fires)] = evaluate(observation, lower).items()
+    assert (name, fires.level, fires.message) == (
+        "error_rate",
+        "warning",
+        "error rate 7.0% (above 5%)",
+    )
+    assert (fires.value, fires.threshold) == (pytest.approx(7.0), 5.0)
+    lowest = settings_factory(
+        task_monitoring={"error_rate_warning": 0.02, "error_rate_critical": 0.06}
+    )
+    fires = evaluate(observation, lowest)["error_rate"]
+    assert (fires.level, fires.message) == ("critical", "error rate 7.0% (above 6%)")
+
+    busy = Observation(sample=replace(CALM, cpu_percent=65.0), statistics=None)
+    assert evaluate(busy, settings_factory()) == {}  # the default warning is at 70%
+    fires = evaluate(busy, settings_factory(system_resources={"cpu_warning_threshold": 60}))["cpu"]
+    assert (fires.level, fires.message) == ("warning", "CPU at 65.0% (warning at 60%)")
+
+
+def test_the_rule_tables_default_messages(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory()
+    observation = Observation(
+        sample=replace(CALM, cpu_percent=85.0, process_rss_mb=420.0),
+        statistics=statistics_with(completed=9, failed=3, dead_lettered=5),
+        storage_ok=False,
+        breakers={"llm": "open", "db": "closed"},
+        overload_reason="overloaded: process memory 470 MB is above 461 MB",
+    )
+    firing = {name: (f.level, f.message) for name, f in evaluate(observation, settings).items()}
+    assert firing == {
+        "storage": ("critical", "the task database cannot be reached"),
+        "cpu": ("critical", "CPU at 85.0% (limit 80%)"),
+        "process_memory": ("warning", "process memory at 420.0 MB (warning at 409.6 MB)"),
+        "error_rate": ("critical", "error rate 25.0% (above 20%)"),
+        "failed_tasks": (
+            "warning",
+            "5 tasks failed for good in the last 60 minutes (threshold 5)",
+        ),
+        "breaker:llm": ("warning", "circuit breaker 'llm' is open"),
+        "overload": (
+            "warning",
+            "dispatch paused: overloaded: process memory 470 MB is above 461 MB",
+        ),
+    }
+
+
+def test_every_level_of_the_rule_table_is_a_config_key(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    default = settings_factory()
+    changed = settings_factory(
+        system_resources={
+            "cpu_warning_threshold": 50,
+            "max_cpu_usage": 60,
+            "memory_warning_threshold": 50,
+            "max_memory_usage_percent": 60,
+            "disk_warning_threshold": 50,
+            "max_disk_usage_percent": 60,
+        },
+        task_monitoring={
+            "memory_usage_warning": 0.5,
+            "error_rate_warning": 0.3,
+            "error_rate_critical": 0.4,
+            "queue_size_warning": 7,
+            "failed_task_threshold": 9,
+        },
+        background_tasks={"max_memory_mb": 100, "max_queue_size": 8},
+    )
+    for rule in THRESHOLD_RULES:
+        levels = [(level(default), level(changed)) for level in (rule.warning, rule.critical)]
+        assert any(before is not None for before, _ in levels), rule.name
+        for before, after in levels:
+            if before is not None:
+                assert after != before, rule.name
 
 
 async def test_queue_size_and_failed_task_alerts(

@@ -20,8 +20,8 @@ machine, against ``max_cpu_percent``. A machine that is busy with other work doe
 pause the queue (that shows as the system CPU alert of ``system_resources`` instead).
 
 The package: :class:`TaskMonitor` here; :mod:`.statistics` derives task statistics from
-storage's aggregates, :mod:`.health` holds alerts and the health report, and
-:mod:`.resources` samples the system with psutil.
+storage's aggregates, :mod:`.health` holds the health rules (as data, every level a config
+key), alerts and the health report, and :mod:`.resources` samples the system with psutil.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from ..events import (
 )
 from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
 from ..storage.base import ProgressSnapshot
-from .health import Alert, HealthReport, HealthStatus, Level
+from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
 from .resources import PsutilSampler, Sampler
 from .statistics import TaskStatistics, statistics_from
 
@@ -361,7 +361,14 @@ class TaskMonitor:
         except Exception as exc:
             logger.error("storage unreachable: %s", exc)
             storage_ok = False
-        firing = self._rules(self.latest_sample, statistics, storage_ok)
+        observation = Observation(
+            sample=self.latest_sample,
+            statistics=statistics,
+            storage_ok=storage_ok,
+            breakers=self.breaker_states,
+            overload_reason=self.manager.queue.overload_reason,
+        )
+        firing = evaluate(observation, self.settings)
         await self._update_alerts(firing, now)
         status: HealthStatus = "healthy"
         if any(alert.level == "critical" for alert in self._alerts.values()):
@@ -395,139 +402,28 @@ class TaskMonitor:
             alerts=self.alerts,
         )
 
-    def _rules(
-        self,
-        sample: ResourceSample | None,
-        statistics: TaskStatistics | None,
-        storage_ok: bool,
-    ) -> dict[str, tuple[Level, str, float | None, float | None]]:
-        """Every rule that fires now: name -> (level, message, value, threshold)."""
-        firing: dict[str, tuple[Level, str, float | None, float | None]] = {}
-        resources = self.settings.system_resources
-        monitoring = self.settings.task_monitoring
-        tasks = self.manager.config
-
-        def threshold(
-            name: str, what: str, value: float, warn: float, crit: float, unit: str
-        ) -> None:
-            if value >= crit:
-                firing[name] = (
-                    "critical",
-                    f"{what} at {value:.1f}{unit} (limit {crit:g}{unit})",
-                    value,
-                    crit,
-                )
-            elif value >= warn:
-                firing[name] = (
-                    "warning",
-                    f"{what} at {value:.1f}{unit} (warning at {warn:g}{unit})",
-                    value,
-                    warn,
-                )
-
-        if not storage_ok:
-            firing["storage"] = ("critical", "the task database cannot be reached", None, None)
-        if sample is not None:
-            threshold(
-                "cpu",
-                "CPU",
-                sample.cpu_percent,
-                resources.cpu_warning_threshold,
-                resources.max_cpu_usage,
-                "%",
-            )
-            threshold(
-                "memory",
-                "memory",
-                sample.memory_percent,
-                resources.memory_warning_threshold,
-                resources.max_memory_usage_percent,
-                "%",
-            )
-            threshold(
-                "disk",
-                "disk",
-                sample.disk_percent,
-                resources.disk_warning_threshold,
-                resources.max_disk_usage_percent,
-                "%",
-            )
-            threshold(
-                "process_memory",
-                "process memory",
-                sample.process_rss_mb,
-                monitoring.memory_usage_warning * tasks.max_memory_mb,
-                tasks.max_memory_mb,
-                " MB",
-            )
-        if statistics is not None:
-            if statistics.attempts >= monitoring.min_attempts_for_error_rate:
-                rate = statistics.error_rate * 100
-                # The document: above 10% is a warning, above 20% critical.
-                if rate > 20.0:
-                    firing["error_rate"] = (
-                        "critical",
-                        f"error rate {rate:.1f}% (above 20%)",
-                        rate,
-                        20.0,
-                    )
-                elif rate > 10.0:
-                    firing["error_rate"] = (
-                        "warning",
-                        f"error rate {rate:.1f}% (above 10%)",
-                        rate,
-                        10.0,
-                    )
-            waiting = statistics.counts.get("pending", 0) + statistics.counts.get("retrying", 0)
-            threshold(
-                "queue_size",
-                "waiting tasks",
-                float(waiting),
-                monitoring.queue_size_warning,
-                tasks.max_queue_size,
-                "",
-            )
-            if statistics.dead_lettered >= monitoring.failed_task_threshold:
-                firing["failed_tasks"] = (
-                    "warning",
-                    f"{statistics.dead_lettered} tasks failed for good in the last"
-                    f" {statistics.window_seconds / 60:g} minutes"
-                    f" (threshold {monitoring.failed_task_threshold})",
-                    float(statistics.dead_lettered),
-                    float(monitoring.failed_task_threshold),
-                )
-        for name, state in self.breaker_states.items():
-            if state != "closed":
-                firing[f"breaker:{name}"] = (
-                    "warning",
-                    f"circuit breaker {name!r} is {state}",
-                    None,
-                    None,
-                )
-        reason = self.manager.queue.overload_reason
-        if reason is not None:
-            firing["overload"] = ("warning", f"dispatch paused: {reason}", None, None)
-        return firing
-
-    async def _update_alerts(
-        self, firing: dict[str, tuple[Level, str, float | None, float | None]], now: float
-    ) -> None:
-        for name, (level, message, value, limit) in firing.items():
+    async def _update_alerts(self, firing: dict[str, Firing], now: float) -> None:
+        for name, fires in firing.items():
             current = self._alerts.get(name)
             since = current.since if current else now
             alert = Alert(
-                name=name, level=level, message=message, value=value, threshold=limit, since=since
+                name=name,
+                level=fires.level,
+                message=fires.message,
+                value=fires.value,
+                threshold=fires.threshold,
+                since=since,
             )
             self._alerts[name] = alert
-            if current is None or current.level != level:
-                logger.warning("alert %s (%s): %s", name, level, message)
+            if current is None or current.level != alert.level:
+                logger.warning("alert %s (%s): %s", name, alert.level, alert.message)
                 await self.events.publish(
                     AlertRaised(
                         name=name,
-                        level=level,
-                        message=message,
-                        value=value,
-                        threshold=limit,
+                        level=alert.level,
+                        message=alert.message,
+                        value=alert.value,
+                        threshold=alert.threshold,
                         since=since,
                     )
                 )
