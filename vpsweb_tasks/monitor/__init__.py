@@ -14,10 +14,8 @@ keeps the last ``metrics_history_size`` samples and persists them, evaluates hea
 ``health_check_interval`` and raises or clears alerts as events, and, with
 ``pause_on_overload``, pauses this process's dispatch while it is overloaded.
 
-Overload is about this worker process (``background_tasks`` holds its resource limits):
-its resident memory against ``max_memory_mb`` and its CPU, as a share of the whole
-machine, against ``max_cpu_percent``. A machine that is busy with other work does not
-pause the queue (that shows as the system CPU alert of ``system_resources`` instead).
+Overload is about this worker process, not the machine; :mod:`vpsweb_tasks.overload`
+decides it from the samples the monitor feeds it.
 
 The package: :class:`TaskMonitor` here; :mod:`.statistics` derives task statistics from
 storage's aggregates, :mod:`.health` holds the health rules (as data, every level a config
@@ -47,6 +45,7 @@ from ..events import (
     HealthChanged,
 )
 from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
+from ..overload import RESUME_FRACTION, OverloadControl
 from ..storage.base import ProgressSnapshot
 from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
 from .resources import PsutilSampler, Sampler
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     from ..manager import TaskManager
 
 __all__ = [
+    "RESUME_FRACTION",
     "Alert",
     "HealthReport",
     "HealthStatus",
@@ -75,10 +75,6 @@ logger = logging.getLogger("vpsweb_tasks.monitor")
 ProgressListener = Callable[[ProgressUpdate], Awaitable[None] | None]
 
 
-#: Overload ends when load falls below this fraction of the level that started it.
-RESUME_FRACTION = 0.95
-
-
 class TaskMonitor:
     """Watches one manager; see the module docstring."""
 
@@ -95,6 +91,7 @@ class TaskMonitor:
         self._samples: deque[ResourceSample] = deque(
             maxlen=self.settings.task_monitoring.metrics_history_size
         )
+        self._overload = OverloadControl(manager.config)
         self._alerts: dict[str, Alert] = {}
         self._breakers: dict[str, str] = {}
         self._status: HealthStatus = "healthy"
@@ -300,34 +297,18 @@ class TaskMonitor:
         return await self.manager.store.resource_samples(since=since, limit=limit)
 
     def _control_overload(self, sample: ResourceSample) -> None:
-        tasks = self.manager.config
-        if not tasks.pause_on_overload:
+        if not self._overload.enabled:
             return
-        memory_limit = tasks.overload_threshold * tasks.max_memory_mb
-        cpu_limit = tasks.overload_threshold * tasks.max_cpu_percent
-        overloaded = self.manager.queue.overloaded
-        if overloaded:
-            memory_limit *= RESUME_FRACTION
-            cpu_limit *= RESUME_FRACTION
-        reasons = []
-        if sample.process_rss_mb > memory_limit:
-            reasons.append(
-                f"process memory {sample.process_rss_mb:.0f} MB is above"
-                f" {memory_limit:.0f} MB ({tasks.overload_threshold:.0%} of max_memory_mb)"
-            )
-        cpu = self.smoothed_process_cpu() or 0.0
-        if cpu > cpu_limit:
-            reasons.append(
-                f"process CPU {cpu:.0f}% is above {cpu_limit:.0f}%"
-                f" ({tasks.overload_threshold:.0%} of max_cpu_percent)"
-            )
-        reason = "overloaded: " + "; ".join(reasons) if reasons else None
-        if reason != self.manager.queue.overload_reason:
+        queue = self.manager.queue
+        reason = self._overload.pause_reason(
+            sample, self.smoothed_process_cpu(), overloaded=queue.overloaded
+        )
+        if reason != queue.overload_reason:
             if reason is not None:
                 logger.warning("pausing dispatch: %s", reason)
-            elif overloaded:
+            elif queue.overloaded:
                 logger.info("load fell: resuming dispatch")
-            self.manager.queue.set_overloaded(reason)
+            queue.set_overloaded(reason)
 
     # --- health and alerts -----------------------------------------------------------------
 
