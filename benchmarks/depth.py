@@ -79,9 +79,11 @@ def claim_plan(path: Path) -> str:
     """The index the store's claim query uses on ``path`` (from EXPLAIN QUERY PLAN of the
     store's own SQL)."""
     try:
-        from vpsweb_tasks.storage import sqlite as store
+        from vpsweb_tasks.storage.queries import CORE, Queries
 
-        sql = store.claim_sql(typed=True, by_priority=True)
+        queries = Queries("sqlite", split=True)
+        queries.load([CORE])
+        sql = queries["claim"][0]  # its first statement: the UPDATE that picks
     except (ImportError, AttributeError):
         return "?"
     params = {"worker": "w", "expires": 0.0, "now": 0.0, "limit": 1, "types": '["noop"]'}

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from vpsweb_tasks import CircuitOpenError, ErrorCategory, Retry, classify_error, register_error_rule
 from vpsweb_tasks.classify import (
     ErrorClassifier,
-    _parse_retry_after,
     default_classifier,
     find_error,
+    parse_retry_after,
     retry_after_hint,
 )
 from vpsweb_tasks.errors import TaskTimeoutError, WorkerLostError
@@ -344,5 +344,5 @@ def test_wrapping_without_a_category_keeps_the_category(exc: BaseException) -> N
 
 @given(st.text(max_size=60))
 def test_any_retry_after_header_parses_to_nothing_or_a_delay(value: str) -> None:
-    parsed = _parse_retry_after(value, NOW)
+    parsed = parse_retry_after(value, NOW)
     assert parsed is None or (math.isfinite(parsed) and parsed >= 0)

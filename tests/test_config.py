@@ -9,6 +9,7 @@ import pytest
 
 from vpsweb_tasks.config import Settings, config_reference, load_config
 from vpsweb_tasks.errors import ConfigError
+from vpsweb_tasks.translation.settings import REFERENCE
 
 DOCUMENT_DEFAULTS = {
     "background_tasks": {
@@ -148,4 +149,4 @@ def test_timeout_precedence() -> None:
 
 def test_configuration_reference_is_current() -> None:
     docs = Path(__file__).parent.parent / "docs" / "configuration.md"
-    assert docs.read_text() == config_reference(), "regenerate docs/configuration.md"
+    assert docs.read_text() == config_reference(REFERENCE), "regenerate docs/configuration.md"

@@ -26,7 +26,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_pla
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor, TaskStatus
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
 from vpsweb_tasks.config import Settings
-from vpsweb_tasks.translation import STEP_NAMES
+from vpsweb_tasks.translation import STEP_NAMES, TranslationExtension
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
@@ -165,7 +165,7 @@ async def board_for(
     steps = Steps()
     fixed = anyio.Event()
     # A registry of its own: breakers opened here must not leak into other tests.
-    manager = TaskManager(settings, breakers=BreakerRegistry())
+    manager = TaskManager(settings, breakers=BreakerRegistry(), extensions=[TranslationExtension()])
     app = create_app(settings, manager=manager, setup=register(steps, fixed))
     async with (
         serve(app) as base_url,

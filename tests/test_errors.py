@@ -12,10 +12,10 @@ from vpsweb_tasks import errors
 from vpsweb_tasks.errors import (
     CircuitOpenError,
     TaskNotFoundError,
-    TranslationJobNotFoundError,
     UnknownTaskTypeError,
     VpswebTasksError,
 )
+from vpsweb_tasks.translation.errors import TranslationJobNotFoundError
 
 EXCEPTIONS = [
     value

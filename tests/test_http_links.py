@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskMonitor
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.translation import TranslationExtension
 from vpsweb_tasks_http import create_app, create_router
 
 from .llm_server import fake_llm
@@ -124,7 +125,7 @@ def test_the_routes_are_flat(settings_factory: Callable[..., Settings]) -> None:
     paths = [route.path for route in ours]
     assert paths[:2] == [f"{TASKS}/health", "/api/v1/monitoring/health"]
     assert paths.index(f"{TASKS}/submit") < paths.index(f"{TASKS}/status/{{task_id}}")
-    manager = TaskManager(settings_factory())
+    manager = TaskManager(settings_factory(), extensions=[TranslationExtension()])
     router = create_router(manager, TaskMonitor(manager))
     assert all(isinstance(route, APIRoute) for route in router.routes)
     assert {route.path for route in router.routes} == {

@@ -30,8 +30,11 @@ from vpsweb_tasks import (
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import Event, TaskProgressed, TaskSubmitted
 from vpsweb_tasks.manager import new_task_id
-from vpsweb_tasks.models import ExecutionOutcome, TaskRecord
-from vpsweb_tasks.storage.base import NewTask, NewTranslationJob
+from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks.storage.ops import Step
+from vpsweb_tasks.storage.types import NewTask
+from vpsweb_tasks.translation import TranslationExtension
+from vpsweb_tasks.translation.store import NewTranslationJob, insert_jobs
 
 from .conftest import make_settings
 from .support import EventRecorder
@@ -369,7 +372,8 @@ async def test_a_full_queue_refuses_new_tasks_and_keeps_every_accepted_one(
 async def test_a_linked_batch_is_stored_all_together_and_announced_after_its_commit(
     settings_factory: Callable[..., Settings],
 ) -> None:
-    async with TaskManager(settings_factory(background_tasks={"max_queue_size": 3})) as manager:
+    settings = settings_factory(background_tasks={"max_queue_size": 3})
+    async with TaskManager(settings, extensions=[TranslationExtension()]) as manager:
 
         @manager.task("work")
         async def work(context: TaskContext) -> int:
@@ -380,7 +384,7 @@ async def test_a_linked_batch_is_stored_all_together_and_announced_after_its_com
         manager.events.add_listener(recorder)
         inserts: list[tuple[int, int]] = []
 
-        async def insert(tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
+        def linked(tasks: Sequence[NewTask]) -> list[Step]:
             # (events announced so far, contexts that exist) when the batch is stored
             known = sum(manager.context(task.id) is not None for task in tasks)
             inserts.append((len(recorder.of(TaskSubmitted)), known))
@@ -388,23 +392,24 @@ async def test_a_linked_batch_is_stored_all_together_and_announced_after_its_com
                 (task, NewTranslationJob(task.id, "English", "Polish", "hybrid", "x"))
                 for task in tasks
             ]
-            rows = await manager.store.add_translation_jobs(jobs, max_queue_size=limit)
-            return [row.task for row in rows]
+            return [insert_jobs(jobs)]
 
-        contexts = await manager.submit_linked_batch(
-            [definition(name=f"t{n}") for n in range(2)], insert, payloads=[{"n": 0}, {"n": 1}]
+        contexts = await manager.submit_batch(
+            [definition(name=f"t{n}") for n in range(2)],
+            payloads=[{"n": 0}, {"n": 1}],
+            linked=linked,
         )
         assert inserts == [(0, 2)]
         assert [e.task_id for e in recorder.of(TaskSubmitted)] == [c.task_id for c in contexts]
         assert [c.record.status if c.record else None for c in contexts] == [TaskStatus.PENDING] * 2
         # Room for one more task: a batch of two is refused whole.
         with pytest.raises(QueueFullError, match="no room for 2 tasks: 2 waiting"):
-            await manager.submit_linked_batch([definition(), definition()], insert)
+            await manager.submit_batch([definition(), definition()], linked=linked)
         # An invalid member is refused before anything is stored.
         with pytest.raises(UnknownTaskTypeError):
-            await manager.submit_linked_batch([definition(), definition("nope")], insert)
+            await manager.submit_batch([definition(), definition("nope")], linked=linked)
         with pytest.raises(ValueError, match="2 payloads for 1 definitions"):
-            await manager.submit_linked_batch([definition()], insert, payloads=[{}, {}])
+            await manager.submit_batch([definition()], payloads=[{}, {}], linked=linked)
         assert len(inserts) == 2
         assert len(recorder.of(TaskSubmitted)) == 2
         assert sum((await manager.store.count_tasks()).values()) == 2
@@ -499,7 +504,7 @@ async def test_a_result_that_is_not_json_fails_the_task_clearly(manager: TaskMan
 async def test_unknown_task_types_and_bad_payloads_are_refused(manager: TaskManager) -> None:
     with pytest.raises(
         UnknownTaskTypeError,
-        match="registered types: backup, cleanup, data_processing, maintenance, translation",
+        match=r"registered types: backup, cleanup, data_processing, maintenance$",
     ):
         await manager.submit(definition("nope"))
     manager.register("work", _noop)
@@ -554,14 +559,21 @@ async def test_graceful_shutdown_releases_unfinished_tasks_without_losing_an_att
 
 
 async def test_the_process_wide_manager(settings_factory: Callable[..., Settings]) -> None:
+    """The default is the manager the app sets; a manager never makes itself the default
+    by starting (SPEC 1), and without one set, the first call makes one."""
     set_task_manager(None)
     try:
         manager = TaskManager(settings_factory())
         with pytest.raises(ManagerNotRunningError):
             manager.create_task(definition(), _noop)
         async with manager:
-            assert get_task_manager() is manager
+            assert get_task_manager() is not manager
+        set_task_manager(manager)
         assert get_task_manager() is manager
+        set_task_manager(None)
+        made = get_task_manager()
+        assert made is not manager
+        assert get_task_manager() is made
     finally:
         set_task_manager(None)
 

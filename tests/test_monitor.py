@@ -475,13 +475,15 @@ async def test_an_open_breaker_raises_an_alert_until_it_closes(
     assert (await monitor.health()).status == "healthy"
 
 
-async def test_unreachable_storage_is_critical(monitored: tuple[TaskManager, TaskMonitor]) -> None:
+async def test_unreachable_storage_is_critical(
+    monitored: tuple[TaskManager, TaskMonitor], monkeypatch: pytest.MonkeyPatch
+) -> None:
     manager, monitor = monitored
 
-    async def unreachable() -> None:
+    async def unreachable(*args: object) -> None:
         raise OSError("database gone")
 
-    manager.store.ping = unreachable  # type: ignore[method-assign]
+    monkeypatch.setattr(manager.store, "run", unreachable)
     report = await monitor.health()
     assert report.status == "unhealthy"
     assert not report.storage_ok

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from vpsweb_tasks.models import TaskStatus
-from vpsweb_tasks.storage._rows import migrations
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
 from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
+from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
 from .conftest import POSTGRES_DSN, new_task, postgres_schema
@@ -55,7 +55,7 @@ async def test_notices_from_another_connection_reach_the_listener(
         [claim] = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=1)
         await other.request_cancel(claim.task.id, now=T0 + 1)
         await notices.wait_for("cancel_requested", claim.task.id)
-        await store.finish(claim.token, Completed(), now=T0 + 2)
+        await store.finish(claim, Completed(), now=T0 + 2)
         tg.cancel_scope.cancel()
     # A waiting task's cancel needs no worker: no notice for it.
     assert [kind for kind, _ in notices.seen] == ["task_added", "cancel_requested"]
@@ -107,7 +107,7 @@ async def test_several_processes_may_open_a_new_schema_at_once(
         for s in stores:
             tg.start_soon(s.open)
     try:
-        latest = max(version for version, _, _ in migrations("postgres"))
+        latest = max(migration.version for migration in CORE.migrations("postgres"))
         assert {s.schema_version for s in stores} == {latest}
         task = await stores[0].add_task(new_task(T0))
         assert await stores[4].get_task(task.id) == task
@@ -123,7 +123,7 @@ async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
         await store.add_task(new_task(T0 + i, payload={"i": i}, priority=i % 4))
     claims = await store.claim(worker_id="w1", now=T0 + 50, lease_seconds=30, limit=10)
     for claim in claims[:5]:
-        await store.finish(claim.token, Completed({"i": claim.task.payload["i"]}), now=T0 + 51)
+        await store.finish(claim, Completed({"i": claim.task.payload["i"]}), now=T0 + 51)
     await store.set_paused(True, reason="backup test")
     report = await store.backup(str(tmp_path / "copy.db"))
     assert (report["tasks"], report["integrity"]) == (30, "ok")

@@ -11,6 +11,7 @@ PUBLIC = {
     "DeadLetter",
     "ErrorCategory",
     "EventHub",
+    "Extension",
     "ExecutionRecord",
     "HandlerUnavailableError",
     "LeaseLostError",

@@ -23,23 +23,29 @@ from vpsweb_tasks.errors import (
     TaskNotFoundError,
     TaskStateError,
 )
-from vpsweb_tasks.models import ExecutionOutcome, ResourceSample, TaskPriority, TaskStatus
+from vpsweb_tasks.models import (
+    ExecutionOutcome,
+    ResourceSample,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+)
+from vpsweb_tasks.storage import logic
 from vpsweb_tasks.storage._dbthread import Mode
-from vpsweb_tasks.storage.base import (
+from vpsweb_tasks.storage.base import TaskStore
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
+from vpsweb_tasks.storage.types import (
     Cancelled,
+    Claim,
     Completed,
     Deferred,
     Failed,
     LeaseToken,
-    NewTranslationJob,
     ProgressSnapshot,
     Released,
     SharedBreakerState,
-    TaskRecord,
-    TaskStore,
     WorkerInfo,
 )
-from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
 from .conftest import new_task
 
@@ -51,6 +57,15 @@ LEASE = 30.0
 
 def worker(worker_id: str = "w1") -> WorkerInfo:
     return WorkerInfo(worker_id=worker_id, hostname="test-host", pid=1)
+
+
+async def cleanup(store: TaskStore, *, before: float) -> int:
+    """Retention cleanup as the manager runs it: finished tasks, then resource samples."""
+    deleted = 0
+    while batch := await store.run(logic.delete_finished(before=before)):
+        deleted += batch
+    await store.run(logic.delete_samples(before=before))
+    return deleted
 
 
 async def claim_one(store: TaskStore, worker_id: str = "w1", now: float = T0):
@@ -191,7 +206,7 @@ async def test_a_retried_task_lines_up_behind_tasks_eligible_before_it(store: Ta
     first = await claim_one(store, now=T0 + 1)
     assert first.task.name == "first"
     failure = Failed("E", "again", ErrorCategory.NETWORK, retry_at=T0 + 2)
-    await store.finish(first.token, failure, now=T0 + 2)
+    await store.finish(first, failure, now=T0 + 2)
     assert (await claim_one(store, now=T0 + 5)).task.name == "second"
     assert (await claim_one(store, now=T0 + 5)).task.name == "first"
 
@@ -262,7 +277,7 @@ async def test_two_connections_never_claim_the_same_task(
 async def test_completed_records_result_execution_and_metrics(store: TaskStore) -> None:
     await store.add_task(new_task(T0))
     claim = await claim_one(store, now=T0 + 1)
-    record = await store.finish(claim.token, Completed({"rows": 3}), now=T0 + 4)
+    record = await store.finish(claim, Completed({"rows": 3}), now=T0 + 4)
     assert record.status is TaskStatus.COMPLETED
     assert record.result == {"rows": 3}
     assert record.progress == 1.0
@@ -279,7 +294,7 @@ async def test_failed_with_retry_time_waits_then_runs_again(store: TaskStore) ->
     await store.add_task(new_task(T0))
     claim = await claim_one(store)
     failure = Failed("ConnectionError", "refused", ErrorCategory.NETWORK, retry_at=T0 + 10)
-    record = await store.finish(claim.token, failure, now=T0 + 1)
+    record = await store.finish(claim, failure, now=T0 + 1)
     assert record.status is TaskStatus.RETRYING
     assert record.run_at.timestamp() == T0 + 10
     assert record.error_category is ErrorCategory.NETWORK
@@ -305,7 +320,7 @@ async def test_failed_without_retry_goes_to_dead_letter_and_can_be_requeued(
         category = (
             ErrorCategory.VALIDATION if claim.task.task_type == "a" else ErrorCategory.NETWORK
         )
-        record = await store.finish(claim.token, Failed("E", "bad", category), now=T0 + 1)
+        record = await store.finish(claim, Failed("E", "bad", category), now=T0 + 1)
         assert record.status is TaskStatus.FAILED
         assert record.finished_at is not None
     requeued = await store.requeue_failed(now=T0 + 2, category=ErrorCategory.VALIDATION)
@@ -320,9 +335,9 @@ async def test_failed_without_retry_goes_to_dead_letter_and_can_be_requeued(
 async def test_stale_token_changes_nothing(store: TaskStore) -> None:
     await store.add_task(new_task(T0))
     claim = await claim_one(store)
-    await store.finish(claim.token, Completed("first"), now=T0 + 1)
+    await store.finish(claim, Completed("first"), now=T0 + 1)
     with pytest.raises(LeaseLostError):
-        await store.finish(claim.token, Failed("E", "late", ErrorCategory.UNKNOWN), now=T0 + 2)
+        await store.finish(claim, Failed("E", "late", ErrorCategory.UNKNOWN), now=T0 + 2)
     record = await store.get_task(claim.task.id)
     assert record is not None
     assert (record.status, record.result) == (TaskStatus.COMPLETED, "first")
@@ -337,12 +352,12 @@ async def test_fencing_a_reaped_worker_cannot_overwrite_the_newer_attempt(store:
     new = await claim_one(store, "w2", now=T0 + LEASE + 1)
     assert new.task.attempts == 2
     with pytest.raises(LeaseLostError):
-        await store.finish(old.token, Completed("stale"), now=T0 + LEASE + 2)
+        await store.finish(old, Completed("stale"), now=T0 + LEASE + 2)
     heartbeat = await store.heartbeat(
         worker=worker("w1"), now=T0 + LEASE + 2, lease_seconds=LEASE, running=[old.token]
     )
     assert heartbeat.lost == {old.task.id}
-    record = await store.finish(new.token, Completed("fresh"), now=T0 + LEASE + 3)
+    record = await store.finish(new, Completed("fresh"), now=T0 + LEASE + 3)
     assert record.result == "fresh"
     outcomes = [e.outcome for e in await store.list_executions(record.id)]
     assert outcomes == [ExecutionOutcome.LOST, ExecutionOutcome.COMPLETED]
@@ -355,10 +370,10 @@ async def test_released_and_deferred_give_the_attempt_back(store: TaskStore) -> 
         c.task.name: c
         for c in await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2)
     }
-    released = await store.finish(claims["released"].token, Released(), now=T0 + 1)
+    released = await store.finish(claims["released"], Released(), now=T0 + 1)
     assert (released.status, released.attempts) == (TaskStatus.PENDING, 0)
     deferred = await store.finish(
-        claims["deferred"].token, Deferred(retry_at=T0 + 60, reason="breaker open"), now=T0 + 1
+        claims["deferred"], Deferred(retry_at=T0 + 60, reason="breaker open"), now=T0 + 1
     )
     assert (deferred.status, deferred.attempts) == (TaskStatus.RETRYING, 0)
     assert deferred.run_at.timestamp() == T0 + 60
@@ -369,8 +384,8 @@ async def test_released_and_deferred_give_the_attempt_back(store: TaskStore) -> 
 
 
 FINISHES: dict[str, tuple[Any, bool]] = {  # outcome, and whether a cancel is requested
-    "completed": (Completed({"rows": [1, 2]}, '{"rows":[1,2]}'), False),
-    "completed, no encoding given": (Completed((1, "a")), False),
+    "completed": (Completed({"rows": [1, 2]}), False),
+    "completed, a tuple": (Completed((1, "a")), False),
     "failed, retried": (Failed("E", "boom", ErrorCategory.NETWORK, retry_at=T0 + 90), False),
     "failed, dead": (Failed("E", "boom", ErrorCategory.VALIDATION, traceback="tb"), False),
     "failed, but cancel requested": (Failed("E", "late", ErrorCategory.UNKNOWN), True),
@@ -381,10 +396,8 @@ FINISHES: dict[str, tuple[Any, bool]] = {  # outcome, and whether a cancel is re
 
 
 @pytest.mark.parametrize("case", list(FINISHES))
-async def test_finish_given_the_claimed_record_returns_the_stored_row(
-    store: TaskStore, case: str
-) -> None:
-    """With ``claimed`` a backend may build the record instead of reading it back: it must
+async def test_finish_returns_the_stored_row(store: TaskStore, case: str) -> None:
+    """A backend may build the record from the claim instead of reading it back: it must
     be the row as stored, whatever changed while the task ran (progress, message, lease,
     cancel flag) and whatever an earlier attempt left (its error)."""
     outcome, cancel = FINISHES[case]
@@ -393,14 +406,14 @@ async def test_finish_given_the_claimed_record_returns_the_stored_row(
     )
     first = await claim_one(store)
     await store.finish(
-        first.token, Failed("Old", "first try", ErrorCategory.NETWORK, retry_at=T0), now=T0 + 1
+        first, Failed("Old", "first try", ErrorCategory.NETWORK, retry_at=T0), now=T0 + 1
     )
     claim = await claim_one(store, now=T0 + 2)
     await store.save_progress([ProgressSnapshot(task.id, 0.4, "step 2", None, T0 + 3)])
     await store.heartbeat(worker=worker(), now=T0 + 4, lease_seconds=LEASE, running=[claim.token])
     if cancel:
         await store.request_cancel(task.id, now=T0 + 5)
-    record = await store.finish(claim.token, outcome, now=T0 + 6, claimed=claim.task)
+    record = await store.finish(claim, outcome, now=T0 + 6)
     assert record == await store.get_task(task.id)
 
 
@@ -479,9 +492,7 @@ async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) ->
     for i in range(6):
         await store.add_task(new_task(T0, payload={"i": i}, metadata={"m": str(i)}))
     retried = await claim_one(store)  # its second attempt ends below
-    await store.finish(
-        retried.token, Failed("E", "first", ErrorCategory.NETWORK, retry_at=T0), now=T0
-    )
+    await store.finish(retried, Failed("E", "first", ErrorCategory.NETWORK, retry_at=T0), now=T0)
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=6)
     assert claims[0].task.id == retried.task.id
     await store.save_progress(
@@ -490,22 +501,19 @@ async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) ->
     done, failing, stale = claims[:4], claims[4], claims[5]
 
     def complete(i: int) -> Callable[[], Awaitable[Any]]:
-        return lambda: store.finish(
-            done[i].token, Completed({"n": i}), now=T0 + 2 + i, claimed=done[i].task
-        )
+        return lambda: store.finish(done[i], Completed({"n": i}), now=T0 + 2 + i)
 
     results = await together(
         store,
         [
             *(complete(i) for i in range(4)),
             lambda: store.finish(
-                failing.token, Failed("E", "boom", ErrorCategory.VALIDATION), now=T0 + 3
+                failing, Failed("E", "boom", ErrorCategory.VALIDATION), now=T0 + 3
             ),
             lambda: store.finish(
-                LeaseToken(stale.task.id, "w1", stale.token.fence - 1),
+                Claim(stale.task, LeaseToken(stale.task.id, "w1", stale.token.fence - 1)),
                 Completed(1),
                 now=T0 + 3,
-                claimed=stale.task,
             ),
             complete(0),  # the same attempt again
         ],
@@ -533,7 +541,7 @@ async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) ->
     still = await store.get_task(stale.task.id)
     assert still is not None
     assert still.status is TaskStatus.RUNNING
-    window = await store.metrics_window(since=T0)
+    window = await store.run(logic.metrics_window(since=T0))
     counts: dict[str, int] = {}
     for group in window.groups:
         counts[group.outcome] = counts.get(group.outcome, 0) + group.count
@@ -575,7 +583,7 @@ async def test_cancel_of_waiting_running_and_finished_tasks(store: TaskStore) ->
         worker=worker(), now=T0 + 3, lease_seconds=LEASE, running=[running.token]
     )
     assert beat.cancel_requested == {running.task.id}
-    done = await store.finish(running.token, Cancelled(), now=T0 + 4)
+    done = await store.finish(running, Cancelled(), now=T0 + 4)
     assert done.status is TaskStatus.CANCELLED
     for task_id in (waiting.id, running.task.id):
         with pytest.raises(TaskStateError):
@@ -589,14 +597,14 @@ async def test_a_cancel_request_wins_over_a_retry(store: TaskStore) -> None:
     claim = await claim_one(store)
     await store.request_cancel(claim.task.id, now=T0 + 1)
     failure = Failed("E", "boom", ErrorCategory.NETWORK, retry_at=T0 + 5)
-    record = await store.finish(claim.token, failure, now=T0 + 2)
+    record = await store.finish(claim, failure, now=T0 + 2)
     assert record.status is TaskStatus.CANCELLED
 
 
 async def test_terminal_tasks_are_never_overwritten(store: TaskStore) -> None:
     await store.add_task(new_task(T0))
     claim = await claim_one(store)
-    await store.finish(claim.token, Completed(1), now=T0 + 1)
+    await store.finish(claim, Completed(1), now=T0 + 1)
     assert await store.cancel_waiting(now=T0 + 2) == []
     assert (await store.reap(now=T0 + 10_000, decide=lambda t: T0)).requeued == []
     assert await store.claim(worker_id="w1", now=T0 + 10_000, lease_seconds=LEASE, limit=1) == []
@@ -609,9 +617,7 @@ async def test_cancel_waiting_clears_pending_and_retrying(store: TaskStore) -> N
     for _ in range(3):
         await store.add_task(new_task(T0))
     claim = await claim_one(store)
-    await store.finish(
-        claim.token, Failed("E", "x", ErrorCategory.NETWORK, retry_at=T0 + 9), now=T0
-    )
+    await store.finish(claim, Failed("E", "x", ErrorCategory.NETWORK, retry_at=T0 + 9), now=T0)
     await store.add_task(new_task(T0))
     running = await claim_one(store)
     assert len(await store.cancel_waiting(now=T0 + 1)) == 3
@@ -662,8 +668,7 @@ async def test_reap_of_an_expired_worker_does_not_wait_for_leases(store: TaskSto
     await store.heartbeat(worker=worker("dead"), now=T0, lease_seconds=LEASE)
     await store.add_task(new_task(T0))
     await claim_one(store, "dead")
-    await store.expire_workers(["dead"])
-    result = await store.reap(now=T0 + 1, decide=lambda t: T0 + 1)
+    result = await store.reap(now=T0 + 1, decide=lambda t: T0 + 1, expired=["dead"])
     assert len(result.requeued) == 1
     assert result.expired_workers == ["dead"]
     assert await store.list_workers() == []
@@ -696,15 +701,15 @@ async def test_counts_by_type_follow_every_change(store: TaskStore) -> None:
     claims = await store.claim(
         worker_id="w1", now=T0, lease_seconds=LEASE, limit=3, task_types=["b"]
     )
-    await store.finish(claims[0].token, Completed(), now=T0 + 1)
-    counts = await store.count_tasks_by_type()
+    await store.finish(claims[0], Completed(), now=T0 + 1)
+    counts = await store.run(logic.count_tasks_by_type())
     assert set(counts) == {"a", "b"}
     assert counts["a"][TaskStatus.PENDING] == 2
     assert counts["b"][TaskStatus.COMPLETED] == 1
     assert set(counts["b"]) == set(TaskStatus)
     assert sum(counts["b"].values()) == 1
-    await store.cleanup(finished_before=T0 + 2)
-    assert set(await store.count_tasks_by_type()) == {"a"}  # no tasks of b left
+    await cleanup(store, before=T0 + 2)
+    assert set(await store.run(logic.count_tasks_by_type())) == {"a"}  # no tasks of b left
 
 
 async def test_metrics_window_groups_attempts_since_a_time(store: TaskStore) -> None:
@@ -713,10 +718,10 @@ async def test_metrics_window_groups_attempts_since_a_time(store: TaskStore) -> 
     first, second, third = await store.claim(
         worker_id="w1", now=T0 + 1, lease_seconds=LEASE, limit=3
     )
-    await store.finish(first.token, Completed(), now=T0 + 3)  # waited 1 s, ran 2 s
-    await store.finish(second.token, Completed(), now=T0 + 5)  # ran 4 s
-    await store.finish(third.token, Failed("E", "x", ErrorCategory.VALIDATION), now=T0 + 6)
-    window = await store.metrics_window(since=T0)
+    await store.finish(first, Completed(), now=T0 + 3)  # waited 1 s, ran 2 s
+    await store.finish(second, Completed(), now=T0 + 5)  # ran 4 s
+    await store.finish(third, Failed("E", "x", ErrorCategory.VALIDATION), now=T0 + 6)
+    window = await store.run(logic.metrics_window(since=T0))
     groups = {(g.outcome, g.category, g.retry): g for g in window.groups}
     completed = groups["completed", None, False]
     assert (completed.task_type, completed.count) == ("a", 2)
@@ -724,27 +729,29 @@ async def test_metrics_window_groups_attempts_since_a_time(store: TaskStore) -> 
     assert groups["failed", "validation", False].count == 1
     assert sorted(window.durations) == [2.0, 4.0]
     assert window.dead_lettered == 1
-    later = await store.metrics_window(since=T0 + 4, sample_limit=1)
+    later = await store.run(logic.metrics_window(since=T0 + 4, sample_limit=1))
     assert sum(g.count for g in later.groups) == 2
     assert later.durations == [4.0]
 
 
 async def test_resource_samples_are_stored_listed_and_cleaned_up(store: TaskStore) -> None:
-    await store.ping()
+    await store.run(logic.ping())
     for i in range(5):
-        await store.add_resource_sample(
-            ResourceSample(
-                recorded_at=T0 + i,
-                cpu_percent=10.0 + i,
-                memory_percent=50.0,
-                disk_percent=20.0,
-                process_rss_mb=64.0,
-                process_cpu_percent=1.5,
-                active_tasks=i,
-                queued_tasks=2 * i,
+        await store.run(
+            logic.add_resource_sample(
+                ResourceSample(
+                    recorded_at=T0 + i,
+                    cpu_percent=10.0 + i,
+                    memory_percent=50.0,
+                    disk_percent=20.0,
+                    process_rss_mb=64.0,
+                    process_cpu_percent=1.5,
+                    active_tasks=i,
+                    queued_tasks=2 * i,
+                )
             )
         )
-    samples = await store.resource_samples(since=T0 + 1, limit=3)
+    samples = await store.run(logic.resource_samples(since=T0 + 1, limit=3))
     assert [s.recorded_at for s in samples] == [T0 + 2, T0 + 3, T0 + 4]  # newest 3, in order
     assert (samples[0].cpu_percent, samples[0].active_tasks, samples[0].queued_tasks) == (
         12.0,
@@ -752,8 +759,8 @@ async def test_resource_samples_are_stored_listed_and_cleaned_up(store: TaskStor
         4,
     )
     assert samples[0].process_cpu_percent == 1.5
-    await store.cleanup(finished_before=T0 + 3)
-    assert [s.recorded_at for s in await store.resource_samples()] == [T0 + 3, T0 + 4]
+    await cleanup(store, before=T0 + 3)
+    assert [s.recorded_at for s in await store.run(logic.resource_samples())] == [T0 + 3, T0 + 4]
 
 
 # --- progress and housekeeping ----------------------------------------------------------
@@ -790,11 +797,11 @@ async def test_cleanup_deletes_old_finished_tasks_with_their_rows(store: TaskSto
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
     by_name = {c.task.name: c for c in claims}
     await store.save_progress([ProgressSnapshot(by_name["old0"].task.id, 0.5, "x", None, T0)])
-    await store.finish(by_name["old0"].token, Completed(), now=T0 + 1)
-    await store.finish(by_name["old1"].token, Failed("E", "x", ErrorCategory.UNKNOWN), now=T0 + 1)
-    await store.finish(by_name["fresh"].token, Completed(), now=T0 + 100)
+    await store.finish(by_name["old0"], Completed(), now=T0 + 1)
+    await store.finish(by_name["old1"], Failed("E", "x", ErrorCategory.UNKNOWN), now=T0 + 1)
+    await store.finish(by_name["fresh"], Completed(), now=T0 + 100)
     still_running = by_name["old2"]
-    deleted = await store.cleanup(finished_before=T0 + 50)
+    deleted = await cleanup(store, before=T0 + 50)
     assert deleted == 2
     assert await store.get_task(by_name["old0"].task.id) is None
     assert await store.list_executions(by_name["old0"].task.id) == []
@@ -843,173 +850,3 @@ async def test_breaker_states_are_shared_and_the_latest_change_wins(
         closed = SharedBreakerState("llm", "closed", None, None, T0 + 70, "w2")
         await other.save_breaker_state(closed)
     assert await store.load_breaker_states() == [closed]
-
-
-# --- translation jobs ----------------------------------------------------------------------
-
-
-def new_job(job_id: str, **fields: Any) -> NewTranslationJob:
-    values: dict[str, Any] = {
-        "id": job_id,
-        "source_language": "English",
-        "target_language": "Chinese",
-        "workflow_mode": "hybrid",
-        "original_text": "Hello world",
-        "metadata": {"author": "A", "title": "T"},
-    }
-    values.update(fields)
-    return NewTranslationJob(**values)
-
-
-async def test_a_translation_job_is_stored_with_its_task(store: TaskStore) -> None:
-    task = new_task(T0, task_type="translation")
-    added = await store.add_translation_job(task, new_job(task.id))
-    assert added.task.id == task.id
-    assert added.task.status is TaskStatus.PENDING
-    got = await store.get_translation_job(task.id)
-    assert got is not None
-    assert got.task == await store.get_task(task.id)
-    assert (got.source_language, got.target_language, got.workflow_mode) == (
-        "English",
-        "Chinese",
-        "hybrid",
-    )
-    assert got.original_text == "Hello world"
-    assert got.metadata == {"author": "A", "title": "T"}
-    assert got.steps == {}
-    assert got.result is None
-    assert got.created_at == T0
-    assert await store.get_translation_job("nope") is None
-
-
-async def test_a_translation_job_and_its_task_are_stored_together_or_not_at_all(
-    store: TaskStore,
-) -> None:
-    first = new_task(T0, task_type="translation")
-    await store.add_translation_job(first, new_job("job-1"))
-    # The job id exists: the new task must not be left behind without its job.
-    orphan = new_task(T0, task_type="translation")
-    with pytest.raises(ValueError, match="already exists"):
-        await store.add_translation_job(orphan, new_job("job-1"))
-    assert await store.get_task(orphan.id) is None
-    # A full queue stores neither.
-    full = new_task(T0, task_type="translation")
-    with pytest.raises(QueueFullError):
-        await store.add_translation_job(full, new_job(full.id), max_queue_size=1)
-    assert await store.get_task(full.id) is None
-    assert await store.get_translation_job(full.id) is None
-    assert len(await store.list_translation_jobs()) == 1
-
-
-async def everything_stored(store: TaskStore) -> tuple[int, int]:
-    """How many tasks (any status) and translation jobs the store holds."""
-    tasks = sum((await store.count_tasks()).values())
-    return tasks, len(await store.list_translation_jobs(limit=1000))
-
-
-async def test_a_batch_of_translation_jobs_is_stored_in_order(store: TaskStore) -> None:
-    before = new_task(T0, task_type="translation")
-    await store.add_translation_job(before, new_job(before.id))
-    tasks = [new_task(T0, task_type="translation", payload={"i": i}) for i in range(3)]
-    items = [
-        (task, new_job(f"job-{i}", workflow_mode=mode))
-        for i, (task, mode) in enumerate(
-            zip(tasks, ["hybrid", "reasoning", "non_reasoning"], strict=True)
-        )
-    ]
-    # Exactly the room left: 1 waiting + 3 new = the limit.
-    rows = await store.add_translation_jobs(items, max_queue_size=4)
-    assert [row.id for row in rows] == ["job-0", "job-1", "job-2"]
-    assert [row.task_id for row in rows] == [task.id for task in tasks]
-    for row, (task, job) in zip(rows, items, strict=True):
-        stored = await store.get_translation_job(job.id)
-        assert stored == row
-        assert stored.task == await store.get_task(task.id)
-        assert stored.task.status is TaskStatus.PENDING
-        assert stored.workflow_mode == job.workflow_mode
-    assert await everything_stored(store) == (4, 4)
-    # Equal priority and run time: the batch is dispatched in the order given.
-    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
-    assert [c.task.id for c in claims] == [before.id, *(task.id for task in tasks)]
-    assert await store.add_translation_jobs([], max_queue_size=1) == []
-    unlimited = [(task, new_job(task.id)) for task in (new_task(T0) for _ in range(2))]
-    assert len(await store.add_translation_jobs(unlimited)) == 2
-    assert await everything_stored(store) == (6, 6)
-
-
-async def test_a_batch_the_queue_has_no_room_for_stores_nothing(store: TaskStore) -> None:
-    waiting = new_task(T0)
-    await store.add_task(waiting)
-    items = [(task, new_job(task.id)) for task in (new_task(T0) for _ in range(3))]
-    with pytest.raises(QueueFullError) as caught:
-        await store.add_translation_jobs(items, max_queue_size=3)  # room for 2
-    assert (caught.value.limit, caught.value.size, caught.value.requested) == (3, 1, 3)
-    assert await everything_stored(store) == (1, 0)
-    for task, job in items:
-        assert await store.get_task(task.id) is None
-        assert await store.get_translation_job(job.id) is None
-    # Running tasks do not count: once the waiting one runs, the batch fits.
-    await claim_one(store)
-    assert len(await store.add_translation_jobs(items, max_queue_size=3)) == 3
-    assert await everything_stored(store) == (4, 3)
-
-
-async def test_a_batch_with_a_taken_id_stores_nothing(store: TaskStore) -> None:
-    first = new_task(T0)
-    await store.add_translation_job(first, new_job("job-taken"))
-    fresh = [new_task(T0) for _ in range(3)]
-    # The last job's id is taken: the tasks and jobs before it must not stay behind.
-    taken_job = [(task, new_job(f"new-{i}")) for i, task in enumerate(fresh[:2])]
-    taken_job.append((fresh[2], new_job("job-taken")))
-    # A task id given twice within the batch.
-    twice = [(fresh[0], new_job("a")), (fresh[1], new_job("b")), (fresh[0], new_job("c"))]
-    # A task id that exists.
-    existing = [(fresh[0], new_job("d")), (first, new_job("e"))]
-    for items in (taken_job, twice, existing):
-        with pytest.raises(ValueError, match="already exists"):
-            await store.add_translation_jobs(items, max_queue_size=100)
-        assert await everything_stored(store) == (1, 1)
-        assert await store.get_tasks([task.id for task in fresh]) == []
-
-
-async def test_translation_jobs_are_listed_newest_first_and_by_status(store: TaskStore) -> None:
-    ids = []
-    for i in range(3):
-        task = new_task(T0 + i, task_type="translation")
-        await store.add_translation_job(task, new_job(task.id))
-        ids.append(task.id)
-    await store.request_cancel(ids[1], now=T0 + 5)
-    assert [job.id for job in await store.list_translation_jobs()] == ids[::-1]
-    assert [job.id for job in await store.list_translation_jobs(limit=1, offset=1)] == [ids[1]]
-    cancelled = await store.list_translation_jobs(statuses=[TaskStatus.CANCELLED])
-    assert [(job.id, job.task.status) for job in cancelled] == [(ids[1], TaskStatus.CANCELLED)]
-    pending = await store.list_translation_jobs(statuses=[TaskStatus.PENDING])
-    assert [job.id for job in pending] == [ids[2], ids[0]]
-
-
-async def test_step_checkpoints_accumulate_and_the_result_is_kept(store: TaskStore) -> None:
-    task = new_task(T0, task_type="translation")
-    await store.add_translation_job(task, new_job(task.id))
-    first = {"output": "你好", "tokens": {"total": 12}, "notes": None}
-    await store.save_translation_step(task.id, "initial_translation", first, now=T0 + 1)
-    await store.save_translation_step(task.id, "editor's review", {"output": "x"}, now=T0 + 2)
-    await store.save_translation_step(task.id, "editor's review", {"output": "y"}, now=T0 + 3)
-    await store.save_translation_result(task.id, {"translation": "你好"}, now=T0 + 4)
-    job = await store.get_translation_job(task.id)
-    assert job is not None
-    assert job.steps == {"initial_translation": first, "editor's review": {"output": "y"}}
-    assert job.result == {"translation": "你好"}
-    assert job.updated_at == T0 + 4
-    with pytest.raises(TaskNotFoundError):
-        await store.save_translation_step("nope", "initial_translation", {}, now=T0)
-    with pytest.raises(TaskNotFoundError):
-        await store.save_translation_result("nope", {}, now=T0)
-
-
-async def test_cleanup_deletes_a_translation_job_with_its_task(store: TaskStore) -> None:
-    task = new_task(T0, task_type="translation")
-    await store.add_translation_job(task, new_job(task.id))
-    await store.request_cancel(task.id, now=T0 + 1)
-    assert await store.cleanup(finished_before=T0 + 10) == 1
-    assert await store.get_translation_job(task.id) is None
-    assert await store.list_translation_jobs() == []

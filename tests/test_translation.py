@@ -24,7 +24,6 @@ from vpsweb_tasks import (
 )
 from vpsweb_tasks.breakers import BreakerState
 from vpsweb_tasks.config import Settings
-from vpsweb_tasks.errors import TranslationJobNotFoundError, TranslationNotConfiguredError
 from vpsweb_tasks.events import (
     TaskCompleted,
     TaskDeferred,
@@ -35,11 +34,17 @@ from vpsweb_tasks.events import (
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.translation import (
     STEPS,
+    TranslationExtension,
     TranslationInput,
     TranslationRequest,
     VPSWebAdapter,
     get_vpsweb_adapter,
 )
+from vpsweb_tasks.translation.errors import (
+    TranslationJobNotFoundError,
+    TranslationNotConfiguredError,
+)
+from vpsweb_tasks.translation.store import list_jobs
 
 from .conftest import FakeClock
 from .llm_server import DROP, HOLD, FakeLLM, Reply, fake_llm
@@ -92,9 +97,10 @@ def breakers(clock: FakeClock) -> BreakerRegistry:
 def make_manager(
     settings: Settings, breakers: BreakerRegistry, clock: Callable[[], float] | None = None
 ) -> TaskManager:
+    extensions = [TranslationExtension()]
     if clock is None:
-        return TaskManager(settings, breakers=breakers)
-    return TaskManager(settings, breakers=breakers, clock=clock)
+        return TaskManager(settings, breakers=breakers, extensions=extensions)
+    return TaskManager(settings, breakers=breakers, clock=clock, extensions=extensions)
 
 
 # --- requests --------------------------------------------------------------------------
@@ -425,7 +431,7 @@ async def test_a_batch_gives_one_job_per_request(
 async def stored_rows(manager: TaskManager) -> tuple[int, int]:
     """Tasks (any status) and translation jobs in the manager's store."""
     tasks = sum((await manager.store.count_tasks()).values())
-    return tasks, len(await manager.store.list_translation_jobs(limit=1000))
+    return tasks, len(await manager.store.run(list_jobs(limit=1000)))
 
 
 async def test_a_batch_is_accepted_all_or_nothing(

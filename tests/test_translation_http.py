@@ -13,6 +13,7 @@ import pytest
 
 from vpsweb_tasks import BreakerConfig, BreakerRegistry, TaskManager, TaskStatus
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.translation import TranslationExtension
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
@@ -34,7 +35,11 @@ class Api:
 
 
 async def start(settings: Settings, llm: FakeLLM) -> AsyncIterator[Api]:
-    manager = TaskManager(settings, breakers=BreakerRegistry(BreakerConfig()))
+    manager = TaskManager(
+        settings,
+        breakers=BreakerRegistry(BreakerConfig()),
+        extensions=[TranslationExtension()],
+    )
     app = create_app(settings, manager=manager)
     async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         yield Api(client, manager, llm)

@@ -28,7 +28,7 @@ from .errors import (
     VpswebTasksError,
 )
 from .events import EventHub
-from .manager import TaskManager, get_task_manager, set_task_manager
+from .manager import Extension, TaskManager, get_task_manager, set_task_manager
 from .models import (
     DeadLetter,
     ExecutionRecord,
@@ -52,6 +52,7 @@ __all__ = [
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",
+    "Extension",
     "HandlerUnavailableError",
     "LeaseLostError",
     "ManagerNotRunningError",

@@ -43,6 +43,7 @@ __all__ = [
     "classify_error",
     "default_classifier",
     "find_error",
+    "parse_retry_after",
     "register_error_rule",
     "retry_after_hint",
 ]
@@ -233,7 +234,7 @@ def register_error_rule(
     default_classifier.register(matcher, category)
 
 
-def _parse_retry_after(value: str, now: float) -> float | None:
+def parse_retry_after(value: str, now: float) -> float | None:
     """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP-date; None when
     malformed."""
     value = value.strip()
@@ -264,7 +265,7 @@ def retry_after_hint(exc: BaseException, *, now: float | None = None) -> float |
         if isinstance(link, httpx.HTTPStatusError):
             header = link.response.headers.get("retry-after")
             if header is not None:
-                parsed = _parse_retry_after(header, current)
+                parsed = parse_retry_after(header, current)
                 if parsed is not None:
                     return parsed
     return None

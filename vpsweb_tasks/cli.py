@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from .config import BackgroundTaskSettings, Settings, load_config
 from .errors import ConfigError
-from .manager import TaskManager, make_store, set_task_manager
+from .manager import Extension, TaskManager, load_extension, make_store, set_task_manager
 from .models import TaskStatus
 
 __all__ = ["main"]
@@ -48,6 +48,21 @@ logger = logging.getLogger("vpsweb_tasks.cli")
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_config(args.config)
+
+
+#: Installed by ``serve`` and ``worker`` (``--extension`` adds more): VPSWeb's
+#: translation jobs, named rather than imported, as any extension would be.
+DEFAULT_EXTENSIONS = ("vpsweb_tasks.translation:TranslationExtension",)
+
+
+def _extensions(args: argparse.Namespace) -> list[Extension]:
+    paths = [*DEFAULT_EXTENSIONS, *args.extensions]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return [load_extension(path) for path in dict.fromkeys(paths)]
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--extension: {exc}") from None
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -81,7 +96,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     # Modules are named as from the working directory, as `python -m` would find them.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    manager = TaskManager(settings)
+    manager = TaskManager(settings, extensions=_extensions(args))
     set_task_manager(manager)
     for module in args.imports:
         try:
@@ -134,7 +149,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     _log_to_stderr(settings)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    serve(settings, host=args.host, port=args.port, imports=args.imports, loop=loop)
+    serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        imports=args.imports,
+        loop=loop,
+        extensions=_extensions(args),
+    )
     return 0
 
 
@@ -236,6 +258,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
+    def extension_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--extension",
+            dest="extensions",
+            action="append",
+            default=[],
+            metavar="MODULE:NAME",
+            help="an extension to install besides translation jobs (repeatable)",
+        )
+
     def loop_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--loop",
@@ -264,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="API only: accept tasks and let `vpsweb-tasks worker` processes run them",
     )
+    extension_option(serve)
     loop_option(serve)
 
     worker = command("worker", _run_worker, "Run workers only (to scale out), until SIGTERM.")
@@ -281,6 +314,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tasks this process runs at once (overrides background_tasks.max_concurrent_jobs)",
     )
+    extension_option(worker)
     loop_option(worker)
 
     status = command("status", _run_status, "Show queue counts, workers and pause state.")

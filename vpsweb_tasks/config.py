@@ -1,9 +1,10 @@
 """Configuration: pydantic models of the YAML sections, and :func:`load_config`.
 
 The file has the sections of the original design document (``background_tasks``,
-``task_monitoring``, ``system_resources``) plus ``storage``, ``logging``, ``http``,
-``providers`` and ``translation``. Every key has a default, so an empty file (or none) is a
-valid config.
+``task_monitoring``, ``system_resources``) plus ``storage``, ``logging`` and ``http``, and
+the sections of installed extensions (the translation extension reads ``providers`` and
+``translation``: :meth:`Settings.section`). Every key has a default, so an empty file (or
+none) is a valid config.
 Environment variables override the file: ``VPSWEB_TASKS_<SECTION>__<KEY>``, for example
 ``VPSWEB_TASKS_BACKGROUND_TASKS__MAX_CONCURRENT_JOBS=8``. Values are validated; an invalid
 one raises :class:`~vpsweb_tasks.errors.ConfigError` naming the key.
@@ -14,17 +15,20 @@ Durations are float seconds; a ``timedelta`` is accepted too.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -42,12 +46,11 @@ __all__ = [
     "HttpSettings",
     "LoggingSettings",
     "MonitoringSettings",
-    "ProviderSettings",
+    "PositiveSeconds",
     "Seconds",
     "Settings",
     "StorageSettings",
     "SystemResourceSettings",
-    "TranslationSettings",
     "load_config",
 ]
 
@@ -57,6 +60,8 @@ def _to_seconds(value: Any) -> Any:
         return value.total_seconds()
     return value
 
+
+M = TypeVar("M", bound=BaseModel)
 
 #: A duration in seconds; accepts numbers or ``timedelta``.
 Seconds = Annotated[float, BeforeValidator(_to_seconds)]
@@ -243,57 +248,6 @@ class LoggingSettings(_Section):
     """Level of the library's logger."""
 
 
-class ProviderSettings(_Section):
-    """An OpenAI-compatible chat-completions provider for translation jobs (Ollama,
-    llama.cpp's server, vLLM, OpenAI, DeepSeek...): ``providers.<name>``."""
-
-    base_url: str | None = None
-    """Base URL of the chat-completions API, e.g. http://127.0.0.1:11434/v1 (steps POST to
-    {base_url}/chat/completions)."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the API key (the key is never stored).
-    Unset: requests carry no Authorization header (local servers)."""
-    models: dict[str, str] = Field(default_factory=dict)
-    """Model by workflow mode (reasoning, non_reasoning, hybrid), by step
-    (initial_translation, editor_review, translator_revision) or by both
-    ("hybrid.editor_review"); the most specific entry wins, then "default"."""
-    timeout: PositiveSeconds = 120.0
-    """Timeout of one LLM call (connect, read, write)."""
-
-    def model_for(self, mode: str, step: str) -> str | None:
-        """The model of one step in one workflow mode, or None if none is configured."""
-        for key in (f"{mode}.{step}", step, mode, "default"):
-            if key in self.models:
-                return self.models[key]
-        return None
-
-    def api_key(self) -> str | None:
-        """The key from the environment variable named by ``api_key_env``, if set."""
-        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
-
-
-class TranslationSettings(_Section):
-    """Translation jobs (the VPSWeb adapter): which provider they use and how."""
-
-    workflow: Literal["builtin", "vpsweb"] = "builtin"
-    """The workflow jobs run: the built-in one (calling the provider below), or VPSWeb's
-    own TranslationWorkflow when the vpsweb package is importable (configured by VPSWeb's
-    config; no provider needed here)."""
-    provider: str | None = None
-    """Name of the entry of ``providers`` translation steps call; unset: the only provider
-    configured."""
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    """Sampling temperature of every step."""
-    max_tokens: int | None = Field(default=None, ge=1)
-    """Upper bound on tokens generated per step (unset: the provider's default)."""
-    max_retries: int = Field(default=3, ge=0)
-    """Retries of a translation job (a retry resumes at the first unfinished step)."""
-    max_batch_size: int = Field(default=50, ge=1)
-    """Most jobs accepted in one batch submit."""
-    health_check_timeout: PositiveSeconds = 5.0
-    """Upper bound on the live provider check of vpsweb/health."""
-
-
 class HttpSettings(_Section):
     """The HTTP API (package ``vpsweb_tasks_http``) and ``vpsweb-tasks serve``."""
 
@@ -319,11 +273,12 @@ class HttpSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """The whole configuration."""
+    """The whole configuration: the core's sections, and extensions' sections kept as given
+    until the extension reads them (:meth:`section`)."""
 
     model_config = SettingsConfigDict(
         frozen=True,
-        extra="forbid",
+        extra="allow",
         env_prefix="VPSWEB_TASKS_",
         env_nested_delimiter="__",
         nested_model_default_partial_update=True,
@@ -335,14 +290,64 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
-    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
-    translation: TranslationSettings = Field(default_factory=TranslationSettings)
+
+    _sections: dict[tuple[str, Any], Any] = PrivateAttr(default_factory=dict)
+
+    def section(self, name: str, kind: type[M]) -> M:
+        """An extension's section ``name``, validated as ``kind`` (a pydantic model): the
+        file's values (or ``load_config``'s overrides), under environment variables
+        ``VPSWEB_TASKS_<NAME>__<KEY>``. Raises :class:`ConfigError` naming each invalid
+        key. Validated once; later calls return the same object."""
+        key = (name, kind)
+        if key not in self._sections:
+            given = (self.model_extra or {}).get(name, {})
+            if not isinstance(given, dict):
+                raise ConfigError(f"invalid configuration:\n  {name}: must be a mapping")
+            try:
+                self._sections[key] = kind.model_validate(_merged(given, _env_section(name)))
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, prefix=name)) from None
+        found: M = self._sections[key]
+        return found
+
+    @property
+    def extra_sections(self) -> list[str]:
+        """Names of the sections that are not the core's (extensions read them)."""
+        return sorted(self.model_extra or {})
 
 
-def _describe(error: ValidationError) -> str:
+def _env_section(name: str) -> dict[str, Any]:
+    """The environment's ``VPSWEB_TASKS_<NAME>__...`` variables as a nested mapping."""
+    reader = create_model(
+        "SectionFromEnvironment",
+        __base__=_EnvironmentOnly,
+        **{name: (dict[str, Any], {})},  # type: ignore[call-overload]
+    )
+    found: dict[str, Any] = reader().model_dump()[name]
+    return found
+
+
+class _EnvironmentOnly(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VPSWEB_TASKS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, *, prefix: str | None = None) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        parts = [prefix, *item["loc"]] if prefix else list(item["loc"])
+        key = ".".join(str(part) for part in parts) or "(root)"
         lines.append(f"{key}: {item['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
@@ -380,8 +385,9 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     return Settings.model_validate(loaded.model_dump())
 
 
-def config_reference() -> str:
-    """Markdown reference of every section and key (docs/configuration.md is this)."""
+def config_reference(extra: Sequence[tuple[str, type[BaseModel]]] = ()) -> str:
+    """Markdown reference of every section and key, the core's and the ``extra`` sections
+    of extensions (docs/configuration.md is this, with the translation extension's)."""
     out = [
         "# Configuration",
         "",
@@ -402,8 +408,7 @@ def config_reference() -> str:
         ("storage", StorageSettings),
         ("logging", LoggingSettings),
         ("http", HttpSettings),
-        ("providers.<name>", ProviderSettings),
-        ("translation", TranslationSettings),
+        *extra,
     ]
     for name, model in sections:
         doc = " ".join((model.__doc__ or "").split())

@@ -10,20 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from .errors import ErrorCategory
 from .log import TaskLogger
 from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
+from .storage.ops import Step
 
-if TYPE_CHECKING:
-    from .manager import TaskManager
-
-__all__ = ["TaskContext", "TaskFunction", "current_task"]
+__all__ = ["Contexts", "TaskContext", "TaskFunction", "TaskHost", "current_task"]
 
 #: ``async def fn(context) -> JSON-able result``
 TaskFunction = Callable[["TaskContext"], Awaitable[Any]]
@@ -57,6 +56,16 @@ class _Flag:
         await self._event.wait()
 
 
+class TaskHost(Protocol):
+    """What a context asks of the manager it belongs to."""
+
+    async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None: ...
+
+    async def wait(
+        self, task_id: str, *, timeout: float | None = None, _context: TaskContext | None = None
+    ) -> TaskRecord: ...
+
+
 def current_task() -> TaskContext | None:
     """The context of the task running in the current async task, if any."""
     return _current.get()
@@ -70,7 +79,7 @@ class TaskContext:
         *,
         task_id: str,
         definition: TaskDefinition | None = None,
-        manager: TaskManager,
+        manager: TaskHost,
         payload: dict[str, Any] | None = None,
         record: TaskRecord | None = None,
     ) -> None:
@@ -90,6 +99,7 @@ class TaskContext:
         self._store_error: BaseException | None = None
         self._done = _Flag(record is not None and record.status.is_terminal)
         self._logger: TaskLogger | None = None
+        self._completion_writes: list[Step] = []
 
     @property
     def definition(self) -> TaskDefinition:
@@ -176,6 +186,16 @@ class TaskContext:
         )
         await self._manager._report_progress(self, update)
 
+    def write_on_completion(self, step: Step) -> None:
+        """Write ``step`` (a named query of an installed extension, see
+        :mod:`vpsweb_tasks.storage.ops`) in the same transaction as this attempt's
+        completion: both are stored or neither. Dropped if the attempt does not complete."""
+        self._completion_writes.append(step)
+
+    def _take_completion_writes(self) -> list[Step]:
+        writes, self._completion_writes = self._completion_writes, []
+        return writes
+
     # --- wait ----------------------------------------------------------------------------
 
     async def wait_stored(self) -> TaskRecord:
@@ -230,3 +250,39 @@ class TaskContext:
     @property
     def error_category(self) -> ErrorCategory | None:
         return self._record.error_category if self._record else None
+
+
+class Contexts:
+    """The contexts of the tasks this process knows, held weakly (a context lives as long
+    as its submitter or its running function holds it)."""
+
+    def __init__(self, host: TaskHost) -> None:
+        self._host = host
+        self._live: weakref.WeakValueDictionary[str, TaskContext] = weakref.WeakValueDictionary()
+
+    def get(self, task_id: str) -> TaskContext | None:
+        return self._live.get(task_id)
+
+    def new(self, task_id: str, definition: TaskDefinition, payload: dict[str, Any]) -> TaskContext:
+        """The context of a task being submitted from this process."""
+        context = TaskContext(
+            task_id=task_id, definition=definition, manager=self._host, payload=payload
+        )
+        self._live[task_id] = context
+        return context
+
+    def of(self, record: TaskRecord) -> TaskContext:
+        """The task's context, made from its record if this process holds none."""
+        context = self._live.get(record.id)
+        if context is None:
+            context = TaskContext(
+                task_id=record.id, manager=self._host, payload=record.payload, record=record
+            )
+            self._live[record.id] = context
+        return context
+
+    def apply(self, record: TaskRecord) -> None:
+        """A task reached a new state: its context, if any, follows."""
+        context = self._live.get(record.id)
+        if context is not None:
+            context._apply(record)

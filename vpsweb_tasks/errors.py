@@ -4,10 +4,9 @@ Exception hierarchy::
 
     VpswebTasksError
     ├── ConfigError (ValueError)          invalid configuration; names the key
-    │   └── TranslationNotConfiguredError no usable LLM provider for translations
+    │   └── NotConfiguredError            a feature's configuration is incomplete (problems)
     ├── QueueFullError                    max_queue_size reached; nothing was stored
     ├── TaskNotFoundError (LookupError)   no task with that id
-    │   └── TranslationJobNotFoundError   no translation job with that id
     ├── UnknownTaskTypeError (LookupError) no handler registered under that name
     ├── TaskStateError                    the task's status does not allow the operation
     ├── ManagerNotRunningError            the manager has not been started (or has stopped)
@@ -17,16 +16,12 @@ Exception hierarchy::
     ├── WorkerLostError                   the worker running a task died (lease expired)
     ├── HandlerUnavailableError           the task's callable is gone (its process died)
     ├── CircuitOpenError (pybreaker.CircuitBreakerError)  a circuit breaker rejected the call
-    ├── Retry                             raised by a task to ask for a retry after `delay`
-    └── ProviderError                     an LLM provider's call failed (status, retry_after)
-        ├── ProviderAuthError             401/403: the key is missing or wrong (permission)
-        ├── ProviderRateLimitError        429, with the Retry-After it sent (external_service)
-        ├── ProviderUnavailableError      5xx, timeout, dropped connection, unusable answer
-        └── ProviderRequestError          another 4xx: the request itself is wrong (validation)
+    └── Retry                             raised by a task to ask for a retry after `delay`
 
 Each class's ``category`` is the :class:`ErrorCategory` it gets when it is the failure of
 a task; failures of task code are not wrapped but classified (see
-:mod:`vpsweb_tasks.classify`).
+:mod:`vpsweb_tasks.classify`). Extensions derive their own errors from these (the
+translation extension's are in :mod:`vpsweb_tasks.translation.errors`).
 """
 
 from __future__ import annotations
@@ -42,19 +37,13 @@ __all__ = [
     "HandlerUnavailableError",
     "LeaseLostError",
     "ManagerNotRunningError",
-    "ProviderAuthError",
-    "ProviderError",
-    "ProviderRateLimitError",
-    "ProviderRequestError",
-    "ProviderUnavailableError",
+    "NotConfiguredError",
     "QueueFullError",
     "ResultNotSerializableError",
     "Retry",
     "TaskNotFoundError",
     "TaskStateError",
     "TaskTimeoutError",
-    "TranslationJobNotFoundError",
-    "TranslationNotConfiguredError",
     "UnknownTaskTypeError",
     "VpswebTasksError",
     "WorkerLostError",
@@ -113,15 +102,6 @@ class TaskNotFoundError(VpswebTasksError, LookupError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task not found: {task_id}")
         self.task_id = task_id
-
-
-class TranslationJobNotFoundError(TaskNotFoundError):
-    """No translation job with the given id (the id may be another kind of task's)."""
-
-    def __init__(self, job_id: str) -> None:
-        VpswebTasksError.__init__(self, f"translation job not found: {job_id}")
-        self.task_id = job_id
-        self.job_id = job_id
 
 
 class UnknownTaskTypeError(VpswebTasksError, LookupError):
@@ -210,50 +190,11 @@ class Retry(VpswebTasksError):
         self.delay = float(delay)
 
 
-class TranslationNotConfiguredError(ConfigError):
-    """Translation jobs cannot run: no LLM provider is configured (or its configuration is
-    incomplete). ``problems`` lists what to configure, one key per entry."""
+class NotConfiguredError(ConfigError):
+    """A feature cannot work until its configuration is complete (an extension's, e.g.
+    translation jobs without an LLM provider). ``problems`` lists what to configure, one
+    key per entry; the HTTP API answers 503 with them."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("translation jobs are not configured: " + "; ".join(problems))
+    def __init__(self, feature: str, problems: list[str]) -> None:
+        super().__init__(f"{feature} are not configured: " + "; ".join(problems))
         self.problems = list(problems)
-
-
-class ProviderError(VpswebTasksError):
-    """A call to an LLM provider failed. ``status`` is the HTTP status (None when no
-    answer came), ``retry_after`` the seconds the provider asked us to wait."""
-
-    category = ErrorCategory.EXTERNAL_SERVICE
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"{provider}: {message}")
-        self.provider = provider
-        self.status = status
-        self.retry_after = retry_after
-
-
-class ProviderAuthError(ProviderError):
-    """401/403: the API key is missing, wrong or not allowed. Not retried."""
-
-    category = ErrorCategory.PERMISSION
-
-
-class ProviderRateLimitError(ProviderError):
-    """429: retried no sooner than the provider's Retry-After."""
-
-
-class ProviderUnavailableError(ProviderError):
-    """5xx, a timeout, a dropped connection or an answer that is not a chat completion."""
-
-
-class ProviderRequestError(ProviderError):
-    """Another 4xx (unknown model, request too large...): repeating it cannot help."""
-
-    category = ErrorCategory.VALIDATION

@@ -21,24 +21,26 @@ closure): it runs in this process only and, should the process die, is failed wi
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import random
 import socket
 import time
 import uuid
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import anyio
 import anyio.abc
+from pydantic import BaseModel
 
 from .breakers import BreakerRegistry, get_breaker_registry
+from .builtin import builtin_tasks
 from .config import Settings, load_config
-from .context import TaskContext, TaskFunction
+from .context import Contexts, TaskContext, TaskFunction
 from .errors import (
     ErrorCategory,
     HandlerUnavailableError,
@@ -54,6 +56,7 @@ from .events import (
     QueuePaused,
     QueueResumed,
     TaskCancelled,
+    TaskProgressed,
     TaskRequeued,
     TaskSubmitted,
 )
@@ -69,32 +72,74 @@ from .models import (
     _json_bounded,
 )
 from .queue import TaskQueue
+from .registry import Registry
 from .retry import RetryConfig, RetryPolicy
-from .storage.base import NewTask, SharedBreakerState, TaskStore
+from .storage import logic
+from .storage.base import TaskStore
+from .storage.ops import Step
+from .storage.queries import Component
+from .storage.types import NewTask, SharedBreakerState
 
-__all__ = ["LinkedInsert", "TaskManager", "TaskType", "get_task_manager", "set_task_manager"]
+__all__ = [
+    "Extension",
+    "TaskManager",
+    "get_task_manager",
+    "load_extension",
+    "set_task_manager",
+]
 
 F = TypeVar("F", bound=TaskFunction)
 
-#: ``await insert(tasks, max_queue_size)`` for :meth:`TaskManager.submit_linked_batch`:
-#: store the tasks (and rows of other tables linked to them) in ONE transaction, with the
-#: queue-size check covering all of them, and return their records in order.
-LinkedInsert = Callable[[Sequence[NewTask], int | None], Awaitable[Sequence[TaskRecord]]]
+#: The steps (an extension's rows) to store with a batch of tasks, given the tasks.
+LinkedRows = Callable[[Sequence[NewTask]], Sequence[Step]]
 
 logger = logging.getLogger("vpsweb_tasks.manager")
 
 _DEAD_LETTER_PAGE = 200  # rows read at a time when filtering dead letters by category
 
 
-class TaskType:
-    """A registered task type: its handler and optional retry policy."""
+class Extension:
+    """An application's way into the core, installed on a manager before it starts::
 
-    __slots__ = ("fn", "name", "retry")
+        manager = TaskManager(settings, extensions=[TranslationExtension()])
 
-    def __init__(self, name: str, fn: TaskFunction, retry: RetryConfig | None = None) -> None:
-        self.name = name
-        self.fn = fn
-        self.retry = retry
+    Subclass it and set what applies (see docs/extending.md):
+
+    * ``name``: unique among a manager's extensions; names its tables' migrations and its
+      named queries (``<name>.<query>``).
+    * ``component``: its tables, migrations and named queries per backend
+      (:class:`~vpsweb_tasks.storage.queries.Component`); :meth:`TaskManager.install`
+      adds it to the store, which migrates it on start. Its operations run through
+      ``manager.store.run(...)``, and may write rows in the same transaction as a task's
+      insert (``manager.submit_batch(..., linked=...)``) or completion
+      (``context.write_on_completion(...)``).
+    * ``sections``: the config sections it reads, by name, as pydantic models; validated
+      at install (:meth:`~vpsweb_tasks.config.Settings.section` reads them).
+    * ``routes``: ``"module:attribute"`` of its HTTP routes, a callable that adds them to
+      the HTTP app's router (``vpsweb_tasks_http`` imports it; the core never does).
+    * :meth:`setup`: register its task types, keep the manager.
+    """
+
+    name: ClassVar[str] = ""
+    component: ClassVar[Component | None] = None
+    sections: ClassVar[Mapping[str, type[BaseModel]]] = {}
+    routes: ClassVar[str | None] = None
+
+    def setup(self, manager: TaskManager) -> None:
+        """Called once by :meth:`TaskManager.install`."""
+
+
+def load_extension(path: str) -> Extension:
+    """The extension named ``"module:name"``: an :class:`Extension` subclass (made with
+    no arguments) or instance."""
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{path!r} is not of the form module:name")
+    found = getattr(importlib.import_module(module_name), name)
+    extension = found() if isinstance(found, type) else found
+    if not isinstance(extension, Extension):
+        raise TypeError(f"{path} is not a vpsweb_tasks Extension")
+    return extension
 
 
 def make_store(settings: Settings) -> TaskStore:
@@ -137,6 +182,7 @@ class TaskManager:
         retry_policy: RetryPolicy | None = None,
         events: EventHub | None = None,
         breakers: BreakerRegistry | None = None,
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self.settings = settings if settings is not None else load_config()
         self.config = self.settings.background_tasks
@@ -149,33 +195,48 @@ class TaskManager:
             max_retry_attempts=self.config.max_retry_attempts,
         )
         self.events = events or EventHub()
-        #: Circuit breakers whose state changes this manager publishes on its hub.
+        #: Circuit breakers whose state changes this manager publishes and shares. By
+        #: default the process-wide registry (``get_breaker``, ``@with_circuit_breaker``):
+        #: a remote service is down for the whole process, whoever calls it.
         self.breakers = breakers if breakers is not None else get_breaker_registry()
-        self._types: dict[str, TaskType] = {}
-        self._closures: dict[str, TaskFunction] = {}
-        self._contexts: weakref.WeakValueDictionary[str, TaskContext] = (
-            weakref.WeakValueDictionary()
-        )
-        self._queue = TaskQueue(self)
+        self._registry = Registry(self.worker_id)
+        self._contexts = Contexts(self)
+        self._extensions: dict[str, Extension] = {}
+        self._queue = self._new_queue()
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._log_handler: Any = None
-        from .builtin_tasks import register_builtin_tasks
-
-        register_builtin_tasks(self)
+        for name, fn in builtin_tasks(
+            store=self.store, cleanup=self.cleanup, settings=self.config
+        ).items():
+            self.register(name, fn)
+        for extension in extensions:
+            self.install(extension)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
         return f"<TaskManager {self.worker_id} {state} on {self.store!r}>"
 
-    # --- registry --------------------------------------------------------------------------
+    def _new_queue(self) -> TaskQueue:
+        return TaskQueue(
+            settings=self.settings,
+            store=self.store,
+            worker_id=self.worker_id,
+            clock=self.clock,
+            retry_policy=self.retry_policy,
+            events=self.events,
+            breakers=self.breakers,
+            registry=self._registry,
+            contexts=self._contexts,
+            spawn=self._tg_start,
+        )
+
+    # --- registry and extensions -----------------------------------------------------------
 
     def register(self, name: str, fn: TaskFunction, *, retry: RetryConfig | None = None) -> None:
         """Register ``fn`` as the handler of task type ``name``."""
-        if not name:
-            raise ValueError("task type name must not be empty")
-        self._types[name] = TaskType(name, fn, retry)
+        self._registry.register(name, fn, retry=retry)
 
     def task(
         self, name: str | None = None, *, retry: RetryConfig | None = None
@@ -191,17 +252,35 @@ class TaskManager:
     @property
     def task_types(self) -> list[str]:
         """Names of the registered task types."""
-        return sorted(self._types)
+        return self._registry.names
 
-    def _type_retry(self, task_type: str) -> RetryConfig | None:
-        spec = self._types.get(task_type)
-        return spec.retry if spec else None
+    def install(self, extension: Extension) -> None:
+        """Install an extension (before :meth:`start`): validate its config sections, add
+        its tables and queries to the store, and let it register its task types."""
+        if self._running:
+            raise RuntimeError(f"install {extension.name!r} before the manager starts")
+        if not extension.name:
+            raise ValueError(f"{type(extension).__name__} has no name")
+        if extension.name in self._extensions:
+            raise ValueError(f"an extension named {extension.name!r} is installed already")
+        for section, kind in extension.sections.items():
+            self.settings.section(section, kind)  # ConfigError now, not when first used
+        if extension.component is not None:
+            self.store.install(extension.component)
+        self._extensions[extension.name] = extension
+        extension.setup(self)
 
-    def _handler_for(self, task: TaskRecord) -> TaskFunction | None:
-        if task.owner is not None:
-            return self._closures.get(task.id) if task.owner == self.worker_id else None
-        spec = self._types.get(task.task_type)
-        return spec.fn if spec else None
+    @property
+    def extensions(self) -> list[Extension]:
+        """The installed extensions, in the order installed."""
+        return list(self._extensions.values())
+
+    def extension(self, name: str) -> Extension:
+        """The installed extension of that name (``KeyError`` if none)."""
+        try:
+            return self._extensions[name]
+        except KeyError:
+            raise KeyError(f"no extension {name!r} is installed on {self!r}") from None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -215,6 +294,7 @@ class TaskManager:
         stack = AsyncExitStack()
         try:
             self._log_handler = configure_logging(self.settings.logging)
+            self._warn_of_unread_sections()
             await stack.enter_async_context(self.events)
             if self._owns_store:
                 await stack.enter_async_context(self.store)
@@ -223,16 +303,26 @@ class TaskManager:
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
             stack.callback(self.breakers.add_listener(self._forward_breaker_event))
-            self._queue = TaskQueue(self)
+            self._queue = self._new_queue()
             await self._queue.start(tg)
+            if self.config.enabled:
+                tg.start_soon(self._cleanup_loop)
         except BaseException:
             self._tg = None
             await stack.aclose()
             raise
         self._stack = stack
         self._running = True
-        if _default is None:
-            set_task_manager(self)
+
+    def _warn_of_unread_sections(self) -> None:
+        read = {name for extension in self.extensions for name in extension.sections}
+        for name in self.settings.extra_sections:
+            if name not in read:
+                logger.warning(
+                    "config section %r is read by no installed extension (extensions: %s)",
+                    name,
+                    ", ".join(self._extensions) or "none",
+                )
 
     async def stop(self) -> None:
         """Graceful shutdown: stop claiming, let running tasks finish within
@@ -292,6 +382,17 @@ class TaskManager:
         except Exception:
             logger.exception("could not share circuit breaker %r's state", event.name)
 
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.cleanup_interval)
+            try:
+                deleted = await self.cleanup()
+            except Exception:
+                logger.exception("retention cleanup failed; trying again next interval")
+            else:
+                if deleted:
+                    logger.info("retention cleanup deleted %d finished tasks", deleted)
+
     def _require_running(self) -> anyio.abc.TaskGroup:
         if not self._running or self._tg is None:
             raise ManagerNotRunningError(
@@ -326,12 +427,12 @@ class TaskManager:
                 raise ValueError(
                     f"task type {name!r} does not match the definition's {definition.task_type!r}"
                 )
-            if name not in self._types:
-                raise UnknownTaskTypeError(name, list(self._types))
+            if self._registry.get(name) is None:
+                raise UnknownTaskTypeError(name, self._registry.names)
         elif not callable(fn):
             raise TypeError("fn must be an async callable or a registered task type name")
         else:
-            spec = self._types.get(definition.task_type)
+            spec = self._registry.get(definition.task_type)
             if spec is None or spec.fn is not fn:
                 closure = fn
                 if not self.config.enabled:
@@ -358,6 +459,14 @@ class TaskManager:
         )
         return task, closure
 
+    def _new_context(
+        self, task: NewTask, definition: TaskDefinition, closure: TaskFunction | None
+    ) -> TaskContext:
+        context = self._contexts.new(task.id, definition, task.payload)
+        if closure is not None:
+            self._registry.add_closure(task.id, closure)
+        return context
+
     def create_task(
         self, definition: TaskDefinition, fn: TaskFunction | str | None = None
     ) -> TaskContext:
@@ -370,9 +479,7 @@ class TaskManager:
         tg = self._require_running()
         task, closure = self._prepare(definition, fn, {})
         context = self._new_context(task, definition, closure)
-        tg.start_soon(
-            functools.partial(self._store, [task], [context], self._add_task, raise_errors=False)
-        )
+        tg.start_soon(functools.partial(self._store, [task], [context], raise_errors=False))
         return context
 
     async def submit(
@@ -391,46 +498,27 @@ class TaskManager:
         self._require_running()
         task, closure = self._prepare(definition, fn, payload)
         context = self._new_context(task, definition, closure)
-        await self._store([task], [context], self._add_task, raise_errors=True)
+        await self._store([task], [context], raise_errors=True)
         return context
 
-    async def submit_linked(
-        self,
-        definition: TaskDefinition,
-        insert: Callable[[NewTask, int | None], Awaitable[TaskRecord]],
-        fn: TaskFunction | str | None = None,
-        **payload: Any,
-    ) -> TaskContext:
-        """:meth:`submit`, for a task stored together with rows of other tables:
-        ``await insert(task, max_queue_size)`` must add the task and its rows in one
-        store transaction (e.g. :meth:`TaskStore.add_translation_job`) and return the
-        task's record. Raises what :meth:`submit` raises, and what ``insert`` raises."""
-
-        async def insert_one(tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
-            (task,) = tasks
-            return [await insert(task, limit)]
-
-        (context,) = await self.submit_linked_batch([definition], insert_one, fn, [payload])
-        return context
-
-    async def submit_linked_batch(
+    async def submit_batch(
         self,
         definitions: Sequence[TaskDefinition],
-        insert: LinkedInsert,
         fn: TaskFunction | str | None = None,
+        *,
         payloads: Sequence[dict[str, Any]] | None = None,
+        linked: LinkedRows | None = None,
     ) -> list[TaskContext]:
-        """:meth:`submit_linked` for several tasks, stored all together or not at all:
-        ``await insert(tasks, max_queue_size)`` must add every task with its rows in ONE
-        store transaction, checking that the queue has room for all of them (e.g.
-        :meth:`TaskStore.add_translation_jobs`), and return their records in order.
+        """Store several tasks all together or not at all, and return their contexts in
+        order (dispatched in that order when priority and run time are equal).
         ``payloads`` are the tasks' payloads (default: empty), one per definition.
+        ``linked(tasks)`` gives the steps that store an extension's rows for these tasks
+        (e.g. their translation jobs), written in the same transaction.
 
         Every definition and payload is checked before anything is stored; the first
-        problem raises as :meth:`submit` would, and so does ``insert``'s error
-        (``QueueFullError`` when the batch does not fit): then nothing was stored. The
-        contexts are returned in order once all are committed; their ``TaskSubmitted``
-        events are published only after the commit."""
+        problem raises as :meth:`submit` would. ``QueueFullError`` when the queue has no
+        room for all of them, or the error of a linked row (a taken key): then nothing was
+        stored. ``TaskSubmitted`` events are published only after the commit."""
         self._require_running()
         if payloads is None:
             payloads = [{} for _ in definitions]
@@ -447,23 +535,9 @@ class TaskManager:
             self._new_context(task, definition, closure)
             for (task, closure), definition in zip(prepared, definitions, strict=True)
         ]
-        await self._store(tasks, contexts, insert, raise_errors=True)
+        steps = linked(tasks) if linked is not None else ()
+        await self._store(tasks, contexts, linked=steps, raise_errors=True)
         return contexts
-
-    def _new_context(
-        self, task: NewTask, definition: TaskDefinition, closure: TaskFunction | None
-    ) -> TaskContext:
-        context = TaskContext(
-            task_id=task.id, definition=definition, manager=self, payload=task.payload
-        )
-        self._contexts[task.id] = context
-        if closure is not None:
-            self._closures[task.id] = closure
-        return context
-
-    async def _add_task(self, tasks: Sequence[NewTask], limit: int | None) -> list[TaskRecord]:
-        (task,) = tasks
-        return [await self.store.add_task(task, max_queue_size=limit)]
 
     def _wake_dispatcher(self, tasks: Sequence[NewTask]) -> None:
         for task in tasks:
@@ -473,28 +547,24 @@ class TaskManager:
         self,
         tasks: Sequence[NewTask],
         contexts: Sequence[TaskContext],
-        insert: LinkedInsert,
         *,
+        linked: Sequence[Step] = (),
         raise_errors: bool,
     ) -> None:
-        """Store ``tasks`` through ``insert`` (one transaction), then settle their
-        contexts and announce them; on an error, fail every context."""
-        # On a store whose calls run in order (SQLite), the dispatcher is woken before the
-        # insert is even committed: its claim is queued behind the insert, so an idle
-        # worker claims the task in the insert's own group commit (one round trip, not
-        # two). The plain submit queues its insert before its first await; a linked
-        # insert may not, so the dispatcher is woken again after its commit.
-        early = self.store.serial_writes and insert == self._add_task
-        if early:
-            self._wake_dispatcher(tasks)
+        """Store ``tasks`` (one transaction), then settle their contexts and announce
+        them; on an error, fail every context. The dispatcher is woken as soon as a claim
+        would see the tasks (the store says when: see ``TaskStore.add_tasks``)."""
         try:
             with anyio.CancelScope(shield=True):
-                records = list(await insert(tasks, self.config.max_queue_size))
-            if len(records) != len(tasks):
-                raise RuntimeError(f"stored {len(records)} records for {len(tasks)} tasks")
+                records = await self.store.add_tasks(
+                    tasks,
+                    max_queue_size=self.config.max_queue_size,
+                    linked=linked,
+                    announce=functools.partial(self._wake_dispatcher, tasks),
+                )
         except Exception as exc:
             for task, context in zip(tasks, contexts, strict=True):
-                self._closures.pop(task.id, None)
+                self._registry.drop_closure(task.id)
                 context._mark_stored(None, exc)
                 task_logger(task.id, "vpsweb_tasks.manager").warning("not stored: %s", exc)
             if raise_errors:
@@ -507,8 +577,6 @@ class TaskManager:
                 task_logger(task.id, "vpsweb_tasks.manager").info(
                     "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
                 )
-        if not early:
-            self._wake_dispatcher(tasks)
         for task, record in zip(tasks, records, strict=True):
             await self.events.publish(
                 TaskSubmitted(
@@ -545,18 +613,6 @@ class TaskManager:
         """The live context of a task known to this process, if any."""
         return self._contexts.get(task_id)
 
-    def _context_for(self, record: TaskRecord) -> TaskContext:
-        context = self._contexts.get(record.id)
-        if context is None:
-            context = TaskContext(
-                task_id=record.id,
-                manager=self,
-                payload=record.payload,
-                record=record,
-            )
-            self._contexts[record.id] = context
-        return context
-
     async def wait(
         self, task_id: str, *, timeout: float | None = None, _context: TaskContext | None = None
     ) -> TaskRecord:
@@ -565,7 +621,7 @@ class TaskManager:
         with anyio.fail_after(timeout):
             context = _context or self._contexts.get(task_id)
             if context is None:
-                context = self._context_for(await self.get_task(task_id))
+                context = self._contexts.of(await self.get_task(task_id))
             while not context.done:
                 with anyio.move_on_after(self.config.queue_check_interval):
                     await context._done.wait()
@@ -576,17 +632,7 @@ class TaskManager:
                 record = await self.get_task(task_id)
             return record
 
-    def _finished(self, record: TaskRecord) -> None:
-        """A task reached a new state in this process (called by the queue)."""
-        context = self._contexts.get(record.id)
-        if context is not None:
-            context._apply(record)
-        if record.status.is_terminal:
-            self._closures.pop(record.id, None)
-
     async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None:
-        from .events import TaskProgressed
-
         if context.task_id in self._queue.running:
             self._queue.buffer_progress(update)
         await self.events.publish(
@@ -613,7 +659,7 @@ class TaskManager:
             if running is not None:
                 running.stop("cancel")
         else:
-            self._finished(record)
+            self._queue.finished(record)
             await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
         return record
 
@@ -632,10 +678,9 @@ class TaskManager:
         """Cancel every pending and retrying task; return how many."""
         cancelled = await self.store.cancel_waiting(now=self.clock())
         for task_id in cancelled:
-            context = self._contexts.get(task_id)
-            if context is not None:
-                context._apply(await self.get_task(task_id))
-            self._closures.pop(task_id, None)
+            if self._contexts.get(task_id) is not None:
+                self._contexts.apply(await self.get_task(task_id))
+            self._registry.drop_closure(task_id)
             await self.events.publish(TaskCancelled(task=task_id))
         await self.events.publish(QueueCleared(cancelled=len(cancelled)))
         return len(cancelled)
@@ -656,9 +701,16 @@ class TaskManager:
         )
 
     async def cleanup(self, *, retention_hours: float | None = None) -> int:
-        """Delete finished tasks older than the retention period; return how many."""
+        """Delete finished tasks older than the retention period (with their rows in the
+        other tables), and resource samples as old; return how many tasks."""
         hours = self.config.task_retention_hours if retention_hours is None else retention_hours
-        return await self.store.cleanup(finished_before=self.clock() - hours * 3600)
+        before = self.clock() - hours * 3600
+        total = 0
+        # Small transactions, so other writers are never held up for long.
+        while deleted := await self.store.run(logic.delete_finished(before=before)):
+            total += deleted
+        await self.store.run(logic.delete_samples(before=before))
+        return total
 
     @property
     def queue(self) -> TaskQueue:
@@ -772,9 +824,7 @@ class TaskManager:
 
     async def _requeued(self, records: list[TaskRecord]) -> None:
         for record in records:
-            context = self._contexts.get(record.id)
-            if context is not None:
-                context._apply(record)
+            self._contexts.apply(record)
             task_logger(record.id, "vpsweb_tasks.manager").info(
                 "requeued from the dead letter queue"
             )
@@ -811,9 +861,9 @@ _default: TaskManager | None = None
 
 
 def get_task_manager() -> TaskManager:
-    """The process-wide manager: the one passed to :func:`set_task_manager`, else the
-    first one started, else a new one configured by :func:`load_config` (start it with
-    ``async with get_task_manager():``)."""
+    """The process-wide manager: the one passed to :func:`set_task_manager`, else a new one
+    configured by :func:`load_config`, made on the first call (start it with ``async with
+    get_task_manager():``). A manager never makes itself the default by starting."""
     global _default
     if _default is None:
         _default = TaskManager()

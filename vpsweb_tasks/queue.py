@@ -1,6 +1,8 @@
 """Dispatch: claiming tasks, running them, and keeping their leases.
 
-One :class:`TaskQueue` per manager runs these loops in the manager's task group:
+One :class:`TaskQueue` per manager runs these loops in the manager's task group (it
+knows the manager only through what it is given: storage, the registry of task types,
+the live contexts, the event hub and a way to start tasks):
 
 * **dispatch**: claim up to the free capacity (``max_concurrent_jobs`` minus running) in
   one SQL statement, highest priority first, and hand each claimed task to a runner. It
@@ -13,7 +15,6 @@ One :class:`TaskQueue` per manager runs these loops in the manager's task group:
   processes, and stop tasks whose lease was lost.
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
-* **cleanup**: delete finished tasks past ``task_retention_hours``.
 
 A task runs under its own cancel scope and a timeout (the task's own, else
 ``task_timeouts[type]``, else ``job_timeout``). Its outcome, the retry decision, the
@@ -23,7 +24,6 @@ cancellation, and only then published as events.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -31,14 +31,16 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
 import psutil
 
+from .breakers import BreakerRegistry
 from .classify import find_error
-from .context import TaskContext, _current
+from .config import Settings
+from .context import Contexts, TaskContext, _current
 from .errors import (
     CircuitOpenError,
     HandlerUnavailableError,
@@ -48,6 +50,7 @@ from .errors import (
     WorkerLostError,
 )
 from .events import (
+    EventHub,
     TaskCancelled,
     TaskCompleted,
     TaskDeadLettered,
@@ -59,7 +62,10 @@ from .events import (
 )
 from .log import TaskLogger, task_logger
 from .models import ProgressUpdate, TaskRecord, TaskStatus
-from .storage.base import (
+from .registry import Registry
+from .retry import RetryPolicy
+from .storage.base import TaskStore
+from .storage.types import (
     Cancelled,
     Claim,
     Completed,
@@ -73,9 +79,6 @@ from .storage.base import (
     WorkerInfo,
 )
 
-if TYPE_CHECKING:
-    from .manager import TaskManager
-
 __all__ = ["RunningTask", "TaskQueue"]
 
 logger = logging.getLogger("vpsweb_tasks.queue")
@@ -85,15 +88,19 @@ logger = logging.getLogger("vpsweb_tasks.queue")
 class RunningTask:
     """A task this process is running."""
 
-    token: LeaseToken
+    claim: Claim
     context: TaskContext
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
 
     @property
+    def token(self) -> LeaseToken:
+        return self.claim.token
+
+    @property
     def log(self) -> TaskLogger:
-        return task_logger(self.token.task_id)
+        return task_logger(self.claim.token.task_id)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -121,10 +128,31 @@ def _process_alive(pid: int, started_at: float | None) -> bool:
 class TaskQueue:
     """The dispatch side of a :class:`~vpsweb_tasks.manager.TaskManager`."""
 
-    def __init__(self, manager: TaskManager) -> None:
-        self.manager = manager
-        self.config = manager.config
-        self.store = manager.store
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: TaskStore,
+        worker_id: str,
+        clock: Callable[[], float],
+        retry_policy: RetryPolicy,
+        events: EventHub,
+        breakers: BreakerRegistry,
+        registry: Registry,
+        contexts: Contexts,
+        spawn: Callable[..., None],
+    ) -> None:
+        self.settings = settings
+        self.config = settings.background_tasks
+        self.store = store
+        self.worker_id = worker_id
+        self.clock = clock
+        self.retry_policy = retry_policy
+        self.events = events
+        self.breakers = breakers
+        self.registry = registry
+        self.contexts = contexts
+        self._spawn = spawn
         self.running: dict[str, RunningTask] = {}
         self._wake = anyio.Event()
         self._idle = anyio.Event()
@@ -147,7 +175,7 @@ class TaskQueue:
         self._claimed = _Handoff()
         self._runners = 0
         self.worker = WorkerInfo(
-            worker_id=manager.worker_id,
+            worker_id=worker_id,
             hostname=socket.gethostname(),
             pid=os.getpid(),
             process_started_at=_process_started_at(),
@@ -206,7 +234,14 @@ class TaskQueue:
         return min(self.config.queue_check_interval, self.config.lease_seconds / 3)
 
     def _now(self) -> float:
-        return self.manager.clock()
+        return self.clock()
+
+    def finished(self, record: TaskRecord) -> None:
+        """A task reached a new state in this process: its context follows, and a
+        finished closure is let go."""
+        self.contexts.apply(record)
+        if record.status.is_terminal:
+            self.registry.drop_closure(record.id)
 
     # --- loops -----------------------------------------------------------------------------
 
@@ -225,7 +260,6 @@ class TaskQueue:
             tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
-            tg.start_soon(self._loop, "cleanup", self._cleanup_loop)
 
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -248,7 +282,7 @@ class TaskQueue:
         if kind in ("task_added", "changed"):
             self.notify()
         elif kind == "breaker_changed":
-            self.manager._tg_start(self._loop_once, "breaker sync", self.sync_breakers)
+            self._spawn(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
             running = self.running.get(task_id)
             if running is not None and running.stop_reason is None:
@@ -317,12 +351,12 @@ class TaskQueue:
     async def sync_breakers(self) -> None:
         """Adopt breaker states other workers recorded since we last looked."""
         for shared in await self.store.load_breaker_states():
-            if shared.worker_id == self.manager.worker_id:
+            if shared.worker_id == self.worker_id:
                 continue
             if shared.updated_at <= self._breakers_seen.get(shared.name, float("-inf")):
                 continue
             self._breakers_seen[shared.name] = shared.updated_at
-            breaker = self.manager.breakers.get(shared.name)
+            breaker = self.breakers.get(shared.name)
             if breaker.adopt(shared.state, opened_at=shared.opened_at):
                 logger.info(
                     "circuit breaker %r is %s: adopted from worker %s",
@@ -341,23 +375,23 @@ class TaskQueue:
     async def _claim_and_start(self, limit: int) -> int:
         with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
             claims = await self.store.claim(
-                worker_id=self.manager.worker_id,
+                worker_id=self.worker_id,
                 now=self._now(),
                 lease_seconds=self.config.lease_seconds,
                 limit=limit,
-                task_types=self.manager.task_types,
+                task_types=self.registry.names,
                 by_priority=self.config.enable_priority_queue,
             )
         for claim in claims:
-            context = self.manager._context_for(claim.task)
-            running = RunningTask(claim.token, context)
+            context = self.contexts.of(claim.task)
+            running = RunningTask(claim, context)
             self.running[claim.task.id] = running
             if self._idle.is_set():
                 self._idle = anyio.Event()
             self._claimed.put((claim, running))
         while self._runners < len(self.running):  # a free runner for every claimed task
             self._runners += 1
-            self.manager._tg_start(self._runner)
+            self._spawn(self._runner)
         return len(claims)
 
     async def _runner(self) -> None:
@@ -397,18 +431,17 @@ class TaskQueue:
         dead = [
             worker.worker_id
             for worker in await self.store.list_workers()
-            if worker.worker_id != self.manager.worker_id
+            if worker.worker_id != self.worker_id
             and worker.hostname == self.worker.hostname
             and not _process_alive(worker.pid, worker.process_started_at)
         ]
         if dead:
             logger.warning("workers %s on this host are gone; recovering their tasks", dead)
-            await self.store.expire_workers(dead)
         now = self._now()
         lost = WorkerLostError("the worker running this task stopped renewing its lease")
 
         def decide(task: TaskRecord) -> float | None:
-            return self.manager.retry_policy.decide(
+            return self.retry_policy.decide(
                 lost,
                 attempts=task.attempts,
                 max_retries=task.max_retries,
@@ -417,15 +450,15 @@ class TaskQueue:
                 task_config=task.retry,
             ).retry_at
 
-        result = await self.store.reap(now=now, decide=decide)
+        result = await self.store.reap(now=now, decide=decide, expired=dead)
         for task in result.requeued:
             task_logger(task.id).warning(
                 "attempt %d lost with its worker; retrying at %s", task.attempts, task.run_at
             )
         for task in result.failed:
             task_logger(task.id).error("failed: %s", task.error_message)
-            self.manager._finished(task)
-            await self.manager.events.publish(
+            self.finished(task)
+            await self.events.publish(
                 TaskDeadLettered(
                     task=task.id,
                     task_type=task.task_type,
@@ -441,12 +474,6 @@ class TaskQueue:
     async def _flush_loop(self) -> None:
         await anyio.sleep(self.config.progress_flush_interval)
         await self.flush_progress()
-
-    async def _cleanup_loop(self) -> None:
-        await anyio.sleep(self.config.cleanup_interval)
-        deleted = await self.manager.cleanup()
-        if deleted:
-            logger.info("retention cleanup deleted %d finished tasks", deleted)
 
     # --- progress ------------------------------------------------------------------------
 
@@ -465,7 +492,7 @@ class TaskQueue:
             pending[-1] = snapshot
         else:
             pending.append(snapshot)
-            if len(pending) > self.manager.settings.task_monitoring.progress_history_limit:
+            if len(pending) > self.settings.task_monitoring.progress_history_limit:
                 del pending[0]
 
     async def flush_progress(self, task_id: str | None = None) -> None:
@@ -489,12 +516,12 @@ class TaskQueue:
                 running.log.info(
                     "started attempt %d of %s (%s)", task.attempts, task.task_type, task.name
                 )
-            await self.manager.events.publish(
+            await self.events.publish(
                 TaskStarted(
                     task=task.id,
                     task_type=task.task_type,
                     attempt=task.attempts,
-                    worker_id=self.manager.worker_id,
+                    worker_id=self.worker_id,
                 )
             )
             result, error = await self._call(task, running)
@@ -511,7 +538,7 @@ class TaskQueue:
     async def _call(
         self, task: TaskRecord, running: RunningTask
     ) -> tuple[Any, BaseException | None]:
-        handler = self.manager._handler_for(task)
+        handler = self.registry.handler_for(task)
         if handler is None:
             return None, HandlerUnavailableError(
                 f"no handler for task type {task.task_type!r} in this process"
@@ -549,29 +576,23 @@ class TaskQueue:
             case "shutdown":
                 return Released()
         if error is None:
-            try:  # encoded once: the check is also what the store writes
-                encoded = (
-                    "null"
-                    if result is None
-                    else json.dumps(result, separators=(",", ":"), allow_nan=False)
-                )
+            try:
+                return Completed(result)  # encodes it, as the store will write it
             except (TypeError, ValueError) as exc:
                 error = ResultNotSerializableError(f"task returned a non-JSON result: {exc}")
-            else:
-                return Completed(result, encoded)
         # A breaker's rejection (also from inside the handler's own task group) defers the
         # task without spending an attempt; the failure that trips a breaker does not.
         breaker = find_error(error, CircuitOpenError)
         if breaker is not None and breaker.retry_at is not None:
             return Deferred(retry_at=breaker.retry_at, reason=str(breaker))
         now = self._now()
-        decision = self.manager.retry_policy.decide(
+        decision = self.retry_policy.decide(
             error,
             attempts=task.attempts,
             max_retries=task.max_retries,
             now=now,
             task_type=task.task_type,
-            task_config=task.retry or self.manager._type_retry(task.task_type),
+            task_config=task.retry or self.registry.retry_for(task.task_type),
         )
         return Failed(
             error_type=type(error).__name__,
@@ -585,11 +606,15 @@ class TaskQueue:
         self, task: TaskRecord, running: RunningTask, outcome: Outcome | None
     ) -> None:
         record: TaskRecord | None = None
+        linked = running.context._take_completion_writes()
         try:
             await self.flush_progress(task.id)
             if outcome is not None:
                 record = await self.store.finish(
-                    running.token, outcome, now=self._now(), claimed=task
+                    running.claim,
+                    outcome,
+                    now=self._now(),
+                    linked=linked if isinstance(outcome, Completed) else (),
                 )
         except LeaseLostError:
             running.log.warning(
@@ -607,13 +632,13 @@ class TaskQueue:
             return
         if record.status.is_waiting:
             self.notify(run_at=record.run_at.timestamp())
-        self.manager._finished(record)
+        self.finished(record)
         await self._publish_outcome(record, outcome, running)
 
     async def _publish_outcome(
         self, record: TaskRecord, outcome: Outcome | None, running: RunningTask
     ) -> None:
-        events = self.manager.events
+        events = self.events
         task_id, task_type = record.id, record.task_type
         if record.status is TaskStatus.COMPLETED:
             if logger.isEnabledFor(logging.INFO):
@@ -704,7 +729,7 @@ class TaskQueue:
             await self._idle.wait()
         self._claimed.close()  # idle runners return
         await self.flush_progress()
-        await self.store.remove_worker(self.manager.worker_id)
+        await self.store.remove_worker(self.worker_id)
 
 
 _Claimed = tuple[Claim, RunningTask]

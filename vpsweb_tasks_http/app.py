@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 import vpsweb_tasks
 from vpsweb_tasks import Settings, TaskManager, TaskMonitor, load_config
+from vpsweb_tasks.translation import TranslationExtension
 
 from .dashboard import mount_dashboard
 from .routes import create_router
@@ -26,10 +27,11 @@ def create_app(
     setup: Callable[[TaskManager], None] | None = None,
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops the manager (workers, unless
-    ``background_tasks.enabled`` is false) and the monitor. ``setup(manager)`` runs before
-    start, to register task types."""
+    ``background_tasks.enabled`` is false) and the monitor. Without a ``manager``, one is
+    made with the translation extension installed. ``setup(manager)`` runs before start,
+    to register task types."""
     settings = settings or (manager.settings if manager else load_config())
-    manager = manager or TaskManager(settings)
+    manager = manager or TaskManager(settings, extensions=[TranslationExtension()])
     monitor = monitor or TaskMonitor(manager)
     if setup is not None:
         setup(manager)

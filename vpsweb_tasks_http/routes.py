@@ -13,6 +13,7 @@ definition time, and some refer to dependencies local to :func:`create_router`.)
 """
 
 import hmac
+import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
@@ -34,10 +35,10 @@ from vpsweb_tasks.errors import (
     ErrorCategory,
     HandlerUnavailableError,
     ManagerNotRunningError,
+    NotConfiguredError,
     QueueFullError,
     TaskNotFoundError,
     TaskStateError,
-    TranslationNotConfiguredError,
     UnknownTaskTypeError,
 )
 from vpsweb_tasks.events import SubscriberLagged
@@ -74,7 +75,6 @@ from .schemas import (
     TaskListResponse,
     TaskResponse,
 )
-from .translation import create_translation_router
 
 __all__ = ["create_router"]
 
@@ -120,7 +120,7 @@ def _route_class(retry_after: int) -> type[APIRoute]:
                     return JSONResponse({"detail": detail}, status_code=422)
                 except ManagerNotRunningError as exc:
                     return _error(503, str(exc))
-                except TranslationNotConfiguredError as exc:
+                except NotConfiguredError as exc:
                     return JSONResponse(
                         {"detail": str(exc), "problems": exc.problems}, status_code=503
                     )
@@ -534,14 +534,18 @@ def create_router(
         return MonitoringStateResponse(monitoring=monitor.running)
 
     public.add_to(router)
-    create_translation_router(
-        manager,
-        route_class=route_class,
-        dependencies=guarded,
-        responses=guarded_errors,
-        prefix=TASKS_PREFIX,
-        router=router,
-    )
+    for extension in manager.extensions:
+        if extension.routes is not None:
+            module, _, name = extension.routes.partition(":")
+            add_routes = getattr(importlib.import_module(module), name)
+            add_routes(
+                manager,
+                route_class=route_class,
+                dependencies=guarded,
+                responses=guarded_errors,
+                prefix=TASKS_PREFIX,
+                router=router,
+            )
     for group in (tasks, monitoring, task_streams, monitoring_streams):
         group.add_to(router)
     if metrics_path is not None:

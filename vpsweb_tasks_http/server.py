@@ -10,6 +10,8 @@ from typing import Literal
 import uvicorn
 
 from vpsweb_tasks import Settings, TaskManager, set_task_manager
+from vpsweb_tasks.manager import Extension
+from vpsweb_tasks.translation import TranslationExtension
 
 from .app import create_app
 
@@ -23,12 +25,16 @@ def serve(
     port: int | None = None,
     imports: Sequence[str] = (),
     loop: Literal["auto", "asyncio", "uvloop"] = "auto",
+    extensions: Sequence[Extension] | None = None,
 ) -> None:
     """Serve until interrupted. Modules in ``imports`` are imported after the process-wide
     manager is set, so their ``@get_task_manager().task("name")`` decorators register on
     it. Binds ``http.host`` (127.0.0.1 by default) unless told otherwise. ``loop`` is
-    uvicorn's: ``auto`` takes uvloop when it is installed."""
-    manager = TaskManager(settings)
+    uvicorn's: ``auto`` takes uvloop when it is installed. ``extensions`` are installed on
+    the manager (default: the translation extension)."""
+    if extensions is None:
+        extensions = [TranslationExtension()]
+    manager = TaskManager(settings, extensions=extensions)
     set_task_manager(manager)
     for module in imports:
         importlib.import_module(module)

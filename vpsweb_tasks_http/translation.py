@@ -317,3 +317,7 @@ async def _final(vpsweb: VPSWebAdapter, job_id: str, event: Event | None) -> Ser
             "error_category": job.error_category,
         },
     )
+
+
+#: The translation extension's ``routes``.
+add_routes = create_translation_router

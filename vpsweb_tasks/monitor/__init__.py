@@ -46,7 +46,8 @@ from ..events import (
 )
 from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
 from ..overload import RESUME_FRACTION, OverloadControl
-from ..storage.base import ProgressSnapshot
+from ..storage import logic
+from ..storage.types import ProgressSnapshot
 from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
 from .resources import PsutilSampler, Sampler
 from .statistics import TaskStatistics, statistics_from
@@ -241,13 +242,13 @@ class TaskMonitor:
         store = self.manager.store
         now = self.manager.clock()
         window_seconds = self.settings.task_monitoring.statistics_window
-        window = await store.metrics_window(since=now - window_seconds)
+        window = await store.run(logic.metrics_window(since=now - window_seconds))
         return statistics_from(
             window,
             now=now,
             window_seconds=window_seconds,
             counts=await store.count_tasks(),
-            counts_by_type=await store.count_tasks_by_type(),
+            counts_by_type=await store.run(logic.count_tasks_by_type()),
         )
 
     # --- resources and overload ------------------------------------------------------------
@@ -286,7 +287,7 @@ class TaskMonitor:
             queued_tasks=counts[TaskStatus.PENDING] + counts[TaskStatus.RETRYING],
         )
         self._samples.append(sample)
-        await self.manager.store.add_resource_sample(sample)
+        await self.manager.store.run(logic.add_resource_sample(sample))
         self._control_overload(sample)
         return sample
 
@@ -294,7 +295,7 @@ class TaskMonitor:
         self, *, since: float | None = None, limit: int = 1000
     ) -> list[ResourceSample]:
         """Persisted samples (they outlive restarts), oldest first."""
-        return await self.manager.store.resource_samples(since=since, limit=limit)
+        return await self.manager.store.run(logic.resource_samples(since=since, limit=limit))
 
     def _control_overload(self, sample: ResourceSample) -> None:
         if not self._overload.enabled:
@@ -337,7 +338,7 @@ class TaskMonitor:
         storage_ok = True
         statistics: TaskStatistics | None = None
         try:
-            await self.manager.store.ping()
+            await self.manager.store.run(logic.ping())
             statistics = await self.statistics()
         except Exception as exc:
             logger.error("storage unreachable: %s", exc)

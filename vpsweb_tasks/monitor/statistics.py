@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..models import TaskStatus
-from ..storage.base import MetricsWindow
+from ..storage.types import MetricsWindow
 
 __all__ = ["TaskStatistics", "statistics_from"]
 

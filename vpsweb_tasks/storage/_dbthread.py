@@ -1,16 +1,16 @@
 """One dedicated thread that owns a SQLite connection and commits in groups.
 
-All database work of a store runs on this thread. Jobs that arrive while a transaction is
-running are committed together in the next one (group commit), and every caller is answered
-only after the COMMIT that made its change durable.
+All database work of a SQLite store runs on this thread (anyio's worker threads are a
+pool: a capacity limiter of one does not pin a connection to one thread). Jobs that
+arrive while a transaction is running are committed together in the next one (group
+commit), and every caller is answered only after the COMMIT that made its change
+durable.
 
-Jobs of one kind in a group can be combined: ``run_combined(combine, item)`` queues an
-item, and the group calls ``combine`` once with every item of that kind, where the first of
-them stood. A burst of submits is then one INSERT over a JSON array: one statement (and one
-release of the GIL) instead of one per task, and the per-statement cost of Python's sqlite3
-module is paid once. Every job of a group is still in flight (no caller has been answered),
-so running some of them earlier than their turn in the queue is an order the callers could
-have seen anyway.
+Jobs of one kind in a group can be combined: ``submit_combined(combine, item)`` queues an
+item, and the group calls ``combine`` once with every item of that kind, where the first
+of them stood, so a burst of submits is one INSERT instead of one per task. Every job of
+a group is still in flight (no caller has been answered), so running some of them earlier
+than their turn is an order the callers could have seen anyway.
 
 A group runs without savepoints, optimistically: if any job in it raises, the whole
 transaction is rolled back and each job of the group is run again in a transaction of its
@@ -18,21 +18,24 @@ own, so one job's error never undoes another's change. Jobs are pure functions o
 database, so running one again is safe. A combined item that fails on its own (a full
 queue, a lost lease) is answered with :class:`Refused` instead, so the others still commit.
 
-Answers go back to the event loop in one call per group, not one per job: every
-cross-thread wake-up costs a GIL hand-off, which dominated the cost of a job.
+Callers wait on an anyio event; the thread answers a whole group with one call into the
+caller's event loop (``EventLoopToken``), not one per job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 T = TypeVar("T")
 
@@ -61,36 +64,38 @@ class Refused:
     error: BaseException
 
 
-class _Job:
-    __slots__ = ("combine", "error", "fn", "future", "item", "loop", "mode", "result")
+class Job(Generic[T]):
+    """A queued job; ``await job`` for its result (or its error)."""
+
+    __slots__ = ("combine", "done", "error", "fn", "item", "mode", "result", "token")
 
     def __init__(
         self,
-        fn: Callable[[sqlite3.Connection], Any] | None,
+        fn: Callable[[sqlite3.Connection], T] | None,
         mode: Mode,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
         combine: Combine | None = None,
         item: Any = None,
     ) -> None:
         self.fn = fn
         self.mode = mode
-        self.loop = loop
-        self.future = future
         self.combine = combine
         self.item = item
+        self.token = anyio.lowlevel.current_token()
+        self.done = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def __await__(self) -> Generator[Any, None, T]:
+        yield from self.done.wait().__await__()
+        if self.error is not None:
+            raise self.error
+        result: T = self.result
+        return result
 
-def _resolve(jobs: list[_Job]) -> None:
+
+def _answer(jobs: list[Job[Any]]) -> None:
     for job in jobs:
-        if job.future.done():  # the caller was cancelled; the work was done anyway
-            continue
-        if job.error is None:
-            job.future.set_result(job.result)
-        else:
-            job.future.set_exception(job.error)
+        job.done.set()
 
 
 class DatabaseThread:
@@ -98,48 +103,44 @@ class DatabaseThread:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str) -> None:
         self._connect = connect
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the thread and wait (off the event loop) until it has connected."""
         self._thread.start()
-        self._ready.wait()
+        await anyio.to_thread.run_sync(self._ready.wait)
         if self._startup_error is not None:
             raise self._startup_error
 
+    def submit(self, fn: Callable[[sqlite3.Connection], T], mode: Mode = Mode.WRITE) -> Job[T]:
+        """Queue ``fn`` now; await the returned job for its result."""
+        return self._put(Job(fn, mode))
+
+    def submit_combined(self, combine: Combine, item: Any) -> Job[Any]:
+        """Queue an item of ``combine`` now: ``combine(conn, [item, ...])`` runs once for
+        every item of this ``combine`` in one group commit (a write)."""
+        return self._put(Job(None, Mode.WRITE, combine, item))
+
     async def run(self, fn: Callable[[sqlite3.Connection], T], mode: Mode = Mode.WRITE) -> T:
-        result: T = await self._queue(fn, mode)
-        return result
+        return await self.submit(fn, mode)
 
-    async def run_combined(self, combine: Combine, item: Any) -> Any:
-        """Run ``combine(conn, [item, ...])`` once for every job of this ``combine`` in one
-        group commit (a write)."""
-        return await self._queue(None, Mode.WRITE, combine, item)
-
-    def _queue(
-        self,
-        fn: Callable[[sqlite3.Connection], Any] | None,
-        mode: Mode,
-        combine: Combine | None = None,
-        item: Any = None,
-    ) -> asyncio.Future[Any]:
+    def _put(self, job: Job[T]) -> Job[T]:
         if self._closed:
             raise RuntimeError("database thread is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(fn, mode, loop, future, combine, item))
-        return future
+        self._jobs.put(job)
+        return job
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Run every queued job, then close the connection and join the thread."""
         if self._closed:
             return
         self._closed = True
         self._jobs.put(None)
-        self._thread.join()
+        await anyio.to_thread.run_sync(self._thread.join)
 
     # --- the thread ----------------------------------------------------------------------
 
@@ -173,17 +174,17 @@ class DatabaseThread:
             conn.close()
 
     @staticmethod
-    def _answer(batch: list[_Job]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    def _answer(batch: list[Job[Any]]) -> None:
+        by_loop: dict[Any, list[Job[Any]]] = {}
         for job in batch:
-            by_loop.setdefault(job.loop, []).append(job)
-        for loop, jobs in by_loop.items():
-            # RuntimeError: the loop is gone, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, jobs)
+            by_loop.setdefault(job.token, []).append(job)
+        for token, jobs in by_loop.items():
+            # RunFinishedError: the loop is gone, so nobody is waiting any more.
+            with contextlib.suppress(anyio.RunFinishedError):
+                token.backend_class.run_sync_soon(_answer, (jobs,), token.native_token)
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        group: list[_Job] = []
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Job[Any]]) -> None:
+        group: list[Job[Any]] = []
         for job in batch:
             if job.mode is Mode.ALONE:
                 self._run_group(conn, group)
@@ -194,15 +195,15 @@ class DatabaseThread:
         self._run_group(conn, group)
 
     @classmethod
-    def _run_alone(cls, conn: sqlite3.Connection, job: _Job) -> None:
+    def _run_alone(cls, conn: sqlite3.Connection, job: Job[Any]) -> None:
         try:
             cls._run_jobs(conn, [job])
         except BaseException as exc:
             job.error = exc
 
     @staticmethod
-    def _run_jobs(conn: sqlite3.Connection, group: list[_Job]) -> None:
-        combined: dict[Combine, list[_Job]] = {}
+    def _run_jobs(conn: sqlite3.Connection, group: list[Job[Any]]) -> None:
+        combined: dict[Combine, list[Job[Any]]] = {}
         for job in group:
             job.error = None  # from a try of the whole group
             if job.combine is not None:
@@ -221,7 +222,7 @@ class DatabaseThread:
                 job.result = job.fn(conn)
 
     @classmethod
-    def _run_group(cls, conn: sqlite3.Connection, group: list[_Job]) -> None:
+    def _run_group(cls, conn: sqlite3.Connection, group: list[Job[Any]]) -> None:
         if not group:
             return
         if len(group) > 1 and cls._run_together(conn, group):
@@ -231,7 +232,7 @@ class DatabaseThread:
 
     @staticmethod
     def _run_together(
-        conn: sqlite3.Connection, group: list[_Job], *, last_try: bool = False
+        conn: sqlite3.Connection, group: list[Job[Any]], *, last_try: bool = False
     ) -> bool:
         """Run the jobs in one transaction. True if it committed; else everything is rolled
         back and, unless ``last_try``, the jobs' errors are left for a retry one by one."""

@@ -1,27 +1,35 @@
 """The storage contract.
 
 Storage is the single source of truth: everything a manager keeps in memory can be rebuilt
-from it after a crash. A backend (SQLite, PostgreSQL) implements :class:`TaskStore`; both
-pass one conformance suite (``tests/test_storage_conformance.py``).
+from it after a crash. :class:`TaskStore` is the contract, in four parts: **tasks**
+(add, read, list, count, cancel, requeue, pause), **attempts and leases** (claim,
+heartbeat, finish, reap, workers), **progress**, **circuit breakers**; plus the
+**extension hook** (:meth:`~TaskStore.install` a component's tables and queries,
+:meth:`~TaskStore.run` an operation on them). Every operation is implemented once, in
+:mod:`.logic`, on named queries; a backend (:mod:`.sqlite`, :mod:`.postgres`) implements
+only what is physical: :meth:`~TaskStore.open`, :meth:`~TaskStore.close`,
+:meth:`~TaskStore.run`, :meth:`~TaskStore.listen` and the two housekeeping capabilities
+:meth:`~TaskStore.maintenance` and :meth:`~TaskStore.backup`. Both backends pass one
+conformance suite (``tests/test_storage_conformance.py``).
 
 Conventions that hold for every operation:
 
 * **Time is passed in.** Operations that depend on the clock take ``now`` (epoch seconds,
   float) from the caller, so tests drive time with a fake clock and several machines agree
   on what "expired" means as long as their clocks roughly agree.
-* **Atomicity.** Each operation is one transaction: it happens completely or not at all.
-  A caller is answered only after its change is durable (committed). Backends may commit
-  several callers' operations in one transaction (group commit); each is still atomic.
+* **Atomicity.** Each operation happens completely or not at all. A caller is answered
+  only after its change is durable (committed). Backends may commit several callers'
+  operations in one transaction (group commit); each is still atomic.
 * **Legal transitions only.** Status changes follow
   :data:`vpsweb_tasks.models.LEGAL_TRANSITIONS`. Every write is guarded by the status it
   expects, so a terminal task (completed, failed, cancelled) is never overwritten, except
   that ``failed`` may be requeued explicitly.
 * **Fencing.** :meth:`TaskStore.claim` hands out a :class:`LeaseToken` with a number
   (``fence``) that grows with every claim of the task. Writes on behalf of a running
-  attempt (:meth:`finish`, :meth:`heartbeat`) only apply while the task is still
-  ``running`` under that exact token. A worker whose lease expired and whose task was
-  re-queued or re-claimed gets :class:`~vpsweb_tasks.errors.LeaseLostError` and changes
-  nothing: it can never overwrite the outcome of a newer attempt.
+  attempt (:meth:`~TaskStore.finish`, :meth:`~TaskStore.heartbeat`) only apply while the
+  task is still ``running`` under that exact token. A worker whose lease expired and whose
+  task was re-queued or re-claimed gets :class:`~vpsweb_tasks.errors.LeaseLostError` and
+  changes nothing: it can never overwrite the outcome of a newer attempt.
 * **Attempts.** ``attempts`` counts the attempts that count against a task's retries. A
   claim adds one; a release (graceful shutdown) or a deferral (open circuit breaker)
   gives it back. Each claim writes a ``task_executions`` row, closed by the outcome.
@@ -31,320 +39,93 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import anyio
 import anyio.abc
 
-from ..errors import ErrorCategory
-from ..models import (
-    ExecutionRecord,
-    ResourceSample,
-    TaskPriority,
-    TaskRecord,
-    TaskStatus,
-    to_datetime,
+from ..errors import ErrorCategory, QueueFullError
+from ..models import ExecutionRecord, TaskRecord, TaskStatus
+from . import logic
+from .ops import Mode, Operation, Step
+from .queries import CORE, Component
+from .types import (
+    AttemptGroup,
+    Cancelled,
+    Claim,
+    Completed,
+    Deferred,
+    Failed,
+    HeartbeatResult,
+    LeaseToken,
+    MetricsWindow,
+    NewTask,
+    Notice,
+    Outcome,
+    ProgressSnapshot,
+    ReapResult,
+    Released,
+    RetryDecider,
+    SharedBreakerState,
+    WorkerInfo,
 )
-from ..retry import RetryConfig
 
 __all__ = [
     "AttemptGroup",
     "Cancelled",
     "Claim",
     "Completed",
+    "Component",
     "Deferred",
+    "DuplicateKeyError",
     "Failed",
     "HeartbeatResult",
     "LeaseToken",
     "MetricsWindow",
+    "Mode",
     "NewTask",
-    "NewTranslationJob",
     "Notice",
+    "Operation",
     "Outcome",
     "ProgressSnapshot",
     "ReapResult",
     "Released",
     "RetryDecider",
     "SharedBreakerState",
+    "Step",
     "TaskStore",
-    "TranslationJobRow",
     "WorkerInfo",
 ]
 
+T = TypeVar("T")
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """A validated task to insert. ``priority`` is :attr:`TaskPriority.rank`."""
-
-    id: str
-    name: str
-    task_type: str
-    priority: int
-    max_retries: int
-    run_at: float
-    created_at: float
-    timeout_seconds: float | None = None
-    payload: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    owner: str | None = None
-    """Worker id whose process holds the callable (closures); None for registered types."""
-    retry: dict[str, Any] | None = None
-    """The task's own RetryConfig, as a dict."""
-
-    def record(self) -> TaskRecord:
-        """The record of this task as :meth:`TaskStore.add_task` stores it (``pending``):
-        built here rather than read back, which spares a row conversion per submit."""
-        created = to_datetime(self.created_at)
-        return TaskRecord(
-            id=self.id,
-            name=self.name,
-            task_type=self.task_type,
-            priority=TaskPriority.from_rank(self.priority),
-            status=TaskStatus.PENDING,
-            run_at=created if self.run_at == self.created_at else to_datetime(self.run_at),
-            created_at=created,
-            updated_at=created,
-            payload=self.payload,
-            metadata=self.metadata,
-            max_retries=self.max_retries,
-            timeout_seconds=self.timeout_seconds,
-            retry=None if self.retry is None else RetryConfig.model_validate(self.retry),
-            owner=self.owner,
-        )
+#: Called once a submit is ordered before any later call on the store (see add_tasks).
+Announce = Callable[[], None]
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseToken:
-    """Proof that a worker holds the current attempt of a task."""
-
-    task_id: str
-    worker_id: str
-    fence: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A task handed to a worker: the record as it is after the claim, and its token."""
-
-    task: TaskRecord
-    token: LeaseToken
-
-    @property
-    def attempt(self) -> int:
-        return self.task.attempts
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """The attempt succeeded. ``result`` must be JSON-serialisable."""
-
-    result: Any = None
-    result_json: str | None = None
-    """``result`` already encoded, by a caller that had to encode it anyway to check it;
-    stores encode ``result`` themselves when this is None."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The attempt raised. ``retry_at`` (epoch seconds) schedules the next attempt (status
-    ``retrying``); None makes the task ``failed`` (the dead letter queue)."""
-
-    error_type: str
-    error_message: str
-    category: ErrorCategory
-    retry_at: float | None = None
-    traceback: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    """The attempt was stopped because cancellation was requested."""
-
-    reason: str = "cancelled"
-
-
-@dataclass(frozen=True, slots=True)
-class Released:
-    """The attempt was interrupted by a graceful shutdown: back to ``pending``, the attempt
-    given back."""
-
-
-@dataclass(frozen=True, slots=True)
-class Deferred:
-    """The task could not start because a dependency (a circuit breaker) is unavailable:
-    ``retrying`` until ``retry_at``, the attempt given back."""
-
-    retry_at: float
-    reason: str
-
-
-Outcome = Completed | Failed | Cancelled | Released | Deferred
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressSnapshot:
-    """The latest progress of a running task, written coalesced."""
-
-    task_id: str
-    progress: float
-    message: str | None
-    metadata: dict[str, Any] | None
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A worker process as recorded in the ``workers`` table."""
-
-    worker_id: str
-    hostname: str
-    pid: int
-    process_started_at: float | None = None
-    concurrency: int = 1
-    started_at: float = 0.0
-    heartbeat_at: float = 0.0
-    expires_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatResult:
-    """What a heartbeat learned about the worker's running tasks."""
-
-    lost: frozenset[str]
-    """Task ids the worker thought it held but no longer does (fenced out)."""
-    cancel_requested: frozenset[str]
-    """Task ids held by the worker whose cancellation another process requested."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReapResult:
-    """Tasks changed by :meth:`TaskStore.reap`."""
-
-    requeued: list[TaskRecord]
-    failed: list[TaskRecord]
-    expired_workers: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptGroup:
-    """Finished attempts in a window sharing type, outcome, category and first-or-retry."""
-
-    task_type: str
-    outcome: str
-    category: str | None
-    retry: bool
-    """True for attempts after the first."""
-    count: int
-    duration_total: float
-    wait_total: float
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsWindow:
-    """Aggregates of ``task_metrics`` since a time, for statistics."""
-
-    since: float
-    groups: list[AttemptGroup]
-    durations: list[float]
-    """Durations of the most recent completed attempts (bounded sample), unsorted."""
-    dead_lettered: int
-    """Tasks that became ``failed`` in the window."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewTranslationJob:
-    """A translation job to insert with its task (:meth:`TaskStore.add_translation_job`).
-    Languages are already normalised; ``metadata`` is JSON (author, title, poem_id...)."""
-
-    id: str
-    source_language: str
-    target_language: str
-    workflow_mode: str
-    original_text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def row(self, task: NewTask) -> TranslationJobRow:
-        """The row of this job with ``task`` as :meth:`TaskStore.add_translation_job`
-        stores them (no steps, no result yet), built rather than read back."""
-        return TranslationJobRow(
-            id=self.id,
-            task=task.record(),
-            source_language=self.source_language,
-            target_language=self.target_language,
-            workflow_mode=self.workflow_mode,
-            original_text=self.original_text,
-            metadata=self.metadata,
-            steps={},
-            result=None,
-            created_at=task.created_at,
-            updated_at=task.created_at,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TranslationJobRow:
-    """A ``translation_jobs`` row with the task it belongs to (read together)."""
-
-    id: str
-    task: TaskRecord
-    source_language: str
-    target_language: str
-    workflow_mode: str
-    original_text: str
-    metadata: dict[str, Any]
-    steps: dict[str, dict[str, Any]]
-    """Checkpoints of finished workflow steps, by step name."""
-    result: dict[str, Any] | None
-    created_at: float
-    updated_at: float
-
-    @property
-    def task_id(self) -> str:
-        return self.task.id
-
-
-#: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`. For
-#: ``breaker_changed`` the second argument is the breaker's name. ``changed`` (second
-#: argument empty) says only that another process committed something: look again.
-Notice = Literal["task_added", "cancel_requested", "breaker_changed", "changed"]
-
-
-@dataclass(frozen=True, slots=True)
-class SharedBreakerState:
-    """A circuit breaker's state as one worker last recorded it for all the others."""
-
-    name: str
-    state: str
-    """``closed``, ``open`` or ``half-open``."""
-    opened_at: float | None
-    retry_at: float | None
-    updated_at: float
-    worker_id: str
-
-
-#: Given a task whose attempt was lost (its worker died), returns the epoch time of its
-#: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
-RetryDecider = Callable[[TaskRecord], float | None]
+class DuplicateKeyError(ValueError):
+    """A row with the same key exists already; nothing of the operation was stored."""
 
 
 class TaskStore(abc.ABC):
     """A durable home for tasks. Use as ``async with store:`` or call open/close."""
 
-    serial_writes: ClassVar[bool] = False
-    """True if calls run in the order they were made, each seeing the changes of the calls
-    made before it, even those not yet committed (one connection and one queue, as
-    SQLite's database thread). The manager then wakes its dispatcher as soon as a submit is
-    queued, so that an idle worker's claim rides in the same group commit as the insert
-    instead of a round trip after it."""
+    #: The name of the dialect's queries and migrations (``sqlite``, ``postgres``).
+    dialect: ClassVar[str]
 
-    # --- lifecycle -------------------------------------------------------------------
+    def __init__(self, *, history_limit: int = 200) -> None:
+        self.history_limit = history_limit
+        """Progress history rows kept per task."""
+        self._components: list[Component] = [CORE]
+        self._schema_version = 0
+
+    # --- lifecycle (backend) -------------------------------------------------------------
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and bring the schema to the newest migration. Idempotent; safe when
-        several processes open the same database at once."""
+        """Connect and bring the schema of every installed component to its newest
+        migration. Idempotent; safe when several processes open the same database."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -363,11 +144,9 @@ class TaskStore(abc.ABC):
         await self.close()
 
     @property
-    @abc.abstractmethod
     def schema_version(self) -> int:
-        """The newest migration applied (valid after :meth:`open`)."""
-
-    # --- notifications -----------------------------------------------------------------
+        """The newest core migration applied (valid after :meth:`open`)."""
+        return self._schema_version
 
     async def listen(
         self,
@@ -376,7 +155,7 @@ class TaskStore(abc.ABC):
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled, calling ``on_notice(kind, task_id)`` for every
-        ``task_added`` (:meth:`add_task`, :meth:`requeue_failed`) and ``cancel_requested``
+        ``task_added`` (:meth:`add_tasks`, :meth:`requeue_failed`) and ``cancel_requested``
         (:meth:`request_cancel` of a running task) committed by any process on this
         database, this one included, and ``on_notice("breaker_changed", name)`` for every
         :meth:`save_breaker_state`. Start it with ``await task_group.start(store.listen,
@@ -394,27 +173,93 @@ class TaskStore(abc.ABC):
         task_status.started()
         await anyio.sleep_forever()
 
-    # --- submit and read -------------------------------------------------------------
+    # --- the extension hook --------------------------------------------------------------
+
+    def install(self, component: Component) -> None:
+        """Add a component's tables (its migrations, applied by :meth:`open`) and named
+        queries (``<component>.<query>``) to this store; before :meth:`open`."""
+        if any(each.name == component.name for each in self._components):
+            return
+        if self.schema_version:
+            raise RuntimeError(f"install {component.name!r} before the store is opened")
+        self._components.append(component)
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return tuple(self._components)
 
     @abc.abstractmethod
-    async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
-        """Insert a ``pending`` task and return its record.
+    async def run(self, operation: Operation[T]) -> T:
+        """Run an operation (:mod:`.ops`): its steps, each the named query of this store's
+        dialect, in the transaction its mode asks for; its result. A
+        :class:`DuplicateKeyError` (a unique key taken) or any error of the operation
+        rolls its transaction back.
 
-        With ``max_queue_size``, the count of waiting tasks (``pending`` + ``retrying``)
-        is checked in the same transaction: if it is already at the limit nothing is
-        stored and :class:`~vpsweb_tasks.errors.QueueFullError` is raised. Inserting an
-        id that exists raises ``ValueError``.
+        This is how extensions read and write their own tables: they write operations on
+        their named queries, and may pass steps to :meth:`add_tasks` and :meth:`finish`
+        to write their rows in the same transaction as a task's insert or outcome."""
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    async def add_tasks(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_queue_size: int | None = None,
+        linked: Sequence[Step] = (),
+        announce: Announce | None = None,
+    ) -> list[TaskRecord]:
+        """Insert ``pending`` tasks, all of them or none, and return their records in
+        order (dispatched in that order when priority and run time are equal).
+
+        * With ``max_queue_size``, the waiting tasks (``pending`` + ``retrying``) plus
+          these must not exceed it, else nothing is stored and
+          :class:`~vpsweb_tasks.errors.QueueFullError` names the limit, the waiting count
+          and how many were asked for. The check and the insert are one statement: exact
+          on SQLite, whose writers take turns; on PostgreSQL, submits racing on other
+          connections may overshoot the limit by the tasks they add (a lock that would
+          make it exact halved PostgreSQL's submit rate).
+        * ``linked`` steps (an extension's rows, e.g. a translation job) are written in
+          the same transaction, after the tasks.
+        * An id taken already (or given twice) raises :class:`DuplicateKeyError` (a
+          ``ValueError``) and stores nothing.
+        * ``announce()`` is called once any call made on this store after it would see
+          the tasks: at once on a store whose calls run in order (SQLite's database
+          thread), else after the commit. The manager wakes its dispatcher there, so an
+          idle worker's claim can share the insert's commit.
         """
+        if not tasks:
+            return []
+        operation = logic.add_tasks(tasks, limit=max_queue_size, together=True, linked=linked)
+        try:
+            stored = await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
+        except DuplicateKeyError as exc:
+            if len(tasks) == 1 and not linked:
+                raise DuplicateKeyError(f"task {tasks[0].id} already exists") from exc
+            raise DuplicateKeyError(f"a task or a linked row already exists ({exc})") from exc
+        if announce is not None:
+            announce()
+        return [record for record in stored if not isinstance(record, QueueFullError)]
 
-    @abc.abstractmethod
-    async def get_task(self, task_id: str) -> TaskRecord | None:
-        """The task, or None."""
+    async def add_task(
+        self,
+        task: NewTask,
+        *,
+        max_queue_size: int | None = None,
+        announce: Announce | None = None,
+    ) -> TaskRecord:
+        """:meth:`add_tasks` of one task."""
+        (record,) = await self.add_tasks([task], max_queue_size=max_queue_size, announce=announce)
+        return record
 
-    @abc.abstractmethod
     async def get_tasks(self, task_ids: Collection[str]) -> list[TaskRecord]:
         """The tasks that exist among ``task_ids``, in no particular order."""
+        return await self.run(logic.get_tasks(task_ids))
 
-    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The task, or None (:meth:`get_tasks` of one id)."""
+        return await self.run(logic.get_task(task_id))
+
     async def list_tasks(
         self,
         *,
@@ -427,18 +272,56 @@ class TaskStore(abc.ABC):
         """Tasks filtered by status and type. ``order`` is ``created_desc`` (newest
         first), ``finished_desc`` (most recently finished first) or ``dispatch`` (the order
         waiting tasks will be claimed in)."""
+        return await self.run(
+            logic.list_tasks(
+                statuses=statuses, task_type=task_type, limit=limit, offset=offset, order=order
+            )
+        )
 
-    @abc.abstractmethod
     async def count_tasks(self) -> dict[TaskStatus, int]:
         """Number of tasks per status (every status is a key)."""
+        return await self.run(logic.count_tasks())
 
-    @abc.abstractmethod
     async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
         """Every attempt of the task, oldest first."""
+        return await self.run(logic.list_executions(task_id))
 
-    # --- dispatch --------------------------------------------------------------------
+    async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
+        """Cancel a task. ``pending``/``retrying``: becomes ``cancelled`` at once.
+        ``running``: ``cancel_requested`` is set, and the worker holding it cancels the
+        attempt and records ``Cancelled``. Raises ``TaskNotFoundError``, or
+        ``TaskStateError`` for a terminal task (which is left untouched)."""
+        return await self.run(logic.request_cancel(task_id, now=now))
 
-    @abc.abstractmethod
+    async def cancel_waiting(self, *, now: float) -> list[str]:
+        """Cancel every ``pending`` and ``retrying`` task; return their ids."""
+        return await self.run(logic.cancel_waiting(now=now))
+
+    async def requeue_failed(
+        self,
+        *,
+        now: float,
+        task_ids: Collection[str] | None = None,
+        category: ErrorCategory | None = None,
+        task_type: str | None = None,
+    ) -> list[TaskRecord]:
+        """Move ``failed`` tasks (the dead letter queue) back to ``pending`` with their
+        attempts reset, optionally only those ids / error category / type; return them.
+        Their execution history is kept."""
+        return await self.run(
+            logic.requeue_failed(now=now, task_ids=task_ids, category=category, task_type=task_type)
+        )
+
+    async def set_paused(self, paused: bool, *, reason: str | None = None) -> None:
+        """Pause or resume dispatch for every worker on this store."""
+        await self.run(logic.set_paused(paused, reason=reason))
+
+    async def get_paused(self) -> tuple[bool, str | None]:
+        """Whether dispatch is paused, and why."""
+        return await self.run(logic.get_paused())
+
+    # --- attempts and leases -------------------------------------------------------------
+
     async def claim(
         self,
         *,
@@ -460,8 +343,19 @@ class TaskStore(abc.ABC):
         ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
         No task is ever handed to two workers. Returned in dispatch order.
         """
+        if limit <= 0:
+            return []
+        return await self.run(
+            logic.claim(
+                worker_id=worker_id,
+                now=now,
+                lease_seconds=lease_seconds,
+                limit=limit,
+                task_types=task_types,
+                by_priority=by_priority,
+            )
+        )
 
-    @abc.abstractmethod
     async def heartbeat(
         self,
         *,
@@ -474,214 +368,83 @@ class TaskStore(abc.ABC):
         ``now + lease_seconds``) and extend the lease of each running token it still
         holds. Reports tokens it no longer holds and tasks with a pending cancel request.
         """
+        return await self.run(
+            logic.heartbeat(worker=worker, now=now, lease_seconds=lease_seconds, running=running)
+        )
 
-    @abc.abstractmethod
     async def finish(
-        self,
-        token: LeaseToken,
-        outcome: Outcome,
-        *,
-        now: float,
-        claimed: TaskRecord | None = None,
+        self, claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
     ) -> TaskRecord:
-        """Record the outcome of the attempt held by ``token`` and return the new record.
-
-        ``claimed`` is the record :meth:`claim` returned for this attempt, if the caller
-        has it: a backend may build the new record from it (and the columns that change
-        under a running task: progress and message) instead of reading the whole row
-        back. The record returned is the same either way.
+        """Record the outcome of the attempt ``claimed`` holds and return the task's new
+        record.
 
         In one transaction: the task row (status per outcome, lease cleared, result or
-        error, ``finished_at`` for terminal outcomes), the attempt's execution row, and a
-        ``task_metrics`` row (queue wait, duration, outcome). ``Completed`` sets progress
-        to 1. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing nothing) when
-        the token is no longer current.
+        error, ``finished_at`` for terminal outcomes), the attempt's execution row, a
+        ``task_metrics`` row (queue wait, duration, outcome), and the ``linked`` steps (an
+        extension's rows). ``Completed`` sets progress to 1. A cancel request that raced
+        with the end of the attempt turns a failure, release or deferral into
+        ``Cancelled``. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing
+        nothing) when the token is no longer current.
         """
+        operation = logic.finish(claimed, outcome, now=now, linked=linked)
+        return await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
 
-    @abc.abstractmethod
-    async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
-        """Write the latest progress of running tasks (ignored for tasks no longer
-        running), and append each snapshot to the task's progress history, keeping at
-        most ``history_limit`` rows per task (set on the store)."""
-
-    @abc.abstractmethod
-    async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
-        """Stored progress snapshots of a task, oldest first."""
-
-    # --- cancel, pause, clear ----------------------------------------------------------
-
-    @abc.abstractmethod
-    async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
-        """Cancel a task. ``pending``/``retrying``: becomes ``cancelled`` at once.
-        ``running``: ``cancel_requested`` is set, and the worker holding it cancels the
-        attempt and records ``Cancelled``. Raises ``TaskNotFoundError``, or
-        ``TaskStateError`` for a terminal task (which is left untouched)."""
-
-    @abc.abstractmethod
-    async def cancel_waiting(self, *, now: float) -> list[str]:
-        """Cancel every ``pending`` and ``retrying`` task; return their ids."""
-
-    @abc.abstractmethod
-    async def set_paused(self, paused: bool, *, reason: str | None = None) -> None:
-        """Pause or resume dispatch for every worker on this store."""
-
-    @abc.abstractmethod
-    async def get_paused(self) -> tuple[bool, str | None]:
-        """Whether dispatch is paused, and why."""
-
-    @abc.abstractmethod
-    async def requeue_failed(
-        self,
-        *,
-        now: float,
-        task_ids: Collection[str] | None = None,
-        category: ErrorCategory | None = None,
-        task_type: str | None = None,
-    ) -> list[TaskRecord]:
-        """Move ``failed`` tasks (the dead letter queue) back to ``pending`` with their
-        attempts reset, optionally only those ids / error category / type; return them.
-        Their execution history is kept."""
-
-    # --- workers and crash recovery ----------------------------------------------------
-
-    @abc.abstractmethod
-    async def list_workers(self) -> list[WorkerInfo]:
-        """Registered workers (live or not yet reaped)."""
-
-    @abc.abstractmethod
-    async def expire_workers(self, worker_ids: Collection[str]) -> None:
-        """Mark workers as dead now (e.g. their process is known to be gone), so the next
-        :meth:`reap` recovers their tasks without waiting for their leases."""
-
-    @abc.abstractmethod
-    async def remove_worker(self, worker_id: str) -> None:
-        """Delete a worker's row on clean shutdown (after its tasks were released)."""
-
-    @abc.abstractmethod
-    async def reap(self, *, now: float, decide: RetryDecider) -> ReapResult:
-        """Recover from dead workers, in one transaction.
+    async def reap(
+        self, *, now: float, decide: RetryDecider, expired: Collection[str] = ()
+    ) -> ReapResult:
+        """Recover from dead workers, in one transaction. ``expired``: workers known to be
+        dead (their process is gone), reaped now rather than when their rows expire.
 
         * A ``running`` task whose lease expired, or whose worker expired, loses its
           attempt: the execution row is closed as ``lost`` (category ``resource``) and the
           task is re-queued as ``retrying`` at ``decide(task)``, or ``failed`` when that is
-          None, or when its callable lived only in the dead worker (owner expired).
+          None, or when its callable lived only in the dead worker (owner expired), or
+          ``cancelled`` when a cancel was requested.
         * A waiting task whose owner (the process holding its closure) is dead or unknown
           becomes ``failed`` with ``HandlerUnavailableError``: never silently lost.
         * Expired workers' rows are deleted.
         """
+        return await self.run(logic.reap(now=now, decide=decide, expired=expired))
 
-    # --- shared circuit breakers --------------------------------------------------------
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Registered workers (live or not yet reaped)."""
+        return await self.run(logic.list_workers())
 
-    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's row on clean shutdown (after its tasks were released)."""
+        await self.run(logic.remove_worker(worker_id))
+
+    # --- progress ------------------------------------------------------------------------
+
+    async def save_progress(self, snapshots: Sequence[ProgressSnapshot]) -> None:
+        """Write the latest progress of running tasks (ignored for tasks no longer
+        running), and append each snapshot to the task's progress history, keeping at
+        most ``history_limit`` rows per task."""
+        if snapshots:
+            await self.run(logic.save_progress(snapshots, history_limit=self.history_limit))
+
+    async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
+        """Stored progress snapshots of a task, oldest first."""
+        return await self.run(logic.progress_history(task_id, limit=limit))
+
+    # --- shared circuit breakers ---------------------------------------------------------
+
     async def save_breaker_state(self, state: SharedBreakerState) -> None:
         """Record a breaker's new state for every worker (insert or replace; a state older
         than the one stored is ignored, so the latest change wins). Backends with
         notifications also send ``breaker_changed``."""
+        await self.run(logic.save_breaker_state(state))
 
-    @abc.abstractmethod
     async def load_breaker_states(self) -> list[SharedBreakerState]:
         """Every recorded breaker state."""
+        return await self.run(logic.load_breaker_states())
 
-    # --- statistics and system metrics ---------------------------------------------------
-
-    @abc.abstractmethod
-    async def count_tasks_by_type(self) -> dict[str, dict[TaskStatus, int]]:
-        """Number of tasks per type and status (types with no tasks left are omitted).
-        Cheap: backends keep these counts as tasks change."""
-
-    @abc.abstractmethod
-    async def metrics_window(self, *, since: float, sample_limit: int = 10_000) -> MetricsWindow:
-        """Finished attempts recorded since ``since``, grouped; plus a sample of at most
-        ``sample_limit`` completed durations and the count of dead-lettered tasks."""
-
-    @abc.abstractmethod
-    async def add_resource_sample(self, sample: ResourceSample) -> None:
-        """Persist one reading of system resources to ``system_metrics``."""
-
-    @abc.abstractmethod
-    async def resource_samples(
-        self, *, since: float | None = None, limit: int = 1000
-    ) -> list[ResourceSample]:
-        """Stored readings, oldest first: the most recent ``limit`` since ``since``."""
-
-    @abc.abstractmethod
-    async def ping(self) -> None:
-        """A trivial round trip; raises if the database cannot be reached."""
-
-    # --- translation jobs ----------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def add_translation_job(
-        self, task: NewTask, job: NewTranslationJob, *, max_queue_size: int | None = None
-    ) -> TranslationJobRow:
-        """Insert a ``pending`` task (as :meth:`add_task`, queue-size check included) and its
-        ``translation_jobs`` row, linked one-to-one, in ONE transaction: either both exist
-        or neither. ``created_at`` of the job is the task's. Raises ``ValueError`` when the
-        task id or the job id exists, ``QueueFullError`` when the queue is full."""
-
-    @abc.abstractmethod
-    async def add_translation_jobs(
-        self,
-        items: Sequence[tuple[NewTask, NewTranslationJob]],
-        *,
-        max_queue_size: int | None = None,
-    ) -> list[TranslationJobRow]:
-        """Insert several ``pending`` tasks, each with its ``translation_jobs`` row (as
-        :meth:`add_translation_job`), in ONE transaction: either every task and job of
-        ``items`` exists afterwards or none does. Returns the rows in the order given.
-
-        With ``max_queue_size``, the queue must have room for all of them: if the waiting
-        tasks (``pending`` + ``retrying``) plus ``len(items)`` exceed the limit, nothing
-        is stored and :class:`~vpsweb_tasks.errors.QueueFullError` names the limit and
-        the waiting count. The check and the inserts are one transaction, so no other
-        submit can take the room in between: exactly so on SQLite, whose writers take
-        turns; on PostgreSQL, submits racing on other connections can overshoot the
-        limit by the tasks they add, as with :meth:`add_task`. A task id or job id that
-        exists, or that appears twice in ``items``, raises ``ValueError`` and stores
-        nothing. An empty ``items`` stores nothing and returns ``[]``."""
-
-    @abc.abstractmethod
-    async def get_translation_job(self, job_id: str) -> TranslationJobRow | None:
-        """The job with its task, read from one snapshot; None if unknown."""
-
-    @abc.abstractmethod
-    async def list_translation_jobs(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[TranslationJobRow]:
-        """Jobs whose task has one of ``statuses`` (None: any), newest first."""
-
-    @abc.abstractmethod
-    async def save_translation_step(
-        self, job_id: str, step: str, checkpoint: dict[str, Any], *, now: float
-    ) -> None:
-        """Record (insert or replace) the checkpoint of one finished step: the other
-        steps' checkpoints are kept. Written as the step finishes, whatever the task's
-        status, so that work paid for is never lost. Raises ``TaskNotFoundError`` for an
-        unknown job."""
-
-    @abc.abstractmethod
-    async def save_translation_result(
-        self, job_id: str, result: dict[str, Any], *, now: float
-    ) -> None:
-        """Record the job's final result (JSON). Raises ``TaskNotFoundError`` for an
-        unknown job."""
-
-    # --- housekeeping ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def cleanup(self, *, finished_before: float) -> int:
-        """Delete terminal tasks that finished before the cutoff, with their executions,
-        metrics, progress history and translation job, and system metrics recorded before
-        it; return how many tasks."""
+    # --- housekeeping capabilities (backend) ---------------------------------------------
 
     @abc.abstractmethod
     async def maintenance(self, *, vacuum: bool = False) -> dict[str, Any]:
         """Keep the database healthy (checkpoint, statistics, optionally reclaim space);
-        return what was done and the sizes before and after."""
+        return what was done, an integrity verdict and the sizes before and after."""
 
     @abc.abstractmethod
     async def backup(self, path: str) -> dict[str, Any]:

@@ -1,31 +1,28 @@
-"""Translation jobs: the VPSWeb adapter.
+"""Translation jobs: the VPSWeb extension.
 
-:class:`TranslationRequest` validates a job; :class:`VPSWebAdapter` (one per manager, see
-:func:`get_vpsweb_adapter`) submits, follows, retries, cancels, batches and compares jobs;
+:class:`TranslationExtension` installs them on a manager; :class:`TranslationRequest`
+validates a job; :class:`VPSWebAdapter` (one per manager, see :func:`get_vpsweb_adapter`)
+submits, follows, retries, cancels, batches and compares jobs;
 :class:`LLMTranslationWorkflow` runs VPSWeb's three steps (initial translation, editor
 review, translator revision) against any OpenAI-compatible chat-completions server, and
 VPSWeb's own workflow can be injected instead (:class:`TranslationWorkflow`). See
 docs/translation.md.
 """
 
-from .adapter import (
-    TASK_TYPE,
-    CompareRequest,
-    IntegrationStatus,
-    ProviderHealth,
-    TranslationBatch,
-    VPSWebAdapter,
-    WorkflowFactory,
-    get_vpsweb_adapter,
-)
+from .adapter import TASK_TYPE, VPSWebAdapter
+from .extension import TranslationExtension, get_vpsweb_adapter
 from .languages import LANGUAGES, normalise_language
 from .models import (
     STEP_NAMES,
     STEPS,
+    CompareRequest,
     Comparison,
     ComparisonEntry,
+    IntegrationStatus,
+    ProviderHealth,
     StepCheckpoint,
     TokenUsage,
+    TranslationBatch,
     TranslationInput,
     TranslationJob,
     TranslationMetadata,
@@ -34,6 +31,8 @@ from .models import (
     TranslationResult,
     WorkflowMode,
 )
+from .providers import WorkflowFactory
+from .settings import ProviderSettings, TranslationSettings
 from .workflow import LLMTranslationWorkflow, ProgressCallback, TranslationWorkflow
 
 __all__ = [
@@ -48,15 +47,18 @@ __all__ = [
     "LLMTranslationWorkflow",
     "ProgressCallback",
     "ProviderHealth",
+    "ProviderSettings",
     "StepCheckpoint",
     "TokenUsage",
     "TranslationBatch",
+    "TranslationExtension",
     "TranslationInput",
     "TranslationJob",
     "TranslationMetadata",
     "TranslationOutput",
     "TranslationRequest",
     "TranslationResult",
+    "TranslationSettings",
     "TranslationWorkflow",
     "VPSWebAdapter",
     "WorkflowFactory",

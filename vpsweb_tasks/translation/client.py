@@ -17,8 +17,8 @@ import anyio
 import httpx
 
 from ..breakers import Breaker
-from ..classify import _parse_retry_after
-from ..errors import (
+from ..classify import parse_retry_after
+from .errors import (
     ProviderAuthError,
     ProviderRateLimitError,
     ProviderRequestError,
@@ -115,7 +115,7 @@ class ChatClient:
             )
         if status == 429:
             header = response.headers.get("retry-after")
-            retry_after = None if header is None else _parse_retry_after(header, time.time())
+            retry_after = None if header is None else parse_retry_after(header, time.time())
             raise ProviderRateLimitError(
                 f"HTTP 429 rate limited: {detail}",
                 provider=self.provider,

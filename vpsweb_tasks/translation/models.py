@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -23,10 +23,15 @@ __all__ = [
     "MAX_TEXT_LENGTH",
     "STEPS",
     "STEP_NAMES",
+    "BreakerInfo",
+    "CompareRequest",
     "Comparison",
     "ComparisonEntry",
+    "IntegrationStatus",
+    "ProviderHealth",
     "StepCheckpoint",
     "TokenUsage",
+    "TranslationBatch",
     "TranslationInput",
     "TranslationJob",
     "TranslationMetadata",
@@ -230,3 +235,96 @@ class Comparison(BaseModel):
     entries: list[ComparisonEntry]
     complete: bool
     """True once every job has finished."""
+
+
+class TranslationBatch(BaseModel):
+    """Several jobs, accepted all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[TranslationRequest] = Field(min_length=1)
+
+
+class CompareRequest(BaseModel):
+    """One text through several workflow modes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    original_text: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    source_language: Language
+    target_language: Language
+    workflow_modes: list[WorkflowMode] = Field(
+        default_factory=lambda: list(WorkflowMode), min_length=1, max_length=3
+    )
+    metadata: TranslationMetadata = Field(default_factory=TranslationMetadata)
+    wait: bool = False
+    """Answer once every job has finished (or ``timeout`` passed)."""
+    timeout: float = Field(default=300.0, gt=0, le=3600)
+
+    @field_validator("workflow_modes")
+    @classmethod
+    def _distinct(cls, modes: list[WorkflowMode]) -> list[WorkflowMode]:
+        if len(set(modes)) != len(modes):
+            raise ValueError("workflow_modes must not repeat a mode")
+        return modes
+
+    def requests(self) -> list[TranslationRequest]:
+        return [
+            TranslationRequest(
+                original_text=self.original_text,
+                source_language=self.source_language,
+                target_language=self.target_language,
+                workflow_mode=mode,
+                metadata=self.metadata,
+            )
+            for mode in self.workflow_modes
+        ]
+
+
+class BreakerInfo(BaseModel):
+    name: str
+    state: str
+    consecutive_failures: int
+    retry_at: float | None
+
+
+class IntegrationStatus(BaseModel):
+    """How translation jobs are set up, and how they are doing."""
+
+    configured: bool
+    problems: list[str]
+    """What to configure before jobs can run (empty when configured)."""
+    workflow: str
+    """``built-in``, ``vpsweb`` (translation.workflow) or the injected workflow factory."""
+    provider: str | None
+    base_url: str | None
+    api_key_env: str | None
+    api_key_set: bool
+    models: dict[str, dict[str, str | None]]
+    """Model by workflow mode and step."""
+    timeout_seconds: float | None
+    breakers: list[BreakerInfo]
+    jobs: dict[str, int]
+    """Translation jobs by status."""
+    workers_enabled: bool
+
+
+class ProviderHealth(BaseModel):
+    """A live check of the provider (``GET {base_url}/models``), bounded in time."""
+
+    status: Literal["healthy", "degraded", "unhealthy", "not_configured", "unchecked"]
+    """``unchecked``: jobs run a custom workflow (VPSWeb's) with no provider configured
+    here, so there is nothing to call; storage was checked."""
+    provider: str | None
+    base_url: str | None
+    reachable: bool
+    latency_ms: float | None
+    models_available: list[str] | None
+    models_missing: list[str]
+    """Configured models the provider does not list."""
+    breaker_state: str | None
+    storage_ok: bool
+    queue_paused: bool
+    error: str | None
+    problems: list[str]
+    checked_at: datetime

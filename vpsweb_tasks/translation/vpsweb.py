@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import TranslationNotConfiguredError
+from .errors import TranslationNotConfiguredError
 from .models import TranslationInput
 from .workflow import ProgressCallback, TranslationWorkflow
 

@@ -22,7 +22,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from ..config import ProviderSettings, TranslationSettings
 from .client import ChatClient
 from .models import (
     STEP_NAMES,
@@ -31,6 +30,7 @@ from .models import (
     TranslationInput,
     TranslationOutput,
 )
+from .settings import ProviderSettings, TranslationSettings
 
 __all__ = [
     "Checkpointer",

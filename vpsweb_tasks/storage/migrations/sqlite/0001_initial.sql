@@ -1,4 +1,5 @@
--- The five tables of the design document, plus workers, queue state and progress history.
+-- The core tables: four of the design document's five (translation_jobs belongs to the
+-- translation extension), plus workers, queue state and progress history.
 -- Times are epoch seconds (REAL). JSON columns hold TEXT.
 
 CREATE TABLE background_tasks (
@@ -80,20 +81,6 @@ CREATE TABLE task_metrics (
 );
 CREATE INDEX ix_task_metrics_task ON task_metrics (task_id);
 CREATE INDEX ix_task_metrics_recorded ON task_metrics (recorded_at);
-
-CREATE TABLE translation_jobs (
-    id              TEXT PRIMARY KEY NOT NULL,
-    task_id         TEXT NOT NULL UNIQUE REFERENCES background_tasks (id) ON DELETE CASCADE,
-    source_language TEXT NOT NULL,
-    target_language TEXT NOT NULL,
-    workflow_mode   TEXT NOT NULL,
-    original_text   TEXT NOT NULL,
-    metadata        TEXT NOT NULL DEFAULT '{}',
-    steps           TEXT NOT NULL DEFAULT '{}',
-    result          TEXT,
-    created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL
-);
 
 CREATE TABLE system_metrics (
     id             INTEGER PRIMARY KEY,

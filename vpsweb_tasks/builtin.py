@@ -7,7 +7,7 @@
 * ``backup``: write a consistent copy of the database to payload ``path`` (default
   ``backups/vpsweb_tasks-<UTC time>.db``) while tasks keep running.
 * ``data_processing``: convert a table file between CSV, JSON and JSON lines (see
-  :func:`register_data_processing`; the design document's submit example uses it).
+  :func:`data_processing`; the design document's submit example uses it).
 """
 
 from __future__ import annotations
@@ -15,37 +15,42 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 
-from .context import TaskContext
+from .config import BackgroundTaskSettings
+from .context import TaskContext, TaskFunction
+from .storage.base import TaskStore
 
-if TYPE_CHECKING:
-    from .manager import TaskManager
-
-__all__ = ["register_builtin_tasks", "register_data_processing"]
+__all__ = ["builtin_tasks"]
 
 
-def register_builtin_tasks(manager: TaskManager) -> None:
-    async def cleanup(context: TaskContext) -> dict[str, Any]:
+def builtin_tasks(
+    *,
+    store: TaskStore,
+    cleanup: Callable[..., Awaitable[int]],
+    settings: BackgroundTaskSettings,
+) -> dict[str, TaskFunction]:
+    """The built-in task types, by name, working on ``store``. ``cleanup(retention_hours=)``
+    deletes finished tasks past the retention period (the manager's)."""
+
+    async def run_cleanup(context: TaskContext) -> dict[str, Any]:
         hours = context.payload.get("retention_hours")
         if hours is not None and (not isinstance(hours, int | float) or hours <= 0):
             raise ValueError("retention_hours must be a positive number")
         await context.update_progress(0.1, "deleting finished tasks past retention")
-        deleted = await manager.cleanup(retention_hours=hours)
+        deleted = await cleanup(retention_hours=hours)
         await context.update_progress(1.0, f"deleted {deleted} tasks")
-        return {
-            "deleted": deleted,
-            "retention_hours": hours or manager.config.task_retention_hours,
-        }
+        return {"deleted": deleted, "retention_hours": hours or settings.task_retention_hours}
 
     async def maintenance(context: TaskContext) -> dict[str, Any]:
         vacuum = bool(context.payload.get("vacuum", False))
         await context.update_progress(0.1, "checkpoint, analyze" + (", vacuum" if vacuum else ""))
-        report = await manager.store.maintenance(vacuum=vacuum)
+        report = await store.maintenance(vacuum=vacuum)
         await context.update_progress(1.0, f"integrity {report.get('integrity')}")
         return report
 
@@ -57,18 +62,16 @@ def register_builtin_tasks(manager: TaskManager) -> None:
         if not isinstance(path, str) or not path:
             raise ValueError("path must be a non-empty string")
         await context.update_progress(0.1, f"copying the database to {path}")
-        report = await manager.store.backup(path)
+        report = await store.backup(path)
         await context.update_progress(1.0, f"backed up {report['tasks']} tasks")
         return report
 
-    manager.register("cleanup", cleanup)
-    manager.register("maintenance", maintenance)
-    manager.register("backup", backup)
-    register_data_processing(manager)
-
-    from .translation.adapter import VPSWebAdapter
-
-    VPSWebAdapter(manager)  # registers "translation"
+    return {
+        "cleanup": run_cleanup,
+        "maintenance": maintenance,
+        "backup": backup,
+        "data_processing": data_processing(settings.data_dir),
+    }
 
 
 # --- data_processing ------------------------------------------------------------------------
@@ -117,17 +120,15 @@ def _write_rows(rows: list[dict[str, Any]], path: Path, output_format: str) -> N
     partial.replace(path)
 
 
-def register_data_processing(manager: TaskManager) -> None:
-    """``data_processing``: convert a table file in ``background_tasks.data_dir`` between
-    CSV, JSON (array of objects) and JSON lines. Takes ``source_file`` and
+def data_processing(data_dir: Path) -> TaskFunction:
+    """``data_processing``: convert a table file in ``data_dir`` (``background_tasks.data_dir``)
+    between CSV, JSON (array of objects) and JSON lines. Takes ``source_file`` and
     ``output_format`` from the payload or the metadata (as the design document's submit
     example sends them); writes ``<data_dir>/output/<stem>.<format>``."""
 
-    async def data_processing(context: TaskContext) -> dict[str, Any]:
+    async def run(context: TaskContext) -> dict[str, Any]:
         spec = {**context.definition.metadata, **context.payload}
-        folder, source = await anyio.to_thread.run_sync(
-            _locate, manager.config.data_dir, spec.get("source_file")
-        )
+        folder, source = await anyio.to_thread.run_sync(_locate, data_dir, spec.get("source_file"))
         output_format = spec.get("output_format", "json")
         if output_format not in _FORMATS:
             raise ValueError(f"output_format must be one of {', '.join(_FORMATS)}")
@@ -144,4 +145,4 @@ def register_data_processing(manager: TaskManager) -> None:
             "output_format": output_format,
         }
 
-    manager.register("data_processing", data_processing)
+    return run

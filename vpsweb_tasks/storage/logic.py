@@ -1,0 +1,727 @@
+"""Every storage decision, once, as operations on named queries (see :mod:`.ops`).
+
+What an outcome writes, who fits in a full queue, what a lost lease becomes, which
+heartbeat tokens were fenced out, how a list is filtered and ordered: each is decided
+here, for every backend. A backend only runs the steps (:mod:`.sqlite`, :mod:`.postgres`)
+with the SQL its dialect file gives each name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from ..errors import (
+    ErrorCategory,
+    HandlerUnavailableError,
+    LeaseLostError,
+    QueueFullError,
+    TaskNotFoundError,
+    TaskStateError,
+    WorkerLostError,
+)
+from ..models import (
+    ExecutionOutcome,
+    ExecutionRecord,
+    ResourceSample,
+    TaskRecord,
+    TaskStatus,
+    to_datetime,
+)
+from .ops import Mode, Op, Step, count, operation, row, rows, script, value
+from .queries import Migration
+from .rows import (
+    breaker_from_row,
+    dumps,
+    execution_from_row,
+    loads,
+    loads_result,
+    new_task_params,
+    new_task_row,
+    progress_from_row,
+    sample_from_row,
+    task_from_row,
+    worker_from_row,
+)
+from .types import (
+    AttemptGroup,
+    Cancelled,
+    Claim,
+    Completed,
+    Deferred,
+    Failed,
+    HeartbeatResult,
+    LeaseToken,
+    MetricsWindow,
+    NewTask,
+    Outcome,
+    ProgressSnapshot,
+    ReapResult,
+    Released,
+    RetryDecider,
+    SharedBreakerState,
+    WorkerInfo,
+)
+
+__all__ = [
+    "LIST_ORDERS",
+    "add_tasks",
+    "claim",
+    "complete_many",
+    "finish",
+    "migrate",
+    "outcome_params",
+    "reap",
+]
+
+WAITING = (TaskStatus.PENDING.value, TaskStatus.RETRYING.value)
+
+#: ``list_tasks`` orders and the query of each.
+LIST_ORDERS = {
+    "created_desc": "list_tasks_created",
+    "finished_desc": "list_tasks_finished",
+    "dispatch": "list_tasks_dispatch",
+}
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+@operation(Mode.WRITE)
+def migrate(migrations: Sequence[Migration], prelude: Sequence[Step] = ()) -> Op[int]:
+    """Apply the migrations not applied yet, in order; the newest core version.
+    ``prelude``: a backend's own first steps (PostgreSQL locks out other migrators)."""
+    for step in prelude:  # noqa: UP028 (a list cannot take the results sent back)
+        yield step
+    yield count("create_migration_tables")
+    applied = {
+        (found["component"], found["version"]) for found in (yield rows("applied_migrations"))
+    }
+    for migration in migrations:
+        if (migration.component, migration.version) in applied:
+            continue
+        yield script(migration.sql)
+        if migration.component == "core":
+            yield count(
+                "record_core_migration",
+                version=migration.version,
+                name=migration.name,
+                at=time.time(),
+            )
+        else:
+            yield count(
+                "record_component_migration",
+                component=migration.component,
+                version=migration.version,
+                name=migration.name,
+                at=time.time(),
+            )
+        applied.add((migration.component, migration.version))
+    return max((version for component, version in applied if component == "core"), default=0)
+
+
+# --- submit and read -------------------------------------------------------------------------
+
+
+@operation(Mode.STATEMENTS)
+def add_tasks(
+    tasks: Sequence[NewTask],
+    *,
+    limit: int | None,
+    together: bool = False,
+    linked: Sequence[Step] = (),
+) -> Op[list[TaskRecord | QueueFullError]]:
+    """Store ``tasks``, with ``limit`` on the waiting tasks: ``together``, all of them or
+    (QueueFullError) none; otherwise the first ones that fit, the others answered with a
+    QueueFullError each. ``linked`` steps (an extension's rows) follow once every task is
+    in: run this in a transaction (Mode.WRITE) when there are any."""
+    if len(tasks) == 1:
+        (task,) = tasks
+        stored = yield rows("insert_task", **new_task_params(task), limit=limit)
+    else:
+        stored = yield rows(
+            "insert_tasks",
+            rows=dumps([new_task_row(task) for task in tasks]),
+            limit=limit,
+            together=together,
+        )
+    if len(stored) == len(tasks):
+        for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
+            yield step
+        return [task.record() for task in tasks]
+    assert limit is not None
+    waiting = yield value("count_waiting", limit=limit)
+    if together:
+        raise QueueFullError(limit, int(waiting), len(tasks))
+    ids = {found["id"] for found in stored}
+    full = QueueFullError(limit, int(waiting))
+    return [task.record() if task.id in ids else full for task in tasks]
+
+
+@operation(Mode.READ)
+def get_task(task_id: str) -> Op[TaskRecord | None]:
+    found = yield row("get_task", id=task_id)
+    return None if found is None else task_from_row(found)
+
+
+@operation(Mode.READ)
+def get_tasks(task_ids: Collection[str]) -> Op[list[TaskRecord]]:
+    return [task_from_row(found) for found in (yield rows("get_tasks", ids=list(task_ids)))]
+
+
+@operation(Mode.READ)
+def list_tasks(
+    *,
+    statuses: Collection[TaskStatus] | None,
+    task_type: str | None,
+    limit: int,
+    offset: int,
+    order: str,
+) -> Op[list[TaskRecord]]:
+    if order not in LIST_ORDERS:
+        raise ValueError(f"order must be one of {sorted(LIST_ORDERS)}")
+    wanted = [TaskStatus(s).value for s in (TaskStatus if statuses is None else statuses)]
+    found = yield rows(
+        LIST_ORDERS[order],
+        statuses=wanted,
+        task_type=task_type,
+        limit=limit,
+        offset=offset,
+    )
+    return [task_from_row(each) for each in found]
+
+
+@operation(Mode.READ)
+def count_tasks() -> Op[dict[TaskStatus, int]]:
+    counts = dict.fromkeys(TaskStatus, 0)
+    for found in (yield rows("count_by_status")):
+        counts[TaskStatus(found["status"])] = int(found["n"])
+    return counts
+
+
+@operation(Mode.READ)
+def list_executions(task_id: str) -> Op[list[ExecutionRecord]]:
+    return [execution_from_row(r) for r in (yield rows("list_executions", task_id=task_id))]
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+
+@operation(Mode.STATEMENTS)
+def claim(
+    *,
+    worker_id: str,
+    now: float,
+    lease_seconds: float,
+    limit: int,
+    task_types: Collection[str] | None,
+    by_priority: bool,
+) -> Op[list[Claim]]:
+    claimed = yield rows(
+        "claim" if by_priority else "claim_fifo",
+        worker=worker_id,
+        expires=now + lease_seconds,
+        now=now,
+        limit=limit,
+        types=None if task_types is None else sorted(task_types),
+    )
+    if by_priority:
+        claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))
+    else:
+        claimed.sort(key=lambda r: (r["run_at"], r["seq"]))
+    return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]
+
+
+def _worker_params(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[str, Any]:
+    return {
+        "worker": worker.worker_id,
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "process_started_at": worker.process_started_at,
+        "concurrency": worker.concurrency,
+        "started_at": worker.started_at or now,
+        "now": now,
+        "expires": now + lease_seconds,
+    }
+
+
+@operation(Mode.STATEMENTS)
+def heartbeat(
+    *, worker: WorkerInfo, now: float, lease_seconds: float, running: Collection[LeaseToken]
+) -> Op[HeartbeatResult]:
+    params = _worker_params(worker, now, lease_seconds)
+    tokens = {token.task_id: token.fence for token in running}
+    if not tokens:
+        yield count("register_worker", **params)
+        return HeartbeatResult(lost=frozenset(), cancel_requested=frozenset())
+    held = {
+        found["id"]: (found["fence"], bool(found["cancel_requested"]))
+        for found in (yield rows("renew_leases", **params))
+    }
+    return HeartbeatResult(
+        lost=frozenset(
+            task_id
+            for task_id, fence in tokens.items()
+            if task_id not in held or held[task_id][0] != fence
+        ),
+        cancel_requested=frozenset(
+            task_id
+            for task_id, (fence, cancel) in held.items()
+            if cancel and tokens.get(task_id) == fence
+        ),
+    )
+
+
+_EXECUTION_OUTCOMES: dict[type, ExecutionOutcome] = {
+    Completed: ExecutionOutcome.COMPLETED,
+    Failed: ExecutionOutcome.FAILED,
+    Cancelled: ExecutionOutcome.CANCELLED,
+    Released: ExecutionOutcome.INTERRUPTED,
+    Deferred: ExecutionOutcome.DEFERRED,
+}
+
+
+def outcome_params(outcome: Outcome) -> dict[str, Any]:
+    """What an outcome writes, as the parameters of the ``finish`` query: the task row's
+    new status and the columns it sets (``set_error``: replace the error columns;
+    ``give_back``: attempts returned), and the execution row's outcome and error."""
+    params: dict[str, Any] = {
+        "outcome": _EXECUTION_OUTCOMES[type(outcome)].value,
+        "result": None,
+        "run_at": None,
+        "give_back": 0,
+        "message": None,
+        "set_error": False,
+        "error_message": None,
+        "error_type": None,
+        "error_category": None,
+        "x_category": None,
+        "x_type": None,
+        "x_message": None,
+        "traceback": None,
+    }
+    match outcome:
+        case Completed():
+            params |= {"status": "completed", "result": outcome.json, "set_error": True}
+        case Failed() as failed:
+            category = ErrorCategory(failed.category).value
+            params |= {
+                "status": "failed" if failed.retry_at is None else "retrying",
+                "run_at": failed.retry_at,
+                "set_error": True,
+                "error_message": failed.error_message,
+                "error_type": failed.error_type,
+                "error_category": category,
+                "x_category": category,
+                "x_type": failed.error_type,
+                "x_message": failed.error_message,
+                "traceback": failed.traceback,
+            }
+        case Cancelled(reason=reason):
+            params |= {"status": "cancelled", "message": reason}
+        case Released():
+            params |= {"status": "pending", "give_back": 1}
+        case Deferred(retry_at=retry_at, reason=reason):
+            params |= {
+                "status": "retrying",
+                "run_at": retry_at,
+                "give_back": 1,
+                "message": reason,
+                "x_message": reason,
+            }
+    params["terminal"] = TaskStatus(params["status"]).is_terminal
+    return params
+
+
+def finished_record(
+    claimed: TaskRecord,
+    params: Mapping[str, Any],
+    *,
+    progress: float,
+    message: str | None,
+    now: float,
+) -> TaskRecord:
+    """The record a finish leaves behind, built from the record its claim returned and the
+    finish's parameters (:func:`outcome_params`) rather than read back: while a task
+    runs only its lease, progress, message and cancel flag change under it, and the
+    finish clears the lease and the flag."""
+    stamp = to_datetime(now)
+    set_error = params["set_error"]
+    category = params["error_category"] if set_error else claimed.error_category
+    run_at = params["run_at"]
+    # Spelled out rather than dataclasses.replace(), which costs twice as much.
+    return TaskRecord(
+        id=claimed.id,
+        name=claimed.name,
+        task_type=claimed.task_type,
+        priority=claimed.priority,
+        status=TaskStatus(params["status"]),
+        payload=claimed.payload,
+        metadata=claimed.metadata,
+        max_retries=claimed.max_retries,
+        timeout_seconds=claimed.timeout_seconds,
+        retry=claimed.retry,
+        attempts=claimed.attempts - params["give_back"],
+        progress=float(progress),
+        message=message,
+        result=loads_result(params["result"])
+        if params["status"] == "completed"
+        else claimed.result,
+        error_message=params["error_message"] if set_error else claimed.error_message,
+        error_type=params["error_type"] if set_error else claimed.error_type,
+        error_category=None if category is None else ErrorCategory(category),
+        owner=claimed.owner,
+        lease_owner=None,
+        lease_expires_at=None,
+        cancel_requested=False,
+        run_at=claimed.run_at if run_at is None else to_datetime(run_at),
+        created_at=claimed.created_at,
+        updated_at=stamp,
+        started_at=claimed.started_at,
+        finished_at=stamp if params["terminal"] else claimed.finished_at,
+    )
+
+
+def lease_lost(token: LeaseToken) -> LeaseLostError:
+    return LeaseLostError(
+        f"task_id:{token.task_id} is no longer held by {token.worker_id} (fence {token.fence})"
+    )
+
+
+@operation(Mode.STATEMENTS)
+def finish(
+    claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
+) -> Op[TaskRecord]:
+    """Record the outcome of the attempt ``claimed`` holds (see
+    :meth:`~vpsweb_tasks.storage.base.TaskStore.finish`). ``linked`` steps follow the
+    outcome: run this in a transaction (Mode.WRITE) when there are any."""
+    token = claimed.token
+    lease = {"id": token.task_id, "worker": token.worker_id, "fence": token.fence, "now": now}
+    # A cancel request that raced with the attempt's end wins over a failure.
+    tries: list[tuple[Outcome, bool | None]] = [(outcome, None)]
+    if isinstance(outcome, Failed | Released | Deferred):
+        tries = [(outcome, False), (Cancelled(), True)]
+    for effective, cancel_guard in tries:
+        params = outcome_params(effective)
+        ended = yield row("finish", **params, **lease, cancel_guard=cancel_guard)
+        if ended is not None:
+            for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
+                yield step
+            return finished_record(
+                claimed.task, params, progress=ended["progress"], message=ended["message"], now=now
+            )
+    raise lease_lost(token)
+
+
+@operation(Mode.WRITE)
+def complete_many(
+    items: Sequence[tuple[Claim, Completed, float]],
+) -> Op[list[TaskRecord | LeaseLostError]]:
+    """Completions that arrived together, in four statements for the lot (a backend that
+    combines concurrent calls uses it): each answered as :func:`finish` would answer it
+    alone, a second finish of one attempt with LeaseLostError."""
+    encoded = [
+        (claimed.token.task_id, claimed.token.worker_id, claimed.token.fence, done.json, now)
+        for claimed, done, now in items
+    ]
+    held_json = yield value("completions_held", rows=dumps(encoded))
+    messages: dict[int, str | None] = dict(loads(held_json)) if held_json else {}
+    results: list[TaskRecord | LeaseLostError] = []
+    kept: list[tuple[Any, ...]] = []
+    finishing: set[str] = set()
+    for place, (claimed, done, now) in enumerate(items):
+        task_id = claimed.token.task_id
+        if place not in messages or task_id in finishing:
+            results.append(lease_lost(claimed.token))
+            continue
+        finishing.add(task_id)
+        kept.append(encoded[place])
+        results.append(
+            finished_record(
+                claimed.task, outcome_params(done), progress=1.0, message=messages[place], now=now
+            )
+        )
+    if kept:
+        yield count("complete_many", rows=dumps(kept))
+    return results
+
+
+# --- workers and crash recovery ------------------------------------------------------------
+
+
+@operation(Mode.READ)
+def list_workers() -> Op[list[WorkerInfo]]:
+    return [worker_from_row(found) for found in (yield rows("list_workers"))]
+
+
+@operation(Mode.STATEMENTS)
+def remove_worker(worker_id: str) -> Op[None]:
+    yield count("remove_worker", worker=worker_id)
+
+
+_ORPHANED = (
+    "the process holding this task's callable is gone; register the task type to make it resumable"
+)
+
+
+@operation(Mode.WRITE)
+def reap(*, now: float, decide: RetryDecider, expired: Collection[str] = ()) -> Op[ReapResult]:
+    """Recover from dead workers (see :meth:`~vpsweb_tasks.storage.base.TaskStore.reap`)."""
+    if expired:
+        yield count("expire_workers", ids=list(expired))
+    dead = [found["worker_id"] for found in (yield rows("dead_workers", now=now))]
+    requeued: list[TaskRecord] = []
+    failed: list[TaskRecord] = []
+    for lost in (yield rows("lost_tasks", now=now, dead=dead)):
+        error: Exception = WorkerLostError(
+            f"worker {lost['lease_owner']} stopped renewing its lease on task_id:{lost['id']}"
+        )
+        yield count(
+            "close_lost_execution",
+            id=lost["id"],
+            fence=lost["fence"],
+            now=now,
+            message=str(error),
+            error_type=type(error).__name__,
+            category=ErrorCategory.RESOURCE.value,
+        )
+        # A closure whose process died cannot run again; a cancel request wins.
+        orphan = lost["owner"] is not None and (
+            lost["owner"] in dead or lost["owner"] == lost["lease_owner"]
+        )
+        retry_at = None
+        if lost["cancel_requested"]:
+            status = TaskStatus.CANCELLED
+        elif orphan:
+            status = TaskStatus.FAILED
+            error = HandlerUnavailableError(
+                f"the process holding the callable of task_id:{lost['id']} died"
+            )
+        else:
+            retry_at = decide(task_from_row(lost))
+            status = TaskStatus.FAILED if retry_at is None else TaskStatus.RETRYING
+        ended = yield row(
+            "end_lost_attempt",
+            id=lost["id"],
+            status=status.value,
+            now=now,
+            retry_at=retry_at,
+            message=str(error),
+            error_type=type(error).__name__,
+            category=ErrorCategory.RESOURCE.value,
+        )
+        (requeued if status is TaskStatus.RETRYING else failed).append(task_from_row(ended))
+    orphans = yield rows(
+        "fail_orphans",
+        now=now,
+        dead=dead,
+        message=_ORPHANED,
+        error_type=HandlerUnavailableError.__name__,
+        category=ErrorCategory.RESOURCE.value,
+    )
+    failed.extend(task_from_row(found) for found in orphans)
+    if dead:
+        yield count("delete_workers", ids=dead)
+    return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+@operation(Mode.WRITE)
+def save_progress(snapshots: Sequence[ProgressSnapshot], *, history_limit: int) -> Op[None]:
+    """The latest snapshot of each running task onto its row; every snapshot into its
+    history, of which the newest ``history_limit`` rows are kept."""
+    latest: dict[str, ProgressSnapshot] = {}
+    for snapshot in snapshots:
+        latest[snapshot.task_id] = snapshot
+    running = {found["id"] for found in (yield rows("running_among", ids=sorted(latest)))}
+    if not running:
+        return
+    yield count(
+        "save_progress",
+        rows=dumps(
+            [
+                [s.task_id, s.progress, s.message, s.at]
+                for s in latest.values()
+                if s.task_id in running
+            ]
+        ),
+    )
+    yield count(
+        "append_progress",
+        rows=dumps(
+            [
+                [
+                    s.task_id,
+                    s.progress,
+                    s.message,
+                    None if s.metadata is None else dumps(s.metadata),
+                    s.at,
+                ]
+                for s in snapshots
+                if s.task_id in running
+            ]
+        ),
+    )
+    yield count("trim_progress", ids=sorted(running), keep=history_limit)
+
+
+@operation(Mode.READ)
+def progress_history(task_id: str, *, limit: int) -> Op[list[ProgressSnapshot]]:
+    found = yield rows("progress_history", task_id=task_id, limit=limit)
+    return [progress_from_row(each) for each in found]
+
+
+# --- cancel, pause, requeue ----------------------------------------------------------------
+
+
+@operation(Mode.WRITE)
+def request_cancel(task_id: str, *, now: float) -> Op[TaskRecord]:
+    status = yield value("task_status", id=task_id)
+    if status is None:
+        raise TaskNotFoundError(task_id)
+    current = TaskStatus(status)
+    if current.is_terminal:
+        raise TaskStateError(task_id, current.value, "cancel")
+    query = "request_cancel_running" if current is TaskStatus.RUNNING else "cancel_task"
+    return task_from_row((yield row(query, id=task_id, now=now)))
+
+
+@operation(Mode.STATEMENTS)
+def cancel_waiting(*, now: float) -> Op[list[str]]:
+    return [found["id"] for found in (yield rows("cancel_waiting", now=now))]
+
+
+@operation(Mode.STATEMENTS)
+def requeue_failed(
+    *,
+    now: float,
+    task_ids: Collection[str] | None,
+    category: ErrorCategory | None,
+    task_type: str | None,
+) -> Op[list[TaskRecord]]:
+    found = yield rows(
+        "requeue_failed",
+        now=now,
+        ids=None if task_ids is None else list(task_ids),
+        category=None if category is None else ErrorCategory(category).value,
+        task_type=task_type,
+    )
+    return [task_from_row(each) for each in found]
+
+
+@operation(Mode.STATEMENTS)
+def set_paused(paused: bool, *, reason: str | None) -> Op[None]:
+    if paused:
+        yield count("set_paused", value=dumps({"reason": reason}))
+    else:
+        yield count("clear_paused")
+
+
+@operation(Mode.READ)
+def get_paused() -> Op[tuple[bool, str | None]]:
+    stored = yield value("get_paused")
+    if stored is None:
+        return False, None
+    return True, loads(stored).get("reason")
+
+
+# --- shared circuit breakers -----------------------------------------------------------------
+
+
+@operation(Mode.STATEMENTS)
+def save_breaker_state(state: SharedBreakerState) -> Op[None]:
+    yield count(
+        "save_breaker_state",
+        name=state.name,
+        state=state.state,
+        opened_at=state.opened_at,
+        retry_at=state.retry_at,
+        updated_at=state.updated_at,
+        worker_id=state.worker_id,
+    )
+
+
+@operation(Mode.READ)
+def load_breaker_states() -> Op[list[SharedBreakerState]]:
+    return [breaker_from_row(found) for found in (yield rows("load_breaker_states"))]
+
+
+# --- statistics, system metrics, housekeeping (run through TaskStore.run) ---------------------
+
+
+@operation(Mode.READ)
+def count_tasks_by_type() -> Op[dict[str, dict[TaskStatus, int]]]:
+    """Tasks per type and status (types with no tasks left are omitted)."""
+    counts: dict[str, dict[TaskStatus, int]] = {}
+    for found in (yield rows("count_by_type")):
+        per_type = counts.setdefault(found["task_type"], dict.fromkeys(TaskStatus, 0))
+        per_type[TaskStatus(found["status"])] = int(found["n"])
+    return counts
+
+
+@operation(Mode.SNAPSHOT)
+def metrics_window(*, since: float, sample_limit: int = 10_000) -> Op[MetricsWindow]:
+    """Finished attempts recorded since ``since``, grouped; a sample of at most
+    ``sample_limit`` completed durations; and the tasks dead-lettered since then."""
+    groups = [
+        AttemptGroup(
+            task_type=found["task_type"],
+            outcome=found["outcome"],
+            category=found["error_category"],
+            retry=bool(found["retry"]),
+            count=int(found["n"]),
+            duration_total=float(found["duration"] or 0.0),
+            wait_total=float(found["wait"] or 0.0),
+        )
+        for found in (yield rows("metrics_groups", since=since))
+    ]
+    durations = [
+        float(found["duration_seconds"])
+        for found in (yield rows("metrics_durations", since=since, limit=sample_limit))
+    ]
+    dead = yield value("dead_lettered_since", since=since)
+    return MetricsWindow(since=since, groups=groups, durations=durations, dead_lettered=int(dead))
+
+
+@operation(Mode.STATEMENTS)
+def add_resource_sample(sample: ResourceSample) -> Op[None]:
+    """Persist one :class:`~vpsweb_tasks.models.ResourceSample` to ``system_metrics``."""
+    yield count(
+        "add_resource_sample",
+        recorded_at=sample.recorded_at,
+        cpu_percent=sample.cpu_percent,
+        memory_percent=sample.memory_percent,
+        disk_percent=sample.disk_percent,
+        process_rss_mb=sample.process_rss_mb,
+        process_cpu_percent=sample.process_cpu_percent,
+        active_tasks=sample.active_tasks,
+        queued_tasks=sample.queued_tasks,
+    )
+
+
+@operation(Mode.READ)
+def resource_samples(*, since: float | None = None, limit: int = 1000) -> Op[list[ResourceSample]]:
+    """Stored readings, oldest first: the most recent ``limit`` since ``since``."""
+    found = yield rows("resource_samples", since=0.0 if since is None else since, limit=limit)
+    return [sample_from_row(each) for each in found]
+
+
+@operation(Mode.READ)
+def ping() -> Op[None]:
+    """A trivial round trip: raises if the database cannot be reached."""
+    yield value("ping")
+
+
+@operation(Mode.STATEMENTS)
+def delete_finished(*, before: float) -> Op[int]:
+    """Delete up to one batch of terminal tasks that finished before ``before`` (their
+    executions, metrics, progress and extension rows go with them); how many."""
+    return int((yield count("cleanup_tasks", before=before)))
+
+
+@operation(Mode.STATEMENTS)
+def delete_samples(*, before: float) -> Op[None]:
+    yield count("cleanup_samples", before=before)

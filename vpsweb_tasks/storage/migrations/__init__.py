@@ -1,1 +1,0 @@
-"""SQL migrations, one numbered file per schema version and backend."""

@@ -1,1 +1,0 @@
-"""PostgreSQL migrations: numbered SQL files, applied in order under an advisory lock."""

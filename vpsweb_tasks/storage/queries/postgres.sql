@@ -1,0 +1,426 @@
+-- The core's named queries for PostgreSQL (see vpsweb_tasks/storage/queries.py for the
+-- format, and vpsweb_tasks/storage/logic.py for the operations that run them). Parameters
+-- are %(named)s; a list parameter arrives as an array. Times are epoch seconds. A query
+-- with parameters is one statement. Writes that other workers must hear of send their
+-- NOTIFY on %(channel)s (given by the backend) from the same statement: it arrives at
+-- commit.
+
+-- Migrations -------------------------------------------------------------------------------
+
+-- name: lock_migrations
+-- One migrator at a time per schema, across processes (DDL is transactional: the others
+-- find everything applied once they get the lock).
+SELECT pg_advisory_xact_lock(hashtext('vpsweb_tasks.migrate'),
+    hashtext(coalesce(%(schema)s, current_schema(), '')));
+
+-- name: create_migration_tables
+-- (Two statements: run without parameters, as one script.)
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS component_migrations (
+    component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (component, version));
+
+-- name: applied_migrations
+SELECT 'core' AS component, version FROM schema_migrations
+UNION ALL SELECT component, version FROM component_migrations;
+
+-- name: record_core_migration
+INSERT INTO schema_migrations (version, name, applied_at)
+VALUES (%(version)s, %(name)s, %(at)s);
+
+-- name: record_component_migration
+INSERT INTO component_migrations (component, version, name, applied_at)
+VALUES (%(component)s, %(version)s, %(name)s, %(at)s);
+
+-- Submit and read --------------------------------------------------------------------------
+
+-- name: count_waiting
+-- Waiting tasks (pending + retrying), counted through the dispatch index up to :limit: no
+-- hot counter row that every insert, claim and finish would queue behind.
+SELECT count(*) FROM (SELECT 1 FROM background_tasks
+    WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting;
+
+-- name: insert_task
+-- One new task, unless %(limit)s tasks are waiting; with its notice.
+WITH added AS (
+    INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+    SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
+        %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
+        %(run_at)s, %(created_at)s, %(created_at)s
+    WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
+        WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
+    RETURNING id)
+SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
+
+-- name: insert_tasks
+-- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
+-- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that
+-- order. With %(limit)s, %(together)s stores all of them only if all fit; otherwise the
+-- first ones that fit. With their notices.
+WITH new AS (
+    SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
+waiting AS (
+    SELECT count(*) AS n FROM (SELECT 1 FROM background_tasks
+        WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS w),
+added AS (
+    INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+    SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
+        (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8
+    FROM new, waiting
+    WHERE %(limit)s::int IS NULL OR CASE WHEN %(together)s
+        THEN waiting.n + jsonb_array_length(%(rows)s::jsonb) <= %(limit)s
+        ELSE new.n < %(limit)s - waiting.n END
+    ORDER BY new.n
+    RETURNING id)
+SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
+
+-- name: get_task
+SELECT * FROM background_tasks WHERE id = %(id)s;
+
+-- name: get_tasks
+SELECT * FROM background_tasks WHERE id = ANY(%(ids)s);
+
+-- name: list_tasks_created
+-- Newest first.
+SELECT * FROM background_tasks
+WHERE status = ANY(%(statuses)s) AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
+ORDER BY created_at DESC, seq DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_tasks_finished
+-- Most recently finished first (NULLs last, as SQLite sorts them descending).
+SELECT * FROM background_tasks
+WHERE status = ANY(%(statuses)s) AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
+ORDER BY finished_at DESC NULLS LAST, seq DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_tasks_dispatch
+-- In the order waiting tasks are claimed.
+SELECT * FROM background_tasks
+WHERE status = ANY(%(statuses)s) AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
+ORDER BY priority DESC, run_at, seq LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM background_tasks GROUP BY status;
+
+-- name: count_by_type
+-- Grouped from the (task_type, status) index: no counter rows to contend on.
+SELECT task_type, status, count(*) AS n FROM background_tasks GROUP BY 1, 2;
+
+-- name: list_executions
+SELECT * FROM task_executions WHERE task_id = %(task_id)s ORDER BY fence;
+
+-- Dispatch ---------------------------------------------------------------------------------
+
+-- name: claim
+-- Up to %(limit)s eligible tasks, picked FOR UPDATE SKIP LOCKED in dispatch order (highest
+-- priority, then run_at, then insertion order), updated, and given their execution rows:
+-- concurrent workers never wait for each other and never claim one task twice.
+WITH picked AS (
+    SELECT id FROM background_tasks
+    WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+      AND (owner = %(worker)s OR (owner IS NULL
+           AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE background_tasks AS t
+    SET status = 'running', attempts = t.attempts + 1, fence = t.fence + 1,
+        lease_owner = %(worker)s, lease_expires_at = %(expires)s, cancel_requested = FALSE,
+        started_at = %(now)s, updated_at = %(now)s
+    FROM picked WHERE t.id = picked.id
+    RETURNING t.*
+), executions AS (
+    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority DESC, run_at, seq;
+
+-- name: claim_fifo
+-- As claim, in plain FIFO order (run_at, then insertion), priority playing no part.
+WITH picked AS (
+    SELECT id FROM background_tasks
+    WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+      AND (owner = %(worker)s OR (owner IS NULL
+           AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))
+    ORDER BY run_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE background_tasks AS t
+    SET status = 'running', attempts = t.attempts + 1, fence = t.fence + 1,
+        lease_owner = %(worker)s, lease_expires_at = %(expires)s, cancel_requested = FALSE,
+        started_at = %(now)s, updated_at = %(now)s
+    FROM picked WHERE t.id = picked.id
+    RETURNING t.*
+), executions AS (
+    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
+)
+SELECT * FROM claimed ORDER BY run_at, seq;
+
+-- name: register_worker
+INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
+    heartbeat_at, expires_at)
+VALUES (%(worker)s, %(hostname)s, %(pid)s, %(process_started_at)s, %(concurrency)s,
+    %(started_at)s, %(now)s, %(expires)s)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at;
+
+-- name: renew_leases
+-- register_worker, and the leases of every task this worker holds.
+WITH beat AS (
+    INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency,
+        started_at, heartbeat_at, expires_at)
+    VALUES (%(worker)s, %(hostname)s, %(pid)s, %(process_started_at)s, %(concurrency)s,
+        %(started_at)s, %(now)s, %(expires)s)
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+        expires_at = excluded.expires_at)
+UPDATE background_tasks SET lease_expires_at = %(expires)s
+WHERE lease_owner = %(worker)s AND status = 'running'
+RETURNING id, fence, cancel_requested;
+
+-- name: finish
+-- One attempt's outcome, if %(worker)s still holds the attempt %(fence)s (and, with
+-- %(cancel_guard)s, the task's cancel flag is that): the task row, its execution row and
+-- its metrics row, in one statement. No row back: the lease was lost.
+WITH current AS (
+    SELECT id, task_type, attempts, run_at, started_at FROM background_tasks
+    WHERE id = %(id)s AND status = 'running' AND lease_owner = %(worker)s
+      AND fence = %(fence)s
+      AND (%(cancel_guard)s::boolean IS NULL OR cancel_requested = %(cancel_guard)s)
+    FOR UPDATE
+), task AS (
+    UPDATE background_tasks AS t SET
+        status = %(status)s,
+        result = CASE WHEN %(status)s = 'completed' THEN %(result)s ELSE t.result END,
+        progress = CASE WHEN %(status)s = 'completed' THEN 1.0 ELSE t.progress END,
+        finished_at = CASE WHEN %(terminal)s THEN %(now)s ELSE t.finished_at END,
+        run_at = coalesce(%(run_at)s, t.run_at),
+        attempts = t.attempts - %(give_back)s,
+        message = coalesce(%(message)s, t.message),
+        error_message = CASE WHEN %(set_error)s THEN %(error_message)s ELSE t.error_message END,
+        error_type = CASE WHEN %(set_error)s THEN %(error_type)s ELSE t.error_type END,
+        error_category = CASE WHEN %(set_error)s THEN %(error_category)s
+                              ELSE t.error_category END,
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE,
+        updated_at = %(now)s
+    FROM current WHERE t.id = current.id
+    RETURNING t.progress, t.message
+), execution AS (
+    UPDATE task_executions SET finished_at = %(now)s, outcome = %(outcome)s,
+        error_category = %(x_category)s, error_type = %(x_type)s,
+        error_message = %(x_message)s, traceback = %(traceback)s
+    WHERE task_id = (SELECT id FROM current) AND fence = %(fence)s
+), metric AS (
+    INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
+        queue_wait_seconds, duration_seconds, recorded_at)
+    SELECT id, task_type, attempts, %(outcome)s, %(x_category)s,
+        CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
+        CASE WHEN started_at IS NOT NULL THEN greatest(0, %(now)s - started_at) END,
+        %(now)s
+    FROM current
+)
+SELECT * FROM task;
+
+-- Workers and crash recovery -----------------------------------------------------------------
+
+-- name: list_workers
+SELECT * FROM workers;
+
+-- name: remove_worker
+DELETE FROM workers WHERE worker_id = %(worker)s;
+
+-- name: expire_workers
+UPDATE workers SET expires_at = 0 WHERE worker_id = ANY(%(ids)s);
+
+-- name: dead_workers
+-- Rows locked by a concurrent reaper are theirs: skipped.
+SELECT worker_id FROM workers WHERE expires_at < %(now)s FOR UPDATE SKIP LOCKED;
+
+-- name: lost_tasks
+-- Running tasks whose lease expired or whose worker is dead (rows locked by a concurrent
+-- reaper or a finishing worker are theirs: skipped).
+SELECT * FROM background_tasks WHERE status = 'running'
+  AND (lease_expires_at < %(now)s OR lease_owner = ANY(%(dead)s))
+ORDER BY seq FOR UPDATE SKIP LOCKED;
+
+-- name: close_lost_execution
+UPDATE task_executions SET finished_at = %(now)s, outcome = 'lost',
+    error_category = %(category)s, error_type = %(error_type)s, error_message = %(message)s
+WHERE task_id = %(id)s AND fence = %(fence)s;
+
+-- name: end_lost_attempt
+UPDATE background_tasks SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
+    cancel_requested = FALSE, updated_at = %(now)s, run_at = coalesce(%(retry_at)s, run_at),
+    finished_at = CASE WHEN %(status)s IN ('failed', 'cancelled') THEN %(now)s END,
+    error_message = %(message)s, error_type = %(error_type)s, error_category = %(category)s
+WHERE id = %(id)s
+RETURNING *;
+
+-- name: fail_orphans
+-- Waiting closures whose process (owner) is dead or unknown.
+UPDATE background_tasks SET status = 'failed', finished_at = %(now)s, updated_at = %(now)s,
+    error_type = %(error_type)s, error_category = %(category)s, error_message = %(message)s
+WHERE status IN ('pending', 'retrying') AND owner IS NOT NULL
+  AND (owner = ANY(%(dead)s) OR owner NOT IN (SELECT worker_id FROM workers))
+RETURNING *;
+
+-- name: delete_workers
+DELETE FROM workers WHERE worker_id = ANY(%(ids)s);
+
+-- Progress ---------------------------------------------------------------------------------
+
+-- name: running_among
+-- Locked in id order: one lock order for every writer of several task rows.
+SELECT id FROM background_tasks WHERE status = 'running' AND id = ANY(%(ids)s)
+ORDER BY id FOR UPDATE;
+
+-- name: save_progress
+-- %(rows)s is a JSON array of [id, progress, message, at], one per task.
+UPDATE background_tasks AS t SET progress = (d.r->>1)::float8,
+    message = coalesce(d.r->>2, t.message), updated_at = (d.r->>3)::float8
+FROM jsonb_array_elements(%(rows)s::jsonb) AS d(r)
+WHERE t.id = d.r->>0;
+
+-- name: append_progress
+-- %(rows)s is a JSON array of [id, progress, message, metadata, at], oldest first.
+INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)
+SELECT r->>0, (r->>1)::float8, r->>2, r->>3, (r->>4)::float8
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n) ORDER BY n;
+
+-- name: trim_progress
+-- Keep the newest %(keep)s history rows of each task of %(ids)s.
+DELETE FROM task_progress AS p WHERE p.task_id = ANY(%(ids)s)
+  AND p.id <= (SELECT q.id FROM task_progress AS q WHERE q.task_id = p.task_id
+               ORDER BY q.id DESC LIMIT 1 OFFSET %(keep)s);
+
+-- name: progress_history
+SELECT * FROM (SELECT * FROM task_progress WHERE task_id = %(task_id)s
+               ORDER BY id DESC LIMIT %(limit)s) AS recent ORDER BY id;
+
+-- Cancel, pause, requeue -------------------------------------------------------------------
+
+-- name: task_status
+SELECT status FROM background_tasks WHERE id = %(id)s FOR UPDATE;
+
+-- name: request_cancel_running
+WITH requested AS (
+    UPDATE background_tasks SET cancel_requested = TRUE, updated_at = %(now)s
+    WHERE id = %(id)s RETURNING *)
+SELECT requested.*, pg_notify(%(channel)s, 'cancel_requested ' || requested.id) AS notified
+FROM requested;
+
+-- name: cancel_task
+UPDATE background_tasks SET status = 'cancelled', finished_at = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s RETURNING *;
+
+-- name: cancel_waiting
+UPDATE background_tasks SET status = 'cancelled', finished_at = %(now)s, updated_at = %(now)s
+WHERE status IN ('pending', 'retrying') RETURNING id;
+
+-- name: requeue_failed
+WITH requeued AS (
+    UPDATE background_tasks SET status = 'pending', attempts = 0, run_at = %(now)s,
+        updated_at = %(now)s, finished_at = NULL, progress = 0
+    WHERE status = 'failed'
+      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s))
+      AND (%(category)s::text IS NULL OR error_category = %(category)s)
+      AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
+    RETURNING *)
+SELECT requeued.*, pg_notify(%(channel)s, 'task_added ' || requeued.id) AS notified
+FROM requeued;
+
+-- name: set_paused
+INSERT INTO queue_state (key, value) VALUES ('paused', %(value)s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: clear_paused
+DELETE FROM queue_state WHERE key = 'paused';
+
+-- name: get_paused
+SELECT value FROM queue_state WHERE key = 'paused';
+
+-- Shared circuit breakers --------------------------------------------------------------------
+
+-- name: save_breaker_state
+-- Insert or replace, unless the stored state is newer; with its notice.
+WITH saved AS (
+    INSERT INTO circuit_breakers AS b (name, state, opened_at, retry_at, updated_at, worker_id)
+    VALUES (%(name)s, %(state)s, %(opened_at)s, %(retry_at)s, %(updated_at)s, %(worker_id)s)
+    ON CONFLICT (name) DO UPDATE SET state = excluded.state, opened_at = excluded.opened_at,
+        retry_at = excluded.retry_at, updated_at = excluded.updated_at,
+        worker_id = excluded.worker_id
+    WHERE excluded.updated_at >= b.updated_at
+    RETURNING name)
+SELECT pg_notify(%(channel)s, 'breaker_changed ' || name) FROM saved;
+
+-- name: load_breaker_states
+SELECT * FROM circuit_breakers ORDER BY name;
+
+-- Statistics and system metrics --------------------------------------------------------------
+
+-- name: metrics_groups
+SELECT task_type, outcome, error_category, attempt > 1 AS retry, count(*) AS n,
+    sum(duration_seconds) AS duration, sum(queue_wait_seconds) AS wait
+FROM task_metrics WHERE recorded_at >= %(since)s GROUP BY 1, 2, 3, 4;
+
+-- name: metrics_durations
+SELECT duration_seconds FROM task_metrics WHERE recorded_at >= %(since)s
+  AND outcome = 'completed' AND duration_seconds IS NOT NULL
+ORDER BY recorded_at DESC LIMIT %(limit)s;
+
+-- name: dead_lettered_since
+SELECT count(*) FROM background_tasks WHERE finished_at >= %(since)s AND status = 'failed';
+
+-- name: add_resource_sample
+INSERT INTO system_metrics (recorded_at, cpu_percent, memory_percent, disk_percent,
+    process_rss_mb, process_cpu_percent, active_tasks, queued_tasks)
+VALUES (%(recorded_at)s, %(cpu_percent)s, %(memory_percent)s, %(disk_percent)s,
+    %(process_rss_mb)s, %(process_cpu_percent)s, %(active_tasks)s, %(queued_tasks)s);
+
+-- name: resource_samples
+-- The newest %(limit)s samples since %(since)s, oldest first.
+SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= %(since)s
+               ORDER BY recorded_at DESC LIMIT %(limit)s) AS recent ORDER BY recorded_at;
+
+-- name: ping
+SELECT 1;
+
+-- Housekeeping -----------------------------------------------------------------------------
+
+-- name: cleanup_tasks
+-- Up to 500 finished tasks that finished before %(before)s (their rows in the other tables
+-- go with them: ON DELETE CASCADE); small transactions hold no lock for long.
+DELETE FROM background_tasks WHERE id IN (SELECT id FROM background_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < %(before)s
+    LIMIT 500);
+
+-- name: cleanup_samples
+DELETE FROM system_metrics WHERE recorded_at < %(before)s;
+
+-- name: table_sizes
+SELECT relname AS name, pg_total_relation_size(c.oid) AS bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname = current_schema() AND relname = ANY(%(tables)s)
+ORDER BY relname;
+
+-- name: invalid_indexes
+-- Indexes left invalid (e.g. by a failed concurrent build).
+SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND NOT (i.indisvalid AND i.indisready);
+
+-- name: broken_invariants
+-- Rows that break the task invariants the contract relies on, by problem.
+SELECT 'running tasks without a lease' AS problem, count(*) AS n FROM background_tasks
+    WHERE status = 'running' AND (lease_owner IS NULL OR lease_expires_at IS NULL)
+UNION ALL
+SELECT 'finished tasks still leased', count(*) FROM background_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled') AND lease_owner IS NOT NULL
+UNION ALL
+SELECT 'running tasks without a running execution', count(*) FROM background_tasks t
+    WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM task_executions e
+        WHERE e.task_id = t.id AND e.fence = t.fence AND e.outcome = 'running');

@@ -1,0 +1,434 @@
+-- The core's named queries for SQLite (see vpsweb_tasks/storage/queries.py for the format,
+-- and vpsweb_tasks/storage/logic.py for the operations that run them). Parameters are
+-- :named; a list parameter arrives as JSON text and is read with json_each. Times are
+-- epoch seconds. A query of several statements runs them in order with the same
+-- parameters; its result is the last statement that returns rows.
+
+-- Migrations -------------------------------------------------------------------------------
+
+-- name: create_migration_tables
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS component_migrations (
+    component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+    applied_at REAL NOT NULL, PRIMARY KEY (component, version));
+
+-- name: applied_migrations
+SELECT 'core' AS component, version FROM schema_migrations
+UNION ALL SELECT component, version FROM component_migrations;
+
+-- name: record_core_migration
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :at);
+
+-- name: record_component_migration
+INSERT INTO component_migrations (component, version, name, applied_at)
+VALUES (:component, :version, :name, :at);
+
+-- Submit and read --------------------------------------------------------------------------
+
+-- name: count_waiting
+-- Waiting tasks (pending + retrying), from the counts the triggers keep.
+SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying');
+
+-- name: insert_task
+-- One new task, unless :limit waiting tasks are there already (the check rides in the
+-- INSERT, under the write lock).
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
+    :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at
+WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
+    WHERE status IN ('pending', 'retrying')) < :limit
+RETURNING id;
+
+-- name: insert_tasks
+-- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
+-- max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that order.
+-- With :limit, :together stores all of them only if all fit; otherwise the first ones
+-- that fit. The waiting count is read once, before the first row goes in.
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), 'pending', json_extract(value, '$[4]'),
+    json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+    json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
+    json_extract(value, '$[11]'), json_extract(value, '$[11]')
+FROM json_each(:rows)
+WHERE :limit IS NULL OR CASE WHEN :together
+    THEN (SELECT coalesce(sum(n), 0) FROM task_counts
+          WHERE status IN ('pending', 'retrying')) + json_array_length(:rows) <= :limit
+    ELSE key < :limit - (SELECT coalesce(sum(n), 0) FROM task_counts
+          WHERE status IN ('pending', 'retrying')) END
+ORDER BY key
+RETURNING id;
+
+-- name: get_task
+SELECT * FROM background_tasks WHERE id = :id;
+
+-- name: get_tasks
+SELECT * FROM background_tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: list_tasks_created
+-- Newest first.
+SELECT * FROM background_tasks
+WHERE status IN (SELECT value FROM json_each(:statuses))
+  AND (:task_type IS NULL OR task_type = :task_type)
+ORDER BY created_at DESC, rowid DESC LIMIT :limit OFFSET :offset;
+
+-- name: list_tasks_finished
+-- Most recently finished first.
+SELECT * FROM background_tasks
+WHERE status IN (SELECT value FROM json_each(:statuses))
+  AND (:task_type IS NULL OR task_type = :task_type)
+ORDER BY finished_at DESC, rowid DESC LIMIT :limit OFFSET :offset;
+
+-- name: list_tasks_dispatch
+-- In the order waiting tasks are claimed.
+SELECT * FROM background_tasks
+WHERE status IN (SELECT value FROM json_each(:statuses))
+  AND (:task_type IS NULL OR task_type = :task_type)
+ORDER BY priority DESC, run_at, rowid LIMIT :limit OFFSET :offset;
+
+-- name: count_by_status
+SELECT status, sum(n) AS n FROM task_counts GROUP BY status;
+
+-- name: count_by_type
+SELECT task_type, status, n FROM task_counts WHERE n > 0;
+
+-- name: list_executions
+SELECT * FROM task_executions WHERE task_id = :task_id ORDER BY fence;
+
+-- Dispatch ---------------------------------------------------------------------------------
+
+-- name: claim
+-- Up to :limit eligible tasks, highest priority first, then run_at, then insertion order,
+-- each given a lease and an execution row. The pick names the dispatch index: without
+-- planner statistics (a new file) SQLite may pick the status index and sort every
+-- waiting row. Runnable: this worker's own closures, or unowned tasks of :types (NULL:
+-- any type). All changes happen at the UPDATE's first step, so the execution rows can be
+-- read off the claimed rows (this worker's, started now, without one yet).
+UPDATE background_tasks
+SET status = 'running', attempts = attempts + 1, fence = fence + 1,
+    lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
+    started_at = :now, updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM background_tasks INDEXED BY ix_background_tasks_dispatch
+    WHERE status IN ('pending', 'retrying') AND run_at <= :now
+      AND (owner = :worker OR (owner IS NULL
+           AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+    ORDER BY priority DESC, run_at, rowid LIMIT :limit)
+RETURNING rowid AS seq, *;
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
+WHERE lease_owner = :worker AND status = 'running' AND started_at = :now
+  AND NOT EXISTS (SELECT 1 FROM task_executions AS e
+                  WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
+
+-- name: claim_fifo
+-- As claim, in plain FIFO order (run_at, then insertion), priority playing no part. It
+-- reads the dispatch index too: the first :limit rows of each priority, of which the
+-- oldest :limit are taken (a second index in FIFO order would cost every write).
+UPDATE background_tasks
+SET status = 'running', attempts = attempts + 1, fence = fence + 1,
+    lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
+    started_at = :now, updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM (
+        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
+            INDEXED BY ix_background_tasks_dispatch
+            WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at <= :now
+              AND (owner = :worker OR (owner IS NULL
+                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+            ORDER BY run_at, rowid LIMIT :limit)
+        UNION ALL
+        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
+            INDEXED BY ix_background_tasks_dispatch
+            WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at <= :now
+              AND (owner = :worker OR (owner IS NULL
+                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+            ORDER BY run_at, rowid LIMIT :limit)
+        UNION ALL
+        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
+            INDEXED BY ix_background_tasks_dispatch
+            WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at <= :now
+              AND (owner = :worker OR (owner IS NULL
+                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+            ORDER BY run_at, rowid LIMIT :limit)
+        UNION ALL
+        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
+            INDEXED BY ix_background_tasks_dispatch
+            WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at <= :now
+              AND (owner = :worker OR (owner IS NULL
+                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+            ORDER BY run_at, rowid LIMIT :limit))
+    ORDER BY run_at, rowid LIMIT :limit)
+RETURNING rowid AS seq, *;
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
+WHERE lease_owner = :worker AND status = 'running' AND started_at = :now
+  AND NOT EXISTS (SELECT 1 FROM task_executions AS e
+                  WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
+
+-- name: register_worker
+INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
+    heartbeat_at, expires_at)
+VALUES (:worker, :hostname, :pid, :process_started_at, :concurrency, :started_at, :now, :expires)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at;
+
+-- name: renew_leases
+-- register_worker, and the leases of every task this worker holds.
+INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
+    heartbeat_at, expires_at)
+VALUES (:worker, :hostname, :pid, :process_started_at, :concurrency, :started_at, :now, :expires)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at;
+UPDATE background_tasks SET lease_expires_at = :expires
+WHERE lease_owner = :worker AND status = 'running'
+RETURNING id, fence, cancel_requested;
+
+-- name: finish
+-- One attempt's outcome, if :worker still holds the attempt :fence (and, with
+-- :cancel_guard, the task's cancel flag is that): its execution row, its metrics row and
+-- the task row, each guarded, the task last. No row back: the lease was lost.
+UPDATE task_executions SET finished_at = :now, outcome = :outcome,
+    error_category = :x_category, error_type = :x_type, error_message = :x_message,
+    traceback = :traceback
+WHERE task_id = :id AND fence = :fence AND EXISTS (
+    SELECT 1 FROM background_tasks WHERE id = :id AND status = 'running'
+      AND lease_owner = :worker AND fence = :fence
+      AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard));
+INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
+    queue_wait_seconds, duration_seconds, recorded_at)
+SELECT id, task_type, attempts, :outcome, :x_category, max(0.0, started_at - run_at),
+    max(0.0, :now - started_at), :now
+FROM background_tasks WHERE id = :id AND status = 'running' AND lease_owner = :worker
+  AND fence = :fence AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
+UPDATE background_tasks SET
+    status = :status,
+    result = CASE WHEN :status = 'completed' THEN :result ELSE result END,
+    progress = CASE WHEN :status = 'completed' THEN 1.0 ELSE progress END,
+    finished_at = CASE WHEN :terminal THEN :now ELSE finished_at END,
+    run_at = coalesce(:run_at, run_at),
+    attempts = attempts - :give_back,
+    message = coalesce(:message, message),
+    error_message = CASE WHEN :set_error THEN :error_message ELSE error_message END,
+    error_type = CASE WHEN :set_error THEN :error_type ELSE error_type END,
+    error_category = CASE WHEN :set_error THEN :error_category ELSE error_category END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
+WHERE id = :id AND status = 'running' AND lease_owner = :worker AND fence = :fence
+  AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard)
+RETURNING progress, message;
+
+-- name: completions_held
+-- Of the completions in :rows (a JSON array of [id, worker, fence, result, now]), the
+-- ones whose attempt is still held: [place in :rows, message] pairs. CROSS JOIN keeps
+-- those few rows the outer loop (else SQLite may walk every running task).
+SELECT json_group_array(json_array(d.n, t.message))
+FROM (SELECT key AS n, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
+          json_extract(value, '$[2]') AS fence FROM json_each(:rows)) AS d
+CROSS JOIN background_tasks AS t ON t.id = d.id
+WHERE t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
+
+-- name: complete_many
+-- What finish writes for a completion, for every row of :rows (held attempts only), in
+-- three statements for the lot.
+INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
+    queue_wait_seconds, duration_seconds, recorded_at)
+SELECT t.id, t.task_type, t.attempts, 'completed', NULL, max(0.0, t.started_at - t.run_at),
+    max(0.0, d.now - t.started_at), d.now
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[4]') AS now
+      FROM json_each(:rows)) AS d
+CROSS JOIN background_tasks AS t ON t.id = d.id;
+UPDATE background_tasks SET status = 'completed', result = d.result, progress = 1.0,
+    finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = d.now
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[3]') AS result,
+          json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
+WHERE background_tasks.id = d.id;
+UPDATE task_executions SET finished_at = d.now, outcome = 'completed', error_category = NULL,
+    error_type = NULL, error_message = NULL, traceback = NULL
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[2]') AS fence,
+          json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
+WHERE task_executions.task_id = d.id AND task_executions.fence = d.fence;
+
+-- Workers and crash recovery -----------------------------------------------------------------
+
+-- name: list_workers
+SELECT * FROM workers;
+
+-- name: remove_worker
+DELETE FROM workers WHERE worker_id = :worker;
+
+-- name: expire_workers
+UPDATE workers SET expires_at = 0 WHERE worker_id IN (SELECT value FROM json_each(:ids));
+
+-- name: dead_workers
+SELECT worker_id FROM workers WHERE expires_at < :now;
+
+-- name: lost_tasks
+-- Running tasks whose lease expired or whose worker is dead.
+SELECT * FROM background_tasks WHERE status = 'running'
+  AND (lease_expires_at < :now OR lease_owner IN (SELECT value FROM json_each(:dead)));
+
+-- name: close_lost_execution
+UPDATE task_executions SET finished_at = :now, outcome = 'lost', error_category = :category,
+    error_type = :error_type, error_message = :message
+WHERE task_id = :id AND fence = :fence;
+
+-- name: end_lost_attempt
+UPDATE background_tasks SET status = :status, lease_owner = NULL, lease_expires_at = NULL,
+    cancel_requested = 0, updated_at = :now, run_at = coalesce(:retry_at, run_at),
+    finished_at = CASE WHEN :status IN ('failed', 'cancelled') THEN :now END,
+    error_message = :message, error_type = :error_type, error_category = :category
+WHERE id = :id
+RETURNING *;
+
+-- name: fail_orphans
+-- Waiting closures whose process (owner) is dead or unknown.
+UPDATE background_tasks SET status = 'failed', finished_at = :now, updated_at = :now,
+    error_type = :error_type, error_category = :category, error_message = :message
+WHERE status IN ('pending', 'retrying') AND owner IS NOT NULL
+  AND (owner IN (SELECT value FROM json_each(:dead)) OR owner NOT IN (SELECT worker_id FROM workers))
+RETURNING *;
+
+-- name: delete_workers
+DELETE FROM workers WHERE worker_id IN (SELECT value FROM json_each(:ids));
+
+-- Progress ---------------------------------------------------------------------------------
+
+-- name: running_among
+SELECT id FROM background_tasks WHERE status = 'running'
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: save_progress
+-- :rows is a JSON array of [id, progress, message, at], one per task.
+UPDATE background_tasks SET progress = d.progress,
+    message = coalesce(d.message, background_tasks.message), updated_at = d.at
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS progress,
+          json_extract(value, '$[2]') AS message, json_extract(value, '$[3]') AS at
+      FROM json_each(:rows)) AS d
+WHERE background_tasks.id = d.id;
+
+-- name: append_progress
+-- :rows is a JSON array of [id, progress, message, metadata, at], oldest first.
+INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), json_extract(value, '$[4]')
+FROM json_each(:rows) ORDER BY key;
+
+-- name: trim_progress
+-- Keep the newest :keep history rows of each task of :ids.
+DELETE FROM task_progress WHERE task_id IN (SELECT value FROM json_each(:ids))
+  AND id <= (SELECT p.id FROM task_progress AS p WHERE p.task_id = task_progress.task_id
+             ORDER BY p.id DESC LIMIT 1 OFFSET :keep);
+
+-- name: progress_history
+SELECT * FROM (SELECT * FROM task_progress WHERE task_id = :task_id
+               ORDER BY id DESC LIMIT :limit) ORDER BY id;
+
+-- Cancel, pause, requeue -------------------------------------------------------------------
+
+-- name: task_status
+SELECT status FROM background_tasks WHERE id = :id;
+
+-- name: request_cancel_running
+UPDATE background_tasks SET cancel_requested = 1, updated_at = :now WHERE id = :id
+RETURNING *;
+
+-- name: cancel_task
+UPDATE background_tasks SET status = 'cancelled', finished_at = :now, updated_at = :now
+WHERE id = :id RETURNING *;
+
+-- name: cancel_waiting
+UPDATE background_tasks SET status = 'cancelled', finished_at = :now, updated_at = :now
+WHERE status IN ('pending', 'retrying') RETURNING id;
+
+-- name: requeue_failed
+UPDATE background_tasks SET status = 'pending', attempts = 0, run_at = :now, updated_at = :now,
+    finished_at = NULL, progress = 0
+WHERE status = 'failed'
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
+  AND (:category IS NULL OR error_category = :category)
+  AND (:task_type IS NULL OR task_type = :task_type)
+RETURNING *;
+
+-- name: set_paused
+INSERT INTO queue_state (key, value) VALUES ('paused', :value)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: clear_paused
+DELETE FROM queue_state WHERE key = 'paused';
+
+-- name: get_paused
+SELECT value FROM queue_state WHERE key = 'paused';
+
+-- Shared circuit breakers --------------------------------------------------------------------
+
+-- name: save_breaker_state
+-- Insert or replace, unless the stored state is newer.
+INSERT INTO circuit_breakers (name, state, opened_at, retry_at, updated_at, worker_id)
+VALUES (:name, :state, :opened_at, :retry_at, :updated_at, :worker_id)
+ON CONFLICT (name) DO UPDATE SET state = excluded.state, opened_at = excluded.opened_at,
+    retry_at = excluded.retry_at, updated_at = excluded.updated_at,
+    worker_id = excluded.worker_id
+WHERE excluded.updated_at >= updated_at;
+
+-- name: load_breaker_states
+SELECT * FROM circuit_breakers ORDER BY name;
+
+-- Statistics and system metrics --------------------------------------------------------------
+
+-- name: metrics_groups
+SELECT task_type, outcome, error_category, attempt > 1 AS retry, count(*) AS n,
+    sum(duration_seconds) AS duration, sum(queue_wait_seconds) AS wait
+FROM task_metrics WHERE recorded_at >= :since GROUP BY 1, 2, 3, 4;
+
+-- name: metrics_durations
+SELECT duration_seconds FROM task_metrics WHERE recorded_at >= :since
+  AND outcome = 'completed' AND duration_seconds IS NOT NULL
+ORDER BY recorded_at DESC LIMIT :limit;
+
+-- name: dead_lettered_since
+SELECT count(*) FROM background_tasks WHERE finished_at >= :since AND status = 'failed';
+
+-- name: add_resource_sample
+INSERT INTO system_metrics (recorded_at, cpu_percent, memory_percent, disk_percent,
+    process_rss_mb, process_cpu_percent, active_tasks, queued_tasks)
+VALUES (:recorded_at, :cpu_percent, :memory_percent, :disk_percent, :process_rss_mb,
+    :process_cpu_percent, :active_tasks, :queued_tasks);
+
+-- name: resource_samples
+-- The newest :limit samples since :since, oldest first.
+SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= :since
+               ORDER BY recorded_at DESC LIMIT :limit) ORDER BY recorded_at;
+
+-- name: ping
+SELECT 1;
+
+-- Housekeeping -----------------------------------------------------------------------------
+
+-- name: cleanup_tasks
+-- Up to 500 finished tasks that finished before :before (their rows in the other tables
+-- go with them: ON DELETE CASCADE).
+DELETE FROM background_tasks WHERE rowid IN (SELECT rowid FROM background_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < :before LIMIT 500);
+
+-- name: cleanup_samples
+DELETE FROM system_metrics WHERE recorded_at < :before;
+
+-- name: count_tasks
+SELECT count(*) FROM background_tasks;
+
+-- name: wal_checkpoint
+PRAGMA wal_checkpoint(TRUNCATE);
+
+-- name: analyze
+ANALYZE;
+PRAGMA optimize;
+
+-- name: vacuum
+VACUUM;
+
+-- name: quick_check
+PRAGMA quick_check;

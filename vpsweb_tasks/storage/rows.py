@@ -1,0 +1,198 @@
+"""Rows to records, and values to columns, for every backend.
+
+Both backends keep JSON in text columns and times as epoch seconds, and hand rows over as
+dicts, so one set of conversions serves both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ErrorCategory
+from ..models import (
+    ExecutionOutcome,
+    ExecutionRecord,
+    ResourceSample,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    from_timestamp,
+    to_datetime,
+)
+from ..retry import RetryConfig
+from .types import NewTask, ProgressSnapshot, SharedBreakerState, WorkerInfo
+
+__all__ = [
+    "as_float",
+    "breaker_from_row",
+    "dumps",
+    "execution_from_row",
+    "loads",
+    "loads_result",
+    "new_task_params",
+    "new_task_row",
+    "progress_from_row",
+    "sample_from_row",
+    "task_from_row",
+    "worker_from_row",
+]
+
+Row = Mapping[str, Any]
+
+
+def dumps(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value == {}:  # most payloads and metadata: skip the encoder
+        return "{}"
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> Any:
+    return {} if text == "{}" else json.loads(text)
+
+
+def loads_result(text: str) -> Any:
+    return None if text == "null" else json.loads(text)  # most results: None
+
+
+def as_float(value: Any) -> float | None:
+    # SQLite hands a whole-number REAL back as int through RETURNING.
+    return None if value is None else float(value)
+
+
+def new_task_params(task: NewTask) -> dict[str, Any]:
+    """A new task's columns, as the parameters of ``insert_task``."""
+    return {
+        "id": task.id,
+        "name": task.name,
+        "task_type": task.task_type,
+        "priority": task.priority,
+        "payload": dumps(task.payload),
+        "metadata": dumps(task.metadata),
+        "max_retries": task.max_retries,
+        "timeout_seconds": task.timeout_seconds,
+        "retry_config": None if task.retry is None else dumps(task.retry),
+        "owner": task.owner,
+        "run_at": task.run_at,
+        "created_at": task.created_at,
+    }
+
+
+def new_task_row(task: NewTask) -> list[Any]:
+    """A new task's columns, as one row of ``insert_tasks``' JSON array."""
+    return [
+        task.id,
+        task.name,
+        task.task_type,
+        task.priority,
+        dumps(task.payload),
+        dumps(task.metadata),
+        task.max_retries,
+        task.timeout_seconds,
+        None if task.retry is None else dumps(task.retry),
+        task.owner,
+        task.run_at,
+        task.created_at,
+    ]
+
+
+def task_from_row(row: Row) -> TaskRecord:
+    category = row["error_category"]
+    result = row["result"]
+    return TaskRecord(
+        id=row["id"],
+        name=row["name"],
+        task_type=row["task_type"],
+        priority=TaskPriority.from_rank(row["priority"]),
+        status=TaskStatus(row["status"]),
+        payload=loads(row["payload"]),
+        metadata=loads(row["metadata"]),
+        max_retries=row["max_retries"],
+        timeout_seconds=as_float(row["timeout_seconds"]),
+        retry=None
+        if row["retry_config"] is None
+        else RetryConfig.model_validate_json(row["retry_config"]),
+        attempts=row["attempts"],
+        progress=float(row["progress"]),
+        message=row["message"],
+        result=None if result is None else loads_result(result),
+        error_message=row["error_message"],
+        error_type=row["error_type"],
+        error_category=None if category is None else ErrorCategory(category),
+        owner=row["owner"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=from_timestamp(row["lease_expires_at"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        run_at=to_datetime(row["run_at"]),
+        created_at=to_datetime(row["created_at"]),
+        updated_at=to_datetime(row["updated_at"]),
+        started_at=from_timestamp(row["started_at"]),
+        finished_at=from_timestamp(row["finished_at"]),
+    )
+
+
+def execution_from_row(row: Row) -> ExecutionRecord:
+    category = row["error_category"]
+    return ExecutionRecord(
+        id=row["id"],
+        task_id=row["task_id"],
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        started_at=to_datetime(row["started_at"]),
+        finished_at=from_timestamp(row["finished_at"]),
+        outcome=ExecutionOutcome(row["outcome"]),
+        error_category=None if category is None else ErrorCategory(category),
+        error_type=row["error_type"],
+        error_message=row["error_message"],
+    )
+
+
+def worker_from_row(row: Row) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        process_started_at=as_float(row["process_started_at"]),
+        concurrency=row["concurrency"],
+        started_at=float(row["started_at"]),
+        heartbeat_at=float(row["heartbeat_at"]),
+        expires_at=float(row["expires_at"]),
+    )
+
+
+def progress_from_row(row: Row) -> ProgressSnapshot:
+    metadata = row["metadata"]
+    return ProgressSnapshot(
+        task_id=row["task_id"],
+        progress=float(row["progress"]),
+        message=row["message"],
+        metadata=None if metadata is None else json.loads(metadata),
+        at=float(row["recorded_at"]),
+    )
+
+
+def breaker_from_row(row: Row) -> SharedBreakerState:
+    return SharedBreakerState(
+        name=row["name"],
+        state=row["state"],
+        opened_at=as_float(row["opened_at"]),
+        retry_at=as_float(row["retry_at"]),
+        updated_at=float(row["updated_at"]),
+        worker_id=row["worker_id"],
+    )
+
+
+def sample_from_row(row: Row) -> ResourceSample:
+    return ResourceSample(
+        recorded_at=float(row["recorded_at"]),
+        cpu_percent=float(row["cpu_percent"]),
+        memory_percent=float(row["memory_percent"]),
+        disk_percent=float(row["disk_percent"]),
+        process_rss_mb=float(row["process_rss_mb"]),
+        process_cpu_percent=float(row["process_cpu_percent"] or 0.0),
+        active_tasks=row["active_tasks"] or 0,
+        queued_tasks=row["queued_tasks"] or 0,
+    )

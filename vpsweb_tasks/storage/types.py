@@ -1,0 +1,243 @@
+"""The values the storage contract takes and returns (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ErrorCategory
+from ..models import TaskPriority, TaskRecord, TaskStatus, to_datetime
+from ..retry import RetryConfig
+
+__all__ = [
+    "AttemptGroup",
+    "Cancelled",
+    "Claim",
+    "Completed",
+    "Deferred",
+    "Failed",
+    "HeartbeatResult",
+    "LeaseToken",
+    "MetricsWindow",
+    "NewTask",
+    "Notice",
+    "Outcome",
+    "ProgressSnapshot",
+    "ReapResult",
+    "Released",
+    "RetryDecider",
+    "SharedBreakerState",
+    "WorkerInfo",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated task to insert. ``priority`` is :attr:`TaskPriority.rank`."""
+
+    id: str
+    name: str
+    task_type: str
+    priority: int
+    max_retries: int
+    run_at: float
+    created_at: float
+    timeout_seconds: float | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    """Worker id whose process holds the callable (closures); None for registered types."""
+    retry: dict[str, Any] | None = None
+    """The task's own RetryConfig, as a dict."""
+
+    def record(self) -> TaskRecord:
+        """The record of this task as it is stored (``pending``), built rather than read
+        back."""
+        created = to_datetime(self.created_at)
+        return TaskRecord(
+            id=self.id,
+            name=self.name,
+            task_type=self.task_type,
+            priority=TaskPriority.from_rank(self.priority),
+            status=TaskStatus.PENDING,
+            run_at=created if self.run_at == self.created_at else to_datetime(self.run_at),
+            created_at=created,
+            updated_at=created,
+            payload=self.payload,
+            metadata=self.metadata,
+            max_retries=self.max_retries,
+            timeout_seconds=self.timeout_seconds,
+            retry=None if self.retry is None else RetryConfig.model_validate(self.retry),
+            owner=self.owner,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseToken:
+    """Proof that a worker holds the current attempt of a task."""
+
+    task_id: str
+    worker_id: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task handed to a worker: the record as it is after the claim, and its token."""
+
+    task: TaskRecord
+    token: LeaseToken
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The attempt succeeded with ``result``, which must be JSON: constructing a Completed
+    with anything else raises ``TypeError`` or ``ValueError``. ``json`` is its encoding."""
+
+    result: Any = None
+    json: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoded = (
+            "null"
+            if self.result is None
+            else json.dumps(self.result, separators=(",", ":"), allow_nan=False)
+        )
+        object.__setattr__(self, "json", encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt raised. ``retry_at`` (epoch seconds) schedules the next attempt (status
+    ``retrying``); None makes the task ``failed`` (the dead letter queue)."""
+
+    error_type: str
+    error_message: str
+    category: ErrorCategory
+    retry_at: float | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The attempt was stopped because cancellation was requested."""
+
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The attempt was interrupted by a graceful shutdown: back to ``pending``, the attempt
+    given back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The task could not start because a dependency (a circuit breaker) is unavailable:
+    ``retrying`` until ``retry_at``, the attempt given back."""
+
+    retry_at: float
+    reason: str
+
+
+Outcome = Completed | Failed | Cancelled | Released | Deferred
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressSnapshot:
+    """The latest progress of a running task, written coalesced."""
+
+    task_id: str
+    progress: float
+    message: str | None
+    metadata: dict[str, Any] | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as recorded in the ``workers`` table."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    process_started_at: float | None = None
+    concurrency: int = 1
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """What a heartbeat learned about the worker's running tasks."""
+
+    lost: frozenset[str]
+    """Task ids the worker thought it held but no longer does (fenced out)."""
+    cancel_requested: frozenset[str]
+    """Task ids held by the worker whose cancellation another process requested."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    """Tasks changed by :meth:`TaskStore.reap`."""
+
+    requeued: list[TaskRecord]
+    failed: list[TaskRecord]
+    expired_workers: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptGroup:
+    """Finished attempts in a window sharing type, outcome, category and first-or-retry."""
+
+    task_type: str
+    outcome: str
+    category: str | None
+    retry: bool
+    """True for attempts after the first."""
+    count: int
+    duration_total: float
+    wait_total: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsWindow:
+    """Aggregates of ``task_metrics`` since a time, for statistics."""
+
+    since: float
+    groups: list[AttemptGroup]
+    durations: list[float]
+    """Durations of the most recent completed attempts (bounded sample), unsorted."""
+    dead_lettered: int
+    """Tasks that became ``failed`` in the window."""
+
+
+#: Kinds of cross-process notices relayed by :meth:`TaskStore.listen`. For
+#: ``breaker_changed`` the second argument is the breaker's name. ``changed`` (second
+#: argument empty) says only that another process committed something: look again.
+Notice = Literal["task_added", "cancel_requested", "breaker_changed", "changed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBreakerState:
+    """A circuit breaker's state as one worker last recorded it for all the others."""
+
+    name: str
+    state: str
+    """``closed``, ``open`` or ``half-open``."""
+    opened_at: float | None
+    retry_at: float | None
+    updated_at: float
+    worker_id: str
+
+
+#: Given a task whose attempt was lost (its worker died), returns the epoch time of its
+#: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
+RetryDecider = Callable[[TaskRecord], float | None]

@@ -1,0 +1,32 @@
+-- The translation extension's named queries for SQLite (the format: vpsweb_tasks/storage/
+-- queries.py); operations in vpsweb_tasks/translation/store.py run them, as
+-- translation.<name>.
+
+-- name: insert_jobs
+-- The jobs of tasks inserted in the same transaction; :rows is a JSON array of
+-- [id, task_id, source_language, target_language, workflow_mode, original_text, metadata,
+-- created_at].
+INSERT INTO translation_jobs (id, task_id, source_language, target_language, workflow_mode,
+    original_text, metadata, steps, created_at, updated_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+    json_extract(value, '$[6]'), '{}', json_extract(value, '$[7]'), json_extract(value, '$[7]')
+FROM json_each(:rows) ORDER BY key;
+
+-- name: get_job
+SELECT * FROM translation_jobs WHERE id = :id;
+
+-- name: list_jobs
+-- Newest first, with any status of :statuses (NULL: any).
+SELECT j.* FROM translation_jobs AS j JOIN background_tasks AS t ON t.id = j.task_id
+WHERE :statuses IS NULL OR t.status IN (SELECT value FROM json_each(:statuses))
+ORDER BY j.created_at DESC, j.id DESC LIMIT :limit OFFSET :offset;
+
+-- name: save_step
+-- Insert or replace one step's checkpoint (:path is the JSON path of its quoted name).
+UPDATE translation_jobs SET steps = json_set(steps, :path, json(:checkpoint)),
+    updated_at = :now
+WHERE id = :id;
+
+-- name: save_result
+UPDATE translation_jobs SET result = :result, updated_at = :now WHERE id = :id;
