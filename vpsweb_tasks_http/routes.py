@@ -13,16 +13,13 @@ definition time, and some refer to dependencies local to :func:`create_router`.)
 """
 
 import hmac
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import ValidationError
 
 from vpsweb_tasks import (
     TaskDefinition,
@@ -30,21 +27,14 @@ from vpsweb_tasks import (
     TaskMonitor,
     TaskStatus,
 )
-from vpsweb_tasks.errors import (
-    ErrorCategory,
-    HandlerUnavailableError,
-    ManagerNotRunningError,
-    QueueFullError,
-    TaskNotFoundError,
-    TaskStateError,
-    TranslationNotConfiguredError,
-    UnknownTaskTypeError,
-)
+from vpsweb_tasks.errors import ErrorCategory
 from vpsweb_tasks.events import SubscriberLagged
 from vpsweb_tasks.models import to_datetime
 
+from . import sse
 from ._routing import RouteGroup, group_url
 from .auth import StreamTokens
+from .errors import GUARDED_RESPONSES, LIBRARY_ERRORS, OPEN_RESPONSES, error_response
 from .metrics import render_metrics
 from .schemas import (
     AlertResponse,
@@ -52,7 +42,6 @@ from .schemas import (
     BreakerResponse,
     BreakersResponse,
     ClearResponse,
-    ErrorResponse,
     ExecutionResponse,
     HealthResponse,
     MonitoringStateResponse,
@@ -80,15 +69,10 @@ __all__ = ["create_router"]
 
 TASKS_PREFIX = "/api/v1/background-tasks"
 MONITORING_PREFIX = "/api/v1/monitoring"
-FINAL_EVENTS = frozenset({"task_completed", "task_dead_lettered", "task_cancelled"})
 
 TaskId = Annotated[str, Path(min_length=1, max_length=100, description="The task's id")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 def _route_class(retry_after: int) -> type[APIRoute]:
@@ -101,37 +85,8 @@ def _route_class(retry_after: int) -> type[APIRoute]:
             async def route(request: Request) -> Response:
                 try:
                     return await handler(request)
-                except TaskNotFoundError as exc:
-                    return _error(404, str(exc))
-                except TaskStateError as exc:
-                    return _error(409, str(exc))
-                except QueueFullError as exc:
-                    return _error(429, str(exc), {"Retry-After": str(retry_after)})
-                except UnknownTaskTypeError as exc:
-                    detail = [
-                        {
-                            "type": "unknown_task_type",
-                            "loc": ["body", "task_type"],
-                            "msg": str(exc),
-                            "input": exc.task_type,
-                            "ctx": {"registered": exc.registered},
-                        }
-                    ]
-                    return JSONResponse({"detail": detail}, status_code=422)
-                except ManagerNotRunningError as exc:
-                    return _error(503, str(exc))
-                except TranslationNotConfiguredError as exc:
-                    return JSONResponse(
-                        {"detail": str(exc), "problems": exc.problems}, status_code=503
-                    )
-                except ValidationError as exc:
-                    # Models validated inside a call (e.g. one request per mode of a
-                    # compare): the body is what was invalid.
-                    errors = json.loads(exc.json(include_url=False, include_context=False))
-                    invalid = [{**error, "loc": ["body", *error["loc"]]} for error in errors]
-                    return JSONResponse({"detail": invalid}, status_code=422)
-                except HandlerUnavailableError as exc:
-                    return _error(409, str(exc))
+                except LIBRARY_ERRORS as exc:
+                    return error_response(exc, retry_after=retry_after)
 
             return route
 
@@ -189,16 +144,8 @@ def create_router(
         check_running()
 
     route_class = _route_class(queue_full_retry_after)
-    errors: dict[int | str, dict[str, Any]] = {
-        503: {"model": ErrorResponse, "description": "The task manager is not running"},
-    }
-    guarded_errors: dict[int | str, dict[str, Any]] = {
-        **errors,
-        401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
-        404: {"model": ErrorResponse, "description": "No task with that id"},
-        409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
-        429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
-    }
+    errors = OPEN_RESPONSES
+    guarded_errors = GUARDED_RESPONSES
     router = router if router is not None else APIRouter()
     public = RouteGroup(route_class=route_class, dependencies=[Depends(running)], responses=errors)
     guarded = [Depends(authorised)]
@@ -369,22 +316,6 @@ def create_router(
         await manager.get_task(task_id)
         return task_id
 
-    def resume_point(last_event_id: str | None, after: int | None) -> int | None:
-        if last_event_id is not None:
-            try:
-                return int(last_event_id)
-            except ValueError:
-                detail = [
-                    {
-                        "type": "int_parsing",
-                        "loc": ["header", "last-event-id"],
-                        "msg": "Last-Event-ID must be an event id (an integer)",
-                        "input": last_event_id,
-                    }
-                ]
-                raise HTTPException(422, detail) from None
-        return after
-
     @monitoring.post(
         "/stream-token",
         summary="A short-lived token for the event streams (?token=), for EventSource",
@@ -404,28 +335,19 @@ def create_router(
         task_id: Annotated[str, Depends(existing_task)],
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> AsyncIterator[ServerSentEvent]:
-        start = resume_point(last_event_id, None)
+        start = sse.resume_point(last_event_id, None)
         hub = manager.events
         # Subscribe first, then read the state: nothing can fall between the two.
         async with hub.subscribe(after=start if start is not None else hub.last_id) as stream:
             now = await monitor.task_progress(task_id)
-            yield ServerSentEvent(
-                event="status",
-                data=ProgressResponse(
-                    task_id=task_id,
-                    progress=now.progress,
-                    message=now.message,
-                    status=now.status,
-                    timestamp=now.timestamp,
-                ).model_dump(mode="json"),
-            )
+            yield sse.task_status(now)
             if now.status.is_terminal:
                 return
             async for event in stream:
                 if event.task_id != task_id:
                     continue
-                yield ServerSentEvent(event=event.kind, id=str(event.id), data=event.to_dict())
-                if event.kind in FINAL_EVENTS:
+                yield sse.hub_event(event)
+                if event.kind in sse.FINAL_EVENTS:
                     return
 
     @monitoring_streams.get(
@@ -437,21 +359,13 @@ def create_router(
         last_event_id: Annotated[str | None, Header()] = None,
         after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
     ) -> AsyncIterator[ServerSentEvent]:
-        start = resume_point(last_event_id, after)
+        start = sse.resume_point(last_event_id, after)
         try:
             async with monitor.subscribe(after=start) as stream:
                 async for event in stream:
-                    yield ServerSentEvent(event=event.kind, id=str(event.id), data=event.to_dict())
+                    yield sse.hub_event(event)
         except SubscriberLagged as lagged:
-            # Events after lagged.last_id are no longer kept: the client must reload state.
-            yield ServerSentEvent(
-                event="reset",
-                data={
-                    "reason": "events were lost",
-                    "last_id": lagged.last_id,
-                    "now": manager.events.last_id,
-                },
-            )
+            yield sse.reset(lagged, now=manager.events.last_id)
 
     # --- monitoring ---------------------------------------------------------------------------
 
@@ -484,14 +398,7 @@ def create_router(
 
     @monitoring.get("/tasks/{task_id}/progress", summary="Task progress information")
     async def task_progress(task_id: TaskId) -> ProgressResponse:
-        update = await monitor.task_progress(task_id)
-        return ProgressResponse(
-            task_id=update.task_id,
-            progress=update.progress,
-            message=update.message,
-            status=update.status,
-            timestamp=update.timestamp,
-        )
+        return ProgressResponse.of(await monitor.task_progress(task_id))
 
     @monitoring.get("/tasks/{task_id}/history", summary="Task progress history")
     async def task_history(task_id: TaskId, limit: Limit = 1000) -> ProgressHistoryResponse:

@@ -13,23 +13,18 @@ definition time.)
 """
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
 
 from vpsweb_tasks import TaskManager, TaskStatus
 from vpsweb_tasks.events import (
-    Event,
     TaskCancelled,
     TaskCompleted,
     TaskDeadLettered,
-    TaskProgressed,
 )
 from vpsweb_tasks.translation import (
     CompareRequest,
@@ -41,65 +36,20 @@ from vpsweb_tasks.translation import (
     TranslationRequest,
     TranslationResult,
     VPSWebAdapter,
-    WorkflowMode,
     get_vpsweb_adapter,
 )
 
+from . import sse
 from ._routing import RouteGroup, group_url
+from .schemas import (
+    TranslationBatchResponse,
+    TranslationListResponse,
+    TranslationSubmitResponse,
+)
 
-__all__ = ["TranslationSubmitResponse", "create_translation_router"]
+__all__ = ["create_translation_router"]
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id")]
-
-
-class TranslationSubmitResponse(BaseModel):
-    """A stored job: ``job_id`` (as in the document's example) and where to follow it."""
-
-    job_id: str
-    task_id: str
-    status: TaskStatus
-    workflow_mode: WorkflowMode
-    source_language: str
-    target_language: str
-    created_at: datetime
-    status_url: str
-    result_url: str
-    events_url: str
-
-    @classmethod
-    def of(cls, job: TranslationJob, base: str) -> "TranslationSubmitResponse":
-        """``base``: the URL of the routes' prefix (``.../api/v1/background-tasks``)."""
-        job_url = f"{base}/translation/{quote(job.job_id, safe='')}"
-        return cls(
-            job_id=job.job_id,
-            task_id=job.task_id,
-            status=job.status,
-            workflow_mode=job.workflow_mode,
-            source_language=job.source_language,
-            target_language=job.target_language,
-            created_at=job.created_at,
-            status_url=job_url,
-            result_url=f"{job_url}/result",
-            events_url=f"{job_url}/events",
-        )
-
-
-class TranslationBatchResponse(BaseModel):
-    job_ids: list[str]
-    """One per request, in the order given."""
-    jobs: list[TranslationSubmitResponse]
-    count: int
-
-
-class TranslationListResponse(BaseModel):
-    jobs: list[TranslationJob]
-    count: int
-    limit: int
-    offset: int
-
-
-def _percent(progress: float) -> int:
-    return round(progress * 100)
 
 
 def create_translation_router(
@@ -231,17 +181,17 @@ def create_translation_router(
             after = int(last_event_id)
         async with hub.subscribe(after=after) as stream:
             job = await vpsweb.status(job_id)
-            yield ServerSentEvent(event="status", data=_status(job))
+            yield ServerSentEvent(event="status", data=sse.job_status(job))
             if job.status.is_terminal:
-                yield await _final(vpsweb, job_id, None)
+                yield await sse.job_final(vpsweb, job_id, None)
                 return
             async for event in stream:
                 if event.task_id != job_id:
                     continue
                 if isinstance(event, TaskCompleted | TaskDeadLettered | TaskCancelled):
-                    yield await _final(vpsweb, job_id, event)
+                    yield await sse.job_final(vpsweb, job_id, event)
                     return
-                yield await _translate(vpsweb, job_id, event)
+                yield await sse.job_event(vpsweb, job_id, event)
 
     # --- system health -------------------------------------------------------------------
 
@@ -258,62 +208,3 @@ def create_translation_router(
     router = router if router is not None else APIRouter()
     group.add_to(router)
     return router
-
-
-def _status(job: TranslationJob) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "status": job.status.value,
-        "progress": job.progress,
-        "percent": _percent(job.progress),
-        "message": job.message,
-        "current_step": job.current_step,
-        "steps_completed": job.steps_completed,
-        "attempts": job.attempts,
-    }
-
-
-async def _translate(vpsweb: VPSWebAdapter, job_id: str, event: Event) -> ServerSentEvent:
-    """One hub event of the job, as VPSWeb's UI expects it."""
-    if isinstance(event, TaskProgressed) and event.update is not None:
-        update = event.update
-        meta = update.metadata or {}
-        kind = meta.get("event")
-        if kind in ("step_start", "step_complete"):
-            data = {
-                "job_id": job_id,
-                "step": meta.get("step"),
-                "step_name": meta.get("step_name"),
-                "progress": update.progress,
-                "percent": _percent(update.progress),
-                "message": update.message,
-                "details": meta.get("details", {}),
-            }
-            return ServerSentEvent(event=kind, id=str(event.id), data=data)
-    # Anything else (started, retrying, deferred, requeued, other progress): the state now.
-    job = await vpsweb.status(job_id)
-    data = {**_status(job), "cause": event.kind}
-    return ServerSentEvent(event="status", id=str(event.id), data=data)
-
-
-async def _final(vpsweb: VPSWebAdapter, job_id: str, event: Event | None) -> ServerSentEvent:
-    job = await vpsweb.status(job_id)
-    event_id = None if event is None else str(event.id)
-    if job.status is TaskStatus.COMPLETED:
-        result = await vpsweb.result(job_id)
-        return ServerSentEvent(
-            event="completed",
-            id=event_id,
-            data={"job_id": job_id, **result.model_dump(mode="json")},
-        )
-    message = job.error_message or f"translation job {job.status.value}"
-    return ServerSentEvent(
-        event="error",
-        id=event_id,
-        data={
-            "job_id": job_id,
-            "status": job.status.value,
-            "message": message,
-            "error_category": job.error_category,
-        },
-    )
