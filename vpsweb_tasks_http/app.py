@@ -13,7 +13,8 @@ import vpsweb_tasks
 from vpsweb_tasks import Settings, TaskManager, TaskMonitor, load_config
 
 from .dashboard import mount_dashboard
-from .routes import create_router
+from .deps import RouterState
+from .routes import add_routes
 
 __all__ = ["create_app"]
 
@@ -27,7 +28,8 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops the manager (workers, unless
     ``background_tasks.enabled`` is false) and the monitor. ``setup(manager)`` runs before
-    start, to register task types."""
+    start, to register task types. ``app.state`` holds ``manager``, ``monitor`` and
+    ``vpsweb_tasks``, the routes' :class:`~vpsweb_tasks_http.deps.RouterState`."""
     settings = settings or (manager.settings if manager else load_config())
     manager = manager or TaskManager(settings)
     monitor = monitor or TaskMonitor(manager)
@@ -46,16 +48,17 @@ def create_app(
         lifespan=lifespan,
         max_body_size=settings.http.max_request_bytes,
     )
-    app.state.manager = manager
-    app.state.monitor = monitor
     api_key = settings.http.resolved_api_key()
-    create_router(  # onto app.router itself: no included router to match through
+    state = RouterState.create(
         manager,
         monitor,
         api_key=api_key,
         queue_full_retry_after=settings.http.queue_full_retry_after,
-        router=app.router,
     )
+    app.state.manager = manager
+    app.state.monitor = monitor
+    app.state.vpsweb_tasks = state
+    add_routes(app.router, state)  # onto app.router itself: no included router to match through
 
     mount_dashboard(app, api_key_required=api_key is not None)
 
