@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -429,6 +430,98 @@ async def test_the_router_mounts_into_an_existing_app(
             assert queue.json()["worker_id"] == manager.worker_id
     paths = set(vpsweb.openapi()["paths"])
     assert {f"{TASKS}/submit", f"{MONITORING}/health", "/poems"} <= paths
+
+
+async def test_two_routers_of_two_managers_in_one_app(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Two task systems under two prefixes of one host app: each route reaches its own
+    # router's manager, key and stream tokens, and the host app's state is left alone.
+    from fastapi import FastAPI
+
+    from vpsweb_tasks import TaskMonitor
+    from vpsweb_tasks_http import create_router
+
+    async def noop(context: TaskContext) -> None:
+        return None
+
+    managers = {
+        name: TaskManager(settings_factory(storage={"sqlite_path": str(tmp_path / f"{name}.db")}))
+        for name in ("one", "two")
+    }
+    keys = {name: {"X-API-Key": f"key-{name}"} for name in managers}
+    host = FastAPI()
+    for name, manager in managers.items():
+        manager.task("noop")(noop)
+        router = create_router(manager, TaskMonitor(manager), api_key=f"key-{name}")
+        host.include_router(router, prefix=f"/{name}")
+    one, two = managers["one"], managers["two"]
+    transport = httpx.ASGITransport(app=host)
+    async with (
+        one,
+        two,
+        httpx.AsyncClient(transport=transport, base_url="http://host") as client,
+    ):
+        for name, manager in managers.items():
+            queue = await client.get(f"/{name}{TASKS}/queue/status", headers=keys[name])
+            assert queue.status_code == 200, queue.text
+            assert queue.json()["worker_id"] == manager.worker_id
+        assert (
+            await client.get(f"/two{TASKS}/queue/status", headers=keys["one"])
+        ).status_code == 401
+
+        submitted = await client.post(
+            f"/one{TASKS}/submit", json={"task_name": "t", "task_type": "noop"}, headers=keys["one"]
+        )
+        assert submitted.status_code == 202, submitted.text
+        task_id = submitted.json()["task_id"]
+        assert submitted.json()["status_url"] == f"http://host/one{TASKS}/status/{task_id}"
+        assert (await one.wait(task_id, timeout=10)).status is TaskStatus.COMPLETED
+        status = await client.get(f"/one{TASKS}/status/{task_id}", headers=keys["one"])
+        assert status.json()["status"] == "completed"
+        assert (
+            await client.get(f"/two{TASKS}/status/{task_id}", headers=keys["two"])
+        ).status_code == 404
+
+        issued = await client.post(f"/one{MONITORING}/stream-token", headers=keys["one"])
+        token = {"token": issued.json()["token"]}
+        events = await client.get(f"/one{TASKS}/tasks/{task_id}/events", params=token)
+        assert events.status_code == 200
+        assert "event: status" in events.text
+        assert (await client.get(f"/two{MONITORING}/events", params=token)).status_code == 401
+    assert not hasattr(host.state, "vpsweb_tasks")
+    assert not hasattr(host.state, "manager")
+
+
+async def test_every_route_but_the_health_checks_wants_the_key_first(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    # Each endpoint takes its manager from its guard: none may go without one. The manager
+    # is not started, so every route answers at its guard: 401 without the key, then 503.
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+
+    from vpsweb_tasks import TaskMonitor
+    from vpsweb_tasks.translation import TranslationExtension
+    from vpsweb_tasks_http import create_router
+
+    manager = TaskManager(settings_factory(), extensions=[TranslationExtension()])
+    router = create_router(manager, TaskMonitor(manager), api_key="k")
+    app = FastAPI()
+    app.include_router(router)
+    open_paths = {f"{TASKS}/health", f"{MONITORING}/health"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        routes = [route for route in router.routes if isinstance(route, APIRoute)]
+        assert len(routes) > 40
+        for route in routes:
+            path = route.path.replace("{task_id}", "x").replace("{job_id}", "x")
+            for method in route.methods:
+                without = await client.request(method, path)
+                expected = 503 if route.path in open_paths else 401
+                assert without.status_code == expected, (method, route.path, without.text)
+                keyed = await client.request(method, path, headers={"X-API-Key": "k"})
+                assert keyed.status_code == 503, (method, route.path, keyed.text)
 
 
 def test_every_documented_route_is_in_openapi(settings_factory: Callable[..., Settings]) -> None:

@@ -115,8 +115,9 @@ class Extension:
       (``context.write_on_completion(...)``).
     * ``sections``: the config sections it reads, by name, as pydantic models; validated
       at install (:meth:`~vpsweb_tasks.config.Settings.section` reads them).
-    * ``routes``: ``"module:attribute"`` of its HTTP routes, a callable that adds them to
-      the HTTP app's router (``vpsweb_tasks_http`` imports it; the core never does).
+    * ``routes``: ``"module:attribute"`` of its HTTP routes, a
+      ``vpsweb_tasks_http.RouteGroup`` whose endpoints reach the manager through their
+      guard (``state: Authorised``); the HTTP app adds them (the core never imports them).
     * :meth:`setup`: register its task types, keep the manager.
     """
 

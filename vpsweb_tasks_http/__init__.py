@@ -5,10 +5,33 @@
 ``create_app(settings)`` is a complete app whose lifespan runs the manager and monitor;
 ``mount_dashboard(app)`` adds the live web page at ``/dashboard/`` (create_app does).
 Install with the ``http`` extra.
+
+The routes live in ``routes/``, one module per route group, declared once at module level.
+``create_router`` makes one :class:`~vpsweb_tasks_http.deps.RouterState` (manager, monitor,
+stream tokens, API key, ``Retry-After``) and adds every route straight onto one router
+with a route class bound to that state: on each request the route puts its state on
+``request.state`` before anything else runs, and the endpoint receives it from the
+dependency that guards it (``state: Authorised``, ``StreamAuthorised`` or ``Open``), as a
+FastAPI endpoint receives its current user from its auth dependency. Nothing is read from
+the host app's ``app.state``, so routers of several managers can share one app;
+``create_app`` also keeps the state as ``app.state.vpsweb_tasks``. The guard is the only
+way to the state because FastAPI solves each dependency a route declares on every request:
+a second one for the state would add a solve to each.
 """
 
+from ._routing import RouteGroup
 from .app import create_app
 from .dashboard import mount_dashboard
+from .deps import Authorised, Open, RouterState, StreamAuthorised
 from .routes import create_router
 
-__all__ = ["create_app", "create_router", "mount_dashboard"]
+__all__ = [
+    "Authorised",
+    "Open",
+    "RouteGroup",
+    "RouterState",
+    "StreamAuthorised",
+    "create_app",
+    "create_router",
+    "mount_dashboard",
+]

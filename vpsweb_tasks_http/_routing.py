@@ -5,7 +5,8 @@ that is matched again at each level on every request (and walks every route for 
 ``url_for``). A :class:`RouteGroup` gives a set of routes a shared prefix, tags,
 dependencies and documented responses, as an included router would, but
 :meth:`~RouteGroup.add_to` adds them to one flat router: the same routes, in the same
-order, with the same OpenAPI schema and behaviour, matched once.
+order, with the same OpenAPI schema and behaviour, matched once. A group is declared once,
+at module level; each ``add_to`` gives its routes the route class of the router they join.
 """
 
 from __future__ import annotations
@@ -25,18 +26,16 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 class RouteGroup:
     """Routes declared with ``@group.get(...)`` etc.; :meth:`add_to` adds them to a router
     with ``prefix`` before their paths, ``tags`` and ``dependencies`` before theirs and
-    ``responses`` under theirs, as ``route_class``."""
+    ``responses`` under theirs."""
 
     def __init__(
         self,
         *,
-        route_class: type[APIRoute] = APIRoute,
         prefix: str = "",
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
         responses: dict[int | str, dict[str, Any]] | None = None,
     ) -> None:
-        self.route_class = route_class
         self.prefix = prefix
         self.tags = list(tags)
         self.dependencies = list(dependencies)
@@ -66,10 +65,15 @@ class RouteGroup:
 
         return add
 
-    def add_to(self, router: APIRouter) -> None:
-        """Adds the group's routes, in the order declared, to ``router``."""
+    def add_to(
+        self, router: APIRouter, *, route_class: type[APIRoute] = APIRoute, prefix: str = ""
+    ) -> None:
+        """Adds the group's routes, in the order declared, to ``router`` as ``route_class``,
+        with ``prefix`` before the group's own."""
         for path, endpoint, options in self._routes:
-            router.add_api_route(path, endpoint, route_class_override=self.route_class, **options)
+            router.add_api_route(
+                prefix + path, endpoint, route_class_override=route_class, **options
+            )
 
     def get(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
         return self.route("GET", path, **options)

@@ -14,7 +14,8 @@ from vpsweb_tasks import Settings, TaskManager, TaskMonitor, load_config
 from vpsweb_tasks.translation import TranslationExtension
 
 from .dashboard import mount_dashboard
-from .routes import create_router
+from .deps import RouterState
+from .routes import add_routes
 
 __all__ = ["create_app"]
 
@@ -29,7 +30,8 @@ def create_app(
     """A FastAPI app whose lifespan starts and stops the manager (workers, unless
     ``background_tasks.enabled`` is false) and the monitor. Without a ``manager``, one is
     made with the translation extension installed. ``setup(manager)`` runs before start,
-    to register task types."""
+    to register task types. ``app.state`` holds ``manager``, ``monitor`` and
+    ``vpsweb_tasks``, the routes' :class:`~vpsweb_tasks_http.deps.RouterState`."""
     settings = settings or (manager.settings if manager else load_config())
     manager = manager or TaskManager(settings, extensions=[TranslationExtension()])
     monitor = monitor or TaskMonitor(manager)
@@ -48,16 +50,17 @@ def create_app(
         lifespan=lifespan,
         max_body_size=settings.http.max_request_bytes,
     )
-    app.state.manager = manager
-    app.state.monitor = monitor
     api_key = settings.http.resolved_api_key()
-    create_router(  # onto app.router itself: no included router to match through
+    state = RouterState.create(
         manager,
         monitor,
         api_key=api_key,
         queue_full_retry_after=settings.http.queue_full_retry_after,
-        router=app.router,
     )
+    app.state.manager = manager
+    app.state.monitor = monitor
+    app.state.vpsweb_tasks = state
+    add_routes(app.router, state)  # onto app.router itself: no included router to match through
 
     mount_dashboard(app, api_key_required=api_key is not None)
 

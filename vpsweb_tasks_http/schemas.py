@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +14,7 @@ from vpsweb_tasks.errors import ErrorCategory
 from vpsweb_tasks.models import (
     ExecutionRecord,
     JsonObject,
+    ProgressUpdate,
     QueueStatus,
     ResourceSample,
     TaskPriority,
@@ -23,6 +25,7 @@ from vpsweb_tasks.models import (
 )
 from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
 from vpsweb_tasks.storage.base import ProgressSnapshot
+from vpsweb_tasks.translation import TranslationJob, WorkflowMode
 
 TaskType = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -232,6 +235,16 @@ class ProgressResponse(_Response):
     status: TaskStatus
     timestamp: datetime
 
+    @classmethod
+    def of(cls, update: ProgressUpdate) -> ProgressResponse:
+        return cls(
+            task_id=update.task_id,
+            progress=update.progress,
+            message=update.message,
+            status=update.status,
+            timestamp=update.timestamp,
+        )
+
 
 class ProgressPoint(_Response):
     progress: float
@@ -432,3 +445,52 @@ class SummaryResponse(_Response):
     resources: ResourcesResponse | None
     breakers: dict[str, str]
     monitoring: bool
+
+
+# --- translation jobs -----------------------------------------------------------------------
+
+
+class TranslationSubmitResponse(BaseModel):
+    """A stored job: ``job_id`` (as in the document's example) and where to follow it."""
+
+    job_id: str
+    task_id: str
+    status: TaskStatus
+    workflow_mode: WorkflowMode
+    source_language: str
+    target_language: str
+    created_at: datetime
+    status_url: str
+    result_url: str
+    events_url: str
+
+    @classmethod
+    def of(cls, job: TranslationJob, base: str) -> TranslationSubmitResponse:
+        """``base``: the URL of the routes' prefix (``.../api/v1/background-tasks``)."""
+        job_url = f"{base}/translation/{quote(job.job_id, safe='')}"
+        return cls(
+            job_id=job.job_id,
+            task_id=job.task_id,
+            status=job.status,
+            workflow_mode=job.workflow_mode,
+            source_language=job.source_language,
+            target_language=job.target_language,
+            created_at=job.created_at,
+            status_url=job_url,
+            result_url=f"{job_url}/result",
+            events_url=f"{job_url}/events",
+        )
+
+
+class TranslationBatchResponse(BaseModel):
+    job_ids: list[str]
+    """One per request, in the order given."""
+    jobs: list[TranslationSubmitResponse]
+    count: int
+
+
+class TranslationListResponse(BaseModel):
+    jobs: list[TranslationJob]
+    count: int
+    limit: int
+    offset: int

@@ -6,8 +6,8 @@
 
 It adds the ``translation_jobs`` table (its migrations and named queries, both backends),
 reads the ``providers`` and ``translation`` config sections, registers the ``translation``
-task type, and names its HTTP routes (``vpsweb_tasks_http.translation``), which the HTTP
-app adds. ``vpsweb-tasks serve`` and ``worker`` install it by default.
+task type, and names its HTTP routes (``vpsweb_tasks_http.routes.translation``), which
+the HTTP app adds. ``vpsweb-tasks serve`` and ``worker`` install it by default.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class TranslationExtension(Extension):
     name: ClassVar[str] = TASK_TYPE
     component = COMPONENT
     sections = {"providers": Providers, "translation": TranslationSettings}
-    routes = "vpsweb_tasks_http.translation:add_routes"
+    routes = "vpsweb_tasks_http.routes.translation:group"
 
     def __init__(
         self,

@@ -1,0 +1,166 @@
+"""How a route reaches its router's manager and monitor: through its guard.
+
+The routes are declared once, at module level, so they cannot close over a manager.
+:func:`~vpsweb_tasks_http.create_router` makes one :class:`RouterState` per router and adds
+the routes with :func:`route_class` of it: that route class puts the state on
+``request.state`` before anything else of the route runs (then answers the library's
+exceptions, :mod:`.errors`). An endpoint takes the state from the dependency that guards
+it, as FastAPI's endpoints take the current user from their auth dependency:
+``state: Authorised`` (the API key), ``StreamAuthorised`` (the key or a stream token) or
+``Open`` (the health checks); each answers 401 and then 503 (not running) first. So no
+endpoint reaches a manager without its guard. Each route carries its own router's state:
+two routers of two managers in one app each reach their own, and the host app's
+``app.state`` is never touched.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+from fastapi import Depends, Header, HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
+
+from vpsweb_tasks import TaskManager, TaskMonitor
+
+from .auth import StreamTokens
+from .errors import LIBRARY_ERRORS, error_response
+
+__all__ = [
+    "Authorised",
+    "Open",
+    "RouterState",
+    "StreamAuthorised",
+    "authorised",
+    "route_class",
+    "running",
+    "state_of",
+    "stream_authorised",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterState:
+    """What the routes of one router share."""
+
+    manager: TaskManager
+    monitor: TaskMonitor
+    tokens: StreamTokens
+    """Issues and checks the event streams' ``?token=``."""
+    api_key: bytes | None = field(default=None, repr=False)
+    """The expected ``X-API-Key``; None: the routes are open."""
+    queue_full_retry_after: int = 5
+    """The ``Retry-After`` of a 429, in seconds."""
+
+    @classmethod
+    def create(
+        cls,
+        manager: TaskManager,
+        monitor: TaskMonitor,
+        *,
+        api_key: str | None = None,
+        queue_full_retry_after: int = 5,
+        stream_token_ttl: float = 60.0,
+    ) -> RouterState:
+        return cls(
+            manager=manager,
+            monitor=monitor,
+            tokens=StreamTokens(api_key, ttl=stream_token_ttl),
+            api_key=None if api_key is None else api_key.encode(),
+            queue_full_retry_after=queue_full_retry_after,
+        )
+
+
+class _StateRoute(APIRoute):
+    """An APIRoute of one router: see the module docstring."""
+
+    router_state: ClassVar[RouterState]
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        state = self.router_state
+        retry_after = state.queue_full_retry_after
+
+        async def route(request: Request) -> Response:
+            request.state.vpsweb_tasks = state
+            try:
+                return await handler(request)
+            except LIBRARY_ERRORS as exc:
+                return error_response(exc, retry_after=retry_after)
+
+        return route
+
+
+def route_class(state: RouterState) -> type[APIRoute]:
+    """The route class of the routes of ``state``'s router."""
+    return type("StateRoute", (_StateRoute,), {"router_state": state})
+
+
+def state_of(request: Request) -> RouterState:
+    """The state of the router whose route answers ``request``."""
+    state: RouterState = request.state.vpsweb_tasks
+    return state
+
+
+def _check_running(state: RouterState) -> None:
+    if not state.manager.running:
+        raise HTTPException(503, "the task manager is not running yet")
+
+
+def _check_key(state: RouterState, x_api_key: str | None) -> None:
+    expected = state.api_key
+    if expected is None:
+        return
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected):
+        raise HTTPException(
+            401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
+        )
+
+
+# Each guard is one dependency (key, then running: 401 before 503), not two, and gives the
+# state: FastAPI solves every dependency a route declares on every request, even a cached
+# one, so a state dependency beside the guard would cost a second solve. (async: FastAPI
+# would run a plain function in a worker thread.)
+
+
+async def running(request: Request) -> RouterState:
+    """The open routes (health checks): 503 until the manager runs."""
+    state = state_of(request)
+    _check_running(state)
+    return state
+
+
+async def authorised(
+    request: Request, x_api_key: Annotated[str | None, Header()] = None
+) -> RouterState:
+    """The routes behind the API key (compared in constant time)."""
+    state = state_of(request)
+    _check_key(state, x_api_key)
+    _check_running(state)
+    return state
+
+
+async def stream_authorised(
+    request: Request,
+    x_api_key: Annotated[str | None, Header()] = None,
+    token: Annotated[
+        str | None,
+        Query(max_length=200, description="A token from POST .../monitoring/stream-token"),
+    ] = None,
+) -> RouterState:
+    """The event streams: the API key, or a stream token (an EventSource sends no header)."""
+    state = state_of(request)
+    if not (token is not None and state.api_key is not None and state.tokens.valid(token)):
+        _check_key(state, x_api_key)
+    _check_running(state)
+    return state
+
+
+#: The state of an open route's router, once the manager runs.
+Open = Annotated[RouterState, Depends(running)]
+#: The state of a route behind the API key, once the key is checked.
+Authorised = Annotated[RouterState, Depends(authorised)]
+#: The state of an event stream, once the key or the stream token is checked.
+StreamAuthorised = Annotated[RouterState, Depends(stream_authorised)]

@@ -1,0 +1,96 @@
+"""The library's exceptions as HTTP answers, and how the routes document them.
+
+Unknown id 404, wrong state 409, invalid input 422 naming the field, queue full 429 with
+``Retry-After``, not started (or translations not configured) 503. The route class of
+:mod:`.deps` answers :data:`LIBRARY_ERRORS` with :func:`error_response`; each route carries
+it, so the mapping also works in an app that is not ours (no exception handler on the
+host app).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from vpsweb_tasks.errors import (
+    HandlerUnavailableError,
+    ManagerNotRunningError,
+    NotConfiguredError,
+    QueueFullError,
+    TaskNotFoundError,
+    TaskStateError,
+    UnknownTaskTypeError,
+)
+
+from .schemas import ErrorResponse
+
+__all__ = ["GUARDED_RESPONSES", "LIBRARY_ERRORS", "OPEN_RESPONSES", "error_response"]
+
+#: The exceptions :func:`error_response` answers.
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (
+    TaskNotFoundError,
+    TaskStateError,
+    QueueFullError,
+    UnknownTaskTypeError,
+    ManagerNotRunningError,
+    NotConfiguredError,
+    ValidationError,
+    HandlerUnavailableError,
+)
+
+#: The documented error answers of the open routes (the health checks).
+OPEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "The task manager is not running"},
+}
+
+#: The documented error answers of the routes behind the API key.
+GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **OPEN_RESPONSES,
+    401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+    404: {"model": ErrorResponse, "description": "No task with that id"},
+    409: {"model": ErrorResponse, "description": "The task's status does not allow this"},
+    429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After"},
+}
+
+
+def _detail(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def error_response(exc: Exception, *, retry_after: int) -> JSONResponse:
+    """The answer to one of :data:`LIBRARY_ERRORS` (tested in this order: the first class
+    that matches wins). ``retry_after``: the seconds a 429 asks the client to wait."""
+    match exc:
+        case TaskNotFoundError():
+            return _detail(404, str(exc))
+        case TaskStateError():
+            return _detail(409, str(exc))
+        case QueueFullError():
+            return _detail(429, str(exc), {"Retry-After": str(retry_after)})
+        case UnknownTaskTypeError():
+            detail = [
+                {
+                    "type": "unknown_task_type",
+                    "loc": ["body", "task_type"],
+                    "msg": str(exc),
+                    "input": exc.task_type,
+                    "ctx": {"registered": exc.registered},
+                }
+            ]
+            return JSONResponse({"detail": detail}, status_code=422)
+        case ManagerNotRunningError():
+            return _detail(503, str(exc))
+        case NotConfiguredError():
+            return JSONResponse({"detail": str(exc), "problems": exc.problems}, status_code=503)
+        case ValidationError():
+            # Models validated inside a call (e.g. one request per mode of a compare): the
+            # body is what was invalid.
+            errors = json.loads(exc.json(include_url=False, include_context=False))
+            invalid = [{**error, "loc": ["body", *error["loc"]]} for error in errors]
+            return JSONResponse({"detail": invalid}, status_code=422)
+        case HandlerUnavailableError():
+            return _detail(409, str(exc))
+    raise TypeError(f"not a library error: {exc!r}")  # pragma: no cover

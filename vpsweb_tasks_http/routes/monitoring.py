@@ -1,0 +1,115 @@
+"""Monitoring: the summary, resource history, task statistics, progress and history,
+breakers, alerts, resources, and starting and stopping the monitor."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import HTTPException, Query
+
+from ..deps import Authorised
+from ..schemas import (
+    AlertResponse,
+    AlertsResponse,
+    BreakerResponse,
+    BreakersResponse,
+    MonitoringStateResponse,
+    PerformanceResponse,
+    ProgressHistoryResponse,
+    ProgressPoint,
+    ProgressResponse,
+    QueueStatusResponse,
+    ResourcesResponse,
+    StatisticsResponse,
+    SummaryResponse,
+)
+from ._shared import MONITORING, Limit, TaskId, guarded
+from .health import health_now
+
+__all__ = ["group"]
+
+group = guarded(MONITORING, "monitoring")
+
+
+@group.get("/summary", summary="Complete monitoring summary")
+async def summary(state: Authorised) -> SummaryResponse:
+    monitor = state.monitor
+    health = await health_now(monitor)
+    sample = monitor.latest_sample
+    return SummaryResponse(
+        health=health,
+        statistics=StatisticsResponse.of(await monitor.statistics()),
+        queue=QueueStatusResponse.of(await state.manager.queue_status()),
+        resources=None if sample is None else ResourcesResponse.of(sample),
+        breakers=monitor.breaker_states,
+        monitoring=monitor.running,
+    )
+
+
+@group.get("/metrics/performance", summary="Performance (resource) metrics history")
+async def performance(
+    state: Authorised,
+    since: Annotated[float | None, Query(description="Epoch seconds")] = None,
+    limit: Limit = 1000,
+) -> PerformanceResponse:
+    samples = await state.monitor.resource_history(since=since, limit=limit)
+    return PerformanceResponse(
+        samples=[ResourcesResponse.of(s) for s in samples], count=len(samples)
+    )
+
+
+@group.get("/tasks/statistics", summary="Task statistics")
+async def task_statistics(state: Authorised) -> StatisticsResponse:
+    return StatisticsResponse.of(await state.monitor.statistics())
+
+
+@group.get("/tasks/{task_id}/progress", summary="Task progress information")
+async def task_progress(task_id: TaskId, state: Authorised) -> ProgressResponse:
+    return ProgressResponse.of(await state.monitor.task_progress(task_id))
+
+
+@group.get("/tasks/{task_id}/history", summary="Task progress history")
+async def task_history(
+    task_id: TaskId, state: Authorised, limit: Limit = 1000
+) -> ProgressHistoryResponse:
+    history = await state.monitor.task_history(task_id, limit=limit)
+    return ProgressHistoryResponse(task_id=task_id, history=[ProgressPoint.of(s) for s in history])
+
+
+@group.get("/breakers", summary="Circuit breakers and their states")
+async def breakers(state: Authorised) -> BreakersResponse:
+    stats = [BreakerResponse.of(s) for s in state.manager.breakers.statistics().values()]
+    return BreakersResponse(breakers=stats, open=sum(b.state != "closed" for b in stats))
+
+
+@group.get("/alerts", summary="Current alert status")
+async def alerts(state: Authorised) -> AlertsResponse:
+    monitor = state.monitor
+    await monitor.health()
+    current = [AlertResponse.of(alert) for alert in monitor.alerts]
+    critical = sum(alert.level == "critical" for alert in current)
+    return AlertsResponse(
+        alerts=current, count=len(current), critical=critical, warning=len(current) - critical
+    )
+
+
+@group.get("/system/resources", summary="System resource usage")
+async def resources(state: Authorised) -> ResourcesResponse:
+    sample = await state.monitor.sample() or state.monitor.latest_sample
+    if sample is None:
+        raise HTTPException(
+            503, "resource monitoring is disabled (system_resources.enable_resource_monitoring)"
+        )
+    return ResourcesResponse.of(sample)
+
+
+@group.post("/start", summary="Start monitoring system")
+async def start_monitoring(state: Authorised) -> MonitoringStateResponse:
+    await state.monitor.start()
+    return MonitoringStateResponse(monitoring=state.monitor.running)
+
+
+@group.post("/stop", summary="Stop monitoring system")
+async def stop_monitoring(state: Authorised) -> MonitoringStateResponse:
+    await state.monitor.stop()
+    return MonitoringStateResponse(monitoring=state.monitor.running)

@@ -1,0 +1,92 @@
+"""The live event streams (server-sent events) and the stream tokens that open them.
+
+The streams accept ``X-API-Key`` or a ``?token=`` from ``POST .../monitoring/stream-token``,
+since a browser's EventSource cannot send headers (:mod:`..auth`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from vpsweb_tasks.events import SubscriberLagged
+from vpsweb_tasks.models import to_datetime
+
+from .. import sse
+from ..deps import Authorised, StreamAuthorised, state_of
+from ..schemas import StreamTokenResponse
+from ._shared import MONITORING, TASKS, TaskId, guarded
+
+__all__ = ["group", "token_group"]
+
+#: The stream-token route, behind the API key (it comes first of the monitoring routes).
+token_group = guarded(MONITORING, "monitoring")
+#: The streams: the API key or a stream token.
+group = guarded()
+
+
+@token_group.post(
+    "/stream-token", summary="A short-lived token for the event streams (?token=), for EventSource"
+)
+async def stream_token(state: Authorised) -> StreamTokenResponse:
+    tokens = state.tokens
+    token, expires = tokens.issue()
+    return StreamTokenResponse(token=token, expires_at=to_datetime(expires), expires_in=tokens.ttl)
+
+
+async def existing_task(task_id: TaskId, request: Request) -> str:
+    """Answers 404 before a stream starts, rather than inside it. Solved after the guard;
+    it reads the state rather than depending on the guard, which FastAPI would validate
+    again (reporting a bad ``?token=`` twice)."""
+    await state_of(request).manager.get_task(task_id)
+    return task_id
+
+
+@group.get(
+    f"{TASKS}/tasks/{{task_id}}/events",
+    tags=["background tasks"],
+    response_class=EventSourceResponse,
+    summary="Server-sent events of one task: its state now, then every change until it ends",
+)
+async def task_events(
+    state: StreamAuthorised,
+    task_id: Annotated[str, Depends(existing_task)],
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    start = sse.resume_point(last_event_id, None)
+    hub = state.manager.events
+    # Subscribe first, then read the state: nothing can fall between the two.
+    async with hub.subscribe(after=start if start is not None else hub.last_id) as stream:
+        now = await state.monitor.task_progress(task_id)
+        yield sse.task_status(now)
+        if now.status.is_terminal:
+            return
+        async for event in stream:
+            if event.task_id != task_id:
+                continue
+            yield sse.hub_event(event)
+            if event.kind in sse.FINAL_EVENTS:
+                return
+
+
+@group.get(
+    f"{MONITORING}/events",
+    tags=["monitoring"],
+    response_class=EventSourceResponse,
+    summary="Server-sent events of everything; reconnect with Last-Event-ID to resume",
+)
+async def all_events(
+    state: StreamAuthorised,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    start = sse.resume_point(last_event_id, after)
+    try:
+        async with state.monitor.subscribe(after=start) as stream:
+            async for event in stream:
+                yield sse.hub_event(event)
+    except SubscriberLagged as lagged:
+        yield sse.reset(lagged, now=state.manager.events.last_id)

@@ -1,0 +1,90 @@
+"""Task management: submit, status, the active and finished lists, statistics, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import Query, Request
+
+from vpsweb_tasks import TaskDefinition, TaskStatus
+
+from .._routing import group_url
+from ..deps import Authorised
+from ..schemas import (
+    ExecutionResponse,
+    StatisticsResponse,
+    SubmitTaskRequest,
+    SubmitTaskResponse,
+    TaskDetailResponse,
+    TaskListResponse,
+    TaskResponse,
+)
+from ._shared import TASKS, Limit, Offset, TaskId, guarded, task_list
+
+__all__ = ["group"]
+
+group = guarded(TASKS, "background tasks")
+
+
+@group.post("/submit", status_code=202, summary="Submit a new background task")
+async def submit(
+    body: SubmitTaskRequest, request: Request, state: Authorised
+) -> SubmitTaskResponse:
+    definition = TaskDefinition(
+        name=body.task_name,
+        task_type=body.task_type,
+        priority=body.priority,
+        max_retries=body.max_retries,
+        timeout_seconds=body.timeout_seconds,
+        metadata=body.metadata,
+        delay=body.delay_seconds,
+    )
+    context = await state.manager.submit(definition, body.task_type, **body.payload)
+    record = await context.wait_stored()
+    return SubmitTaskResponse(
+        task_id=record.id,
+        status=record.status,
+        task_type=record.task_type,
+        priority=record.priority,
+        created_at=record.created_at,
+        status_url=f"{group_url(request, '/submit')}/status/{quote(record.id, safe='')}",
+    )
+
+
+@group.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
+async def status(task_id: TaskId, state: Authorised) -> TaskDetailResponse:
+    record = await state.manager.get_task(task_id)
+    # The store's own call: manager.list_executions would read the task a second time.
+    executions = await state.manager.store.list_executions(task_id)
+    return TaskDetailResponse.of(record, executions=[ExecutionResponse.of(e) for e in executions])
+
+
+@group.get("/active", summary="List all active tasks (waiting and running)")
+async def active(state: Authorised, limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+    waiting = [TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.RETRYING]
+    return await task_list(state.manager, waiting, limit, offset, "created_desc")
+
+
+@group.get("/completed", summary="List finished tasks, most recent first")
+async def completed(
+    state: Authorised,
+    limit: Limit = 100,
+    offset: Offset = 0,
+    status: Annotated[
+        list[Literal["completed", "failed", "cancelled"]] | None,
+        Query(description="Any of completed, failed, cancelled (default: all three)"),
+    ] = None,
+) -> TaskListResponse:
+    finished = [TaskStatus(s) for s in status or ("completed", "failed", "cancelled")]
+    return await task_list(state.manager, finished, limit, offset, "finished_desc")
+
+
+@group.get("/statistics", summary="Get comprehensive task statistics")
+async def statistics(state: Authorised) -> StatisticsResponse:
+    return StatisticsResponse.of(await state.monitor.statistics())
+
+
+@group.post("/cancel/{task_id}", summary="Cancel a waiting or running task")
+async def cancel(task_id: TaskId, state: Authorised) -> TaskResponse:
+    return TaskResponse.of(await state.manager.cancel(task_id))

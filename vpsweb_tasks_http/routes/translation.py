@@ -1,0 +1,198 @@
+"""Translation jobs and the VPSWeb health checks (the document's "Translation Jobs" and
+"System Health" tables).
+
+Each route calls one method of the manager's :class:`~vpsweb_tasks.translation.VPSWebAdapter`
+(:func:`~vpsweb_tasks.translation.get_vpsweb_adapter`, looked up per request, so an adapter
+made later with VPSWeb's own workflow is the one used). The job id is the id of the job's
+task, so the task routes (status, progress, history, events) also work for jobs.
+``/translation/{job_id}/events`` streams a job in the event names of VPSWeb's UI
+(:mod:`..sse`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from vpsweb_tasks import TaskStatus
+from vpsweb_tasks.events import TaskCancelled, TaskCompleted, TaskDeadLettered
+from vpsweb_tasks.translation import (
+    CompareRequest,
+    Comparison,
+    IntegrationStatus,
+    ProviderHealth,
+    TranslationBatch,
+    TranslationJob,
+    TranslationRequest,
+    TranslationResult,
+    VPSWebAdapter,
+    get_vpsweb_adapter,
+)
+
+from .. import sse
+from .._routing import RouteGroup, group_url
+from ..deps import Authorised
+from ..errors import GUARDED_RESPONSES
+from ..schemas import (
+    TranslationBatchResponse,
+    TranslationListResponse,
+    TranslationSubmitResponse,
+)
+from ._shared import TASKS
+
+__all__ = ["group"]
+
+JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id")]
+
+group = RouteGroup(
+    prefix=TASKS,
+    tags=["translation jobs"],
+    responses={
+        **GUARDED_RESPONSES,
+        503: {"description": "Not running, or no LLM provider is configured"},
+    },
+)
+
+
+async def adapter(state: Authorised) -> VPSWebAdapter:
+    """The manager's adapter, behind the API key."""
+    return get_vpsweb_adapter(state.manager)
+
+
+Adapter = Annotated[VPSWebAdapter, Depends(adapter)]
+
+
+async def existing_job(job_id: JobId, vpsweb: Adapter) -> str:
+    """Answers 404 before a stream starts, rather than inside it."""
+    await vpsweb.status(job_id)
+    return job_id
+
+
+# --- translation jobs -----------------------------------------------------------------------
+
+
+@group.post("/translation", status_code=202, summary="Submit translation job")
+async def submit(
+    body: TranslationRequest, request: Request, vpsweb: Adapter
+) -> TranslationSubmitResponse:
+    job = await vpsweb.submit(body)
+    return TranslationSubmitResponse.of(job, group_url(request, "/translation"))
+
+
+@group.get("/translation", summary="List translation jobs, newest first")
+async def list_jobs(
+    vpsweb: Adapter,
+    status: Annotated[list[TaskStatus] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> TranslationListResponse:
+    jobs = await vpsweb.list_jobs(statuses=status, limit=limit, offset=offset)
+    return TranslationListResponse(jobs=jobs, count=len(jobs), limit=limit, offset=offset)
+
+
+@group.post("/translation/batch", status_code=202, summary="Submit batch translation jobs")
+async def batch(
+    body: TranslationBatch, request: Request, vpsweb: Adapter
+) -> TranslationBatchResponse:
+    most = vpsweb.settings.max_batch_size
+    if len(body.requests) > most:
+        detail = [
+            {
+                "type": "too_long",
+                "loc": ["body", "requests"],
+                "msg": f"a batch holds at most {most} requests (translation.max_batch_size)",
+                "input": len(body.requests),
+            }
+        ]
+        raise HTTPException(422, detail)
+    jobs = await vpsweb.batch(body)
+    base = group_url(request, "/translation/batch")
+    return TranslationBatchResponse(
+        job_ids=[job.job_id for job in jobs],
+        jobs=[TranslationSubmitResponse.of(job, base) for job in jobs],
+        count=len(jobs),
+    )
+
+
+@group.post("/translation/compare", summary="Compare workflow modes")
+async def compare(body: CompareRequest, vpsweb: Adapter) -> Comparison:
+    return await vpsweb.compare(body)
+
+
+@group.get("/translation/compare", summary="Jobs of a comparison, side by side")
+async def comparison(
+    vpsweb: Adapter,
+    job_id: Annotated[list[str], Query(min_length=1, max_length=10)],
+) -> Comparison:
+    return await vpsweb.comparison(job_id)
+
+
+@group.get("/translation/{job_id}", name="translation_status", summary="Get translation job status")
+async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+    return await vpsweb.status(job_id)
+
+
+@group.get(
+    "/translation/{job_id}/result",
+    name="translation_result",
+    summary="Get translation job result",
+    responses={409: {"description": "The job has not completed"}},
+)
+async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
+    return await vpsweb.result(job_id)
+
+
+@group.post("/translation/{job_id}/retry", summary="Retry failed translation job")
+async def retry(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+    return await vpsweb.retry(job_id)
+
+
+@group.delete("/translation/{job_id}", summary="Cancel translation job")
+async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+    return await vpsweb.cancel(job_id)
+
+
+@group.get(
+    "/translation/{job_id}/events",
+    name="translation_events",
+    response_class=EventSourceResponse,
+    summary="Server-sent events of a job in VPSWeb's UI event names",
+)
+async def events(
+    job_id: Annotated[str, Depends(existing_job)],
+    vpsweb: Adapter,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    hub = vpsweb.manager.events
+    after = hub.last_id
+    if last_event_id is not None and last_event_id.isdigit():
+        after = int(last_event_id)
+    async with hub.subscribe(after=after) as stream:
+        job = await vpsweb.status(job_id)
+        yield ServerSentEvent(event="status", data=sse.job_status(job))
+        if job.status.is_terminal:
+            yield await sse.job_final(vpsweb, job_id, None)
+            return
+        async for event in stream:
+            if event.task_id != job_id:
+                continue
+            if isinstance(event, TaskCompleted | TaskDeadLettered | TaskCancelled):
+                yield await sse.job_final(vpsweb, job_id, event)
+                return
+            yield await sse.job_event(vpsweb, job_id, event)
+
+
+# --- system health --------------------------------------------------------------------------
+
+
+@group.get("/vpsweb/status", tags=["system health"], summary="VPSWeb integration status")
+async def vpsweb_status(vpsweb: Adapter) -> IntegrationStatus:
+    return await vpsweb.integration_status()
+
+
+@group.get("/vpsweb/health", tags=["system health"], summary="VPSWeb comprehensive health check")
+async def vpsweb_health(vpsweb: Adapter) -> ProviderHealth:
+    return await vpsweb.health()
