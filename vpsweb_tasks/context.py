@@ -21,6 +21,7 @@ from .errors import ErrorCategory
 from .log import TaskLogger
 from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
 from .storage.ops import Step
+from .storage.types import NewTask
 
 __all__ = ["Contexts", "TaskContext", "TaskFunction", "TaskHost", "current_task"]
 
@@ -90,6 +91,7 @@ class TaskContext:
         self.payload: dict[str, Any] = payload or {}
         self._manager = manager
         self._record = record
+        self._stored_as: NewTask | None = None  # the record of a task this process stored
         self._status = record.status if record else TaskStatus.PENDING
         self._progress = record.progress if record else 0.0
         self._message = record.message if record else None
@@ -150,6 +152,8 @@ class TaskContext:
     @property
     def record(self) -> TaskRecord | None:
         """The latest record this context has seen from storage."""
+        if self._record is None and self._stored_as is not None:
+            self._record = self._stored_as.record()  # built when first read, if ever
         return self._record
 
     @property
@@ -204,8 +208,9 @@ class TaskContext:
         await self._stored.wait()
         if self._store_error is not None:
             raise self._store_error
-        assert self._record is not None
-        return self._record
+        record = self.record
+        assert record is not None
+        return record
 
     async def wait(self, timeout: float | None = None) -> TaskRecord:
         """Wait for the task to finish (completed, failed or cancelled) and return its
@@ -216,9 +221,10 @@ class TaskContext:
 
     # --- updates from the manager --------------------------------------------------------
 
-    def _mark_stored(self, record: TaskRecord | None, error: BaseException | None) -> None:
-        if record is not None:
-            self._apply(record)
+    def _mark_stored(self, task: NewTask | None, error: BaseException | None) -> None:
+        """The task was stored as ``task`` (a context starts out pending), or not."""
+        if task is not None and self._record is None:
+            self._stored_as = task
         self._store_error = error
         self._stored.set()
         if error is not None:
@@ -228,7 +234,7 @@ class TaskContext:
         requeued = (
             self._status is TaskStatus.FAILED
             and record.status is TaskStatus.PENDING
-            and (self._record is None or record.updated_at >= self._record.updated_at)
+            and (self.record is None or record.updated_at >= self.record.updated_at)
         )
         self._record = record
         self._status = record.status
@@ -249,7 +255,8 @@ class TaskContext:
 
     @property
     def error_category(self) -> ErrorCategory | None:
-        return self._record.error_category if self._record else None
+        record = self.record
+        return record.error_category if record else None
 
 
 class Contexts:

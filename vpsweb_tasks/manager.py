@@ -67,6 +67,7 @@ from .models import (
     ProgressUpdate,
     QueueStatus,
     TaskDefinition,
+    TaskPriority,
     TaskRecord,
     TaskStatus,
     _json_bounded,
@@ -556,32 +557,65 @@ class TaskManager:
         them; on an error, fail every context. The dispatcher is woken as soon as a claim
         would see the tasks (the store says when: see ``TaskStore.add_tasks``)."""
         try:
+            await self.store.add_tasks(
+                tasks,
+                max_queue_size=self.config.max_queue_size,
+                linked=linked,
+                announce=functools.partial(self._wake_dispatcher, tasks),
+            )
+        except anyio.get_cancelled_exc_class():
+            # The insert may have gone on without us: what was stored is still announced.
             with anyio.CancelScope(shield=True):
-                records = await self.store.add_tasks(
-                    tasks,
-                    max_queue_size=self.config.max_queue_size,
-                    linked=linked,
-                    announce=functools.partial(self._wake_dispatcher, tasks),
-                )
+                await self._settle_cancelled(tasks, contexts)
+            raise
         except Exception as exc:
-            for task, context in zip(tasks, contexts, strict=True):
-                self._registry.drop_closure(task.id)
-                context._mark_stored(None, exc)
-                task_logger(task.id, "vpsweb_tasks.manager").warning("not stored: %s", exc)
+            self._not_stored(tasks, contexts, exc)
             if raise_errors:
                 raise
             return
+        await self._announce(tasks, contexts)
+
+    def _not_stored(
+        self, tasks: Sequence[NewTask], contexts: Sequence[TaskContext], error: BaseException
+    ) -> None:
+        for task, context in zip(tasks, contexts, strict=True):
+            self._registry.drop_closure(task.id)
+            context._mark_stored(None, error)
+            task_logger(task.id, "vpsweb_tasks.manager").warning("not stored: %s", error)
+
+    async def _settle_cancelled(
+        self, tasks: Sequence[NewTask], contexts: Sequence[TaskContext]
+    ) -> None:
+        try:
+            found = {record.id for record in await self.store.get_tasks([t.id for t in tasks])}
+        except Exception:
+            logger.exception("could not tell whether cancelled submits were stored")
+            found = set()
+        if found:
+            stored = [(t, c) for t, c in zip(tasks, contexts, strict=True) if t.id in found]
+            await self._announce([t for t, _ in stored], [c for _, c in stored])
+        lost = [(t, c) for t, c in zip(tasks, contexts, strict=True) if t.id not in found]
+        if lost:
+            error = RuntimeError("the submit was cancelled before the task was stored")
+            self._not_stored([t for t, _ in lost], [c for _, c in lost], error)
+
+    async def _announce(self, tasks: Sequence[NewTask], contexts: Sequence[TaskContext]) -> None:
         log_submits = logger.isEnabledFor(logging.INFO)
-        for task, context, record in zip(tasks, contexts, records, strict=True):
-            context._mark_stored(record, None)
+        for task, context in zip(tasks, contexts, strict=True):
+            context._mark_stored(task, None)
             if log_submits:
                 task_logger(task.id, "vpsweb_tasks.manager").info(
-                    "submitted %s %r (priority %s)", task.task_type, task.name, record.priority
+                    "submitted %s %r (priority %s)",
+                    task.task_type,
+                    task.name,
+                    TaskPriority.from_rank(task.priority),
                 )
-        for task, record in zip(tasks, records, strict=True):
+        for task in tasks:
             await self.events.publish(
                 TaskSubmitted(
-                    task=task.id, task_type=task.task_type, priority=record.priority.value
+                    task=task.id,
+                    task_type=task.task_type,
+                    priority=TaskPriority.from_rank(task.priority).value,
                 )
             )
 

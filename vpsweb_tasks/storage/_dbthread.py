@@ -19,7 +19,8 @@ database, so running one again is safe. A combined item that fails on its own (a
 queue, a lost lease) is answered with :class:`Refused` instead, so the others still commit.
 
 Callers wait on an anyio event; the thread answers a whole group with one call into the
-caller's event loop (``EventLoopToken``), not one per job.
+event loop (the ``EventLoopToken`` of the loop that started the thread: a store is used
+from the loop that opened it), not one per job.
 """
 
 from __future__ import annotations
@@ -67,21 +68,21 @@ class Refused:
 class Job(Generic[T]):
     """A queued job; ``await job`` for its result (or its error)."""
 
-    __slots__ = ("combine", "done", "error", "fn", "item", "mode", "result", "token")
+    __slots__ = ("combine", "done", "error", "fn", "item", "mode", "result")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], T] | None,
         mode: Mode,
+        done: anyio.Event,
         combine: Combine | None = None,
         item: Any = None,
     ) -> None:
         self.fn = fn
         self.mode = mode
+        self.done = done
         self.combine = combine
         self.item = item
-        self.token = anyio.lowlevel.current_token()
-        self.done = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -108,9 +109,11 @@ class DatabaseThread:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
+        self._token: anyio.lowlevel.EventLoopToken | None = None
 
     async def start(self) -> None:
         """Start the thread and wait (off the event loop) until it has connected."""
+        self._token = anyio.lowlevel.current_token()
         self._thread.start()
         await anyio.to_thread.run_sync(self._ready.wait)
         if self._startup_error is not None:
@@ -118,12 +121,18 @@ class DatabaseThread:
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], mode: Mode = Mode.WRITE) -> Job[T]:
         """Queue ``fn`` now; await the returned job for its result."""
-        return self._put(Job(fn, mode))
+        return self._put(Job(fn, mode, self._event()))
 
     def submit_combined(self, combine: Combine, item: Any) -> Job[Any]:
         """Queue an item of ``combine`` now: ``combine(conn, [item, ...])`` runs once for
         every item of this ``combine`` in one group commit (a write)."""
-        return self._put(Job(None, Mode.WRITE, combine, item))
+        return self._put(Job(None, Mode.WRITE, self._event(), combine, item))
+
+    def _event(self) -> anyio.Event:
+        # The loop's backend makes it directly: anyio.Event() looks the backend up each time.
+        if self._token is None:
+            raise RuntimeError("database thread is not started")
+        return self._token.backend_class.create_event()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], mode: Mode = Mode.WRITE) -> T:
         return await self.submit(fn, mode)
@@ -173,15 +182,12 @@ class DatabaseThread:
         finally:
             conn.close()
 
-    @staticmethod
-    def _answer(batch: list[Job[Any]]) -> None:
-        by_loop: dict[Any, list[Job[Any]]] = {}
-        for job in batch:
-            by_loop.setdefault(job.token, []).append(job)
-        for token, jobs in by_loop.items():
-            # RunFinishedError: the loop is gone, so nobody is waiting any more.
-            with contextlib.suppress(anyio.RunFinishedError):
-                token.backend_class.run_sync_soon(_answer, (jobs,), token.native_token)
+    def _answer(self, batch: list[Job[Any]]) -> None:
+        token = self._token
+        assert token is not None
+        # RunFinishedError: the loop is gone, so nobody is waiting any more.
+        with contextlib.suppress(anyio.RunFinishedError):
+            token.backend_class.run_sync_soon(_answer, (batch,), token.native_token)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Job[Any]]) -> None:
         group: list[Job[Any]] = []

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import anyio
 import anyio.abc
 
-from ..errors import ErrorCategory, QueueFullError
+from ..errors import ErrorCategory
 from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
 from .ops import Mode, Operation, Step
@@ -208,9 +208,9 @@ class TaskStore(abc.ABC):
         max_queue_size: int | None = None,
         linked: Sequence[Step] = (),
         announce: Announce | None = None,
-    ) -> list[TaskRecord]:
-        """Insert ``pending`` tasks, all of them or none, and return their records in
-        order (dispatched in that order when priority and run time are equal).
+    ) -> None:
+        """Insert ``pending`` tasks, all of them or none (dispatched in the order given
+        when priority and run time are equal); their records are ``task.record()``.
 
         * With ``max_queue_size``, the waiting tasks (``pending`` + ``retrying``) plus
           these must not exceed it, else nothing is stored and
@@ -229,28 +229,21 @@ class TaskStore(abc.ABC):
           idle worker's claim can share the insert's commit.
         """
         if not tasks:
-            return []
+            return
         operation = logic.add_tasks(tasks, limit=max_queue_size, together=True, linked=linked)
         try:
-            stored = await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
+            await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
         except DuplicateKeyError as exc:
             if len(tasks) == 1 and not linked:
                 raise DuplicateKeyError(f"task {tasks[0].id} already exists") from exc
             raise DuplicateKeyError(f"a task or a linked row already exists ({exc})") from exc
         if announce is not None:
             announce()
-        return [record for record in stored if not isinstance(record, QueueFullError)]
 
-    async def add_task(
-        self,
-        task: NewTask,
-        *,
-        max_queue_size: int | None = None,
-        announce: Announce | None = None,
-    ) -> TaskRecord:
-        """:meth:`add_tasks` of one task."""
-        (record,) = await self.add_tasks([task], max_queue_size=max_queue_size, announce=announce)
-        return record
+    async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
+        """:meth:`add_tasks` of one task; its record."""
+        await self.add_tasks([task], max_queue_size=max_queue_size)
+        return task.record()
 
     async def get_tasks(self, task_ids: Collection[str]) -> list[TaskRecord]:
         """The tasks that exist among ``task_ids``, in no particular order."""

@@ -131,32 +131,31 @@ def add_tasks(
     limit: int | None,
     together: bool = False,
     linked: Sequence[Step] = (),
-) -> Op[list[TaskRecord | QueueFullError]]:
+) -> Op[list[QueueFullError | None]]:
     """Store ``tasks``, with ``limit`` on the waiting tasks: ``together``, all of them or
     (QueueFullError) none; otherwise the first ones that fit, the others answered with a
-    QueueFullError each. ``linked`` steps (an extension's rows) follow once every task is
-    in: run this in a transaction (Mode.WRITE) when there are any."""
+    QueueFullError each (None: stored). ``linked`` steps (an extension's rows) follow once
+    every task is in: run this in a transaction (Mode.WRITE) when there are any."""
     if len(tasks) == 1:
-        (task,) = tasks
-        stored = yield rows("insert_task", **new_task_params(task), limit=limit)
+        stored = yield count("insert_task", **new_task_params(tasks[0]), limit=limit)
     else:
-        stored = yield rows(
+        stored = yield count(
             "insert_tasks",
             rows=dumps([new_task_row(task) for task in tasks]),
             limit=limit,
             together=together,
+            count=len(tasks),
         )
-    if len(stored) == len(tasks):
+    if stored == len(tasks):
         for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
             yield step
-        return [task.record() for task in tasks]
+        return [None] * len(tasks)
     assert limit is not None
     waiting = yield value("count_waiting", limit=limit)
     if together:
         raise QueueFullError(limit, int(waiting), len(tasks))
-    ids = {found["id"] for found in stored}
     full = QueueFullError(limit, int(waiting))
-    return [task.record() if task.id in ids else full for task in tasks]
+    return [None if i < stored else full for i in range(len(tasks))]  # the first ones fit
 
 
 @operation(Mode.READ)

@@ -313,7 +313,8 @@ class PostgresTaskStore(TaskStore):
             queries.load(components)
             migrations = [m for c in components for m in c.migrations("sqlite")]
             copy.execute("BEGIN")
-            sqlite_backend.run_on(copy, queries, logic.migrate(migrations))
+            statements = sqlite_backend.compile_queries(queries)
+            sqlite_backend.run_on(copy, statements, logic.migrate(migrations))
             return copy
 
         copy = await anyio.to_thread.run_sync(create)

@@ -42,7 +42,8 @@ SELECT count(*) FROM (SELECT 1 FROM background_tasks
     WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting;
 
 -- name: insert_task
--- One new task, unless %(limit)s tasks are waiting; with its notice.
+-- One new task, unless %(limit)s tasks are waiting; with its notice. Its row count: 1
+-- stored, 0 refused.
 WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
@@ -58,7 +59,8 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
 -- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that
 -- order. With %(limit)s, %(together)s stores all of them only if all fit; otherwise the
--- first ones that fit. With their notices.
+-- first ones that fit. With their notices. Its row count: how many (the first ones) were
+-- stored.
 WITH new AS (
     SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
 waiting AS (
@@ -70,9 +72,9 @@ added AS (
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8
     FROM new, waiting
-    WHERE %(limit)s::int IS NULL OR CASE WHEN %(together)s
-        THEN waiting.n + jsonb_array_length(%(rows)s::jsonb) <= %(limit)s
-        ELSE new.n < %(limit)s - waiting.n END
+    WHERE %(limit)s::int IS NULL
+       OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
+       OR (NOT %(together)s AND new.n < %(limit)s - waiting.n)
     ORDER BY new.n
     RETURNING id)
 SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;

@@ -32,35 +32,35 @@ SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retryin
 
 -- name: insert_task
 -- One new task, unless :limit waiting tasks are there already (the check rides in the
--- INSERT, under the write lock).
+-- INSERT, under the write lock). Its row count: 1 stored, 0 refused.
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
 SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
     :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at
 WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
-    WHERE status IN ('pending', 'retrying')) < :limit
-RETURNING id;
+    WHERE status IN ('pending', 'retrying')) < :limit;
 
 -- name: insert_tasks
 -- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
 -- max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that order.
 -- With :limit, :together stores all of them only if all fit; otherwise the first ones
--- that fit. The waiting count is read once, before the first row goes in.
+-- that fit. The waiting tasks are counted once, before the first row goes in. Its row
+-- count: how many (the first ones) were stored. (The statement starts with INSERT, not
+-- WITH: Python's sqlite3 counts rows only for statements that start as a write.)
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+WITH waiting (n) AS MATERIALIZED (
+    SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying'))
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
     json_extract(value, '$[3]'), 'pending', json_extract(value, '$[4]'),
     json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
     json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
     json_extract(value, '$[11]'), json_extract(value, '$[11]')
-FROM json_each(:rows)
-WHERE :limit IS NULL OR CASE WHEN :together
-    THEN (SELECT coalesce(sum(n), 0) FROM task_counts
-          WHERE status IN ('pending', 'retrying')) + json_array_length(:rows) <= :limit
-    ELSE key < :limit - (SELECT coalesce(sum(n), 0) FROM task_counts
-          WHERE status IN ('pending', 'retrying')) END
-ORDER BY key
-RETURNING id;
+FROM json_each(:rows), waiting
+WHERE :limit IS NULL
+   OR (:together AND waiting.n + :count <= :limit)
+   OR (NOT :together AND key < :limit - waiting.n)
+ORDER BY key;
 
 -- name: get_task
 SELECT * FROM background_tasks WHERE id = :id;
@@ -120,7 +120,8 @@ WHERE rowid IN (
 RETURNING rowid AS seq, *;
 INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
 SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
-WHERE lease_owner = :worker AND status = 'running' AND started_at = :now
+WHERE lease_owner = :worker AND lease_expires_at = :expires AND status = 'running'
+  AND started_at = :now
   AND NOT EXISTS (SELECT 1 FROM task_executions AS e
                   WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
 
@@ -165,7 +166,8 @@ WHERE rowid IN (
 RETURNING rowid AS seq, *;
 INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
 SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
-WHERE lease_owner = :worker AND status = 'running' AND started_at = :now
+WHERE lease_owner = :worker AND lease_expires_at = :expires AND status = 'running'
+  AND started_at = :now
   AND NOT EXISTS (SELECT 1 FROM task_executions AS e
                   WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
 
