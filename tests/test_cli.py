@@ -106,3 +106,20 @@ def test_asking_for_uvloop_where_it_is_not_installed_is_a_clear_error(
     assert main(["worker", "--config", config, "--loop", "uvloop"]) == 2
     assert "--loop uvloop: uvloop is not installed" in capsys.readouterr().err
     assert not (tmp_path / "tasks.db").exists()  # refused before anything started
+
+
+@pytest.mark.usefixtures("worker_side_effects")
+def test_an_extension_it_cannot_load_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(config_file(tmp_path))
+    for path, message in [
+        ("no_such_module_here:Thing", "No module named 'no_such_module_here'"),
+        ("vpsweb_tasks:NoSuchThing", "NoSuchThing"),
+        ("vpsweb_tasks:TaskManager", "not a vpsweb_tasks Extension"),
+        ("no_colon", "is not of the form module:name"),
+    ]:
+        assert main(["worker", "--config", config, "--extension", path]) == 2
+        assert "--extension: " in (err := capsys.readouterr().err), err
+        assert message in err
+    assert not (tmp_path / "tasks.db").exists()  # refused before anything started

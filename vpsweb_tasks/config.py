@@ -234,7 +234,7 @@ class StorageSettings(_Section):
     sqlite_cache_mb: int = Field(default=32, ge=1)
     """SQLite's page cache per connection, in MiB (filled only as pages are read). With a
     million waiting tasks the claim's index pages stop fitting SQLite's 2 MiB default,
-    and each claim then re-reads them from the OS: ~0.7x the claim rate at 1k."""
+    and each claim then re-reads them from the OS (benchmarks/depth.py)."""
     postgres_dsn: str | None = None
     """libpq connection string, for backend postgres."""
 

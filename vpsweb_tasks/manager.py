@@ -138,10 +138,11 @@ def load_extension(path: str) -> Extension:
     if not module_name or not name:
         raise ValueError(f"{path!r} is not of the form module:name")
     found = getattr(importlib.import_module(module_name), name)
-    extension = found() if isinstance(found, type) else found
-    if not isinstance(extension, Extension):
+    if isinstance(found, type) and issubclass(found, Extension):
+        return found()
+    if not isinstance(found, Extension):
         raise TypeError(f"{path} is not a vpsweb_tasks Extension")
-    return extension
+    return found
 
 
 def make_store(settings: Settings) -> TaskStore:
@@ -875,7 +876,7 @@ def new_task_id() -> str:
 
     Time-ordered ids keep inserts at the right edge of the primary-key index, and the
     random bits come from the ``random`` module (reseeded in forked children) rather than
-    ``uuid4``'s os.urandom, which cost ~175 us a call on our test machine. Task ids are
+    ``uuid4``'s os.urandom, a system call per id (benchmarks/README.md). Task ids are
     identifiers, not secrets: access is guarded by the API key, not by unguessable ids.
     """
     millis = time.time_ns() // 1_000_000
@@ -887,7 +888,7 @@ def new_task_id() -> str:
         | 0b10 << 62
         | (bits & 0x3FFF_FFFF_FFFF_FFFF)
     )
-    # str(uuid.UUID(int=value)), without the object: 2.5 against 4.5 us a call.
+    # str(uuid.UUID(int=value)), without making the object.
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

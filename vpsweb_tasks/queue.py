@@ -10,7 +10,7 @@ the live contexts, the event hub and a way to start tasks):
   ``queue_check_interval`` passes (work submitted by other processes).
 * **runners**: a pool of coroutines, one per slot ever in use (at most
   ``max_concurrent_jobs``), each running claimed tasks one after another; kept rather
-  than spawned per task, which cost ~3x as much with anyio 4.16.
+  than spawned per task, which costs more than the hand-over (benchmarks/README.md).
 * **heartbeat**: renew the leases of running tasks, learn of cancel requests made by other
   processes, and stop tasks whose lease was lost.
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
@@ -61,7 +61,8 @@ from .events import (
     TaskStarted,
 )
 from .log import TaskLogger, task_logger
-from .models import ProgressUpdate, TaskRecord, TaskStatus
+from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
+from .overload import OverloadControl
 from .registry import Registry
 from .retry import RetryPolicy
 from .storage.base import TaskStore
@@ -162,6 +163,7 @@ class TaskQueue:
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
         self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
         self._breakers_seen: dict[str, float] = {}  # updated_at of each adopted breaker state
+        self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._next_due: float | None = None
@@ -171,7 +173,7 @@ class TaskQueue:
         self._rounds_started = 0
         self._rounds_done = 0
         # Claimed tasks go to a pool of runner coroutines, one per task being run, kept
-        # for the manager's life: spawning a task per claim cost ~3x handing it over.
+        # for the manager's life: cheaper than spawning a task per claim.
         self._claimed = _Handoff()
         self._runners = 0
         self.worker = WorkerInfo(
@@ -223,6 +225,19 @@ class TaskQueue:
     @property
     def overload_reason(self) -> str | None:
         return self._overload_reason
+
+    def observe_load(self, sample: ResourceSample, process_cpu: float | None) -> None:
+        """A resource sample of this process (the monitor takes them): pause dispatch while
+        it is overloaded, resume when the load falls (:mod:`vpsweb_tasks.overload`)."""
+        if not self._overload.enabled:
+            return
+        reason = self._overload.pause_reason(sample, process_cpu, overloaded=self.overloaded)
+        if reason != self._overload_reason:
+            if reason is not None:
+                logger.warning("pausing dispatch: %s", reason)
+            elif self.overloaded:
+                logger.info("load fell: resuming dispatch")
+            self.set_overloaded(reason)
 
     def set_overloaded(self, reason: str | None) -> None:
         """Pause (with a reason) or resume dispatch in this process because of load."""

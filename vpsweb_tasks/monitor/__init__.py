@@ -11,11 +11,9 @@ Everything the monitor knows comes from two places: the manager's :class:`EventH
 history, resource history), so its answers are the same after a restart. While running it
 samples system resources every ``resource_check_interval`` (psutil, from this one loop),
 keeps the last ``metrics_history_size`` samples and persists them, evaluates health every
-``health_check_interval`` and raises or clears alerts as events, and, with
-``pause_on_overload``, pauses this process's dispatch while it is overloaded.
-
-Overload is about this worker process, not the machine; :mod:`vpsweb_tasks.overload`
-decides it from the samples the monitor feeds it.
+``health_check_interval`` and raises or clears alerts as events, and hands each sample to
+the dispatcher's overload control (``pause_on_overload``: :mod:`vpsweb_tasks.overload`
+decides from this process's load whether its dispatch pauses).
 
 The package: :class:`TaskMonitor` here; :mod:`.statistics` derives task statistics from
 storage's aggregates, :mod:`.health` holds the health rules (as data, every level a config
@@ -45,7 +43,7 @@ from ..events import (
     HealthChanged,
 )
 from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
-from ..overload import RESUME_FRACTION, OverloadControl
+from ..overload import RESUME_FRACTION
 from ..storage import logic
 from ..storage.types import ProgressSnapshot
 from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
@@ -92,7 +90,6 @@ class TaskMonitor:
         self._samples: deque[ResourceSample] = deque(
             maxlen=self.settings.task_monitoring.metrics_history_size
         )
-        self._overload = OverloadControl(manager.config)
         self._alerts: dict[str, Alert] = {}
         self._breakers: dict[str, str] = {}
         self._status: HealthStatus = "healthy"
@@ -298,18 +295,7 @@ class TaskMonitor:
         return await self.manager.store.run(logic.resource_samples(since=since, limit=limit))
 
     def _control_overload(self, sample: ResourceSample) -> None:
-        if not self._overload.enabled:
-            return
-        queue = self.manager.queue
-        reason = self._overload.pause_reason(
-            sample, self.smoothed_process_cpu(), overloaded=queue.overloaded
-        )
-        if reason != queue.overload_reason:
-            if reason is not None:
-                logger.warning("pausing dispatch: %s", reason)
-            elif queue.overloaded:
-                logger.info("load fell: resuming dispatch")
-            queue.set_overloaded(reason)
+        self.manager.queue.observe_load(sample, self.smoothed_process_cpu())
 
     # --- health and alerts -----------------------------------------------------------------
 

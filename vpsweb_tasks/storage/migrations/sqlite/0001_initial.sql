@@ -33,7 +33,7 @@ CREATE TABLE background_tasks (
     finished_at      REAL
 );
 
--- The claim query's sort, exactly (DESC matters: ~100x).
+-- The claim query's sort, exactly (DESC matters: benchmarks/depth.py).
 CREATE INDEX ix_background_tasks_dispatch
     ON background_tasks (priority DESC, run_at)
     WHERE status IN ('pending', 'retrying');

@@ -1,4 +1,4 @@
 -- Plain FIFO claims (enable_priority_queue: false) read the dispatch index, the first
 -- rows of each priority, and sort those few: the FIFO index cost every insert and claim
--- (~4 us a task on the database thread) for a mode few deployments use.
+-- for a mode few deployments use.
 DROP INDEX IF EXISTS ix_background_tasks_fifo;
