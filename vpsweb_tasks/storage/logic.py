@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from ..errors import (
@@ -632,15 +633,7 @@ def get_paused() -> Op[tuple[bool, str | None]]:
 
 @operation(Mode.STATEMENTS)
 def save_breaker_state(state: SharedBreakerState) -> Op[None]:
-    yield count(
-        "save_breaker_state",
-        name=state.name,
-        state=state.state,
-        opened_at=state.opened_at,
-        retry_at=state.retry_at,
-        updated_at=state.updated_at,
-        worker_id=state.worker_id,
-    )
+    yield count("save_breaker_state", **asdict(state))
 
 
 @operation(Mode.READ)
@@ -688,17 +681,7 @@ def metrics_window(*, since: float, sample_limit: int = 10_000) -> Op[MetricsWin
 @operation(Mode.STATEMENTS)
 def add_resource_sample(sample: ResourceSample) -> Op[None]:
     """Persist one :class:`~vpsweb_tasks.models.ResourceSample` to ``system_metrics``."""
-    yield count(
-        "add_resource_sample",
-        recorded_at=sample.recorded_at,
-        cpu_percent=sample.cpu_percent,
-        memory_percent=sample.memory_percent,
-        disk_percent=sample.disk_percent,
-        process_rss_mb=sample.process_rss_mb,
-        process_cpu_percent=sample.process_cpu_percent,
-        active_tasks=sample.active_tasks,
-        queued_tasks=sample.queued_tasks,
-    )
+    yield count("add_resource_sample", **asdict(sample))
 
 
 @operation(Mode.READ)
