@@ -9,6 +9,7 @@ write lock: no task is claimed twice. Operations run on the database thread
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import socket
@@ -56,7 +57,7 @@ class Statement:
     a tuple costs a fraction of binding a dict by name (sqlite3 makes a string of each
     name to look it up)."""
 
-    __slots__ = ("names", "sql")
+    __slots__ = ("_get", "names", "sql")
 
     def __init__(self, sql: str) -> None:
         names: list[str] = []
@@ -68,15 +69,20 @@ class Statement:
 
         self.sql = _PARAM.sub(number, sql)
         self.names = tuple(names)
+        get = operator.itemgetter(*names) if names else (lambda params: ())
+        self._get: Callable[[Mapping[str, Any]], Any] = (
+            (lambda params: (get(params),)) if len(names) == 1 else get
+        )
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """The parameters in order; a list as JSON text (the queries read it with
         json_each)."""
         try:
-            values = tuple(params[name] for name in self.names)
+            values: tuple[Any, ...] = self._get(params)
         except KeyError as exc:
             raise KeyError(f"{self.sql[:60]!r}... needs parameter {exc}") from None
-        if any(type(value) is list or type(value) is tuple for value in values):
+        kinds = tuple(map(type, values))
+        if list in kinds or tuple in kinds:
             values = tuple(
                 dumps(list(value)) if type(value) is list or type(value) is tuple else value
                 for value in values

@@ -118,12 +118,6 @@ WHERE rowid IN (
            AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
     ORDER BY priority DESC, run_at, rowid LIMIT :limit)
 RETURNING rowid AS seq, *;
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
-SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
-WHERE lease_owner = :worker AND lease_expires_at = :expires AND status = 'running'
-  AND started_at = :now
-  AND NOT EXISTS (SELECT 1 FROM task_executions AS e
-                  WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
 
 -- name: claim_fifo
 -- As claim, in plain FIFO order (run_at, then insertion), priority playing no part. It
@@ -164,12 +158,6 @@ WHERE rowid IN (
             ORDER BY run_at, rowid LIMIT :limit))
     ORDER BY run_at, rowid LIMIT :limit)
 RETURNING rowid AS seq, *;
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
-SELECT id, attempts, fence, :worker, :now, 'running' FROM background_tasks
-WHERE lease_owner = :worker AND lease_expires_at = :expires AND status = 'running'
-  AND started_at = :now
-  AND NOT EXISTS (SELECT 1 FROM task_executions AS e
-                  WHERE e.task_id = background_tasks.id AND e.fence = background_tasks.fence);
 
 -- name: register_worker
 INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
