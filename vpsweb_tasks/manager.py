@@ -16,6 +16,9 @@ once the task is durably committed. A task is either of a *registered type* (any
 process can run it, and it resumes after a restart) or an unregistered callable (a
 closure): it runs in this process only and, should the process die, is failed with
 ``HandlerUnavailableError`` on restart rather than lost.
+
+The manager knows no application: an :class:`Extension` brings an application's task
+types, tables, config sections and routes (docs/extending.md).
 """
 
 from __future__ import annotations

@@ -67,16 +67,40 @@ from .types import (
 
 __all__ = [
     "LIST_ORDERS",
+    "add_resource_sample",
     "add_tasks",
+    "cancel_waiting",
     "claim",
     "complete_many",
+    "count_tasks",
+    "count_tasks_by_type",
+    "delete_finished",
+    "delete_samples",
     "finish",
+    "finished_record",
+    "get_paused",
+    "get_task",
+    "get_tasks",
+    "heartbeat",
+    "lease_lost",
+    "list_executions",
+    "list_tasks",
+    "list_workers",
+    "load_breaker_states",
+    "metrics_window",
     "migrate",
     "outcome_params",
+    "ping",
+    "progress_history",
     "reap",
+    "remove_worker",
+    "request_cancel",
+    "requeue_failed",
+    "resource_samples",
+    "save_breaker_state",
+    "save_progress",
+    "set_paused",
 ]
-
-WAITING = (TaskStatus.PENDING.value, TaskStatus.RETRYING.value)
 
 #: ``list_tasks`` orders and the query of each.
 LIST_ORDERS = {
@@ -103,21 +127,15 @@ def migrate(migrations: Sequence[Migration], prelude: Sequence[Step] = ()) -> Op
         if (migration.component, migration.version) in applied:
             continue
         yield script(migration.sql)
-        if migration.component == "core":
-            yield count(
-                "record_core_migration",
-                version=migration.version,
-                name=migration.name,
-                at=time.time(),
-            )
-        else:
-            yield count(
-                "record_component_migration",
-                component=migration.component,
-                version=migration.version,
-                name=migration.name,
-                at=time.time(),
-            )
+        yield count(
+            "record_core_migration"
+            if migration.component == "core"
+            else "record_component_migration",
+            component=migration.component,
+            version=migration.version,
+            name=migration.name,
+            at=time.time(),
+        )
         applied.add((migration.component, migration.version))
     return max((version for component, version in applied if component == "core"), default=0)
 
