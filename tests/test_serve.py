@@ -65,3 +65,55 @@ def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) ->
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert "Application shutdown complete" in rest
     assert server.returncode in (0, -signal.SIGTERM)
+
+
+def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -> None:
+    """`serve --extension wordcount:WordCount` (examples/wordcount on the path): its
+    routes answer next to the core's and translation's, over real HTTP."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(examples), env.get("PYTHONPATH")]))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vpsweb_tasks.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--extension",
+            "wordcount:WordCount",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    try:
+        for line in server.stderr:
+            if "Application startup complete" in line:
+                break
+        else:
+            pytest.fail("the server exited before it started")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            accepted = client.post("/api/v1/wordcount", json={"text": "four words in here"})
+            assert accepted.status_code == 202, accepted.text
+            task_id = accepted.json()["task_id"]
+            with client.stream("GET", f"/api/v1/background-tasks/tasks/{task_id}/events") as events:
+                for line in events.iter_lines():  # ends when the task does
+                    if line.startswith("event: task_dead_lettered"):
+                        break
+            assert client.get(f"/api/v1/wordcount/{task_id}").json() == {
+                "task_id": task_id,
+                "words": 4,
+            }
+            assert client.post("/api/v1/wordcount", json={"text": ""}).status_code == 422
+            # translation is still installed by default, beside the named extension
+            paths = client.get("/openapi.json").json()["paths"]
+            assert "/api/v1/background-tasks/translation" in paths, sorted(paths)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert server.returncode in (0, -signal.SIGTERM)
