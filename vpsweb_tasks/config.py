@@ -256,7 +256,8 @@ class HttpSettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     api_key_env: str | None = None
     """Name of an environment variable holding the API key. When a key is configured,
-    every route but the health checks requires header X-API-Key."""
+    every route but the health checks, the dashboard page and the API description requires
+    header X-API-Key; if the variable is unset or empty, the server refuses to start."""
     api_key: SecretStr | None = None
     """The API key itself (prefer api_key_env, which keeps it out of files)."""
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
@@ -265,11 +266,38 @@ class HttpSettings(_Section):
     """Retry-After seconds sent with 429 when the queue is full."""
 
     def resolved_api_key(self) -> str | None:
+        """The API key; None when none is configured. A key that is configured but cannot
+        be used (``api_key_env`` naming an unset or empty variable, a blank ``api_key``, or
+        one no client could send) raises :class:`ConfigError`: the API never runs open by
+        mistake."""
         if self.api_key is not None:
-            return self.api_key.get_secret_value() or None
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
-        return None
+            key, where = self.api_key.get_secret_value(), "http.api_key"
+        elif self.api_key_env:
+            where = f"http.api_key_env: environment variable {self.api_key_env}"
+            key = os.environ.get(self.api_key_env, "")
+            if not key:
+                raise ConfigError(
+                    f"{where} is unset or empty; refusing to serve the API without its key "
+                    f"(set {self.api_key_env}, or remove http.api_key_env to serve without one)"
+                )
+        else:
+            return None
+        try:
+            return check_api_key(key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_api_key(key: str) -> str:
+    """``key`` if a client can send it as ``X-API-Key`` (HTTP strips a header's
+    surrounding whitespace and forbids control characters); ValueError otherwise."""
+    if not key.strip():
+        raise ValueError("the API key is blank")
+    if key != key.strip():
+        raise ValueError("the API key has leading or trailing whitespace, which HTTP strips")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+        raise ValueError("the API key has control characters, which a header cannot carry")
+    return key
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from fastapi import Depends, Header, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from vpsweb_tasks import TaskManager, TaskMonitor
+from vpsweb_tasks.config import check_api_key
 
 from .auth import StreamTokens
 from .errors import LIBRARY_ERRORS, error_response
@@ -68,7 +69,7 @@ class RouterState:
             manager=manager,
             monitor=monitor,
             tokens=StreamTokens(api_key, ttl=stream_token_ttl),
-            api_key=None if api_key is None else api_key.encode(),
+            api_key=None if api_key is None else check_api_key(api_key).encode(),
             queue_full_retry_after=queue_full_retry_after,
         )
 
@@ -113,7 +114,9 @@ def _check_key(state: RouterState, x_api_key: str | None) -> None:
     expected = state.api_key
     if expected is None:
         return
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected):
+    # The header's bytes, as sent (Starlette decodes headers as latin-1), against the key's
+    # UTF-8: a non-ASCII key matches when a client sends it in UTF-8.
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode("latin-1"), expected):
         raise HTTPException(
             401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"}
         )
@@ -147,7 +150,9 @@ async def stream_authorised(
     x_api_key: Annotated[str | None, Header()] = None,
     token: Annotated[
         str | None,
-        Query(max_length=200, description="A token from POST .../monitoring/stream-token"),
+        # No constraint here: a constraint that fails skips this guard, and the route's
+        # next dependency (the task's 404) would answer a caller without the key.
+        Query(description="A token from POST .../monitoring/stream-token"),
     ] = None,
 ) -> RouterState:
     """The event streams: the API key, or a stream token (an EventSource sends no header)."""
