@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from vpsweb_tasks import (
     DeadLetter,
@@ -23,6 +24,7 @@ from vpsweb_tasks import (
 )
 from vpsweb_tasks import manager as manager_module
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.errors import ConfigError
 from vpsweb_tasks.events import TaskDeadLettered, TaskRequeued
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks_http import create_router
@@ -316,3 +318,14 @@ async def test_a_task_whose_attempts_keep_being_lost_is_dead_lettered_saying_so(
             0,
             0,
         )
+
+
+def test_the_bounds_on_lost_attempts_are_validated(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    assert definition("work", max_lost_attempts=1).max_lost_attempts == 1
+    with pytest.raises(ValidationError, match="max_lost_attempts"):
+        definition("work", max_lost_attempts=0)
+    assert settings_factory().background_tasks.max_lost_attempts == 5
+    with pytest.raises(ConfigError, match="max_lost_attempts"):
+        settings_factory(background_tasks={"max_lost_attempts": 0})
