@@ -244,9 +244,9 @@ class RetryPolicy:
         with its worker (how many may be lost is the store's bound, not this policy's).
 
         The first loss is re-run at once: a worker killed by a deploy, a reboot or a
-        neighbour's memory is no fault of the task, which was waiting a lease already. A
-        second loss suggests the task kills its worker, and every crash also costs the
-        attempts of the tasks running beside it: from then on the delay is
+        neighbour's memory is no fault of the task, which already waited for the loss to
+        be noticed. A second loss suggests the task kills its worker, and every crash also
+        costs the tasks running beside it an attempt: from then on the delay is
         ``base_delay``, doubling with every further loss (capped at ``max_delay``), so the
         task cannot crash-loop the fleet at full speed while it uses up its bound."""
         if lost_attempts <= 1:
