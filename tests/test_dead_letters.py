@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
 
 from vpsweb_tasks import (
     DeadLetter,
@@ -13,14 +17,19 @@ from vpsweb_tasks import (
     TaskContext,
     TaskDefinition,
     TaskManager,
+    TaskMonitor,
     TaskNotFoundError,
     TaskStateError,
     TaskStatus,
 )
 from vpsweb_tasks import manager as manager_module
-from vpsweb_tasks.events import TaskRequeued
+from vpsweb_tasks.config import Settings
+from vpsweb_tasks.errors import ConfigError
+from vpsweb_tasks.events import TaskDeadLettered, TaskRequeued
 from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks_http import create_router
 
+from .conftest import FakeClock
 from .support import EventRecorder
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +143,7 @@ async def test_a_dead_letter_shows_every_attempts_error(manager: TaskManager) ->
         for n in (1, 2, 3)
     ]
     assert letter.executions == tuple(letter.errors)
+    assert (letter.cause, letter.task.lost_attempts) == ("failed", 0)
 
     @manager.task("fine")
     async def fine(context: TaskContext) -> None:
@@ -212,3 +222,110 @@ async def test_a_closures_dead_letter_cannot_be_requeued(manager: TaskManager) -
         await manager.requeue(context.task_id)
     assert await manager.requeue_all() == 0
     assert (await manager.get_task(context.task_id)).status is TaskStatus.FAILED
+
+
+async def test_a_task_whose_attempts_keep_being_lost_is_dead_lettered_saying_so(
+    settings_factory: Callable[..., Settings], clock: FakeClock
+) -> None:
+    # This process runs no workers: "ghost", a worker that never heartbeats, claims the
+    # tasks and dies with them; this process's reaper finds their leases expired.
+    settings = settings_factory(
+        background_tasks={
+            "enabled": False,
+            "max_lost_attempts": 3,
+            "retry_delay": 7.0,
+            "lease_seconds": 30.0,
+        }
+    )
+    manager = TaskManager(settings, clock=clock)
+
+    async def work(context: TaskContext) -> None:
+        raise AssertionError("this process runs no workers")
+
+    manager.register("work", work)
+    recorder = EventRecorder()
+    manager.events.add_listener(recorder)
+    app = FastAPI()
+    app.include_router(create_router(manager, TaskMonitor(manager)))
+    transport = httpx.ASGITransport(app=app)
+    async with manager, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        stubborn = (await manager.submit(definition("work", max_retries=0))).task_id
+        touchy = (await manager.submit(definition("work", max_lost_attempts=1))).task_id
+
+        async def lose_an_attempt(expected: int) -> None:
+            claims = await manager.store.claim(
+                worker_id="ghost", now=clock(), lease_seconds=30.0, limit=2
+            )
+            assert len(claims) == expected
+            clock.advance(31)
+            await manager.queue.reap()
+
+        await lose_an_attempt(2)
+        # Its own bound: dead at the first loss. The other runs again at once...
+        record = await manager.get_task(stubborn)
+        assert (record.status, record.attempts, record.lost_attempts) == (
+            TaskStatus.RETRYING,
+            0,  # max_retries=0, and still retried: a loss is not a failure
+            1,
+        )
+        assert record.run_at.timestamp() == clock()
+        await lose_an_attempt(1)
+        # ... then after retry_delay, doubling from the second loss on.
+        record = await manager.get_task(stubborn)
+        assert (record.status, record.lost_attempts) == (TaskStatus.RETRYING, 2)
+        assert record.run_at.timestamp() == clock() + 7.0
+        assert (
+            await manager.store.claim(worker_id="ghost", now=clock(), lease_seconds=30.0, limit=2)
+            == []
+        )
+        clock.advance(7.0)
+        await lose_an_attempt(1)
+
+        for task_id, lost in ((touchy, 1), (stubborn, 3)):
+            letter = await manager.dead_letter(task_id)
+            assert letter.cause == "lost"
+            task = letter.task
+            assert (task.status, task.attempts, task.lost_attempts) == (
+                TaskStatus.FAILED,
+                0,
+                lost,
+            )
+            assert (task.error_type, task.error_category) == (
+                "WorkerLostError",
+                ErrorCategory.RESOURCE,
+            )
+            assert f"lost with its worker {lost} times" in (task.error_message or "")
+            assert [e.outcome for e in letter.executions] == [ExecutionOutcome.LOST] * lost
+            [event] = recorder.of(TaskDeadLettered, task=task_id)
+            assert (event.category, event.error_message) == (
+                ErrorCategory.RESOURCE,
+                task.error_message,
+            )
+            tasks = "/api/v1/background-tasks"
+            body = (await client.get(f"{tasks}/dead-letters/{task_id}")).json()
+            assert (body["cause"], body["lost_attempts"], body["attempts"]) == ("lost", lost, 0)
+            assert body["error"]["type"] == "WorkerLostError"
+            assert [e["outcome"] for e in body["executions"]] == ["lost"] * lost
+            status = (await client.get(f"{tasks}/status/{task_id}")).json()
+            assert (status["lost_attempts"], status["max_lost_attempts"]) == (
+                lost,
+                1 if task_id == touchy else None,
+            )
+        # A requeue gives it a new budget.
+        requeued = await manager.requeue(stubborn)
+        assert (requeued.status, requeued.attempts, requeued.lost_attempts) == (
+            TaskStatus.PENDING,
+            0,
+            0,
+        )
+
+
+def test_the_bounds_on_lost_attempts_are_validated(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    assert definition("work", max_lost_attempts=1).max_lost_attempts == 1
+    with pytest.raises(ValidationError, match="max_lost_attempts"):
+        definition("work", max_lost_attempts=0)
+    assert settings_factory().background_tasks.max_lost_attempts == 5
+    with pytest.raises(ConfigError, match="max_lost_attempts"):
+        settings_factory(background_tasks={"max_lost_attempts": 0})

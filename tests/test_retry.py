@@ -224,6 +224,14 @@ def test_a_retry_request_is_capped_only_by_max_retries() -> None:
         Retry(delay=-1)
 
 
+def test_a_lost_attempt_runs_again_at_once_then_after_a_doubling_delay() -> None:
+    policy = RetryPolicy(base_delay=60, max_retry_attempts=0, rng=random.Random(1))
+    delays = [policy.lost_attempt_delay(lost) for lost in range(1, 8)]
+    assert delays == [0.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0]  # no jitter
+    assert policy.lost_attempt_delay(30) == 3600.0  # capped at the default max_delay
+    assert RetryPolicy(base_delay=0).lost_attempt_delay(3) == 0.0
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_is_a_minimum_delay(status: int) -> None:
     policy = RetryPolicy(base_delay=0.5, max_retry_attempts=5, rng=random.Random(1))

@@ -33,6 +33,9 @@ from vpsweb_tasks.models import (
 from vpsweb_tasks.storage import logic
 from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.base import TaskStore
+from vpsweb_tasks.storage.ops import Mode as OpMode
+from vpsweb_tasks.storage.ops import Op, operation, script
+from vpsweb_tasks.storage.queries import Component, Migration
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 from vpsweb_tasks.storage.types import (
     Cancelled,
@@ -42,7 +45,9 @@ from vpsweb_tasks.storage.types import (
     Failed,
     LeaseToken,
     ProgressSnapshot,
+    ReapResult,
     Released,
+    RetryDecider,
     SharedBreakerState,
     WorkerInfo,
 )
@@ -53,6 +58,8 @@ pytestmark = pytest.mark.anyio
 
 T0 = 1_800_000_000.0
 LEASE = 30.0
+#: The bound on lost attempts the reaper is given, unless a test says otherwise.
+MAX_LOST = 3
 
 
 def worker(worker_id: str = "w1") -> WorkerInfo:
@@ -66,6 +73,19 @@ async def cleanup(store: TaskStore, *, before: float) -> int:
         deleted += batch
     await store.run(logic.delete_samples(before=before))
     return deleted
+
+
+async def reap(
+    store: TaskStore,
+    *,
+    now: float,
+    decide: RetryDecider,
+    max_lost_attempts: int = MAX_LOST,
+    expired: Sequence[str] = (),
+) -> ReapResult:
+    return await store.reap(
+        now=now, decide=decide, max_lost_attempts=max_lost_attempts, expired=expired
+    )
 
 
 async def claim_one(store: TaskStore, worker_id: str = "w1", now: float = T0):
@@ -347,10 +367,10 @@ async def test_fencing_a_reaped_worker_cannot_overwrite_the_newer_attempt(store:
     await store.add_task(new_task(T0))
     old = await claim_one(store, "w1", now=T0)
     # w1 stalls past its lease; the reaper re-queues, w2 takes the new attempt.
-    result = await store.reap(now=T0 + LEASE + 1, decide=lambda task: T0 + LEASE + 1)
+    result = await reap(store, now=T0 + LEASE + 1, decide=lambda task: T0 + LEASE + 1)
     assert [t.id for t in result.requeued] == [old.task.id]
     new = await claim_one(store, "w2", now=T0 + LEASE + 1)
-    assert new.task.attempts == 2
+    assert (new.task.attempts, new.task.lost_attempts) == (1, 1)  # the lost one given back
     with pytest.raises(LeaseLostError):
         await store.finish(old, Completed("stale"), now=T0 + LEASE + 2)
     heartbeat = await store.heartbeat(
@@ -565,7 +585,7 @@ async def test_heartbeat_extends_leases_and_registers_the_worker(store: TaskStor
     assert record.lease_expires_at is not None
     assert record.lease_expires_at.timestamp() == T0 + 20 + LEASE
     # The extended lease is not reaped at the old expiry.
-    assert (await store.reap(now=T0 + LEASE + 1, decide=lambda t: None)).requeued == []
+    assert (await reap(store, now=T0 + LEASE + 1, decide=lambda t: None)).requeued == []
     [registered] = await store.list_workers()
     assert (registered.worker_id, registered.expires_at) == ("w1", T0 + 20 + LEASE)
 
@@ -606,7 +626,7 @@ async def test_terminal_tasks_are_never_overwritten(store: TaskStore) -> None:
     claim = await claim_one(store)
     await store.finish(claim, Completed(1), now=T0 + 1)
     assert await store.cancel_waiting(now=T0 + 2) == []
-    assert (await store.reap(now=T0 + 10_000, decide=lambda t: T0)).requeued == []
+    assert (await reap(store, now=T0 + 10_000, decide=lambda t: T0)).requeued == []
     assert await store.claim(worker_id="w1", now=T0 + 10_000, lease_seconds=LEASE, limit=1) == []
     record = await store.get_task(claim.task.id)
     assert record is not None
@@ -645,8 +665,8 @@ async def test_reap_requeues_or_fails_by_the_decider(store: TaskStore) -> None:
     await store.add_task(new_task(T0, name="retry"))
     await store.add_task(new_task(T0, name="give-up"))
     await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2)
-    result = await store.reap(
-        now=T0 + LEASE + 1, decide=lambda t: T0 + 100 if t.name == "retry" else None
+    result = await reap(
+        store, now=T0 + LEASE + 1, decide=lambda t: T0 + 100 if t.name == "retry" else None
     )
     assert [t.name for t in result.requeued] == ["retry"]
     assert result.requeued[0].status is TaskStatus.RETRYING
@@ -658,17 +678,128 @@ async def test_reap_requeues_or_fails_by_the_decider(store: TaskStore) -> None:
         TaskStatus.FAILED,
         "WorkerLostError",
     )
+    assert [(t.attempts, t.lost_attempts) for t in [*result.requeued, failed]] == [(0, 1)] * 2
     executions = await store.list_executions(failed.id)
     assert [(e.outcome, e.error_category) for e in executions] == [
         (ExecutionOutcome.LOST, ErrorCategory.RESOURCE)
     ]
 
 
+async def test_a_lost_attempt_is_given_back_and_counted_apart(store: TaskStore) -> None:
+    task = await store.add_task(new_task(T0, max_retries=5))
+    first = await claim_one(store, now=T0)
+    await store.finish(
+        first, Failed("E", "refused", ErrorCategory.NETWORK, retry_at=T0 + 1), now=T0 + 1
+    )
+    second = await claim_one(store, now=T0 + 1)
+    assert (second.task.attempts, second.task.lost_attempts) == (2, 0)
+    asked: list[TaskRecord] = []
+
+    def decide(lost: TaskRecord) -> float:
+        asked.append(lost)
+        return T0 + 200
+
+    result = await reap(store, now=T0 + 1 + LEASE + 1, decide=decide)
+    # The decider sees the task as the loss leaves it.
+    assert [(t.attempts, t.lost_attempts) for t in asked] == [(1, 1)]
+    [requeued] = result.requeued
+    assert requeued == await store.get_task(task.id)
+    assert (requeued.status, requeued.attempts, requeued.lost_attempts) == (
+        TaskStatus.RETRYING,
+        1,  # the failed attempt only: the lost one is not a failure
+        1,
+    )
+    assert requeued.run_at.timestamp() == T0 + 200
+    assert (requeued.error_type, requeued.error_category) == (
+        "WorkerLostError",
+        ErrorCategory.RESOURCE,
+    )
+    third = await claim_one(store, now=T0 + 200)
+    assert (third.task.attempts, third.task.lost_attempts) == (2, 1)
+    done = await store.finish(third, Completed("ok"), now=T0 + 201)
+    assert (done.attempts, done.lost_attempts) == (2, 1)
+    executions = await store.list_executions(task.id)
+    assert [(e.attempt, e.outcome, e.error_type) for e in executions] == [
+        (1, ExecutionOutcome.FAILED, "E"),
+        (2, ExecutionOutcome.LOST, "WorkerLostError"),
+        (2, ExecutionOutcome.COMPLETED, None),  # attempt 2 again: the lost one was given back
+    ]
+    assert executions[1].error_category is ErrorCategory.RESOURCE
+    assert executions[1].finished_at is not None
+    # Lost attempts are not failed ones: no metrics row says so.
+    window = await store.run(logic.metrics_window(since=T0))
+    assert sorted((g.outcome, g.count) for g in window.groups) == [
+        ("completed", 1),
+        ("failed", 1),
+    ]
+
+
+async def lose(store: TaskStore, now: float, **bound: int) -> ReapResult:
+    """Claim the one waiting task at ``now`` and lose it: reaped once its lease expired,
+    re-queued (when it is) for ``now + 1`` plus the lease."""
+    await claim_one(store, now=now)
+    return await reap(store, now=now + LEASE + 1, decide=lambda t: now + LEASE + 1, **bound)
+
+
+async def test_reap_dead_letters_a_task_at_its_bound_of_lost_attempts(store: TaskStore) -> None:
+    task = await store.add_task(new_task(T0))
+    now = T0
+    for lost in range(1, MAX_LOST):
+        result = await lose(store, now)
+        assert [(t.status, t.lost_attempts) for t in result.requeued] == [
+            (TaskStatus.RETRYING, lost)
+        ]
+        now += LEASE + 1
+    result = await lose(store, now, max_lost_attempts=MAX_LOST)
+    assert result.requeued == []
+    [dead] = result.failed
+    assert dead == await store.get_task(task.id)
+    assert (dead.status, dead.attempts, dead.lost_attempts) == (TaskStatus.FAILED, 0, MAX_LOST)
+    assert (dead.error_type, dead.error_category) == ("WorkerLostError", ErrorCategory.RESOURCE)
+    assert dead.error_message is not None
+    assert f"lost with its worker {MAX_LOST} times (max_lost_attempts {MAX_LOST})" in (
+        dead.error_message
+    )
+    assert dead.finished_at is not None
+    executions = await store.list_executions(task.id)
+    assert [(e.outcome, e.error_category) for e in executions] == [
+        (ExecutionOutcome.LOST, ErrorCategory.RESOURCE)
+    ] * MAX_LOST
+    # A requeue from the dead letter queue gives it a new budget of both kinds.
+    [requeued] = await store.requeue_failed(now=now + 100, task_ids=[task.id])
+    assert (requeued.status, requeued.attempts, requeued.lost_attempts) == (
+        TaskStatus.PENDING,
+        0,
+        0,
+    )
+
+
+async def test_a_tasks_own_bound_on_lost_attempts_overrides_the_reapers(
+    store: TaskStore,
+) -> None:
+    once = await store.add_task(new_task(T0, name="once", max_lost_attempts=1))
+    assert once.max_lost_attempts == 1
+    await store.add_task(new_task(T0, name="more", max_lost_attempts=MAX_LOST + 1))
+    await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=2)
+    result = await reap(store, now=T0 + LEASE + 1, decide=lambda t: T0 + LEASE + 1)
+    assert [(t.name, t.lost_attempts) for t in result.failed] == [("once", 1)]
+    now = T0 + LEASE + 1
+    for _ in range(MAX_LOST - 1):  # past the reaper's bound, within its own
+        assert [t.name for t in (await lose(store, now)).requeued] == ["more"]
+        now += LEASE + 1
+    [dead] = (await lose(store, now)).failed
+    assert (dead.name, dead.lost_attempts, dead.max_lost_attempts) == (
+        "more",
+        MAX_LOST + 1,
+        MAX_LOST + 1,
+    )
+
+
 async def test_reap_of_an_expired_worker_does_not_wait_for_leases(store: TaskStore) -> None:
     await store.heartbeat(worker=worker("dead"), now=T0, lease_seconds=LEASE)
     await store.add_task(new_task(T0))
     await claim_one(store, "dead")
-    result = await store.reap(now=T0 + 1, decide=lambda t: T0 + 1, expired=["dead"])
+    result = await reap(store, now=T0 + 1, decide=lambda t: T0 + 1, expired=["dead"])
     assert len(result.requeued) == 1
     assert result.expired_workers == ["dead"]
     assert await store.list_workers() == []
@@ -681,7 +812,7 @@ async def test_closures_of_a_dead_process_fail_with_handler_unavailable(store: T
     waiting = await store.add_task(new_task(T0 + 1, owner="gone", name="waiting"))
     kept = await store.add_task(new_task(T0, owner="alive", name="kept"))
     await claim_one(store, "gone")
-    result = await store.reap(now=T0 + LEASE + 1, decide=lambda t: T0)
+    result = await reap(store, now=T0 + LEASE + 1, decide=lambda t: T0)
     assert sorted(t.name for t in result.failed) == ["running", "waiting"]
     for task_id in (running.id, waiting.id):
         record = await store.get_task(task_id)
@@ -832,6 +963,82 @@ async def test_reopening_keeps_data_and_schema(store_factory: Callable[..., Task
     async with store_factory() as second:
         assert second.schema_version == version
         assert await second.get_task(task.id) == task
+
+
+#: The first core migration of each dialect with lost attempts counted apart.
+LOST_ATTEMPTS_MIGRATION = {"sqlite": 6, "postgres": 3}
+
+#: Rows as the schema before it held them: a task retrying after a failed attempt, and a
+#: task running under a worker's lease (one statement each: valid SQL in both dialects).
+ROWS_BEFORE_LOST_ATTEMPTS = f"""
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, attempts, fence, run_at, created_at, updated_at, error_type, error_category)
+VALUES ('old-retrying', 'retrying', 'work', 1, 'retrying', '{{}}', '{{"k": 1}}', 3, 1, 1,
+    {T0 + 5}, {T0}, {T0 + 1}, 'ConnectionError', 'network');
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, attempts, fence, run_at, created_at, updated_at, lease_owner,
+    lease_expires_at, started_at)
+VALUES ('old-running', 'running', 'work', 2, 'running', '{{"n": 7}}', '{{}}', 3, 1, 1,
+    {T0}, {T0}, {T0}, 'w-old', {T0 + LEASE}, {T0});
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+VALUES ('old-running', 1, 1, 'w-old', {T0}, 'running');
+"""
+
+
+@operation(OpMode.WRITE)
+def run_script(sql: str) -> Op[None]:
+    yield script(sql)
+
+
+async def test_a_database_of_the_previous_schema_upgrades_in_place(
+    store_factory: Callable[..., TaskStore], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_new = LOST_ATTEMPTS_MIGRATION[backend]
+    shipped = Component.migrations
+
+    def before_lost_attempts(self: Component, dialect: str) -> list[Migration]:
+        found = shipped(self, dialect)
+        return [m for m in found if self.name != "core" or m.version < first_new]
+
+    monkeypatch.setattr(Component, "migrations", before_lost_attempts)
+    async with store_factory() as old:
+        assert old.schema_version < first_new
+        await old.run(run_script(ROWS_BEFORE_LOST_ATTEMPTS))
+    monkeypatch.undo()
+
+    async with store_factory() as upgraded:
+        assert upgraded.schema_version >= first_new
+        retrying, running = await upgraded.get_tasks(["old-retrying", "old-running"])
+        assert (retrying.status, retrying.attempts, retrying.lost_attempts) == (
+            TaskStatus.RETRYING,
+            1,
+            0,
+        )
+        assert (retrying.metadata, retrying.error_category) == ({"k": 1}, ErrorCategory.NETWORK)
+        assert retrying.max_lost_attempts is None
+        assert (running.status, running.payload, running.lease_owner) == (
+            TaskStatus.RUNNING,
+            {"n": 7},
+            "w-old",
+        )
+        # The old worker's attempt is reaped under the new accounting.
+        result = await reap(upgraded, now=T0 + LEASE + 1, decide=lambda t: T0 + LEASE + 1)
+        [lost] = result.requeued
+        assert (lost.id, lost.attempts, lost.lost_attempts) == ("old-running", 0, 1)
+        assert [e.outcome for e in await upgraded.list_executions("old-running")] == [
+            ExecutionOutcome.LOST
+        ]
+        # Both run on; new tasks take their own bound.
+        claims = await upgraded.claim(
+            worker_id="w1", now=T0 + LEASE + 1, lease_seconds=LEASE, limit=3
+        )
+        assert sorted((c.task.id, c.task.attempts) for c in claims) == [
+            ("old-retrying", 2),
+            ("old-running", 1),
+        ]
+        added = await upgraded.add_task(new_task(T0, max_lost_attempts=2))
+        assert await upgraded.get_task(added.id) == added
+        assert added.max_lost_attempts == 2
 
 
 # --- shared circuit breakers --------------------------------------------------------

@@ -126,6 +126,12 @@ class BackgroundTaskSettings(_Section):
     lease_seconds: PositiveSeconds = 30.0
     """A running task's claim lasts this long unless its worker renews it. A worker that
     dies stops renewing; its tasks are re-queued once the lease expires."""
+    max_lost_attempts: int = Field(default=5, ge=1, le=100)
+    """Attempts of one task that may be lost with their worker (killed, out of memory,
+    machine gone) before the task is dead-lettered with WorkerLostError (category
+    resource). Lost attempts do not count against max_retries; the first is re-run at
+    once, later ones after retry_delay, doubling. A task's own
+    TaskDefinition.max_lost_attempts overrides this; 1 never re-runs a lost task."""
     shutdown_grace_period: Annotated[Seconds, Field(ge=0)] = 10.0
     """On shutdown, running tasks get this long to finish before they are cancelled and
     put back in the queue (they run again later, without losing an attempt)."""

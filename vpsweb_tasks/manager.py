@@ -460,6 +460,7 @@ class TaskManager:
             metadata=definition.metadata,
             owner=self.worker_id if closure is not None else None,
             retry=None if definition.retry is None else definition.retry.model_dump(mode="json"),
+            max_lost_attempts=definition.max_lost_attempts,
             run_at=now + delay,
             created_at=now,
         )

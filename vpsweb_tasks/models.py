@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,13 +17,14 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import ErrorCategory
+from .errors import ErrorCategory, WorkerLostError
 from .retry import RetryConfig
 
 __all__ = [
     "LEGAL_TRANSITIONS",
     "MAX_METADATA_BYTES",
     "DeadLetter",
+    "DeadLetterCause",
     "ExecutionOutcome",
     "ExecutionRecord",
     "ProgressUpdate",
@@ -142,6 +143,10 @@ class TaskDefinition(BaseModel):
     """Run no earlier than this long after submission (float seconds or timedelta)."""
     retry: RetryConfig | None = None
     """This task's own retry policy, instead of its type's or its error category's."""
+    max_lost_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Attempts of this task that may be lost with their worker (killed, out of memory)
+    before it is dead-lettered, instead of ``background_tasks.max_lost_attempts``. Lost
+    attempts do not count against ``max_retries``."""
 
     @field_validator("name")
     @classmethod
@@ -193,7 +198,15 @@ class TaskRecord:
     timeout_seconds: float | None = None
     retry: RetryConfig | None = None
     attempts: int = 0
-    """Attempts that count against max_retries (a release on shutdown gives one back)."""
+    """Attempts that count against max_retries: a claim adds one; a release on shutdown, a
+    deferral and an attempt lost with its worker give it back."""
+    lost_attempts: int = 0
+    """Attempts lost with their worker (its lease expired: killed, out of memory, machine
+    gone). They do not count against max_retries; at ``max_lost_attempts`` the task is
+    dead-lettered with ``WorkerLostError``."""
+    max_lost_attempts: int | None = None
+    """This task's own bound on lost attempts; None: the reaping worker's
+    ``background_tasks.max_lost_attempts``."""
     progress: float = 0.0
     message: str | None = None
     result: Any = None
@@ -220,6 +233,7 @@ class TaskRecord:
             metadata=self.metadata,
             delay=None,
             retry=self.retry,
+            max_lost_attempts=self.max_lost_attempts,
         )
 
     @property
@@ -303,6 +317,10 @@ class QueueStatus(_Record):
     workers_enabled: bool
 
 
+#: Why a task is in the dead letter queue (:attr:`DeadLetter.cause`).
+DeadLetterCause = Literal["failed", "lost"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
     """A task in the dead letter queue (status ``failed``) and every attempt it made."""
@@ -317,3 +335,17 @@ class DeadLetter:
         """The attempts that failed (or were lost with their worker)."""
         failed = (ExecutionOutcome.FAILED, ExecutionOutcome.LOST)
         return [execution for execution in self.executions if execution.outcome in failed]
+
+    @property
+    def cause(self) -> DeadLetterCause:
+        """Why the task is here: ``lost`` when its attempts kept being lost with their
+        workers until ``max_lost_attempts`` (its error is ``WorkerLostError``, saying how
+        many times), ``failed`` when its own errors used up its retries or were not
+        retryable."""
+        last = self.executions[-1] if self.executions else None
+        lost = (
+            last is not None
+            and last.outcome is ExecutionOutcome.LOST
+            and self.task.error_type == WorkerLostError.__name__
+        )
+        return "lost" if lost else "failed"

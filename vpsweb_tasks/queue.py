@@ -453,22 +453,21 @@ class TaskQueue:
         if dead:
             logger.warning("workers %s on this host are gone; recovering their tasks", dead)
         now = self._now()
-        lost = WorkerLostError("the worker running this task stopped renewing its lease")
 
-        def decide(task: TaskRecord) -> float | None:
-            return self.retry_policy.decide(
-                lost,
-                attempts=task.attempts,
-                max_retries=task.max_retries,
-                now=now,
-                task_type=task.task_type,
-                task_config=task.retry,
-            ).retry_at
+        def decide(task: TaskRecord) -> float:
+            return now + self.retry_policy.lost_attempt_delay(task.lost_attempts)
 
-        result = await self.store.reap(now=now, decide=decide, expired=dead)
+        result = await self.store.reap(
+            now=now,
+            decide=decide,
+            max_lost_attempts=self.config.max_lost_attempts,
+            expired=dead,
+        )
         for task in result.requeued:
             task_logger(task.id).warning(
-                "attempt %d lost with its worker; retrying at %s", task.attempts, task.run_at
+                "attempt lost with its worker (%d lost so far); running again at %s",
+                task.lost_attempts,
+                task.run_at,
             )
         for task in result.failed:
             task_logger(task.id).error("failed: %s", task.error_message)
@@ -477,7 +476,7 @@ class TaskQueue:
                 TaskDeadLettered(
                     task=task.id,
                     task_type=task.task_type,
-                    category=task.error_category or lost.category,
+                    category=task.error_category or WorkerLostError.category,
                     error_message=task.error_message or "",
                 )
             )

@@ -42,6 +42,7 @@ from .errors import CircuitOpenError, ErrorCategory, Retry
 __all__ = [
     "DEFAULT_CALL_DELAY",
     "DEFAULT_CATEGORY_RETRY",
+    "LOST_ATTEMPT_RETRY",
     "RetryConfig",
     "RetryDecision",
     "RetryPolicy",
@@ -138,6 +139,14 @@ DEFAULT_CATEGORY_RETRY: Mapping[ErrorCategory, RetryConfig] = {
 }
 
 
+#: How the attempts of a task that keep being lost with their workers are spaced, from
+#: the second loss on (:meth:`RetryPolicy.lost_attempt_delay`): doubling, without jitter,
+#: so that a task that kills its worker cannot crash-loop the fleet at full speed.
+LOST_ATTEMPT_RETRY = RetryConfig(
+    strategy=RetryStrategy.EXPONENTIAL_BACKOFF, max_attempts=100, jitter=False
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
     """What to do after a failed attempt."""
@@ -229,6 +238,20 @@ class RetryPolicy:
         return RetryDecision(
             category, now + delay, delay, max_attempts, f"{config.strategy} retry {attempts}"
         )
+
+    def lost_attempt_delay(self, lost_attempts: int) -> float:
+        """Seconds before a task runs again after its ``lost_attempts``-th attempt was lost
+        with its worker (how many may be lost is the store's bound, not this policy's).
+
+        The first loss is re-run at once: a worker killed by a deploy, a reboot or a
+        neighbour's memory is no fault of the task, which already waited for the loss to
+        be noticed. A second loss suggests the task kills its worker, and every crash also
+        costs the tasks running beside it an attempt: from then on the delay is
+        ``base_delay``, doubling with every further loss (capped at ``max_delay``), so the
+        task cannot crash-loop the fleet at full speed while it uses up its bound."""
+        if lost_attempts <= 1:
+            return 0.0
+        return LOST_ATTEMPT_RETRY.delay(lost_attempts - 2, base_delay=self.base_delay)
 
 
 # --- in-call retries ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vpsweb_tasks.breakers import BreakerStatistics
 from vpsweb_tasks.errors import ErrorCategory
 from vpsweb_tasks.models import (
+    DeadLetter,
+    DeadLetterCause,
     ExecutionRecord,
     JsonObject,
     ProgressUpdate,
@@ -102,6 +104,12 @@ class TaskResponse(_Response):
     started_at: datetime | None
     finished_at: datetime | None
     duration_seconds: float | None
+    lost_attempts: int
+    """Attempts lost with their worker (killed, out of memory): not counted in
+    ``attempts``, bounded by ``max_lost_attempts``."""
+    max_lost_attempts: int | None
+    """The task's own bound on lost attempts; null: the workers'
+    ``background_tasks.max_lost_attempts``."""
 
     @classmethod
     def of(cls, record: TaskRecord, **more: Any) -> Self:
@@ -133,6 +141,8 @@ class TaskResponse(_Response):
             started_at=record.started_at,
             finished_at=record.finished_at,
             duration_seconds=record.duration_seconds,
+            lost_attempts=record.lost_attempts,
+            max_lost_attempts=record.max_lost_attempts,
             **more,
         )
 
@@ -188,6 +198,23 @@ class ExecutionResponse(_Response):
 
 class TaskDetailResponse(TaskResponse):
     executions: list[ExecutionResponse]
+
+
+class DeadLetterResponse(TaskDetailResponse):
+    """A dead-lettered task, every attempt, and why it is there."""
+
+    cause: DeadLetterCause
+    """``lost``: its attempts kept being lost with their workers until
+    ``max_lost_attempts`` (error ``WorkerLostError``); ``failed``: its own errors used up
+    its retries or were not retryable."""
+
+    @classmethod
+    def of_letter(cls, letter: DeadLetter) -> Self:
+        return cls.of(
+            letter.task,
+            executions=[ExecutionResponse.of(e) for e in letter.executions],
+            cause=letter.cause,
+        )
 
 
 class QueueStatusResponse(_Response):

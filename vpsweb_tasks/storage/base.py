@@ -31,8 +31,10 @@ Conventions that hold for every operation:
   task was re-queued or re-claimed gets :class:`~vpsweb_tasks.errors.LeaseLostError` and
   changes nothing: it can never overwrite the outcome of a newer attempt.
 * **Attempts.** ``attempts`` counts the attempts that count against a task's retries. A
-  claim adds one; a release (graceful shutdown) or a deferral (open circuit breaker)
-  gives it back. Each claim writes a ``task_executions`` row, closed by the outcome.
+  claim adds one; a release (graceful shutdown), a deferral (open circuit breaker) or a
+  loss (the worker died: :meth:`~TaskStore.reap`) gives it back; a loss is counted in
+  ``lost_attempts`` instead. Each claim writes a ``task_executions`` row, closed by the
+  outcome.
 """
 
 from __future__ import annotations
@@ -383,21 +385,33 @@ class TaskStore(abc.ABC):
         return await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
 
     async def reap(
-        self, *, now: float, decide: RetryDecider, expired: Collection[str] = ()
+        self,
+        *,
+        now: float,
+        decide: RetryDecider,
+        max_lost_attempts: int,
+        expired: Collection[str] = (),
     ) -> ReapResult:
         """Recover from dead workers, in one transaction. ``expired``: workers known to be
         dead (their process is gone), reaped now rather than when their rows expire.
 
         * A ``running`` task whose lease expired, or whose worker expired, loses its
-          attempt: the execution row is closed as ``lost`` (category ``resource``) and the
-          task is re-queued as ``retrying`` at ``decide(task)``, or ``failed`` when that is
-          None, or when its callable lived only in the dead worker (owner expired), or
-          ``cancelled`` when a cancel was requested.
+          attempt: the execution row is closed as ``lost`` (category ``resource``), the
+          attempt is given back (``attempts`` is unchanged by a loss) and ``lost_attempts``
+          grows by one. The task is then ``cancelled`` when a cancel was requested;
+          ``failed`` with ``HandlerUnavailableError`` when its callable lived only in the
+          dead worker (owner expired); ``failed`` with ``WorkerLostError`` naming the count
+          when ``lost_attempts`` reached its bound (the task's own ``max_lost_attempts``,
+          else ``max_lost_attempts``); otherwise re-queued as ``retrying`` at
+          ``decide(task)`` (the task as it is after the loss), or ``failed`` when that is
+          None.
         * A waiting task whose owner (the process holding its closure) is dead or unknown
           becomes ``failed`` with ``HandlerUnavailableError``: never silently lost.
         * Expired workers' rows are deleted.
         """
-        return await self.run(logic.reap(now=now, decide=decide, expired=expired))
+        return await self.run(
+            logic.reap(now=now, decide=decide, max_lost_attempts=max_lost_attempts, expired=expired)
+        )
 
     async def list_workers(self) -> list[WorkerInfo]:
         """Registered workers (live or not yet reaped)."""

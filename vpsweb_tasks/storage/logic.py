@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from ..errors import (
@@ -381,6 +381,8 @@ def finished_record(
         timeout_seconds=claimed.timeout_seconds,
         retry=claimed.retry,
         attempts=claimed.attempts - params["give_back"],
+        lost_attempts=claimed.lost_attempts,
+        max_lost_attempts=claimed.max_lost_attempts,
         progress=float(progress),
         message=message,
         result=loads_result(params["result"])
@@ -484,8 +486,16 @@ _ORPHANED = (
 
 
 @operation(Mode.WRITE)
-def reap(*, now: float, decide: RetryDecider, expired: Collection[str] = ()) -> Op[ReapResult]:
+def reap(
+    *,
+    now: float,
+    decide: RetryDecider,
+    max_lost_attempts: int,
+    expired: Collection[str] = (),
+) -> Op[ReapResult]:
     """Recover from dead workers (see :meth:`~vpsweb_tasks.storage.base.TaskStore.reap`)."""
+    if max_lost_attempts < 1:
+        raise ValueError("max_lost_attempts must be >= 1")
     if expired:
         yield count("expire_workers", ids=list(expired))
     dead = [found["worker_id"] for found in (yield rows("dead_workers", now=now))]
@@ -504,6 +514,13 @@ def reap(*, now: float, decide: RetryDecider, expired: Collection[str] = ()) -> 
             error_type=type(error).__name__,
             category=ErrorCategory.RESOURCE.value,
         )
+        # A lost attempt is not a failure of the task: it is given back and counted apart,
+        # against its own bound.
+        attempts = lost["attempts"] - 1
+        lost_attempts = lost["lost_attempts"] + 1
+        bound = lost["max_lost_attempts"]
+        if bound is None:
+            bound = max_lost_attempts
         # A closure whose process died cannot run again; a cancel request wins.
         orphan = lost["owner"] is not None and (
             lost["owner"] in dead or lost["owner"] == lost["lease_owner"]
@@ -516,8 +533,16 @@ def reap(*, now: float, decide: RetryDecider, expired: Collection[str] = ()) -> 
             error = HandlerUnavailableError(
                 f"the process holding the callable of task_id:{lost['id']} died"
             )
+        elif lost_attempts >= bound:
+            status = TaskStatus.FAILED
+            error = WorkerLostError(
+                f"task_id:{lost['id']} was lost with its worker {lost_attempts} times"
+                f" (max_lost_attempts {bound}); the last, {lost['lease_owner']}, stopped"
+                " renewing its lease"
+            )
         else:
-            retry_at = decide(task_from_row(lost))
+            after = replace(task_from_row(lost), attempts=attempts, lost_attempts=lost_attempts)
+            retry_at = decide(after)
             status = TaskStatus.FAILED if retry_at is None else TaskStatus.RETRYING
         ended = yield row(
             "end_lost_attempt",
@@ -525,6 +550,8 @@ def reap(*, now: float, decide: RetryDecider, expired: Collection[str] = ()) -> 
             status=status.value,
             now=now,
             retry_at=retry_at,
+            attempts=attempts,
+            lost_attempts=lost_attempts,
             message=str(error),
             error_type=type(error).__name__,
             category=ErrorCategory.RESOURCE.value,

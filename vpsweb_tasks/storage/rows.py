@@ -78,6 +78,7 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "owner": task.owner,
         "run_at": task.run_at,
         "created_at": task.created_at,
+        "max_lost_attempts": task.max_lost_attempts,
     }
 
 
@@ -96,6 +97,7 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.owner,
         task.run_at,
         task.created_at,
+        task.max_lost_attempts,
     ]
 
 
@@ -116,6 +118,8 @@ def task_from_row(row: Row) -> TaskRecord:
         if row["retry_config"] is None
         else RetryConfig.model_validate_json(row["retry_config"]),
         attempts=row["attempts"],
+        lost_attempts=row["lost_attempts"],
+        max_lost_attempts=row["max_lost_attempts"],
         progress=float(row["progress"]),
         message=row["message"],
         result=None if result is None else loads_result(result),

@@ -51,6 +51,8 @@ class NewTask:
     """Worker id whose process holds the callable (closures); None for registered types."""
     retry: dict[str, Any] | None = None
     """The task's own RetryConfig, as a dict."""
+    max_lost_attempts: int | None = None
+    """The task's own bound on attempts lost with their worker (None: the reaper's)."""
 
     def record(self) -> TaskRecord:
         """The record of this task as it is stored (``pending``), built rather than read
@@ -71,6 +73,7 @@ class NewTask:
             timeout_seconds=self.timeout_seconds,
             retry=None if self.retry is None else RetryConfig.model_validate(self.retry),
             owner=self.owner,
+            max_lost_attempts=self.max_lost_attempts,
         )
 
 
@@ -238,6 +241,8 @@ class SharedBreakerState:
     worker_id: str
 
 
-#: Given a task whose attempt was lost (its worker died), returns the epoch time of its
-#: next attempt, or None to fail it. Called inside the reaping transaction: keep it pure.
+#: Given a task whose attempt was lost (its worker died), as it is after the loss
+#: (``lost_attempts`` counts this one, ``attempts`` has it given back), returns the epoch
+#: time of its next attempt, or None to fail it. Not asked once the task reached its bound
+#: on lost attempts. Called inside the reaping transaction: keep it pure.
 RetryDecider = Callable[[TaskRecord], float | None]

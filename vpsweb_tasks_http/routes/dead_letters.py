@@ -10,10 +10,9 @@ from vpsweb_tasks.errors import ErrorCategory
 
 from ..deps import Authorised
 from ..schemas import (
-    ExecutionResponse,
+    DeadLetterResponse,
     RequeueRequest,
     RequeueResponse,
-    TaskDetailResponse,
     TaskListResponse,
     TaskResponse,
 )
@@ -39,11 +38,8 @@ async def dead_letters(
 
 
 @group.get("/dead-letters/{task_id}", summary="A dead-lettered task and every attempt's error")
-async def dead_letter(task_id: TaskId, state: Authorised) -> TaskDetailResponse:
-    letter = await state.manager.dead_letter(task_id)
-    return TaskDetailResponse.of(
-        letter.task, executions=[ExecutionResponse.of(e) for e in letter.executions]
-    )
+async def dead_letter(task_id: TaskId, state: Authorised) -> DeadLetterResponse:
+    return DeadLetterResponse.of_letter(await state.manager.dead_letter(task_id))
 
 
 @group.post("/dead-letters/{task_id}/requeue", summary="Put one failed task back in the queue")

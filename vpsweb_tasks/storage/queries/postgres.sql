@@ -46,10 +46,11 @@ SELECT count(*) FROM (SELECT 1 FROM background_tasks
 -- stored, 0 refused.
 WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
-        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
+        max_lost_attempts)
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
-        %(run_at)s, %(created_at)s, %(created_at)s
+        %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -57,8 +58,8 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 
 -- name: insert_tasks
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
--- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that
--- order. With %(limit)s, %(together)s stores all of them only if all fit; otherwise the
+-- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
+-- max_lost_attempts], in that order. With %(limit)s, %(together)s stores all of them only if all fit; otherwise the
 -- first ones that fit. With their notices. Its row count: how many (the first ones) were
 -- stored.
 WITH new AS (
@@ -68,9 +69,11 @@ waiting AS (
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS w),
 added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
-        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+        max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
+        max_lost_attempts)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
-        (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8
+        (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
+        (r->>12)::int
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
@@ -255,8 +258,11 @@ UPDATE task_executions SET finished_at = %(now)s, outcome = 'lost',
 WHERE task_id = %(id)s AND fence = %(fence)s;
 
 -- name: end_lost_attempt
+-- The task of a lost attempt: its new status, counts (%(attempts)s, %(lost_attempts)s) and
+-- error.
 UPDATE background_tasks SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
     cancel_requested = FALSE, updated_at = %(now)s, run_at = coalesce(%(retry_at)s, run_at),
+    attempts = %(attempts)s, lost_attempts = %(lost_attempts)s,
     finished_at = CASE WHEN %(status)s IN ('failed', 'cancelled') THEN %(now)s END,
     error_message = %(message)s, error_type = %(error_type)s, error_category = %(category)s
 WHERE id = %(id)s
@@ -325,8 +331,8 @@ WHERE status IN ('pending', 'retrying') RETURNING id;
 
 -- name: requeue_failed
 WITH requeued AS (
-    UPDATE background_tasks SET status = 'pending', attempts = 0, run_at = %(now)s,
-        updated_at = %(now)s, finished_at = NULL, progress = 0
+    UPDATE background_tasks SET status = 'pending', attempts = 0, lost_attempts = 0,
+        run_at = %(now)s, updated_at = %(now)s, finished_at = NULL, progress = 0
     WHERE status = 'failed'
       AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s))
       AND (%(category)s::text IS NULL OR error_category = %(category)s)

@@ -34,28 +34,32 @@ SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retryin
 -- One new task, unless :limit waiting tasks are there already (the check rides in the
 -- INSERT, under the write lock). Its row count: 1 stored, 0 refused.
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
-    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
+    max_lost_attempts)
 SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
-    :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at
+    :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at,
+    :max_lost_attempts
 WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
     WHERE status IN ('pending', 'retrying')) < :limit;
 
 -- name: insert_tasks
 -- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
--- max_retries, timeout_seconds, retry_config, owner, run_at, created_at], in that order.
+-- max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
+-- max_lost_attempts], in that order.
 -- With :limit, :together stores all of them only if all fit; otherwise the first ones
 -- that fit. The waiting tasks are counted once, before the first row goes in. Its row
 -- count: how many (the first ones) were stored. (The statement starts with INSERT, not
 -- WITH: Python's sqlite3 counts rows only for statements that start as a write.)
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
-    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at)
+    max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
+    max_lost_attempts)
 WITH waiting (n) AS MATERIALIZED (
     SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying'))
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
     json_extract(value, '$[3]'), 'pending', json_extract(value, '$[4]'),
     json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
     json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
-    json_extract(value, '$[11]'), json_extract(value, '$[11]')
+    json_extract(value, '$[11]'), json_extract(value, '$[11]'), json_extract(value, '$[12]')
 FROM json_each(:rows), waiting
 WHERE :limit IS NULL
    OR (:together AND waiting.n + :count <= :limit)
@@ -267,8 +271,10 @@ UPDATE task_executions SET finished_at = :now, outcome = 'lost', error_category 
 WHERE task_id = :id AND fence = :fence;
 
 -- name: end_lost_attempt
+-- The task of a lost attempt: its new status, counts (:attempts, :lost_attempts) and error.
 UPDATE background_tasks SET status = :status, lease_owner = NULL, lease_expires_at = NULL,
     cancel_requested = 0, updated_at = :now, run_at = coalesce(:retry_at, run_at),
+    attempts = :attempts, lost_attempts = :lost_attempts,
     finished_at = CASE WHEN :status IN ('failed', 'cancelled') THEN :now END,
     error_message = :message, error_type = :error_type, error_category = :category
 WHERE id = :id
@@ -335,8 +341,8 @@ UPDATE background_tasks SET status = 'cancelled', finished_at = :now, updated_at
 WHERE status IN ('pending', 'retrying') RETURNING id;
 
 -- name: requeue_failed
-UPDATE background_tasks SET status = 'pending', attempts = 0, run_at = :now, updated_at = :now,
-    finished_at = NULL, progress = 0
+UPDATE background_tasks SET status = 'pending', attempts = 0, lost_attempts = 0, run_at = :now,
+    updated_at = :now, finished_at = NULL, progress = 0
 WHERE status = 'failed'
   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:category IS NULL OR error_category = :category)
