@@ -5,6 +5,7 @@ Every run appends lines to the file named by ``$MP_TASKS_LOG`` (one ``os.write``
 short line to an ``O_APPEND`` file, so lines of concurrent processes never interleave):
 ``START <task_id> <pid>`` when a run begins, ``DONE <task_id> <pid>`` when it returns,
 ``STOPPED <task_id> <pid>`` when it is cancelled. The test reads them to count runs.
+``mp_gated`` reports to the test over a socket instead (see tests/test_cancel_race.py).
 """
 
 from __future__ import annotations
@@ -53,3 +54,16 @@ async def mp_loop(context: TaskContext) -> str:
     """The class of the event loop this worker runs on, as ``module.Name``."""
     loop = type(asyncio.get_running_loop())
     return f"{loop.__module__}.{loop.__qualname__}"
+
+
+@manager.task("mp_gated")
+async def mp_gated(context: TaskContext) -> int:
+    """Connects to the test's gate (``port``), says its task id, and works until the gate
+    releases it (one byte) or ``seconds`` pass, its natural end; it says ``DONE`` before
+    it returns. Cancelled, it closes the connection without a word."""
+    async with await anyio.connect_tcp("127.0.0.1", int(context.payload["port"])) as gate:
+        await gate.send(f"{context.task_id}\n".encode())
+        with anyio.move_on_after(float(context.payload["seconds"])):
+            await gate.receive(1)
+        await gate.send(b"DONE\n")
+    return int(context.payload["n"])

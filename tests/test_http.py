@@ -158,7 +158,11 @@ async def test_running_list_and_cancel_of_a_running_task(api: Api) -> None:
     assert [t["task_id"] for t in running["tasks"]] == [task["task_id"]]
     cancelled = await api.client.post(f"{TASKS}/cancel/{task['task_id']}")
     assert cancelled.status_code == 200
-    assert cancelled.json()["cancel_requested"] is True
+    # It ran in the server's own process: stopped before the answer, which says so.
+    assert (cancelled.json()["status"], cancelled.json()["cancel_requested"]) == (
+        "cancelled",
+        False,
+    )
     assert (await api.wait(task["task_id"]))["status"] == "cancelled"
     again = await api.client.post(f"{TASKS}/cancel/{task['task_id']}")
     assert again.status_code == 409

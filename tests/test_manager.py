@@ -273,15 +273,41 @@ async def test_cancelling_a_running_task_really_stops_its_work(manager: TaskMana
 
     context = await manager.submit(definition("long"))
     await started.wait()
-    requested = await manager.cancel(context.task_id)
-    assert requested.status is TaskStatus.RUNNING
-    assert requested.cancel_requested
-    record = await context.wait(timeout=10)
-    assert record.status is TaskStatus.CANCELLED
+    # It runs in this process: stopped by the time the answer comes, which says so.
+    answer = await manager.cancel(context.task_id)
+    assert (answer.status, answer.cancel_requested) == (TaskStatus.CANCELLED, False)
     assert cleaned_up.is_set()
     assert not reached_the_end
+    record = await context.wait(timeout=10)
+    assert record.status is TaskStatus.CANCELLED
+    assert record.finished_at == answer.finished_at
     [execution] = await manager.list_executions(context.task_id)
     assert execution.outcome is ExecutionOutcome.CANCELLED
+
+
+async def test_a_cancel_answers_requested_while_a_local_task_is_still_stopping(
+    manager: TaskManager,
+) -> None:
+    started = anyio.Event()
+    let_go = anyio.Event()
+
+    @manager.task("stubborn")
+    async def stubborn(context: TaskContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # a long clean-up
+                await let_go.wait()
+
+    manager.LOCAL_STOP_WAIT = 0.05
+    context = await manager.submit(definition("stubborn"))
+    await started.wait()
+    answer = await manager.cancel(context.task_id)
+    # Not stopped yet: never a bare "running", but a cancel requested of a running task.
+    assert (answer.status, answer.cancel_requested) == (TaskStatus.RUNNING, True)
+    let_go.set()
+    assert (await context.wait(timeout=10)).status is TaskStatus.CANCELLED
 
 
 async def test_cancel_of_a_pending_task_means_it_never_runs(manager: TaskManager) -> None:

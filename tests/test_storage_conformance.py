@@ -612,6 +612,34 @@ async def test_cancel_of_waiting_running_and_finished_tasks(store: TaskStore) ->
         await store.request_cancel("nope", now=T0)
 
 
+async def test_cancel_requests_are_those_of_the_workers_own_current_attempts(
+    store: TaskStore,
+) -> None:
+    for n in range(4):
+        await store.add_task(new_task(T0 + n))
+    now = T0 + 4
+    mine = [await claim_one(store, "w1", now), await claim_one(store, "w1", now)]
+    theirs = await claim_one(store, "w2", now)
+    quiet = await claim_one(store, "w1", now)
+    for claim in (*mine, theirs):
+        await store.request_cancel(claim.task.id, now=T0 + 5)
+    held = [claim.token for claim in (*mine, quiet)]
+
+    async def requests(running: Sequence[LeaseToken]) -> frozenset[str]:
+        return await store.run(logic.cancel_requests(worker_id="w1", running=running))
+
+    assert await requests(held) == {claim.task.id for claim in mine}
+    # What the heartbeat reports too, without renewing anything.
+    beat = await store.heartbeat(worker=worker(), now=T0 + 6, lease_seconds=LEASE, running=held)
+    assert beat.cancel_requested == await requests(held)
+    # Only the attempts the caller names, under their current fence.
+    stale = LeaseToken(mine[1].token.task_id, "w1", mine[1].token.fence - 1)
+    assert await requests([mine[0].token, stale, theirs.token]) == {mine[0].task.id}
+    assert await requests([]) == frozenset()
+    await store.finish(mine[0], Cancelled(), now=T0 + 7)
+    assert await requests(held) == {mine[1].task.id}
+
+
 async def test_a_cancel_request_wins_over_a_retry(store: TaskStore) -> None:
     await store.add_task(new_task(T0))
     claim = await claim_one(store)

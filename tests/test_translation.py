@@ -275,6 +275,28 @@ async def test_an_auth_failure_is_not_retried_and_a_retry_resumes_after_the_fix(
     assert [call.model for call in llm.calls] == ["m-initial", "m-editor", "m-editor", "m-revision"]
 
 
+async def test_cancelling_a_job_another_worker_runs_answers_cancel_requested(
+    llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    llm.reply(HOLD, model="m-editor")
+    worker_settings = settings_factory(providers=provider(llm))
+    api_settings = settings_factory(providers=provider(llm), background_tasks={"enabled": False})
+    async with (
+        make_manager(worker_settings, breakers) as worker,
+        make_manager(api_settings, breakers) as api,
+    ):
+        adapter = get_vpsweb_adapter(api)
+        job = await adapter.submit(DOCUMENT_REQUEST)
+        await llm.wait_for_calls(2)  # step 2 is in flight in the worker
+        answer = await adapter.cancel(job.job_id)
+        # Not a bare "running": a cancel was requested, which the worker carries out.
+        assert (answer.status, answer.cancel_requested) == (TaskStatus.RUNNING, True)
+        await llm.wait_until(lambda s: s.disconnects == 1)
+        assert (await worker.wait(job.job_id, timeout=10)).status is TaskStatus.CANCELLED
+        state = await adapter.status(job.job_id)
+        assert (state.status, state.cancel_requested) == (TaskStatus.CANCELLED, False)
+
+
 async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
     llm: FakeLLM, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
 ) -> None:
@@ -285,6 +307,8 @@ async def test_a_cancelled_job_stops_calling_the_server_and_stays_cancelled(
         await llm.wait_for_calls(2)  # step 2 is in flight, held by the server
         cancelled = await adapter.cancel(job.job_id)
         assert cancelled.job_id == job.job_id
+        # It ran in this process: stopped by the time the answer comes.
+        assert (cancelled.status, cancelled.cancel_requested) == (TaskStatus.CANCELLED, False)
         # The request in flight is abandoned: the server sees its client go away.
         await llm.wait_until(lambda s: s.disconnects == 1)
         record = await manager.wait(job.job_id, timeout=10)

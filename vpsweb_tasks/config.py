@@ -100,8 +100,8 @@ class BackgroundTaskSettings(_Section):
     """Waiting tasks (pending + retrying) beyond which submit raises QueueFullError."""
     queue_check_interval: PositiveSeconds = 1.0
     """Upper bound on how long a worker takes to notice work or a cancel request made by
-    another process. A submit in the same process wakes the dispatcher at once; one in
-    another process usually does too (PostgreSQL's notifications, SQLite's
+    another process. A submit or cancel in the same process acts at once; one in another
+    process usually does too (PostgreSQL's notifications, SQLite's
     storage.sqlite_watch_interval)."""
     task_retention_hours: float = Field(default=24.0, gt=0)
     """Finished tasks older than this are deleted (with their executions, metrics and
@@ -236,7 +236,9 @@ class StorageSettings(_Section):
     sqlite_watch_interval: float = Field(default=0.05, ge=0)
     """SQLite with several processes: how often a worker checks whether another process
     committed (``PRAGMA data_version``, no table read), so that a task submitted elsewhere
-    starts within this time rather than within ``queue_check_interval``. 0: off."""
+    starts, and a cancel requested elsewhere stops a task this worker runs (it then reads
+    its own tasks' cancel flags, at most once per interval), within this time rather than
+    within ``queue_check_interval``. 0: off."""
     sqlite_cache_mb: int = Field(default=32, ge=1)
     """SQLite's page cache per connection, in MiB (filled only as pages are read). With a
     million waiting tasks the claim's index pages stop fitting SQLite's 2 MiB default,

@@ -178,6 +178,11 @@ class TaskManager:
     ``await manager.stop()`` from the same task).
     """
 
+    LOCAL_STOP_WAIT: ClassVar[float] = 1.0
+    """How long :meth:`cancel` waits for a task running in this process to stop, so it
+    can answer ``cancelled``: a cancel scope stops a task at its next checkpoint, but a
+    handler may shield its clean-up."""
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -684,10 +689,18 @@ class TaskManager:
     # --- control ---------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        """Cancel a task. A waiting task is cancelled at once; a running one is stopped
-        through its cancel scope (in this process now, in another worker process within
-        ``queue_check_interval``). Raises ``TaskNotFoundError``, or ``TaskStateError`` if
-        the task already finished."""
+        """Cancel a task. The record returned says which happened:
+
+        * ``status`` ``cancelled``: the task was waiting (``pending``, ``retrying``), or it
+          ran in this process and has stopped (the answer waits up to
+          ``LOCAL_STOP_WAIT`` seconds for its outcome to be written);
+        * ``cancel_requested`` true, with the status the task had (``running``): a cancel
+          was requested and the worker holding the task stops it through its cancel scope.
+          A worker in another process hears of it at once (PostgreSQL's NOTIFY; SQLite's
+          watch of the file), its heartbeat being the fallback; follow the task with
+          :meth:`wait`. Work that returned before the request reached it completes.
+
+        Raises ``TaskNotFoundError``, or ``TaskStateError`` if the task already finished."""
         self._require_running()
         record = await self.store.request_cancel(task_id, now=self.clock())
         task_logger(task_id, "vpsweb_tasks.manager").info("cancel requested (%s)", record.status)
@@ -695,9 +708,13 @@ class TaskManager:
             context = self._contexts.get(task_id)
             if context is not None:
                 context._request_cancel()
-            running = self._queue.running.get(task_id)
+            running = self._queue.cancel_running(task_id)
             if running is not None:
-                running.stop("cancel")
+                with anyio.move_on_after(self.LOCAL_STOP_WAIT):
+                    await running.done.wait()
+                stopped = running.record
+                if stopped is not None and stopped.status is TaskStatus.CANCELLED:
+                    return stopped
         else:
             self._queue.finished(record)
             await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))

@@ -13,6 +13,11 @@ the live contexts, the event hub and a way to start tasks):
   than spawned per task, which costs more than the hand-over (benchmarks/README.md).
 * **heartbeat**: renew the leases of running tasks, learn of cancel requests made by other
   processes, and stop tasks whose lease was lost.
+* **notices**: other processes' submits wake the dispatcher and their cancel requests stop
+  the task at once (``store.listen``). Where the store can only say that something changed
+  (SQLite), a worker running tasks then asks it which of them have a cancel requested, at
+  most once per ``storage.sqlite_watch_interval``: a cancel is heard as fast as a submit,
+  not at the next heartbeat.
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
 
@@ -65,6 +70,7 @@ from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
 from .registry import Registry
 from .retry import RetryPolicy
+from .storage import logic
 from .storage.base import TaskStore
 from .storage.types import (
     Cancelled,
@@ -94,6 +100,10 @@ class RunningTask:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
+    record: TaskRecord | None = None
+    """The task as its outcome left it, once written."""
+    done: anyio.Event = field(default_factory=anyio.Event)
+    """Set once the attempt is over (its outcome written, or not: a lost lease)."""
 
     @property
     def token(self) -> LeaseToken:
@@ -158,6 +168,15 @@ class TaskQueue:
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
+        self._busy = anyio.Event()  # set while tasks run: wakes an idle heartbeat
+        # A "changed" notice (a backend that cannot say what changed) while tasks run:
+        # look for cancel requests of ours, at most once per check interval.
+        self._cancels_changed = anyio.Event()
+        self._cancel_check_interval = max(settings.storage.sqlite_watch_interval, 0.01)
+        # Cancel requests heard while a claim is in flight, for tasks not running here
+        # (yet): the claim may be taking them.
+        self._claiming = False
+        self._early_cancels: set[str] = set()
         self._stopping = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
@@ -273,6 +292,7 @@ class TaskQueue:
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
             tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
+            tg.start_soon(self._loop, "cancel check", self._cancel_check_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
 
@@ -280,9 +300,9 @@ class TaskQueue:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Relay other processes' submits and cancel requests (LISTEN/NOTIFY on PostgreSQL;
-        on SQLite, a watch of the file's data version that wakes the dispatcher). A
-        failure before the first notice fails the start; a later one is logged and the
-        store is asked again."""
+        on SQLite, a watch of the file's data version that wakes the dispatcher and, while
+        tasks run here, has us look for cancel requests). A failure before the first
+        notice fails the start; a later one is logged and the store is asked again."""
         status = _StartedOnce(task_status)
         while not self._stopping:
             try:
@@ -294,16 +314,45 @@ class TaskQueue:
                 await anyio.sleep(self.config.queue_check_interval)
 
     def _on_notice(self, kind: Notice, task_id: str) -> None:
-        if kind in ("task_added", "changed"):
+        if kind == "task_added":
             self.notify()
+        elif kind == "changed":
+            self.notify()
+            if self.running or self._claiming:
+                self._cancels_changed.set()
         elif kind == "breaker_changed":
             self._spawn(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
-            running = self.running.get(task_id)
-            if running is not None and running.stop_reason is None:
-                task_logger(task_id).info("cancel requested by another process")
-                running.context._request_cancel()
-                running.stop("cancel")
+            self.cancel_running(task_id)
+
+    def cancel_running(self, task_id: str) -> RunningTask | None:
+        """A cancel was requested of a task (by any process): stop it if it runs here (or
+        once the claim in flight hands it over). The running task, if it is ours."""
+        running = self.running.get(task_id)
+        if running is None:
+            if self._claiming:
+                self._early_cancels.add(task_id)
+            return None
+        if running.stop_reason is None:
+            task_logger(task_id).info("cancel requested: stopping it")
+            running.context._request_cancel()
+            running.stop("cancel")
+        return running
+
+    async def _cancel_check_loop(self) -> None:
+        await self._cancels_changed.wait()
+        self._cancels_changed = anyio.Event()
+        running = [each.token for each in self.running.values() if each.stop_reason is None]
+        if running:
+            requested = await self.store.run(
+                logic.cancel_requests(worker_id=self.worker_id, running=running)
+            )
+            for task_id in requested:
+                self.cancel_running(task_id)
+        if self._claiming:  # the claim in flight may bring tasks already asked to stop
+            self._cancels_changed.set()
+        # However often the database changes, one look per interval.
+        await anyio.sleep(self._cancel_check_interval)
 
     async def _loop_once(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -388,22 +437,30 @@ class TaskQueue:
             self._shared_pause = shared
 
     async def _claim_and_start(self, limit: int) -> int:
-        with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
-            claims = await self.store.claim(
-                worker_id=self.worker_id,
-                now=self._now(),
-                lease_seconds=self.config.lease_seconds,
-                limit=limit,
-                task_types=self.registry.names,
-                by_priority=self.config.enable_priority_queue,
-            )
+        self._claiming = True
+        try:
+            with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
+                claims = await self.store.claim(
+                    worker_id=self.worker_id,
+                    now=self._now(),
+                    lease_seconds=self.config.lease_seconds,
+                    limit=limit,
+                    task_types=self.registry.names,
+                    by_priority=self.config.enable_priority_queue,
+                )
+        finally:
+            self._claiming = False
+        early, self._early_cancels = self._early_cancels, set()
         for claim in claims:
             context = self.contexts.of(claim.task)
             running = RunningTask(claim, context)
             self.running[claim.task.id] = running
             if self._idle.is_set():
                 self._idle = anyio.Event()
+                self._busy.set()
             self._claimed.put((claim, running))
+            if claim.task.id in early:  # requested while the claim was on its way back
+                self.cancel_running(claim.task.id)
         while self._runners < len(self.running):  # a free runner for every claimed task
             self._runners += 1
             self._spawn(self._runner)
@@ -418,8 +475,13 @@ class TaskQueue:
                 await self._execute(*claimed, scope)
 
     async def _heartbeat_loop(self) -> None:
-        interval = self._heartbeat_interval if self.running else self.config.lease_seconds / 3
-        await anyio.sleep(interval)
+        if not self.running:
+            # Idle, the worker row needs renewing only every lease / 3; once tasks start,
+            # their cancel requests must be looked for every heartbeat interval.
+            with anyio.move_on_after(self.config.lease_seconds / 3):
+                await self._busy.wait()
+        if self.running:
+            await anyio.sleep(self._heartbeat_interval)
         result = await self.store.heartbeat(
             worker=self.worker,
             now=self._now(),
@@ -432,10 +494,7 @@ class TaskQueue:
                 task_logger(task_id).warning("lease lost; stopping this attempt without a write")
                 running.stop("lost")
         for task_id in result.cancel_requested:
-            running = self.running.get(task_id)
-            if running is not None:
-                running.context._request_cancel()
-                running.stop("cancel")
+            self.cancel_running(task_id)
 
     async def _reap_loop(self) -> None:
         await anyio.sleep(min(self.config.lease_seconds / 2, 10.0))
@@ -552,6 +611,8 @@ class TaskQueue:
     async def _call(
         self, task: TaskRecord, running: RunningTask
     ) -> tuple[Any, BaseException | None]:
+        if running.stop_reason is not None:
+            return None, None  # stopped before it began (a cancel during its claim)
         handler = self.registry.handler_for(task)
         if handler is None:
             return None, HandlerUnavailableError(
@@ -641,7 +702,10 @@ class TaskQueue:
             self.running.pop(task.id, None)
             if not self.running:
                 self._idle.set()
+                self._busy = anyio.Event()
             self.notify()
+            running.record = record
+            running.done.set()
         if record is None:
             return
         if record.status.is_waiting:

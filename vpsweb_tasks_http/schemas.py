@@ -98,7 +98,14 @@ class TaskResponse(_Response):
     metadata: dict[str, Any]
     result: Any = None
     error: ErrorInfo | None = None
-    cancel_requested: bool
+    cancel_requested: Annotated[
+        bool,
+        Field(
+            description="A cancel was requested of the running task: the worker running it"
+            " is stopping it (status becomes cancelled, or completed if its work had"
+            " already returned)"
+        ),
+    ]
     created_at: datetime
     run_at: datetime
     started_at: datetime | None

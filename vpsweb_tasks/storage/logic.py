@@ -69,6 +69,7 @@ __all__ = [
     "LIST_ORDERS",
     "add_resource_sample",
     "add_tasks",
+    "cancel_requests",
     "cancel_waiting",
     "claim",
     "complete_many",
@@ -632,6 +633,18 @@ def request_cancel(task_id: str, *, now: float) -> Op[TaskRecord]:
         raise TaskStateError(task_id, current.value, "cancel")
     query = "request_cancel_running" if current is TaskStatus.RUNNING else "cancel_task"
     return task_from_row((yield row(query, id=task_id, now=now)))
+
+
+@operation(Mode.READ)
+def cancel_requests(*, worker_id: str, running: Collection[LeaseToken]) -> Op[frozenset[str]]:
+    """Which of ``running`` (attempts ``worker_id`` holds) have a cancel requested: what
+    :func:`heartbeat` reports, as one read of the worker's own leases (an index of the
+    running tasks by lease owner), for a worker that hears only that something changed."""
+    fences = {token.task_id: token.fence for token in running}
+    if not fences:
+        return frozenset()
+    found = yield rows("cancel_requests", worker=worker_id)
+    return frozenset(each["id"] for each in found if fences.get(each["id"]) == each["fence"])
 
 
 @operation(Mode.STATEMENTS)

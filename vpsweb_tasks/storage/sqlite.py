@@ -309,8 +309,10 @@ class SQLiteTaskStore(TaskStore):
     ) -> None:
         """Commits to the file, seen every ``watch_interval`` seconds through ``PRAGMA
         data_version`` and relayed as one ``changed`` notice. SQLite cannot say what
-        changed; the queue looks again (a claim round), so a task submitted by another
-        process starts within ``watch_interval`` instead of the poll interval.
+        changed; the queue looks again (a claim round, and, while it runs tasks, a read
+        of their cancel flags: ``logic.cancel_requests``), so a task submitted by another
+        process starts, and one cancelled by another process stops, within
+        ``watch_interval`` instead of the poll interval or the next heartbeat.
 
         The watch is a thread with a connection of its own, which never wakes the event
         loop unless something changed (this store's own commits count too: one extra

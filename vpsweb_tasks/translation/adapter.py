@@ -281,8 +281,11 @@ class VPSWebAdapter:
         return await self.status(job_id)
 
     async def cancel(self, job_id: str) -> TranslationJob:
-        """Cancel a waiting or running job (the call in flight is abandoned). Raises
-        ``TaskStateError`` (409) for a finished job."""
+        """Cancel a waiting or running job (the call in flight is abandoned). The job
+        returned is ``cancelled``, or still ``running`` with ``cancel_requested`` while
+        the worker that runs it (another process) stops it (see
+        :meth:`~vpsweb_tasks.manager.TaskManager.cancel`). Raises ``TaskStateError``
+        (409) for a finished job."""
         row = await self._row(job_id)
         await self.manager.cancel(row.task_id)
         return await self.status(job_id)
@@ -399,6 +402,7 @@ def _job(row: TranslationJobRow) -> TranslationJob:
         job_id=row.id,
         task_id=task.id,
         status=task.status,
+        cancel_requested=task.cancel_requested,
         progress=task.progress,
         message=task.message,
         current_step=current,

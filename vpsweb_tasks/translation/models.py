@@ -191,6 +191,11 @@ class TranslationJob(BaseModel):
     job_id: str
     task_id: str
     status: TaskStatus
+    cancel_requested: bool = Field(
+        description="A cancel was requested while the job ran: the worker running it is"
+        " stopping it (status becomes cancelled, or completed if its work had already"
+        " returned)"
+    )
     progress: float
     message: str | None
     current_step: str | None

@@ -87,4 +87,9 @@ async def statistics(state: Authorised) -> StatisticsResponse:
 
 @group.post("/cancel/{task_id}", summary="Cancel a waiting or running task")
 async def cancel(task_id: TaskId, state: Authorised) -> TaskResponse:
+    """The answer says which happened. `status` `cancelled`: the task was waiting, or it
+    ran in this server's process and has stopped. Or `cancel_requested` true with the
+    task's status (`running`): a worker process runs it, and stops it as soon as it hears
+    of the request; the task then ends `cancelled` (or `completed`, if its work had
+    already returned). A task that already finished answers 409."""
     return TaskResponse.of(await state.manager.cancel(task_id))

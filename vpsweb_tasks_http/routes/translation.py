@@ -152,6 +152,8 @@ async def retry(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
 
 @group.delete("/translation/{job_id}", summary="Cancel translation job")
 async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+    """As the task cancel: the job is `cancelled`, or `running` with `cancel_requested`
+    true while the worker process that runs it stops it. A finished job answers 409."""
     return await vpsweb.cancel(job_id)
 
 

@@ -321,6 +321,11 @@ WITH requested AS (
 SELECT requested.*, pg_notify(%(channel)s, 'cancel_requested ' || requested.id) AS notified
 FROM requested;
 
+-- name: cancel_requests
+-- The attempts %(worker)s holds that have a cancel requested, from its leases' index.
+SELECT id, fence FROM background_tasks
+WHERE lease_owner = %(worker)s AND status = 'running' AND cancel_requested;
+
 -- name: cancel_task
 UPDATE background_tasks SET status = 'cancelled', finished_at = %(now)s, updated_at = %(now)s
 WHERE id = %(id)s RETURNING *;

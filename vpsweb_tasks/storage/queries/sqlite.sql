@@ -332,6 +332,11 @@ SELECT status FROM background_tasks WHERE id = :id;
 UPDATE background_tasks SET cancel_requested = 1, updated_at = :now WHERE id = :id
 RETURNING *;
 
+-- name: cancel_requests
+-- The attempts :worker holds that have a cancel requested, from its leases' index.
+SELECT id, fence FROM background_tasks INDEXED BY ix_background_tasks_leases
+WHERE lease_owner = :worker AND status = 'running' AND cancel_requested = 1;
+
 -- name: cancel_task
 UPDATE background_tasks SET status = 'cancelled', finished_at = :now, updated_at = :now
 WHERE id = :id RETURNING *;
