@@ -569,6 +569,27 @@ async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) ->
     assert sorted(window.durations) == [2.0, 3.0, 4.0, 5.0]
 
 
+async def test_a_store_without_task_metrics_writes_no_metrics_rows(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    """task_monitoring.enable_task_metrics off: finishes (alone and together) write their
+    task and execution rows but no task_metrics row."""
+    async with store_factory(task_metrics=False) as store:
+        for _ in range(4):
+            await store.add_task(new_task(T0))
+        claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
+        await store.finish(claims[0], Failed("E", "no", ErrorCategory.VALIDATION), now=T0 + 1)
+        ended = await together(
+            store,
+            [lambda c=c: store.finish(c, Completed({"ok": True}), now=T0 + 2) for c in claims[1:]],
+        )
+        assert [r.status for r in ended] == [TaskStatus.COMPLETED] * 3
+        executions = await store.list_executions(claims[1].task.id)
+        assert [e.outcome for e in executions] == [ExecutionOutcome.COMPLETED]
+        window = await store.run(logic.metrics_window(since=T0))
+        assert (window.groups, window.durations) == ([], [])
+
+
 # --- heartbeat and cancel --------------------------------------------------------------
 
 

@@ -161,7 +161,10 @@ class MonitoringSettings(_Section):
     health_check_interval: PositiveSeconds = 60.0
     """Seconds between health evaluations."""
     enable_task_metrics: bool = True
-    """Compute task statistics."""
+    """Record each finished attempt in task_metrics (queue wait, duration, outcome, error
+    category): the source of the statistics' rates, durations and error rates, and of the
+    error-rate alert. Off: nothing is recorded and statistics report only the counts of
+    tasks by status (with task_metrics false)."""
     metrics_history_size: int = Field(default=1000, ge=1)
     """System resource samples kept in memory."""
     failed_task_threshold: int = Field(default=5, ge=1)
@@ -171,9 +174,12 @@ class MonitoringSettings(_Section):
     memory_usage_warning: float = Field(default=0.8, gt=0, le=1)
     """Fraction of max_memory_mb at which process memory raises a warning."""
     track_task_lifecycle: bool = True
-    """Log every lifecycle event of every task."""
+    """Log an INFO line for every lifecycle event of every task (submitted, started,
+    completed, cancelled, cancel requested, requeued). Off: those lines are not logged;
+    failures, retries and lost attempts are warnings and errors, logged either way."""
     enable_task_tracing: bool = False
-    """Log every progress update too (verbose)."""
+    """Log every progress update too, as an INFO line ``task_id:<id> progress 50.0%
+    <message>`` of the vpsweb_tasks.progress logger (verbose)."""
     progress_history_limit: int = Field(default=200, ge=1)
     """Progress history rows kept per task (beyond the document)."""
     statistics_window: PositiveSeconds = 3600.0

@@ -157,6 +157,7 @@ def make_store(settings: Settings) -> TaskStore:
         store: TaskStore = postgres.PostgresTaskStore(
             storage.postgres_dsn,
             history_limit=settings.task_monitoring.progress_history_limit,
+            task_metrics=settings.task_monitoring.enable_task_metrics,
         )
         return store
     from .storage.sqlite import SQLiteTaskStore
@@ -166,6 +167,7 @@ def make_store(settings: Settings) -> TaskStore:
         synchronous=storage.sqlite_synchronous,
         busy_timeout=storage.busy_timeout,
         history_limit=settings.task_monitoring.progress_history_limit,
+        task_metrics=settings.task_monitoring.enable_task_metrics,
         watch_interval=storage.sqlite_watch_interval,
         cache_mb=storage.sqlite_cache_mb,
     )
@@ -197,6 +199,8 @@ class TaskManager:
     ) -> None:
         self.settings = settings if settings is not None else load_config()
         self.config = self.settings.background_tasks
+        #: task_monitoring.enable_task_tracing: log every progress update too.
+        self._trace_progress = self.settings.task_monitoring.enable_task_tracing
         self._owns_store = store is None
         self.store = store if store is not None else make_store(self.settings)
         self.clock = clock
@@ -610,7 +614,7 @@ class TaskManager:
             self._not_stored([t for t, _ in lost], [c for _, c in lost], error)
 
     async def _announce(self, tasks: Sequence[NewTask], contexts: Sequence[TaskContext]) -> None:
-        log_submits = logger.isEnabledFor(logging.INFO)
+        log_submits = self._queue.logs_lifecycle()
         for task, context in zip(tasks, contexts, strict=True):
             context._mark_stored(task, None)
             if log_submits:
@@ -678,6 +682,10 @@ class TaskManager:
             return record
 
     async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None:
+        if self._trace_progress and logger.isEnabledFor(logging.INFO):
+            task_logger(context.task_id, "vpsweb_tasks.progress").info(
+                "progress %.1f%% %s", update.progress * 100, update.message or ""
+            )
         if context.task_id in self._queue.running:
             self._queue.buffer_progress(update)
         await self.events.publish(
@@ -703,7 +711,10 @@ class TaskManager:
         Raises ``TaskNotFoundError``, or ``TaskStateError`` if the task already finished."""
         self._require_running()
         record = await self.store.request_cancel(task_id, now=self.clock())
-        task_logger(task_id, "vpsweb_tasks.manager").info("cancel requested (%s)", record.status)
+        if self._queue.logs_lifecycle():
+            task_logger(task_id, "vpsweb_tasks.manager").info(
+                "cancel requested (%s)", record.status
+            )
         if record.status is TaskStatus.RUNNING:
             context = self._contexts.get(task_id)
             if context is not None:
@@ -882,9 +893,10 @@ class TaskManager:
     async def _requeued(self, records: list[TaskRecord]) -> None:
         for record in records:
             self._contexts.apply(record)
-            task_logger(record.id, "vpsweb_tasks.manager").info(
-                "requeued from the dead letter queue"
-            )
+            if self._queue.logs_lifecycle():
+                task_logger(record.id, "vpsweb_tasks.manager").info(
+                    "requeued from the dead letter queue"
+                )
             await self.events.publish(
                 TaskRequeued(task=record.id, task_type=record.task_type, reason="dead_letter")
             )

@@ -155,6 +155,8 @@ class TaskQueue:
     ) -> None:
         self.settings = settings
         self.config = settings.background_tasks
+        #: task_monitoring.track_task_lifecycle: INFO lines of each task's lifecycle.
+        self.log_lifecycle = settings.task_monitoring.track_task_lifecycle
         self.store = store
         self.worker_id = worker_id
         self.clock = clock
@@ -325,6 +327,12 @@ class TaskQueue:
         elif kind == "cancel_requested":
             self.cancel_running(task_id)
 
+    def logs_lifecycle(self) -> bool:
+        """Whether the INFO lines of tasks' lifecycles (started, completed, cancelled) are
+        logged: ``task_monitoring.track_task_lifecycle`` and the logger's level. Failures,
+        retries and lost attempts are warnings and errors, logged either way."""
+        return self.log_lifecycle and logger.isEnabledFor(logging.INFO)
+
     def cancel_running(self, task_id: str) -> RunningTask | None:
         """A cancel was requested of a task (by any process): stop it if it runs here (or
         once the claim in flight hands it over). The running task, if it is ours."""
@@ -334,7 +342,8 @@ class TaskQueue:
                 self._early_cancels.add(task_id)
             return None
         if running.stop_reason is None:
-            task_logger(task_id).info("cancel requested: stopping it")
+            if self.logs_lifecycle():
+                task_logger(task_id).info("cancel requested: stopping it")
             running.context._request_cancel()
             running.stop("cancel")
         return running
@@ -585,7 +594,7 @@ class TaskQueue:
         outcome: Outcome | None = None
         try:
             context._apply(task)
-            if logger.isEnabledFor(logging.INFO):
+            if self.logs_lifecycle():
                 running.log.info(
                     "started attempt %d of %s (%s)", task.attempts, task.task_type, task.name
                 )
@@ -719,7 +728,7 @@ class TaskQueue:
         events = self.events
         task_id, task_type = record.id, record.task_type
         if record.status is TaskStatus.COMPLETED:
-            if logger.isEnabledFor(logging.INFO):
+            if self.logs_lifecycle():
                 running.log.info("completed in %.3fs", record.duration_seconds or 0.0)
             await events.publish(
                 TaskCompleted(
@@ -730,7 +739,8 @@ class TaskQueue:
                 )
             )
         elif record.status is TaskStatus.CANCELLED:
-            running.log.info("cancelled")
+            if self.logs_lifecycle():
+                running.log.info("cancelled")
             await events.publish(TaskCancelled(task=task_id, task_type=task_type))
         elif isinstance(outcome, Failed):
             will_retry = record.status is TaskStatus.RETRYING

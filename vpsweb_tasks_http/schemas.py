@@ -409,6 +409,10 @@ class StatisticsResponse(_Response):
     errors_by_category: dict[str, int]
     error_rate_by_category: dict[str, float]
     retry_success_rate: float | None
+    task_metrics: bool = Field(
+        description="False when task_monitoring.enable_task_metrics is off: the window's"
+        " figures are not recorded, only counts are real"
+    )
 
     @classmethod
     def of(cls, stats: TaskStatistics) -> StatisticsResponse:

@@ -45,7 +45,7 @@ from ..events import (
 from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
 from ..overload import RESUME_FRACTION
 from ..storage import logic
-from ..storage.types import ProgressSnapshot
+from ..storage.types import MetricsWindow, ProgressSnapshot
 from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
 from .resources import PsutilSampler, Sampler
 from .statistics import TaskStatistics, statistics_from
@@ -239,13 +239,17 @@ class TaskMonitor:
         store = self.manager.store
         now = self.manager.clock()
         window_seconds = self.settings.task_monitoring.statistics_window
-        window = await store.run(logic.metrics_window(since=now - window_seconds))
+        if self.settings.task_monitoring.enable_task_metrics:
+            window = await store.run(logic.metrics_window(since=now - window_seconds))
+        else:  # no task_metrics rows are written: only the counts of tasks now
+            window = MetricsWindow(since=now, groups=[], durations=[], dead_lettered=0)
         return statistics_from(
             window,
             now=now,
             window_seconds=window_seconds,
             counts=await store.count_tasks(),
             counts_by_type=await store.run(logic.count_tasks_by_type()),
+            task_metrics=self.settings.task_monitoring.enable_task_metrics,
         )
 
     # --- resources and overload ------------------------------------------------------------

@@ -40,6 +40,10 @@ class TaskStatistics:
     error_rate_by_category: dict[str, float]
     retry_success_rate: float | None
     """Of the attempts after the first that finished, the share that completed."""
+    task_metrics: bool = True
+    """False when ``task_monitoring.enable_task_metrics`` is off: no attempt is recorded,
+    so the window's figures (attempts, rates, durations, errors) are zero or None and
+    only ``counts`` (tasks per status now) are real."""
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -56,6 +60,7 @@ def statistics_from(
     window_seconds: float,
     counts: dict[TaskStatus, int],
     counts_by_type: dict[str, dict[TaskStatus, int]],
+    task_metrics: bool = True,
 ) -> TaskStatistics:
     """Derive the statistics from storage aggregates (pure; tested on its own)."""
     attempts = completed = failed = retries = retries_completed = 0
@@ -102,4 +107,5 @@ def statistics_from(
         errors_by_category=dict(sorted(errors.items())),
         error_rate_by_category={k: v / attempts for k, v in sorted(errors.items())},
         retry_success_rate=retries_completed / retries if retries else None,
+        task_metrics=task_metrics,
     )

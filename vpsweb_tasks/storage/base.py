@@ -116,9 +116,12 @@ class TaskStore(abc.ABC):
     #: The name of the dialect's queries and migrations (``sqlite``, ``postgres``).
     dialect: ClassVar[str]
 
-    def __init__(self, *, history_limit: int = 200) -> None:
+    def __init__(self, *, history_limit: int = 200, task_metrics: bool = True) -> None:
         self.history_limit = history_limit
         """Progress history rows kept per task."""
+        self.task_metrics = task_metrics
+        """Whether a finish writes its ``task_metrics`` row (the statistics' source;
+        ``task_monitoring.enable_task_metrics``)."""
         self._components: list[Component] = [CORE]
         self._schema_version = 0
 
@@ -375,13 +378,16 @@ class TaskStore(abc.ABC):
 
         In one transaction: the task row (status per outcome, lease cleared, result or
         error, ``finished_at`` for terminal outcomes), the attempt's execution row, a
-        ``task_metrics`` row (queue wait, duration, outcome), and the ``linked`` steps (an
+        ``task_metrics`` row (queue wait, duration, outcome) unless the store's
+        ``task_metrics`` is off, and the ``linked`` steps (an
         extension's rows). ``Completed`` sets progress to 1. A cancel request that raced
         with the end of the attempt turns a failure, release or deferral into
         ``Cancelled``. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing
         nothing) when the token is no longer current.
         """
-        operation = logic.finish(claimed, outcome, now=now, linked=linked)
+        operation = logic.finish(
+            claimed, outcome, now=now, linked=linked, metrics=self.task_metrics
+        )
         return await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
 
     async def reap(

@@ -412,7 +412,12 @@ def lease_lost(token: LeaseToken) -> LeaseLostError:
 
 @operation(Mode.STATEMENTS)
 def finish(
-    claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
+    claimed: Claim,
+    outcome: Outcome,
+    *,
+    now: float,
+    linked: Sequence[Step] = (),
+    metrics: bool = True,
 ) -> Op[TaskRecord]:
     """Record the outcome of the attempt ``claimed`` holds (see
     :meth:`~vpsweb_tasks.storage.base.TaskStore.finish`). ``linked`` steps follow the
@@ -425,7 +430,7 @@ def finish(
         tries = [(outcome, False), (Cancelled(), True)]
     for effective, cancel_guard in tries:
         params = outcome_params(effective)
-        ended = yield row("finish", **params, **lease, cancel_guard=cancel_guard)
+        ended = yield row("finish", **params, **lease, cancel_guard=cancel_guard, metrics=metrics)
         if ended is not None:
             for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
                 yield step
@@ -437,7 +442,7 @@ def finish(
 
 @operation(Mode.WRITE)
 def complete_many(
-    items: Sequence[tuple[Claim, Completed, float]],
+    items: Sequence[tuple[Claim, Completed, float]], *, metrics: bool = True
 ) -> Op[list[TaskRecord | LeaseLostError]]:
     """Completions that arrived together, in four statements for the lot (a backend that
     combines concurrent calls uses it): each answered as :func:`finish` would answer it
@@ -464,7 +469,7 @@ def complete_many(
             )
         )
     if kept:
-        yield count("complete_many", rows=dumps(kept))
+        yield count("complete_many", rows=dumps(kept), metrics=metrics)
     return results
 
 

@@ -86,6 +86,7 @@ class PostgresTaskStore(TaskStore):
         dsn: str | None,
         *,
         history_limit: int = 200,
+        task_metrics: bool = True,
         schema: str | None = None,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
@@ -97,7 +98,7 @@ class PostgresTaskStore(TaskStore):
             )
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        super().__init__(history_limit=history_limit)
+        super().__init__(history_limit=history_limit, task_metrics=task_metrics)
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size

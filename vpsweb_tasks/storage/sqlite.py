@@ -153,10 +153,11 @@ class SQLiteTaskStore(TaskStore):
         synchronous: str = "NORMAL",
         busy_timeout: float = 30.0,
         history_limit: int = 200,
+        task_metrics: bool = True,
         watch_interval: float = 0.05,
         cache_mb: int = 32,
     ) -> None:
-        super().__init__(history_limit=history_limit)
+        super().__init__(history_limit=history_limit, task_metrics=task_metrics)
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
@@ -293,10 +294,11 @@ class SQLiteTaskStore(TaskStore):
         if len(items) == 1:
             ((claimed, outcome, now),) = items
             try:
-                return [self._drive(conn, logic.finish(claimed, outcome, now=now))]
+                finish = logic.finish(claimed, outcome, now=now, metrics=self.task_metrics)
+                return [self._drive(conn, finish)]
             except LeaseLostError as exc:
                 return [Refused(exc)]
-        results = self._drive(conn, logic.complete_many(items))
+        results = self._drive(conn, logic.complete_many(items, metrics=self.task_metrics))
         return [Refused(r) if isinstance(r, LeaseLostError) else r for r in results]
 
     # --- notifications -----------------------------------------------------------------

@@ -226,7 +226,7 @@ WITH current AS (
         CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
         CASE WHEN started_at IS NOT NULL THEN greatest(0, %(now)s - started_at) END,
         %(now)s
-    FROM current
+    FROM current WHERE %(metrics)s
 )
 SELECT * FROM task;
 

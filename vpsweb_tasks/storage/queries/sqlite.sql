@@ -183,8 +183,8 @@ RETURNING id, fence, cancel_requested;
 
 -- name: finish
 -- One attempt's outcome, if :worker still holds the attempt :fence (and, with
--- :cancel_guard, the task's cancel flag is that): its execution row, its metrics row and
--- the task row, each guarded, the task last. No row back: the lease was lost.
+-- :cancel_guard, the task's cancel flag is that): its execution row, its metrics row (if
+-- :metrics) and the task row, each guarded, the task last. No row back: the lease was lost.
 UPDATE task_executions SET finished_at = :now, outcome = :outcome,
     error_category = :x_category, error_type = :x_type, error_message = :x_message,
     traceback = :traceback
@@ -196,8 +196,9 @@ INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
     queue_wait_seconds, duration_seconds, recorded_at)
 SELECT id, task_type, attempts, :outcome, :x_category, max(0.0, started_at - run_at),
     max(0.0, :now - started_at), :now
-FROM background_tasks WHERE id = :id AND status = 'running' AND lease_owner = :worker
-  AND fence = :fence AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
+FROM background_tasks WHERE :metrics AND id = :id AND status = 'running'
+  AND lease_owner = :worker AND fence = :fence
+  AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
 UPDATE background_tasks SET
     status = :status,
     result = CASE WHEN :status = 'completed' THEN :result ELSE result END,
@@ -233,7 +234,8 @@ SELECT t.id, t.task_type, t.attempts, 'completed', NULL, max(0.0, t.started_at -
     max(0.0, d.now - t.started_at), d.now
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[4]') AS now
       FROM json_each(:rows)) AS d
-CROSS JOIN background_tasks AS t ON t.id = d.id;
+CROSS JOIN background_tasks AS t ON t.id = d.id
+WHERE :metrics;
 UPDATE background_tasks SET status = 'completed', result = d.result, progress = 1.0,
     finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = d.now
