@@ -16,7 +16,9 @@ async def monitor_task(task_id):
         return response.json()
 
 
-progress = asyncio.run(monitor_task(sys.argv[1] if len(sys.argv) > 1 else "task_id_here"))
+if len(sys.argv) != 2:
+    sys.exit(f"usage: python {sys.argv[0]} <task_id>  (a task id, as submit_task.py prints it)")
+progress = asyncio.run(monitor_task(sys.argv[1]))
 if "progress" not in progress:
-    sys.exit(f"no such task: {progress}")
+    sys.exit(f"server said: {progress.get('detail', progress)}")
 print(f"Task progress: {progress['progress']:.1%} - {progress['message']}")

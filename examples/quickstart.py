@@ -83,7 +83,9 @@ async def word_frequencies(context: TaskContext) -> dict[str, Any]:
 
 def show(event: Event) -> None:
     stamp = time.strftime("%H:%M:%S")
-    short = (event.task_id or "")[:8]
+    # A UUIDv7 starts with its timestamp (the same for tasks submitted together): its
+    # random tail tells them apart.
+    short = "…" + (event.task_id or "")[-8:]
     if isinstance(event, TaskStarted):
         print(f"{stamp} {short} started   (attempt {event.attempt}, {event.task_type})")
     elif isinstance(event, TaskProgressed) and event.update is not None:

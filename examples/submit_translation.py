@@ -22,6 +22,8 @@ async def submit_translation():
                 "metadata": {"author": "Test Author", "title": "Test Poem"},
             },
         )
+        if response.status_code != 202:  # e.g. 503: no LLM provider configured
+            sys.exit(f"server said ({response.status_code}): {response.json().get('detail')}")
         return response.json()
 
 

@@ -24,15 +24,18 @@ pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-async def run_example(name: str, *args: str, cwd: Path, url: str | None = None) -> str:
+async def run_example(
+    name: str, *args: str, cwd: Path, url: str | None = None, status: int = 0
+) -> str:
+    """Its standard output (and standard error, for an expected failure)."""
     env = {**os.environ, "VPSWEB_TASKS_URL": url or "http://unused"}
     env.pop("VPSWEB_TASKS_CONFIG", None)
     result = await anyio.run_process(
         [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, check=False
     )
     output = result.stdout.decode()
-    assert result.returncode == 0, output + result.stderr.decode()
-    return output
+    assert result.returncode == status, output + result.stderr.decode()
+    return output if status == 0 else output + result.stderr.decode()
 
 
 async def test_the_documents_http_examples_against_a_real_server(
@@ -78,6 +81,10 @@ async def test_the_quickstart_runs(tmp_path: Path) -> None:
     assert outcomes.count("completed") == 5
     assert "attempts=2" in outcomes  # the flaky one was retried
     assert "will retry" in output
+    # Each task's lines carry an id that tells it from the others.
+    started = [line.split()[1] for line in output.splitlines() if " started " in line]
+    assert len(started) == 6  # five tasks, one of them twice
+    assert len(set(started)) == 5
 
 
 async def test_the_documents_translation_example_against_a_real_server(
@@ -97,3 +104,24 @@ async def test_the_documents_translation_example_against_a_real_server(
     assert lines[-2:] == ["completed", "Final translation: m-initial translation, call 3"]
     assert set(lines[1:-2]) <= {"step_start", "step_complete"}
     assert len(llm.calls) == 3
+
+
+async def test_the_examples_say_what_went_wrong(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """No provider configured: the translation example prints the server's 503 message;
+    the progress example without a task id prints its usage, with an unknown one the
+    server's 404 message."""
+    app = create_app(settings_factory())
+    async with serve(app) as url:
+        refused = await run_example("submit_translation.py", cwd=tmp_path, url=url, status=1)
+        assert "server said (503):" in refused
+        assert "provider" in refused  # the server's own words: what to configure
+        assert "KeyError" not in refused
+        usage = await run_example("monitor_progress.py", cwd=tmp_path, url=url, status=1)
+        assert usage.startswith("usage: python ")
+        unknown = await run_example(
+            "monitor_progress.py", "not-a-task", cwd=tmp_path, url=url, status=1
+        )
+        assert unknown.startswith("server said: ")
+        assert "not-a-task" in unknown

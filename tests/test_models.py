@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from vpsweb_tasks import TaskDefinition, TaskPriority, TaskStatus
-from vpsweb_tasks.models import LEGAL_TRANSITIONS, MAX_METADATA_BYTES
+from vpsweb_tasks.models import LEGAL_TRANSITIONS, MAX_METADATA_BYTES, TaskRecord
 
 
 def test_document_signature_and_defaults() -> None:
@@ -63,3 +64,19 @@ def test_terminal_statuses_allow_no_way_out_except_requeue() -> None:
         assert status.is_terminal == (
             status in {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
         )
+
+
+def test_a_record_answers_to_the_names_the_context_and_http_api_use() -> None:
+    now = datetime.now(UTC)
+    record = TaskRecord(
+        id="t-1",
+        name="n",
+        task_type="x",
+        priority=TaskPriority.NORMAL,
+        status=TaskStatus.FAILED,
+        run_at=now,
+        created_at=now,
+        updated_at=now,
+        error_message="boom",
+    )
+    assert (record.task_id, record.error) == ("t-1", "boom")

@@ -5,6 +5,7 @@ Time is a fake clock and resource readings are injected, so nothing here sleeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -589,6 +590,40 @@ async def test_the_monitor_runs_its_loops_when_started(
                 await sampled.wait()
             assert monitor.running
         assert not monitor.running
+
+
+async def test_the_first_resource_sample_is_taken_at_start_and_measures_cpu(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Health must not report 0% CPU for a whole resource_check_interval after start: the
+    first sample comes as soon as psutil can measure CPU use (min_cpu_span), and measures
+    it over that span rather than reporting a placeholder."""
+    settings = settings_factory(system_resources={"resource_check_interval": 3600})
+    sampled = anyio.Event()
+    spans: list[float] = []
+
+    class Recording(PsutilSampler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.created = time.monotonic()
+
+        def sample(self, **kwargs: Any) -> ResourceSample:
+            spans.append(time.monotonic() - self.created)
+            sampled.set()
+            return super().sample(**kwargs)
+
+    async with (
+        TaskManager(settings) as manager,
+        TaskMonitor(manager, sampler=Recording()) as monitor,
+    ):
+        with anyio.fail_after(10):
+            await sampled.wait()
+        health = await monitor.health()
+    assert spans[0] >= PsutilSampler.min_cpu_span
+    assert len(spans) == 1  # one at start, the next an interval later
+    sample = monitor.latest_sample
+    assert sample is not None
+    assert health.cpu_usage == sample.cpu_percent
 
 
 def test_get_task_monitor_follows_the_process_wide_manager(tmp_path: Path) -> None:

@@ -19,11 +19,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: What `.[dev]` adds to `.[http]` (the README's run command installs `.[http]` only) and
+#: the PostgreSQL driver: serving on the SQLite default must import none of them.
+NOT_IN_THE_HTTP_EXTRA = ("pytest", "hypothesis", "mypy", "schemathesis", "playwright", "psycopg")
+
+BLOCK_IMPORTS = f"""
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {NOT_IN_THE_HTTP_EXTRA!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the http extra)")
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
 def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) -> None:
+    """As the README's run command leaves it: only the `http` extra installed (the test
+    hides the `dev` extra's packages and psycopg with an import hook)."""
     port = free_port()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "poems.csv").write_text("title,lines\nOde,14\nHaiku,3\n")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BLOCK_IMPORTS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
+    env["PYTHONPATH"] = str(hook)
     server = subprocess.Popen(
         [sys.executable, "-m", "vpsweb_tasks.cli", "serve", "--port", str(port)],
         cwd=tmp_path,
@@ -117,3 +140,49 @@ def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
     assert server.returncode in (0, -signal.SIGTERM)
+
+
+def readme_python_block(after: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return text.split(after, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_fastapi_snippet_runs_as_pasted(tmp_path: Path) -> None:
+    """Pasted into a file in an empty folder (no config.yaml) and served by uvicorn."""
+    (tmp_path / "myapp.py").write_text(readme_python_block("Mount it into an existing FastAPI"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "myapp:app", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    try:
+        output = []
+        for line in server.stderr:
+            output.append(line)
+            if "Application startup complete" in line:
+                break
+        else:
+            pytest.fail("the app did not start:\n" + "".join(output))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            accepted = client.post(
+                "/api/v1/background-tasks/submit",
+                json={"task_name": "tidy", "task_type": "maintenance"},
+            )
+            assert accepted.status_code == 202, accepted.text
+            task_id = accepted.json()["task_id"]
+            with client.stream("GET", f"/api/v1/background-tasks/tasks/{task_id}/events") as events:
+                for _ in events.iter_lines():  # ends when the task does
+                    pass
+            status = client.get(f"/api/v1/background-tasks/status/{task_id}").json()
+            assert status["status"] == "completed", status
+            vpsweb = client.get("/api/v1/background-tasks/vpsweb/status")
+            assert vpsweb.status_code == 200, vpsweb.text
+            assert vpsweb.json()["workflow"] == "builtin"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)

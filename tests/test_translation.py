@@ -627,7 +627,7 @@ async def test_integration_status_and_a_live_health_check(
     assert (status.provider, status.base_url, status.workflow) == (
         "local",
         llm.base_url,
-        "built-in",
+        "builtin",  # translation.workflow's own value
     )
     assert status.models["hybrid"] == {
         "initial_translation": "m-initial",

@@ -237,6 +237,16 @@ class TaskRecord:
         )
 
     @property
+    def task_id(self) -> str:
+        """The task's id, by the name ``TaskContext`` and the HTTP API give it."""
+        return self.id
+
+    @property
+    def error(self) -> str | None:
+        """The last error's message, by the name the HTTP API and ``TaskContext`` give it."""
+        return self.error_message
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None

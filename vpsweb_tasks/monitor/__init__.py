@@ -161,12 +161,19 @@ class TaskMonitor:
             async with anyio.create_task_group() as tg:
                 if self._sampler is not None:
                     interval = self.settings.system_resources.resource_check_interval
-                    tg.start_soon(self._every, interval, self.sample)
+                    # The first sample as soon as CPU use can be measured (psutil measures
+                    # it between two readings), not one interval after start.
+                    sampler = self._sampler
+                    first = sampler.min_cpu_span if isinstance(sampler, PsutilSampler) else 0.0
+                    tg.start_soon(self._every, interval, self.sample, first)
                 if self.settings.task_monitoring.enable_health_checks:
                     interval = self.settings.task_monitoring.health_check_interval
                     tg.start_soon(self._every, interval, self.check_health)
 
-    async def _every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
+    async def _every(
+        self, interval: float, action: Callable[[], Awaitable[Any]], first: float = 0.0
+    ) -> None:
+        await anyio.sleep(first)
         while True:
             try:
                 await action()

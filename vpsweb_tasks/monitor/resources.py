@@ -41,10 +41,12 @@ class PsutilSampler:
         psutil.cpu_percent(None)  # establish the baselines the next readings measure from
         self._process.cpu_percent(None)
         self._cpu_at = time.monotonic()
-        self._cpu = (0.0, 0.0)
+        self._cpu: tuple[float, float] | None = None
 
     def _cpu_reading(self) -> tuple[float, float]:
-        if time.monotonic() - self._cpu_at >= self.min_cpu_span:
+        # The first reading is a measurement (never a placeholder 0%), however short its
+        # span; later ones reuse the last until min_cpu_span has passed.
+        if self._cpu is None or time.monotonic() - self._cpu_at >= self.min_cpu_span:
             self._cpu = (float(psutil.cpu_percent(None)), float(self._process.cpu_percent(None)))
             self._cpu_at = time.monotonic()
         return self._cpu

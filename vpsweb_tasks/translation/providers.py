@@ -79,7 +79,7 @@ class Setup:
     def workflow_name(self) -> str:
         if self.workflow_factory is not None:
             return getattr(self.workflow_factory, "__qualname__", repr(self.workflow_factory))
-        return "vpsweb" if self.settings.workflow == "vpsweb" else "built-in"
+        return self.settings.workflow  # the config value: builtin or vpsweb
 
     def problems(self, modes: Iterable[WorkflowMode] = tuple(WorkflowMode)) -> list[str]:
         """What stops jobs of these modes from running (empty: nothing)."""
