@@ -31,8 +31,9 @@ async def wait_for(job_id):
     url = f"{BASE_URL}/api/v1/background-tasks/translation/{job_id}"
     async with httpx.AsyncClient(timeout=None) as client:
         async with client.stream("GET", f"{url}/events") as events:
+            # The stream VPSWeb's UI listens to: it replays the steps done before it opened.
             async for line in events.aiter_lines():
-                if line.startswith("event: ") and line != "event: status":
+                if line in ("event: step_start", "event: step_complete", "event: completed"):
                     print(line.removeprefix("event: "))
                 if line in ("event: completed", "event: error"):
                     break

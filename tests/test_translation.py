@@ -4,6 +4,7 @@ breaker, error classification, batch and compare, status and health."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,9 @@ from vpsweb_tasks.events import (
 )
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.translation import (
+    STEP_NAMES,
     STEPS,
+    StepCheckpoint,
     TranslationExtension,
     TranslationInput,
     TranslationRequest,
@@ -45,9 +48,11 @@ from vpsweb_tasks.translation.errors import (
     TranslationNotConfiguredError,
 )
 from vpsweb_tasks.translation.store import list_jobs
+from vpsweb_tasks.translation.workflow import build_messages
 
 from .conftest import FakeClock
 from .llm_server import DROP, HOLD, FakeLLM, Reply, fake_llm
+from .stepped_workflow import Stepper
 from .support import EventRecorder, closed_port
 
 pytestmark = pytest.mark.anyio
@@ -109,15 +114,60 @@ def make_manager(
 def test_requests_normalise_languages_to_vpswebs_names() -> None:
     request = TranslationRequest.model_validate(DOCUMENT_REQUEST)
     assert (request.source_language, request.target_language) == ("English", "Chinese")
-    for code in ("zh-CN", "zh-Hans", "zh_TW", "Chinese", "chinese"):
+    for code, name in [
+        ("zh-CN", "Chinese"),
+        ("zh-Hans", "Chinese"),
+        ("zh", "Chinese"),
+        ("Chinese", "Chinese"),  # VPSWeb's own names still work
+        ("chinese", "Chinese"),
+        ("Simplified Chinese", "Chinese"),
+        ("zh-Hans-HK", "Chinese"),  # the script wins over the region
+        ("zh-Hant", "Traditional Chinese"),
+        ("zh_TW", "Traditional Chinese"),
+        ("zh-HK", "Traditional Chinese"),
+        ("zh-Hant-TW", "Traditional Chinese"),
+        ("Traditional Chinese", "Traditional Chinese"),
+    ]:
         assert (
             TranslationRequest(
                 original_text="x", source_language="pl", target_language=code
             ).target_language
-            == "Chinese"
-        )
+            == name
+        ), code
     assert request.metadata.author == "Test Author"
     assert request.workflow_mode == "hybrid"
+
+
+@pytest.mark.parametrize(
+    ("target", "script"),
+    [("zh-Hant", "traditional"), ("zh-TW", "traditional"), ("zh-Hans", "simplified")],
+)
+def test_prompts_keep_the_chinese_script(target: str, script: str) -> None:
+    request = TranslationRequest(original_text="x", source_language="en", target_language=target)
+    input = TranslationInput(
+        original_poem="x",
+        source_lang=request.source_language,
+        target_lang=request.target_language,
+        workflow_mode=request.workflow_mode,
+    )
+    done = {
+        step: StepCheckpoint(
+            step=step,
+            name=STEP_NAMES[step],
+            output="o",
+            model="m",
+            duration_seconds=0,
+            finished_at=0,
+            attempt=1,
+        )
+        for step in STEPS
+    }
+    for step in ("initial_translation", "translator_revision"):
+        system, user = build_messages(step, input, done)
+        assert f"Use {script} Chinese characters." in system["content"]
+        assert f"into {request.target_language}" in system["content"] + user["content"]
+    if script == "traditional":
+        assert "Traditional Chinese" in build_messages("editor_review", input, done)[0]["content"]
 
 
 @pytest.mark.parametrize(
@@ -729,73 +779,33 @@ async def test_vpswebs_own_workflow_can_be_injected_and_is_really_cancelled(
     assert status.configured
 
 
-FAKE_VPSWEB = {
-    "__init__.py": "",
-    "core/__init__.py": "",
-    "models/__init__.py": "",
-    "models/config.py": (
-        "from enum import Enum\n"
-        "class WorkflowMode(str, Enum):\n"
-        "    REASONING = 'reasoning'\n"
-        "    NON_REASONING = 'non_reasoning'\n"
-        "    HYBRID = 'hybrid'\n"
-    ),
-    "models/translation.py": (
-        "from enum import Enum\n"
-        "from pydantic import BaseModel\n"
-        "class Language(str, Enum):\n"
-        "    ENGLISH = 'English'\n"
-        "    CHINESE = 'Chinese'\n"
-        "class TranslationInput(BaseModel):\n"
-        "    original_poem: str\n"
-        "    source_lang: Language\n"
-        "    target_lang: Language\n"
-        "    metadata: dict | None = None\n"
-    ),
-    "core/workflow.py": (
-        "from pydantic import BaseModel\n"
-        "class Revised(BaseModel):\n"
-        "    revised_translation: str\n"
-        "class TranslationOutput(BaseModel):\n"
-        "    workflow_mode: str\n"
-        "    revised_translation: Revised\n"
-        "class TranslationWorkflow:\n"
-        "    def __init__(self, workflow_mode=None):\n"
-        "        self.workflow_mode = workflow_mode\n"
-        "        self.progress_callback = None\n"
-        "        self._cancelled = False\n"
-        "    def cancel(self):\n"
-        "        self._cancelled = True\n"
-        "    async def execute(self, input_data, show_progress=True):\n"
-        "        for step in ('Initial Translation', 'Editor Review', 'Translator Revision'):\n"
-        "            await self.progress_callback(step, {'status': 'running'})\n"
-        "            await self.progress_callback(step, {'status': 'completed'})\n"
-        "        text = f'{input_data.target_lang.value}: {input_data.original_poem}'\n"
-        "        return TranslationOutput(\n"
-        "            workflow_mode=self.workflow_mode.value,\n"
-        "            revised_translation=Revised(revised_translation=text),\n"
-        "        )\n"
-    ),
-}
+#: A stand-in for the vpsweb package, built from its source (see its __init__.py).
+VPSWEB_DOUBLE = Path(__file__).resolve().parent / "vpsweb_double"
 
 
 @pytest.fixture
-def fake_vpsweb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A stand-in for the vpsweb package (its workflow's interface, v0.7), importable."""
-    root = tmp_path / "site"
-    for name, text in FAKE_VPSWEB.items():
-        path = root / "vpsweb" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    monkeypatch.syspath_prepend(str(root))
-    yield
+def vpsweb_double(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The vpsweb double, importable; yields its ``services.config`` module (the global
+    ConfigFacade starts uninitialised)."""
+    monkeypatch.syspath_prepend(str(VPSWEB_DOUBLE))
+    config = importlib.import_module("vpsweb.services.config")
+    yield config
     for name in [n for n in sys.modules if n == "vpsweb" or n.startswith("vpsweb.")]:
         del sys.modules[name]
 
 
+def vpsweb_facade(double: Any, mode: str) -> None:
+    """Initialise VPSWeb's global ConfigFacade with ``mode`` as its main config's mode,
+    as VPSWeb's app does at startup."""
+    models = importlib.import_module("vpsweb.models.config")
+    complete = models.CompleteConfig(main=models.MainConfig(workflow_mode=mode))
+    double.initialize_config_facade(complete)
+
+
 async def test_translation_workflow_vpsweb_runs_vpswebs_own_workflow_when_importable(
-    fake_vpsweb: None, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+    vpsweb_double: Any, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
 ) -> None:
+    vpsweb_facade(vpsweb_double, "hybrid")
     settings = settings_factory(translation={"workflow": "vpsweb"})  # no provider here
     async with make_manager(settings, breakers) as manager:
         recorder = EventRecorder()
@@ -807,7 +817,7 @@ async def test_translation_workflow_vpsweb_runs_vpswebs_own_workflow_when_import
         result = await adapter.result(job.job_id)
         status = await adapter.integration_status()
         health = await adapter.health()
-    assert result.final_translation == "Chinese: Hello world, how are you?"
+    assert result.final_translation == "reasoning/Chinese: Hello world, how are you?"
     assert result.workflow_output is not None
     assert result.workflow_output["workflow_mode"] == "reasoning"
     steps = [
@@ -820,6 +830,54 @@ async def test_translation_workflow_vpsweb_runs_vpswebs_own_workflow_when_import
     assert health.status == "unchecked"
 
 
+async def test_vpswebs_workflow_runs_each_job_in_its_own_mode(
+    vpsweb_double: Any, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    # VPSWeb's TranslationWorkflow takes its mode from the global facade and ignores its
+    # workflow_mode argument (src/vpsweb/core/workflow.py, __init__ and _get_workflow_mode):
+    workflows = importlib.import_module("vpsweb.core.workflow")
+    modes = importlib.import_module("vpsweb.models.config").WorkflowMode
+    vpsweb_facade(vpsweb_double, "hybrid")
+    as_asked = workflows.TranslationWorkflow(workflow_mode=modes.REASONING)
+    assert as_asked._get_workflow_mode() is modes.HYBRID
+    # ... so the adapter hands each job the facade with the job's own mode.
+    settings = settings_factory(translation={"workflow": "vpsweb"})
+    async with make_manager(settings, breakers) as manager:
+        adapter = get_vpsweb_adapter(manager)
+        comparison = await adapter.compare(
+            {
+                "original_text": "Ala ma kota",
+                "source_language": "pl",
+                "target_language": "zh-TW",
+                "wait": True,
+                "timeout": 10,
+            }
+        )
+        jobs = [await adapter.status(entry.job_id) for entry in comparison.entries]
+        results = [await adapter.result(entry.job_id) for entry in comparison.entries]
+    assert comparison.complete
+    assert [entry.final_translation for entry in comparison.entries] == [
+        f"{mode}/Chinese: Ala ma kota" for mode in ("reasoning", "non_reasoning", "hybrid")
+    ]
+    # VPSWeb knows "Chinese" only: the script travels in the metadata.
+    assert [(r.workflow_output or {})["metadata"] for r in results] == [
+        {"target_script": "traditional"}
+    ] * 3
+    assert {job.target_language for job in jobs} == {"Traditional Chinese"}
+    assert all(job.steps_completed == list(STEPS) for job in jobs)
+
+
+async def test_vpswebs_workflow_without_its_config_facade_fails_the_job_saying_so(
+    vpsweb_double: Any, settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    settings = settings_factory(translation={"workflow": "vpsweb"})
+    async with make_manager(settings, breakers) as manager:
+        job = await get_vpsweb_adapter(manager).submit(DOCUMENT_REQUEST)
+        record = await manager.wait(job.job_id, timeout=10)
+    assert record.status is TaskStatus.FAILED
+    assert "initialize_config_facade" in (record.error_message or "")
+
+
 async def test_translation_workflow_vpsweb_without_the_package_is_a_named_problem(
     settings_factory: Callable[..., Settings], breakers: BreakerRegistry
 ) -> None:
@@ -828,3 +886,59 @@ async def test_translation_workflow_vpsweb_without_the_package_is_a_named_proble
         adapter = get_vpsweb_adapter(manager)
         with pytest.raises(TranslationNotConfiguredError, match="vpsweb package cannot be"):
             await adapter.submit(DOCUMENT_REQUEST)
+
+
+async def test_an_injected_workflows_steps_show_in_the_jobs_state(
+    settings_factory: Callable[..., Settings], breakers: BreakerRegistry
+) -> None:
+    # Injected workflows write no checkpoints: the state comes from their progress callbacks.
+    stepper = Stepper()
+    settings = settings_factory(translation={"max_retries": 0})
+    async with make_manager(settings, breakers) as manager:
+        adapter = VPSWebAdapter(manager, workflow_factory=stepper)
+        job_id = (await adapter.submit(DOCUMENT_REQUEST)).job_id
+        gates = stepper.job(0)
+        seen = []
+        for index in range(len(STEPS)):
+            await gates.step(index)
+            job = await adapter.status(job_id)
+            seen.append((job.current_step, job.steps_completed, list(job.step_states.values())))
+            gates.release[index].set()
+        await manager.wait(job_id, timeout=10)
+        done = await adapter.status(job_id)
+
+        failing = stepper.job(1)
+        failing.fail_at = 1
+        failed_id = (await adapter.submit(DOCUMENT_REQUEST)).job_id
+        await failing.step(0)
+        failing.release[0].set()
+        await failing.step(1)
+        failing.release[1].set()
+        await manager.wait(failed_id, timeout=10)
+        failed = await adapter.status(failed_id)
+    assert seen == [
+        ("initial_translation", [], ["running", "waiting", "waiting"]),
+        ("editor_review", ["initial_translation"], ["completed", "running", "waiting"]),
+        (
+            "translator_revision",
+            ["initial_translation", "editor_review"],
+            ["completed", "completed", "running"],
+        ),
+    ]
+    assert (done.status, done.current_step, done.steps_completed) == (
+        TaskStatus.COMPLETED,
+        None,
+        list(STEPS),
+    )
+    assert done.steps == []  # no checkpoints: a retry would run it from the start
+    # The step running when the attempt failed is the one shown as failed.
+    assert (failed.status, failed.current_step, failed.steps_completed) == (
+        TaskStatus.FAILED,
+        "editor_review",
+        ["initial_translation"],
+    )
+    assert failed.step_states == {
+        "initial_translation": "completed",
+        "editor_review": "failed",
+        "translator_revision": "waiting",
+    }

@@ -13,11 +13,12 @@ import pytest
 
 from vpsweb_tasks import BreakerConfig, BreakerRegistry, TaskManager, TaskStatus
 from vpsweb_tasks.config import Settings
-from vpsweb_tasks.translation import TranslationExtension
+from vpsweb_tasks.translation import TranslationExtension, VPSWebAdapter
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
 from .llm_server import HOLD, FakeLLM, Reply, fake_llm
+from .stepped_workflow import Stepper
 from .test_http import read_events
 from .test_translation import DOCUMENT_REQUEST, provider
 
@@ -92,11 +93,13 @@ async def test_the_documents_translation_example_works_unchanged(api: Api) -> No
     assert [job["job_id"] for job in listed["jobs"]] == [job_id]
 
 
-async def test_the_event_stream_speaks_vpswebs_ui_events(api: Api) -> None:
+async def test_the_detailed_event_stream_has_each_steps_details(api: Api) -> None:
     api.llm.reply(HOLD, model="m-initial")
     job_id = (await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
     await api.llm.wait_for_calls(1)
-    async with api.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+    async with api.client.stream(
+        "GET", f"{TRANSLATION}/{job_id}/events?format=detailed"
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.aiter_lines()
         [first] = await read_events(lines, lambda e: True)
@@ -128,7 +131,9 @@ async def test_the_event_stream_speaks_vpswebs_ui_events(api: Api) -> None:
         "m-revision translation, call 3",
     )
     # A finished job's stream says so at once, and ends.
-    async with api.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+    async with api.client.stream(
+        "GET", f"{TRANSLATION}/{job_id}/events?format=detailed"
+    ) as response:
         replay = await read_events(response, lambda e: e["event"] == "completed")
     assert [e["event"] for e in replay] == ["status", "completed"]
 
@@ -315,3 +320,161 @@ async def test_the_documents_routes_are_in_openapi(api: Api) -> None:
     ]
     for method, path in table:
         assert method in spec["paths"].get(path, {}), (method, path)
+
+
+# --- the stream VPSWeb's UI listens to --------------------------------------------------------
+
+
+@dataclass
+class Stepped:
+    client: httpx.AsyncClient
+    manager: TaskManager
+    stepper: Stepper
+
+
+@pytest.fixture
+async def stepped(settings_factory: Callable[..., Settings]) -> AsyncIterator[Stepped]:
+    """The API with an injected workflow whose steps the test releases (no provider)."""
+    settings = settings_factory(translation={"heartbeat_seconds": 0.2, "max_retries": 0})
+    manager = TaskManager(
+        settings, breakers=BreakerRegistry(BreakerConfig()), extensions=[TranslationExtension()]
+    )
+    stepper = Stepper()
+    VPSWebAdapter(manager, workflow_factory=stepper)
+    app = create_app(settings, manager=manager)
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield Stepped(client, manager, stepper)
+
+
+def data(event: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(event["data"])
+    return parsed
+
+
+async def test_a_late_vpsweb_stream_replays_the_job_so_far_then_follows_it(
+    stepped: Stepped,
+) -> None:
+    gates = stepped.stepper.job(0)
+    job_id = (await stepped.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await gates.step(0)
+    gates.release[0].set()
+    await gates.step(1)  # step 1 is done, step 2 runs: the client connects only now
+    async with stepped.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+        lines = response.aiter_lines()
+        replay = await read_events(lines, lambda e: e["event"] == "step_change")
+        gates.release[1].set()
+        gates.release[2].set()
+        rest = await read_events(lines, lambda e: e["event"] == "completed")
+    assert all(data(e)["task_id"] == job_id for e in replay + rest)
+    assert [(e["event"], data(e).get("step"), data(e).get("progress")) for e in replay] == [
+        ("connected", None, 33),
+        ("step_start", 1, 0),
+        ("step_complete", 1, 33),
+        ("step_start", 2, 33),
+        ("status", None, 33),
+        ("step_change", None, 33),
+    ]
+    status = data(replay[-2])
+    assert (status["status"], status["current_step"], status["total_steps"]) == (
+        "running",
+        "Editor Review",
+        3,
+    )
+    assert status["step_states"] == {
+        "Initial Translation": "completed",
+        "Editor Review": "running",
+        "Translator Revision": "waiting",
+    }
+    steps = [
+        (e["event"], data(e)["step"]) for e in rest if e["event"] in ("step_start", "step_complete")
+    ]
+    assert steps == [("step_complete", 2), ("step_start", 3), ("step_complete", 3)]
+    assert set(e["event"] for e in rest) <= {
+        "status",
+        "step_change",
+        "step_start",
+        "step_complete",
+        "heartbeat",
+        "completed",
+    }
+    final = [data(e) for e in rest if e["event"] == "status"][-1]
+    assert (final["status"], final["progress"]) == ("completed", 100)
+    assert data(rest[-1])["progress"] == 100
+
+
+async def test_an_idle_vpsweb_stream_sends_heartbeats_and_a_failure_ends_it(
+    stepped: Stepped,
+) -> None:
+    gates = stepped.stepper.job(0)
+    gates.fail_at = 0
+    job_id = (await stepped.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await gates.step(0)
+    comments: list[str] = []
+
+    async def lines_of(response: httpx.Response) -> AsyncIterator[str]:
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                comments.append(line)
+            yield line
+
+    async with stepped.client.stream("GET", f"{TRANSLATION}/{job_id}/events") as response:
+        lines = lines_of(response)
+        await read_events(lines, lambda e: e["event"] == "heartbeat")
+        assert comments == [": heartbeat"]  # proxies see traffic before the event
+        gates.release[0].set()
+        ended = await read_events(lines, lambda e: e["event"] == "error")
+        assert [line async for line in lines] == []  # and the stream ends
+    failed, error = ended[-2:]
+    assert failed["event"] == "failed"
+    assert data(failed) == data(error)
+    assert (data(failed)["status"], data(failed)["job_status"]) == ("failed", "failed")
+    assert "Initial Translation failed" in data(failed)["error_message"]
+    states = [data(e)["step_states"] for e in ended if e["event"] == "status"]
+    assert states[-1]["Initial Translation"] == "failed"
+
+
+async def test_deleting_a_running_job_answers_cancelled_or_that_a_cancel_was_requested(
+    stepped: Stepped, settings_factory: Callable[..., Settings]
+) -> None:
+    # Run by the server's own workers: stopped before the answer, which says cancelled.
+    gates = stepped.stepper.job(0)
+    job_id = (await stepped.client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+    await gates.step(0)
+    answer = await stepped.client.delete(f"{TRANSLATION}/{job_id}")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["cancel_requested"]) == ("cancelled", False)
+    assert (await stepped.client.get(f"{TRANSLATION}/{job_id}")).json()["status"] == "cancelled"
+
+
+async def test_deleting_a_job_another_worker_runs_answers_that_a_cancel_was_requested(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    # An API-only server, and a worker (a manager of its own on the same database) that
+    # runs the job: the answer says a cancel was requested; the worker hears of it and
+    # stops the job.
+    def manager(enabled: bool) -> tuple[TaskManager, Stepper]:
+        made = TaskManager(
+            settings_factory(background_tasks={"enabled": enabled}),
+            breakers=BreakerRegistry(BreakerConfig()),
+            extensions=[TranslationExtension()],
+        )
+        stepper = Stepper()
+        VPSWebAdapter(made, workflow_factory=stepper)
+        return made, stepper
+
+    server, _ = manager(enabled=False)
+    worker, stepper = manager(enabled=True)
+    app = create_app(server.settings, manager=server)
+    async with (
+        worker,
+        serve(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+    ):
+        job_id = (await client.post(TRANSLATION, json=DOCUMENT_REQUEST)).json()["job_id"]
+        await stepper.job(0).step(0)
+        answer = await client.delete(f"{TRANSLATION}/{job_id}")
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["status"], answer.json()["cancel_requested"]) == ("running", True)
+        assert (await worker.wait(job_id, timeout=10)).status is TaskStatus.CANCELLED
+        final = (await client.get(f"{TRANSLATION}/{job_id}")).json()
+    assert (final["status"], final["cancel_requested"]) == ("cancelled", False)

@@ -19,6 +19,7 @@ from vpsweb_tasks.translation.store import (
     get_job,
     insert_jobs,
     list_jobs,
+    report_step,
     save_result,
     save_step,
 )
@@ -215,6 +216,26 @@ async def test_step_checkpoints_accumulate_and_the_result_is_kept(store: TaskSto
         await store.run(save_step("nope", "initial_translation", {}, now=T0))
     with pytest.raises(TaskNotFoundError):
         await store.run(save_result("nope", {}, now=T0))
+
+
+async def test_step_reports_are_kept_per_step_the_latest_winning(store: TaskStore) -> None:
+    task = new_task(T0, task_type="translation")
+    await add_job(store, task, new_job(task.id))
+    assert (await store.run(get_job(task.id))).step_states == {}  # type: ignore[union-attr]
+    await store.run(report_step(task.id, "initial_translation", "running", attempt=1, now=T0 + 1))
+    await store.run(report_step(task.id, "initial_translation", "completed", attempt=1, now=T0 + 2))
+    await store.run(report_step(task.id, "editor's review", "running", attempt=1, now=T0 + 3))
+    await store.run(report_step(task.id, "editor's review", "failed", attempt=2, now=T0 + 4))
+    job = await store.run(get_job(task.id))
+    assert job is not None
+    assert job.step_states == {
+        "initial_translation": {"state": "completed", "attempt": 1, "at": T0 + 2},
+        "editor's review": {"state": "failed", "attempt": 2, "at": T0 + 4},
+    }
+    assert job.steps == {}  # reports are not checkpoints
+    assert job.updated_at == T0 + 4
+    with pytest.raises(TaskNotFoundError):
+        await store.run(report_step("nope", "initial_translation", "running", attempt=1, now=T0))
 
 
 async def test_cleanup_deletes_a_translation_job_with_its_task(store: TaskStore) -> None:

@@ -1,14 +1,18 @@
 """The event hub's events as server-sent events, for the stream routes.
 
 The task and monitoring streams send the hub's events as they are (``event`` is the
-event's kind, ``id`` its hub id, to resume from with ``Last-Event-ID``). The translation
-stream speaks the event names of VPSWeb's UI: ``status`` (the state now, then every change
-of status), ``step_start``, ``step_complete``, then ``completed`` (with the result) or
-``error`` (failed or cancelled), after which the stream ends.
+event's kind, ``id`` its hub id, to resume from with ``Last-Event-ID``). A translation
+job's stream speaks VPSWeb's UI (``connected``, ``status``, ``step_change``,
+``step_start``, ``step_complete``, ``heartbeat``, then ``completed``, or ``failed`` and
+``error``), built from the job's stored state, so a late or returning client is replayed
+the job so far; ``?format=detailed`` is our richer stream of the hub's step events
+(details, result).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
@@ -16,12 +20,15 @@ from fastapi.sse import ServerSentEvent
 
 from vpsweb_tasks import ProgressUpdate, TaskStatus
 from vpsweb_tasks.events import Event, SubscriberLagged, TaskProgressed
-from vpsweb_tasks.translation import TranslationJob, VPSWebAdapter
+from vpsweb_tasks.translation import STEP_NAMES, STEPS, TranslationJob, VPSWebAdapter
+from vpsweb_tasks.translation.models import StepState
 
 from .schemas import ProgressResponse
 
 __all__ = [
     "FINAL_EVENTS",
+    "VPSWEB_STATUS",
+    "VPSWebSeen",
     "hub_event",
     "job_event",
     "job_final",
@@ -29,6 +36,11 @@ __all__ = [
     "reset",
     "resume_point",
     "task_status",
+    "vpsweb_changes",
+    "vpsweb_connected",
+    "vpsweb_final",
+    "vpsweb_heartbeat",
+    "vpsweb_percent",
 ]
 
 #: The kinds after which a task's stream ends.
@@ -71,7 +83,7 @@ def reset(lagged: SubscriberLagged, now: int) -> ServerSentEvent:
     )
 
 
-# --- translation jobs, in VPSWeb's event names ------------------------------------------
+# --- translation jobs: the detailed stream ----------------------------------------------
 
 
 def _percent(progress: float) -> int:
@@ -87,12 +99,13 @@ def job_status(job: TranslationJob) -> dict[str, Any]:
         "message": job.message,
         "current_step": job.current_step,
         "steps_completed": job.steps_completed,
+        "step_states": job.step_states,
         "attempts": job.attempts,
     }
 
 
 async def job_event(vpsweb: VPSWebAdapter, job_id: str, event: Event) -> ServerSentEvent:
-    """One hub event of the job, as VPSWeb's UI expects it."""
+    """One hub event of the job, with the step's details."""
     if isinstance(event, TaskProgressed) and event.update is not None:
         update = event.update
         meta = update.metadata or {}
@@ -136,3 +149,169 @@ async def job_final(vpsweb: VPSWebAdapter, job_id: str, event: Event | None) -> 
             "error_category": job.error_category,
         },
     )
+
+
+# --- translation jobs: VPSWeb's UI stream ------------------------------------------------
+# Event names, fields and scales of VPSWeb's web UI (github.com/OCboy5/vpsweb): the events
+# its poem_detail.html template listens for (startWorkflowPolling) and its server sends
+# (webui/main.py, create_translation_events_from_app_state; webui/sse_real.py). The table
+# is in docs/translation.md. Every event carries ``task_id``; ``progress`` is an integer
+# 0..100; ``step`` a number 1..3; ``current_step`` and the keys of ``step_states`` are
+# VPSWeb's step names.
+
+#: VPSWeb's task statuses (pending, running, completed, failed) for ours: a job waiting
+#: for its retry is still in progress, and VPSWeb marks a cancelled task failed.
+VPSWEB_STATUS = {
+    TaskStatus.PENDING: "pending",
+    TaskStatus.RUNNING: "running",
+    TaskStatus.RETRYING: "running",
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "failed",
+}
+
+
+def vpsweb_percent(done: int) -> int:
+    """Percent after ``done`` of the three steps, truncated as VPSWeb does (0, 33, 66,
+    100)."""
+    return done * 100 // len(STEPS)
+
+
+@dataclass
+class VPSWebSeen:
+    """What a VPSWeb stream has told its client so far."""
+
+    states: dict[str, StepState] = field(default_factory=lambda: dict.fromkeys(STEPS, "waiting"))
+    status: str | None = None
+    progress: int | None = None
+    current_step: str | None = None
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _view(job: TranslationJob) -> dict[str, Any]:
+    """The job as VPSWeb's ``status`` event shows a task."""
+    done = len(job.steps_completed)
+    current = None
+    if job.status is not TaskStatus.PENDING and job.current_step is not None:
+        current = STEP_NAMES[job.current_step]
+    return {
+        "task_id": job.job_id,
+        "status": VPSWEB_STATUS[job.status],
+        "job_status": job.status.value,
+        "progress": 100 if job.status is TaskStatus.COMPLETED else vpsweb_percent(done),
+        "current_step": current,
+        "total_steps": len(STEPS),
+        "step_states": {STEP_NAMES[step]: state for step, state in job.step_states.items()},
+        "step_progress": {
+            STEP_NAMES[step]: 100 if state == "completed" else 0
+            for step, state in job.step_states.items()
+        },
+        "message": job.message,
+        "timestamp": _now(),
+    }
+
+
+def _step_event(kind: str, job_id: str, index: int) -> ServerSentEvent:
+    number, name = index + 1, STEP_NAMES[STEPS[index]]
+    finished = kind == "step_complete"
+    return ServerSentEvent(
+        event=kind,
+        data={
+            "task_id": job_id,
+            "step": number,
+            "message": f"Step {number}/{len(STEPS)}: {name}" + (" completed" if finished else ""),
+            "progress": vpsweb_percent(number if finished else index),
+            "timestamp": _now(),
+        },
+    )
+
+
+def vpsweb_connected(job: TranslationJob) -> ServerSentEvent:
+    view = _view(job)
+    return ServerSentEvent(
+        event="connected",
+        data={
+            "task_id": job.job_id,
+            "message": f"Connected to translation progress stream for task {job.job_id}",
+            "status": view["status"],
+            "progress": view["progress"],
+            "timestamp": view["timestamp"],
+        },
+    )
+
+
+def vpsweb_changes(seen: VPSWebSeen, job: TranslationJob) -> list[ServerSentEvent]:
+    """What the client must hear to go from ``seen`` to ``job`` (``seen`` is updated):
+    each step's ``step_start`` and ``step_complete`` once, in order (a step that started
+    and finished between two looks gets both), then ``status`` and ``step_change`` if the
+    state or the current step changed. From a fresh ``seen``, this replays the job so far."""
+    events: list[ServerSentEvent] = []
+    for index, step in enumerate(STEPS):
+        before, after = seen.states[step], job.step_states.get(step, "waiting")
+        started = before in ("running", "completed")
+        if (after == "running" and before != "running") or (after == "completed" and not started):
+            events.append(_step_event("step_start", job.job_id, index))
+        if after == "completed" and before != "completed":
+            events.append(_step_event("step_complete", job.job_id, index))
+        seen.states[step] = after
+    view = _view(job)
+    changed = (view["status"], view["progress"], view["current_step"]) != (
+        seen.status,
+        seen.progress,
+        seen.current_step,
+    )
+    if changed or events:
+        events.append(ServerSentEvent(event="status", data=view))
+    if view["current_step"] is not None and view["current_step"] != seen.current_step:
+        step_details = {"step_status": job.step_states.get(job.current_step or "", "waiting")}
+        events.append(
+            ServerSentEvent(
+                event="step_change",
+                data={**view, "step_details": {**step_details, "mode": job.workflow_mode.value}},
+            )
+        )
+    seen.status, seen.progress, seen.current_step = (
+        view["status"],
+        view["progress"],
+        view["current_step"],
+    )
+    return events
+
+
+def vpsweb_final(job: TranslationJob) -> list[ServerSentEvent]:
+    """The last events of a finished job: ``completed``, or ``failed`` then ``error``
+    (VPSWeb's UI handles ``failed`` and closes; its server sends ``error``)."""
+    now = _now()
+    if job.status is TaskStatus.COMPLETED:
+        data = {
+            "task_id": job.job_id,
+            "message": "Translation workflow completed successfully",
+            "progress": 100,
+            "timestamp": now,
+        }
+        return [ServerSentEvent(event="completed", data=data)]
+    message = job.error_message or f"Translation job {job.status.value}"
+    data = {
+        "task_id": job.job_id,
+        "status": VPSWEB_STATUS[job.status],
+        "job_status": job.status.value,
+        "message": message,
+        "error_message": message,
+        "error_category": job.error_category,
+        "timestamp": now,
+    }
+    return [ServerSentEvent(event="failed", data=data), ServerSentEvent(event="error", data=data)]
+
+
+def vpsweb_heartbeat(job_id: str) -> list[ServerSentEvent]:
+    """A comment (proxies see traffic) and VPSWeb's ``heartbeat`` event."""
+    return [
+        ServerSentEvent(comment="heartbeat"),
+        ServerSentEvent(
+            event="heartbeat",
+            data={"task_id": job_id, "message": "Task status check", "timestamp": _now()},
+        ),
+    ]

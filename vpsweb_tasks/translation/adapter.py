@@ -46,6 +46,7 @@ from .models import (
     IntegrationStatus,
     ProviderHealth,
     StepCheckpoint,
+    StepState,
     TranslationBatch,
     TranslationJob,
     TranslationRequest,
@@ -59,7 +60,7 @@ from .store import NewTranslationJob, TranslationJobRow
 if TYPE_CHECKING:
     from ..manager import TaskManager
 
-__all__ = ["TASK_TYPE", "VPSWebAdapter"]
+__all__ = ["TASK_TYPE", "VPSWebAdapter", "step_states"]
 
 TASK_TYPE = "translation"
 
@@ -392,12 +393,37 @@ class VPSWebAdapter:
         )
 
 
+def step_states(row: TranslationJobRow) -> dict[str, StepState]:
+    """Each step's state, from its checkpoint (built-in workflow) or from what the
+    workflow's progress callback reported in the task's current attempt (any workflow)."""
+    task = row.task
+    states: dict[str, StepState] = {}
+    for step in STEPS:
+        report = row.step_states.get(step)
+        state: StepState = "waiting"
+        if step in row.steps or task.status is TaskStatus.COMPLETED:
+            state = "completed"
+        elif report is not None and report.get("attempt") == task.attempts:
+            reported = report.get("state")
+            if reported in ("completed", "failed"):
+                state = reported
+            elif reported == "running":
+                if task.status is TaskStatus.RUNNING:
+                    state = "running"
+                elif task.status in (TaskStatus.RETRYING, TaskStatus.FAILED):
+                    state = "failed"  # the attempt ended while the step ran
+        states[step] = state
+    return states
+
+
 def _job(row: TranslationJobRow) -> TranslationJob:
     task = row.task
-    done = [step for step in STEPS if step in row.steps]
+    states = step_states(row)
+    done = [step for step in STEPS if states[step] == "completed"]
     current = None
     if task.status is not TaskStatus.COMPLETED:
-        current = next((step for step in STEPS if step not in row.steps), None)
+        running = [step for step in STEPS if states[step] == "running"]
+        current = running[0] if running else next((s for s in STEPS if s not in done), None)
     return TranslationJob(
         job_id=row.id,
         task_id=task.id,
@@ -407,7 +433,10 @@ def _job(row: TranslationJobRow) -> TranslationJob:
         message=task.message,
         current_step=current,
         steps_completed=done,
-        steps=[StepCheckpoint.model_validate(row.steps[step]) for step in done],
+        step_states=states,
+        steps=[
+            StepCheckpoint.model_validate(row.steps[step]) for step in STEPS if step in row.steps
+        ],
         source_language=row.source_language,
         target_language=row.target_language,
         workflow_mode=WorkflowMode(row.workflow_mode),

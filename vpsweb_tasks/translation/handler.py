@@ -39,11 +39,18 @@ __all__ = ["JobRunner"]
 
 
 class _Reporter:
-    """VPSWeb's ``progress_callback(step_name, details)`` -> the task's progress, with the
-    step in the metadata (the SSE stream turns these into step_start / step_complete)."""
+    """VPSWeb's ``progress_callback(step_name, details)`` -> the job's step states (stored
+    first, so that whoever hears of the progress reads them) and the task's progress, with
+    the step in the metadata (the SSE streams turn these into step_start /
+    step_complete)."""
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(
+        self, context: TaskContext, store: TaskStore, job_id: str, clock: Callable[[], float]
+    ) -> None:
         self.context = context
+        self.store = store
+        self.job_id = job_id
+        self.clock = clock
 
     async def __call__(self, step_name: str, details: dict[str, Any]) -> None:
         step = details.get("step")
@@ -57,12 +64,26 @@ class _Reporter:
         progress = self.context.progress
         if index is not None:
             progress = (index + (1 if event == "step_complete" else 0)) / len(STEPS)
+        if step is not None and status in _STATES:
+            await self.store.run(
+                jobs.report_step(
+                    self.job_id,
+                    step,
+                    str(status),
+                    attempt=self.context.attempt,
+                    now=self.clock(),
+                )
+            )
         safe = json.loads(json.dumps(details, default=str))
         await self.context.update_progress(
             progress,
             f"{step_name}: {status}",
             {"event": event, "step": step, "step_name": step_name, "details": safe},
         )
+
+
+#: The reported statuses that change a step's state.
+_STATES = frozenset({"running", "completed", "failed"})
 
 
 class JobRunner:
@@ -90,7 +111,7 @@ class JobRunner:
         input = _input(row)
         async with AsyncExitStack() as stack:
             workflow = await self._workflow(row, context, stack)
-            workflow.progress_callback = _Reporter(context)
+            workflow.progress_callback = _Reporter(context, self.store, row.id, self.clock)
             try:
                 output = await workflow.execute(input)
             except anyio.get_cancelled_exc_class():

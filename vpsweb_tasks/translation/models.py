@@ -30,6 +30,7 @@ __all__ = [
     "IntegrationStatus",
     "ProviderHealth",
     "StepCheckpoint",
+    "StepState",
     "TokenUsage",
     "TranslationBatch",
     "TranslationInput",
@@ -61,6 +62,9 @@ STEP_NAMES: dict[str, str] = {
     "editor_review": "Editor Review",
     "translator_revision": "Translator Revision",
 }
+
+#: A step's state: not started (in this attempt), running, finished, or failed.
+StepState = Literal["waiting", "running", "completed", "failed"]
 
 Language = Annotated[str, Field(min_length=1, max_length=50), AfterValidator(normalise_language)]
 
@@ -199,8 +203,15 @@ class TranslationJob(BaseModel):
     progress: float
     message: str | None
     current_step: str | None
-    """Key of the step running or next to run; None once finished."""
+    """Key of the step running or next to run (the one that failed, for a failed job);
+    None once completed."""
     steps_completed: list[str]
+    """Keys of the finished steps, in workflow order: checkpointed by the built-in
+    workflow, or reported finished by any workflow's progress callback in the current
+    attempt (all three once the job has completed)."""
+    step_states: dict[str, StepState] = Field(default_factory=dict)
+    """Every step's state by key, in workflow order: ``waiting``, ``running``,
+    ``completed`` or ``failed`` (the step that was running when the attempt failed)."""
     steps: list[StepCheckpoint] = Field(default_factory=list)
     """The finished steps' checkpoints (output, notes, model, tokens, duration), in
     workflow order: visible while the job runs, and kept when it fails."""

@@ -65,6 +65,10 @@ class TranslationSettings(_Section):
     """Most jobs accepted in one batch submit."""
     health_check_timeout: PositiveSeconds = 5.0
     """Upper bound on the live provider check of vpsweb/health."""
+    heartbeat_seconds: PositiveSeconds = 15.0
+    """A job's event stream (translation/{job_id}/events) that has had nothing to send
+    this long sends a heartbeat: a comment, so proxies keep it open, and VPSWeb's
+    ``heartbeat`` event."""
 
 
 class Providers(RootModel[dict[str, ProviderSettings]]):

@@ -28,6 +28,7 @@ __all__ = [
     "get_job",
     "insert_jobs",
     "list_jobs",
+    "report_step",
     "result_step",
     "save_result",
     "save_step",
@@ -60,6 +61,7 @@ class NewTranslationJob:
             original_text=self.original_text,
             metadata=self.metadata,
             steps={},
+            step_states={},
             result=None,
             created_at=task.created_at,
             updated_at=task.created_at,
@@ -79,6 +81,9 @@ class TranslationJobRow:
     metadata: dict[str, Any]
     steps: dict[str, dict[str, Any]]
     """Checkpoints of finished workflow steps, by step name."""
+    step_states: dict[str, dict[str, Any]]
+    """What the workflow last reported of each step, by step name: ``{"state": "running"
+    | "completed" | "failed", "attempt": n, "at": epoch seconds}``."""
     result: dict[str, Any] | None
     created_at: float
     updated_at: float
@@ -99,6 +104,7 @@ def _job_from_row(found: Mapping[str, Any], task: TaskRecord) -> TranslationJobR
         original_text=found["original_text"],
         metadata=loads(found["metadata"]),
         steps=loads(found["steps"]),
+        step_states=loads(found["step_states"]),
         result=None if result is None else loads_result(result),
         created_at=float(found["created_at"]),
         updated_at=float(found["updated_at"]),
@@ -171,6 +177,23 @@ def save_step(job_id: str, step: str, checkpoint: dict[str, Any], *, now: float)
         step=step,
         path="$." + json.dumps(step),  # a quoted key: any step name is safe
         checkpoint=dumps(checkpoint),
+        now=now,
+    )
+    if not changed:
+        raise TranslationJobNotFoundError(job_id)
+
+
+@operation(Mode.STATEMENTS)
+def report_step(job_id: str, step: str, state: str, *, attempt: int, now: float) -> Op[None]:
+    """Record what the workflow reported of one step (``running``, ``completed`` or
+    ``failed``) in attempt ``attempt``, replacing that step's earlier report. Raises
+    :class:`TranslationJobNotFoundError` for an unknown job."""
+    changed = yield count(
+        "translation.report_step",
+        id=job_id,
+        step=step,
+        path="$." + json.dumps(step),
+        report=dumps({"state": state, "attempt": attempt, "at": now}),
         now=now,
     )
     if not changed:

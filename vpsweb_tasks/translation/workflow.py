@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 
 from .client import ChatClient
+from .languages import script_of
 from .models import (
     STEP_NAMES,
     STEPS,
@@ -74,6 +75,12 @@ def _about(input: TranslationInput) -> str:
     return "\n".join(parts) + ("\n\n" if parts else "")
 
 
+def _script(language: str) -> str:
+    """Which characters to write Chinese in (the language names keep the script)."""
+    script = script_of(language)
+    return f" Use {script} Chinese characters." if script else ""
+
+
 def build_messages(
     step: str, input: TranslationInput, done: Mapping[str, StepCheckpoint]
 ) -> list[dict[str, str]]:
@@ -83,7 +90,7 @@ def build_messages(
     if step == "initial_translation":
         system = (
             f"You are an accomplished poet and translator from {src} into {tgt}. Translate"
-            " faithfully to the meaning, the imagery and the music of the original."
+            " faithfully to the meaning, the imagery and the music of the original." + _script(tgt)
         )
         user = (
             f"{about}Translate this poem from {src} into {tgt}.\n\n"
@@ -105,7 +112,7 @@ def build_messages(
     elif step == "translator_revision":
         system = (
             f"You are the translator of this poem from {src} into {tgt}, revising your"
-            " work after an editor's review."
+            " work after an editor's review." + _script(tgt)
         )
         user = (
             f"{about}<original>\n{input.original_poem}\n</original>\n\n"

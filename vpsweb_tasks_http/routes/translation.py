@@ -5,20 +5,21 @@ Each route calls one method of the manager's :class:`~vpsweb_tasks.translation.V
 (:func:`~vpsweb_tasks.translation.get_vpsweb_adapter`, looked up per request, so an adapter
 made later with VPSWeb's own workflow is the one used). The job id is the id of the job's
 task, so the task routes (status, progress, history, events) also work for jobs.
-``/translation/{job_id}/events`` streams a job in the event names of VPSWeb's UI
-(:mod:`..sse`).
+``/translation/{job_id}/events`` streams a job as VPSWeb's web UI listens to it, or in
+our richer form with ``?format=detailed`` (:mod:`..sse`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
+import anyio
 from fastapi import Depends, Header, HTTPException, Path, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from vpsweb_tasks import TaskStatus
-from vpsweb_tasks.events import TaskCancelled, TaskCompleted, TaskDeadLettered
+from vpsweb_tasks.events import Event, TaskCancelled, TaskCompleted, TaskDeadLettered
 from vpsweb_tasks.translation import (
     CompareRequest,
     Comparison,
@@ -34,7 +35,7 @@ from vpsweb_tasks.translation import (
 
 from .. import sse
 from .._routing import RouteGroup, group_url
-from ..deps import Authorised
+from ..deps import Authorised, StreamAuthorised
 from ..errors import GUARDED_RESPONSES
 from ..schemas import (
     TranslationBatchResponse,
@@ -63,12 +64,6 @@ async def adapter(state: Authorised) -> VPSWebAdapter:
 
 
 Adapter = Annotated[VPSWebAdapter, Depends(adapter)]
-
-
-async def existing_job(job_id: JobId, vpsweb: Adapter) -> str:
-    """Answers 404 before a stream starts, rather than inside it."""
-    await vpsweb.status(job_id)
-    return job_id
 
 
 # --- translation jobs -----------------------------------------------------------------------
@@ -157,17 +152,91 @@ async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
     return await vpsweb.cancel(job_id)
 
 
+StreamFormat = Literal["vpsweb", "detailed"]
+
+
+async def streamed_job(job_id: JobId, state: StreamAuthorised) -> tuple[VPSWebAdapter, str]:
+    """The adapter and the job of a stream (the API key or a stream token, as EventSource
+    cannot send headers); answers 404 before the stream starts, rather than inside it."""
+    vpsweb = get_vpsweb_adapter(state.manager)
+    await vpsweb.status(job_id)
+    return vpsweb, job_id
+
+
 @group.get(
     "/translation/{job_id}/events",
     name="translation_events",
     response_class=EventSourceResponse,
-    summary="Server-sent events of a job in VPSWeb's UI event names",
+    summary="Server-sent events of a job, as VPSWeb's web UI listens to them",
 )
 async def events(
-    job_id: Annotated[str, Depends(existing_job)],
-    vpsweb: Adapter,
+    streamed: Annotated[tuple[VPSWebAdapter, str], Depends(streamed_job)],
+    stream_format: Annotated[
+        StreamFormat,
+        Query(
+            alias="format",
+            description="vpsweb: VPSWeb's UI events (connected, status, step_change,"
+            " step_start, step_complete, heartbeat, completed / failed + error), replaying"
+            " the job so far; detailed: our events with each step's details and the result",
+        ),
+    ] = "vpsweb",
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
+    vpsweb, job_id = streamed
+    if stream_format == "detailed":
+        async for event in _detailed(vpsweb, job_id, last_event_id):
+            yield event
+        return
+    async for event in _vpsweb(vpsweb, job_id):
+        yield event
+
+
+async def _vpsweb(vpsweb: VPSWebAdapter, job_id: str) -> AsyncIterator[ServerSentEvent]:
+    """VPSWeb's UI stream, built from the job's stored state: woken by this process's
+    events of the job, and polled every ``queue_check_interval`` for jobs other processes
+    run; a heartbeat after ``translation.heartbeat_seconds`` of silence."""
+    manager = vpsweb.manager
+    heartbeat = vpsweb.settings.heartbeat_seconds
+    poll = min(heartbeat, manager.config.queue_check_interval)
+    woken = anyio.Event()
+
+    def wake(event: Event) -> None:
+        if event.task_id == job_id:
+            woken.set()
+
+    remove = manager.events.add_listener(wake)
+    try:
+        job = await vpsweb.status(job_id)
+        seen = sse.VPSWebSeen()
+        yield sse.vpsweb_connected(job)
+        quiet_since = anyio.current_time()
+        while True:
+            changes = sse.vpsweb_changes(seen, job)
+            for change in changes:
+                yield change
+            if job.status.is_terminal:
+                for final in sse.vpsweb_final(job):
+                    yield final
+                return
+            now = anyio.current_time()
+            if changes:
+                quiet_since = now
+            elif now - quiet_since >= heartbeat:
+                for beat in sse.vpsweb_heartbeat(job_id):
+                    yield beat
+                quiet_since = now
+            with anyio.move_on_after(min(poll, max(quiet_since + heartbeat - now, 0))):
+                await woken.wait()
+            woken = anyio.Event()  # before reading: a later event wakes the next wait
+            job = await vpsweb.status(job_id)
+    finally:
+        remove()
+
+
+async def _detailed(
+    vpsweb: VPSWebAdapter, job_id: str, last_event_id: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """The hub's events of the job, with each step's details and the result."""
     hub = vpsweb.manager.events
     after = hub.last_id
     if last_event_id is not None and last_event_id.isdigit():

@@ -30,3 +30,10 @@ WHERE id = %(id)s;
 
 -- name: save_result
 UPDATE translation_jobs SET result = %(result)s, updated_at = %(now)s WHERE id = %(id)s;
+
+-- name: report_step
+-- Insert or replace what was reported of one step.
+UPDATE translation_jobs
+SET step_states = (step_states::jsonb || jsonb_build_object(%(step)s::text, %(report)s::jsonb))::text,
+    updated_at = %(now)s
+WHERE id = %(id)s;

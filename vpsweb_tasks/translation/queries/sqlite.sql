@@ -30,3 +30,10 @@ WHERE id = :id;
 
 -- name: save_result
 UPDATE translation_jobs SET result = :result, updated_at = :now WHERE id = :id;
+
+-- name: report_step
+-- Insert or replace what was reported of one step (:path is the JSON path of its quoted
+-- name).
+UPDATE translation_jobs SET step_states = json_set(step_states, :path, json(:report)),
+    updated_at = :now
+WHERE id = :id;
