@@ -71,6 +71,7 @@ __all__ = [
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "check_writes",
     "claim",
     "complete_many",
     "count_tasks",
@@ -758,6 +759,15 @@ def resource_samples(*, since: float | None = None, limit: int = 1000) -> Op[lis
 def ping() -> Op[None]:
     """A trivial round trip: raises if the database cannot be reached."""
     yield value("ping")
+
+
+@operation(Mode.STATEMENTS)
+def check_writes(*, now: float) -> Op[None]:
+    """The storage write check: the cheapest honest write, one key of ``queue_state``
+    upserted with the time. It commits through the journal like any write, so it fails
+    where a submit would (a full disk, a read-only file or session, a held lock), and
+    keeps one row whatever how often it runs."""
+    yield count("write_check", at=now)
 
 
 @operation(Mode.STATEMENTS)

@@ -402,6 +402,11 @@ SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= %(since)s
 -- name: ping
 SELECT 1;
 
+-- name: write_check
+-- The storage write check (logic.check_writes): one key upserted, a real commit.
+INSERT INTO queue_state (key, value) VALUES ('write_check', %(at)s::text)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
 -- Housekeeping -----------------------------------------------------------------------------
 
 -- name: cleanup_tasks
