@@ -118,10 +118,13 @@ LIST_ORDERS = {
 @operation(Mode.WRITE)
 def migrate(migrations: Sequence[Migration], prelude: Sequence[Step] = ()) -> Op[int]:
     """Apply the migrations not applied yet, in order; the newest core version.
-    ``prelude``: a backend's own first steps (PostgreSQL locks out other migrators)."""
+    ``prelude``: a backend's own first steps (PostgreSQL locks out other migrators).
+    A database that is up to date is only read: a read-only PostgreSQL session (a
+    standby) still opens, serving reads while writes fail."""
     for step in prelude:  # noqa: UP028 (a list cannot take the results sent back)
         yield step
-    yield count("create_migration_tables")
+    if not (yield value("migration_tables_exist")):
+        yield count("create_migration_tables")
     applied = {
         (found["component"], found["version"]) for found in (yield rows("applied_migrations"))
     }

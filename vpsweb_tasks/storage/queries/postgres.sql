@@ -13,6 +13,9 @@
 SELECT pg_advisory_xact_lock(hashtext('vpsweb_tasks.migrate'),
     hashtext(coalesce(%(schema)s, current_schema(), '')));
 
+-- name: migration_tables_exist
+SELECT to_regclass('component_migrations') IS NOT NULL;
+
 -- name: create_migration_tables
 -- (Two statements: run without parameters, as one script.)
 CREATE TABLE IF NOT EXISTS schema_migrations (

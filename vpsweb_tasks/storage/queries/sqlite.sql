@@ -6,6 +6,9 @@
 
 -- Migrations -------------------------------------------------------------------------------
 
+-- name: migration_tables_exist
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'component_migrations';
+
 -- name: create_migration_tables
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);
