@@ -396,11 +396,21 @@ def _check_fault_over_http(
 
 
 def _check_recovery(client: httpx.Client, accepted: list[str], database: Path) -> None:
-    def healthy() -> dict[str, Any] | None:
-        health = client.get(f"{TASKS}/health").json()
-        return health if health["status"] == "healthy" and health["storage_writable"] else None
+    seen: list[dict[str, Any]] = []
 
-    health = poll(healthy)
+    def healthy() -> dict[str, Any] | None:
+        seen.append(client.get(f"{TASKS}/health").json())
+        health = seen[-1]
+        # Healthy but for the machine's own CPU and memory (other tests, other helpers).
+        others = {alert["name"] for alert in health["alerts"]} - {"cpu", "memory"}
+        return health if health["storage_writable"] and not others else None
+
+    try:
+        health = poll(healthy)
+    except pytest.fail.Exception:
+        raise AssertionError(f"never healthy again; last health: {seen[-1]}") from None
+    if not health["alerts"]:
+        assert health["status"] == "healthy"
     assert health["storage_error"] is not None  # the last fault, still shown (with its time)
     answer = client.post(f"{TASKS}/submit", json=SUBMIT)
     assert answer.status_code == 202, answer.text
