@@ -1106,3 +1106,23 @@ async def test_breaker_states_are_shared_and_the_latest_change_wins(
         closed = SharedBreakerState("llm", "closed", None, None, T0 + 70, "w2")
         await other.save_breaker_state(closed)
     assert await store.load_breaker_states() == [closed]
+
+
+async def test_the_write_check_writes_and_reports(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    """A fresh store is writable; the write check is a real write (one queue_state row,
+    however often it runs) that leaves the pause and the tasks alone, and is seen by
+    another store on the database."""
+    assert store.write_status.writable
+    assert store.write_status.checked_at is None
+    await store.set_paused(True, reason="maintenance window")
+    for now in (10.0, 20.0):
+        status = await store.check_writes(now=now)
+        assert status.writable
+        assert status.checked_at is not None
+        assert status.error is None
+    assert await store.get_paused() == (True, "maintenance window")
+    assert await store.count_tasks() == dict.fromkeys(TaskStatus, 0)
+    async with store_factory() as other:
+        assert (await other.check_writes(now=30.0)).writable

@@ -37,7 +37,7 @@ import anyio
 from pydantic import ValidationError
 
 from .config import BackgroundTaskSettings, Settings, load_config
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .manager import Extension, TaskManager, load_extension, make_store, set_task_manager
 from .models import TaskStatus
 
@@ -329,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vpsweb-tasks {args.command}: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # a damaged database, one that cannot be opened or used
+        print(f"vpsweb-tasks {args.command}: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -16,6 +16,9 @@ Exception hierarchy::
     ├── WorkerLostError                   the worker running a task died (lease expired)
     ├── HandlerUnavailableError           the task's callable is gone (its process died)
     ├── CircuitOpenError (pybreaker.CircuitBreakerError)  a circuit breaker rejected the call
+    ├── StorageError                      the task database failed (not the caller's input)
+    │   ├── StorageUnavailableError       it cannot do this now (``cause``: disk_full, ...)
+    │   └── StorageCorruptError           the startup check found a damaged or foreign file
     └── Retry                             raised by a task to ask for a retry after `delay`
 
 Each class's ``category`` is the :class:`ErrorCategory` it gets when it is the failure of
@@ -41,6 +44,10 @@ __all__ = [
     "QueueFullError",
     "ResultNotSerializableError",
     "Retry",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageFault",
+    "StorageUnavailableError",
     "TaskNotFoundError",
     "TaskStateError",
     "TaskTimeoutError",
@@ -198,3 +205,52 @@ class NotConfiguredError(ConfigError):
     def __init__(self, feature: str, problems: list[str]) -> None:
         super().__init__(f"{feature} are not configured: " + "; ".join(problems))
         self.problems = list(problems)
+
+
+class StorageFault(StrEnum):
+    """Why the task database cannot do what was asked (:class:`StorageUnavailableError`)."""
+
+    DISK_FULL = "disk_full"
+    """No room for the database to grow (the volume is full, or a file size limit)."""
+    READ_ONLY = "read_only"
+    """The database takes no writes: a read-only file or volume, an immutable file, a
+    read-only PostgreSQL session or server."""
+    LOCKED = "locked"
+    """Another process held the database's write lock past ``storage.busy_timeout``."""
+    CORRUPT = "corrupt"
+    """The database file is damaged."""
+    UNAVAILABLE = "unavailable"
+    """Anything else that is not the caller's fault: an I/O error, a lost connection."""
+
+
+class StorageError(VpswebTasksError):
+    """The task database failed; not a problem of the caller's input."""
+
+    category = ErrorCategory.DATABASE
+
+
+class StorageUnavailableError(StorageError):
+    """The task database cannot do this now, for ``cause`` (a :class:`StorageFault`); the
+    operation changed nothing (its transaction was rolled back), so calling again once the
+    fault clears is safe. Reads often keep working while writes fail. The HTTP API
+    answers 503 with ``Retry-After``."""
+
+    def __init__(self, cause: StorageFault, detail: str, *, where: str | None = None) -> None:
+        self.cause = StorageFault(cause)
+        self.detail = detail
+        self.where = where
+        located = f" ({where})" if where else ""
+        super().__init__(f"storage unavailable ({self.cause.value}): {detail}{located}")
+
+
+class StorageCorruptError(StorageError):
+    """The database at ``path`` failed the startup check (``storage.startup_check``):
+    damaged pages, or a file that is not a database at all. ``problems`` are what the
+    check reported. Nothing was written to the file."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:3])
+        more = f" (and {len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
+        super().__init__(f"database {path} is not usable: {shown}{more}")

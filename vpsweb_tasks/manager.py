@@ -170,6 +170,7 @@ def make_store(settings: Settings) -> TaskStore:
         task_metrics=settings.task_monitoring.enable_task_metrics,
         watch_interval=storage.sqlite_watch_interval,
         cache_mb=storage.sqlite_cache_mb,
+        startup_check=storage.startup_check,
     )
 
 

@@ -56,6 +56,7 @@ def create_app(
         monitor,
         api_key=api_key,
         queue_full_retry_after=settings.http.queue_full_retry_after,
+        storage_retry_after=settings.http.storage_retry_after,
     )
     app.state.manager = manager
     app.state.monitor = monitor

@@ -54,6 +54,8 @@ class RouterState:
     """The expected ``X-API-Key``; None: the routes are open."""
     queue_full_retry_after: int = 5
     """The ``Retry-After`` of a 429, in seconds."""
+    storage_retry_after: int = 5
+    """The ``Retry-After`` of a 503 for a storage fault, in seconds."""
 
     @classmethod
     def create(
@@ -63,6 +65,7 @@ class RouterState:
         *,
         api_key: str | None = None,
         queue_full_retry_after: int = 5,
+        storage_retry_after: int = 5,
         stream_token_ttl: float = 60.0,
     ) -> RouterState:
         return cls(
@@ -71,6 +74,7 @@ class RouterState:
             tokens=StreamTokens(api_key, ttl=stream_token_ttl),
             api_key=None if api_key is None else check_api_key(api_key).encode(),
             queue_full_retry_after=queue_full_retry_after,
+            storage_retry_after=storage_retry_after,
         )
 
 
@@ -83,13 +87,16 @@ class _StateRoute(APIRoute):
         handler = super().get_route_handler()
         state = self.router_state
         retry_after = state.queue_full_retry_after
+        storage_retry_after = state.storage_retry_after
 
         async def route(request: Request) -> Response:
             request.state.vpsweb_tasks = state
             try:
                 return await handler(request)
             except LIBRARY_ERRORS as exc:
-                return error_response(exc, retry_after=retry_after)
+                return error_response(
+                    exc, retry_after=retry_after, storage_retry_after=storage_retry_after
+                )
 
         return route
 

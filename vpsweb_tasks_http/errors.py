@@ -1,7 +1,9 @@
 """The library's exceptions as HTTP answers, and how the routes document them.
 
 Unknown id 404, wrong state 409, invalid input 422 naming the field, queue full 429 with
-``Retry-After``, not started (or translations not configured) 503. The route class of
+``Retry-After``, not started (or translations not configured) 503, a storage fault (the
+database cannot take the write now: ``cause`` disk_full, read_only, locked, corrupt,
+unavailable) 503 with ``Retry-After``. The route class of
 :mod:`.deps` answers :data:`LIBRARY_ERRORS` with :func:`error_response`; each route carries
 it, so the mapping also works in an app that is not ours (no exception handler on the
 host app).
@@ -20,6 +22,7 @@ from vpsweb_tasks.errors import (
     ManagerNotRunningError,
     NotConfiguredError,
     QueueFullError,
+    StorageUnavailableError,
     TaskNotFoundError,
     TaskStateError,
     UnknownTaskTypeError,
@@ -39,11 +42,16 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
     NotConfiguredError,
     ValidationError,
     HandlerUnavailableError,
+    StorageUnavailableError,
 )
 
 #: The documented error answers of the open routes (the health checks).
 OPEN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorResponse, "description": "The task manager is not running"},
+    503: {
+        "model": ErrorResponse,
+        "description": "The task manager is not running, or the task database cannot take"
+        " this now (its cause named, with Retry-After)",
+    },
 }
 
 #: The documented error answers of the routes behind the API key.
@@ -60,9 +68,12 @@ def _detail(status: int, message: str, headers: dict[str, str] | None = None) ->
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
-def error_response(exc: Exception, *, retry_after: int) -> JSONResponse:
+def error_response(
+    exc: Exception, *, retry_after: int, storage_retry_after: int = 5
+) -> JSONResponse:
     """The answer to one of :data:`LIBRARY_ERRORS` (tested in this order: the first class
-    that matches wins). ``retry_after``: the seconds a 429 asks the client to wait."""
+    that matches wins). ``retry_after``: the seconds a 429 asks the client to wait;
+    ``storage_retry_after``: those of a 503 for a storage fault."""
     match exc:
         case TaskNotFoundError():
             return _detail(404, str(exc))
@@ -93,4 +104,10 @@ def error_response(exc: Exception, *, retry_after: int) -> JSONResponse:
             return JSONResponse({"detail": invalid}, status_code=422)
         case HandlerUnavailableError():
             return _detail(409, str(exc))
+        case StorageUnavailableError():
+            return JSONResponse(
+                {"detail": str(exc), "cause": exc.cause.value},
+                status_code=503,
+                headers={"Retry-After": str(storage_retry_after)},
+            )
     raise TypeError(f"not a library error: {exc!r}")  # pragma: no cover

@@ -26,6 +26,7 @@ from vpsweb_tasks.models import (
     to_datetime,
 )
 from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
+from vpsweb_tasks.monitor.health import StorageWriteError
 from vpsweb_tasks.storage.base import ProgressSnapshot
 from vpsweb_tasks.translation import TranslationJob, WorkflowMode
 
@@ -76,6 +77,10 @@ class ErrorResponse(_Response):
     """The body of every error but validation errors (422, FastAPI's own shape)."""
 
     detail: str
+    cause: str | None = Field(
+        default=None,
+        description="A 503's storage fault: disk_full, read_only, locked, corrupt, unavailable",
+    )
 
 
 class ErrorInfo(_Response):
@@ -328,6 +333,23 @@ class AlertsResponse(_Response):
     warning: int
 
 
+class StorageErrorResponse(_Response):
+    """The latest write the task database refused (kept once it recovers: compare
+    ``at`` with the health's ``timestamp``)."""
+
+    cause: Literal["disk_full", "read_only", "locked", "corrupt", "unavailable"]
+    message: str
+    at: datetime
+
+    @classmethod
+    def of(cls, error: StorageWriteError | None) -> StorageErrorResponse | None:
+        if error is None:
+            return None
+        return cls.model_validate(
+            {"cause": error.cause, "message": error.message, "at": to_datetime(error.at)}
+        )
+
+
 class HealthResponse(_Response):
     """The document's health fields (``status``, ``cpu_usage``, ``memory_usage``,
     ``active_tasks``) and more. Usages are percentages."""
@@ -341,6 +363,8 @@ class HealthResponse(_Response):
     queued_tasks: int
     error_rate: float
     storage_ok: bool
+    storage_writable: bool
+    storage_error: StorageErrorResponse | None
     paused: bool
     pause_reason: str | None
     alerts: list[AlertResponse]
@@ -358,6 +382,8 @@ class HealthResponse(_Response):
             queued_tasks=report.queued_tasks,
             error_rate=report.error_rate,
             storage_ok=report.storage_ok,
+            storage_writable=report.storage_writable,
+            storage_error=StorageErrorResponse.of(report.storage_error),
             paused=report.paused,
             pause_reason=report.pause_reason,
             alerts=[AlertResponse.of(alert) for alert in report.alerts],

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
+import anyio
 import uvicorn
 
 from vpsweb_tasks import Settings, TaskManager, set_task_manager
@@ -15,7 +16,20 @@ from vpsweb_tasks.translation import TranslationExtension
 
 from .app import create_app
 
-__all__ = ["serve"]
+__all__ = ["check_storage", "serve"]
+
+
+def check_storage(manager: TaskManager) -> None:
+    """Open the manager's store once (its startup check and migrations) and close it, so
+    a damaged or unusable database stops :func:`serve` with the library's one error
+    (:class:`~vpsweb_tasks.errors.StorageError` naming the database) before uvicorn
+    starts: an error in the app's lifespan would come out of uvicorn as a traceback."""
+
+    async def check() -> None:
+        async with manager.store:
+            pass
+
+    anyio.run(check, backend="asyncio")
 
 
 def serve(
@@ -38,6 +52,7 @@ def serve(
     set_task_manager(manager)
     for module in imports:
         importlib.import_module(module)
+    check_storage(manager)
     app = create_app(settings, manager=manager)
     logging.getLogger("vpsweb_tasks").info(
         "serving on http://%s:%s with task types: %s",

@@ -22,8 +22,10 @@ key), alerts and the health report, and :mod:`.resources` samples the system wit
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -34,6 +36,7 @@ import anyio
 import anyio.abc
 import psutil
 
+from ..errors import StorageError
 from ..events import (
     AlertCleared,
     AlertRaised,
@@ -46,7 +49,16 @@ from ..models import ProgressUpdate, ResourceSample, TaskStatus, to_datetime
 from ..overload import RESUME_FRACTION
 from ..storage import logic
 from ..storage.types import MetricsWindow, ProgressSnapshot
-from .health import Alert, Firing, HealthReport, HealthStatus, Level, Observation, evaluate
+from .health import (
+    Alert,
+    Firing,
+    HealthReport,
+    HealthStatus,
+    Level,
+    Observation,
+    StorageWriteError,
+    evaluate,
+)
 from .resources import PsutilSampler, Sampler
 from .statistics import TaskStatistics, statistics_from
 
@@ -93,6 +105,7 @@ class TaskMonitor:
         self._alerts: dict[str, Alert] = {}
         self._breakers: dict[str, str] = {}
         self._status: HealthStatus = "healthy"
+        self._writes_checked_at: float | None = None
         self._stack: AsyncExitStack | None = None
         self._host: anyio.abc.TaskGroup | None = None
         self._loops: anyio.CancelScope | None = None
@@ -295,7 +308,10 @@ class TaskMonitor:
             queued_tasks=counts[TaskStatus.PENDING] + counts[TaskStatus.RETRYING],
         )
         self._samples.append(sample)
-        await self.manager.store.run(logic.add_resource_sample(sample))
+        try:
+            await self.manager.store.run(logic.add_resource_sample(sample))
+        except StorageError as exc:  # kept in memory; health reports the fault
+            logger.warning("resource sample not stored: %s", exc)
         self._control_overload(sample)
         return sample
 
@@ -340,10 +356,22 @@ class TaskMonitor:
         except Exception as exc:
             logger.error("storage unreachable: %s", exc)
             storage_ok = False
+        if storage_ok:
+            await self._check_writes(now)
+        writes = self.manager.store.write_status
+        last_error = (
+            None
+            if writes.error is None or writes.error_at is None
+            else StorageWriteError(
+                cause=writes.error.cause.value, message=str(writes.error), at=writes.error_at
+            )
+        )
+        sample = self._fresh_sample()
         observation = Observation(
-            sample=self.latest_sample,
+            sample=sample,
             statistics=statistics,
             storage_ok=storage_ok,
+            storage_write_error=None if writes.writable else last_error,
             breakers=self.breaker_states,
             overload_reason=self.manager.queue.overload_reason,
         )
@@ -363,7 +391,6 @@ class TaskMonitor:
                 status,
             )
             self._status = status
-        sample = self.latest_sample
         counts = statistics.counts if statistics else {}
         return HealthReport(
             status=status,
@@ -379,7 +406,33 @@ class TaskMonitor:
             paused=self.manager.queue.paused,
             pause_reason=self.manager.queue.pause_reason,
             alerts=self.alerts,
+            storage_writable=storage_ok and writes.writable,
+            storage_error=last_error,
         )
+
+    async def _check_writes(self, now: float) -> None:
+        """The store's write check, at most every ``storage_check_interval``."""
+        at = time.monotonic()
+        interval = self.settings.task_monitoring.storage_check_interval
+        if self._writes_checked_at is not None and at - self._writes_checked_at < interval:
+            return
+        self._writes_checked_at = at
+        try:
+            await self.manager.store.check_writes(now=now)
+        except Exception:
+            logger.exception("the storage write check failed")
+
+    def _fresh_sample(self) -> ResourceSample | None:
+        """The latest sample, its disk figure read again if older than
+        ``storage_check_interval`` (a disk filling up shows at the next health check)."""
+        sample = self.latest_sample
+        if sample is None or not isinstance(self._sampler, PsutilSampler):
+            return sample
+        try:
+            disk = self._sampler.disk_percent(self.settings.task_monitoring.storage_check_interval)
+        except OSError:
+            return sample
+        return dataclasses.replace(sample, disk_percent=disk)
 
     async def _update_alerts(self, firing: dict[str, Firing], now: float) -> None:
         for name, fires in firing.items():

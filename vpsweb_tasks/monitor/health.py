@@ -5,6 +5,9 @@ answers, the circuit breakers and the overload pause (:class:`Observation`), and
 :func:`evaluate` names every alert that fires now:
 
 - ``storage`` (critical) while the task database cannot be reached;
+- ``storage_writes`` (critical) while it answers reads but takes no writes (a full disk, a
+  read-only file or session, a held lock): submits are refused, so health is
+  ``unhealthy``, though reads still work;
 - one alert per :class:`ThresholdRule` of :data:`THRESHOLD_RULES`: a value read from the
   observation against a warning and a critical level read from config, the critical
   level tried first;
@@ -35,6 +38,7 @@ __all__ = [
     "HealthStatus",
     "Level",
     "Observation",
+    "StorageWriteError",
     "ThresholdRule",
     "evaluate",
     "evaluate_rule",
@@ -55,6 +59,16 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageWriteError:
+    """The latest write the task database refused: why (a
+    :class:`~vpsweb_tasks.errors.StorageFault` value), the error, and when."""
+
+    cause: str
+    message: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class HealthReport:
     status: HealthStatus
     at: float
@@ -69,6 +83,10 @@ class HealthReport:
     paused: bool
     pause_reason: str | None
     alerts: list[Alert] = field(default_factory=list)
+    storage_writable: bool = True
+    """Whether the latest write (the health check's write check, or any other) succeeded."""
+    storage_error: StorageWriteError | None = None
+    """The latest write failure, kept once the store recovers (compare ``at``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,8 @@ class Observation:
     statistics: TaskStatistics | None
     """Task statistics (None when storage could not be read)."""
     storage_ok: bool = True
+    storage_write_error: StorageWriteError | None = None
+    """Why storage takes no writes now; None while it does."""
     breakers: Mapping[str, str] = field(default_factory=dict)
     """State of every circuit breaker, by name."""
     overload_reason: str | None = None
@@ -244,6 +264,13 @@ def evaluate(
     firing: dict[str, Firing] = {}
     if not observation.storage_ok:
         firing["storage"] = Firing("critical", "the task database cannot be reached")
+    elif observation.storage_write_error is not None:
+        error = observation.storage_write_error
+        firing["storage_writes"] = Firing(
+            "critical",
+            f"the task database takes no writes ({error.cause}): new work is refused,"
+            f" reads still work; {error.message}",
+        )
     for rule in rules:
         found = evaluate_rule(rule, observation, settings)
         if found is not None:

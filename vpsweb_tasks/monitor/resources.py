@@ -42,6 +42,8 @@ class PsutilSampler:
         self._process.cpu_percent(None)
         self._cpu_at = time.monotonic()
         self._cpu: tuple[float, float] | None = None
+        self._disk_at: float | None = None
+        self._disk = 0.0
 
     def _cpu_reading(self) -> tuple[float, float]:
         # The first reading is a measurement (never a placeholder 0%), however short its
@@ -51,13 +53,22 @@ class PsutilSampler:
             self._cpu_at = time.monotonic()
         return self._cpu
 
+    def disk_percent(self, max_age: float = 0.0) -> float:
+        """Use of the volume holding the database, percent: read again unless the last
+        reading is younger than ``max_age`` seconds (a health check asks on every call)."""
+        at = time.monotonic()
+        if self._disk_at is None or at - self._disk_at >= max_age:
+            self._disk = float(psutil.disk_usage(self.disk_path).percent)
+            self._disk_at = at
+        return self._disk
+
     def sample(self, *, now: float, active_tasks: int = 0, queued_tasks: int = 0) -> ResourceSample:
         system_cpu, process_cpu = self._cpu_reading()
         return ResourceSample(
             recorded_at=now,
             cpu_percent=system_cpu,
             memory_percent=float(psutil.virtual_memory().percent),
-            disk_percent=float(psutil.disk_usage(self.disk_path).percent),
+            disk_percent=self.disk_percent(),
             process_rss_mb=self._process.memory_info().rss / (1024 * 1024),
             process_cpu_percent=process_cpu,
             active_tasks=active_tasks,

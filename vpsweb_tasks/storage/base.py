@@ -35,19 +35,29 @@ Conventions that hold for every operation:
   loss (the worker died: :meth:`~TaskStore.reap`) gives it back; a loss is counted in
   ``lost_attempts`` instead. Each claim writes a ``task_executions`` row, closed by the
   outcome.
+* **Faults.** A backend raises :class:`~vpsweb_tasks.errors.StorageUnavailableError` (with
+  its ``cause``: ``disk_full``, ``read_only``, ``locked``, ``corrupt``, ``unavailable``) for
+  a driver error that means "the database cannot do this now", never the driver's own
+  exception; the operation changed nothing. A write that fails so marks the store not
+  writable (:attr:`TaskStore.write_status`) until :meth:`TaskStore.check_writes` succeeds.
+  :meth:`TaskStore.open` raises :class:`~vpsweb_tasks.errors.StorageCorruptError` for a
+  damaged SQLite file or one that is not a database, and ``StorageUnavailableError``
+  naming the database (never a password) when it cannot be opened or used.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 import anyio
 import anyio.abc
 
-from ..errors import ErrorCategory
+from ..errors import ErrorCategory, StorageUnavailableError
 from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
 from .ops import Mode, Operation, Step
@@ -71,6 +81,7 @@ from .types import (
     RetryDecider,
     SharedBreakerState,
     WorkerInfo,
+    WriteStatus,
 )
 
 __all__ = [
@@ -98,6 +109,7 @@ __all__ = [
     "Step",
     "TaskStore",
     "WorkerInfo",
+    "WriteStatus",
 ]
 
 T = TypeVar("T")
@@ -124,6 +136,7 @@ class TaskStore(abc.ABC):
         ``task_monitoring.enable_task_metrics``)."""
         self._components: list[Component] = [CORE]
         self._schema_version = 0
+        self._write_status = WriteStatus(writable=True, checked_at=None, error=None, error_at=None)
 
     # --- lifecycle (backend) -------------------------------------------------------------
 
@@ -147,6 +160,38 @@ class TaskStore(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    # --- faults ------------------------------------------------------------------------------
+
+    @property
+    def write_status(self) -> WriteStatus:
+        """Whether this store takes writes, as its latest write (a write check or any
+        other write) found, and its latest write failure."""
+        return self._write_status
+
+    def _fault(self, error: StorageUnavailableError, mode: Mode) -> StorageUnavailableError:
+        """Backends pass each fault they raise through here: one of a write marks the
+        store not writable."""
+        if mode is not Mode.READ and mode is not Mode.SNAPSHOT:
+            self._write_status = replace(
+                self._write_status, writable=False, error=error, error_at=time.time()
+            )
+        return error
+
+    async def check_writes(self, *, now: float) -> WriteStatus:
+        """The write check: one small real write (:func:`.logic.check_writes`). A fault
+        leaves the store not writable, with the error; success makes it writable again.
+        Other errors (a bug, a cancellation) propagate."""
+        try:
+            await self.run(logic.check_writes(now=now))
+        except StorageUnavailableError as exc:
+            if self._write_status.error is not exc:  # backends record their faults already
+                self._fault(exc, Mode.WRITE)
+            writable = False
+        else:
+            writable = True
+        self._write_status = replace(self._write_status, writable=writable, checked_at=time.time())
+        return self._write_status
 
     @property
     def schema_version(self) -> int:

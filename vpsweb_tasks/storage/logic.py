@@ -71,6 +71,7 @@ __all__ = [
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "check_writes",
     "claim",
     "complete_many",
     "count_tasks",
@@ -117,10 +118,13 @@ LIST_ORDERS = {
 @operation(Mode.WRITE)
 def migrate(migrations: Sequence[Migration], prelude: Sequence[Step] = ()) -> Op[int]:
     """Apply the migrations not applied yet, in order; the newest core version.
-    ``prelude``: a backend's own first steps (PostgreSQL locks out other migrators)."""
+    ``prelude``: a backend's own first steps (PostgreSQL locks out other migrators).
+    A database that is up to date is only read: a read-only PostgreSQL session (a
+    standby) still opens, serving reads while writes fail."""
     for step in prelude:  # noqa: UP028 (a list cannot take the results sent back)
         yield step
-    yield count("create_migration_tables")
+    if not (yield value("migration_tables_exist")):
+        yield count("create_migration_tables")
     applied = {
         (found["component"], found["version"]) for found in (yield rows("applied_migrations"))
     }
@@ -758,6 +762,15 @@ def resource_samples(*, since: float | None = None, limit: int = 1000) -> Op[lis
 def ping() -> Op[None]:
     """A trivial round trip: raises if the database cannot be reached."""
     yield value("ping")
+
+
+@operation(Mode.STATEMENTS)
+def check_writes(*, now: float) -> Op[None]:
+    """The storage write check: the cheapest honest write, one key of ``queue_state``
+    upserted with the time. It commits through the journal like any write, so it fails
+    where a submit would (a full disk, a read-only file or session, a held lock), and
+    keeps one row whatever how often it runs."""
+    yield count("write_check", at=now)
 
 
 @operation(Mode.STATEMENTS)

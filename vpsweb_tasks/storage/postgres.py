@@ -33,9 +33,9 @@ import anyio.to_thread
 import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageFault, StorageUnavailableError
 from . import logic
 from . import sqlite as sqlite_backend
 from .base import DuplicateKeyError, TaskStore
@@ -43,7 +43,7 @@ from .ops import Mode, Operation, Step, count, drive_async, script
 from .queries import Queries
 from .types import Notice
 
-__all__ = ["PostgresTaskStore"]
+__all__ = ["PostgresTaskStore", "postgres_fault", "safe_dsn"]
 
 logger = logging.getLogger("vpsweb_tasks.storage.postgres")
 
@@ -53,6 +53,52 @@ Connection = psycopg.AsyncConnection[DictRow]
 #: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
 LISTENER_NAME = "vpsweb-tasks-listen"
 _NOTICES = ("task_added", "cancel_requested", "breaker_changed")
+
+
+#: SQLSTATEs that mean "the database cannot do this now", by fault. Classes 08
+#: (connection exception) and 57P (operator intervention) are unavailable as a whole.
+_SQLSTATES = {
+    "53100": StorageFault.DISK_FULL,  # disk_full
+    "25006": StorageFault.READ_ONLY,  # read_only_sql_transaction (also a hot standby)
+    "55P03": StorageFault.LOCKED,  # lock_not_available (lock_timeout)
+    "XX001": StorageFault.CORRUPT,  # data_corrupted
+    "XX002": StorageFault.CORRUPT,  # index_corrupted
+    "53000": StorageFault.UNAVAILABLE,  # insufficient_resources
+    "53200": StorageFault.UNAVAILABLE,  # out_of_memory
+    "53300": StorageFault.UNAVAILABLE,  # too_many_connections
+    "58030": StorageFault.UNAVAILABLE,  # io_error
+}
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN without its password, to name the database in messages."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(an invalid DSN)"
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def postgres_fault(exc: BaseException, where: str | None = None) -> StorageUnavailableError | None:
+    """The fault an error of psycopg (or its pool) means, or None when it is not one (a
+    bug, a constraint, a cancelled statement)."""
+    if isinstance(exc, PoolTimeout):
+        return StorageUnavailableError(
+            StorageFault.UNAVAILABLE, f"no connection to the database: {exc}", where=where
+        )
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate
+    cause = _SQLSTATES.get(state or "")
+    if cause is None and state is not None and (state[:2] == "08" or state[:3] == "57P"):
+        cause = StorageFault.UNAVAILABLE
+    if cause is None and state is None and isinstance(exc, psycopg.OperationalError):
+        cause = StorageFault.UNAVAILABLE  # the connection failed or was lost
+    if cause is None:
+        return None
+    detail = (exc.diag.message_primary if state else None) or str(exc).strip()
+    return StorageUnavailableError(cause, detail, where=where)
 
 
 def _q(text: str) -> sql.SQL:
@@ -153,11 +199,33 @@ class PostgresTaskStore(TaskStore):
                 row = await cursor.fetchone()
             assert row is not None
             self.channel = f"vpsweb_tasks.{row['name']}"[:63]  # longer names are cut
-        except BaseException:
+        except BaseException as exc:
             self._pool = None
             with anyio.CancelScope(shield=True):
                 await pool.close()
+            if isinstance(exc, (psycopg.Error, PoolTimeout)):
+                raise await self._open_error(exc) from exc
             raise
+
+    async def _open_error(self, exc: psycopg.Error | PoolTimeout) -> StorageUnavailableError:
+        """Why :meth:`open` failed, naming the database (without its password)."""
+        where = safe_dsn(self.dsn) + ("" if self.schema is None else f" schema {self.schema}")
+        if isinstance(exc, PoolTimeout):  # the pool only says it timed out: ask once why
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, connect_timeout=max(1, int(self.connect_timeout))
+                )
+            except psycopg.Error as reason:
+                return StorageUnavailableError(
+                    StorageFault.UNAVAILABLE, f"cannot connect: {str(reason).strip()}", where=where
+                )
+            await conn.close()
+            return StorageUnavailableError(
+                StorageFault.UNAVAILABLE, f"cannot connect: {exc}", where=where
+            )
+        fault = postgres_fault(exc)
+        cause = fault.cause if fault is not None else StorageFault.UNAVAILABLE
+        return StorageUnavailableError(cause, f"cannot use the database: {exc}", where=where)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -197,6 +265,15 @@ class PostgresTaskStore(TaskStore):
                 return cursor.rowcount
 
     async def run(self, operation: Operation[T]) -> T:
+        try:
+            return await self._run(operation)
+        except (psycopg.Error, PoolTimeout) as exc:
+            fault = postgres_fault(exc, safe_dsn(self.dsn))
+            if fault is None:
+                raise
+            raise self._fault(fault, operation.mode) from exc
+
+    async def _run(self, operation: Operation[T]) -> T:
         async with self._connection() as conn:
             conn = cast(Connection, conn)
 

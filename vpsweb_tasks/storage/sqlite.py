@@ -12,12 +12,13 @@ from __future__ import annotations
 import operator
 import os
 import re
+import resource
 import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -25,7 +26,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import sqlite_utils
 
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, StorageCorruptError, StorageFault, StorageUnavailableError
 from ..models import TaskRecord
 from . import logic
 from ._dbthread import DatabaseThread, Refused
@@ -36,7 +37,7 @@ from .queries import Queries, split_statements
 from .rows import dumps
 from .types import Claim, Completed, NewTask, Notice, Outcome
 
-__all__ = ["SQLiteTaskStore"]
+__all__ = ["SQLiteTaskStore", "StartupCheck", "sqlite_fault"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,74 @@ _THREAD_MODES = {
     Mode.STATEMENTS: ThreadMode.WRITE,
     Mode.ALONE: ThreadMode.ALONE,
 }
+
+
+#: ``storage.startup_check``: SQLite's ``PRAGMA quick_check`` (O(pages), no index
+#: cross-check), ``integrity_check`` (also checks every index against its table), or none.
+StartupCheck = Literal["quick", "full", "off"]
+
+_FULL, _READONLY, _BUSY, _LOCKED, _CORRUPT, _NOTADB = 13, 8, 5, 6, 11, 26
+#: Primary result codes whose errno SQLite does not pass on: the file tells why.
+_IO = {10: "SQLITE_IOERR", 14: "SQLITE_CANTOPEN", 3: "SQLITE_PERM"}
+
+
+def _no_room(path: str) -> str | None:
+    """Why the file at ``path`` cannot grow, if it cannot: a full volume, or a file size
+    limit (RLIMIT_FSIZE) its files have reached."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        volume = os.statvfs(folder)
+    except OSError:
+        return None
+    free = volume.f_bfree if os.geteuid() == 0 else volume.f_bavail
+    if free == 0:
+        return "no space left on the volume"
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        sizes = [os.path.getsize(f) for f in (path, path + "-wal") if os.path.exists(f)]
+        if sizes and max(sizes) + 65536 >= limit:
+            return f"the file size limit ({limit} bytes) is reached"
+    return None
+
+
+def _not_writable(path: str) -> bool:
+    """Whether the database or its journal cannot be written (a read-only volume or file,
+    an immutable file): ``access(2)`` says so even to root."""
+    files = [f for f in (path, path + "-wal") if os.path.exists(f)]
+    return any(not os.access(f, os.W_OK) for f in files)
+
+
+def sqlite_fault(exc: sqlite3.Error, path: str) -> StorageUnavailableError | None:
+    """The fault an error of sqlite3 means, or None when it is not one (a bug, a
+    constraint). SQLite's I/O errors do not say why; the file does."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = code & 0xFF
+    cause: StorageFault | None = None
+    detail = str(exc)
+    if primary == _FULL:
+        cause = StorageFault.DISK_FULL
+        why = _no_room(path)
+        detail = f"{exc}: {why}" if why else detail
+    elif primary == _READONLY:
+        cause = StorageFault.READ_ONLY
+    elif primary in (_BUSY, _LOCKED):
+        cause = StorageFault.LOCKED
+        detail = f"{exc} (another process held the write lock past storage.busy_timeout)"
+    elif primary in (_CORRUPT, _NOTADB):
+        cause = StorageFault.CORRUPT
+    elif primary in _IO:
+        name = getattr(exc, "sqlite_errorname", _IO[primary])
+        if path != ":memory:" and _not_writable(path):
+            cause, detail = StorageFault.READ_ONLY, f"{exc} ({name}): the file is not writable"
+        elif path != ":memory:" and (why := _no_room(path)) is not None:
+            cause, detail = StorageFault.DISK_FULL, f"{exc} ({name}): {why}"
+        else:
+            cause, detail = StorageFault.UNAVAILABLE, f"{exc} ({name})"
+    if cause is None:
+        return None
+    return StorageUnavailableError(cause, detail, where=path)
 
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -156,9 +225,11 @@ class SQLiteTaskStore(TaskStore):
         task_metrics: bool = True,
         watch_interval: float = 0.05,
         cache_mb: int = 32,
+        startup_check: StartupCheck = "quick",
     ) -> None:
         super().__init__(history_limit=history_limit, task_metrics=task_metrics)
         self.path = str(path)
+        self.startup_check = startup_check
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.watch_interval = watch_interval
@@ -181,32 +252,77 @@ class SQLiteTaskStore(TaskStore):
             timeout=self.busy_timeout,
             cached_statements=256,
         )
-        db = sqlite_utils.Database(conn, execute_plugins=False)
-        if self.path != ":memory:":
-            db.enable_wal()
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA cache_size=-{int(self.cache_mb) * 1024}")  # negative: KiB
-        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            if self.path != ":memory:":
+                db.enable_wal()
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA cache_size=-{int(self.cache_mb) * 1024}")  # negative: KiB
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
+        """Connect, check the file (``startup_check``), migrate. A file that is not a
+        database, or fails the check, raises :class:`StorageCorruptError` naming it."""
         if self._thread is not None:
             return
         queries = Queries(self.dialect, split=True)
         queries.load(self._components)
         self._statements = compile_queries(queries)
         thread = DatabaseThread(self._connect, name=f"vpsweb-tasks-sqlite:{Path(self.path).name}")
-        await thread.start()
+        try:
+            await thread.start()
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
         self._thread = thread
         try:
+            await self._check_file()
             migrations = [m for c in self._components for m in c.migrations(self.dialect)]
             self._schema_version = await self.run(logic.migrate(migrations))
-        except BaseException:
-            self._thread = None
-            with anyio.CancelScope(shield=True):
-                await thread.close()
+        except StorageUnavailableError as exc:
+            await self._abandon(thread)
+            if exc.cause is StorageFault.CORRUPT:
+                raise StorageCorruptError(self.path, [exc.detail]) from exc
             raise
+        except BaseException:
+            await self._abandon(thread)
+            raise
+
+    async def _abandon(self, thread: DatabaseThread) -> None:
+        self._thread = None
+        with anyio.CancelScope(shield=True):
+            await thread.close()
+
+    def _open_error(self, exc: sqlite3.Error) -> Exception:
+        fault = sqlite_fault(exc, self.path)
+        if fault is None:
+            return exc
+        if fault.cause is StorageFault.CORRUPT:
+            return StorageCorruptError(self.path, [str(exc)])
+        return fault
+
+    async def _check_file(self) -> None:
+        """``startup_check``: ``PRAGMA quick_check`` (``quick``, O(pages): ~0.1 s for a
+        100 MB file in the page cache, ~1.5 s from disk) or ``integrity_check``
+        (``full``), before anything is written."""
+        if self.startup_check == "off" or self.path == ":memory:":
+            return
+        name = "startup_quick_check" if self.startup_check == "quick" else "startup_integrity_check"
+
+        def check(conn: sqlite3.Connection) -> list[str]:
+            found = execute(conn, self._statements, Step(name, {}, "rows"))
+            return [str(next(iter(each.values()))) for each in found]
+
+        try:
+            problems = await self._db().run(check, ThreadMode.ALONE)
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
+        if problems != ["ok"]:
+            raise StorageCorruptError(self.path, problems)
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
@@ -229,7 +345,13 @@ class SQLiteTaskStore(TaskStore):
         )
 
     async def run(self, operation: Operation[T]) -> T:
-        result: T = await self._submit(operation)
+        try:
+            result: T = await self._submit(operation)
+        except sqlite3.Error as exc:
+            fault = sqlite_fault(exc, self.path)
+            if fault is None:
+                raise
+            raise self._fault(fault, operation.mode) from exc
         return result
 
     # --- combined writes (a capability of this backend) ----------------------------------
@@ -253,7 +375,13 @@ class SQLiteTaskStore(TaskStore):
         job = self._db().submit_combined(self._add_together, (tasks[0], max_queue_size))
         if announce is not None:
             announce()
-        await job
+        try:
+            await job
+        except sqlite3.Error as exc:
+            fault = sqlite_fault(exc, self.path)
+            if fault is None:
+                raise
+            raise self._fault(fault, Mode.WRITE) from exc
 
     def _add_together(
         self, conn: sqlite3.Connection, items: list[tuple[NewTask, int | None]]
@@ -392,7 +520,13 @@ class SQLiteTaskStore(TaskStore):
                 "after": self._sizes(),
             }
 
-        return await self._db().run(maintain, ThreadMode.ALONE)
+        try:
+            return await self._db().run(maintain, ThreadMode.ALONE)
+        except sqlite3.Error as exc:
+            fault = sqlite_fault(exc, self.path)
+            if fault is None:
+                raise
+            raise self._fault(fault, Mode.ALONE) from exc
 
     async def backup(self, path: str) -> dict[str, Any]:
         target = Path(path)

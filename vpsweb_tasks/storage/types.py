@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ErrorCategory
+from ..errors import ErrorCategory, StorageUnavailableError
 from ..models import TaskPriority, TaskRecord, TaskStatus, to_datetime
 from ..retry import RetryConfig
 
@@ -30,6 +30,7 @@ __all__ = [
     "RetryDecider",
     "SharedBreakerState",
     "WorkerInfo",
+    "WriteStatus",
 ]
 
 
@@ -246,3 +247,18 @@ class SharedBreakerState:
 #: time of its next attempt, or None to fail it. Not asked once the task reached its bound
 #: on lost attempts. Called inside the reaping transaction: keep it pure.
 RetryDecider = Callable[[TaskRecord], float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStatus:
+    """Whether a store takes writes (:attr:`TaskStore.write_status`)."""
+
+    writable: bool
+    """False from a write that failed with
+    :class:`~vpsweb_tasks.errors.StorageUnavailableError` (a write check's or any other
+    operation's) until a write check succeeds."""
+    checked_at: float | None
+    """When the latest write check ran (epoch seconds); None before the first."""
+    error: StorageUnavailableError | None
+    """The latest write failure, kept after the store recovers (with ``error_at``)."""
+    error_at: float | None

@@ -69,6 +69,7 @@ def create_router(
     *,
     api_key: str | None = None,
     queue_full_retry_after: int = 5,
+    storage_retry_after: int = 5,
     metrics_path: str | None = "/metrics",
     stream_token_ttl: float = 60.0,
     router: APIRouter | None = None,
@@ -76,12 +77,15 @@ def create_router(
     """The API of one manager and its monitor. With ``api_key``, every route but the two
     health checks requires header ``X-API-Key`` (compared in constant time); the two event
     streams also accept ``?token=`` from ``POST /api/v1/monitoring/stream-token``, valid for
-    ``stream_token_ttl`` seconds, since a browser's EventSource cannot send headers."""
+    ``stream_token_ttl`` seconds, since a browser's EventSource cannot send headers.
+    ``queue_full_retry_after`` and ``storage_retry_after`` are the ``Retry-After`` seconds
+    of a 429 (queue full) and of a 503 (storage cannot take the write now)."""
     state = RouterState.create(
         manager,
         monitor,
         api_key=api_key,
         queue_full_retry_after=queue_full_retry_after,
+        storage_retry_after=storage_retry_after,
         stream_token_ttl=stream_token_ttl,
     )
     return add_routes(

@@ -13,6 +13,9 @@
 SELECT pg_advisory_xact_lock(hashtext('vpsweb_tasks.migrate'),
     hashtext(coalesce(%(schema)s, current_schema(), '')));
 
+-- name: migration_tables_exist
+SELECT to_regclass('component_migrations') IS NOT NULL;
+
 -- name: create_migration_tables
 -- (Two statements: run without parameters, as one script.)
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -401,6 +404,11 @@ SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= %(since)s
 
 -- name: ping
 SELECT 1;
+
+-- name: write_check
+-- The storage write check (logic.check_writes): one key upserted, a real commit.
+INSERT INTO queue_state (key, value) VALUES ('write_check', %(at)s::text)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- Housekeeping -----------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@
 
 -- Migrations -------------------------------------------------------------------------------
 
+-- name: migration_tables_exist
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'component_migrations';
+
 -- name: create_migration_tables
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);
@@ -409,6 +412,11 @@ SELECT * FROM (SELECT * FROM system_metrics WHERE recorded_at >= :since
 -- name: ping
 SELECT 1;
 
+-- name: write_check
+-- The storage write check (logic.check_writes): one key upserted, a real commit.
+INSERT INTO queue_state (key, value) VALUES ('write_check', :at)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
 -- Housekeeping -----------------------------------------------------------------------------
 
 -- name: cleanup_tasks
@@ -435,3 +443,11 @@ VACUUM;
 
 -- name: quick_check
 PRAGMA quick_check;
+
+-- name: startup_quick_check
+-- storage.startup_check quick: every page read once; at most 20 problems reported.
+PRAGMA quick_check(20);
+
+-- name: startup_integrity_check
+-- storage.startup_check full: also every index against its table.
+PRAGMA integrity_check(20);
