@@ -181,6 +181,22 @@ async def test_processes_racing_on_one_key_store_one_task(
         assert (await one.count_tasks())[TaskStatus.PENDING] == 1
 
 
+async def test_next_run_at_is_the_earliest_time_to_come_of_a_waiting_task(
+    store: TaskStore,
+) -> None:
+    assert await store.run(logic.next_run_at(now=T0)) is None
+    await store.add_task(new_task(T0, run_at=T0))  # due now: not to come
+    await store.add_task(new_task(T0, run_at=T0 + 30, priority=0))
+    await store.add_task(new_task(T0, run_at=T0 + 20, priority=3))
+    await store.add_task(new_task(T0, run_at=T0 + 10, priority=1))
+    assert await store.run(logic.next_run_at(now=T0)) == T0 + 10
+    assert await store.run(logic.next_run_at(now=T0 + 10)) == T0 + 20
+    assert await store.run(logic.next_run_at(now=T0 + 30)) is None
+    claims = await store.claim(worker_id="w1", now=T0 + 15, lease_seconds=LEASE, limit=5)
+    assert len(claims) == 2  # running tasks have no time to come
+    assert await store.run(logic.next_run_at(now=T0)) == T0 + 20
+
+
 async def test_get_task_of_unknown_id_is_none(store: TaskStore) -> None:
     assert await store.get_task("nope") is None
     assert await store.get_tasks(["nope"]) == []

@@ -92,6 +92,7 @@ __all__ = [
     "load_breaker_states",
     "metrics_window",
     "migrate",
+    "next_run_at",
     "outcome_params",
     "ping",
     "progress_history",
@@ -214,6 +215,14 @@ def add_keyed_tasks(
         return existing
     yield from add_tasks(tasks, limit=limit, together=True, linked=linked).steps()
     return None
+
+
+@operation(Mode.READ)
+def next_run_at(*, now: float) -> Op[float | None]:
+    """The earliest run time after ``now`` of a waiting task (a delayed submit, a retry),
+    or None: when a dispatcher should look again."""
+    found = yield value("next_run_at", now=now)
+    return None if found is None else float(found)
 
 
 @operation(Mode.READ)

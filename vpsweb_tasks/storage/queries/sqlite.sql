@@ -67,6 +67,20 @@ WHERE :limit IS NULL
    OR (NOT :together AND key < :limit - waiting.n)
 ORDER BY key;
 
+-- name: next_run_at
+-- The earliest run time to come of a waiting task: one seek of the dispatch index
+-- (priority DESC, run_at) a priority.
+SELECT min(t) FROM (
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at > :now) AS t UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at > :now) UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at > :now) UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at > :now)
+) AS due;
+
 -- name: get_task
 SELECT * FROM background_tasks WHERE id = :id;
 
