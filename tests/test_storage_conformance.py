@@ -18,6 +18,7 @@ from anyio.to_thread import run_sync
 
 from vpsweb_tasks.errors import (
     ErrorCategory,
+    IdempotencyKeyError,
     LeaseLostError,
     QueueFullError,
     TaskNotFoundError,
@@ -44,6 +45,7 @@ from vpsweb_tasks.storage.types import (
     Deferred,
     Failed,
     LeaseToken,
+    NewTask,
     ProgressSnapshot,
     ReapResult,
     Released,
@@ -109,6 +111,90 @@ async def test_add_task_stores_a_pending_task(store: TaskStore) -> None:
     assert record.attempts == 0
     assert record.created_at.timestamp() == T0
     assert await store.get_task(task.id) == record
+
+
+def keyed(key: str, fingerprint: str = "f1", **fields: Any) -> NewTask:
+    return new_task(T0, idempotency_key=key, request_fingerprint=fingerprint, **fields)
+
+
+async def test_a_repeated_idempotency_key_gets_the_first_task_and_stores_nothing(
+    store: TaskStore,
+) -> None:
+    first = keyed("k1", payload={"n": 1})
+    assert await store.add_keyed_tasks("k1", [first]) is None
+    stored = await store.get_task(first.id)
+    assert stored is not None
+    assert stored.idempotency_key == "k1"
+    again = await store.add_keyed_tasks("k1", [keyed("k1", payload={"n": 1})])
+    assert again == [stored]
+    assert (await store.count_tasks())[TaskStatus.PENDING] == 1
+    # Even a full queue answers a repeat.
+    assert await store.add_keyed_tasks("k1", [keyed("k1")], max_queue_size=1) == [stored]
+    with pytest.raises(QueueFullError):
+        await store.add_keyed_tasks("k2", [keyed("k2")], max_queue_size=1)
+
+
+async def test_an_idempotency_key_reused_by_another_request_is_refused(store: TaskStore) -> None:
+    first = keyed("k1", "f1")
+    await store.add_keyed_tasks("k1", [first])
+    other = keyed("k1", "f2")
+    with pytest.raises(IdempotencyKeyError, match="'k1'") as refused:
+        await store.add_keyed_tasks("k1", [other])
+    assert refused.value.task_id == first.id
+    assert await store.get_task(other.id) is None
+
+
+async def test_a_batch_under_one_key_is_stored_and_replayed_whole(store: TaskStore) -> None:
+    batch = [keyed(f"b#{i}", "fb") for i in range(3)]
+    assert await store.add_keyed_tasks("b", batch) is None
+    again = await store.add_keyed_tasks("b", [keyed(f"b#{i}", "fb") for i in range(3)])
+    assert again is not None
+    assert [r.id for r in again] == [t.id for t in batch]
+    # A batch of another size under the key is another request.
+    with pytest.raises(IdempotencyKeyError):
+        await store.add_keyed_tasks("b", [keyed(f"b#{i}", "fc") for i in range(2)])
+    # A key held by one task stops the whole batch: nothing of it is stored.
+    mixed = [keyed("c#0", "fd"), keyed("b#1", "fd")]
+    with pytest.raises(IdempotencyKeyError):
+        await store.add_keyed_tasks("c", mixed)
+    assert await store.get_task(mixed[0].id) is None
+
+
+async def test_processes_racing_on_one_key_store_one_task(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    """Two stores (two processes' connections) submit under one key at once, many times:
+    one task, and every caller gets its id."""
+    async with store_factory() as one, store_factory() as two:
+        answers: list[str] = []
+
+        async def submit(store: TaskStore) -> None:
+            task = keyed("race")
+            existing = await store.add_keyed_tasks("race", [task])
+            answers.append(task.id if existing is None else existing[0].id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(submit, one if i % 2 else two)
+        assert len(answers) == 20
+        assert len(set(answers)) == 1
+        assert (await one.count_tasks())[TaskStatus.PENDING] == 1
+
+
+async def test_next_run_at_is_the_earliest_time_to_come_of_a_waiting_task(
+    store: TaskStore,
+) -> None:
+    assert await store.run(logic.next_run_at(now=T0)) is None
+    await store.add_task(new_task(T0, run_at=T0))  # due now: not to come
+    await store.add_task(new_task(T0, run_at=T0 + 30, priority=0))
+    await store.add_task(new_task(T0, run_at=T0 + 20, priority=3))
+    await store.add_task(new_task(T0, run_at=T0 + 10, priority=1))
+    assert await store.run(logic.next_run_at(now=T0)) == T0 + 10
+    assert await store.run(logic.next_run_at(now=T0 + 10)) == T0 + 20
+    assert await store.run(logic.next_run_at(now=T0 + 30)) is None
+    claims = await store.claim(worker_id="w1", now=T0 + 15, lease_seconds=LEASE, limit=5)
+    assert len(claims) == 2  # running tasks have no time to come
+    assert await store.run(logic.next_run_at(now=T0)) == T0 + 20
 
 
 async def test_get_task_of_unknown_id_is_none(store: TaskStore) -> None:

@@ -478,3 +478,27 @@ async def test_deleting_a_job_another_worker_runs_answers_that_a_cancel_was_requ
         assert (await worker.wait(job_id, timeout=10)).status is TaskStatus.CANCELLED
         final = (await client.get(f"{TRANSLATION}/{job_id}")).json()
     assert (final["status"], final["cancel_requested"]) == ("cancelled", False)
+
+
+async def test_idempotency_keys_of_submits_and_batches(api: Api) -> None:
+    """A client that retries a translation submit (or a batch) pays for one job: the
+    repeat answers 200 with the first job's id; the key with another text is a 422."""
+    key = {"Idempotency-Key": "poem-42"}
+    first = await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST, headers=key)
+    again = await api.client.post(TRANSLATION, json=DOCUMENT_REQUEST, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert again.json()["job_id"] == first.json()["job_id"]
+    other = {**DOCUMENT_REQUEST, "original_text": "Another poem entirely."}
+    refused = await api.client.post(TRANSLATION, json=other, headers=key)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+    batch = {"requests": [DOCUMENT_REQUEST, other]}
+    batch_key = {"Idempotency-Key": "batch-7"}
+    one = await api.client.post(f"{TRANSLATION}/batch", json=batch, headers=batch_key)
+    two = await api.client.post(f"{TRANSLATION}/batch", json=batch, headers=batch_key)
+    assert (one.status_code, two.status_code) == (202, 200)
+    assert two.json()["job_ids"] == one.json()["job_ids"]
+    for job_id in [first.json()["job_id"], *one.json()["job_ids"]]:
+        await api.manager.wait(job_id, timeout=10)
+    assert len(api.llm.calls) == 3 * 3  # three jobs of three steps: no job ran twice

@@ -102,6 +102,9 @@ class TaskContext:
         self._done = _Flag(record is not None and record.status.is_terminal)
         self._logger: TaskLogger | None = None
         self._completion_writes: list[Step] = []
+        self.replayed = False
+        """True for the context a submit returned because its idempotency key was held
+        already: the task is the first submit's (nothing new was stored)."""
 
     @property
     def definition(self) -> TaskDefinition:
@@ -286,6 +289,17 @@ class Contexts:
                 task_id=record.id, manager=self._host, payload=record.payload, record=record
             )
             self._live[record.id] = context
+        return context
+
+    def replayed(self, record: TaskRecord) -> TaskContext:
+        """A context of a task found by a repeated idempotency key (``replayed``). Its
+        own object, so the first submitter's context is not marked; it follows the task
+        like any other when this process holds no context of it."""
+        context = TaskContext(
+            task_id=record.id, manager=self._host, payload=record.payload, record=record
+        )
+        context.replayed = True
+        self._live.setdefault(record.id, context)
         return context
 
     def apply(self, record: TaskRecord) -> None:

@@ -6,6 +6,7 @@ Exception hierarchy::
     ├── ConfigError (ValueError)          invalid configuration; names the key
     │   └── NotConfiguredError            a feature's configuration is incomplete (problems)
     ├── QueueFullError                    max_queue_size reached; nothing was stored
+    ├── IdempotencyKeyError (ValueError)  a key reused with another request; nothing stored
     ├── TaskNotFoundError (LookupError)   no task with that id
     ├── UnknownTaskTypeError (LookupError) no handler registered under that name
     ├── TaskStateError                    the task's status does not allow the operation
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "ErrorCategory",
     "HandlerUnavailableError",
+    "IdempotencyKeyError",
     "LeaseLostError",
     "ManagerNotRunningError",
     "NotConfiguredError",
@@ -101,6 +103,22 @@ class QueueFullError(VpswebTasksError):
         self.limit = limit
         self.size = size
         self.requested = requested
+
+
+class IdempotencyKeyError(VpswebTasksError, ValueError):
+    """An idempotency key already belongs to a task submitted with another request (other
+    type, name, payload, ...): nothing was stored. A repeat of the same request with the
+    same key is not an error: it gets the first task back."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, key: str, task_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for another request (task {task_id}):"
+            " a key may be reused only to repeat the same request"
+        )
+        self.key = key
+        self.task_id = task_id
 
 
 class TaskNotFoundError(VpswebTasksError, LookupError):

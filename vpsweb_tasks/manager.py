@@ -23,8 +23,11 @@ types, tables, config sections and routes (docs/extending.md).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import importlib
+import json
 import logging
 import os
 import random
@@ -172,6 +175,20 @@ def make_store(settings: Settings) -> TaskStore:
         cache_mb=storage.sqlite_cache_mb,
         startup_check=storage.startup_check,
     )
+
+
+def request_fingerprint(
+    tasks: Sequence[NewTask], definitions: Sequence[TaskDefinition], more: Any
+) -> str:
+    """A hash of what a submit asked for (each task's definition and payload, and ``more``:
+    whether it was a batch, what else the request held), to tell a repeat under an
+    idempotency key from another request."""
+    asked = [
+        [definition.model_dump(mode="json", exclude={"idempotency_key"}), task.payload]
+        for task, definition in zip(tasks, definitions, strict=True)
+    ]
+    encoded = json.dumps([more, asked], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 class TaskManager:
@@ -458,7 +475,6 @@ class TaskManager:
                         " type with @manager.task so any worker can run it"
                     )
         now = self.clock()
-        delay = definition.delay.total_seconds() if definition.delay else 0.0
         task = NewTask(
             id=new_task_id(),
             name=definition.name,
@@ -471,7 +487,7 @@ class TaskManager:
             owner=self.worker_id if closure is not None else None,
             retry=None if definition.retry is None else definition.retry.model_dump(mode="json"),
             max_lost_attempts=definition.max_lost_attempts,
-            run_at=now + delay,
+            run_at=max(now, definition.first_run_at(now)),  # a time past runs now
             created_at=now,
         )
         return task, closure
@@ -494,6 +510,11 @@ class TaskManager:
         ``await context.wait()``, and logged. Use :meth:`submit` to know it was stored.
         """
         tg = self._require_running()
+        if definition.idempotency_key is not None:
+            raise ValueError(
+                "create_task returns before the task is stored, so it cannot hand back the"
+                " task an idempotency key already holds: use await submit()"
+            )
         task, closure = self._prepare(definition, fn, {})
         context = self._new_context(task, definition, closure)
         tg.start_soon(functools.partial(self._store, [task], [context], raise_errors=False))
@@ -509,11 +530,20 @@ class TaskManager:
         name of a registered type, or None for the type named by ``definition.task_type``.
         Keyword arguments are the task's JSON payload (``context.payload``).
 
+        With ``definition.idempotency_key`` held by a stored task, that task's context is
+        returned (``context.replayed`` is true) and nothing is stored, if it was submitted
+        with the same request; else ``IdempotencyKeyError``.
+
         Raises ``QueueFullError`` when ``max_queue_size`` tasks are waiting,
         ``UnknownTaskTypeError``, or ``ValueError`` for a payload that is not JSON.
         """
         self._require_running()
         task, closure = self._prepare(definition, fn, payload)
+        if definition.idempotency_key is not None:
+            (context,) = await self._submit_keyed(
+                definition.idempotency_key, [(task, closure)], [definition], None, batch=False
+            )
+            return context
         context = self._new_context(task, definition, closure)
         await self._store([task], [context], raise_errors=True)
         return context
@@ -525,6 +555,8 @@ class TaskManager:
         *,
         payloads: Sequence[dict[str, Any]] | None = None,
         linked: LinkedRows | None = None,
+        idempotency_key: str | None = None,
+        idempotency_request: Any = None,
     ) -> list[TaskContext]:
         """Store several tasks all together or not at all, and return their contexts in
         order (dispatched in that order when priority and run time are equal).
@@ -535,8 +567,17 @@ class TaskManager:
         Every definition and payload is checked before anything is stored; the first
         problem raises as :meth:`submit` would. ``QueueFullError`` when the queue has no
         room for all of them, or the error of a linked row (a taken key): then nothing was
-        stored. ``TaskSubmitted`` events are published only after the commit."""
+        stored. ``TaskSubmitted`` events are published only after the commit.
+
+        ``idempotency_key`` is the batch's (its tasks hold ``KEY#0``, ``KEY#1``, ...): a
+        repeat of the same batch gets the first one's tasks back (``replayed``), another
+        batch under the key ``IdempotencyKeyError``. Definitions may not carry keys of
+        their own in a batch. ``idempotency_request``: what else the request held (JSON),
+        when the definitions and payloads do not hold all of it (an extension's linked
+        rows): it is part of what a repeat must match."""
         self._require_running()
+        if any(d.idempotency_key is not None for d in definitions):
+            raise ValueError("a batch has one idempotency_key (the argument), not one a task")
         if payloads is None:
             payloads = [{} for _ in definitions]
         elif len(payloads) != len(definitions):
@@ -547,6 +588,15 @@ class TaskManager:
             self._prepare(definition, fn, payload)
             for definition, payload in zip(definitions, payloads, strict=True)
         ]
+        if idempotency_key is not None:
+            return await self._submit_keyed(
+                idempotency_key,
+                prepared,
+                definitions,
+                linked,
+                batch=True,
+                request=idempotency_request,
+            )
         tasks = [task for task, _ in prepared]
         contexts = [
             self._new_context(task, definition, closure)
@@ -555,6 +605,52 @@ class TaskManager:
         steps = linked(tasks) if linked is not None else ()
         await self._store(tasks, contexts, linked=steps, raise_errors=True)
         return contexts
+
+    async def _submit_keyed(
+        self,
+        key: str,
+        prepared: Sequence[tuple[NewTask, TaskFunction | None]],
+        definitions: Sequence[TaskDefinition],
+        linked: LinkedRows | None,
+        *,
+        batch: bool,
+        request: Any = None,
+    ) -> list[TaskContext]:
+        """Store the tasks of one submit under idempotency ``key`` (a batch's tasks under
+        ``KEY#0``, ``KEY#1``, ...), or find the ones a stored submit of the same request
+        left (their contexts, ``replayed``)."""
+        tasks = [task for task, _ in prepared]
+        fingerprint = request_fingerprint(tasks, definitions, [batch, request])
+        tasks = [
+            dataclasses.replace(
+                task,
+                idempotency_key=f"{key}#{i}" if batch else key,
+                request_fingerprint=fingerprint,
+            )
+            for i, (task, _) in enumerate(prepared)
+        ]
+        contexts = [
+            self._new_context(task, definition, closure)
+            for task, (_, closure), definition in zip(tasks, prepared, definitions, strict=True)
+        ]
+        steps = linked(tasks) if linked is not None else ()
+        try:
+            existing = await self.store.add_keyed_tasks(
+                key,
+                tasks,
+                max_queue_size=self.config.max_queue_size,
+                linked=steps,
+                announce=functools.partial(self._wake_dispatcher, tasks),
+            )
+        except Exception as exc:
+            self._not_stored(tasks, contexts, exc)
+            raise
+        if existing is None:
+            await self._announce(tasks, contexts)
+            return contexts
+        for task in tasks:
+            self._registry.drop_closure(task.id)
+        return [self._contexts.replayed(record) for record in existing]
 
     def _wake_dispatcher(self, tasks: Sequence[NewTask]) -> None:
         for task in tasks:

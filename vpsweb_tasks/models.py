@@ -11,9 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -127,6 +129,10 @@ def _json_bounded(value: dict[str, Any]) -> dict[str, Any]:
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_bounded)]
 
+#: An idempotency key: 1 to 255 visible ASCII characters (a UUID, say), as HTTP's
+#: ``Idempotency-Key`` header carries it.
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
+
 
 class TaskDefinition(BaseModel):
     """What to run and how: validated on construction, errors name the field."""
@@ -141,6 +147,13 @@ class TaskDefinition(BaseModel):
     metadata: JsonObject = Field(default_factory=dict)
     delay: timedelta | None = None
     """Run no earlier than this long after submission (float seconds or timedelta)."""
+    run_at: AwareDatetime | None = None
+    """Run no earlier than this time (an aware datetime; not with ``delay``). A time in the
+    past runs as soon as a worker is free."""
+    idempotency_key: IdempotencyKey | None = None
+    """A submit with a key that a stored task holds gets that task back instead of a new
+    one (``context.replayed``), as long as the task is retained; with another request
+    (type, name, payload, ...) it is an IdempotencyKeyError. Unique across processes."""
     retry: RetryConfig | None = None
     """This task's own retry policy, instead of its type's or its error category's."""
     max_lost_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
@@ -161,6 +174,19 @@ class TaskDefinition(BaseModel):
         if value is not None and value < timedelta(0):
             raise ValueError("must be >= 0")
         return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _not_with_delay(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and info.data.get("delay") is not None:
+            raise ValueError("give run_at or delay, not both")
+        return value
+
+    def first_run_at(self, now: float) -> float:
+        """When the task may first run, in epoch seconds, if submitted at ``now``."""
+        if self.run_at is not None:
+            return self.run_at.timestamp()
+        return now + self.delay.total_seconds() if self.delay else now
 
 
 def to_datetime(value: float) -> datetime:
@@ -207,6 +233,8 @@ class TaskRecord:
     max_lost_attempts: int | None = None
     """This task's own bound on lost attempts; None: the reaping worker's
     ``background_tasks.max_lost_attempts``."""
+    idempotency_key: str | None = None
+    """The key the task was submitted with (a batch's tasks: ``KEY#0``, ``KEY#1``, ...)."""
     progress: float = 0.0
     message: str | None = None
     result: Any = None

@@ -29,6 +29,7 @@ cancellation, and only then published as events.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import socket
@@ -89,6 +90,11 @@ from .storage.types import (
 __all__ = ["RunningTask", "TaskQueue"]
 
 logger = logging.getLogger("vpsweb_tasks.queue")
+
+
+#: Run times of waiting tasks a dispatcher keeps in memory to wake at; the earliest beyond
+#: these is read from storage when the dispatcher idles.
+MAX_DUE_TIMES = 1024
 
 
 @dataclass(eq=False)
@@ -187,7 +193,9 @@ class TaskQueue:
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
-        self._next_due: float | None = None
+        # Run times to come of waiting tasks we know of (a heap): our own submits and
+        # retries, and the earliest in storage, read when the dispatcher is idle.
+        self._due: list[float] = []
         self._round = anyio.Event()
         self._dispatcher_stopped = anyio.Event()
         self._dispatcher_stopped.set()
@@ -221,18 +229,27 @@ class TaskQueue:
         """Wake the dispatcher: work was submitted or capacity freed, or (with ``run_at``)
         a task becomes eligible at that time."""
         if run_at is not None and run_at > self._now():
-            if self._next_due is None or run_at < self._next_due:
-                self._next_due = run_at
-            if self._next_due < self._now() + self.config.queue_check_interval:
+            if not self._due or run_at < self._due[0]:
                 self._wake.set()  # let the dispatcher shorten its sleep
+                heapq.heappush(self._due, run_at)
+            elif len(self._due) < MAX_DUE_TIMES:  # beyond: storage's next_run_at finds them
+                heapq.heappush(self._due, run_at)
             return
         self._wake.set()
 
     def _sleep_time(self) -> float:
         interval = self.config.queue_check_interval
-        if self._next_due is None:
+        if not self._due:
             return interval
-        return max(0.0, min(interval, self._next_due - self._now()))
+        return max(0.0, min(interval, self._due[0] - self._now()))
+
+    def _pop_due(self) -> bool:
+        """Forget the run times that have come; whether any had."""
+        now, came = self._now(), False
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
+            came = True
+        return came
 
     def set_shared_pause(self, paused: bool, reason: str | None) -> None:
         self._pause_changes += 1
@@ -393,6 +410,7 @@ class TaskQueue:
             await self._round.wait()
 
     async def _dispatch_loop(self) -> None:
+        await self._look_ahead()  # tasks due later, stored before this process started
         while not self._stopping:
             self._rounds_started += 1
             self._wake = anyio.Event()
@@ -405,14 +423,13 @@ class TaskQueue:
             self._round = anyio.Event()
             if claimed and claimed == capacity:
                 continue  # more may be waiting; capacity is rechecked at the top
-            if self._next_due is not None and self._next_due <= self._now():
-                self._next_due = None
+            if self._pop_due():
+                if not self._due:  # the next time to come may be one we have not heard of
+                    await self._look_ahead()
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
                 await self._wake.wait()
-            idle = timer.cancelled_caught and (
-                self._next_due is None or self._next_due > self._now()
-            )
+            idle = timer.cancelled_caught and not (self._due and self._due[0] <= self._now())
             stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
             if idle or stale:
                 # Another process may have paused or resumed the queue. `stale`: wake-ups
@@ -420,6 +437,14 @@ class TaskQueue:
                 # running out, yet a pause must be seen within queue_check_interval.
                 await self._refresh_pause()
                 await self.sync_breakers()
+                await self._look_ahead()
+
+    async def _look_ahead(self) -> None:
+        """Wake on time for the earliest task to run later that storage holds: one another
+        process submitted, or one beyond what the heap of run times keeps."""
+        next_run_at = await self.store.run(logic.next_run_at(now=self._now()))
+        if next_run_at is not None and (not self._due or next_run_at < self._due[0]):
+            heapq.heappush(self._due, next_run_at)
 
     async def sync_breakers(self) -> None:
         """Adopt breaker states other workers recorded since we last looked."""

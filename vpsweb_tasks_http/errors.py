@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from vpsweb_tasks.errors import (
     HandlerUnavailableError,
+    IdempotencyKeyError,
     ManagerNotRunningError,
     NotConfiguredError,
     QueueFullError,
@@ -43,6 +44,7 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
     ValidationError,
     HandlerUnavailableError,
     StorageUnavailableError,
+    IdempotencyKeyError,
 )
 
 #: The documented error answers of the open routes (the health checks).
@@ -81,6 +83,17 @@ def error_response(
             return _detail(409, str(exc))
         case QueueFullError():
             return _detail(429, str(exc), {"Retry-After": str(retry_after)})
+        case IdempotencyKeyError():
+            detail = [
+                {
+                    "type": "idempotency_key_reused",
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": str(exc),
+                    "input": exc.key,
+                    "ctx": {"task_id": exc.task_id},
+                }
+            ]
+            return JSONResponse({"detail": detail}, status_code=422)
         case UnknownTaskTypeError():
             detail = [
                 {

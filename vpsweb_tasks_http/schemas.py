@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from vpsweb_tasks.breakers import BreakerStatistics
 from vpsweb_tasks.errors import ErrorCategory
@@ -57,6 +57,9 @@ class SubmitTaskRequest(_Request):
     """Input of the task's handler (``context.payload``)."""
     delay_seconds: Annotated[float, Field(ge=0, le=365 * 24 * 3600)] | None = None
     """Run no earlier than this many seconds from now."""
+    run_at: AwareDatetime | None = None
+    """Run no earlier than this time (RFC 3339 with an offset, e.g.
+    ``2026-12-24T18:00:00+01:00``; not with ``delay_seconds``). A time past runs now."""
 
 
 class PauseRequest(_Request):
@@ -122,6 +125,16 @@ class TaskResponse(_Response):
     max_lost_attempts: int | None
     """The task's own bound on lost attempts; null: the workers'
     ``background_tasks.max_lost_attempts``."""
+    scheduled: Annotated[
+        bool,
+        Field(
+            description="Waiting (pending or retrying) for a run time still to come: a"
+            " run_at or delay_seconds, or a retry's backoff. A field rather than a status,"
+            " so the status keeps saying where the task is in its life"
+        ),
+    ]
+    idempotency_key: str | None
+    """The key it was submitted with (a batch's tasks: ``KEY#0``, ``KEY#1``, ...)."""
 
     @classmethod
     def of(cls, record: TaskRecord, **more: Any) -> Self:
@@ -155,6 +168,8 @@ class TaskResponse(_Response):
             duration_seconds=record.duration_seconds,
             lost_attempts=record.lost_attempts,
             max_lost_attempts=record.max_lost_attempts,
+            scheduled=record.status.is_waiting and record.run_at > datetime.now(UTC),
+            idempotency_key=record.idempotency_key,
             **more,
         )
 

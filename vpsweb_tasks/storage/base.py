@@ -290,6 +290,37 @@ class TaskStore(abc.ABC):
         if announce is not None:
             announce()
 
+    async def add_keyed_tasks(
+        self,
+        key: str,
+        tasks: Sequence[NewTask],
+        *,
+        max_queue_size: int | None = None,
+        linked: Sequence[Step] = (),
+        announce: Announce | None = None,
+    ) -> list[TaskRecord] | None:
+        """:meth:`add_tasks` of the tasks of one submit under idempotency ``key`` (each
+        task's ``idempotency_key`` is ``key``, or for a batch ``KEY#0``, ``KEY#1``, ...; all
+        share one ``request_fingerprint``). If the key is held already, by the same
+        request: nothing is written and the tasks holding it are returned (the first
+        submit's, even if the queue is full now); by another request:
+        :class:`~vpsweb_tasks.errors.IdempotencyKeyError`. None: stored. Two processes
+        racing on one key store one set of tasks (a unique index); the loser gets the
+        winner's."""
+        if not tasks:
+            return None
+        operation = logic.add_keyed_tasks(key, tasks, limit=max_queue_size, linked=linked)
+        try:
+            existing = await self.run(operation)
+        except DuplicateKeyError:
+            # The key was stored by another process between our look and our insert.
+            existing = await self.run(logic.tasks_of_key(key, tasks))
+            if existing is None:  # not the key: an id or a linked row
+                raise
+        if existing is None and announce is not None:
+            announce()
+        return existing
+
     async def add_task(self, task: NewTask, *, max_queue_size: int | None = None) -> TaskRecord:
         """:meth:`add_tasks` of one task; its record."""
         await self.add_tasks([task], max_queue_size=max_queue_size)

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import (
     ErrorCategory,
     HandlerUnavailableError,
+    IdempotencyKeyError,
     LeaseLostError,
     QueueFullError,
     TaskNotFoundError,
@@ -67,6 +68,7 @@ from .types import (
 
 __all__ = [
     "LIST_ORDERS",
+    "add_keyed_tasks",
     "add_resource_sample",
     "add_tasks",
     "cancel_requests",
@@ -91,6 +93,7 @@ __all__ = [
     "load_breaker_states",
     "metrics_window",
     "migrate",
+    "next_run_at",
     "outcome_params",
     "ping",
     "progress_history",
@@ -102,6 +105,7 @@ __all__ = [
     "save_breaker_state",
     "save_progress",
     "set_paused",
+    "tasks_of_key",
 ]
 
 #: ``list_tasks`` orders and the query of each.
@@ -180,6 +184,49 @@ def add_tasks(
         raise QueueFullError(limit, int(waiting), len(tasks))
     full = QueueFullError(limit, int(waiting))
     return [None if i < stored else full for i in range(len(tasks))]  # the first ones fit
+
+
+@operation(Mode.READ)
+def tasks_of_key(key: str, tasks: Sequence[NewTask]) -> Op[list[TaskRecord] | None]:
+    """The tasks stored already under the idempotency keys of ``tasks`` (the tasks of one
+    submit under ``key``), in their order, if the same request stored them; None if none
+    is stored. IdempotencyKeyError if another request holds the key (or only some of a
+    batch's tasks are left: retention deleted the others)."""
+    keys = [task.idempotency_key for task in tasks]
+    found = {r["idempotency_key"]: r for r in (yield rows("tasks_by_keys", keys=keys))}
+    if not found:
+        return None
+    fingerprint = tasks[0].request_fingerprint
+    if len(found) < len(keys) or any(
+        r["request_fingerprint"] != fingerprint for r in found.values()
+    ):
+        holder = found.get(keys[0]) or next(iter(found.values()))
+        raise IdempotencyKeyError(key, holder["id"])
+    return [task_from_row(found[k]) for k in keys]
+
+
+@operation(Mode.WRITE)
+def add_keyed_tasks(
+    key: str, tasks: Sequence[NewTask], *, limit: int | None, linked: Sequence[Step] = ()
+) -> Op[list[TaskRecord] | None]:
+    """:func:`add_tasks` (all or none) of the tasks of one submit under idempotency ``key``,
+    unless they are stored already: then those (see :func:`tasks_of_key`) and nothing is
+    written. A key already held comes first, so a repeat is answered even when the queue
+    is full. The unique index on the key settles a race with another process (the loser's
+    insert fails with DuplicateKeyError: look again)."""
+    existing = yield from tasks_of_key(key, tasks).steps()
+    if existing is not None:
+        return existing
+    yield from add_tasks(tasks, limit=limit, together=True, linked=linked).steps()
+    return None
+
+
+@operation(Mode.READ)
+def next_run_at(*, now: float) -> Op[float | None]:
+    """The earliest run time after ``now`` of a waiting task (a delayed submit, a retry),
+    or None: when a dispatcher should look again."""
+    found = yield value("next_run_at", now=now)
+    return None if found is None else float(found)
 
 
 @operation(Mode.READ)

@@ -79,6 +79,8 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "run_at": task.run_at,
         "created_at": task.created_at,
         "max_lost_attempts": task.max_lost_attempts,
+        "idempotency_key": task.idempotency_key,
+        "request_fingerprint": task.request_fingerprint,
     }
 
 
@@ -98,6 +100,8 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.run_at,
         task.created_at,
         task.max_lost_attempts,
+        task.idempotency_key,
+        task.request_fingerprint,
     ]
 
 
@@ -120,6 +124,7 @@ def task_from_row(row: Row) -> TaskRecord:
         attempts=row["attempts"],
         lost_attempts=row["lost_attempts"],
         max_lost_attempts=row["max_lost_attempts"],
+        idempotency_key=row["idempotency_key"],
         progress=float(row["progress"]),
         message=row["message"],
         result=None if result is None else loads_result(result),

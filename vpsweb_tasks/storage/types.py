@@ -54,6 +54,11 @@ class NewTask:
     """The task's own RetryConfig, as a dict."""
     max_lost_attempts: int | None = None
     """The task's own bound on attempts lost with their worker (None: the reaper's)."""
+    idempotency_key: str | None = None
+    """Unique among stored tasks: a submit with a key taken gets the task holding it."""
+    request_fingerprint: str | None = None
+    """What was asked for with the key (a hash): a repeat of the same request, or another
+    request reusing the key (an error)."""
 
     def record(self) -> TaskRecord:
         """The record of this task as it is stored (``pending``), built rather than read
@@ -75,6 +80,7 @@ class NewTask:
             retry=None if self.retry is None else RetryConfig.model_validate(self.retry),
             owner=self.owner,
             max_lost_attempts=self.max_lost_attempts,
+            idempotency_key=self.idempotency_key,
         )
 
 

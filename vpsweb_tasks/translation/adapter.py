@@ -124,13 +124,21 @@ class VPSWebAdapter:
             return request
         return TranslationRequest.model_validate(request)
 
-    async def submit(self, request: TranslationRequest | Mapping[str, Any]) -> TranslationJob:
+    async def submit(
+        self,
+        request: TranslationRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> TranslationJob:
         """Validate and store a job; it runs in the background. Raises pydantic's
         ``ValidationError`` (naming the field), :class:`TranslationNotConfiguredError`,
-        ``QueueFullError`` or ``ManagerNotRunningError``."""
+        ``QueueFullError`` or ``ManagerNotRunningError``. With an ``idempotency_key``
+        already held by the same request, the first job (``replayed``); by another
+        request, ``IdempotencyKeyError``."""
         request = self._request(request)
         self.require_configured([request.workflow_mode])
-        return await self._submit(request)
+        (job,) = await self._submit_all([request], idempotency_key)
+        return job
 
     def _definition(self, request: TranslationRequest) -> TaskDefinition:
         title = request.metadata.title or " ".join(request.original_text.split())[:40]
@@ -157,17 +165,17 @@ class VPSWebAdapter:
             metadata=request.metadata.model_dump(mode="json", exclude_none=True),
         )
 
-    async def _submit(self, request: TranslationRequest) -> TranslationJob:
-        (job,) = await self._submit_all([request])
-        return job
-
     async def batch(
-        self, requests: TranslationBatch | Iterable[TranslationRequest | Mapping[str, Any]]
+        self,
+        requests: TranslationBatch | Iterable[TranslationRequest | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
     ) -> list[TranslationJob]:
         """Submit several jobs, all or none: every request is validated (errors name
         ``requests.<i>.<field>``), then every job and its task are stored in one
         transaction that also checks that the queue has room for all of them
-        (``QueueFullError`` otherwise): a refused batch leaves nothing behind."""
+        (``QueueFullError`` otherwise): a refused batch leaves nothing behind. One
+        ``idempotency_key`` for the batch, as for :meth:`submit`."""
         if not isinstance(requests, TranslationBatch):
             requests = TranslationBatch.model_validate({"requests": list(requests)})
         items = requests.requests
@@ -177,10 +185,13 @@ class VPSWebAdapter:
                 f" (translation.max_batch_size), not {len(items)}"
             )
         self.require_configured({item.workflow_mode for item in items})
-        return await self._submit_all(items)
+        return await self._submit_all(items, idempotency_key)
 
-    async def _submit_all(self, items: list[TranslationRequest]) -> list[TranslationJob]:
-        """Store the jobs of ``items`` all together (one transaction) or none."""
+    async def _submit_all(
+        self, items: list[TranslationRequest], idempotency_key: str | None = None
+    ) -> list[TranslationJob]:
+        """Store the jobs of ``items`` all together (one transaction) or none; under an
+        idempotency key held by the same request, the jobs it holds (``replayed``)."""
         made: list[tuple[NewTask, NewTranslationJob]] = []
 
         def linked(tasks: Sequence[NewTask]) -> list[Any]:
@@ -190,7 +201,16 @@ class VPSWebAdapter:
             return [jobs.insert_jobs(made)]
 
         definitions = [self._definition(item) for item in items]
-        await self.manager.submit_batch(definitions, TASK_TYPE, linked=linked)
+        contexts = await self.manager.submit_batch(
+            definitions,
+            TASK_TYPE,
+            linked=linked,
+            idempotency_key=idempotency_key,
+            idempotency_request=[item.model_dump(mode="json") for item in items],
+        )
+        if contexts and contexts[0].replayed:
+            jobs_found = [await self.status(context.task_id) for context in contexts]
+            return [job.model_copy(update={"replayed": True}) for job in jobs_found]
         return [_job(job.row(task)) for task, job in made]
 
     async def compare(self, request: CompareRequest | Mapping[str, Any]) -> Comparison:

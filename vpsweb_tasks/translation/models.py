@@ -227,6 +227,11 @@ class TranslationJob(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     result_available: bool
+    replayed: bool = Field(
+        default=False,
+        description="This answer repeats an earlier submit's Idempotency-Key: the job is"
+        " the earlier one's, nothing new was stored",
+    )
 
 
 class ComparisonEntry(BaseModel):

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Query
+from fastapi import Header, Path, Query, Response
 
 from vpsweb_tasks import TaskManager, TaskStatus
+from vpsweb_tasks.models import IdempotencyKey
 
 from .._routing import RouteGroup
 from ..errors import GUARDED_RESPONSES
 from ..schemas import TaskListResponse
 
-__all__ = ["MONITORING", "TASKS", "Limit", "Offset", "TaskId", "guarded", "task_list"]
+__all__ = [
+    "MONITORING",
+    "REPLAYED",
+    "TASKS",
+    "IdempotencyKeyHeader",
+    "Limit",
+    "Offset",
+    "TaskId",
+    "guarded",
+    "replayed",
+    "task_list",
+]
 
 TASKS = "/api/v1/background-tasks"
 MONITORING = "/api/v1/monitoring"
@@ -20,6 +32,29 @@ MONITORING = "/api/v1/monitoring"
 TaskId = Annotated[str, Path(min_length=1, max_length=100, description="The task's id")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+#: Header ``Idempotency-Key`` of a POST that creates tasks or jobs (the IETF httpapi
+#: draft): a repeat with the same key and body answers 200 with the first submit's ids.
+IdempotencyKeyHeader = Annotated[
+    IdempotencyKey | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Makes the submit safe to repeat: a repeat with this key and the same"
+        " body answers 200 with the first submit's task (nothing new is stored), as long as"
+        " the task is retained; the key with another body is a 422. 1-255 visible ASCII"
+        " characters (a UUID, say).",
+    ),
+]
+
+#: The answer of a submit that repeated an earlier one's Idempotency-Key.
+REPLAYED = {
+    200: {"description": "A repeat of an earlier submit's Idempotency-Key: its task or jobs"}
+}
+
+
+def replayed(response: Response) -> None:
+    """Marks the answer as a replay: 200 (not 202) and ``Idempotent-Replayed: true``."""
+    response.status_code = 200
+    response.headers["Idempotent-Replayed"] = "true"
 
 
 def guarded(prefix: str = "", tag: str | None = None) -> RouteGroup:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import Query, Request
+from fastapi import Query, Request, Response
 
 from vpsweb_tasks import TaskDefinition, TaskStatus
 
@@ -20,17 +20,34 @@ from ..schemas import (
     TaskListResponse,
     TaskResponse,
 )
-from ._shared import TASKS, Limit, Offset, TaskId, guarded, task_list
+from ._shared import (
+    REPLAYED,
+    TASKS,
+    IdempotencyKeyHeader,
+    Limit,
+    Offset,
+    TaskId,
+    guarded,
+    replayed,
+    task_list,
+)
 
 __all__ = ["group"]
 
 group = guarded(TASKS, "background tasks")
 
 
-@group.post("/submit", status_code=202, summary="Submit a new background task")
+@group.post("/submit", status_code=202, responses=REPLAYED, summary="Submit a new background task")
 async def submit(
-    body: SubmitTaskRequest, request: Request, state: Authorised
+    body: SubmitTaskRequest,
+    request: Request,
+    response: Response,
+    state: Authorised,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> SubmitTaskResponse:
+    """202: stored. With an `Idempotency-Key` header that an earlier submit of the same
+    body used: 200 (and `Idempotent-Replayed: true`) with that submit's task, nothing new
+    stored; the key with another body: 422 naming the header."""
     definition = TaskDefinition(
         name=body.task_name,
         task_type=body.task_type,
@@ -39,9 +56,13 @@ async def submit(
         timeout_seconds=body.timeout_seconds,
         metadata=body.metadata,
         delay=body.delay_seconds,
+        run_at=body.run_at,
+        idempotency_key=idempotency_key,
     )
     context = await state.manager.submit(definition, body.task_type, **body.payload)
     record = await context.wait_stored()
+    if context.replayed:
+        replayed(response)
     return SubmitTaskResponse(
         task_id=record.id,
         status=record.status,

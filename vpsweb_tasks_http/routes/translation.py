@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import Depends, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from vpsweb_tasks import TaskStatus
@@ -42,7 +42,7 @@ from ..schemas import (
     TranslationListResponse,
     TranslationSubmitResponse,
 )
-from ._shared import TASKS
+from ._shared import REPLAYED, TASKS, IdempotencyKeyHeader, replayed
 
 __all__ = ["group"]
 
@@ -69,11 +69,19 @@ Adapter = Annotated[VPSWebAdapter, Depends(adapter)]
 # --- translation jobs -----------------------------------------------------------------------
 
 
-@group.post("/translation", status_code=202, summary="Submit translation job")
+@group.post("/translation", status_code=202, responses=REPLAYED, summary="Submit translation job")
 async def submit(
-    body: TranslationRequest, request: Request, vpsweb: Adapter
+    body: TranslationRequest,
+    request: Request,
+    response: Response,
+    vpsweb: Adapter,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> TranslationSubmitResponse:
-    job = await vpsweb.submit(body)
+    """202: stored. A repeat of an earlier submit's `Idempotency-Key` and body: 200 with
+    its job; the key with another body: 422."""
+    job = await vpsweb.submit(body, idempotency_key=idempotency_key)
+    if job.replayed:
+        replayed(response)
     return TranslationSubmitResponse.of(job, group_url(request, "/translation"))
 
 
@@ -88,10 +96,21 @@ async def list_jobs(
     return TranslationListResponse(jobs=jobs, count=len(jobs), limit=limit, offset=offset)
 
 
-@group.post("/translation/batch", status_code=202, summary="Submit batch translation jobs")
+@group.post(
+    "/translation/batch",
+    status_code=202,
+    responses=REPLAYED,
+    summary="Submit batch translation jobs",
+)
 async def batch(
-    body: TranslationBatch, request: Request, vpsweb: Adapter
+    body: TranslationBatch,
+    request: Request,
+    response: Response,
+    vpsweb: Adapter,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> TranslationBatchResponse:
+    """202: stored, all or none. One `Idempotency-Key` for the batch: a repeat with the same
+    body answers 200 with the first batch's jobs; the key with another body: 422."""
     most = vpsweb.settings.max_batch_size
     if len(body.requests) > most:
         detail = [
@@ -103,7 +122,9 @@ async def batch(
             }
         ]
         raise HTTPException(422, detail)
-    jobs = await vpsweb.batch(body)
+    jobs = await vpsweb.batch(body, idempotency_key=idempotency_key)
+    if jobs and jobs[0].replayed:
+        replayed(response)
     base = group_url(request, "/translation/batch")
     return TranslationBatchResponse(
         job_ids=[job.job_id for job in jobs],

@@ -50,10 +50,11 @@ SELECT count(*) FROM (SELECT 1 FROM background_tasks
 WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts)
+        max_lost_attempts, idempotency_key, request_fingerprint)
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
-        %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s
+        %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s,
+        %(idempotency_key)s, %(request_fingerprint)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -62,9 +63,9 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- name: insert_tasks
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
 -- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
--- max_lost_attempts], in that order. With %(limit)s, %(together)s stores all of them only if all fit; otherwise the
--- first ones that fit. With their notices. Its row count: how many (the first ones) were
--- stored.
+-- max_lost_attempts, idempotency_key, request_fingerprint], in that order. With %(limit)s,
+-- %(together)s stores all of them only if all fit; otherwise the first ones that fit. With
+-- their notices. Its row count: how many (the first ones) were stored.
 WITH new AS (
     SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
 waiting AS (
@@ -73,10 +74,10 @@ waiting AS (
 added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts)
+        max_lost_attempts, idempotency_key, request_fingerprint)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
-        (r->>12)::int
+        (r->>12)::int, r->>13, r->>14
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
@@ -85,11 +86,28 @@ added AS (
     RETURNING id)
 SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 
+-- name: next_run_at
+-- The earliest run time to come of a waiting task: one seek of the dispatch index
+-- (priority DESC, run_at) a priority.
+SELECT min(t) FROM (
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at > %(now)s) AS t UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at > %(now)s) UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at > %(now)s) UNION ALL
+    SELECT (SELECT min(run_at) FROM background_tasks
+        WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at > %(now)s)
+) AS due;
+
 -- name: get_task
 SELECT * FROM background_tasks WHERE id = %(id)s;
 
 -- name: get_tasks
 SELECT * FROM background_tasks WHERE id = ANY(%(ids)s);
+
+-- name: tasks_by_keys
+SELECT * FROM background_tasks WHERE idempotency_key = ANY(%(keys)s);
 
 -- name: list_tasks_created
 -- Newest first.
