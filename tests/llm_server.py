@@ -33,6 +33,10 @@ class Reply:
     content: str | None = None
     drop: bool = False
     hold: bool = False
+    usage: dict[str, int] | None = field(
+        default_factory=lambda: {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    )
+    """What the answer reports as its token usage (None: no usage field at all)."""
 
 
 OK = Reply()
@@ -166,8 +170,9 @@ class FakeLLM:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
+            if reply.usage is not None:
+                completion["usage"] = reply.usage
             await send_json(stream, 200, completion, reply.headers)
             self.answered += 1
             self._notify()

@@ -413,6 +413,16 @@ RESULT = {
 }
 JOBS[0]["steps"] = RESULT["steps"][:1]  # the running job has finished step 1
 JOBS[1]["steps"] = RESULT["steps"]
+#: ``GET .../translation/usage`` in the route's shape.
+USAGE = {
+    "window_seconds": 3600,
+    "currency": "EUR",
+    "prompt_tokens": 900,
+    "completion_tokens": 300,
+    "cost": 0.0125,
+    "by_model": [],
+}
+
 TRANSLATION_URL = re.compile(r"/api/v1/background-tasks/translation(/[^?]*)?(\?.*)?$")
 
 
@@ -427,6 +437,8 @@ async def answer_translations(page: Page, status: int = 200) -> list[str]:
             await route.fulfill(status=status, json={"detail": "Not Found"})
         elif url.split("?")[0].endswith("/translation"):
             await route.fulfill(json={"jobs": JOBS, "count": 2, "limit": 5, "offset": 0})
+        elif url.split("?")[0].endswith("/translation/usage"):
+            await route.fulfill(json=USAGE)
         elif url.endswith("/job-done/result"):
             await route.fulfill(json=RESULT)
         else:
@@ -451,7 +463,12 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
             Reply(content=outputs[1]),
             Reply(content=f"<translation>{outputs[2]}</translation><notes>revised</notes>"),
         )
-        provider = {"base_url": llm.base_url, "models": {"default": "m-initial"}}
+        provider = {
+            "base_url": llm.base_url,
+            "models": {"default": "m-initial"},
+            # Each call: 10 prompt and 5 completion tokens (the loopback server's usage).
+            "prices": {"m-initial": {"prompt": 1000, "completion": 2000}},
+        }
         settings = settings_factory(providers={"local": provider})
         async with board_for(browser, settings) as board:
             await board.open()
@@ -475,6 +492,11 @@ async def test_translation_jobs_show_each_steps_output_side_by_side(
             )
             await expect(job).to_contain_text("Dickinson 479 by Emily Dickinson")
             await expect(job).to_contain_text("English → Polish · hybrid")
+            await expect(job.locator(".spend")).to_have_text("45 tokens · 0.0600")
+            await expect(job.locator(".step").nth(1)).to_contain_text("15 tokens · 0.0200")
+            await expect(board.page.locator("#translations .usage")).to_have_text(
+                "Last 1 h: 45 tokens · 0.0600 USD"
+            )
             assert len(llm.calls) == 3  # the page only reads
             assert board.errors == []
             ARTIFACTS.mkdir(exist_ok=True)
@@ -501,6 +523,9 @@ async def test_translation_panel_draws_running_and_finished_jobs_from_the_routes
         )
         await expect(done.locator(".step").nth(1)).to_contain_text("qwen2.5:7b · 300 tokens")
         await expect(done).to_contain_text("English → Polish · hybrid")
+        await expect(board.page.locator("#translations .usage")).to_have_text(
+            "Last 1 h: 1200 tokens · 0.0125 EUR"
+        )
         running = board.page.locator('#translations [data-job-id="job-running"]')
         await expect(running.locator(".bar")).to_have_attribute("aria-valuenow", "50")
         # No result yet (not asked for): the step it finished, from the job's checkpoints.

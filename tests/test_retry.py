@@ -32,6 +32,7 @@ from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import TaskFailed, TaskRetryScheduled
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.retry import DEFAULT_CATEGORY_RETRY
+from vpsweb_tasks.translation.errors import CostCapExceededError
 
 from .conftest import FakeClock
 from .support import EventRecorder, Reply, closed_port, loopback_server
@@ -56,6 +57,9 @@ EXAMPLES: dict[ErrorCategory, Callable[[], BaseException]] = {
     ErrorCategory.PERMISSION: PermissionError,
     ErrorCategory.RESOURCE: MemoryError,
     ErrorCategory.UNKNOWN: lambda: RuntimeError("?"),
+    ErrorCategory.BUDGET: lambda: CostCapExceededError(
+        step="editor_review", spent=0.5, estimate=0.7, cap=1.0, currency="USD"
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from vpsweb_tasks.translation.store import (
     report_step,
     save_result,
     save_step,
+    usage_by_model,
 )
 
 from .conftest import new_task
@@ -216,6 +217,30 @@ async def test_step_checkpoints_accumulate_and_the_result_is_kept(store: TaskSto
         await store.run(save_step("nope", "initial_translation", {}, now=T0))
     with pytest.raises(TaskNotFoundError):
         await store.run(save_result("nope", {}, now=T0))
+
+
+def checkpoint(model: str, prompt: int, completion: int, cost: float | None, at: float) -> Any:
+    tokens = {"prompt_tokens": prompt, "completion_tokens": completion}
+    return {"model": model, "tokens": tokens, "cost": cost, "finished_at": at, "output": "x"}
+
+
+async def test_usage_by_model_sums_the_steps_finished_in_the_window(store: TaskStore) -> None:
+    one, two = new_task(T0, task_type="translation"), new_task(T0, task_type="translation")
+    await add_jobs(store, [(one, new_job(one.id)), (two, new_job(two.id))])
+    steps = [
+        (one.id, "initial_translation", checkpoint("a", 100, 10, 0.5, T0 + 1)),
+        (one.id, "editor_review", checkpoint("b", 200, 20, None, T0 + 2)),
+        (two.id, "initial_translation", checkpoint("a", 300, 30, 0.25, T0 + 3)),
+        (two.id, "editor_review", checkpoint("b", 5, 5, None, T0 - 100)),  # before the window
+    ]
+    for job_id, step, saved in steps:
+        await store.run(save_step(job_id, step, saved, now=T0 + 3))
+    usage = await store.run(usage_by_model(since=T0))
+    assert [(u.model, u.steps, u.prompt_tokens, u.completion_tokens, u.cost) for u in usage] == [
+        ("a", 2, 400, 40, 0.75),
+        ("b", 1, 200, 20, None),
+    ]
+    assert await store.run(usage_by_model(since=T0 + 10)) == []
 
 
 async def test_step_reports_are_kept_per_step_the_latest_winning(store: TaskStore) -> None:

@@ -60,7 +60,9 @@ __all__ = [
 
 
 class ErrorCategory(StrEnum):
-    """The eight failure categories; each has a default retry strategy (see retry.py)."""
+    """The failure categories; each has a default retry strategy (see retry.py). The
+    eight of the design document, and ``budget``: a spending limit (a translation job's
+    cost cap) would be exceeded; retrying cannot help."""
 
     NETWORK = "network"
     DATABASE = "database"
@@ -70,6 +72,7 @@ class ErrorCategory(StrEnum):
     PERMISSION = "permission"
     RESOURCE = "resource"
     UNKNOWN = "unknown"
+    BUDGET = "budget"
 
 
 class VpswebTasksError(Exception):

@@ -136,6 +136,7 @@ DEFAULT_CATEGORY_RETRY: Mapping[ErrorCategory, RetryConfig] = {
     ErrorCategory.PERMISSION: RetryConfig(strategy=RetryStrategy.NO_RETRY, max_attempts=1),
     ErrorCategory.RESOURCE: RetryConfig(strategy=RetryStrategy.FIXED_INTERVAL, max_attempts=3),
     ErrorCategory.UNKNOWN: RetryConfig(strategy=RetryStrategy.EXPONENTIAL_BACKOFF, max_attempts=3),
+    ErrorCategory.BUDGET: RetryConfig(strategy=RetryStrategy.NO_RETRY, max_attempts=1),
 }
 
 

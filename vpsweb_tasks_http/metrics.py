@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vpsweb_tasks import TaskManager, TaskMonitor
+from vpsweb_tasks.translation import get_vpsweb_adapter
 
 __all__ = ["render_metrics"]
 
@@ -26,6 +27,33 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     if value is not None:
         family.add_metric([], value)
     return family
+
+
+async def _translation_usage(manager: TaskManager) -> list[Metric]:
+    """Tokens and cost of translation steps in the statistics window, by model (when the
+    translation extension is installed)."""
+    try:
+        adapter = get_vpsweb_adapter(manager)
+    except KeyError:
+        return []
+    usage = await adapter.usage()
+    tokens = GaugeMetricFamily(
+        "vpsweb_tasks_translation_tokens_window",
+        "Tokens of translation steps finished in the statistics window.",
+        labels=["model", "kind"],
+    )
+    cost = GaugeMetricFamily(
+        "vpsweb_tasks_translation_cost_window",
+        f"Cost ({usage.currency}) of translation steps finished in the statistics window,"
+        " at the configured prices.",
+        labels=["model"],
+    )
+    for each in usage.by_model:
+        tokens.add_metric([each.model, "prompt"], each.prompt_tokens)
+        tokens.add_metric([each.model, "completion"], each.completion_tokens)
+        if each.cost is not None:
+            cost.add_metric([each.model], each.cost)
+    return [tokens, cost]
 
 
 async def render_metrics(manager: TaskManager, monitor: TaskMonitor) -> tuple[bytes, str]:
@@ -122,6 +150,7 @@ async def render_metrics(manager: TaskManager, monitor: TaskMonitor) -> tuple[by
     for name, state in monitor.breaker_states.items():
         breakers.add_metric([name, state], float(state != "closed"))
     families.append(breakers)
+    families += await _translation_usage(manager)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))

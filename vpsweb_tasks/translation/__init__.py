@@ -10,6 +10,7 @@ docs/translation.md.
 """
 
 from .adapter import TASK_TYPE, VPSWebAdapter
+from .errors import CostCapExceededError
 from .extension import TranslationExtension, get_vpsweb_adapter
 from .languages import LANGUAGES, normalise_language
 from .models import (
@@ -19,6 +20,7 @@ from .models import (
     Comparison,
     ComparisonEntry,
     IntegrationStatus,
+    ModelUsage,
     ProviderHealth,
     StepCheckpoint,
     TokenUsage,
@@ -29,10 +31,11 @@ from .models import (
     TranslationOutput,
     TranslationRequest,
     TranslationResult,
+    UsageSummary,
     WorkflowMode,
 )
 from .providers import WorkflowFactory
-from .settings import ProviderSettings, TranslationSettings
+from .settings import ModelPrice, ProviderSettings, TranslationSettings
 from .workflow import LLMTranslationWorkflow, ProgressCallback, TranslationWorkflow
 
 __all__ = [
@@ -43,8 +46,11 @@ __all__ = [
     "CompareRequest",
     "Comparison",
     "ComparisonEntry",
+    "CostCapExceededError",
     "IntegrationStatus",
     "LLMTranslationWorkflow",
+    "ModelPrice",
+    "ModelUsage",
     "ProgressCallback",
     "ProviderHealth",
     "ProviderSettings",
@@ -60,6 +66,7 @@ __all__ = [
     "TranslationResult",
     "TranslationSettings",
     "TranslationWorkflow",
+    "UsageSummary",
     "VPSWebAdapter",
     "WorkflowFactory",
     "WorkflowMode",

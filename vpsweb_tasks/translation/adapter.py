@@ -47,12 +47,15 @@ from .models import (
     ProviderHealth,
     StepCheckpoint,
     StepState,
+    TokenUsage,
     TranslationBatch,
     TranslationJob,
     TranslationRequest,
     TranslationResult,
+    UsageSummary,
     WorkflowMode,
 )
+from .pricing import total_cost
 from .providers import HttpClients, Setup, WorkflowFactory, probe
 from .settings import Providers, TranslationSettings
 from .store import NewTranslationJob, TranslationJobRow
@@ -142,6 +145,7 @@ class VPSWebAdapter:
 
     def _definition(self, request: TranslationRequest) -> TaskDefinition:
         title = request.metadata.title or " ".join(request.original_text.split())[:40]
+        caps = [c for c in (request.max_cost, self.settings.max_cost_per_job) if c is not None]
         return TaskDefinition(
             name=f"Translation ({request.workflow_mode.value}): {title}"[:200],
             task_type=TASK_TYPE,
@@ -151,6 +155,8 @@ class VPSWebAdapter:
                 "source_language": request.source_language,
                 "target_language": request.target_language,
                 "workflow_mode": request.workflow_mode.value,
+                # The job's cost cap, as it was when accepted (the lower of the two).
+                **({"max_cost": min(caps)} if caps else {}),
             },
         )
 
@@ -277,6 +283,7 @@ class VPSWebAdapter:
                         "final_translation": result.final_translation,
                         "models_used": result.models_used,
                         "token_usage": result.token_usage,
+                        "cost": result.cost,
                         "duration_seconds": result.duration_seconds,
                     }
                 )
@@ -350,6 +357,23 @@ class VPSWebAdapter:
             breakers=self._breakers(),
             jobs={status.value: counts.get(status, 0) for status in TaskStatus},
             workers_enabled=self.manager.config.enabled,
+            usage=await self.usage(),
+        )
+
+    async def usage(self, window_seconds: float | None = None) -> UsageSummary:
+        """Tokens and cost of the steps that finished in the last ``window_seconds``
+        (default: ``task_monitoring.statistics_window``), by model and in all."""
+        window = window_seconds or self.manager.settings.task_monitoring.statistics_window
+        since = self.manager.clock() - window
+        by_model = await self.manager.store.run(jobs.usage_by_model(since=since))
+        costs = [each.cost for each in by_model if each.cost is not None]
+        return UsageSummary(
+            window_seconds=window,
+            currency=self.settings.currency,
+            prompt_tokens=sum(each.prompt_tokens for each in by_model),
+            completion_tokens=sum(each.completion_tokens for each in by_model),
+            cost=sum(costs) if costs else None,
+            by_model=by_model,
         )
 
     async def health(self) -> ProviderHealth:
@@ -440,6 +464,7 @@ def _job(row: TranslationJobRow) -> TranslationJob:
     task = row.task
     states = step_states(row)
     done = [step for step in STEPS if states[step] == "completed"]
+    steps = [StepCheckpoint.model_validate(row.steps[step]) for step in STEPS if step in row.steps]
     current = None
     if task.status is not TaskStatus.COMPLETED:
         running = [step for step in STEPS if states[step] == "running"]
@@ -454,9 +479,10 @@ def _job(row: TranslationJobRow) -> TranslationJob:
         current_step=current,
         steps_completed=done,
         step_states=states,
-        steps=[
-            StepCheckpoint.model_validate(row.steps[step]) for step in STEPS if step in row.steps
-        ],
+        steps=steps,
+        token_usage=sum((step.tokens for step in steps), TokenUsage()),
+        cost=total_cost(steps),
+        max_cost=task.metadata.get("max_cost"),
         source_language=row.source_language,
         target_language=row.target_language,
         workflow_mode=WorkflowMode(row.workflow_mode),

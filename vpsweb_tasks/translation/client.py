@@ -25,6 +25,7 @@ from .errors import (
     ProviderUnavailableError,
 )
 from .models import TokenUsage
+from .pricing import with_estimates
 
 __all__ = ["ChatClient", "ChatCompletion", "breaker_name"]
 
@@ -80,11 +81,12 @@ class ChatClient:
         started = time.perf_counter()
         async with self.breaker.guard():
             response = await self._post(body)
-            completion = self._parse(response, model)
+            content, answered_by, usage = self._parse(response, model)
+        prompt = "\n".join(message["content"] for message in messages)
         return ChatCompletion(
-            content=completion[0],
-            model=completion[1],
-            usage=completion[2],
+            content=content,
+            model=answered_by,
+            usage=with_estimates(usage, prompt, content),
             duration_seconds=time.perf_counter() - started,
         )
 

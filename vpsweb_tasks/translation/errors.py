@@ -6,6 +6,7 @@ VpswebTasksError
 │       └── TranslationNotConfiguredError  no usable LLM provider for translations
 ├── TaskNotFoundError
 │   └── TranslationJobNotFoundError         no translation job with that id
+├── CostCapExceededError          the next step would take a job past its cost cap (budget)
 └── ProviderError                 an LLM provider's call failed (status, retry_after)
     ├── ProviderAuthError         401/403: the key is missing or wrong (permission)
     ├── ProviderRateLimitError    429, with the Retry-After it sent (external_service)
@@ -23,6 +24,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "CostCapExceededError",
     "ProviderAuthError",
     "ProviderError",
     "ProviderRateLimitError",
@@ -40,6 +42,26 @@ class TranslationJobNotFoundError(TaskNotFoundError):
         VpswebTasksError.__init__(self, f"translation job not found: {job_id}")
         self.task_id = job_id
         self.job_id = job_id
+
+
+class CostCapExceededError(VpswebTasksError):
+    """A job's next step would take its cost past the job's cap (``max_cost``), so it was
+    not started: category ``budget``, never retried. The finished steps stay paid for and
+    checkpointed."""
+
+    category = ErrorCategory.BUDGET
+
+    def __init__(
+        self, *, step: str, spent: float, estimate: float, cap: float, currency: str
+    ) -> None:
+        super().__init__(
+            f"cost cap reached: {step} would take the job from {spent:.6g} to about"
+            f" {spent + estimate:.6g} {currency}, past its max_cost of {cap:.6g} {currency}"
+        )
+        self.step = step
+        self.spent = spent
+        self.estimate = estimate
+        self.cap = cap
 
 
 class TranslationNotConfiguredError(NotConfiguredError):

@@ -31,6 +31,7 @@ from .models import (
     TranslationResult,
     WorkflowMode,
 )
+from .pricing import total_cost
 from .providers import HttpClients, Setup
 from .store import TranslationJobRow
 from .workflow import LLMTranslationWorkflow, TranslationWorkflow
@@ -128,6 +129,7 @@ class JobRunner:
             "job_id": row.id,
             "final_translation": result.final_translation,
             "token_usage": result.token_usage.model_dump(),
+            "cost": result.cost,
             "steps": [step.step for step in result.steps],
         }
 
@@ -167,6 +169,7 @@ class JobRunner:
             checkpoint=checkpoint,
             attempt=context.attempt,
             clock=self.clock,
+            max_cost=row.task.metadata.get("max_cost"),
         )
 
     def _result(self, row: TranslationJobRow, output: Any) -> TranslationResult:
@@ -189,6 +192,7 @@ class JobRunner:
                 steps=output.steps,
                 models_used={step.step: step.model for step in output.steps},
                 token_usage=total,
+                cost=total_cost(output.steps),
                 duration_seconds=sum(step.duration_seconds for step in output.steps),
             )
         dumped = _dump(output)

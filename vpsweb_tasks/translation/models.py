@@ -96,6 +96,10 @@ class TranslationRequest(BaseModel):
     workflow_mode: WorkflowMode = WorkflowMode.HYBRID
     metadata: TranslationMetadata = Field(default_factory=TranslationMetadata)
     priority: TaskPriority = TaskPriority.NORMAL
+    max_cost: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """This job's cost cap, in ``translation.currency`` (at most
+    ``translation.max_cost_per_job`` when that is set): a step that would take the job
+    past it is not started, and the job fails with category ``budget``."""
 
     @field_validator("original_text")
     @classmethod
@@ -129,12 +133,16 @@ class TokenUsage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: bool = False
+    """True when the provider reported no usage (or only some of it) and the tokens were
+    estimated from the text (about 4 characters a token)."""
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
 
@@ -149,6 +157,9 @@ class StepCheckpoint(BaseModel):
     notes: str | None = None
     model: str
     tokens: TokenUsage = Field(default_factory=TokenUsage)
+    cost: float | None = None
+    """What the step cost, from the provider's prices for its model (``providers.<name>.
+    prices``); None when no price is configured for it."""
     duration_seconds: float
     finished_at: float
     """Epoch seconds."""
@@ -183,6 +194,8 @@ class TranslationResult(BaseModel):
     models_used: dict[str, str]
     """Model by step."""
     token_usage: TokenUsage
+    cost: float | None = None
+    """Sum of the steps' costs (None if no step had a price)."""
     duration_seconds: float
     """Sum of the steps' durations (time spent waiting in the queue excluded)."""
     workflow_output: dict[str, Any] | None = None
@@ -215,6 +228,13 @@ class TranslationJob(BaseModel):
     steps: list[StepCheckpoint] = Field(default_factory=list)
     """The finished steps' checkpoints (output, notes, model, tokens, duration), in
     workflow order: visible while the job runs, and kept when it fails."""
+    token_usage: TokenUsage = Field(default_factory=TokenUsage)
+    """Tokens of the finished steps so far."""
+    cost: float | None = None
+    """Cost of the finished steps so far (None while no finished step had a price)."""
+    max_cost: float | None = None
+    """The job's cost cap (its request's ``max_cost``, else ``translation.max_cost_per_job``):
+    a step that would take the cost past it is not started (category ``budget``)."""
     source_language: str
     target_language: str
     workflow_mode: WorkflowMode
@@ -243,6 +263,7 @@ class ComparisonEntry(BaseModel):
     final_translation: str | None = None
     models_used: dict[str, str] = Field(default_factory=dict)
     token_usage: TokenUsage | None = None
+    cost: float | None = None
     duration_seconds: float | None = None
     error_message: str | None = None
 
@@ -309,6 +330,30 @@ class BreakerInfo(BaseModel):
     retry_at: float | None
 
 
+class ModelUsage(BaseModel):
+    """What one model's steps took in a window: tokens, and cost where it had a price."""
+
+    model: str
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    """None if none of these steps had a price."""
+    estimated: bool
+    """Some of the tokens were estimated (the provider reported no usage)."""
+
+
+class UsageSummary(BaseModel):
+    """Tokens and cost of translation steps over the last ``window_seconds``."""
+
+    window_seconds: float
+    currency: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    by_model: list[ModelUsage]
+
+
 class IntegrationStatus(BaseModel):
     """How translation jobs are set up, and how they are doing."""
 
@@ -328,6 +373,9 @@ class IntegrationStatus(BaseModel):
     jobs: dict[str, int]
     """Translation jobs by status."""
     workers_enabled: bool
+    usage: UsageSummary
+    """Tokens and cost of the steps of the statistics window (task_monitoring.
+    statistics_window)."""
 
 
 class ProviderHealth(BaseModel):

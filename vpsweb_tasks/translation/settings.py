@@ -9,11 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from ..config import PositiveSeconds
 
-__all__ = ["REFERENCE", "ProviderSettings", "Providers", "TranslationSettings"]
+__all__ = ["REFERENCE", "ModelPrice", "ProviderSettings", "Providers", "TranslationSettings"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelPrice(_Section):
+    """The price of one model's tokens: ``providers.<name>.prices.<model>``."""
+
+    prompt: float = Field(ge=0, allow_inf_nan=False)
+    """Price of a million prompt (input) tokens, in ``translation.currency``."""
+    completion: float = Field(ge=0, allow_inf_nan=False)
+    """Price of a million completion (output) tokens, in ``translation.currency``."""
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1_000_000
 
 
 class ProviderSettings(_Section):
@@ -32,6 +44,10 @@ class ProviderSettings(_Section):
     ("hybrid.editor_review"); the most specific entry wins, then "default"."""
     timeout: PositiveSeconds = 120.0
     """Timeout of one LLM call (connect, read, write)."""
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices by model name (as ``models`` names them, or as the provider answers), per
+    million tokens: ``{qwen2.5:7b: {prompt: 0.1, completion: 0.3}}``. Each step's cost is
+    recorded from them; a model without a price costs nothing that can be counted."""
 
     def model_for(self, mode: str, step: str) -> str | None:
         """The model of one step in one workflow mode, or None if none is configured."""
@@ -65,6 +81,12 @@ class TranslationSettings(_Section):
     """Most jobs accepted in one batch submit."""
     health_check_timeout: PositiveSeconds = 5.0
     """Upper bound on the live provider check of vpsweb/health."""
+    currency: str = Field(default="USD", min_length=1, max_length=10)
+    """The currency of ``providers.<name>.prices`` and of the costs reported (a label)."""
+    max_cost_per_job: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Cost cap of every job, in ``currency`` (a request's ``max_cost`` may lower it): a
+    step whose estimated cost would take the job past it is not started, and the job
+    fails with category ``budget``. Unset: no cap."""
     heartbeat_seconds: PositiveSeconds = 15.0
     """A job's event stream (translation/{job_id}/events) that has had nothing to send
     this long sends a heartbeat: a comment, so proxies keep it open, and VPSWeb's
@@ -80,5 +102,6 @@ class Providers(RootModel[dict[str, ProviderSettings]]):
 #: The sections as docs/configuration.md documents them (``config_reference(REFERENCE)``).
 REFERENCE: list[tuple[str, type[BaseModel]]] = [
     ("providers.<name>", ProviderSettings),
+    ("providers.<name>.prices.<model>", ModelPrice),
     ("translation", TranslationSettings),
 ]

@@ -20,6 +20,7 @@ from ..storage.queries import Component
 from ..storage.rows import dumps, loads, loads_result, task_from_row
 from ..storage.types import NewTask
 from .errors import TranslationJobNotFoundError
+from .models import ModelUsage
 
 __all__ = [
     "COMPONENT",
@@ -32,6 +33,7 @@ __all__ = [
     "result_step",
     "save_result",
     "save_step",
+    "usage_by_model",
 ]
 
 COMPONENT = Component("translation", "vpsweb_tasks.translation", tables=("translation_jobs",))
@@ -212,3 +214,19 @@ def save_result(job_id: str, result: dict[str, Any], *, now: float) -> Op[None]:
     for an unknown job."""
     if not (yield result_step(job_id, result, now=now)):
         raise TranslationJobNotFoundError(job_id)
+
+
+@operation(Mode.READ)
+def usage_by_model(*, since: float) -> Op[list[ModelUsage]]:
+    """Tokens and cost of the steps that finished since ``since``, by model."""
+    return [
+        ModelUsage(
+            model=found["model"],
+            steps=int(found["steps"]),
+            prompt_tokens=int(found["prompt_tokens"] or 0),
+            completion_tokens=int(found["completion_tokens"] or 0),
+            cost=None if not found["priced"] else float(found["cost"]),
+            estimated=bool(found["estimated"]),
+        )
+        for found in (yield rows("translation.usage_by_model", since=since))
+    ]

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 
 from .client import ChatClient
+from .errors import CostCapExceededError
 from .languages import script_of
 from .models import (
     STEP_NAMES,
@@ -31,6 +32,7 @@ from .models import (
     TranslationInput,
     TranslationOutput,
 )
+from .pricing import answer_estimate, estimate_tokens, price_for, total_cost
 from .settings import ProviderSettings, TranslationSettings
 
 __all__ = [
@@ -144,8 +146,11 @@ class LLMTranslationWorkflow:
         attempt: int = 1,
         clock: Callable[[], float] = time.time,
         progress_callback: ProgressCallback | None = None,
+        max_cost: float | None = None,
     ) -> None:
         self.client = client
+        self.max_cost = max_cost
+        """The job's cost cap: a step that would take the job past it is not started."""
         self.provider = provider
         self.settings = settings
         self.completed = dict(completed or {})
@@ -189,11 +194,13 @@ class LLMTranslationWorkflow:
         model = self.provider.model_for(input.workflow_mode.value, step)
         if model is None:  # the adapter checks this before accepting a job
             raise ValueError(f"no model configured for {input.workflow_mode.value}.{step}")
+        messages = build_messages(step, input, done)
+        self._check_cost(step, model, messages, input, done)
         await self._report(step, {"status": "running", "index": index, "model": model})
         try:
             answer = await self.client.complete(
                 model=model,
-                messages=build_messages(step, input, done),
+                messages=messages,
                 temperature=self.settings.temperature,
                 max_tokens=self.settings.max_tokens,
             )
@@ -206,13 +213,17 @@ class LLMTranslationWorkflow:
         else:
             output = _tag(answer.content, "translation") or answer.content
             notes = _tag(answer.content, "notes")
+        price = price_for(self.provider, model, answer.model)
+        usage = answer.usage
+        cost = None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)
         result = StepCheckpoint(
             step=step,
             name=STEP_NAMES[step],
             output=output,
             notes=notes,
             model=answer.model,
-            tokens=answer.usage,
+            tokens=usage,
+            cost=cost,
             duration_seconds=answer.duration_seconds,
             finished_at=self.clock(),
             attempt=self.attempt,
@@ -224,12 +235,39 @@ class LLMTranslationWorkflow:
         await self._report(step, _completed(result, index, resumed=False))
         return result
 
+    def _check_cost(
+        self,
+        step: str,
+        model: str,
+        messages: list[dict[str, str]],
+        input: TranslationInput,
+        done: Mapping[str, StepCheckpoint],
+    ) -> None:
+        """Raise CostCapExceededError if this step's estimated cost would take the job
+        past its cap (a model without a price adds nothing that can be counted)."""
+        price = price_for(self.provider, model)
+        if self.max_cost is None or price is None:
+            return
+        spent = total_cost(done.values()) or 0.0
+        prompt = estimate_tokens("\n".join(m["content"] for m in messages))
+        answer = answer_estimate(input.original_poem, self.settings.max_tokens)
+        estimate = price.cost(prompt, answer)
+        if spent + estimate > self.max_cost:
+            raise CostCapExceededError(
+                step=step,
+                spent=spent,
+                estimate=estimate,
+                cap=self.max_cost,
+                currency=self.settings.currency,
+            )
+
 
 def _completed(result: StepCheckpoint, index: int, *, resumed: bool) -> dict[str, Any]:
     return {
         "status": "completed",
         "index": index,
         "tokens_used": result.tokens.total_tokens,
+        "cost": result.cost,
         "duration": result.duration_seconds,
         "model_info": {"model": result.model},
         "resumed": resumed,

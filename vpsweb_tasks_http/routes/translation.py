@@ -29,6 +29,7 @@ from vpsweb_tasks.translation import (
     TranslationJob,
     TranslationRequest,
     TranslationResult,
+    UsageSummary,
     VPSWebAdapter,
     get_vpsweb_adapter,
 )
@@ -144,6 +145,19 @@ async def comparison(
     job_id: Annotated[list[str], Query(min_length=1, max_length=10)],
 ) -> Comparison:
     return await vpsweb.comparison(job_id)
+
+
+@group.get("/translation/usage", summary="Tokens and cost of translation steps, by model")
+async def usage(
+    vpsweb: Adapter,
+    window_seconds: Annotated[
+        float | None,
+        Query(gt=0, le=366 * 24 * 3600, description="Default: the statistics window"),
+    ] = None,
+) -> UsageSummary:
+    """Tokens and cost (at `providers.<name>.prices`) of the steps that finished in the
+    window, by model and in all, from the jobs still kept."""
+    return await vpsweb.usage(window_seconds)
 
 
 @group.get("/translation/{job_id}", name="translation_status", summary="Get translation job status")

@@ -2,6 +2,7 @@
 // side with the original. Routes (the design document's "Translation Jobs" table):
 //   GET /api/v1/background-tasks/translation?limit=N      jobs, newest first
 //   GET /api/v1/background-tasks/translation/{id}/result  original, steps, final text
+//   GET /api/v1/background-tasks/translation/usage        tokens and cost of the window
 // A server without them (the page is told so when it is served) or answering 404 / 405
 // gets "not available" instead of an error.
 
@@ -21,11 +22,18 @@ function tokensOf(tokens) {
   return typeof tokens === "object" ? tokens.total_tokens : tokens;
 }
 
+function costOf(cost, currency = "") {
+  if (cost === null || cost === undefined) return null;
+  const digits = cost >= 1 ? 2 : 4;
+  return `${cost.toFixed(digits)}${currency ? ` ${currency}` : ""}`;
+}
+
 function notesOf(step) {
   const tokens = tokensOf(step.tokens);
   return [
     step.model,
     tokens ? `${tokens} tokens` : null,
+    costOf(step.cost),
     step.duration_seconds !== undefined ? duration(step.duration_seconds) : null,
   ]
     .filter(Boolean)
@@ -43,6 +51,15 @@ function column(title, text, notes, extra = {}, remarks = null) {
   );
 }
 
+/** A job's tokens and cost so far (and its cap), as one muted note; null if nothing yet. */
+function spend(job) {
+  const tokens = tokensOf(job.token_usage);
+  const parts = [tokens ? `${tokens} tokens` : null, costOf(job.cost)];
+  if (job.max_cost !== null && job.max_cost !== undefined) parts.push(`cap ${costOf(job.max_cost)}`);
+  const text = parts.filter(Boolean).join(" · ");
+  return text ? h("span", { class: "muted spend" }, text) : null;
+}
+
 function jobView(job, result) {
   const status = job.status;
   const title = job.metadata?.title ?? job.metadata?.name ?? `Job ${job.job_id}`;
@@ -55,7 +72,13 @@ function jobView(job, result) {
       { class: "task-line" },
       h("span", { class: "name" }, `${title}${author}`),
       h("span", { class: "type" }, `${job.source_language} → ${job.target_language} · ${job.workflow_mode}`),
-      h("span", { class: "right" }, result ? h("span", { class: "muted" }, duration(result.duration_seconds)) : null, badge(status)),
+      h(
+        "span",
+        { class: "right" },
+        spend(job),
+        result ? h("span", { class: "muted" }, duration(result.duration_seconds)) : null,
+        badge(status),
+      ),
     ),
   );
   if (!TERMINAL.has(status)) {
@@ -99,6 +122,26 @@ function unavailable(section, text) {
   section.dataset.available = "false";
 }
 
+/** The tokens and cost of the statistics window, above the jobs. */
+async function renderUsage(line) {
+  let usage;
+  try {
+    usage = await api(`${TASKS}/translation/usage`);
+  } catch (error) {
+    if (error instanceof ApiError && [404, 405].includes(error.status)) {
+      line.hidden = true;
+      return;
+    }
+    throw error;
+  }
+  const tokens = usage.prompt_tokens + usage.completion_tokens;
+  const hours = usage.window_seconds / 3600;
+  const window = hours >= 1 ? `${hours.toFixed(hours % 1 ? 1 : 0)} h` : `${Math.round(usage.window_seconds / 60)} min`;
+  const cost = costOf(usage.cost, usage.currency);
+  line.textContent = `Last ${window}: ${tokens} tokens${cost ? ` · ${cost}` : ""}`;
+  line.hidden = false;
+}
+
 /** Draws the latest translation jobs into ``section``. */
 export async function renderTranslations(section, limit = 5) {
   if (!FEATURES.has("translation")) {
@@ -120,6 +163,7 @@ export async function renderTranslations(section, limit = 5) {
     throw error;
   }
   section.dataset.available = "true";
+  await renderUsage(section.querySelector(".usage"));
   const views = [];
   for (const job of listing.jobs) views.push(jobView(job, await resultOf(job)));
   fill(section.querySelector(".jobs"), views);

@@ -37,3 +37,16 @@ UPDATE translation_jobs
 SET step_states = (step_states::jsonb || jsonb_build_object(%(step)s::text, %(report)s::jsonb))::text,
     updated_at = %(now)s
 WHERE id = %(id)s;
+
+-- name: usage_by_model
+-- Tokens and cost of the steps finished since %(since)s, by model (from the checkpoints of
+-- the jobs still kept).
+SELECT s.value->>'model' AS model, count(*) AS steps,
+    sum((s.value->'tokens'->>'prompt_tokens')::bigint) AS prompt_tokens,
+    sum((s.value->'tokens'->>'completion_tokens')::bigint) AS completion_tokens,
+    sum((s.value->>'cost')::float8) AS cost,
+    count(s.value->>'cost') AS priced,
+    coalesce(bool_or((s.value->'tokens'->>'estimated')::boolean), false) AS estimated
+FROM translation_jobs AS j, jsonb_each(j.steps::jsonb) AS s
+WHERE j.updated_at >= %(since)s AND (s.value->>'finished_at')::float8 >= %(since)s
+GROUP BY 1 ORDER BY 1;

@@ -37,3 +37,16 @@ UPDATE translation_jobs SET result = :result, updated_at = :now WHERE id = :id;
 UPDATE translation_jobs SET step_states = json_set(step_states, :path, json(:report)),
     updated_at = :now
 WHERE id = :id;
+
+-- name: usage_by_model
+-- Tokens and cost of the steps finished since :since, by model (from the checkpoints of
+-- the jobs still kept).
+SELECT json_extract(s.value, '$.model') AS model, count(*) AS steps,
+    sum(json_extract(s.value, '$.tokens.prompt_tokens')) AS prompt_tokens,
+    sum(json_extract(s.value, '$.tokens.completion_tokens')) AS completion_tokens,
+    sum(json_extract(s.value, '$.cost')) AS cost,
+    count(json_extract(s.value, '$.cost')) AS priced,
+    coalesce(max(json_extract(s.value, '$.tokens.estimated')), 0) AS estimated
+FROM translation_jobs AS j, json_each(j.steps) AS s
+WHERE j.updated_at >= :since AND json_extract(s.value, '$.finished_at') >= :since
+GROUP BY 1 ORDER BY 1;
