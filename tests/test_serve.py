@@ -13,6 +13,17 @@ import httpx
 import pytest
 
 
+def started(server: subprocess.Popen[str]) -> None:
+    """Returns once uvicorn says the app started; fails with what it said if it exits."""
+    assert server.stderr is not None
+    said = []
+    for line in server.stderr:
+        said.append(line)
+        if "Application startup complete" in line:
+            return
+    pytest.fail("the server exited before it started:\n" + "".join(said))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,13 +65,8 @@ def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert server.stderr is not None
     try:
-        for line in server.stderr:  # uvicorn says when it listens
-            if "Application startup complete" in line:
-                break
-        else:
-            pytest.fail("the server exited before it started")
+        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             submitted = client.post(
                 "/api/v1/background-tasks/submit",
@@ -113,13 +119,8 @@ def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert server.stderr is not None
     try:
-        for line in server.stderr:
-            if "Application startup complete" in line:
-                break
-        else:
-            pytest.fail("the server exited before it started")
+        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             accepted = client.post("/api/v1/wordcount", json={"text": "four words in here"})
             assert accepted.status_code == 202, accepted.text
@@ -159,15 +160,8 @@ def test_the_readmes_fastapi_snippet_runs_as_pasted(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert server.stderr is not None
     try:
-        output = []
-        for line in server.stderr:
-            output.append(line)
-            if "Application startup complete" in line:
-                break
-        else:
-            pytest.fail("the app did not start:\n" + "".join(output))
+        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             accepted = client.post(
                 "/api/v1/background-tasks/submit",

@@ -70,6 +70,12 @@ def _detail(status: int, message: str, headers: dict[str, str] | None = None) ->
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
+def _invalid(kind: str, loc: list[str], exc: Exception, given: Any, **ctx: Any) -> JSONResponse:
+    """A 422 in FastAPI's validation shape: one error at ``loc``."""
+    detail = [{"type": kind, "loc": loc, "msg": str(exc), "input": given, "ctx": ctx}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def error_response(
     exc: Exception, *, retry_after: int, storage_retry_after: int = 5
 ) -> JSONResponse:
@@ -84,27 +90,13 @@ def error_response(
         case QueueFullError():
             return _detail(429, str(exc), {"Retry-After": str(retry_after)})
         case IdempotencyKeyError():
-            detail = [
-                {
-                    "type": "idempotency_key_reused",
-                    "loc": ["header", "Idempotency-Key"],
-                    "msg": str(exc),
-                    "input": exc.key,
-                    "ctx": {"task_id": exc.task_id},
-                }
-            ]
-            return JSONResponse({"detail": detail}, status_code=422)
+            where = ["header", "Idempotency-Key"]
+            return _invalid("idempotency_key_reused", where, exc, exc.key, task_id=exc.task_id)
         case UnknownTaskTypeError():
-            detail = [
-                {
-                    "type": "unknown_task_type",
-                    "loc": ["body", "task_type"],
-                    "msg": str(exc),
-                    "input": exc.task_type,
-                    "ctx": {"registered": exc.registered},
-                }
-            ]
-            return JSONResponse({"detail": detail}, status_code=422)
+            where = ["body", "task_type"]
+            return _invalid(
+                "unknown_task_type", where, exc, exc.task_type, registered=exc.registered
+            )
         case ManagerNotRunningError():
             return _detail(503, str(exc))
         case NotConfiguredError():
