@@ -308,6 +308,20 @@ async def test_odd_but_valid_values_read_back_as_stored(store: TaskStore) -> Non
     assert (snapshot.message, snapshot.metadata) == ("odd \u2028 é", {"fn": "a\x00b"})
 
 
+async def test_json_stored_before_validation_reads_back_written_out(store: TaskStore) -> None:
+    """A database written before these checks may hold a lone surrogate's escape in its
+    JSON columns: it reads back written out (every answer can encode it), not as a string
+    that breaks every list holding the task."""
+    legacy = {"k": "\udfff", "\ud800key": ["ok \U0001d11e", {"deep": "x\udc00"}]}
+    task = new_task(T0, payload=legacy, metadata=legacy)  # storage itself does not check
+    await store.add_task(task)
+    expected = {"k": "\\udfff", "\\ud800key": ["ok \U0001d11e", {"deep": "x\\udc00"}]}
+    for record in (await store.get_task(task.id), *(await store.list_tasks())):
+        assert record is not None
+        assert (record.payload, record.metadata) == (expected, expected)
+        json.dumps([record.payload, record.metadata], ensure_ascii=False).encode("utf-8")
+
+
 @pytest.mark.parametrize(
     "result",
     [{"x": "\udfff"}, {"\udfff": 1}, {"x": float("nan")}, {"x": float("inf")}, deep(65)],

@@ -42,6 +42,7 @@ __all__ = [
     "encode_json",
     "json_problem",
     "json_values_problem",
+    "readable",
     "storable",
     "storable_text",
     "text_problem",
@@ -151,6 +152,41 @@ def storable_text(value: str) -> str:
         return value
     escaped = value.replace("\x00", "\\x00")
     return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _written_out(value: str) -> str:
+    if value.isascii() or _surrogate_problem(value) is None:
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def readable(value: Any) -> Any:
+    """``value`` (JSON as parsed) with every lone surrogate in its strings and keys written
+    out (``\\udfff``), changed in place. For JSON stored before these checks existed:
+    text with a lone surrogate's escape parses back to a string no answer can encode."""
+    if isinstance(value, str):
+        return _written_out(value)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in list(item):
+                child = item[key]
+                if isinstance(key, str) and _written_out(key) != key:
+                    del item[key]
+                    key = _written_out(key)
+                if isinstance(child, str):
+                    child = _written_out(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+                item[key] = child
+        elif isinstance(item, list):
+            for i, child in enumerate(item):
+                if isinstance(child, str):
+                    item[i] = _written_out(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+    return value
 
 
 def check_text(value: str, field: str) -> str:
