@@ -202,3 +202,24 @@ async def test_a_resume_point_from_before_a_restart_starts_the_task_stream_now(a
         [first] = await read_events(stream, lambda event: True)
     assert first["event"] == "status"
     assert json.loads(first["data"])["status"] == "pending"
+
+
+def test_openapi_documents_every_status_a_route_can_answer(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """What the routes answer besides success is in the schema, in the media type it comes
+    in (schemathesis checks the answers against it: tests/test_http_schema.py)."""
+    paths = create_app(settings_factory()).openapi()["paths"]
+    operations = [(path, op) for path, item in paths.items() for op in item.values()]
+    assert len(operations) > 40
+    for path, operation in operations:
+        responses = operation["responses"]
+        content = {code: set(answer.get("content", {})) for code, answer in responses.items()}
+        assert content["413"] == {"text/plain"}, path
+        assert content["503"] == {"application/json"}, path
+        if path.endswith("/health"):
+            continue
+        for code in ("401", "404", "409", "429"):
+            assert content[code] == {"application/json"}, (path, code)
+        if operation.get("parameters") or operation.get("requestBody"):
+            assert content["422"] == {"application/json"}, path

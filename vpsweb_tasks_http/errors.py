@@ -66,6 +66,11 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
 
 #: The documented error answers of the open routes (the health checks).
 OPEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    # Answered by FastAPI's body limit before any route runs, as plain text.
+    413: {
+        "description": "The request body is larger than http.max_request_bytes",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
     503: {
         "model": ErrorResponse,
         "description": "The task manager is not running, or the task database cannot take"
@@ -92,6 +97,8 @@ def _as_json(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict
             "description": answer["description"],
             "content": {"application/json": {"schema": ref}},
         }
+        if "model" in answer
+        else answer
         for code, answer in responses.items()
     }
 

@@ -40,6 +40,7 @@ from .._routing import RouteGroup, group_url
 from ..deps import Authorised, StreamAuthorised
 from ..errors import GUARDED_RESPONSES, STREAM_RESPONSES
 from ..schemas import (
+    ErrorResponse,
     TranslationBatchResponse,
     TranslationListResponse,
     TranslationSubmitResponse,
@@ -55,7 +56,11 @@ group = RouteGroup(
     tags=["translation jobs"],
     responses={
         **GUARDED_RESPONSES,
-        503: {"description": "Not running, or no LLM provider is configured"},
+        503: {
+            "model": ErrorResponse,
+            "description": "Not running, or no LLM provider is configured (problems: what to"
+            " configure)",
+        },
     },
 )
 
@@ -170,7 +175,7 @@ async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
     "/translation/{job_id}/result",
     name="translation_result",
     summary="Get translation job result",
-    responses={409: {"description": "The job has not completed"}},
+    responses={409: {"model": ErrorResponse, "description": "The job has not completed"}},
 )
 async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
     return await vpsweb.result(job_id)
