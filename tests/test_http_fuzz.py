@@ -76,6 +76,8 @@ def to_json(value: Any) -> str:
 
 
 NASTY_TEXT = [
+    "0001-01-01T00:00:00+14:00",  # a time with no UTC date in years 1-9999
+    "9999-12-31T23:59:59-14:00",
     "\udfff",
     "a\ud800b",
     "\x00",
@@ -159,6 +161,12 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, frozenset[str]]] = [
         },
         frozenset(),
     ),
+    (
+        "POST",
+        f"{TASKS}/submit",
+        {"task_name": "at", "task_type": "echo", "run_at": "2026-01-01T00:00:00+01:00"},
+        frozenset(),
+    ),
     ("POST", f"{TASKS}/translation", TRANSLATION, frozenset()),
     ("POST", f"{TASKS}/translation/batch", {"requests": [TRANSLATION]}, frozenset()),
     (
@@ -223,11 +231,11 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
     kind = draw(st.sampled_from(["body", "body", "body", "body", "raw", "id"]))
     if kind == "id":
         method, template = draw(st.sampled_from(ID_ROUTES))
-        ids = st.sampled_from(["\udfff", "a\x00b", " ", "é" * 101, "%00", "%ED%BF%BF", "%FF"])
-        task_id = draw(st.one_of(ids, st.text(min_size=1, max_size=8)))
-        if "%" not in task_id:  # a lone surrogate as the bytes UTF-8 would give it
-            task_id = quote(task_id.encode("utf-8", "surrogatepass"), safe="")
-        path = template.format(task_id)
+        encoded = st.sampled_from(["%00", "%ED%BF%BF", "%FF", "%C0%80"])  # sent as they are
+        text = st.sampled_from(["\udfff", "a\x00b", " ", "é" * 101]) | st.text(min_size=1)
+        # Text percent-encoded as its UTF-8 bytes (a lone surrogate as UTF-8 would give it).
+        quoted = text.map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe=""))
+        path = template.format(draw(encoded | quoted))
         return method, path, None
     method, path, body, fixed = draw(st.sampled_from(ROUTES))
     if kind == "raw":
@@ -235,6 +243,15 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
     if body is None:
         return method, path, to_json(draw(values)).encode("ascii")
     return method, path, to_json(draw(mutated(body, fixed))).encode("ascii")
+
+
+#: Idempotency-Key headers: none mostly, a few reused (with other bodies: a 422), odd ones.
+idempotency_keys = st.one_of(
+    st.none(),
+    st.none(),
+    st.sampled_from(["same-key", "other-key", "a b", "x" * 300, b"\xff\xfe"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=10),
+)
 
 
 # --- the server --------------------------------------------------------------------------
@@ -329,10 +346,12 @@ def test_hostile_input_is_never_a_server_error_and_everything_stored_reads_back(
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
-    @given(requests())
-    def post(request: tuple[str, str, bytes | None]) -> None:
+    @given(requests(), idempotency_keys)
+    def post(request: tuple[str, str, bytes | None], key: str | bytes | None) -> None:
         method, path, body = request
         headers = {"content-type": "application/json"} if body is not None else {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
         response = client.request(method, path, content=body, headers=headers)
         check(response)
         answers[(path.rsplit("/", 1)[-1][:12], response.status_code)] += 1

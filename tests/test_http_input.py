@@ -75,6 +75,8 @@ BAD_FIELDS: list[tuple[str, list[Any]]] = [
     ('"delay_seconds": Infinity', ["body", "delay_seconds"]),
     ('"max_retries": 1e400', ["body", "max_retries"]),
     ('"priority": "\\udfff"', ["body", "priority"]),
+    ('"run_at": "9999-12-31T23:59:59-14:00"', ["body", "run_at"]),  # unreadable as UTC
+    ('"run_at": "0001-01-01T00:00:00+14:00"', ["body", "run_at"]),
     # A key that is not text cannot be named as the extra field it is: the body is.
     ('"\\udfff": 1', ["body"]),
 ]

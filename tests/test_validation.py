@@ -135,6 +135,9 @@ def test_text_the_system_makes_is_written_out() -> None:
         ({"timeout_seconds": math.inf}, "timeout_seconds"),
         ({"delay": math.inf}, "delay"),
         ({"delay": -1}, "delay"),
+        ({"delay": 10**12}, "delay"),
+        ({"run_at": "0001-01-01T00:00:00+14:00"}, "run_at"),  # no UTC date in years 1-9999
+        ({"run_at": "9999-12-31T23:59:59-14:00"}, "run_at"),
         ({"metadata": {"k": "\udfff"}}, "metadata"),
         ({"metadata": {"k": math.nan}}, "metadata"),
         ({"metadata": {"k": nested(100)}}, "metadata"),

@@ -25,6 +25,7 @@ from .validation import MAX_JSON_BYTES, JsonObject, storable
 
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "MAX_DELAY",
     "MAX_METADATA_BYTES",
     "DeadLetter",
     "DeadLetterCause",
@@ -46,6 +47,8 @@ __all__ = [
 
 #: Largest JSON encoding accepted for a task's metadata or payload.
 MAX_METADATA_BYTES = MAX_JSON_BYTES
+#: Longest ``TaskDefinition.delay``: its run time must stay a date storage can read back.
+MAX_DELAY = timedelta(days=36_525)
 
 
 class TaskPriority(StrEnum):
@@ -175,6 +178,8 @@ class TaskDefinition(BaseModel):
     def _delay_not_negative(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value < timedelta(0):
             raise ValueError("must be >= 0")
+        if value is not None and value > MAX_DELAY:
+            raise ValueError(f"must be at most {MAX_DELAY.days} days")
         return value
 
     @field_validator("run_at")
@@ -182,6 +187,13 @@ class TaskDefinition(BaseModel):
     def _not_with_delay(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is not None and info.data.get("delay") is not None:
             raise ValueError("give run_at or delay, not both")
+        if value is not None:
+            # Stored as epoch seconds and read back as a UTC datetime: a time that has no
+            # UTC date in years 1-9999 (0001-01-01T00:00+14:00) could be stored, never read.
+            try:
+                to_datetime(value.timestamp())
+            except (OverflowError, ValueError, OSError):
+                raise ValueError("must be a time in years 1 to 9999 in UTC") from None
         return value
 
     def first_run_at(self, now: float) -> float:
