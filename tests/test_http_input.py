@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from vpsweb_tasks import TaskContext, TaskManager
+from vpsweb_tasks import InvalidInputError, TaskContext, TaskManager, TaskNotFoundError
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks_http import create_app
+from vpsweb_tasks_http.errors import error_response
 
 from .http_server import serve
 from .test_http import read_events
@@ -225,3 +226,16 @@ def test_openapi_documents_every_status_a_route_can_answer(
             assert content[code] == {"application/json"}, (path, code)
         if operation.get("parameters") or operation.get("requestBody"):
             assert content["422"] == {"application/json"}, path
+
+
+def test_library_errors_about_input_are_422s_that_can_be_written() -> None:
+    """A library error the request models did not catch first still answers in FastAPI's
+    shape, and any text it carries is written out rather than failing the answer."""
+    invalid = error_response(
+        InvalidInputError("payload", "k: nan is not a JSON number"), retry_after=1
+    )
+    assert invalid.status_code == 422
+    [error] = json.loads(invalid.body)["detail"]
+    assert (error["loc"], error["type"]) == (["body", "payload"], "invalid_input")
+    missing = error_response(TaskNotFoundError("\udfff"), retry_after=1)
+    assert json.loads(missing.body) == {"detail": "task not found: \\udfff"}

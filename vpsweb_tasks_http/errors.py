@@ -108,13 +108,13 @@ STREAM_RESPONSES = _as_json(GUARDED_RESPONSES)
 
 
 def _detail(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return JSONResponse({"detail": _echo(message)}, status_code=status, headers=headers)
 
 
 def _invalid(kind: str, loc: list[str], exc: Exception, given: Any, **ctx: Any) -> JSONResponse:
     """A 422 in FastAPI's validation shape: one error at ``loc``."""
-    detail = [{"type": kind, "loc": loc, "msg": str(exc), "input": given, "ctx": ctx}]
-    return JSONResponse({"detail": detail}, status_code=422)
+    error = {"type": kind, "loc": loc, "msg": str(exc), "input": given, "ctx": ctx}
+    return validation_error_response([error])
 
 
 def error_response(
@@ -150,15 +150,7 @@ def error_response(
                 [{**error, "loc": ("body", *error["loc"])} for error in errors]
             )
         case InvalidInputError():
-            return validation_error_response(
-                [
-                    {
-                        "type": "invalid_input",
-                        "loc": ("body", exc.field),
-                        "msg": exc.problem,
-                    }
-                ]
-            )
+            return _invalid("invalid_input", ["body", exc.field], exc, None)
         case HandlerUnavailableError():
             return _detail(409, str(exc))
         case StorageUnavailableError():
