@@ -152,3 +152,37 @@ async def test_a_stream_without_the_key_says_nothing_of_the_task(
                 url = f"/api/v1/background-tasks/tasks/{stream}/events"
                 denied = await client.get(url, params={"token": token})
                 assert denied.status_code == 401, (token[:10], stream, denied.text)
+
+
+async def test_a_bad_last_event_id_without_the_key_is_401(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last-Event-ID is validated by the stream routes, after their guard: a caller without
+    the key learns neither that the header is bad (422) nor whether the task exists (404)."""
+    monkeypatch.setenv("TASKS_KEY", "s3cret")
+    app = create_app(settings_factory(http={"api_key_env": "TASKS_KEY"}))
+    tasks = "/api/v1/background-tasks"
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        submitted = await client.post(
+            f"{tasks}/submit",
+            json={"task_name": "a", "task_type": "cleanup", "delay_seconds": 600},
+            headers={"X-API-Key": "s3cret"},
+        )
+        task_id = submitted.json()["task_id"]
+        for url in (
+            f"{tasks}/tasks/{task_id}/events",
+            f"{tasks}/tasks/no-such-task/events",
+            f"{tasks}/tasks/%00/events",
+            f"{tasks}/translation/{task_id}/events",
+            f"{tasks}/translation/no-such-job/events",
+            "/api/v1/monitoring/events",
+        ):
+            for value in ("abc", "", "-1"):
+                for params in ({}, {"token": "1.abc"}):
+                    denied = await client.get(url, params=params, headers={"Last-Event-ID": value})
+                    assert denied.status_code == 401, (url, value, params, denied.text)
+            # With the key, the same header is a 422 (or the task's 404), never a stream.
+            answered = await client.get(
+                url, headers={"Last-Event-ID": "abc", "X-API-Key": "s3cret"}
+            )
+            assert answered.status_code in (404, 422), (url, answered.text)

@@ -40,10 +40,11 @@ async def test_no_server_errors_and_every_response_matches_its_schema(
                 "run",
                 f"{base_url}/openapi.json",
                 "--checks",
-                "not_a_server_error,response_schema_conformance,content_type_conformance",
-                # Event streams never end on their own; they have their own tests.
+                "not_a_server_error,status_code_conformance,response_schema_conformance,"
+                "content_type_conformance,response_headers_conformance,negative_data_rejection",
+                # The monitoring stream never ends on its own; it has its own tests.
                 "--exclude-path-regex",
-                "/events$",
+                "/monitoring/events$",
                 "--phases",
                 "coverage,fuzzing",
                 "--max-examples",

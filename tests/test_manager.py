@@ -15,6 +15,7 @@ import pytest
 from vpsweb_tasks import (
     ErrorCategory,
     HandlerUnavailableError,
+    InvalidInputError,
     ManagerNotRunningError,
     QueueFullError,
     TaskContext,
@@ -534,8 +535,10 @@ async def test_unknown_task_types_and_bad_payloads_are_refused(manager: TaskMana
     ):
         await manager.submit(definition("nope"))
     manager.register("work", _noop)
-    with pytest.raises(ValueError, match="payload must be JSON"):
+    with pytest.raises(InvalidInputError, match="payload: must be JSON") as raised:
         await manager.submit(definition(), when=object())
+    assert raised.value.field == "payload"
+    assert isinstance(raised.value, ValueError)
     assert await manager.list_tasks() == []
 
 

@@ -14,6 +14,7 @@ PUBLIC = {
     "Extension",
     "ExecutionRecord",
     "HandlerUnavailableError",
+    "InvalidInputError",
     "LeaseLostError",
     "ManagerNotRunningError",
     "ProgressUpdate",

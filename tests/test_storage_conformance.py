@@ -6,6 +6,7 @@ passed in explicitly, so nothing here sleeps.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -240,6 +241,123 @@ async def test_list_and_count(store: TaskStore) -> None:
     assert counts[TaskStatus.COMPLETED] == 0
     assert set(counts) == set(TaskStatus)
     assert {t.id for t in await store.get_tasks([a.id, b.id, "nope"])} == {a.id, b.id}
+
+
+# --- what storage cannot hold ------------------------------------------------------------
+
+#: Text no row can hold: PostgreSQL's text has no NUL, and a lone surrogate is not Unicode.
+UNHOLDABLE = ["\x00", "a\x00b", "\udfff", "a\ud800b"]
+#: Values the boundary accepts (vpsweb_tasks.validation) that are odd all the same.
+ODD_BUT_VALID: list[Any] = [
+    "a\x00b",  # NUL inside a JSON string: the escape \u0000
+    "\u2028\u2029 \U0001d11e é 中文",
+    10**400,
+    -0.0,
+    1e308,
+    {"fn": 1, "definition": 2, "self": 3, "": None, " ": [True, False]},
+]
+
+
+def deep(depth: int) -> Any:
+    value: Any = {}
+    for _ in range(depth - 1):
+        value = {"d": value}
+    return value
+
+
+async def test_ids_and_types_no_row_can_have_match_nothing(store: TaskStore) -> None:
+    failed = new_task(T0)
+    await store.add_task(failed)
+    claim = await claim_one(store)
+    await store.finish(claim, Failed("E", "x", ErrorCategory.UNKNOWN), now=T0 + 1)
+    for key in UNHOLDABLE:
+        assert await store.get_task(key) is None
+        assert await store.get_tasks([key, failed.id]) == [await store.get_task(failed.id)]
+        assert await store.list_executions(key) == []
+        assert await store.progress_history(key) == []
+        assert await store.list_tasks(task_type=key) == []
+        with pytest.raises(TaskNotFoundError):
+            await store.request_cancel(key, now=T0 + 2)
+        assert await store.requeue_failed(now=T0 + 2, task_ids=[key]) == []
+        assert await store.requeue_failed(now=T0 + 2, task_type=key) == []
+    assert (await store.get_task(failed.id)).status is TaskStatus.FAILED  # type: ignore[union-attr]
+
+
+async def test_odd_but_valid_values_read_back_as_stored(store: TaskStore) -> None:
+    """Whatever the boundary accepts comes back equal, and as text every answer can encode
+    (UTF-8 JSON): nothing stored can fail to be read."""
+    payload = {f"k{i}": value for i, value in enumerate(ODD_BUT_VALID)} | {"deep": deep(63)}
+    task = new_task(T0, name="\u2028 é 中文 \U0001d11e", payload=payload, metadata=payload)
+    await store.add_task(task)
+    claim = await claim_one(store, now=T0 + 1)
+    await store.save_progress(
+        [ProgressSnapshot(task.id, 0.5, "odd \u2028 é", {"fn": "a\x00b"}, T0 + 2)]
+    )
+    done = await store.finish(claim, Completed(payload), now=T0 + 3)
+    for record in (done, await store.get_task(task.id)):
+        assert record is not None
+        assert (record.name, record.payload, record.metadata, record.result) == (
+            task.name,
+            payload,
+            payload,
+            payload,
+        )
+        encoded = json.dumps([record.payload, record.metadata, record.result, record.name])
+        assert json.loads(encoded) == [payload, payload, payload, task.name]
+    [snapshot] = await store.progress_history(task.id)
+    assert (snapshot.message, snapshot.metadata) == ("odd \u2028 é", {"fn": "a\x00b"})
+
+
+async def test_json_stored_before_validation_reads_back_written_out(store: TaskStore) -> None:
+    """A database written before these checks may hold a lone surrogate's escape in its
+    JSON columns: it reads back written out (every answer can encode it), not as a string
+    that breaks every list holding the task."""
+    legacy = {"k": "\udfff", "\ud800key": ["ok \U0001d11e", {"deep": "x\udc00"}]}
+    task = new_task(T0, payload=legacy, metadata=legacy)  # storage itself does not check
+    await store.add_task(task)
+    expected = {"k": "\\udfff", "\\ud800key": ["ok \U0001d11e", {"deep": "x\\udc00"}]}
+    for record in (await store.get_task(task.id), *(await store.list_tasks())):
+        assert record is not None
+        assert (record.payload, record.metadata) == (expected, expected)
+        json.dumps([record.payload, record.metadata], ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"x": "\udfff"}, {"\udfff": 1}, {"x": float("nan")}, {"x": float("inf")}, deep(65)],
+    ids=["surrogate", "surrogate key", "nan", "inf", "too deep"],
+)
+def test_a_result_storage_cannot_hold_is_no_outcome(result: Any) -> None:
+    with pytest.raises(ValueError, match=r"Unicode|JSON number|nests deeper"):
+        Completed(result)
+
+
+async def test_error_text_storage_cannot_hold_is_stored_written_out(store: TaskStore) -> None:
+    """An error's text is whatever the failing code put in it (a file name with a lone
+    surrogate, a NUL): it is stored written out, on every backend, and reads back."""
+    for i, outcome in enumerate(
+        [
+            Failed(
+                "Bad\udfffError", "file \udcff.txt: \x00", ErrorCategory.UNKNOWN, None, "tb \x00"
+            ),
+            Cancelled(reason="stop \x00 \udfff"),
+            Deferred(retry_at=T0 + 60, reason="breaker \udfff\x00"),
+        ]
+    ):
+        task = new_task(T0 + i)
+        await store.add_task(task)
+        claim = await claim_one(store, now=T0 + 10)
+        finished = await store.finish(claim, outcome, now=T0 + 11)
+        record = await store.get_task(task.id)
+        assert record == finished
+        [execution] = await store.list_executions(task.id)
+        texts = [record.error_message, record.error_type, record.message, execution.error_message]
+        for text in texts:
+            assert text is None or ("\x00" not in text and text.encode("utf-8"))
+    failed = await store.list_tasks(statuses=[TaskStatus.FAILED])
+    assert [(r.error_type, r.error_message) for r in failed] == [
+        ("Bad\\udfffError", "file \\udcff.txt: \\x00")
+    ]
 
 
 # --- claim ---------------------------------------------------------------------------------

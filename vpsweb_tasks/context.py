@@ -22,6 +22,7 @@ from .log import TaskLogger
 from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
 from .storage.ops import Step
 from .storage.types import NewTask
+from .validation import check_json_object, check_text
 
 __all__ = ["Contexts", "TaskContext", "TaskFunction", "TaskHost", "current_task"]
 
@@ -174,12 +175,17 @@ class TaskContext:
         """Report progress (0..1) with an optional message and metadata.
 
         Listeners receive every update, in order; storage receives the latest value at
-        most every ``progress_flush_interval`` (plus each change of message).
+        most every ``progress_flush_interval`` (plus each change of message). A message or
+        metadata storage cannot hold raises ``InvalidInputError`` naming it.
         """
         if isinstance(progress, bool) or not isinstance(progress, int | float):
             raise TypeError("progress must be a number between 0 and 1")
         if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
             raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
+        if message is not None:
+            check_text(message, "message")
+        if metadata:
+            metadata = check_json_object(metadata, "metadata")
         self._progress = float(progress)
         if message is not None:
             self._message = message

@@ -5,6 +5,7 @@ Exception hierarchy::
     VpswebTasksError
     ├── ConfigError (ValueError)          invalid configuration; names the key
     │   └── NotConfiguredError            a feature's configuration is incomplete (problems)
+    ├── InvalidInputError (ValueError)    an argument storage or JSON cannot hold; names it
     ├── QueueFullError                    max_queue_size reached; nothing was stored
     ├── IdempotencyKeyError (ValueError)  a key reused with another request; nothing stored
     ├── TaskNotFoundError (LookupError)   no task with that id
@@ -40,6 +41,7 @@ __all__ = [
     "ErrorCategory",
     "HandlerUnavailableError",
     "IdempotencyKeyError",
+    "InvalidInputError",
     "LeaseLostError",
     "ManagerNotRunningError",
     "NotConfiguredError",
@@ -86,6 +88,21 @@ class ConfigError(VpswebTasksError, ValueError):
     """Invalid configuration. The message names each offending key."""
 
     category = ErrorCategory.VALIDATION
+
+
+class InvalidInputError(VpswebTasksError, ValueError):
+    """An argument that storage or JSON cannot hold (see :mod:`vpsweb_tasks.validation`):
+    text with a NUL character or a lone surrogate, JSON with a non-finite number or nested
+    too deep, a payload too large. ``field`` names the argument (``payload``, ``reason``);
+    nothing was stored. Models (``TaskDefinition``, translation requests) raise pydantic's
+    ``ValidationError`` for the same problems, naming the field the same way."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class QueueFullError(VpswebTasksError):

@@ -401,6 +401,12 @@ class EventHub:
     def oldest_id(self) -> int:
         return self._ring[0].id if self._ring else self.last_id + 1
 
+    def can_resume(self, after: int) -> bool:
+        """Whether every event with ``id > after`` is still kept: ``after`` is neither older
+        than the ring nor newer than any event (an id of an earlier run of this process:
+        ids restart with it). :meth:`subscribe` raises :class:`SubscriberLagged` otherwise."""
+        return self.oldest_id - 1 <= after <= self.last_id
+
     @asynccontextmanager
     async def subscribe(self, *, after: int | None = None) -> AsyncIterator[AsyncIterator[Event]]:
         """Iterate over events with ``id > after`` (None: only new ones), live.
@@ -413,9 +419,7 @@ class EventHub:
         self._subscriptions.add(subscription)
         backlog: list[Event] = []
         if after is not None:
-            # Older than the ring: lost. Newer than anything published: an id of an earlier
-            # run of this process (ids restart with it), so what came since is unknown.
-            if after < self.oldest_id - 1 or after > self.last_id:
+            if not self.can_resume(after):
                 self._subscriptions.discard(subscription)
                 subscription.send.close()
                 subscription.receive.close()

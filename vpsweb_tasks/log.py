@@ -61,8 +61,15 @@ def configure_logging(settings: LoggingSettings) -> logging.Handler | None:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
             return None
     path.parent.mkdir(parents=True, exist_ok=True)
+    # backslashreplace: a task's error may hold text UTF-8 cannot encode (a lone surrogate,
+    # from a file name or a client); its line is written with it escaped, not dropped.
     handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=20 * 1024 * 1024, backupCount=5, encoding="utf-8", delay=True
+        path,
+        maxBytes=20 * 1024 * 1024,
+        backupCount=5,
+        encoding="utf-8",
+        errors="backslashreplace",
+        delay=True,
     )
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(level)

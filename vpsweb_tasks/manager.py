@@ -76,7 +76,6 @@ from .models import (
     TaskPriority,
     TaskRecord,
     TaskStatus,
-    _json_bounded,
 )
 from .queue import TaskQueue
 from .registry import Registry
@@ -86,6 +85,7 @@ from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
 from .storage.types import NewTask, SharedBreakerState
+from .validation import check_json_object, check_text
 
 __all__ = [
     "Extension",
@@ -449,10 +449,7 @@ class TaskManager:
     ) -> tuple[NewTask, TaskFunction | None]:
         if not isinstance(definition, TaskDefinition):
             raise TypeError("definition must be a TaskDefinition")
-        try:
-            _json_bounded(payload)
-        except ValueError as exc:
-            raise ValueError(f"payload {exc}") from None
+        payload = check_json_object(payload, "payload")
         closure: TaskFunction | None = None
         if fn is None or isinstance(fn, str):
             name = fn or definition.task_type
@@ -524,18 +521,23 @@ class TaskManager:
         self,
         definition: TaskDefinition,
         fn: TaskFunction | str | None = None,
+        /,
         **payload: Any,
     ) -> TaskContext:
         """Store a task durably and return its context. ``fn`` is an async callable, the
         name of a registered type, or None for the type named by ``definition.task_type``.
-        Keyword arguments are the task's JSON payload (``context.payload``).
+        Keyword arguments are the task's JSON payload (``context.payload``); ``definition``
+        and ``fn`` are positional, so every key is free for the payload (``fn=1``,
+        ``definition=...``, ``**{"any key": 1}``).
 
         With ``definition.idempotency_key`` held by a stored task, that task's context is
         returned (``context.replayed`` is true) and nothing is stored, if it was submitted
         with the same request; else ``IdempotencyKeyError``.
 
         Raises ``QueueFullError`` when ``max_queue_size`` tasks are waiting,
-        ``UnknownTaskTypeError``, or ``ValueError`` for a payload that is not JSON.
+        ``UnknownTaskTypeError``, or ``InvalidInputError`` (a ``ValueError``) naming
+        ``payload`` for a payload storage cannot hold (not JSON, a non-finite number, a
+        lone surrogate, too large or too deep: :mod:`vpsweb_tasks.validation`).
         """
         self._require_running()
         task, closure = self._prepare(definition, fn, payload)
@@ -829,7 +831,10 @@ class TaskManager:
         return record
 
     async def pause(self, reason: str | None = None) -> None:
-        """Stop dispatching in every worker process; running tasks go on."""
+        """Stop dispatching in every worker process; running tasks go on. ``reason``
+        (shown in the queue status) is text storage can hold, else ``InvalidInputError``."""
+        if reason is not None:
+            check_text(reason, "reason")
         await self.store.set_paused(True, reason=reason)
         self._queue.set_shared_pause(True, reason)
         await self.events.publish(QueuePaused(reason=reason))

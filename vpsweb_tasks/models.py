@@ -3,7 +3,6 @@ the records storage returns, and progress updates."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -15,33 +14,41 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationInfo,
     field_validator,
 )
 
 from .errors import ErrorCategory, WorkerLostError
 from .retry import RetryConfig
+from .validation import MAX_JSON_BYTES, JsonObject, storable
 
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "MAX_DELAY",
     "MAX_METADATA_BYTES",
     "DeadLetter",
     "DeadLetterCause",
     "ExecutionOutcome",
     "ExecutionRecord",
+    "JsonObject",
     "ProgressUpdate",
     "QueueStatus",
     "ResourceSample",
     "TaskDefinition",
+    "TaskName",
     "TaskPriority",
     "TaskRecord",
     "TaskStatus",
+    "TaskTypeName",
     "from_timestamp",
     "to_datetime",
 ]
 
 #: Largest JSON encoding accepted for a task's metadata or payload.
-MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_BYTES = MAX_JSON_BYTES
+#: Longest ``TaskDefinition.delay``: its run time must stay a date storage can read back.
+MAX_DELAY = timedelta(days=36_525)
 
 
 class TaskPriority(StrEnum):
@@ -115,19 +122,22 @@ LEGAL_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
-def _json_bounded(value: dict[str, Any]) -> dict[str, Any]:
-    if not value and type(value) is dict:  # most payloads: nothing to check
-        return value
-    try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"must be JSON-serialisable: {exc}") from None
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
-        raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_bounded)]
+# Constraints rather than Field(), so that FastAPI parameters can use these types too.
+
+#: A task's name: text storage can hold, 1-200 characters, not blank.
+TaskName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), storable, AfterValidator(_not_blank)
+]
+#: A task type's name: letters, digits and ``_.:-``, 1-100 characters.
+TaskTypeName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
 
 #: An idempotency key: 1 to 255 visible ASCII characters (a UUID, say), as HTTP's
 #: ``Idempotency-Key`` header carries it.
@@ -137,10 +147,12 @@ IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[
 class TaskDefinition(BaseModel):
     """What to run and how: validated on construction, errors name the field."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    task_type: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    name: TaskName
+    task_type: TaskTypeName
     priority: TaskPriority = TaskPriority.NORMAL
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3
     timeout_seconds: Annotated[float, Field(gt=0)] | None = None
@@ -161,18 +173,13 @@ class TaskDefinition(BaseModel):
     before it is dead-lettered, instead of ``background_tasks.max_lost_attempts``. Lost
     attempts do not count against ``max_retries``."""
 
-    @field_validator("name")
-    @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
-
     @field_validator("delay")
     @classmethod
     def _delay_not_negative(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value < timedelta(0):
             raise ValueError("must be >= 0")
+        if value is not None and value > MAX_DELAY:
+            raise ValueError(f"must be at most {MAX_DELAY.days} days")
         return value
 
     @field_validator("run_at")
@@ -180,6 +187,13 @@ class TaskDefinition(BaseModel):
     def _not_with_delay(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is not None and info.data.get("delay") is not None:
             raise ValueError("give run_at or delay, not both")
+        if value is not None:
+            # Stored as epoch seconds and read back as a UTC datetime: a time that has no
+            # UTC date in years 1-9999 (0001-01-01T00:00+14:00) could be stored, never read.
+            try:
+                to_datetime(value.timestamp())
+            except (OverflowError, ValueError, OSError):
+                raise ValueError("must be a time in years 1 to 9999 in UTC") from None
         return value
 
     def first_run_at(self, now: float) -> float:

@@ -4,9 +4,9 @@ The routes are declared once, at module level, so they cannot close over a manag
 :func:`~vpsweb_tasks_http.create_router` makes one :class:`RouterState` per router and adds
 the routes with :func:`route_class` of it: that route class puts the state on
 ``request.state`` before anything else of the route runs (then answers the library's
-exceptions, :mod:`.errors`). An endpoint takes the state from the dependency that guards
-it, as FastAPI's endpoints take the current user from their auth dependency:
-``state: Authorised`` (the API key), ``StreamAuthorised`` (the key or a stream token) or
+exceptions and invalid requests, :mod:`.errors`). An endpoint takes the state from the
+dependency that guards it, as FastAPI's endpoints take the current user from their auth
+dependency: ``state: Authorised`` (the API key), ``StreamAuthorised`` (the key or a stream token) or
 ``Open`` (the health checks); each answers 401 and then 503 (not running) first. So no
 endpoint reaches a manager without its guard. Each route carries its own router's state:
 two routers of two managers in one app each reach their own, and the host app's
@@ -21,13 +21,20 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
 from fastapi import Depends, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vpsweb_tasks import TaskManager, TaskMonitor
 from vpsweb_tasks.config import check_api_key
 
 from .auth import StreamTokens
-from .errors import LIBRARY_ERRORS, error_response
+from .errors import (
+    LIBRARY_ERRORS,
+    error_response,
+    unparsable_body_response,
+    validation_error_response,
+)
 
 __all__ = [
     "Authorised",
@@ -97,6 +104,13 @@ class _StateRoute(APIRoute):
                 return error_response(
                     exc, retry_after=retry_after, storage_retry_after=storage_retry_after
                 )
+            except RequestValidationError as exc:
+                return validation_error_response(exc.errors())
+            except StarletteHTTPException as exc:  # FastAPI's body parsing raises Starlette's
+                answer = unparsable_body_response(exc)
+                if answer is None:
+                    raise
+                return answer
 
         return route
 

@@ -19,9 +19,11 @@ from vpsweb_tasks.models import (
     ProgressUpdate,
     QueueStatus,
     ResourceSample,
+    TaskName,
     TaskPriority,
     TaskRecord,
     TaskStatus,
+    TaskTypeName,
     from_timestamp,
     to_datetime,
 )
@@ -29,12 +31,13 @@ from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
 from vpsweb_tasks.monitor.health import StorageWriteError
 from vpsweb_tasks.storage.base import ProgressSnapshot
 from vpsweb_tasks.translation import TranslationJob, WorkflowMode
-
-TaskType = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+from vpsweb_tasks.validation import storable
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Values are checked by the library's own types (vpsweb_tasks.validation): what a
+    # request model accepts, storage can hold and every answer can encode.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Response(BaseModel):
@@ -47,8 +50,8 @@ class _Response(BaseModel):
 class SubmitTaskRequest(_Request):
     """The document's submit body, plus an optional payload and delay."""
 
-    task_name: Annotated[str, Field(min_length=1, max_length=200)]
-    task_type: TaskType
+    task_name: TaskName
+    task_type: TaskTypeName
     priority: TaskPriority = TaskPriority.NORMAL
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3
     timeout_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
@@ -63,14 +66,14 @@ class SubmitTaskRequest(_Request):
 
 
 class PauseRequest(_Request):
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: Annotated[str, Field(max_length=500), storable] | None = None
 
 
 class RequeueRequest(_Request):
     """Which failed tasks to requeue: all of them, or those of one category / type."""
 
     category: ErrorCategory | None = None
-    task_type: TaskType | None = None
+    task_type: TaskTypeName | None = None
 
 
 # --- responses ------------------------------------------------------------------------------

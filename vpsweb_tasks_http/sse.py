@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import HTTPException
 from fastapi.sse import ServerSentEvent
 
 from vpsweb_tasks import ProgressUpdate, TaskStatus
@@ -34,7 +33,6 @@ __all__ = [
     "job_final",
     "job_status",
     "reset",
-    "resume_point",
     "task_status",
     "vpsweb_changes",
     "vpsweb_connected",
@@ -45,25 +43,6 @@ __all__ = [
 
 #: The kinds after which a task's stream ends.
 FINAL_EVENTS = frozenset({"task_completed", "task_dead_lettered", "task_cancelled"})
-
-
-def resume_point(last_event_id: str | None, after: int | None) -> int | None:
-    """The hub id to resume after: the ``Last-Event-ID`` header (422 if it is not an event
-    id), else ``after``."""
-    if last_event_id is not None:
-        try:
-            return int(last_event_id)
-        except ValueError:
-            detail = [
-                {
-                    "type": "int_parsing",
-                    "loc": ["header", "last-event-id"],
-                    "msg": "Last-Event-ID must be an event id (an integer)",
-                    "input": last_event_id,
-                }
-            ]
-            raise HTTPException(422, detail) from None
-    return after
 
 
 def hub_event(event: Event) -> ServerSentEvent:

@@ -43,6 +43,14 @@ Conventions that hold for every operation:
   :meth:`TaskStore.open` raises :class:`~vpsweb_tasks.errors.StorageCorruptError` for a
   damaged SQLite file or one that is not a database, and ``StorageUnavailableError``
   naming the database (never a password) when it cannot be opened or used.
+* **Text that can be read back.** What is stored can always be read and answered as UTF-8
+  JSON (:mod:`vpsweb_tasks.validation`). Input is checked before it reaches storage (task
+  definitions, payloads, a pause reason: a NUL or a lone surrogate is refused); an id or a
+  task type no row can hold matches nothing (:func:`.logic.matchable`: no task, an empty
+  list, ``TaskNotFoundError``) on every backend; the text of an outcome (an error's
+  message and type, a cancel or deferral reason), which holds whatever the failing code
+  put in it, is stored with what storage cannot hold written out (``\\x00``,
+  ``\\udfff``); a result must be JSON storage can hold (:class:`.types.Completed`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from ..models import (
     TaskStatus,
     to_datetime,
 )
+from ..validation import storable_text, text_problem
 from .ops import Mode, Op, Step, count, operation, row, rows, script, value
 from .queries import Migration
 from .rows import (
@@ -91,6 +92,7 @@ __all__ = [
     "list_tasks",
     "list_workers",
     "load_breaker_states",
+    "matchable",
     "metrics_window",
     "migrate",
     "next_run_at",
@@ -186,6 +188,14 @@ def add_tasks(
     return [None if i < stored else full for i in range(len(tasks))]  # the first ones fit
 
 
+def matchable(key: str | None) -> bool:
+    """Whether any row can have ``key`` (an id, a task type) as a column's value: text
+    storage cannot hold (a NUL character, a lone surrogate: see
+    :mod:`vpsweb_tasks.validation`) is in no row, so a lookup or filter by it finds
+    nothing, on every backend, without asking the database (PostgreSQL would reject it)."""
+    return key is None or text_problem(key) is None
+
+
 @operation(Mode.READ)
 def tasks_of_key(key: str, tasks: Sequence[NewTask]) -> Op[list[TaskRecord] | None]:
     """The tasks stored already under the idempotency keys of ``tasks`` (the tasks of one
@@ -231,13 +241,16 @@ def next_run_at(*, now: float) -> Op[float | None]:
 
 @operation(Mode.READ)
 def get_task(task_id: str) -> Op[TaskRecord | None]:
+    if not matchable(task_id):
+        return None
     found = yield row("get_task", id=task_id)
     return None if found is None else task_from_row(found)
 
 
 @operation(Mode.READ)
 def get_tasks(task_ids: Collection[str]) -> Op[list[TaskRecord]]:
-    return [task_from_row(found) for found in (yield rows("get_tasks", ids=list(task_ids)))]
+    ids = [task_id for task_id in task_ids if matchable(task_id)]
+    return [task_from_row(found) for found in (yield rows("get_tasks", ids=ids))]
 
 
 @operation(Mode.READ)
@@ -251,6 +264,8 @@ def list_tasks(
 ) -> Op[list[TaskRecord]]:
     if order not in LIST_ORDERS:
         raise ValueError(f"order must be one of {sorted(LIST_ORDERS)}")
+    if not matchable(task_type):
+        return []
     wanted = [TaskStatus(s).value for s in (TaskStatus if statuses is None else statuses)]
     found = yield rows(
         LIST_ORDERS[order],
@@ -272,6 +287,8 @@ def count_tasks() -> Op[dict[TaskStatus, int]]:
 
 @operation(Mode.READ)
 def list_executions(task_id: str) -> Op[list[ExecutionRecord]]:
+    if not matchable(task_id):
+        return []
     return [execution_from_row(r) for r in (yield rows("list_executions", task_id=task_id))]
 
 
@@ -376,23 +393,31 @@ def outcome_params(outcome: Outcome) -> dict[str, Any]:
             params |= {"status": "completed", "result": outcome.json, "set_error": True}
         case Failed() as failed:
             category = ErrorCategory(failed.category).value
+            # An error's text holds whatever the failing code put in it: stored written out
+            # where storage cannot hold it as it is, so that it can always be read back.
+            message = storable_text(failed.error_message)
+            error_type = storable_text(failed.error_type)
             params |= {
                 "status": "failed" if failed.retry_at is None else "retrying",
                 "run_at": failed.retry_at,
                 "set_error": True,
-                "error_message": failed.error_message,
-                "error_type": failed.error_type,
+                "error_message": message,
+                "error_type": error_type,
                 "error_category": category,
                 "x_category": category,
-                "x_type": failed.error_type,
-                "x_message": failed.error_message,
-                "traceback": failed.traceback,
+                "x_type": error_type,
+                "x_message": message,
+                "traceback": None if failed.traceback is None else storable_text(failed.traceback),
             }
         case Cancelled(reason=reason):
-            params |= {"status": "cancelled", "message": reason}
+            params |= {
+                "status": "cancelled",
+                "message": None if reason is None else storable_text(reason),
+            }
         case Released():
             params |= {"status": "pending", "give_back": 1}
         case Deferred(retry_at=retry_at, reason=reason):
+            reason = storable_text(reason)
             params |= {
                 "status": "retrying",
                 "run_at": retry_at,
@@ -672,6 +697,8 @@ def save_progress(snapshots: Sequence[ProgressSnapshot], *, history_limit: int) 
 
 @operation(Mode.READ)
 def progress_history(task_id: str, *, limit: int) -> Op[list[ProgressSnapshot]]:
+    if not matchable(task_id):
+        return []
     found = yield rows("progress_history", task_id=task_id, limit=limit)
     return [progress_from_row(each) for each in found]
 
@@ -681,7 +708,7 @@ def progress_history(task_id: str, *, limit: int) -> Op[list[ProgressSnapshot]]:
 
 @operation(Mode.WRITE)
 def request_cancel(task_id: str, *, now: float) -> Op[TaskRecord]:
-    status = yield value("task_status", id=task_id)
+    status = (yield value("task_status", id=task_id)) if matchable(task_id) else None
     if status is None:
         raise TaskNotFoundError(task_id)
     current = TaskStatus(status)
@@ -716,10 +743,12 @@ def requeue_failed(
     category: ErrorCategory | None,
     task_type: str | None,
 ) -> Op[list[TaskRecord]]:
+    if not matchable(task_type):
+        return []
     found = yield rows(
         "requeue_failed",
         now=now,
-        ids=None if task_ids is None else list(task_ids),
+        ids=None if task_ids is None else [each for each in task_ids if matchable(each)],
         category=None if category is None else ErrorCategory(category).value,
         task_type=task_type,
     )

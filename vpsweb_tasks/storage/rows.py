@@ -22,6 +22,7 @@ from ..models import (
     to_datetime,
 )
 from ..retry import RetryConfig
+from ..validation import readable
 from .types import NewTask, ProgressSnapshot, SharedBreakerState, WorkerInfo
 
 __all__ = [
@@ -51,11 +52,17 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str) -> Any:
-    return {} if text == "{}" else json.loads(text)
+    if text == "{}":
+        return {}
+    value = json.loads(text)
+    # JSON stored before validation existed may hold a lone surrogate's escape: what it
+    # parses to no answer can encode. A surrogate escape in the text is rare and cheap
+    # to look for (surrogate pairs of emoji and the like have them too, and pass).
+    return readable(value) if "\\ud" in text else value
 
 
 def loads_result(text: str) -> Any:
-    return None if text == "null" else json.loads(text)  # most results: None
+    return None if text == "null" else loads(text)  # most results: None
 
 
 def as_float(value: Any) -> float | None:
@@ -178,7 +185,7 @@ def progress_from_row(row: Row) -> ProgressSnapshot:
         task_id=row["task_id"],
         progress=float(row["progress"]),
         message=row["message"],
-        metadata=None if metadata is None else json.loads(metadata),
+        metadata=None if metadata is None else loads(metadata),
         at=float(row["recorded_at"]),
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -10,6 +9,7 @@ from typing import Any, Literal
 from ..errors import ErrorCategory, StorageUnavailableError
 from ..models import TaskPriority, TaskRecord, TaskStatus, to_datetime
 from ..retry import RetryConfig
+from ..validation import encode_json
 
 __all__ = [
     "AttemptGroup",
@@ -107,18 +107,15 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """The attempt succeeded with ``result``, which must be JSON: constructing a Completed
-    with anything else raises ``TypeError`` or ``ValueError``. ``json`` is its encoding."""
+    """The attempt succeeded with ``result``, which must be JSON storage can hold
+    (:func:`~vpsweb_tasks.validation.encode_json`, no size bound): constructing a
+    Completed with anything else raises ``ValueError``. ``json`` is its encoding."""
 
     result: Any = None
     json: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        encoded = (
-            "null"
-            if self.result is None
-            else json.dumps(self.result, separators=(",", ":"), allow_nan=False)
-        )
+        encoded = "null" if self.result is None else encode_json(self.result, max_bytes=None)
         object.__setattr__(self, "json", encoded)
 
 

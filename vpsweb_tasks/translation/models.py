@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from ..errors import ErrorCategory
-from ..models import TaskPriority, TaskStatus, _json_bounded
+from ..models import TaskPriority, TaskStatus
+from ..validation import encode_json, json_values_problem, storable
 from .languages import normalise_language
 
 __all__ = [
@@ -74,13 +75,17 @@ class TranslationMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    author: Annotated[str, Field(max_length=500)] | None = None
-    title: Annotated[str, Field(max_length=500)] | None = None
-    poem_id: Annotated[str, Field(max_length=100)] | int | None = None
+    author: Annotated[str, Field(max_length=500), storable] | None = None
+    title: Annotated[str, Field(max_length=500), storable] | None = None
+    poem_id: Annotated[str, Field(max_length=100), storable] | int | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
-        _json_bounded(self.model_dump(mode="json"))
+        # The values as given (a NaN would be dumped as null), then their JSON's size.
+        problem = json_values_problem(self.model_dump())
+        if problem is not None:
+            raise ValueError(problem)
+        encode_json(self.model_dump(mode="json"))
         return self
 
 
@@ -90,7 +95,7 @@ class TranslationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    original_text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    original_text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH), storable]
     source_language: Language
     target_language: Language
     workflow_mode: WorkflowMode = WorkflowMode.HYBRID
@@ -290,9 +295,9 @@ class TranslationBatch(BaseModel):
 class CompareRequest(BaseModel):
     """One text through several workflow modes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    original_text: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    original_text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH), storable]
     source_language: Language
     target_language: Language
     workflow_modes: list[WorkflowMode] = Field(

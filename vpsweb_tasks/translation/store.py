@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import TaskRecord, TaskStatus
+from ..storage.logic import matchable
 from ..storage.ops import Mode, Op, Step, count, operation, row, rows
 from ..storage.queries import Component
 from ..storage.rows import dumps, loads, loads_result, task_from_row
@@ -143,6 +144,8 @@ def _with_tasks(found: list[Mapping[str, Any]], tasks: list[Mapping[str, Any]]) 
 @operation(Mode.SNAPSHOT)
 def get_job(job_id: str) -> Op[TranslationJobRow | None]:
     """The job with its task, read from one snapshot; None if unknown."""
+    if not matchable(job_id):
+        return None
     found = yield row("translation.get_job", id=job_id)
     if found is None:
         return None

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Header, Path, Query, Response
 
 from vpsweb_tasks import TaskManager, TaskStatus
-from vpsweb_tasks.models import IdempotencyKey
+from vpsweb_tasks.models import IdempotencyKey, TaskTypeName
+from vpsweb_tasks.validation import storable
 
 from .._routing import RouteGroup
 from ..errors import GUARDED_RESPONSES
@@ -18,9 +19,11 @@ __all__ = [
     "REPLAYED",
     "TASKS",
     "IdempotencyKeyHeader",
+    "LastEventId",
     "Limit",
     "Offset",
     "TaskId",
+    "TaskTypeFilter",
     "guarded",
     "replayed",
     "task_list",
@@ -29,7 +32,17 @@ __all__ = [
 TASKS = "/api/v1/background-tasks"
 MONITORING = "/api/v1/monitoring"
 
-TaskId = Annotated[str, Path(min_length=1, max_length=100, description="The task's id")]
+# Every string parameter is text storage can hold (vpsweb_tasks.validation): a NUL or a
+# lone surrogate in an id or a filter is a 422 naming it, on every backend.
+TaskId = Annotated[str, Path(min_length=1, max_length=100, description="The task's id"), storable]
+TaskTypeFilter = Annotated[TaskTypeName | None, Query(description="Only tasks of this type")]
+#: The ``Last-Event-ID`` header of a stream: the id of the last event the client saw.
+#: A parameter of the route, never of its guard: a parameter that fails there would make
+#: FastAPI skip the guard (and a task's 404 answer a caller without the key).
+LastEventId = Annotated[
+    int | None,
+    Header(ge=0, description="Resume after this event id (sent by EventSource on reconnect)"),
+]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 #: Header ``Idempotency-Key`` of a POST that creates tasks or jobs (the IETF httpapi

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Query
-
 from vpsweb_tasks.errors import ErrorCategory
 
 from ..deps import Authorised
@@ -16,7 +12,7 @@ from ..schemas import (
     TaskListResponse,
     TaskResponse,
 )
-from ._shared import TASKS, Limit, Offset, TaskId, guarded
+from ._shared import TASKS, Limit, Offset, TaskId, TaskTypeFilter, guarded
 
 __all__ = ["group"]
 
@@ -29,7 +25,7 @@ async def dead_letters(
     limit: Limit = 100,
     offset: Offset = 0,
     category: ErrorCategory | None = None,
-    task_type: Annotated[str | None, Query(max_length=100)] = None,
+    task_type: TaskTypeFilter = None,
 ) -> TaskListResponse:
     records = await state.manager.list_dead_letters(
         category=category, task_type=task_type, limit=limit, offset=offset

@@ -49,7 +49,7 @@ async def summary(state: Authorised) -> SummaryResponse:
 @group.get("/metrics/performance", summary="Performance (resource) metrics history")
 async def performance(
     state: Authorised,
-    since: Annotated[float | None, Query(description="Epoch seconds")] = None,
+    since: Annotated[float | None, Query(description="Epoch seconds", allow_inf_nan=False)] = None,
     limit: Limit = 1000,
 ) -> PerformanceResponse:
     samples = await state.monitor.resource_history(since=since, limit=limit)

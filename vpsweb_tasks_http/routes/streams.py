@@ -9,23 +9,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from vpsweb_tasks.events import SubscriberLagged
 from vpsweb_tasks.models import to_datetime
 
 from .. import sse
+from .._routing import RouteGroup
 from ..deps import Authorised, StreamAuthorised, state_of
+from ..errors import STREAM_RESPONSES
 from ..schemas import StreamTokenResponse
-from ._shared import MONITORING, TASKS, TaskId, guarded
+from ._shared import MONITORING, TASKS, LastEventId, TaskId, guarded
 
 __all__ = ["group", "token_group"]
 
 #: The stream-token route, behind the API key (it comes first of the monitoring routes).
 token_group = guarded(MONITORING, "monitoring")
 #: The streams: the API key or a stream token.
-group = guarded()
+group = RouteGroup(responses=STREAM_RESPONSES)
 
 
 @token_group.post(
@@ -54,22 +56,29 @@ async def existing_task(task_id: TaskId, request: Request) -> str:
 async def task_events(
     state: StreamAuthorised,
     task_id: Annotated[str, Depends(existing_task)],
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: LastEventId = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    start = sse.resume_point(last_event_id, None)
     hub = state.manager.events
-    # Subscribe first, then read the state: nothing can fall between the two.
-    async with hub.subscribe(after=start if start is not None else hub.last_id) as stream:
-        now = await state.monitor.task_progress(task_id)
-        yield sse.task_status(now)
-        if now.status.is_terminal:
-            return
-        async for event in stream:
-            if event.task_id != task_id:
-                continue
-            yield sse.hub_event(event)
-            if event.kind in sse.FINAL_EVENTS:
+    # The first event is the task's state now, so a resume point the hub no longer has
+    # (events lost, or an id from before a restart) loses nothing: start from now.
+    after = hub.last_id
+    if last_event_id is not None and hub.can_resume(last_event_id):
+        after = last_event_id
+    try:
+        # Subscribe first, then read the state: nothing can fall between the two.
+        async with hub.subscribe(after=after) as stream:
+            now = await state.monitor.task_progress(task_id)
+            yield sse.task_status(now)
+            if now.status.is_terminal:
                 return
+            async for event in stream:
+                if event.task_id != task_id:
+                    continue
+                yield sse.hub_event(event)
+                if event.kind in sse.FINAL_EVENTS:
+                    return
+    except SubscriberLagged as lagged:  # fell behind while streaming
+        yield sse.reset(lagged, now=hub.last_id)
 
 
 @group.get(
@@ -80,10 +89,10 @@ async def task_events(
 )
 async def all_events(
     state: StreamAuthorised,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: LastEventId = None,
     after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    start = sse.resume_point(last_event_id, after)
+    start = last_event_id if last_event_id is not None else after
     try:
         async with state.monitor.subscribe(after=start) as stream:
             async for event in stream:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, HTTPException, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from vpsweb_tasks import TaskStatus
@@ -33,28 +33,34 @@ from vpsweb_tasks.translation import (
     VPSWebAdapter,
     get_vpsweb_adapter,
 )
+from vpsweb_tasks.validation import storable
 
 from .. import sse
 from .._routing import RouteGroup, group_url
 from ..deps import Authorised, StreamAuthorised
-from ..errors import GUARDED_RESPONSES
+from ..errors import GUARDED_RESPONSES, STREAM_RESPONSES
 from ..schemas import (
+    ErrorResponse,
     TranslationBatchResponse,
     TranslationListResponse,
     TranslationSubmitResponse,
 )
-from ._shared import REPLAYED, TASKS, IdempotencyKeyHeader, replayed
+from ._shared import REPLAYED, TASKS, IdempotencyKeyHeader, LastEventId, replayed
 
 __all__ = ["group"]
 
-JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id")]
+JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id"), storable]
 
 group = RouteGroup(
     prefix=TASKS,
     tags=["translation jobs"],
     responses={
         **GUARDED_RESPONSES,
-        503: {"description": "Not running, or no LLM provider is configured"},
+        503: {
+            "model": ErrorResponse,
+            "description": "Not running, or no LLM provider is configured (problems: what to"
+            " configure)",
+        },
     },
 )
 
@@ -142,7 +148,7 @@ async def compare(body: CompareRequest, vpsweb: Adapter) -> Comparison:
 @group.get("/translation/compare", summary="Jobs of a comparison, side by side")
 async def comparison(
     vpsweb: Adapter,
-    job_id: Annotated[list[str], Query(min_length=1, max_length=10)],
+    job_id: Annotated[list[Annotated[str, storable]], Query(min_length=1, max_length=10)],
 ) -> Comparison:
     return await vpsweb.comparison(job_id)
 
@@ -169,7 +175,7 @@ async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
     "/translation/{job_id}/result",
     name="translation_result",
     summary="Get translation job result",
-    responses={409: {"description": "The job has not completed"}},
+    responses={409: {"model": ErrorResponse, "description": "The job has not completed"}},
 )
 async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
     return await vpsweb.result(job_id)
@@ -203,6 +209,7 @@ async def streamed_job(job_id: JobId, state: StreamAuthorised) -> tuple[VPSWebAd
     name="translation_events",
     response_class=EventSourceResponse,
     summary="Server-sent events of a job, as VPSWeb's web UI listens to them",
+    responses=STREAM_RESPONSES,
 )
 async def events(
     streamed: Annotated[tuple[VPSWebAdapter, str], Depends(streamed_job)],
@@ -215,7 +222,7 @@ async def events(
             " the job so far; detailed: our events with each step's details and the result",
         ),
     ] = "vpsweb",
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: LastEventId = None,
 ) -> AsyncIterator[ServerSentEvent]:
     vpsweb, job_id = streamed
     if stream_format == "detailed":
@@ -269,13 +276,15 @@ async def _vpsweb(vpsweb: VPSWebAdapter, job_id: str) -> AsyncIterator[ServerSen
 
 
 async def _detailed(
-    vpsweb: VPSWebAdapter, job_id: str, last_event_id: str | None
+    vpsweb: VPSWebAdapter, job_id: str, last_event_id: int | None
 ) -> AsyncIterator[ServerSentEvent]:
     """The hub's events of the job, with each step's details and the result."""
     hub = vpsweb.manager.events
+    # The first event is the job's state now: a resume point the hub no longer has (an id
+    # from before a restart) loses nothing by starting from now.
     after = hub.last_id
-    if last_event_id is not None and last_event_id.isdigit():
-        after = int(last_event_id)
+    if last_event_id is not None and hub.can_resume(last_event_id):
+        after = last_event_id
     async with hub.subscribe(after=after) as stream:
         job = await vpsweb.status(job_id)
         yield ServerSentEvent(event="status", data=sse.job_status(job))
