@@ -12,19 +12,21 @@ from .breakers import (
 )
 from .classify import classify_error, register_error_rule
 from .config import Settings, load_config
-from .context import TaskContext, current_task
+from .context import ProcessContext, TaskContext, current_task
 from .errors import (
     CircuitOpenError,
     ErrorCategory,
     HandlerUnavailableError,
     LeaseLostError,
     ManagerNotRunningError,
+    MemoryLimitError,
     QueueFullError,
     Retry,
     StorageCorruptError,
     StorageError,
     StorageUnavailableError,
     TaskNotFoundError,
+    TaskProcessError,
     TaskStateError,
     TaskTimeoutError,
     UnknownTaskTypeError,
@@ -59,6 +61,8 @@ __all__ = [
     "HandlerUnavailableError",
     "LeaseLostError",
     "ManagerNotRunningError",
+    "MemoryLimitError",
+    "ProcessContext",
     "ProgressUpdate",
     "QueueFullError",
     "QueueStatus",
@@ -76,6 +80,7 @@ __all__ = [
     "TaskMonitor",
     "TaskNotFoundError",
     "TaskPriority",
+    "TaskProcessError",
     "TaskRecord",
     "TaskStateError",
     "TaskStatus",
