@@ -281,3 +281,18 @@ async def test_the_default_memory_limit_applies_to_types_without_their_own(
         )
     assert record.error_type == "MemoryLimitError"
     assert "memory limit of 64 MB" in (record.error_message or "")
+
+
+async def test_the_pool_keeps_at_most_process_pool_size_children(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, background_tasks={"max_concurrent_jobs": 2, "process_pool_size": 1}
+    )
+    async with TaskManager(settings) as manager:
+        manager.register("a", process_tasks.pid, process=True)
+        manager.register("b", process_tasks.pid, process=True)
+        a = await (await manager.submit(definition("a"))).wait(timeout=20)
+        b = await (await manager.submit(definition("b"))).wait(timeout=20)
+        again = await (await manager.submit(definition("b"))).wait(timeout=20)
+        assert manager._queue.processes.pids == [b.result]
+    assert a.result != b.result == again.result
+    assert gone(a.result)  # retired to make room for b's child

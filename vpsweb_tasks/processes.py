@@ -269,7 +269,9 @@ class ProcessPool:
 
     async def _start(self, task_type: str) -> _Child:
         # Room for one more: retire the idle child of another type that waited longest.
-        while self._idle and len(self._idle) + len(self._busy) >= self.size:
+        # Each busy or starting child holds a token, this one's included.
+        assert self._limiter is not None
+        while self._idle and len(self._idle) + self._limiter.borrowed_tokens > self.size:
             _, old = self._idle.popitem(last=False)
             with anyio.CancelScope(shield=True):
                 await old.close()
