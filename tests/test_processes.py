@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +298,49 @@ async def test_the_pool_keeps_at_most_process_pool_size_children(tmp_path: Path)
         assert manager._queue.processes.pids == [b.result]
     assert a.result != b.result == again.result
     assert gone(a.result)  # retired to make room for b's child
+
+
+SCRIPT = """
+import os
+import sys
+
+import anyio
+
+from vpsweb_tasks import TaskDefinition, TaskManager, load_config
+
+
+def double(context):
+    return {"n": context.payload["n"] * 2, "pid": os.getpid()}
+
+
+async def main(folder):
+    settings = load_config(
+        storage={"sqlite_path": os.path.join(folder, "tasks.db")},
+        logging={"file": os.path.join(folder, "repository.log")},
+    )
+    async with TaskManager(settings) as manager:
+        manager.register("double", double, process=True)
+        context = await manager.submit(TaskDefinition(name="d", task_type="double"), n=21)
+        record = await context.wait(timeout=60)
+        print(record.status, record.result["n"], record.result["pid"] != os.getpid())
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1])
+"""
+
+
+def test_a_function_of_the_script_being_run_runs_in_a_child(tmp_path: Path) -> None:
+    """As with multiprocessing's spawn: the child imports the script (as __mp_main__),
+    whose guarded main does not run again."""
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["completed", "42", "True"]
