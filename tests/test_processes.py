@@ -116,7 +116,8 @@ async def test_a_timeout_kills_the_child(manager: TaskManager) -> None:
     manager.events.add_listener(recorder, kinds={"task_progressed"})
     manager.register("sleeper", process_tasks.sleep_forever, process=True)
 
-    context = await manager.submit(definition("sleeper", timeout_seconds=0.5, max_retries=0))
+    # The timeout counts the child's start too (~50 ms; a few times that on a busy machine).
+    context = await manager.submit(definition("sleeper", timeout_seconds=1.0, max_retries=0))
     pid = await child_pid(recorder, context.task_id)
     record = await context.wait(timeout=20)
     assert record.status is TaskStatus.FAILED
