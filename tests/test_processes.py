@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psutil
 import pytest
 
@@ -39,6 +40,14 @@ def definition(task_type: str, **fields: Any) -> TaskDefinition:
 def gone(pid: int) -> bool:
     """The process is gone (reaped), not merely a zombie."""
     return not psutil.pid_exists(pid)
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 async def child_pid(recorder: EventRecorder, task_id: str) -> int:
@@ -345,3 +354,16 @@ def test_a_function_of_the_script_being_run_runs_in_a_child(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["completed", "42", "True"]
+
+
+async def test_an_idle_child_that_died_is_replaced(manager: TaskManager) -> None:
+    manager.register("pid", process_tasks.pid, process=True)
+    first = (await (await manager.submit(definition("pid"))).wait(timeout=20)).result
+    os.kill(first, signal.SIGKILL)
+    with anyio.fail_after(10):
+        while not dead(first):  # noqa: ASYNC110 (a poll of another process's state)
+            await anyio.sleep(0.01)
+    second = await (await manager.submit(definition("pid"))).wait(timeout=20)
+    assert second.status is TaskStatus.COMPLETED
+    assert second.result != first
+    assert gone(first)

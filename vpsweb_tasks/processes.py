@@ -163,6 +163,14 @@ class _Child:
     async def send(self, message: dict[str, Any]) -> None:
         await self.stdin.send(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
+    async def try_send(self, message: dict[str, Any]) -> bool:
+        """Send, or False if the child is gone."""
+        try:
+            await self.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        return True
+
     async def receive(self) -> dict[str, Any] | None:
         """The next message; None when the child closed its end (it died)."""
         try:
@@ -213,7 +221,6 @@ class ProcessPool:
         self._limiter: anyio.CapacityLimiter | None = None
         self._idle: OrderedDict[int, _Child] = OrderedDict()  # pid -> child, oldest first
         self._busy: dict[int, _Child] = {}
-        self._running: dict[str, int] = {}  # task id -> pid
         self._closed = False
         self.started = 0
         """Children started so far (for statistics and tests)."""
@@ -222,10 +229,6 @@ class ProcessPool:
     def pids(self) -> list[int]:
         """Pids of the children alive now, busy or idle."""
         return [*self._busy, *self._idle]
-
-    def busy_pid(self, task_id: str) -> int | None:
-        """The pid of the child running ``task_id``, if any (for tests and tools)."""
-        return self._running.get(task_id)
 
     def limit_mb(self, spec: ProcessSpec) -> float:
         return spec.memory_limit_mb or self.default_memory_limit_mb
@@ -239,17 +242,21 @@ class ProcessPool:
             self._limiter = anyio.CapacityLimiter(self.size)
         limit_mb = self.limit_mb(spec)
         async with self._limiter:
-            child = self._take_idle(task.task_type)
+            request = _run_request(spec, limit_mb, task)
+            child = await self._take_idle(task.task_type)
             keep = False
             try:
+                if child is not None and not await child.try_send(request):
+                    with anyio.CancelScope(shield=True):  # it died while idle
+                        await child.kill()
+                    child = None
                 if child is None:
                     child = await self._start(task.task_type)
+                    await child.send(request)
                 self._busy[child.pid] = child
-                self._running[task.id] = child.pid
-                result, keep = await self._run_in(child, spec, limit_mb, task, context)
+                result, keep = await self._run_in(child, limit_mb, spec, task, context)
                 return result
             finally:
-                self._running.pop(task.id, None)
                 if child is not None:
                     self._busy.pop(child.pid, None)
                     if keep and child.alive and not self._closed:
@@ -258,10 +265,12 @@ class ProcessPool:
                         with anyio.CancelScope(shield=True):
                             await child.kill()
 
-    def _take_idle(self, task_type: str) -> _Child | None:
+    async def _take_idle(self, task_type: str) -> _Child | None:
         for pid, child in list(self._idle.items()):
-            if not child.alive:
+            if not child.alive:  # died while idle (killed from outside): reap it
                 del self._idle[pid]
+                with anyio.CancelScope(shield=True):
+                    await child.kill()
             elif child.task_type == task_type:
                 del self._idle[pid]
                 return child
@@ -299,27 +308,13 @@ class ProcessPool:
     async def _run_in(
         self,
         child: _Child,
-        spec: ProcessSpec,
         limit_mb: float,
+        spec: ProcessSpec,
         task: TaskRecord,
         context: TaskContext,
     ) -> tuple[Any, bool]:
-        """The task's result and whether the child may run another task."""
-        await child.send(
-            {
-                "op": "run",
-                "target": spec.target,
-                "limit": int(limit_mb * _MB),
-                "task": {
-                    "id": task.id,
-                    "name": task.name,
-                    "task_type": task.task_type,
-                    "attempt": task.attempts,
-                    "payload": task.payload,
-                    "metadata": task.metadata,
-                },
-            }
-        )
+        """Relay the progress of the task sent to ``child`` until its answer: the task's
+        result and whether the child may run another task."""
         while True:
             message = await child.receive()
             if message is None:
@@ -395,6 +390,22 @@ class ProcessPool:
         with anyio.CancelScope(shield=True):
             for child in idle:
                 await child.close()
+
+
+def _run_request(spec: ProcessSpec, limit_mb: float, task: TaskRecord) -> dict[str, Any]:
+    return {
+        "op": "run",
+        "target": spec.target,
+        "limit": int(limit_mb * _MB),
+        "task": {
+            "id": task.id,
+            "name": task.name,
+            "task_type": task.task_type,
+            "attempt": task.attempts,
+            "payload": task.payload,
+            "metadata": task.metadata,
+        },
+    }
 
 
 def _unpickle(data: Any) -> Exception | None:
