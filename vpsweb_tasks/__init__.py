@@ -12,7 +12,7 @@ from .breakers import (
 )
 from .classify import classify_error, register_error_rule
 from .config import Settings, load_config
-from .context import TaskContext, current_task
+from .context import ProcessContext, TaskContext, current_task
 from .errors import (
     CircuitOpenError,
     ErrorCategory,
@@ -20,12 +20,14 @@ from .errors import (
     InvalidInputError,
     LeaseLostError,
     ManagerNotRunningError,
+    MemoryLimitError,
     QueueFullError,
     Retry,
     StorageCorruptError,
     StorageError,
     StorageUnavailableError,
     TaskNotFoundError,
+    TaskProcessError,
     TaskStateError,
     TaskTimeoutError,
     UnknownTaskTypeError,
@@ -61,6 +63,8 @@ __all__ = [
     "InvalidInputError",
     "LeaseLostError",
     "ManagerNotRunningError",
+    "MemoryLimitError",
+    "ProcessContext",
     "ProgressUpdate",
     "QueueFullError",
     "QueueStatus",
@@ -78,6 +82,7 @@ __all__ = [
     "TaskMonitor",
     "TaskNotFoundError",
     "TaskPriority",
+    "TaskProcessError",
     "TaskRecord",
     "TaskStateError",
     "TaskStatus",

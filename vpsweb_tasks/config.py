@@ -137,6 +137,17 @@ class BackgroundTaskSettings(_Section):
     put back in the queue (they run again later, without losing an attempt)."""
     progress_flush_interval: PositiveSeconds = 0.5
     """Progress reaches listeners at once; storage gets the latest value this often."""
+    thread_pool_size: int | None = Field(default=None, ge=1)
+    """Plain ``def`` tasks (which run in worker threads) running at once in one worker
+    process; default (null): max_concurrent_jobs."""
+    process_pool_size: int | None = Field(default=None, ge=1)
+    """Child processes of process tasks (registered with ``process=True``) one worker
+    process keeps, busy or idle; default (null): max_concurrent_jobs."""
+    task_memory_limit_mb: float = Field(default=512.0, ge=32)
+    """Memory limit of a process task whose type sets no memory_limit_mb: the address
+    space (virtual size, RLIMIT_AS) of its child process, Python itself included (~15
+    MB, more with the modules the task imports). A task that goes past it fails with
+    category resource."""
     data_dir: Path = Path("data")
     """Folder the built-in ``data_processing`` task reads from and writes to (it refuses
     paths outside it)."""

@@ -3,10 +3,16 @@
 The same object is handed to ``create_task``/``submit`` callers and, in the process that
 runs the task, to the task function: ``await context.update_progress(...)`` in the task is
 seen at once by whoever holds the context and by every progress listener.
+
+A plain ``def`` task runs in a worker thread and gets the same context: it reports progress
+with ``context.report_progress(...)`` (a hop to the event loop) and checks for a stop
+with ``context.check_cancelled()`` (a flag read, no hop). A process task
+(``process=True``) gets a :class:`ProcessContext` in its child process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import time
@@ -16,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 import anyio
+import anyio.from_thread
 
 from .errors import ErrorCategory
 from .log import TaskLogger
@@ -24,10 +31,62 @@ from .storage.ops import Step
 from .storage.types import NewTask
 from .validation import check_json_object, check_text
 
-__all__ = ["Contexts", "TaskContext", "TaskFunction", "TaskHost", "current_task"]
+__all__ = [
+    "AnyTaskFunction",
+    "Contexts",
+    "ProcessContext",
+    "ProcessTaskFunction",
+    "TaskContext",
+    "TaskFunction",
+    "TaskHost",
+    "current_task",
+]
 
-#: ``async def fn(context) -> JSON-able result``
-TaskFunction = Callable[["TaskContext"], Awaitable[Any]]
+#: ``async def fn(context) -> JSON-able result`` (on the event loop), or
+#: ``def fn(context) -> JSON-able result`` (in a worker thread).
+TaskFunction = Callable[["TaskContext"], Awaitable[Any]] | Callable[["TaskContext"], Any]
+
+
+class ProcessContext(Protocol):
+    """What a process task's function (``process=True``) receives in its child process;
+    a :class:`TaskContext` offers the same, so a function typed with it runs either way.
+
+    There is no manager in the child: progress goes to the worker over a pipe, and a
+    cancel or timeout kills the child, so ``cancelled`` stays false and
+    ``check_cancelled()`` never raises there."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def payload(self) -> dict[str, Any]: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+    def check_cancelled(self) -> None: ...
+
+    def report_progress(
+        self, progress: float, message: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> None: ...
+
+    async def update_progress(
+        self, progress: float, message: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> None: ...
+
+
+#: A process task's function: ``def fn(context)`` or ``async def fn(context)``, defined at
+#: a module's top level (the child imports it by name).
+ProcessTaskFunction = Callable[[ProcessContext], Any]
+
+#: Whatever a task type can be registered with.
+AnyTaskFunction = TaskFunction | ProcessTaskFunction
 
 _current: ContextVar[TaskContext | None] = ContextVar("vpsweb_tasks_current", default=None)
 
@@ -178,10 +237,7 @@ class TaskContext:
         most every ``progress_flush_interval`` (plus each change of message). A message or
         metadata storage cannot hold raises ``InvalidInputError`` naming it.
         """
-        if isinstance(progress, bool) or not isinstance(progress, int | float):
-            raise TypeError("progress must be a number between 0 and 1")
-        if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
+        _check_progress(progress)
         if message is not None:
             check_text(message, "message")
         if metadata:
@@ -198,6 +254,40 @@ class TaskContext:
             metadata=metadata or {},
         )
         await self._manager._report_progress(self, update)
+
+    def report_progress(
+        self,
+        progress: float,
+        message: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """:meth:`update_progress` for a plain ``def`` task, from its worker thread: it
+        waits until the update is published (a hop to the event loop, ~0.1 ms). It is a
+        stop check too: raises like :meth:`check_cancelled` once the attempt is being
+        stopped. On the event loop, use ``await update_progress(...)``."""
+        _check_progress(progress)
+        if not _check_in_worker_thread():
+            raise RuntimeError(
+                "report_progress is for plain def tasks, from their worker thread;"
+                " on the event loop use await context.update_progress(...)"
+            )
+        try:
+            anyio.from_thread.run(self.update_progress, progress, message, metadata)
+        except concurrent.futures.CancelledError:
+            _check_in_worker_thread()  # stopped while the update was on its way: raises
+            raise
+
+    def check_cancelled(self) -> None:
+        """In a plain ``def`` task (a worker thread): raise if this attempt is being
+        stopped (cancel requested, timeout passed, worker shutting down), so the function
+        can end early. It reads a flag (no hop to the event loop): call it often. The
+        exception is the event loop's cancellation (a ``BaseException``, which
+        ``except Exception`` does not catch); the attempt then ends as cancelled, timed
+        out or released, as an ``async`` task's would. A function that never checks runs
+        to its end; its result is then dropped the same way.
+
+        Anywhere else (on the event loop, where any ``await`` is a check) it does nothing."""
+        _check_in_worker_thread()
 
     def write_on_completion(self, step: Step) -> None:
         """Write ``step`` (a named query of an installed extension, see
@@ -266,6 +356,23 @@ class TaskContext:
     def error_category(self) -> ErrorCategory | None:
         record = self.record
         return record.error_category if record else None
+
+
+def _check_in_worker_thread() -> bool:
+    """In a worker thread of anyio's: raise its cancellation if the task that started the
+    thread is being cancelled, else True. Elsewhere: False."""
+    try:
+        anyio.from_thread.check_cancelled()
+    except RuntimeError:  # anyio's NoEventLoopError: not in one of its worker threads
+        return False
+    return True
+
+
+def _check_progress(progress: Any) -> None:
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        raise TypeError("progress must be a number between 0 and 1")
+    if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
 
 
 class Contexts:

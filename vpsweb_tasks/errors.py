@@ -17,6 +17,9 @@ Exception hierarchy::
     ├── TaskTimeoutError (TimeoutError)   a task ran past its timeout
     ├── WorkerLostError                   the worker running a task died (lease expired)
     ├── HandlerUnavailableError           the task's callable is gone (its process died)
+    ├── MemoryLimitError (MemoryError)    a process task went past its memory_limit_mb
+    ├── TaskProcessError                  a process task's child died, or failed with an
+    │                                     exception that could not be brought back
     ├── CircuitOpenError (pybreaker.CircuitBreakerError)  a circuit breaker rejected the call
     ├── StorageError                      the task database failed (not the caller's input)
     │   ├── StorageUnavailableError       it cannot do this now (``cause``: disk_full, ...)
@@ -44,6 +47,7 @@ __all__ = [
     "InvalidInputError",
     "LeaseLostError",
     "ManagerNotRunningError",
+    "MemoryLimitError",
     "NotConfiguredError",
     "QueueFullError",
     "ResultNotSerializableError",
@@ -53,6 +57,7 @@ __all__ = [
     "StorageFault",
     "StorageUnavailableError",
     "TaskNotFoundError",
+    "TaskProcessError",
     "TaskStateError",
     "TaskTimeoutError",
     "UnknownTaskTypeError",
@@ -201,6 +206,36 @@ class HandlerUnavailableError(VpswebTasksError):
     """The task's callable is not available in any live process."""
 
     category = ErrorCategory.RESOURCE
+
+
+class MemoryLimitError(VpswebTasksError, MemoryError):
+    """A process task allocated beyond its memory limit (``memory_limit_mb``, enforced as
+    the address-space limit of its child process). The worker is unharmed; the child is
+    replaced."""
+
+    category = ErrorCategory.RESOURCE
+
+
+class TaskProcessError(VpswebTasksError):
+    """A process task's child process died without an answer (killed, crashed), or the
+    task failed with an exception that could not be rebuilt in the worker: then the
+    message holds its type and text, ``category`` the child's classification of it, and
+    ``child_traceback`` its traceback."""
+
+    category = ErrorCategory.RESOURCE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        category: ErrorCategory = ErrorCategory.RESOURCE,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.category = category
+        self.child_traceback = traceback
+        if traceback:
+            self.add_note(f"in the task's process:\n{traceback}")
 
 
 class CircuitOpenError(VpswebTasksError, pybreaker.CircuitBreakerError):

@@ -46,7 +46,7 @@ from pydantic import BaseModel
 from .breakers import BreakerRegistry, get_breaker_registry
 from .builtin import builtin_tasks
 from .config import Settings, load_config
-from .context import Contexts, TaskContext, TaskFunction
+from .context import AnyTaskFunction, Contexts, TaskContext, TaskFunction
 from .errors import (
     ErrorCategory,
     HandlerUnavailableError,
@@ -95,7 +95,7 @@ __all__ = [
     "set_task_manager",
 ]
 
-F = TypeVar("F", bound=TaskFunction)
+F = TypeVar("F", bound=AnyTaskFunction)
 
 #: The steps (an extension's rows) to store with a batch of tasks, given the tasks.
 LinkedRows = Callable[[Sequence[NewTask]], Sequence[Step]]
@@ -267,17 +267,56 @@ class TaskManager:
 
     # --- registry and extensions -----------------------------------------------------------
 
-    def register(self, name: str, fn: TaskFunction, *, retry: RetryConfig | None = None) -> None:
-        """Register ``fn`` as the handler of task type ``name``."""
-        self._registry.register(name, fn, retry=retry)
+    def register(
+        self,
+        name: str,
+        fn: AnyTaskFunction,
+        *,
+        retry: RetryConfig | None = None,
+        process: bool = False,
+        memory_limit_mb: float | None = None,
+    ) -> None:
+        """Register ``fn`` as the handler of task type ``name``.
+
+        An ``async def`` function runs on the event loop; a plain ``def`` function in a
+        worker thread (``background_tasks.thread_pool_size`` at once), where it reports
+        progress with ``context.report_progress`` and checks for a stop with
+        ``context.check_cancelled()``.
+
+        ``process=True`` runs each task in a child process of a reused pool, under an
+        address-space limit of ``memory_limit_mb`` (default
+        ``background_tasks.task_memory_limit_mb``); a cancel or timeout kills the child.
+        ``fn`` must be a module-level function (the child imports it by name) and gets a
+        :class:`~vpsweb_tasks.context.ProcessContext`. Going past the limit fails the
+        attempt with ``MemoryLimitError`` (category ``resource``).
+
+        Raises ValueError or TypeError naming the argument (a closure or lambda with
+        ``process=True``, a ``memory_limit_mb`` below what Python needs to start).
+        """
+        self._registry.register(
+            name, fn, retry=retry, process=process, memory_limit_mb=memory_limit_mb
+        )
 
     def task(
-        self, name: str | None = None, *, retry: RetryConfig | None = None
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryConfig | None = None,
+        process: bool = False,
+        memory_limit_mb: float | None = None,
     ) -> Callable[[F], F]:
-        """Decorator: ``@manager.task("data_processing")`` registers a handler."""
+        """Decorator: ``@manager.task("data_processing")`` registers a handler; the
+        keywords are :meth:`register`'s (``@manager.task("resize", process=True,
+        memory_limit_mb=512)``)."""
 
         def decorate(fn: F) -> F:
-            self.register(name or fn.__name__, fn, retry=retry)
+            self.register(
+                name or fn.__name__,
+                fn,
+                retry=retry,
+                process=process,
+                memory_limit_mb=memory_limit_mb,
+            )
             return fn
 
         return decorate
@@ -337,6 +376,8 @@ class TaskManager:
             self._tg = tg
             stack.callback(self.breakers.add_listener(self._forward_breaker_event))
             self._queue = self._new_queue()
+            # Normally closed by the queue's stop; this also covers a start that fails.
+            stack.push_async_callback(self._queue.processes.aclose)
             await self._queue.start(tg)
             if self.config.enabled:
                 tg.start_soon(self._cleanup_loop)
@@ -460,7 +501,9 @@ class TaskManager:
             if self._registry.get(name) is None:
                 raise UnknownTaskTypeError(name, self._registry.names)
         elif not callable(fn):
-            raise TypeError("fn must be an async callable or a registered task type name")
+            raise TypeError(
+                "fn must be a function (async def or def) or a registered task type name"
+            )
         else:
             spec = self._registry.get(definition.task_type)
             if spec is None or spec.fn is not fn:

@@ -25,11 +25,19 @@ A task runs under its own cancel scope and a timeout (the task's own, else
 ``task_timeouts[type]``, else ``job_timeout``). Its outcome, the retry decision, the
 execution row and the metrics row are written in one transaction, shielded from
 cancellation, and only then published as events.
+
+Where its function runs (:class:`~vpsweb_tasks.registry.Handler`): an ``async def`` on
+this event loop; a plain ``def`` in a worker thread (at most ``thread_pool_size`` at
+once), which cannot be interrupted: a stop (cancel, timeout, shutdown) is seen by its
+``context.check_cancelled()``, and the attempt ends when the function returns or checks,
+its result dropped; a ``process=True`` type in a child process of the
+:class:`~vpsweb_tasks.processes.ProcessPool`, killed on a stop.
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import os
 import socket
@@ -41,6 +49,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import psutil
 
 from .breakers import BreakerRegistry
@@ -69,7 +78,8 @@ from .events import (
 from .log import TaskLogger, task_logger
 from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
-from .registry import Registry
+from .processes import ProcessPool
+from .registry import Handler, Registry
 from .retry import RetryPolicy
 from .storage import logic
 from .storage.base import TaskStore
@@ -205,6 +215,11 @@ class TaskQueue:
         # for the manager's life: cheaper than spawning a task per claim.
         self._claimed = _Handoff()
         self._runners = 0
+        self._threads: anyio.CapacityLimiter | None = None  # made on first use, in the loop
+        self.processes = ProcessPool(
+            size=self.config.process_pool_size or self.config.max_concurrent_jobs,
+            default_memory_limit_mb=self.config.task_memory_limit_mb,
+        )
         self.worker = WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -661,14 +676,35 @@ class TaskQueue:
         try:
             with scope:
                 try:
-                    result = await handler(running.context)
+                    if handler.runs_in == "loop":
+                        result = await handler.fn(running.context)
+                    else:
+                        result = await self._run_elsewhere(handler, task, running.context)
                 except Exception as exc:
                     error = exc
-            if scope.cancelled_caught and running.stop_reason is None:
+            # cancel_called, not cancelled_caught: a def task in a thread, or a process
+            # task, may come back with a result after its deadline; it is dropped.
+            if scope.cancel_called and running.stop_reason is None:
                 error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
         finally:
             _current.reset(reset)
         return result, error
+
+    async def _run_elsewhere(self, handler: Handler, task: TaskRecord, context: TaskContext) -> Any:
+        """Run a def task in a worker thread, or a process task in a child process."""
+        if handler.runs_in == "process":
+            assert handler.process is not None
+            return await self.processes.run(handler.process, task, context)
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(
+                self.config.thread_pool_size or self.config.max_concurrent_jobs
+            )
+        # Not abandoned on cancel: the attempt lasts as long as its thread (which sees the
+        # stop through context.check_cancelled()), so no thread outlives its attempt.
+        result = await anyio.to_thread.run_sync(handler.fn, context, limiter=self._threads)
+        if inspect.isawaitable(result):  # a def that returns a coroutine (a lambda, a wrapper)
+            result = await result
+        return result
 
     def _outcome(
         self,
@@ -841,6 +877,7 @@ class TaskQueue:
                 running.stop("shutdown")
             await self._idle.wait()
         self._claimed.close()  # idle runners return
+        await self.processes.aclose()
         await self.flush_progress()
         await self.store.remove_worker(self.worker_id)
 
