@@ -1117,11 +1117,12 @@ class TaskManager:
         for firing in firings:
             if firing.missed_since is not None:
                 logger.warning(
-                    "schedule %s missed its ticks since %s (%s): fired %d of them",
+                    "schedule %s: its ticks since %s were missed (no worker was up to fire"
+                    " them in time); fired %d tick(s) now, next at %s",
                     firing.schedule,
                     to_datetime(firing.missed_since).isoformat(),
-                    "no process fired them in time",
                     len(firing.ticks),
+                    to_datetime(firing.next_run_at).isoformat(),
                 )
             for tick in firing.ticks:
                 if tick.task_id is None:
