@@ -1415,7 +1415,8 @@ async def test_a_due_tick_fires_once_with_its_task(store: TaskStore) -> None:
     assert firing.next_run_at == T0 + 10
     assert firing.missed_since is None
     stored = await store.get_task(task.id)
-    assert stored is not None and stored.status is TaskStatus.PENDING
+    assert stored is not None
+    assert stored.status is TaskStatus.PENDING
     [tick] = await store.run(logic.schedule_ticks("often"))
     assert (tick.tick_at, tick.task_id, tick.worker_id) == (T0 + 5, task.id, "w1")
     schedule = await store.run(logic.get_schedule("often"))
@@ -1432,7 +1433,9 @@ async def test_a_tick_fired_by_two_processes_at_once_yields_one_task(
         for second in range(1, 21):
             results: list[list[ScheduleFiring]] = []
 
-            async def fire_from(each: TaskStore, worker_id: str, now: float) -> None:
+            async def fire_from(
+                each: TaskStore, worker_id: str, now: float, results: list[Any] = results
+            ) -> None:
                 results.append(await fire(each, now, worker_id=worker_id))
 
             async with anyio.create_task_group() as tg:
@@ -1452,7 +1455,8 @@ async def test_a_tick_row_already_there_is_not_fired_again(store: TaskStore) -> 
     await fire(store, T0 + 5)
     await store.run(run_script(f"UPDATE schedules SET next_run_at = {T0 + 5}"))
     [again] = await fire(store, T0 + 6, worker_id="w2")
-    assert again.tasks == () and again.ticks == ()
+    assert again.tasks == ()
+    assert again.ticks == ()
     assert len(await scheduled_tasks(store)) == 1
     assert again.next_run_at == T0 + 10
 
@@ -1533,7 +1537,8 @@ async def test_defined_schedules_keep_their_runtime_state_until_they_change(
     again = await store.run(logic.define_schedules([("five", definition, "code")], now=T0 + 120))
     assert again == []
     kept = await store.run(logic.get_schedule("five"))
-    assert kept is not None and kept.enabled is False
+    assert kept is not None
+    assert kept.enabled is False
     # A changed definition replaces it, enabled as defined.
     changed = ScheduleDefinition(task_type="work", cron="*/10 * * * *")
     await store.run(logic.define_schedules([("five", changed, "config")], now=T0 + 180))
