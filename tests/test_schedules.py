@@ -62,12 +62,16 @@ def local(timestamp: float, tz: ZoneInfo = WARSAW) -> str:
         ({"cron": "0 0 * * * *"}, "cron", "5 fields"),  # cronsim's seconds field: not ours
         ({"cron": "61 * * * *"}, "cron", "Bad minute"),
         ({"cron": "0 0 30 2 *"}, "cron", "day"),
-        ({"every": 0}, "every", "greater than 0"),
-        ({"every": -5}, "every", "greater than 0"),
-        ({"every": timedelta(seconds=-1)}, "every", "greater than 0"),
+        ({"every": 0}, "every", "greater than or equal to 0.01"),
+        ({"every": -5}, "every", "greater than or equal to 0.01"),
+        ({"every": timedelta(seconds=-1)}, "every", "greater than or equal to 0.01"),
+        ({"every": 1e300}, "every", "less than"),
+        ({"every": float("inf")}, "every", "less than"),
         ({}, "every", "one of cron or every is required"),
         ({"cron": "* * * * *", "every": 5}, "every", "not both"),
         ({"every": 5, "timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
+        ({"every": 5, "timezone": "Europe"}, "timezone", "unknown timezone"),
+        ({"every": 5, "timezone": "/etc/passwd"}, "timezone", "unknown timezone"),
         ({"every": 5, "priority": "urgent"}, "priority", "low"),
         ({"every": 5, "missed": "all"}, "missed", "latest"),
         ({"every": 5, "payload": {"x": float("nan")}}, "payload", "JSON"),
@@ -174,11 +178,11 @@ def test_plan_fires_every_tick_on_time_and_the_policy_decides_the_missed() -> No
 
 
 def test_plan_fires_at_most_max_catch_up_ticks() -> None:
-    ticks = cadence_of(None, 0.001, "UTC", anchor=0.0)
-    many = plan(ticks, 0.001, now=5.0, grace=10, missed="latest")
+    ticks = cadence_of(None, 0.01, "UTC", anchor=0.0)
+    many = plan(ticks, 0.01, now=5.0, grace=10, missed="latest")
     assert len(many.ticks) == MAX_CATCH_UP
     assert many.ticks[-1] == pytest.approx(5.0)
-    assert many.missed_since == 0.001
+    assert many.missed_since == 0.01
 
 
 # --- the manager ------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from .validation import JsonObject
 
 __all__ = [
     "MAX_CATCH_UP",
+    "MAX_EVERY",
+    "MIN_EVERY",
     "Cadence",
     "Missed",
     "Plan",
@@ -68,6 +70,10 @@ Priority = Literal["low", "normal", "high", "critical"]
 #: older ones count as missed.
 MAX_CATCH_UP = 100
 
+#: The shortest and longest intervals (``every``), in seconds.
+MIN_EVERY = 0.01
+MAX_EVERY = 10 * 366 * 24 * 3600.0
+
 #: A schedule's name: its key in the config, its path segment over HTTP.
 ScheduleName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -90,12 +96,12 @@ class ScheduleDefinition(BaseModel):
     cron: str | None = None
     """A 5-field cron expression (minute hour day-of-month month day-of-week), read in
     ``timezone``; e.g. ``"0 3 * * *"``, 03:00 every day."""
-    every: Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)] | None = (
-        None
-    )
-    """Fire every so many seconds (float seconds or a timedelta), the first tick one
-    interval after the schedule is created."""
-    timezone: str = "UTC"
+    every: (
+        Annotated[float, BeforeValidator(_seconds), Field(ge=MIN_EVERY, le=MAX_EVERY)] | None
+    ) = None
+    """Fire every so many seconds (float seconds or a timedelta; from 0.01 s to ten
+    years), the first tick one interval after the schedule is created."""
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
     """IANA name of the zone ``cron`` is read in (``Europe/Warsaw``)."""
     payload: JsonObject = Field(default_factory=dict)
     """The JSON payload of every task it submits."""
@@ -145,7 +151,7 @@ class ScheduleDefinition(BaseModel):
     def _known_timezone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, say
             raise ValueError(f"unknown timezone {value!r} (an IANA name such as UTC)") from None
         return value
 
