@@ -39,6 +39,18 @@ async def names(client: httpx.AsyncClient) -> list[str]:
     return [s["name"] for s in listing["schedules"]]
 
 
+async def poll(
+    client: httpx.AsyncClient, path: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """GET ``path`` until ``done(body)``: the server's own tasks change it, so poll."""
+    with anyio.fail_after(10):
+        while True:
+            body: dict[str, Any] = (await client.get(path)).json()
+            if done(body):
+                return body
+            await anyio.sleep(0.02)
+
+
 async def test_add_read_pause_resume_and_delete(client: httpx.AsyncClient) -> None:
     added = await client.post(
         SCHEDULES,
@@ -117,16 +129,9 @@ async def test_a_schedule_added_over_http_fires_and_its_tasks_run(
         json={"name": "quick", "task_type": "report", "every": 0.1, "payload": {"team": "a"}},
     )
     assert added.status_code == 201, added.text
-    with anyio.fail_after(10):
-        while (schedule := (await client.get(f"{SCHEDULES}/quick")).json())[
-            "last_task_id"
-        ] is None:
-            await anyio.sleep(0.02)  # another task fires it: poll the API
-        task_id = schedule["last_task_id"]
-        while (task := (await client.get(f"/api/v1/background-tasks/status/{task_id}")).json())[
-            "status"
-        ] != "completed":
-            await anyio.sleep(0.02)
+    schedule = await poll(client, f"{SCHEDULES}/quick", lambda s: s["last_task_id"] is not None)
+    status = f"/api/v1/background-tasks/status/{schedule['last_task_id']}"
+    task = await poll(client, status, lambda t: t["status"] == "completed")
     assert task["result"] == {"for": "a"}
     assert task["metadata"]["schedule"] == "quick"
     await client.post(f"{SCHEDULES}/quick/pause")

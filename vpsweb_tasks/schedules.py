@@ -96,9 +96,9 @@ class ScheduleDefinition(BaseModel):
     cron: str | None = None
     """A 5-field cron expression (minute hour day-of-month month day-of-week), read in
     ``timezone``; e.g. ``"0 3 * * *"``, 03:00 every day."""
-    every: (
-        Annotated[float, BeforeValidator(_seconds), Field(ge=MIN_EVERY, le=MAX_EVERY)] | None
-    ) = None
+    every: Annotated[float, BeforeValidator(_seconds), Field(ge=MIN_EVERY, le=MAX_EVERY)] | None = (
+        None
+    )
     """Fire every so many seconds (float seconds or a timedelta; from 0.01 s to ten
     years), the first tick one interval after the schedule is created."""
     timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
