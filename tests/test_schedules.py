@@ -38,6 +38,7 @@ from vpsweb_tasks.schedules import (
     plan,
 )
 from vpsweb_tasks.storage import logic
+from vpsweb_tasks.validation import MAX_JSON_BYTES
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +86,13 @@ def test_an_invalid_definition_names_its_field(
         define(**{"task_type": "work", **fields})
     assert raised.value.field == field
     assert words in str(raised.value)
+
+
+def test_a_payload_has_a_tasks_bounds() -> None:
+    with pytest.raises(InvalidScheduleError) as raised:
+        define(task_type="work", every=5, payload={"x": "y" * MAX_JSON_BYTES})
+    assert raised.value.field == "payload"
+    assert str(MAX_JSON_BYTES) in str(raised.value)
 
 
 def test_a_definition_takes_a_timedelta_and_tidies_its_cron() -> None:
