@@ -1091,6 +1091,7 @@ class TaskManager:
 
     async def resume_schedule(self, name: str) -> ScheduleRecord:
         """Fire a paused schedule again, from its first tick after now."""
+        self._require_running()
         record = await self.store.run(logic.set_schedule_enabled(name, True, now=self.clock()))
         self._scheduler_wakeup.set()
         return record
@@ -1098,12 +1099,14 @@ class TaskManager:
     async def delete_schedule(self, name: str) -> None:
         """Delete a schedule and its ticks; ``ScheduleNotFoundError`` if there is none. One
         defined in code or config comes back at the next start."""
+        self._require_running()
         await self.store.run(logic.delete_schedule(name))
 
     async def fire_due_schedules(self) -> list[ScheduleFiring]:
         """Fire the ticks due now (by :attr:`clock`) of every enabled schedule, each once
         across every process on the database, and announce their tasks. A worker's
         scheduler calls this at each tick; tests call it after moving a fake clock."""
+        self._require_running()
         firings = await self.store.run(
             logic.fire_schedules(
                 now=self.clock(),
