@@ -1533,7 +1533,11 @@ async def test_defined_schedules_keep_their_runtime_state_until_they_change(
     written = await store.run(logic.define_schedules([("five", definition, "code")], now=T0 + 60))
     assert written == ["five"]
     await store.run(logic.set_schedule_enabled("five", False, now=T0 + 61))
-    # A restart with the same definition: still paused.
+    # A restart with the same definition: nothing to write (a manager reads first), and
+    # written anyway, nothing changes: still paused.
+    stored = await store.run(logic.schedule_fingerprints())
+    assert stored == {"five": definition.fingerprint()}
+    assert logic.changed_definitions([("five", definition, "code")], stored) == []
     again = await store.run(logic.define_schedules([("five", definition, "code")], now=T0 + 120))
     assert again == []
     kept = await store.run(logic.get_schedule("five"))
@@ -1541,6 +1545,10 @@ async def test_defined_schedules_keep_their_runtime_state_until_they_change(
     assert kept.enabled is False
     # A changed definition replaces it, enabled as defined.
     changed = ScheduleDefinition(task_type="work", cron="*/10 * * * *")
+    fresh = ScheduleDefinition(task_type="work", every=60)
+    assert logic.changed_definitions(
+        [("five", changed, "config"), ("new", fresh, "code")], stored
+    ) == [("five", changed, "config"), ("new", fresh, "code")]
     await store.run(logic.define_schedules([("five", changed, "config")], now=T0 + 180))
     replaced = await store.run(logic.get_schedule("five"))
     assert replaced is not None

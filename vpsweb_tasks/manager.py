@@ -397,7 +397,9 @@ class TaskManager:
             # Normally closed by the queue's stop; this also covers a start that fails.
             stack.push_async_callback(self._queue.processes.aclose)
             await self._queue.start(tg)
-            await self.store.run(logic.define_schedules(defined, now=self.clock()))
+            stored = await self.store.run(logic.schedule_fingerprints())
+            if changed := logic.changed_definitions(defined, stored):
+                await self.store.run(logic.define_schedules(changed, now=self.clock()))
             if self.config.enabled:
                 tg.start_soon(self._scheduler_loop)
         except BaseException:

@@ -83,6 +83,7 @@ __all__ = [
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "changed_definitions",
     "check_writes",
     "claim",
     "complete_many",
@@ -122,6 +123,7 @@ __all__ = [
     "resource_samples",
     "save_breaker_state",
     "save_progress",
+    "schedule_fingerprints",
     "schedule_ticks",
     "set_paused",
     "set_schedule_enabled",
@@ -806,6 +808,21 @@ def load_breaker_states() -> Op[list[SharedBreakerState]]:
 
 #: Makes the task a schedule's tick submits: ``make_task(schedule, tick_at)``.
 TaskMaker = Callable[[ScheduleRecord, float], NewTask]
+
+
+@operation(Mode.READ)
+def schedule_fingerprints() -> Op[dict[str, str | None]]:
+    """Each stored schedule's fingerprint (None: added at runtime), by name."""
+    return {found["name"]: found["fingerprint"] for found in (yield rows("schedule_fingerprints"))}
+
+
+def changed_definitions(
+    defined: Sequence[tuple[str, ScheduleDefinition, str]], stored: Mapping[str, str | None]
+) -> list[tuple[str, ScheduleDefinition, str]]:
+    """The definitions of code and config that :func:`define_schedules` would write: new
+    ones, and those whose definition differs from the one stored (a manager reads first,
+    so an unchanged start writes nothing: a read-only database still opens)."""
+    return [each for each in defined if stored.get(each[0], "") != each[1].fingerprint()]
 
 
 @operation(Mode.WRITE)

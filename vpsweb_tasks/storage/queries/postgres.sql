@@ -420,6 +420,9 @@ VALUES (%(name)s, %(task_type)s, %(cron)s, %(every)s, %(timezone)s, %(payload)s,
     %(anchor_at)s, %(next_run_at)s, %(origin)s, %(fingerprint)s, %(now)s, %(now)s)
 ON CONFLICT (name) DO NOTHING;
 
+-- name: schedule_fingerprints
+SELECT name, fingerprint FROM schedules;
+
 -- name: list_schedules
 SELECT * FROM schedules ORDER BY name;
 

@@ -428,6 +428,9 @@ VALUES (:name, :task_type, :cron, :every, :timezone, :payload, :priority, :enabl
     :anchor_at, :next_run_at, :origin, :fingerprint, :now, :now)
 ON CONFLICT (name) DO NOTHING;
 
+-- name: schedule_fingerprints
+SELECT name, fingerprint FROM schedules;
+
 -- name: list_schedules
 SELECT * FROM schedules ORDER BY name;
 
