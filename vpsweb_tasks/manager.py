@@ -1168,13 +1168,16 @@ class TaskManager:
     async def _scheduler_loop(self) -> None:
         """Fire due schedules, then sleep until the next tick (read from storage: other
         processes add schedules too), at most ``schedule_check_interval``; a schedule
-        added or resumed in this process wakes it at once."""
+        added or resumed in this process wakes it at once. While nothing is due it only
+        reads (one indexed query); the firing transaction runs when a tick is due."""
         while True:
             wakeup = self._scheduler_wakeup = anyio.Event()
             wait = self.config.schedule_check_interval
             try:
-                await self.fire_due_schedules()
                 next_at = await self.store.run(logic.next_schedule_at())
+                if next_at is not None and next_at <= self.clock():
+                    await self.fire_due_schedules()
+                    next_at = await self.store.run(logic.next_schedule_at())
             except Exception:
                 logger.exception("firing schedules failed; trying again shortly")
             else:
