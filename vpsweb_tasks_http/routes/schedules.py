@@ -32,18 +32,11 @@ async def list_schedules(state: Authorised) -> ScheduleListResponse:
     return ScheduleListResponse(schedules=[ScheduleResponse.of(s) for s in found], count=len(found))
 
 
-@group.post(
-    "/schedules",
-    status_code=201,
-    summary="Add a schedule (cron or interval)",
-    responses={
-        422: {
-            "description": "Invalid definition (cron, every, timezone...), a taken name or an"
-            " unregistered task type; the detail names the field. Nothing was stored."
-        }
-    },
-)
+@group.post("/schedules", status_code=201, summary="Add a schedule (cron or interval)")
 async def add_schedule(body: ScheduleRequest, state: Authorised) -> ScheduleResponse:
+    """Stored at once; every worker on the database fires it, each tick once. An invalid
+    definition (cron, every, timezone...), a taken name or an unregistered task type is a
+    422 whose detail names the field; nothing is stored then."""
     definition = ScheduleDefinition.model_validate(body.model_dump(exclude={"name"}))
     return ScheduleResponse.of(await state.manager.add_schedule(body.name, definition))
 
