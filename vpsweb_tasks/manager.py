@@ -999,6 +999,8 @@ class TaskManager:
         enabled: bool = True,
         missed: Missed | None = None,
         retry: RetryConfig | None = None,
+        process: bool = False,
+        memory_limit_mb: float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: register a handler as task type ``name`` (default: the function's
         name) and define a schedule of the same name that submits it::
@@ -1006,7 +1008,8 @@ class TaskManager:
             @manager.scheduled(cron="0 3 * * *", timezone="Europe/Warsaw")
             async def nightly_report(context): ...
 
-        The keywords are :meth:`schedule`'s."""
+        The keywords are :meth:`schedule`'s, and ``retry``, ``process`` and
+        ``memory_limit_mb`` are :meth:`register`'s."""
 
         def decorate(fn: F) -> F:
             task_type = name or fn.__name__
@@ -1021,7 +1024,9 @@ class TaskManager:
                 enabled=enabled,
                 missed=missed,
             )
-            self.register(task_type, fn, retry=retry)
+            self.register(
+                task_type, fn, retry=retry, process=process, memory_limit_mb=memory_limit_mb
+            )
             return fn
 
         return decorate
