@@ -617,3 +617,44 @@ async def test_a_failing_route_shows_its_error_in_its_panel_only(board: Board) -
     assert board.errors
     assert all("status of 500" in error for error in board.errors)
     board.errors.clear()
+
+
+async def test_schedules_show_their_next_run_and_pause_and_resume(board: Board) -> None:
+    await board.manager.add_schedule(
+        "nightly", task_type="stepped", cron="0 3 * * *", timezone="Europe/Warsaw"
+    )
+    await board.manager.add_schedule("often", task_type="bad_input", every=3600)
+    await board.open()
+    page = board.page
+    rows = page.locator("#schedules tbody tr")
+    await expect(rows).to_have_count(3)  # and the built-in cleanup
+    await expect(page.locator("#schedules .count")).to_have_text("(3)")
+    nightly = page.locator('#schedules [data-schedule="nightly"]')
+    await expect(nightly).to_contain_text("stepped")
+    await expect(nightly.locator(".when")).to_have_text("cron 0 3 * * *")
+    await expect(nightly.locator(".timezone")).to_have_text("Europe/Warsaw")
+    await expect(nightly.locator(".state")).to_have_text("enabled")
+    await expect(nightly.locator(".next-run")).to_have_text(re.compile(r"^in \d+ (h|min|s)"))
+    await expect(nightly.locator(".last-tick")).to_have_text("\u2013")  # a dash: never
+    often = page.locator('#schedules [data-schedule="often"]')
+    await expect(often.locator(".when")).to_have_text("every 1 h 0 min")
+
+    await nightly.locator("button.pause-schedule").click()
+    await expect(nightly).to_have_attribute("data-enabled", "false")
+    await expect(nightly.locator(".state")).to_have_text("paused")
+    await expect(nightly.locator(".next-run")).to_have_text("paused")
+    assert (await board.manager.get_schedule("nightly")).enabled is False
+    await nightly.locator("button.resume-schedule").click()
+    await expect(nightly).to_have_attribute("data-enabled", "true")
+    await expect(nightly.locator(".next-run")).to_have_text(re.compile(r"^in "))
+    assert (await board.manager.get_schedule("nightly")).enabled is True
+
+
+async def test_a_schedules_tick_shows_as_its_last_tick(board: Board) -> None:
+    await board.open()
+    page = board.page
+    await board.manager.add_schedule("quick", task_type="bad_input", every=0.2)
+    quick = page.locator('#schedules [data-schedule="quick"]')
+    await expect(quick).to_be_visible()  # drawn on the tick's task_submitted event
+    await expect(quick.locator(".last-tick")).to_have_text(re.compile(r"ago$|^now$"))
+    await board.manager.pause_schedule("quick")

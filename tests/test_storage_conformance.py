@@ -18,10 +18,12 @@ import pytest
 from anyio.to_thread import run_sync
 
 from vpsweb_tasks.errors import (
+    DuplicateScheduleError,
     ErrorCategory,
     IdempotencyKeyError,
     LeaseLostError,
     QueueFullError,
+    ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
 )
@@ -32,12 +34,13 @@ from vpsweb_tasks.models import (
     TaskRecord,
     TaskStatus,
 )
+from vpsweb_tasks.schedules import Missed, ScheduleDefinition, ScheduleRecord
 from vpsweb_tasks.storage import logic
 from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.base import TaskStore
 from vpsweb_tasks.storage.ops import Mode as OpMode
 from vpsweb_tasks.storage.ops import Op, operation, script
-from vpsweb_tasks.storage.queries import Component, Migration
+from vpsweb_tasks.storage.queries import CORE, Component, Migration
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 from vpsweb_tasks.storage.types import (
     Cancelled,
@@ -51,6 +54,7 @@ from vpsweb_tasks.storage.types import (
     ReapResult,
     Released,
     RetryDecider,
+    ScheduleFiring,
     SharedBreakerState,
     WorkerInfo,
 )
@@ -1330,3 +1334,259 @@ async def test_the_write_check_writes_and_reports(
     assert await store.count_tasks() == dict.fromkeys(TaskStatus, 0)
     async with store_factory() as other:
         assert (await other.check_writes(now=30.0)).writable
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def every(seconds: float, **fields: Any) -> ScheduleDefinition:
+    return ScheduleDefinition(**{"task_type": "work", "every": seconds, **fields})
+
+
+def tick_task(schedule: ScheduleRecord, tick_at: float) -> NewTask:
+    definition = schedule.definition
+    return new_task(tick_at, task_type=definition.task_type, payload=dict(definition.payload))
+
+
+async def fire(
+    store: TaskStore,
+    now: float,
+    *,
+    worker_id: str = "w1",
+    grace: float = 10.0,
+    missed: Missed = "latest",
+    limit: int | None = None,
+) -> list[ScheduleFiring]:
+    return await store.run(
+        logic.fire_schedules(
+            now=now,
+            grace=grace,
+            missed=missed,
+            worker_id=worker_id,
+            make_task=tick_task,
+            limit=limit,
+        )
+    )
+
+
+async def scheduled_tasks(store: TaskStore) -> list[TaskRecord]:
+    found = await store.list_tasks(limit=1000)
+    return sorted(found, key=lambda t: t.run_at)
+
+
+async def test_a_schedule_is_added_listed_and_read(store: TaskStore) -> None:
+    added = await store.run(
+        logic.add_schedule(
+            "nightly",
+            ScheduleDefinition(task_type="work", cron="0 3 * * *", payload={"n": 1}),
+            now=T0,
+        )
+    )
+    assert added.origin == "api"
+    assert added.definition.cron == "0 3 * * *"
+    assert added.definition.payload == {"n": 1}
+    # 03:00 UTC after T0 (2027-01-15 08:00 UTC)
+    assert added.next_run_at == T0 + 19 * 3600
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    assert [s.name for s in await store.run(logic.list_schedules())] == ["nightly", "often"]
+    assert (
+        await store.run(logic.get_schedule("often")) == (await store.run(logic.list_schedules()))[1]
+    )
+    assert await store.run(logic.get_schedule("nope")) is None
+    assert await store.run(logic.next_schedule_at()) == T0 + 5
+
+
+async def test_adding_a_taken_schedule_name_stores_nothing(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    with pytest.raises(DuplicateScheduleError) as raised:
+        await store.run(logic.add_schedule("often", every(60, task_type="other"), now=T0))
+    assert raised.value.field == "name"
+    [kept] = await store.run(logic.list_schedules())
+    assert kept.definition.every == 5
+
+
+async def test_a_due_tick_fires_once_with_its_task(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("often", every(5, payload={"k": "v"}), now=T0))
+    assert await fire(store, T0 + 4) == []
+    [firing] = await fire(store, T0 + 5.5)
+    [task] = firing.tasks
+    assert firing.schedule == "often"
+    assert (task.run_at, task.payload) == (T0 + 5, {"k": "v"})
+    assert firing.next_run_at == T0 + 10
+    assert firing.missed_since is None
+    stored = await store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.PENDING
+    [tick] = await store.run(logic.schedule_ticks("often"))
+    assert (tick.tick_at, tick.task_id, tick.worker_id) == (T0 + 5, task.id, "w1")
+    schedule = await store.run(logic.get_schedule("often"))
+    assert schedule is not None
+    assert (schedule.last_tick_at, schedule.last_task_id) == (T0 + 5, task.id)
+    assert await fire(store, T0 + 6) == []  # fired already
+
+
+async def test_a_tick_fired_by_two_processes_at_once_yields_one_task(
+    store: TaskStore, store_factory: Callable[..., TaskStore]
+) -> None:
+    await store.run(logic.add_schedule("often", every(1), now=T0))
+    async with store_factory() as other:
+        for second in range(1, 21):
+            results: list[list[ScheduleFiring]] = []
+
+            async def fire_from(
+                each: TaskStore, worker_id: str, now: float, results: list[Any] = results
+            ) -> None:
+                results.append(await fire(each, now, worker_id=worker_id))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fire_from, store, "w1", T0 + second + 0.1)
+                tg.start_soon(fire_from, other, "w2", T0 + second + 0.2)
+            assert sum(len(f.tasks) for firings in results for f in firings) == 1
+    ticks = await store.run(logic.schedule_ticks("often"))
+    assert [t.tick_at for t in ticks] == [T0 + s for s in range(1, 21)]
+    tasks = await scheduled_tasks(store)
+    assert sorted(t.id for t in tasks) == sorted(str(t.task_id) for t in ticks)
+
+
+async def test_a_tick_row_already_there_is_not_fired_again(store: TaskStore) -> None:
+    # A second process that read the schedule before the first fired it: the tick's key
+    # (schedule, tick) is taken, so no second task.
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    await fire(store, T0 + 5)
+    await store.run(run_script(f"UPDATE schedules SET next_run_at = {T0 + 5}"))
+    [again] = await fire(store, T0 + 6, worker_id="w2")
+    assert again.tasks == ()
+    assert again.ticks == ()
+    assert len(await scheduled_tasks(store)) == 1
+    assert again.next_run_at == T0 + 10
+
+
+async def test_a_paused_schedule_does_not_fire_and_resumes_from_its_next_tick(
+    store: TaskStore,
+) -> None:
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    paused = await store.run(logic.set_schedule_enabled("often", False, now=T0 + 1))
+    assert paused.enabled is False
+    assert await fire(store, T0 + 30) == []
+    assert await store.run(logic.next_schedule_at()) is None
+    resumed = await store.run(logic.set_schedule_enabled("often", True, now=T0 + 31))
+    assert resumed.enabled is True
+    assert resumed.next_run_at == T0 + 35  # the ticks slept through are not missed
+    [firing] = await fire(store, T0 + 35)
+    assert [t.tick_at for t in firing.ticks] == [T0 + 35]
+    with pytest.raises(ScheduleNotFoundError):
+        await store.run(logic.set_schedule_enabled("nope", False, now=T0))
+
+
+async def test_late_ticks_within_the_grace_all_fire(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("often", every(1), now=T0))
+    [firing] = await fire(store, T0 + 4.5, grace=10)
+    assert [t.tick_at for t in firing.ticks] == [T0 + 1, T0 + 2, T0 + 3, T0 + 4]
+    assert firing.missed_since is None
+
+
+@pytest.mark.parametrize("policy", ["latest", "skip"])
+async def test_missed_ticks_follow_the_policy(store: TaskStore, policy: Missed) -> None:
+    await store.run(logic.add_schedule("hourly", every(3600), now=T0))
+    # Every process was down for a day.
+    [firing] = await fire(store, T0 + 24 * 3600 + 100, grace=10, missed=policy)
+    assert firing.missed_since == T0 + 3600
+    assert firing.next_run_at == T0 + 25 * 3600
+    fired = [t.tick_at for t in firing.ticks]
+    assert fired == ([T0 + 24 * 3600] if policy == "latest" else [])
+    assert len(await scheduled_tasks(store)) == len(fired)
+
+
+async def test_a_schedules_own_missed_policy_overrides_the_default(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("hourly", every(3600, missed="skip"), now=T0))
+    [firing] = await fire(store, T0 + 5 * 3600 + 100, missed="latest")
+    assert firing.ticks == ()
+
+
+async def test_a_full_queue_leaves_the_tick_fired_without_a_task(store: TaskStore) -> None:
+    await store.add_task(new_task(T0))
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    [firing] = await fire(store, T0 + 5, limit=1)
+    assert firing.tasks == ()
+    [tick] = firing.ticks
+    assert tick.task_id is None
+    assert [t.task_id for t in await store.run(logic.schedule_ticks("often"))] == [None]
+    assert firing.next_run_at == T0 + 10
+    assert len(await scheduled_tasks(store)) == 1
+
+
+async def test_delete_removes_a_schedule_and_its_ticks(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    await fire(store, T0 + 5)
+    await store.run(logic.delete_schedule("often"))
+    assert await store.run(logic.list_schedules()) == []
+    assert await store.run(logic.schedule_ticks("often")) == []
+    assert len(await scheduled_tasks(store)) == 1  # the task it submitted stays
+    with pytest.raises(ScheduleNotFoundError):
+        await store.run(logic.delete_schedule("often"))
+
+
+async def test_defined_schedules_keep_their_runtime_state_until_they_change(
+    store: TaskStore,
+) -> None:
+    definition = ScheduleDefinition(task_type="work", cron="*/5 * * * *")
+    written = await store.run(logic.define_schedules([("five", definition, "code")], now=T0 + 60))
+    assert written == ["five"]
+    await store.run(logic.set_schedule_enabled("five", False, now=T0 + 61))
+    # A restart with the same definition: nothing to write (a manager reads first), and
+    # written anyway, nothing changes: still paused.
+    stored = await store.run(logic.schedule_fingerprints())
+    assert stored == {"five": definition.fingerprint()}
+    assert logic.changed_definitions([("five", definition, "code")], stored) == []
+    again = await store.run(logic.define_schedules([("five", definition, "code")], now=T0 + 120))
+    assert again == []
+    kept = await store.run(logic.get_schedule("five"))
+    assert kept is not None
+    assert kept.enabled is False
+    # A changed definition replaces it, enabled as defined.
+    changed = ScheduleDefinition(task_type="work", cron="*/10 * * * *")
+    fresh = ScheduleDefinition(task_type="work", every=60)
+    assert logic.changed_definitions(
+        [("five", changed, "config"), ("new", fresh, "code")], stored
+    ) == [("five", changed, "config"), ("new", fresh, "code")]
+    await store.run(logic.define_schedules([("five", changed, "config")], now=T0 + 180))
+    replaced = await store.run(logic.get_schedule("five"))
+    assert replaced is not None
+    assert (replaced.definition.cron, replaced.enabled, replaced.origin) == (
+        "*/10 * * * *",
+        True,
+        "config",
+    )
+    assert replaced.next_run_at == T0 + 600  # T0 is a whole hour
+
+
+async def test_cleanup_forgets_old_ticks(store: TaskStore) -> None:
+    await store.run(logic.add_schedule("often", every(5), now=T0))
+    await fire(store, T0 + 5)
+    await fire(store, T0 + 10)
+    await store.run(logic.delete_ticks(before=T0 + 7))
+    assert [t.tick_at for t in await store.run(logic.schedule_ticks("often"))] == [T0 + 10]
+
+
+async def test_a_migration_numbered_below_the_newest_is_applied_later(
+    store_factory: Callable[..., TaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work merged in any order: a migration whose number is below the newest applied
+    one (numbers are reserved per branch, so gaps fill in later) is still applied."""
+    async with store_factory() as first:
+        newest = first.schema_version
+    shipped = Component.migrations
+    used = {m.version for m in CORE.migrations(first.dialect)}
+    gap = min(set(range(1, newest)) - used)
+
+    def with_a_late_one(self: Component, dialect: str) -> list[Migration]:
+        found = shipped(self, dialect)
+        if self.name != "core":
+            return found
+        late = Migration("core", gap, f"{gap:04d}_late.sql", "CREATE TABLE late (x INTEGER);")
+        return sorted([*found, late], key=lambda m: m.version)
+
+    monkeypatch.setattr(Component, "migrations", with_a_late_one)
+    async with store_factory() as second:
+        assert second.schema_version == newest
+        await second.run(run_script("INSERT INTO late (x) VALUES (1)"))

@@ -15,14 +15,17 @@ from .config import Settings, load_config
 from .context import ProcessContext, TaskContext, current_task
 from .errors import (
     CircuitOpenError,
+    DuplicateScheduleError,
     ErrorCategory,
     HandlerUnavailableError,
     InvalidInputError,
+    InvalidScheduleError,
     LeaseLostError,
     ManagerNotRunningError,
     MemoryLimitError,
     QueueFullError,
     Retry,
+    ScheduleNotFoundError,
     StorageCorruptError,
     StorageError,
     StorageUnavailableError,
@@ -47,6 +50,7 @@ from .models import (
 )
 from .monitor import TaskMonitor, get_task_monitor
 from .retry import RetryConfig, RetryPolicy, RetryStrategy, with_retry
+from .schedules import ScheduleDefinition, ScheduleRecord
 
 __version__ = "0.1.0"
 
@@ -55,12 +59,14 @@ __all__ = [
     "BreakerRegistry",
     "CircuitOpenError",
     "DeadLetter",
+    "DuplicateScheduleError",
     "ErrorCategory",
     "EventHub",
     "ExecutionRecord",
     "Extension",
     "HandlerUnavailableError",
     "InvalidInputError",
+    "InvalidScheduleError",
     "LeaseLostError",
     "ManagerNotRunningError",
     "MemoryLimitError",
@@ -72,6 +78,9 @@ __all__ = [
     "RetryConfig",
     "RetryPolicy",
     "RetryStrategy",
+    "ScheduleDefinition",
+    "ScheduleNotFoundError",
+    "ScheduleRecord",
     "Settings",
     "StorageCorruptError",
     "StorageError",

@@ -40,6 +40,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .schedules import Missed, ScheduleDefinition, ScheduleName
 
 __all__ = [
     "BackgroundTaskSettings",
@@ -91,7 +92,9 @@ class BackgroundTaskSettings(_Section):
     job_timeout: PositiveSeconds = 300.0
     """Timeout of a task that sets none and whose type has no entry in task_timeouts."""
     cleanup_interval: PositiveSeconds = 3600.0
-    """How often finished tasks older than task_retention_hours are deleted."""
+    """How often finished tasks older than task_retention_hours are deleted: the built-in
+    schedule ``cleanup`` fires a ``cleanup`` task this often, once across every process on
+    the database (a schedule named ``cleanup`` in ``schedules`` replaces it)."""
     max_retry_attempts: int = Field(default=3, ge=0)
     """Upper bound on any task's retries, whatever its own max_retries says."""
     retry_delay: Annotated[Seconds, Field(ge=0)] = 60.0
@@ -148,6 +151,16 @@ class BackgroundTaskSettings(_Section):
     space (virtual size, RLIMIT_AS) of its child process, Python itself included (~15
     MB, more with the modules the task imports). A task that goes past it fails with
     category resource."""
+    schedule_missed: Missed = "latest"
+    """Ticks of a schedule found later than schedule_grace (every process that could fire
+    them was down): ``latest`` runs the latest of them once, ``skip`` runs none; either way
+    the schedule goes on from its next tick. A schedule's own ``missed`` overrides this."""
+    schedule_grace: PositiveSeconds = 10.0
+    """A tick fired at most this late is on time; an older one was missed (see
+    schedule_missed)."""
+    schedule_check_interval: PositiveSeconds = 1.0
+    """A worker's scheduler sleeps until the next tick it knows of, at most this long, so a
+    schedule added or resumed by another process fires within this time of its tick."""
     data_dir: Path = Path("data")
     """Folder the built-in ``data_processing`` task reads from and writes to (it refuses
     paths outside it)."""
@@ -357,6 +370,9 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    schedules: dict[ScheduleName, ScheduleDefinition] = Field(default_factory=dict)
+    """Schedules by name (see :mod:`vpsweb_tasks.schedules`), written to storage when a
+    manager starts."""
 
     _sections: dict[tuple[str, Any], Any] = PrivateAttr(default_factory=dict)
 
@@ -475,6 +491,7 @@ def config_reference(extra: Sequence[tuple[str, type[BaseModel]]] = ()) -> str:
         ("storage", StorageSettings),
         ("logging", LoggingSettings),
         ("http", HttpSettings),
+        ("schedules.<name>", ScheduleDefinition),
         *extra,
     ]
     for name, model in sections:
@@ -484,7 +501,8 @@ def config_reference(extra: Sequence[tuple[str, type[BaseModel]]] = ()) -> str:
             default = info.get_default(call_default_factory=True)
             if isinstance(default, Path):
                 default = str(default)
+            shown = "required" if info.is_required() else f"`{default!r}`"
             meaning = " ".join((info.description or "").split())
-            out.append(f"| `{key}` | `{default!r}` | {meaning} |")
+            out.append(f"| `{key}` | {shown} | {meaning} |")
         out.append("")
     return "\n".join(out)

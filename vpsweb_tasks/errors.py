@@ -11,6 +11,9 @@ Exception hierarchy::
     ├── TaskNotFoundError (LookupError)   no task with that id
     ├── UnknownTaskTypeError (LookupError) no handler registered under that name
     ├── TaskStateError                    the task's status does not allow the operation
+    ├── InvalidScheduleError (ValueError) a schedule's definition is invalid; names the field
+    │   └── DuplicateScheduleError        a schedule of that name exists already
+    ├── ScheduleNotFoundError (LookupError) no schedule of that name
     ├── ManagerNotRunningError            the manager has not been started (or has stopped)
     ├── LeaseLostError                    a worker lost its claim on a task (fenced out)
     ├── ResultNotSerializableError (TypeError) a handler returned something JSON cannot hold
@@ -41,10 +44,12 @@ import pybreaker
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
+    "DuplicateScheduleError",
     "ErrorCategory",
     "HandlerUnavailableError",
     "IdempotencyKeyError",
     "InvalidInputError",
+    "InvalidScheduleError",
     "LeaseLostError",
     "ManagerNotRunningError",
     "MemoryLimitError",
@@ -52,6 +57,7 @@ __all__ = [
     "QueueFullError",
     "ResultNotSerializableError",
     "Retry",
+    "ScheduleNotFoundError",
     "StorageCorruptError",
     "StorageError",
     "StorageFault",
@@ -174,6 +180,34 @@ class TaskStateError(VpswebTasksError):
         self.task_id = task_id
         self.status = status
         self.operation = operation
+
+
+class InvalidScheduleError(VpswebTasksError, ValueError):
+    """A schedule's definition is invalid: ``field`` names what (``cron``, ``every``,
+    ``timezone``, ``task_type``...), ``reason`` says why. Nothing was stored."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"schedule {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class DuplicateScheduleError(InvalidScheduleError):
+    """A schedule of that name exists already (field ``name``); nothing was stored."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("name", f"a schedule named {name!r} exists already")
+        self.name = name
+
+
+class ScheduleNotFoundError(VpswebTasksError, LookupError):
+    """No schedule of the given name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule not found: {name}")
+        self.name = name
 
 
 class ManagerNotRunningError(VpswebTasksError):

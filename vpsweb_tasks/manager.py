@@ -36,21 +36,26 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 import anyio
 import anyio.abc
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .breakers import BreakerRegistry, get_breaker_registry
 from .builtin import builtin_tasks
 from .config import Settings, load_config
 from .context import AnyTaskFunction, Contexts, TaskContext, TaskFunction
 from .errors import (
+    ConfigError,
+    DuplicateScheduleError,
     ErrorCategory,
     HandlerUnavailableError,
+    InvalidScheduleError,
     ManagerNotRunningError,
+    ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
     UnknownTaskTypeError,
@@ -76,15 +81,17 @@ from .models import (
     TaskPriority,
     TaskRecord,
     TaskStatus,
+    to_datetime,
 )
 from .queue import TaskQueue
 from .registry import Registry
 from .retry import RetryConfig, RetryPolicy
+from .schedules import Missed, Priority, ScheduleDefinition, ScheduleName, ScheduleRecord, define
 from .storage import logic
 from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
-from .storage.types import NewTask, SharedBreakerState
+from .storage.types import NewTask, ScheduleFiring, SharedBreakerState
 from .validation import check_json_object, check_text
 
 __all__ = [
@@ -103,6 +110,11 @@ LinkedRows = Callable[[Sequence[NewTask]], Sequence[Step]]
 logger = logging.getLogger("vpsweb_tasks.manager")
 
 _DEAD_LETTER_PAGE = 200  # rows read at a time when filtering dead letters by category
+
+#: The built-in schedule that runs the retention cleanup every cleanup_interval.
+CLEANUP_SCHEDULE = "cleanup"
+
+_schedule_name: TypeAdapter[str] = TypeAdapter(ScheduleName)
 
 
 class Extension:
@@ -240,6 +252,11 @@ class TaskManager:
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._log_handler: Any = None
+        #: Schedules defined in code and config: (definition, origin), written at start.
+        self._schedules: dict[str, tuple[ScheduleDefinition, str]] = {
+            name: (definition, "config") for name, definition in self.settings.schedules.items()
+        }
+        self._scheduler_wakeup = anyio.Event()
         for name, fn in builtin_tasks(
             store=self.store, cleanup=self.cleanup, settings=self.config
         ).items():
@@ -363,6 +380,7 @@ class TaskManager:
     async def start(self) -> None:
         if self._running:
             return
+        defined = self._defined_schedules()
         stack = AsyncExitStack()
         try:
             self._log_handler = configure_logging(self.settings.logging)
@@ -379,8 +397,11 @@ class TaskManager:
             # Normally closed by the queue's stop; this also covers a start that fails.
             stack.push_async_callback(self._queue.processes.aclose)
             await self._queue.start(tg)
+            stored = await self.store.run(logic.schedule_fingerprints())
+            if changed := logic.changed_definitions(defined, stored):
+                await self.store.run(logic.define_schedules(changed, now=self.clock()))
             if self.config.enabled:
-                tg.start_soon(self._cleanup_loop)
+                tg.start_soon(self._scheduler_loop)
         except BaseException:
             self._tg = None
             await stack.aclose()
@@ -455,17 +476,6 @@ class TaskManager:
             await self.store.save_breaker_state(state)
         except Exception:
             logger.exception("could not share circuit breaker %r's state", event.name)
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.config.cleanup_interval)
-            try:
-                deleted = await self.cleanup()
-            except Exception:
-                logger.exception("retention cleanup failed; trying again next interval")
-            else:
-                if deleted:
-                    logger.info("retention cleanup deleted %d finished tasks", deleted)
 
     def _require_running(self) -> anyio.abc.TaskGroup:
         if not self._running or self._tg is None:
@@ -923,11 +933,263 @@ class TaskManager:
         while deleted := await self.store.run(logic.delete_finished(before=before)):
             total += deleted
         await self.store.run(logic.delete_samples(before=before))
+        await self.store.run(logic.delete_ticks(before=before))
         return total
 
     @property
     def queue(self) -> TaskQueue:
         return self._queue
+
+    # --- schedules ---------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        task_type: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Mapping[str, Any] | None = None,
+        priority: Priority = "normal",
+        enabled: bool = True,
+        missed: Missed | None = None,
+    ) -> ScheduleDefinition:
+        """Define a schedule in code, before :meth:`start` (which writes it to storage):
+        ``task_type`` is submitted at each tick of ``cron`` (5 fields, read in
+        ``timezone``) or ``every`` so many seconds, with ``payload`` and ``priority``.
+
+        At start a definition is added, or replaces the stored one if it changed; an
+        unchanged one keeps its runtime state (paused or resumed at runtime, its next
+        run). Deleted at runtime, it comes back at the next start. ``missed`` says what
+        happens to ticks found late after a downtime (see
+        ``background_tasks.schedule_missed``). Raises ``InvalidScheduleError`` naming
+        the invalid field (``DuplicateScheduleError`` for a name defined already); an
+        unregistered ``task_type`` raises ``UnknownTaskTypeError`` at start."""
+        if self._running:
+            raise RuntimeError(
+                f"define schedule {name!r} before the manager starts, or add it at runtime"
+                " with `await manager.add_schedule(...)`"
+            )
+        name = self._valid_schedule_name(name)
+        definition = define(
+            task_type=task_type,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            payload=dict(payload or {}),
+            priority=priority,
+            enabled=enabled,
+            missed=missed,
+        )
+        if name in self._schedules:
+            raise DuplicateScheduleError(name)
+        self._schedules[name] = (definition, "code")
+        return definition
+
+    def scheduled(
+        self,
+        name: str | None = None,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Mapping[str, Any] | None = None,
+        priority: Priority = "normal",
+        enabled: bool = True,
+        missed: Missed | None = None,
+        retry: RetryConfig | None = None,
+        process: bool = False,
+        memory_limit_mb: float | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: register a handler as task type ``name`` (default: the function's
+        name) and define a schedule of the same name that submits it::
+
+            @manager.scheduled(cron="0 3 * * *", timezone="Europe/Warsaw")
+            async def nightly_report(context): ...
+
+        The keywords are :meth:`schedule`'s, and ``retry``, ``process`` and
+        ``memory_limit_mb`` are :meth:`register`'s."""
+
+        def decorate(fn: F) -> F:
+            task_type = name or fn.__name__
+            self.schedule(
+                task_type,
+                task_type=task_type,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                payload=payload,
+                priority=priority,
+                enabled=enabled,
+                missed=missed,
+            )
+            self.register(
+                task_type, fn, retry=retry, process=process, memory_limit_mb=memory_limit_mb
+            )
+            return fn
+
+        return decorate
+
+    @staticmethod
+    def _valid_schedule_name(name: str) -> str:
+        try:
+            return _schedule_name.validate_python(name)
+        except ValidationError as exc:
+            raise InvalidScheduleError("name", exc.errors()[0]["msg"]) from None
+
+    def _defined_schedules(self) -> list[tuple[str, ScheduleDefinition, str]]:
+        """The schedules of code and config, and the built-in cleanup (unless a schedule of
+        its name replaces it), each of a registered task type."""
+        defined = [(name, d, origin) for name, (d, origin) in self._schedules.items()]
+        if CLEANUP_SCHEDULE not in self._schedules:
+            cleanup = ScheduleDefinition(
+                task_type="cleanup", every=self.config.cleanup_interval, priority="low"
+            )
+            defined.append((CLEANUP_SCHEDULE, cleanup, "builtin"))
+        for name, definition, origin in defined:
+            if self._registry.get(definition.task_type) is None:
+                error = UnknownTaskTypeError(definition.task_type, self._registry.names)
+                if origin == "config":
+                    raise ConfigError(
+                        f"invalid configuration:\n  schedules.{name}.task_type: {error}"
+                    )
+                raise error
+        return defined
+
+    async def add_schedule(
+        self,
+        name: str,
+        definition: ScheduleDefinition | None = None,
+        **fields: Any,
+    ) -> ScheduleRecord:
+        """Add a schedule at runtime (a definition, or :meth:`schedule`'s keywords); it is
+        stored at once and every worker on the database fires it. Raises
+        ``InvalidScheduleError`` naming the invalid field, ``DuplicateScheduleError`` if the
+        name is taken, ``UnknownTaskTypeError`` for an unregistered task type (as a
+        submit would); nothing is stored then."""
+        self._require_running()
+        name = self._valid_schedule_name(name)
+        if definition is None:
+            definition = define(**fields)
+        elif fields:
+            raise TypeError("give a definition or its fields, not both")
+        if self._registry.get(definition.task_type) is None:
+            raise UnknownTaskTypeError(definition.task_type, self._registry.names)
+        record = await self.store.run(logic.add_schedule(name, definition, now=self.clock()))
+        self._scheduler_wakeup.set()
+        return record
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every stored schedule, by name."""
+        return await self.store.run(logic.list_schedules())
+
+    async def get_schedule(self, name: str) -> ScheduleRecord:
+        """The schedule of that name; ``ScheduleNotFoundError`` if there is none."""
+        record = await self.store.run(logic.get_schedule(name))
+        if record is None:
+            raise ScheduleNotFoundError(name)
+        return record
+
+    async def pause_schedule(self, name: str) -> ScheduleRecord:
+        """Stop a schedule firing, in every process, until it is resumed (a definition in
+        code or config that is unchanged at the next start leaves it paused)."""
+        return await self.store.run(logic.set_schedule_enabled(name, False, now=self.clock()))
+
+    async def resume_schedule(self, name: str) -> ScheduleRecord:
+        """Fire a paused schedule again, from its first tick after now."""
+        self._require_running()
+        record = await self.store.run(logic.set_schedule_enabled(name, True, now=self.clock()))
+        self._scheduler_wakeup.set()
+        return record
+
+    async def delete_schedule(self, name: str) -> None:
+        """Delete a schedule and its ticks; ``ScheduleNotFoundError`` if there is none. One
+        defined in code or config comes back at the next start."""
+        self._require_running()
+        await self.store.run(logic.delete_schedule(name))
+
+    async def fire_due_schedules(self) -> list[ScheduleFiring]:
+        """Fire the ticks due now (by :attr:`clock`) of every enabled schedule, each once
+        across every process on the database, and announce their tasks. A worker's
+        scheduler calls this at each tick; tests call it after moving a fake clock."""
+        self._require_running()
+        firings = await self.store.run(
+            logic.fire_schedules(
+                now=self.clock(),
+                grace=self.config.schedule_grace,
+                missed=self.config.schedule_missed,
+                worker_id=self.worker_id,
+                make_task=self._tick_task,
+                limit=self.config.max_queue_size,
+            )
+        )
+        for firing in firings:
+            if firing.missed_since is not None:
+                logger.warning(
+                    "schedule %s: its ticks since %s were missed (no worker was up to fire"
+                    " them in time); fired %d tick(s) now, next at %s",
+                    firing.schedule,
+                    to_datetime(firing.missed_since).isoformat(),
+                    len(firing.ticks),
+                    to_datetime(firing.next_run_at).isoformat(),
+                )
+            for tick in firing.ticks:
+                if tick.task_id is None:
+                    logger.warning(
+                        "schedule %s: the queue was full at its tick %s; no task submitted",
+                        firing.schedule,
+                        to_datetime(tick.tick_at).isoformat(),
+                    )
+            self._wake_dispatcher(firing.tasks)
+            for task in firing.tasks:
+                if self._queue.logs_lifecycle():
+                    task_logger(task.id, "vpsweb_tasks.manager").info(
+                        "submitted %s %r by schedule %s", task.task_type, task.name, firing.schedule
+                    )
+                await self.events.publish(
+                    TaskSubmitted(
+                        task=task.id,
+                        task_type=task.task_type,
+                        priority=TaskPriority.from_rank(task.priority).value,
+                    )
+                )
+        return firings
+
+    def _tick_task(self, schedule: ScheduleRecord, tick_at: float) -> NewTask:
+        definition = schedule.definition
+        return NewTask(
+            id=new_task_id(),
+            name=f"{schedule.name} {to_datetime(tick_at).isoformat()}",
+            task_type=definition.task_type,
+            priority=TaskPriority(definition.priority).rank,
+            max_retries=TaskDefinition.model_fields["max_retries"].default,
+            payload=dict(definition.payload),
+            metadata={"schedule": schedule.name, "tick": to_datetime(tick_at).isoformat()},
+            run_at=tick_at,
+            created_at=self.clock(),
+        )
+
+    async def _scheduler_loop(self) -> None:
+        """Fire due schedules, then sleep until the next tick (read from storage: other
+        processes add schedules too), at most ``schedule_check_interval``; a schedule
+        added or resumed in this process wakes it at once. While nothing is due it only
+        reads (one indexed query); the firing transaction runs when a tick is due."""
+        while True:
+            wakeup = self._scheduler_wakeup = anyio.Event()
+            wait = self.config.schedule_check_interval
+            try:
+                next_at = await self.store.run(logic.next_schedule_at())
+                if next_at is not None and next_at <= self.clock():
+                    await self.fire_due_schedules()
+                    next_at = await self.store.run(logic.next_schedule_at())
+            except Exception:
+                logger.exception("firing schedules failed; trying again shortly")
+            else:
+                if next_at is not None:
+                    wait = min(wait, max(0.0, next_at - self.clock()))
+            with anyio.move_on_after(wait):
+                await wakeup.wait()
 
     # --- dead letter queue -------------------------------------------------------------
 

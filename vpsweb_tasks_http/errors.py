@@ -25,12 +25,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from vpsweb_tasks.errors import (
+    DuplicateScheduleError,
     HandlerUnavailableError,
     IdempotencyKeyError,
     InvalidInputError,
+    InvalidScheduleError,
     ManagerNotRunningError,
     NotConfiguredError,
     QueueFullError,
+    ScheduleNotFoundError,
     StorageUnavailableError,
     TaskNotFoundError,
     TaskStateError,
@@ -62,6 +65,8 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
     HandlerUnavailableError,
     StorageUnavailableError,
     IdempotencyKeyError,
+    ScheduleNotFoundError,
+    InvalidScheduleError,
 )
 
 #: The documented error answers of the open routes (the health checks).
@@ -159,6 +164,11 @@ def error_response(
                 status_code=503,
                 headers={"Retry-After": str(storage_retry_after)},
             )
+        case ScheduleNotFoundError():
+            return _detail(404, str(exc))
+        case InvalidScheduleError():
+            kind = "duplicate_schedule" if isinstance(exc, DuplicateScheduleError) else "invalid"
+            return _invalid(kind, ["body", exc.field], exc, None)
     raise TypeError(f"not a library error: {exc!r}")  # pragma: no cover
 
 

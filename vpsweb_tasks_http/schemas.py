@@ -29,6 +29,7 @@ from vpsweb_tasks.models import (
 )
 from vpsweb_tasks.monitor import Alert, HealthReport, TaskStatistics
 from vpsweb_tasks.monitor.health import StorageWriteError
+from vpsweb_tasks.schedules import Missed, ScheduleDefinition, ScheduleName, ScheduleRecord
 from vpsweb_tasks.storage.base import ProgressSnapshot
 from vpsweb_tasks.translation import TranslationJob, WorkflowMode
 from vpsweb_tasks.validation import storable
@@ -74,6 +75,14 @@ class RequeueRequest(_Request):
 
     category: ErrorCategory | None = None
     task_type: TaskTypeName | None = None
+
+
+class ScheduleRequest(ScheduleDefinition):
+    """A schedule to add: its name, and when to submit which task type (exactly one of
+    ``cron`` and ``every``)."""
+
+    name: ScheduleName
+    """Unique; its path segment in ``/schedules/{name}``."""
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -576,3 +585,54 @@ class TranslationListResponse(BaseModel):
     count: int
     limit: int
     offset: int
+
+
+class ScheduleResponse(_Response):
+    """A stored schedule and when it fires next."""
+
+    name: str
+    task_type: str
+    cron: str | None
+    every: float | None
+    """Seconds between ticks (when not cron)."""
+    timezone: str
+    payload: dict[str, Any]
+    priority: TaskPriority
+    enabled: bool
+    missed: Missed | None
+    """Its missed-tick policy; null: ``background_tasks.schedule_missed``."""
+    origin: Literal["code", "config", "api", "builtin"]
+    """Where it is defined: code and config definitions are written again at start."""
+    next_run_at: datetime | None
+    """When it fires next; null while paused."""
+    last_tick_at: datetime | None
+    last_task_id: str | None
+    """The task its last tick submitted (null if the queue was full)."""
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ScheduleRecord) -> ScheduleResponse:
+        definition = record.definition
+        return cls(
+            name=record.name,
+            task_type=definition.task_type,
+            cron=definition.cron,
+            every=definition.every,
+            timezone=definition.timezone,
+            payload=definition.payload,
+            priority=TaskPriority(definition.priority),
+            enabled=definition.enabled,
+            missed=definition.missed,
+            origin=record.origin,
+            next_run_at=to_datetime(record.next_run_at) if definition.enabled else None,
+            last_tick_at=from_timestamp(record.last_tick_at),
+            last_task_id=record.last_task_id,
+            created_at=to_datetime(record.created_at),
+            updated_at=to_datetime(record.updated_at),
+        )
+
+
+class ScheduleListResponse(_Response):
+    schedules: list[ScheduleResponse]
+    count: int

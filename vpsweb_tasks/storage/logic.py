@@ -9,16 +9,18 @@ with the SQL its dialect file gives each name.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
 from ..errors import (
+    DuplicateScheduleError,
     ErrorCategory,
     HandlerUnavailableError,
     IdempotencyKeyError,
     LeaseLostError,
     QueueFullError,
+    ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
     WorkerLostError,
@@ -31,6 +33,7 @@ from ..models import (
     TaskStatus,
     to_datetime,
 )
+from ..schedules import Missed, ScheduleDefinition, ScheduleRecord, first_run, plan
 from ..validation import storable_text, text_problem
 from .ops import Mode, Op, Step, count, operation, row, rows, script, value
 from .queries import Migration
@@ -44,6 +47,8 @@ from .rows import (
     new_task_row,
     progress_from_row,
     sample_from_row,
+    schedule_from_row,
+    schedule_params,
     task_from_row,
     worker_from_row,
 )
@@ -63,32 +68,43 @@ from .types import (
     ReapResult,
     Released,
     RetryDecider,
+    ScheduleFiring,
+    ScheduleTick,
     SharedBreakerState,
     WorkerInfo,
 )
 
 __all__ = [
     "LIST_ORDERS",
+    "TaskMaker",
     "add_keyed_tasks",
     "add_resource_sample",
+    "add_schedule",
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "changed_definitions",
     "check_writes",
     "claim",
     "complete_many",
     "count_tasks",
     "count_tasks_by_type",
+    "define_schedules",
     "delete_finished",
     "delete_samples",
+    "delete_schedule",
+    "delete_ticks",
     "finish",
     "finished_record",
+    "fire_schedules",
     "get_paused",
+    "get_schedule",
     "get_task",
     "get_tasks",
     "heartbeat",
     "lease_lost",
     "list_executions",
+    "list_schedules",
     "list_tasks",
     "list_workers",
     "load_breaker_states",
@@ -96,6 +112,7 @@ __all__ = [
     "metrics_window",
     "migrate",
     "next_run_at",
+    "next_schedule_at",
     "outcome_params",
     "ping",
     "progress_history",
@@ -106,7 +123,10 @@ __all__ = [
     "resource_samples",
     "save_breaker_state",
     "save_progress",
+    "schedule_fingerprints",
+    "schedule_ticks",
     "set_paused",
+    "set_schedule_enabled",
     "tasks_of_key",
 ]
 
@@ -782,6 +802,200 @@ def save_breaker_state(state: SharedBreakerState) -> Op[None]:
 @operation(Mode.READ)
 def load_breaker_states() -> Op[list[SharedBreakerState]]:
     return [breaker_from_row(found) for found in (yield rows("load_breaker_states"))]
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+#: Makes the task a schedule's tick submits: ``make_task(schedule, tick_at)``.
+TaskMaker = Callable[[ScheduleRecord, float], NewTask]
+
+
+@operation(Mode.READ)
+def schedule_fingerprints() -> Op[dict[str, str | None]]:
+    """Each stored schedule's fingerprint (None: added at runtime), by name."""
+    return {found["name"]: found["fingerprint"] for found in (yield rows("schedule_fingerprints"))}
+
+
+def changed_definitions(
+    defined: Sequence[tuple[str, ScheduleDefinition, str]], stored: Mapping[str, str | None]
+) -> list[tuple[str, ScheduleDefinition, str]]:
+    """The definitions of code and config that :func:`define_schedules` would write: new
+    ones, and those whose definition differs from the one stored (a manager reads first,
+    so an unchanged start writes nothing: a read-only database still opens)."""
+    return [each for each in defined if stored.get(each[0], "") != each[1].fingerprint()]
+
+
+@operation(Mode.WRITE)
+def define_schedules(
+    defined: Sequence[tuple[str, ScheduleDefinition, str]], *, now: float
+) -> Op[list[str]]:
+    """Write the schedules code and config define (``(name, definition, origin)``), as a
+    manager does at start: a new one is added, one whose definition changed is replaced
+    (its ``enabled`` and next run with it), an unchanged one keeps its runtime state
+    (paused or resumed, its next run). The names written."""
+    written = []
+    for name, definition, origin in defined:
+        anchor_at, next_run_at = first_run(definition, now)
+        params = schedule_params(
+            name, definition, origin=origin, anchor_at=anchor_at, next_run_at=next_run_at, now=now
+        )
+        if (yield count("define_schedule", **params)):
+            written.append(name)
+    return written
+
+
+@operation(Mode.WRITE)
+def add_schedule(name: str, definition: ScheduleDefinition, *, now: float) -> Op[ScheduleRecord]:
+    """Add a schedule at runtime; DuplicateScheduleError if the name is taken."""
+    anchor_at, next_run_at = first_run(definition, now)
+    params = schedule_params(
+        name, definition, origin="api", anchor_at=anchor_at, next_run_at=next_run_at, now=now
+    )
+    if not (yield count("add_schedule", **params)):
+        raise DuplicateScheduleError(name)
+    return schedule_from_row((yield row("get_schedule", name=name)))
+
+
+@operation(Mode.READ)
+def list_schedules() -> Op[list[ScheduleRecord]]:
+    return [schedule_from_row(found) for found in (yield rows("list_schedules"))]
+
+
+@operation(Mode.READ)
+def get_schedule(name: str) -> Op[ScheduleRecord | None]:
+    found = yield row("get_schedule", name=name)
+    return None if found is None else schedule_from_row(found)
+
+
+@operation(Mode.WRITE)
+def set_schedule_enabled(name: str, enabled: bool, *, now: float) -> Op[ScheduleRecord]:
+    """Pause or resume a schedule (ScheduleNotFoundError if there is none). A resumed one
+    goes on from its first tick after ``now``: the ticks it slept through while paused
+    were not missed, they were not wanted."""
+    found = yield row("lock_schedule", name=name)
+    if found is None:
+        raise ScheduleNotFoundError(name)
+    current = schedule_from_row(found)
+    next_run_at = current.next_run_at
+    if enabled and not current.enabled:
+        next_run_at = current.cadence().after(now)
+    changed = yield row(
+        "set_schedule_enabled", name=name, enabled=enabled, next_run_at=next_run_at, now=now
+    )
+    return schedule_from_row(changed)
+
+
+@operation(Mode.STATEMENTS)
+def delete_schedule(name: str) -> Op[None]:
+    """Delete a schedule and its ticks (ScheduleNotFoundError if there is none)."""
+    if not (yield count("delete_schedule", name=name)):
+        raise ScheduleNotFoundError(name)
+
+
+@operation(Mode.READ)
+def next_schedule_at() -> Op[float | None]:
+    """When the next enabled schedule is due (None: no schedule is enabled)."""
+    found = yield value("next_schedule_at")
+    return None if found is None else float(found)
+
+
+@operation(Mode.WRITE)
+def fire_schedules(
+    *,
+    now: float,
+    grace: float,
+    missed: Missed,
+    worker_id: str,
+    make_task: TaskMaker,
+    limit: int | None,
+) -> Op[list[ScheduleFiring]]:
+    """Fire every enabled schedule that is due at ``now``, in one transaction that holds
+    their rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite's writers take turns), so a
+    tick fires once across every process on the database:
+
+    * which of the due ticks fire is :func:`~vpsweb_tasks.schedules.plan`'s answer (ticks
+      more than ``grace`` seconds late follow the schedule's missed-tick policy, else
+      ``missed``);
+    * each tick is a ``schedule_ticks`` row, whose key (schedule, tick) is unique: a tick
+      fired already is not fired again;
+    * its task (``make_task(schedule, tick)``) is stored as a submit stores one
+      (:func:`add_tasks`, with ``limit`` on the waiting tasks); a full queue leaves the
+      tick fired without a task;
+    * ``next_run_at`` moves on to the first tick after ``now``."""
+    firings = []
+    for found in (yield rows("lock_due_schedules", now=now)):
+        schedule = schedule_from_row(found)
+        planned = plan(
+            schedule.cadence(),
+            schedule.next_run_at,
+            now=now,
+            grace=grace,
+            missed=schedule.definition.missed or missed,
+        )
+        stored: list[NewTask] = []
+        ticks: list[ScheduleTick] = []
+        last_tick, last_task = schedule.last_tick_at, schedule.last_task_id
+        for tick in planned.ticks:
+            task = make_task(schedule, tick)
+            taken = yield count(
+                "insert_schedule_tick",
+                schedule=schedule.name,
+                tick_at=tick,
+                task_id=task.id,
+                now=now,
+                worker=worker_id,
+            )
+            if not taken:
+                continue
+            (refused,) = yield from add_tasks([task], limit=limit).steps()
+            if refused is None:
+                stored.append(task)
+            else:
+                yield count("tick_without_task", schedule=schedule.name, tick_at=tick)
+            last_tick, last_task = tick, (task.id if refused is None else None)
+            ticks.append(ScheduleTick(schedule.name, tick, last_task, now, worker_id))
+        yield count(
+            "advance_schedule",
+            name=schedule.name,
+            next_run_at=planned.next_run_at,
+            last_tick_at=last_tick,
+            last_task_id=last_task,
+            now=now,
+        )
+        firings.append(
+            ScheduleFiring(
+                schedule=schedule.name,
+                tasks=tuple(stored),
+                ticks=tuple(ticks),
+                missed_since=planned.missed_since,
+                next_run_at=planned.next_run_at,
+            )
+        )
+    return firings
+
+
+@operation(Mode.READ)
+def schedule_ticks(name: str, *, since: float = 0.0, limit: int = 1000) -> Op[list[ScheduleTick]]:
+    """The ticks of a schedule fired (and not yet cleaned up) since ``since``, oldest
+    first."""
+    found = yield rows("schedule_ticks", schedule=name, since=since, limit=limit)
+    return [
+        ScheduleTick(
+            each["schedule"],
+            float(each["tick_at"]),
+            each["task_id"],
+            float(each["fired_at"]),
+            each["worker_id"],
+        )
+        for each in found
+    ]
+
+
+@operation(Mode.STATEMENTS)
+def delete_ticks(*, before: float) -> Op[None]:
+    """Forget the ticks fired before ``before`` (next_run_at keeps them from firing
+    again)."""
+    yield count("cleanup_schedule_ticks", before=before)
 
 
 # --- statistics, system metrics, housekeeping (run through TaskStore.run) ---------------------

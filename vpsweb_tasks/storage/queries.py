@@ -87,6 +87,8 @@ CORE = Component(
         "workers",
         "queue_state",
         "circuit_breakers",
+        "schedules",
+        "schedule_ticks",
     ),
 )
 

@@ -22,6 +22,7 @@ from ..models import (
     to_datetime,
 )
 from ..retry import RetryConfig
+from ..schedules import ScheduleDefinition, ScheduleRecord
 from ..validation import readable
 from .types import NewTask, ProgressSnapshot, SharedBreakerState, WorkerInfo
 
@@ -36,6 +37,8 @@ __all__ = [
     "new_task_row",
     "progress_from_row",
     "sample_from_row",
+    "schedule_from_row",
+    "schedule_params",
     "task_from_row",
     "worker_from_row",
 ]
@@ -211,4 +214,57 @@ def sample_from_row(row: Row) -> ResourceSample:
         process_cpu_percent=float(row["process_cpu_percent"] or 0.0),
         active_tasks=row["active_tasks"] or 0,
         queued_tasks=row["queued_tasks"] or 0,
+    )
+
+
+def schedule_params(
+    name: str,
+    definition: ScheduleDefinition,
+    *,
+    origin: str,
+    anchor_at: float,
+    next_run_at: float,
+    now: float,
+) -> dict[str, Any]:
+    """A schedule's columns, as the parameters of ``define_schedule`` / ``add_schedule``."""
+    return {
+        "name": name,
+        "task_type": definition.task_type,
+        "cron": definition.cron,
+        "every": definition.every,
+        "timezone": definition.timezone,
+        "payload": dumps(definition.payload),
+        "priority": TaskPriority(definition.priority).rank,
+        "enabled": definition.enabled,
+        "missed": definition.missed,
+        "anchor_at": anchor_at,
+        "next_run_at": next_run_at,
+        "origin": origin,
+        "fingerprint": None if origin == "api" else definition.fingerprint(),
+        "now": now,
+    }
+
+
+def schedule_from_row(row: Row) -> ScheduleRecord:
+    # Stored definitions were validated when they were written.
+    definition = ScheduleDefinition.model_construct(
+        task_type=row["task_type"],
+        cron=row["cron"],
+        every=as_float(row["every"]),
+        timezone=row["timezone"],
+        payload=loads(row["payload"]),
+        priority=TaskPriority.from_rank(row["priority"]).value,
+        enabled=bool(row["enabled"]),
+        missed=row["missed"],
+    )
+    return ScheduleRecord(
+        name=row["name"],
+        definition=definition,
+        next_run_at=float(row["next_run_at"]),
+        anchor_at=float(row["anchor_at"]),
+        origin=row["origin"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        last_tick_at=as_float(row["last_tick_at"]),
+        last_task_id=row["last_task_id"],
     )

@@ -28,6 +28,8 @@ __all__ = [
     "ReapResult",
     "Released",
     "RetryDecider",
+    "ScheduleFiring",
+    "ScheduleTick",
     "SharedBreakerState",
     "WorkerInfo",
     "WriteStatus",
@@ -265,3 +267,30 @@ class WriteStatus:
     error: StorageUnavailableError | None
     """The latest write failure, kept after the store recovers (with ``error_at``)."""
     error_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTick:
+    """A tick a scheduler fired: its schedule and time (epoch seconds), the task it
+    submitted (None: the queue was full), and who fired it when."""
+
+    schedule: str
+    tick_at: float
+    task_id: str | None
+    fired_at: float
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFiring:
+    """What one scheduler did with one due schedule, in one transaction."""
+
+    schedule: str
+    tasks: tuple[NewTask, ...]
+    """The tasks submitted, one per tick fired, oldest tick first."""
+    ticks: tuple[ScheduleTick, ...]
+    """Every tick fired, with or without its task."""
+    missed_since: float | None
+    """Ticks from this one on were found late (a downtime) and handled by the missed-tick
+    policy."""
+    next_run_at: float

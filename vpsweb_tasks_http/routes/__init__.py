@@ -1,8 +1,9 @@
 """The routes of the document's tables, plus live events: one module per route group.
 
-``health`` (open), ``tasks``, ``queue``, ``dead_letters``, ``streams`` (server-sent events
-and their tokens), ``monitoring`` and ``metrics``; and the groups of the manager's
-extensions (the translation extension's is ``translation``), after the health checks.
+``health`` (open), ``tasks``, ``queue``, ``dead_letters``, ``schedules``, ``streams``
+(server-sent events and their tokens), ``monitoring`` and ``metrics``; and the groups of
+the manager's extensions (the translation extension's is ``translation``), after the
+health checks.
 Each module declares its routes once, at module level, in a
 :class:`~vpsweb_tasks_http.RouteGroup`; :func:`add_routes` adds every group's routes
 directly to one router (no nested routers), in the documented order, with the route class
@@ -19,7 +20,7 @@ from vpsweb_tasks import TaskManager, TaskMonitor
 
 from .._routing import RouteGroup
 from ..deps import RouterState, route_class
-from . import dead_letters, health, metrics, monitoring, queue, streams, tasks
+from . import dead_letters, health, metrics, monitoring, queue, schedules, streams, tasks
 
 __all__ = ["add_routes", "create_router", "extension_groups"]
 
@@ -30,6 +31,7 @@ GROUPS = (
     tasks.group,
     queue.group,
     dead_letters.group,
+    schedules.group,
     streams.token_group,
     monitoring.group,
     streams.group,

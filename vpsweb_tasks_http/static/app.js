@@ -7,7 +7,7 @@ import { renderTranslations } from "./translations.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const ALL = ["health", "queue", "tasks", "dead", "breakers", "resources", "translations", "detail"];
+const ALL = ["health", "queue", "tasks", "dead", "schedules", "breakers", "resources", "translations", "detail"];
 
 const state = {
   live: new Map(), // task id -> {progress, message, status}: fresher than storage
@@ -52,6 +52,7 @@ const loaders = {
   queue: loadQueue,
   tasks: loadTasks,
   dead: loadDeadLetters,
+  schedules: loadSchedules,
   breakers: loadBreakers,
   resources: loadResources,
   translations: () => renderTranslations($("#translations")),
@@ -303,6 +304,44 @@ async function loadDeadLetters() {
   $("#requeue-all").disabled = dead.tasks.length === 0;
 }
 
+// --- schedules -----------------------------------------------------------------------------
+
+function scheduleButton(schedule) {
+  const action = schedule.enabled ? "pause" : "resume";
+  return h(
+    "button",
+    {
+      type: "button",
+      class: `small ${action}-schedule`,
+      onclick: (event) =>
+        act(event.currentTarget, "#schedules", () => api(`${TASKS}/schedules/${encodeURIComponent(schedule.name)}/${action}`, { method: "POST" }), "schedules"),
+    },
+    schedule.enabled ? "Pause" : "Resume",
+  );
+}
+
+function scheduleRow(schedule) {
+  const when = schedule.cron !== null ? `cron ${schedule.cron}` : `every ${duration(schedule.every)}`;
+  return h(
+    "tr",
+    { "data-schedule": schedule.name, "data-enabled": String(schedule.enabled) },
+    h("td", {}, schedule.name, h("div", { class: "sub" }, schedule.task_type)),
+    h("td", { class: "when" }, when),
+    h("td", { class: "timezone" }, schedule.timezone),
+    h("td", { class: "state" }, badge(schedule.enabled ? "enabled" : "paused")),
+    schedule.next_run_at
+      ? h("td", { class: "num next-run", title: schedule.next_run_at, "data-relative": schedule.next_run_at }, relative(schedule.next_run_at))
+      : h("td", { class: "num next-run muted" }, "paused"),
+    h("td", { class: "num last-tick muted", title: schedule.last_tick_at ?? "", "data-relative": schedule.last_tick_at ?? undefined }, relative(schedule.last_tick_at)),
+    h("td", {}, scheduleButton(schedule)),
+  );
+}
+
+async function loadSchedules() {
+  const { schedules } = await api(`${TASKS}/schedules`);
+  list("#schedules", schedules, scheduleRow);
+}
+
 // --- breakers and resources ----------------------------------------------------------------
 
 async function loadBreakers() {
@@ -514,6 +553,7 @@ function onEvent(kind, data) {
   schedule("tasks", "queue");
   if (data.task_type === "translation") schedule("translations");
   if (["task_dead_lettered", "task_requeued", "task_failed"].includes(kind)) schedule("dead");
+  if (kind === "task_submitted") schedule("schedules"); // a tick's task: its last tick moved
   if (["task_completed", "task_failed"].includes(kind)) schedule("health"); // error rate, counts
   if (id !== undefined && id === state.selected) schedule("detail");
 }
@@ -578,7 +618,7 @@ function wire() {
   });
   window.addEventListener("hashchange", readHash);
   setInterval(tick, 1000);
-  setInterval(() => schedule("health", "resources", "breakers"), 5000);
+  setInterval(() => schedule("health", "resources", "breakers", "schedules"), 5000);
   setInterval(() => {
     if (document.body.dataset.live !== "open") schedule(...ALL); // poll while the stream is down
   }, 10_000);

@@ -402,6 +402,85 @@ WHERE excluded.updated_at >= updated_at;
 -- name: load_breaker_states
 SELECT * FROM circuit_breakers ORDER BY name;
 
+-- Schedules --------------------------------------------------------------------------------
+
+-- name: define_schedule
+-- A schedule from code or config, written at start: inserted, or replaced when its
+-- definition (fingerprint) changed. An unchanged one keeps its runtime state (paused or
+-- resumed, its next run). Its row count: 1 written, 0 unchanged.
+INSERT INTO schedules (name, task_type, cron, every, timezone, payload, priority, enabled,
+    missed, anchor_at, next_run_at, origin, fingerprint, created_at, updated_at)
+VALUES (:name, :task_type, :cron, :every, :timezone, :payload, :priority, :enabled, :missed,
+    :anchor_at, :next_run_at, :origin, :fingerprint, :now, :now)
+ON CONFLICT (name) DO UPDATE SET task_type = excluded.task_type, cron = excluded.cron,
+    every = excluded.every, timezone = excluded.timezone, payload = excluded.payload,
+    priority = excluded.priority, enabled = excluded.enabled, missed = excluded.missed,
+    anchor_at = excluded.anchor_at, next_run_at = excluded.next_run_at,
+    origin = excluded.origin, fingerprint = excluded.fingerprint,
+    updated_at = excluded.updated_at
+WHERE schedules.fingerprint IS NOT excluded.fingerprint;
+
+-- name: add_schedule
+-- A new schedule, unless the name is taken. Its row count: 1 added, 0 taken.
+INSERT INTO schedules (name, task_type, cron, every, timezone, payload, priority, enabled,
+    missed, anchor_at, next_run_at, origin, fingerprint, created_at, updated_at)
+VALUES (:name, :task_type, :cron, :every, :timezone, :payload, :priority, :enabled, :missed,
+    :anchor_at, :next_run_at, :origin, :fingerprint, :now, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: schedule_fingerprints
+SELECT name, fingerprint FROM schedules;
+
+-- name: list_schedules
+SELECT * FROM schedules ORDER BY name;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE name = :name;
+
+-- name: lock_schedule
+-- The schedule, to change in this transaction (SQLite's writers take turns already).
+SELECT * FROM schedules WHERE name = :name;
+
+-- name: lock_due_schedules
+-- Enabled schedules whose next tick is due, to fire in this transaction.
+SELECT * FROM schedules WHERE enabled AND next_run_at <= :now ORDER BY next_run_at, name;
+
+-- name: next_schedule_at
+-- When the next enabled schedule is due (NULL: none is enabled).
+SELECT min(next_run_at) FROM schedules WHERE enabled;
+
+-- name: insert_schedule_tick
+-- A tick, unless it was fired already. Its row count: 1 fired now, 0 fired before.
+INSERT INTO schedule_ticks (schedule, tick_at, task_id, fired_at, worker_id)
+VALUES (:schedule, :tick_at, :task_id, :now, :worker)
+ON CONFLICT (schedule, tick_at) DO NOTHING;
+
+-- name: tick_without_task
+-- The tick's task was refused (queue full): the tick stays fired, with no task.
+UPDATE schedule_ticks SET task_id = NULL WHERE schedule = :schedule AND tick_at = :tick_at;
+
+-- name: advance_schedule
+UPDATE schedules SET next_run_at = :next_run_at, last_tick_at = :last_tick_at,
+    last_task_id = :last_task_id, updated_at = :now
+WHERE name = :name;
+
+-- name: set_schedule_enabled
+-- Pause or resume; a resumed schedule goes on from :next_run_at.
+UPDATE schedules SET enabled = :enabled, next_run_at = :next_run_at, updated_at = :now
+WHERE name = :name RETURNING *;
+
+-- name: delete_schedule
+-- Its row count: 1 deleted, 0 none of that name (its ticks go with it: ON DELETE CASCADE).
+DELETE FROM schedules WHERE name = :name;
+
+-- name: schedule_ticks
+-- The ticks of a schedule fired since :since, oldest first.
+SELECT * FROM schedule_ticks WHERE schedule = :schedule AND tick_at >= :since
+ORDER BY tick_at LIMIT :limit;
+
+-- name: cleanup_schedule_ticks
+DELETE FROM schedule_ticks WHERE fired_at < :before;
+
 -- Statistics and system metrics --------------------------------------------------------------
 
 -- name: metrics_groups
