@@ -36,10 +36,10 @@ from typing import Any, Literal
 import anyio
 from pydantic import ValidationError
 
-from .config import BackgroundTaskSettings, Settings, load_config
-from .errors import ConfigError, StorageError
-from .manager import Extension, TaskManager, load_extension, make_store, set_task_manager
-from .models import TaskStatus
+from ..config import BackgroundTaskSettings, Settings, load_config
+from ..errors import ConfigError, StorageError
+from ..manager import Extension, TaskManager, load_extension, make_store, set_task_manager
+from ..models import TaskStatus
 
 __all__ = ["main"]
 
