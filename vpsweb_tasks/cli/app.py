@@ -36,10 +36,12 @@ from typing import Any, Literal
 import anyio
 from pydantic import ValidationError
 
-from .config import BackgroundTaskSettings, Settings, load_config
-from .errors import ConfigError, StorageError
-from .manager import Extension, TaskManager, load_extension, make_store, set_task_manager
-from .models import TaskStatus
+from ..config import BackgroundTaskSettings, Settings, load_config
+from ..errors import ConfigError, StorageError
+from ..manager import Extension, TaskManager, load_extension, make_store, set_task_manager
+from ..models import TaskStatus
+from .commands import add_commands
+from .exits import EPILOG, LEGACY_EXITS
 
 __all__ = ["main"]
 
@@ -244,7 +246,10 @@ def _format_status(report: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vpsweb-tasks", description="Durable background tasks: server, workers, inspection."
+        prog="vpsweb-tasks",
+        description="Durable background tasks: server, workers, inspection.",
+        epilog=EPILOG + LEGACY_EXITS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -319,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = command("status", _run_status, "Show queue counts, workers and pause state.")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_commands(commands)
     return parser
 
 
