@@ -45,6 +45,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -644,6 +645,7 @@ class TaskQueue:
                     task_type=task.task_type,
                     attempt=task.attempts,
                     worker_id=self.worker_id,
+                    queue_wait=_seconds_between(task.run_at, task.started_at),
                 )
             )
             result, error = await self._call(task, running)
@@ -823,6 +825,7 @@ class TaskQueue:
                     error_message=outcome.error_message,
                     category=outcome.category,
                     will_retry=will_retry,
+                    duration=_seconds_between(running.claim.task.started_at, record.updated_at),
                 )
             )
             if will_retry:
@@ -883,6 +886,12 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
 
 
 class _Handoff:
