@@ -53,6 +53,7 @@ import anyio.abc
 import anyio.to_thread
 import psutil
 
+from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
 from .config import Settings
@@ -630,6 +631,16 @@ class TaskQueue:
     # --- running one task -----------------------------------------------------------------
 
     async def _execute(self, claim: Claim, running: RunningTask, runner: anyio.CancelScope) -> None:
+        with tracing.attempt(claim.task, self.worker_id) as span:  # a no-op unless traced
+            await self._attempt(claim, running, runner, span)
+
+    async def _attempt(
+        self,
+        claim: Claim,
+        running: RunningTask,
+        runner: anyio.CancelScope,
+        span: tracing.Attempt,
+    ) -> None:
         task = claim.task
         context = running.context
         outcome: Outcome | None = None
@@ -656,6 +667,7 @@ class TaskQueue:
                 if outcome is None and running.stop_reason != "lost":
                     outcome = Released()  # torn down from outside: give the attempt back
                 await self._finish(task, running, outcome)
+                span.ended(outcome, running.record)
             finally:
                 runner.shield = False
 
