@@ -794,7 +794,7 @@ class TaskManager:
         for task, context in zip(tasks, contexts, strict=True):
             context._mark_stored(task, None)
             if log_submits:
-                task_logger(task.id, "vpsweb_tasks.manager").info(
+                task_logger(task.id, "vpsweb_tasks.manager", task_type=task.task_type).info(
                     "submitted %s %r (priority %s)",
                     task.task_type,
                     task.name,

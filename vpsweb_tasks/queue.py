@@ -129,7 +129,8 @@ class RunningTask:
 
     @property
     def log(self) -> TaskLogger:
-        return task_logger(self.claim.token.task_id)
+        task = self.claim.task
+        return task_logger(task.id, task_type=task.task_type, attempt=task.attempts)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:

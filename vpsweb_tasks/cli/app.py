@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from ..config import BackgroundTaskSettings, Settings, load_config
 from ..errors import ConfigError, StorageError
+from ..log import formatter
 from ..manager import Extension, TaskManager, load_extension, make_store, set_task_manager
 from ..models import TaskStatus
 from .commands import add_commands
@@ -126,7 +127,7 @@ async def _serve_worker(manager: TaskManager) -> None:
 def _log_to_stderr(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+        formatter(settings.logging, "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     )
     handler.setLevel(settings.logging.level)
     root = logging.getLogger("vpsweb_tasks")
