@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib.metadata
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
@@ -41,7 +42,7 @@ from .classify import classify_error
 from .storage.types import Failed
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from .models import TaskRecord
     from .storage.types import Outcome
@@ -90,7 +91,8 @@ class _Otel:
         self.propagate = propagate
         self.trace = trace
         self._unset = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-        self._provider: object = None
+        self._from_environment = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+        self._provider: TracerProvider | None = None
         self._tracer: Tracer | None = None
         #: The ids of the tasks of the submit span in place (set by ``submitting``).
         self.submitted: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
@@ -99,7 +101,16 @@ class _Otel:
 
     def tracer(self) -> Tracer | None:
         """The tracer of the provider the application installed; None while none is."""
-        provider = self.trace.get_tracer_provider()
+        # get_tracer_provider() looks up $OTEL_PYTHON_TRACER_PROVIDER in os.environ on
+        # every call while no provider is set (~2 us, twice a task): read the API's global
+        # first, and ask the function only when there is one or the variable is set.
+        found = getattr(self.trace, "_TRACER_PROVIDER", self)
+        if found is None and not self._from_environment:
+            return None
+        if isinstance(found, self.trace.TracerProvider):
+            provider = found
+        else:  # the API changed, or $OTEL_PYTHON_TRACER_PROVIDER names one
+            provider = self.trace.get_tracer_provider()
         if isinstance(provider, self._unset):
             return None
         if provider is not self._provider:
