@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config
 from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import BreakerStateChanged, TaskDeadLettered
@@ -22,7 +23,8 @@ from vpsweb_tasks_http import create_app
 from vpsweb_tasks_http.metrics import TaskMetrics
 
 from .http_server import serve
-from .support import EventRecorder
+from .support import EventRecorder, closed_port
+from .test_multiprocess import Worker, poll, unused_handler, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -44,8 +46,8 @@ class Scrape:
         return sum(found)
 
 
-async def scrape(client: httpx.AsyncClient) -> Scrape:
-    response = await client.get("/metrics")
+async def scrape(client: httpx.AsyncClient, path: str = "/metrics") -> Scrape:
+    response = await client.get(path)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     families = list(text_string_to_metric_families(response.text))
@@ -206,3 +208,41 @@ async def test_each_manager_counts_its_own(settings_factory: Callable[..., Setti
     assert 'vpsweb_tasks_submitted_total{priority="normal",task_type="cleanup"} 1.0' in text
     assert "vpsweb_tasks_submitted_total{" not in TaskMetrics.of(second).render().decode()
     assert REGISTRY.get_sample_value("vpsweb_tasks_submitted_total") is None
+
+
+@pytest.mark.slow
+async def test_a_worker_process_serves_its_own_counters(tmp_path: Path) -> None:
+    """``vpsweb-tasks worker --metrics-port``: the attempts are counted where they run."""
+    storage = {"sqlite_path": str(tmp_path / "tasks.db")}
+    port = await closed_port()
+    worker = Worker(
+        write_config(tmp_path / "w.yaml", storage),
+        tmp_path / "runs.log",
+        tmp_path / "worker.stderr",
+        ("--metrics-port", str(port)),
+    )
+    try:
+        await worker.ready()
+        api_config = write_config(tmp_path / "api.yaml", storage, enabled=False)
+        async with TaskManager(load_config(api_config)) as api:
+            api.register("mp_work", unused_handler)
+            for n in range(3):
+                definition = TaskDefinition(name="w", task_type="mp_work")
+                context = await api.submit(definition, seconds=0, n=n)
+                await api.wait(context.task_id, timeout=30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            async def three_finished() -> bool:
+                scraped = await scrape(client, path="/")
+                return scraped.value("vpsweb_tasks_finished_total", task_type="mp_work") == 3
+
+            await poll(three_finished, timeout=10)  # the worker counts after its write
+            scraped = await scrape(client, path="/")
+        assert scraped.types["vpsweb_tasks_attempts"] == "counter"
+        assert scraped.value("vpsweb_tasks_attempts_total", task_type="mp_work") == 3
+        assert scraped.value("vpsweb_tasks_queue_wait_seconds_count", task_type="mp_work") == 3
+        # Submits are counted where they are made: in the API process, not here.
+        assert scraped.value("vpsweb_tasks_submitted_total") == 0
+        assert await worker.stop() == 0
+    finally:
+        worker.close()

@@ -80,6 +80,8 @@ class LlmCall:
 _NO_ATTEMPT: Final = Attempt()
 _NO_CALL: Final = LlmCall()
 _NOTHING: Final[AbstractContextManager[None]] = nullcontext()
+_NO_ATTEMPT_SPAN: Final[AbstractContextManager[Attempt]] = nullcontext(_NO_ATTEMPT)
+_NO_CALL_SPAN: Final[AbstractContextManager[LlmCall]] = nullcontext(_NO_CALL)
 
 
 class _Otel:
@@ -197,9 +199,13 @@ def _submit_span(api: _Otel, tracer: Tracer, task_types: Sequence[str]) -> Itera
 
 def carrier(task_id: str) -> dict[str, str] | None:
     """The trace context to store with a new task: the current span's (a submit span's,
-    see :func:`submitting`), as the propagator's fields; None when there is no trace."""
-    api = _otel if _loaded else _api()
-    if api is None or not api.trace.get_current_span().get_span_context().is_valid:
+    see :func:`submitting`), as the propagator's fields; None when there is no trace (or
+    no tracer provider in this process)."""
+    found = _tracer()
+    if found is None:
+        return None
+    api = found[0]
+    if not api.trace.get_current_span().get_span_context().is_valid:
         return None
     ids = api.submitted.get()
     if ids is not None:
@@ -217,7 +223,7 @@ def attempt(task: TaskRecord, worker_id: str) -> AbstractContextManager[Attempt]
     its submit stored, or a new trace's root."""
     found = _tracer()
     if found is None:
-        return nullcontext(_NO_ATTEMPT)
+        return _NO_ATTEMPT_SPAN
     return _attempt_span(*found, task, worker_id)
 
 
@@ -289,7 +295,7 @@ def llm_call(
     kind CLIENT. An error leaving the block is recorded (``error.type``, status ERROR)."""
     found = _tracer()
     if found is None:
-        return nullcontext(_NO_CALL)
+        return _NO_CALL_SPAN
     api, tracer = found
     where = urlsplit(url)
     attributes: dict[str, Any] = {
