@@ -223,12 +223,14 @@ async def test_a_worker_process_serves_its_own_counters(tmp_path: Path) -> None:
     )
     try:
         await worker.ready()
-        api_config = write_config(tmp_path / "api.yaml", storage, enabled=False)
+        api_config = write_config(
+            tmp_path / "api.yaml", storage, enabled=False, queue_check_interval=0.05
+        )
         async with TaskManager(load_config(api_config)) as api:
             api.register("mp_work", unused_handler)
-            for n in range(3):
-                definition = TaskDefinition(name="w", task_type="mp_work")
-                context = await api.submit(definition, seconds=0, n=n)
+            definition = TaskDefinition(name="w", task_type="mp_work")
+            contexts = [await api.submit(definition, seconds=0, n=n) for n in range(3)]
+            for context in contexts:
                 await api.wait(context.task_id, timeout=30)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
 
