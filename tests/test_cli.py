@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,19 @@ def test_worker_refuses_a_module_it_cannot_import(
     config = str(config_file(tmp_path))
     assert main(["worker", "--config", config, "--import", "no_such_module_here"]) == 2
     assert "cannot import no_such_module_here" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("worker_side_effects")
+def test_worker_refuses_a_metrics_port_it_cannot_listen_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(config_file(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["worker", "--config", config, "--metrics-port", str(port)]) == 2
+    assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("worker_side_effects")

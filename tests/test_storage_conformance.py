@@ -118,6 +118,24 @@ async def test_add_task_stores_a_pending_task(store: TaskStore) -> None:
     assert await store.get_task(task.id) == record
 
 
+async def test_a_tasks_trace_context_is_kept_for_its_attempts(store: TaskStore) -> None:
+    """The submit's trace context (OpenTelemetry's propagation fields) is stored with the
+    task, alone or in a batch, and handed to the worker that claims it."""
+    context = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "congo=t61rcWkgMzE",
+    }
+    alone = new_task(T0, trace_context=context)
+    batch = [new_task(T0 + 0.001, trace_context={"traceparent": "00-1-2-01"}), new_task(T0 + 0.002)]
+    assert (await store.add_task(alone)).trace_context == context
+    await store.add_tasks(batch)
+    assert (await store.get_task(alone.id)) == alone.record()
+    read = {r.id: r.trace_context for r in await store.get_tasks([t.id for t in batch])}
+    assert read == {batch[0].id: {"traceparent": "00-1-2-01"}, batch[1].id: None}
+    claims = await store.claim(worker_id="w1", now=T0 + 1, lease_seconds=LEASE, limit=10)
+    assert [c.task.trace_context for c in claims] == [context, {"traceparent": "00-1-2-01"}, None]
+
+
 def keyed(key: str, fingerprint: str = "f1", **fields: Any) -> NewTask:
     return new_task(T0, idempotency_key=key, request_fingerprint=fingerprint, **fields)
 

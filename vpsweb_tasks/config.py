@@ -295,6 +295,11 @@ class LoggingSettings(_Section):
     """Log file of the library (rotated at 20 MB); null: no file."""
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """Level of the library's logger."""
+    format: Literal["text", "json"] = "text"
+    """text: lines of time, level, logger and message (task_id:<id> first in a line about a
+    task); json: one JSON object a line, with task_id, task_type, attempt and, in a traced
+    span, trace_id and span_id as fields. For the log file and the stderr of vpsweb-tasks
+    serve and worker."""
 
 
 class HttpSettings(_Section):

@@ -18,14 +18,13 @@ import math
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.from_thread
 
 from .errors import ErrorCategory
-from .log import TaskLogger
+from .log import TaskLogger, running_task
 from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
 from .storage.ops import Step
 from .storage.types import NewTask
@@ -88,7 +87,9 @@ ProcessTaskFunction = Callable[[ProcessContext], Any]
 #: Whatever a task type can be registered with.
 AnyTaskFunction = TaskFunction | ProcessTaskFunction
 
-_current: ContextVar[TaskContext | None] = ContextVar("vpsweb_tasks_current", default=None)
+#: The task whose function runs in the current async task (or its worker thread); set by
+#: the queue. It lives in .log, whose JSON lines read the task's fields from it.
+_current = running_task
 
 
 class _Flag:
@@ -129,7 +130,7 @@ class TaskHost(Protocol):
 
 def current_task() -> TaskContext | None:
     """The context of the task running in the current async task, if any."""
-    return _current.get()
+    return cast("TaskContext | None", _current.get())
 
 
 class TaskContext:

@@ -110,6 +110,8 @@ class TaskStarted(_TaskEvent):
     kind: ClassVar[str] = "task_started"
     attempt: int = 1
     worker_id: str = ""
+    queue_wait: float | None = None
+    """Seconds from the task's run time (submit, delay or retry time) to this start."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +137,8 @@ class TaskFailed(_TaskEvent):
     error_message: str = ""
     category: ErrorCategory = ErrorCategory.UNKNOWN
     will_retry: bool = False
+    duration: float | None = None
+    """Seconds the attempt ran, from its claim to its outcome's write."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -92,6 +92,7 @@ from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
 from .storage.types import NewTask, ScheduleFiring, SharedBreakerState
+from .tracing import carrier, submitting
 from .validation import check_json_object, check_text
 
 __all__ = [
@@ -525,8 +526,9 @@ class TaskManager:
                         " type with @manager.task so any worker can run it"
                     )
         now = self.clock()
+        task_id = new_task_id()
         task = NewTask(
-            id=new_task_id(),
+            id=task_id,
             name=definition.name,
             task_type=definition.task_type,
             priority=definition.priority.rank,
@@ -539,6 +541,7 @@ class TaskManager:
             max_lost_attempts=definition.max_lost_attempts,
             run_at=max(now, definition.first_run_at(now)),  # a time past runs now
             created_at=now,
+            trace_context=carrier(task_id),
         )
         return task, closure
 
@@ -565,7 +568,8 @@ class TaskManager:
                 "create_task returns before the task is stored, so it cannot hand back the"
                 " task an idempotency key already holds: use await submit()"
             )
-        task, closure = self._prepare(definition, fn, {})
+        with submitting([definition.task_type]):
+            task, closure = self._prepare(definition, fn, {})
         context = self._new_context(task, definition, closure)
         tg.start_soon(functools.partial(self._store, [task], [context], raise_errors=False))
         return context
@@ -593,6 +597,12 @@ class TaskManager:
         lone surrogate, too large or too deep: :mod:`vpsweb_tasks.validation`).
         """
         self._require_running()
+        with submitting([definition.task_type]):
+            return await self._submit(definition, fn, payload)
+
+    async def _submit(
+        self, definition: TaskDefinition, fn: TaskFunction | str | None, payload: dict[str, Any]
+    ) -> TaskContext:
         task, closure = self._prepare(definition, fn, payload)
         if definition.idempotency_key is not None:
             (context,) = await self._submit_keyed(
@@ -639,6 +649,20 @@ class TaskManager:
             raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
         if not definitions:
             return []
+        with submitting([definition.task_type for definition in definitions]):
+            return await self._submit_batch(
+                definitions, fn, payloads, linked, idempotency_key, idempotency_request
+            )
+
+    async def _submit_batch(
+        self,
+        definitions: Sequence[TaskDefinition],
+        fn: TaskFunction | str | None,
+        payloads: Sequence[dict[str, Any]],
+        linked: LinkedRows | None,
+        idempotency_key: str | None,
+        idempotency_request: Any,
+    ) -> list[TaskContext]:
         prepared = [
             self._prepare(definition, fn, payload)
             for definition, payload in zip(definitions, payloads, strict=True)
@@ -770,7 +794,7 @@ class TaskManager:
         for task, context in zip(tasks, contexts, strict=True):
             context._mark_stored(task, None)
             if log_submits:
-                task_logger(task.id, "vpsweb_tasks.manager").info(
+                task_logger(task.id, "vpsweb_tasks.manager", task_type=task.task_type).info(
                     "submitted %s %r (priority %s)",
                     task.task_type,
                     task.name,

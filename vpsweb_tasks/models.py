@@ -263,6 +263,9 @@ class TaskRecord:
     cancel_requested: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    trace_context: dict[str, str] | None = None
+    """The trace context of the submit that stored the task (OpenTelemetry's propagation
+    fields, e.g. ``traceparent``); its attempts run in that trace. None: not traced."""
 
     def definition(self) -> TaskDefinition:
         """The definition the task was submitted with (delay aside)."""

@@ -45,6 +45,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -52,6 +53,7 @@ import anyio.abc
 import anyio.to_thread
 import psutil
 
+from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
 from .config import Settings
@@ -127,7 +129,8 @@ class RunningTask:
 
     @property
     def log(self) -> TaskLogger:
-        return task_logger(self.claim.token.task_id)
+        task = self.claim.task
+        return task_logger(task.id, task_type=task.task_type, attempt=task.attempts)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -629,6 +632,16 @@ class TaskQueue:
     # --- running one task -----------------------------------------------------------------
 
     async def _execute(self, claim: Claim, running: RunningTask, runner: anyio.CancelScope) -> None:
+        with tracing.attempt(claim.task, self.worker_id) as span:  # a no-op unless traced
+            await self._attempt(claim, running, runner, span)
+
+    async def _attempt(
+        self,
+        claim: Claim,
+        running: RunningTask,
+        runner: anyio.CancelScope,
+        span: tracing.Attempt,
+    ) -> None:
         task = claim.task
         context = running.context
         outcome: Outcome | None = None
@@ -644,6 +657,7 @@ class TaskQueue:
                     task_type=task.task_type,
                     attempt=task.attempts,
                     worker_id=self.worker_id,
+                    queue_wait=_seconds_between(task.run_at, task.started_at),
                 )
             )
             result, error = await self._call(task, running)
@@ -654,6 +668,7 @@ class TaskQueue:
                 if outcome is None and running.stop_reason != "lost":
                     outcome = Released()  # torn down from outside: give the attempt back
                 await self._finish(task, running, outcome)
+                span.ended(outcome, running.record)
             finally:
                 runner.shield = False
 
@@ -823,6 +838,7 @@ class TaskQueue:
                     error_message=outcome.error_message,
                     category=outcome.category,
                     will_retry=will_retry,
+                    duration=_seconds_between(running.claim.task.started_at, record.updated_at),
                 )
             )
             if will_retry:
@@ -883,6 +899,12 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
 
 
 class _Handoff:

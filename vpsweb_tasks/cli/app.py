@@ -10,7 +10,8 @@
 the process-wide manager, and only then imports the ``--import`` modules, so that their
 ``@get_task_manager().task("name")`` decorators register on it. It runs until SIGINT or
 SIGTERM, then shuts down gracefully: running tasks get ``shutdown_grace_period`` to
-finish, the rest go back to the queue without losing an attempt. Several ``worker``
+finish, the rest go back to the queue without losing an attempt. ``--metrics-port PORT``
+serves its Prometheus counters and histograms. Several ``worker``
 processes may share one database (PostgreSQL, or SQLite on one host); a process started
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
 
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 
 from ..config import BackgroundTaskSettings, Settings, load_config
 from ..errors import ConfigError, StorageError
+from ..log import formatter
 from ..manager import Extension, TaskManager, load_extension, make_store, set_task_manager
 from ..models import TaskStatus
 from .commands import add_commands
@@ -100,6 +102,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     manager = TaskManager(settings, extensions=_extensions(args))
     set_task_manager(manager)
+    if args.metrics_port is not None:
+        _serve_metrics(manager, settings.http.host, args.metrics_port)
     for module in args.imports:
         try:
             importlib.import_module(module)
@@ -108,6 +112,23 @@ def _run_worker(args: argparse.Namespace) -> int:
             return 2
     anyio.run(_serve_worker, manager, backend="asyncio", backend_options=options)
     return 0
+
+
+def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
+    """The worker's own counters and histograms (the levels are any API process's), on
+    prometheus_client's HTTP server thread."""
+    try:
+        from prometheus_client import start_http_server
+
+        from vpsweb_tasks_http.metrics import TaskMetrics
+    except ImportError as exc:
+        raise ConfigError(
+            f"--metrics-port needs the http extra: pip install 'vpsweb-tasks[http]' ({exc})"
+        ) from None
+    try:
+        start_http_server(port, addr=host, registry=TaskMetrics.of(manager).registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc}") from None
 
 
 async def _serve_worker(manager: TaskManager) -> None:
@@ -126,7 +147,7 @@ async def _serve_worker(manager: TaskManager) -> None:
 def _log_to_stderr(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+        formatter(settings.logging, "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     )
     handler.setLevel(settings.logging.level)
     root = logging.getLogger("vpsweb_tasks")
@@ -318,6 +339,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="tasks this process runs at once (overrides background_tasks.max_concurrent_jobs)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this worker's Prometheus counters and histograms at"
+        " http://<http.host>:PORT/ (needs the http extra)",
     )
     extension_option(worker)
     loop_option(worker)

@@ -91,6 +91,7 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "max_lost_attempts": task.max_lost_attempts,
         "idempotency_key": task.idempotency_key,
         "request_fingerprint": task.request_fingerprint,
+        "trace_context": None if task.trace_context is None else dumps(task.trace_context),
     }
 
 
@@ -112,6 +113,7 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.max_lost_attempts,
         task.idempotency_key,
         task.request_fingerprint,
+        None if task.trace_context is None else dumps(task.trace_context),
     ]
 
 
@@ -150,6 +152,7 @@ def task_from_row(row: Row) -> TaskRecord:
         updated_at=to_datetime(row["updated_at"]),
         started_at=from_timestamp(row["started_at"]),
         finished_at=from_timestamp(row["finished_at"]),
+        trace_context=None if (trace := row.get("trace_context")) is None else loads(trace),
     )
 
 

@@ -61,6 +61,8 @@ class NewTask:
     request_fingerprint: str | None = None
     """What was asked for with the key (a hash): a repeat of the same request, or another
     request reusing the key (an error)."""
+    trace_context: dict[str, str] | None = None
+    """The submit's trace context (OpenTelemetry's propagation fields), for its attempts."""
 
     def record(self) -> TaskRecord:
         """The record of this task as it is stored (``pending``), built rather than read
@@ -83,6 +85,7 @@ class NewTask:
             owner=self.owner,
             max_lost_attempts=self.max_lost_attempts,
             idempotency_key=self.idempotency_key,
+            trace_context=self.trace_context,
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 
+from .. import tracing
 from ..breakers import Breaker
 from ..classify import parse_retry_after
 from .errors import (
@@ -74,14 +75,30 @@ class ChatClient:
         messages: list[dict[str, str]],
         temperature: float,
         max_tokens: int | None = None,
+        step: str | None = None,
     ) -> ChatCompletion:
+        """One completion, in a ``chat <model>`` span when traced (``step``: the
+        translation step it is for, an attribute of the span)."""
         body: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         started = time.perf_counter()
-        async with self.breaker.guard():
-            response = await self._post(body)
-            content, answered_by, usage = self._parse(response, model)
+        with tracing.llm_call(
+            provider=self.provider,
+            model=model,
+            url=self.url,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            step=step,
+        ) as call:
+            async with self.breaker.guard():
+                response = await self._post(body)
+                content, answered_by, usage = self._parse(response, model)
+            call.answered(
+                model=answered_by,
+                input_tokens=usage.prompt_tokens or None,  # 0: not reported (then estimated)
+                output_tokens=usage.completion_tokens or None,
+            )
         prompt = "\n".join(message["content"] for message in messages)
         return ChatCompletion(
             content=content,

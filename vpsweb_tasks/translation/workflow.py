@@ -203,6 +203,7 @@ class LLMTranslationWorkflow:
                 messages=messages,
                 temperature=self.settings.temperature,
                 max_tokens=self.settings.max_tokens,
+                step=step,
             )
         except Exception as exc:
             with anyio.CancelScope(shield=True):

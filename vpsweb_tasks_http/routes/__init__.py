@@ -20,6 +20,7 @@ from vpsweb_tasks import TaskManager, TaskMonitor
 
 from .._routing import RouteGroup
 from ..deps import RouterState, route_class
+from ..metrics import TaskMetrics
 from . import dead_letters, health, metrics, monitoring, queue, schedules, streams, tasks
 
 __all__ = ["add_routes", "create_router", "extension_groups"]
@@ -47,6 +48,7 @@ def add_routes(
     for group in (first, *extension_groups(state.manager), *rest):
         group.add_to(router, route_class=bound)
     if metrics_path is not None:
+        TaskMetrics.of(state.manager)  # counting from now, before the manager starts
         metrics.group.add_to(router, route_class=bound, prefix=metrics_path)
     return router
 

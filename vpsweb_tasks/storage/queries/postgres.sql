@@ -50,11 +50,11 @@ SELECT count(*) FROM (SELECT 1 FROM background_tasks
 WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts, idempotency_key, request_fingerprint)
+        max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
         %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s,
-        %(idempotency_key)s, %(request_fingerprint)s
+        %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -63,9 +63,9 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- name: insert_tasks
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
 -- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
--- max_lost_attempts, idempotency_key, request_fingerprint], in that order. With %(limit)s,
--- %(together)s stores all of them only if all fit; otherwise the first ones that fit. With
--- their notices. Its row count: how many (the first ones) were stored.
+-- max_lost_attempts, idempotency_key, request_fingerprint, trace_context], in that order.
+-- With %(limit)s, %(together)s stores all of them only if all fit; otherwise the first
+-- ones that fit. With their notices. Its row count: how many (the first ones) were stored.
 WITH new AS (
     SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
 waiting AS (
@@ -74,10 +74,10 @@ waiting AS (
 added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts, idempotency_key, request_fingerprint)
+        max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
-        (r->>12)::int, r->>13, r->>14
+        (r->>12)::int, r->>13, r->>14, r->>15
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)

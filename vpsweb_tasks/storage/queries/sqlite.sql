@@ -38,24 +38,24 @@ SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retryin
 -- INSERT, under the write lock). Its row count: 1 stored, 0 refused.
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-    max_lost_attempts, idempotency_key, request_fingerprint)
+    max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
 SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
     :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at,
-    :max_lost_attempts, :idempotency_key, :request_fingerprint
+    :max_lost_attempts, :idempotency_key, :request_fingerprint, :trace_context
 WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
     WHERE status IN ('pending', 'retrying')) < :limit;
 
 -- name: insert_tasks
 -- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
 -- max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
--- max_lost_attempts, idempotency_key, request_fingerprint], in that order.
+-- max_lost_attempts, idempotency_key, request_fingerprint, trace_context], in that order.
 -- With :limit, :together stores all of them only if all fit; otherwise the first ones
 -- that fit. The waiting tasks are counted once, before the first row goes in. Its row
 -- count: how many (the first ones) were stored. (The statement starts with INSERT, not
 -- WITH: Python's sqlite3 counts rows only for statements that start as a write.)
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-    max_lost_attempts, idempotency_key, request_fingerprint)
+    max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
 WITH waiting (n) AS MATERIALIZED (
     SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying'))
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -63,7 +63,7 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
     json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
     json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
     json_extract(value, '$[11]'), json_extract(value, '$[11]'), json_extract(value, '$[12]'),
-    json_extract(value, '$[13]'), json_extract(value, '$[14]')
+    json_extract(value, '$[13]'), json_extract(value, '$[14]'), json_extract(value, '$[15]')
 FROM json_each(:rows), waiting
 WHERE :limit IS NULL
    OR (:together AND waiting.n + :count <= :limit)
