@@ -86,12 +86,16 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "timeout_seconds": task.timeout_seconds,
         "retry_config": None if task.retry is None else dumps(task.retry),
         "owner": task.owner,
-        "run_at": task.run_at,
+        "run_at": task.stored_run_at,
         "created_at": task.created_at,
         "max_lost_attempts": task.max_lost_attempts,
         "idempotency_key": task.idempotency_key,
         "request_fingerprint": task.request_fingerprint,
         "trace_context": None if task.trace_context is None else dumps(task.trace_context),
+        "queue": task.queue,
+        "dispatch_at": task.stored_dispatch_at,
+        "depends_on": dumps(list(task.depends_on)) if task.depends_on else None,
+        "on_dependency_failure": task.on_dependency_failure,
     }
 
 
@@ -108,12 +112,16 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.timeout_seconds,
         None if task.retry is None else dumps(task.retry),
         task.owner,
-        task.run_at,
+        task.stored_run_at,
         task.created_at,
         task.max_lost_attempts,
         task.idempotency_key,
         task.request_fingerprint,
         None if task.trace_context is None else dumps(task.trace_context),
+        task.queue,
+        task.stored_dispatch_at,
+        dumps(list(task.depends_on)) if task.depends_on else None,
+        task.on_dependency_failure,
     ]
 
 
@@ -137,6 +145,9 @@ def task_from_row(row: Row) -> TaskRecord:
         lost_attempts=row["lost_attempts"],
         max_lost_attempts=row["max_lost_attempts"],
         idempotency_key=row["idempotency_key"],
+        queue=row["queue"],
+        depends_on=() if row["depends_on"] is None else tuple(json.loads(row["depends_on"])),
+        on_dependency_failure=row["on_dependency_failure"],
         progress=float(row["progress"]),
         message=row["message"],
         result=None if result is None else loads_result(result),
