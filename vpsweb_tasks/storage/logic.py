@@ -590,6 +590,10 @@ def finished_record(
         attempts=claimed.attempts - params["give_back"],
         lost_attempts=claimed.lost_attempts,
         max_lost_attempts=claimed.max_lost_attempts,
+        idempotency_key=claimed.idempotency_key,
+        queue=claimed.queue,
+        depends_on=claimed.depends_on,
+        on_dependency_failure=claimed.on_dependency_failure,
         progress=float(progress),
         message=message,
         result=loads_result(params["result"])
