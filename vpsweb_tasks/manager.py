@@ -191,6 +191,19 @@ def make_store(settings: Settings) -> TaskStore:
     )
 
 
+#: Fields added to TaskDefinition after idempotency keys were: left out of a fingerprint
+#: at their defaults, so a key stored before they existed still matches its repeat.
+_LATER_FIELDS = {"queue": "default", "depends_on": [], "on_dependency_failure": "cancel"}
+
+
+def _fingerprinted(definition: TaskDefinition) -> dict[str, Any]:
+    dumped = definition.model_dump(mode="json", exclude={"idempotency_key"})
+    for name, default in _LATER_FIELDS.items():
+        if dumped.get(name) == default:
+            del dumped[name]
+    return dumped
+
+
 def request_fingerprint(
     tasks: Sequence[NewTask], definitions: Sequence[TaskDefinition], more: Any
 ) -> str:
@@ -198,7 +211,7 @@ def request_fingerprint(
     whether it was a batch, what else the request held), to tell a repeat under an
     idempotency key from another request."""
     asked = [
-        [definition.model_dump(mode="json", exclude={"idempotency_key"}), task.payload]
+        [_fingerprinted(definition), task.payload]
         for task, definition in zip(tasks, definitions, strict=True)
     ]
     encoded = json.dumps([more, asked], sort_keys=True, separators=(",", ":"))

@@ -308,7 +308,7 @@ def settle_dependents(
                 now=now,
                 blocked=BLOCKED_RUN_AT,
                 error_type=DependencyFailedError.__name__,
-                category=ErrorCategory.VALIDATION.value,
+                category=None,
             )
             of = [r["id"] for r in done]
             cancelled += of
