@@ -14,6 +14,8 @@ finish, the rest go back to the queue without losing an attempt. ``--metrics-por
 serves its Prometheus counters and histograms. Several ``worker``
 processes may share one database (PostgreSQL, or SQLite on one host); a process started
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
+``--queues a,b`` names the queues a worker takes tasks from (instead of
+``background_tasks.worker_queues``); each must be one of ``background_tasks.queues``.
 
 ``serve`` and ``worker`` run on uvloop when it is installed (the ``http`` extra brings it),
 as uvicorn does by default; ``--loop asyncio`` opts out. The event loop is a host's choice,
