@@ -71,7 +71,7 @@ class SubmitTaskRequest(_Request):
     """The named queue it waits in (one of ``background_tasks.queues``): workers serving
     that queue run it."""
     depends_on: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=100)]],
+        list[Annotated[str, Field(min_length=1, max_length=100), storable]],
         Field(max_length=MAX_DEPENDENCIES),
     ] = Field(default_factory=list)
     """Ids of stored tasks this one waits for: it starts once they all completed (their
