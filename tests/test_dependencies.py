@@ -30,6 +30,7 @@ from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import ConfigError, DependencyNotFoundError, UnknownQueueError
 from vpsweb_tasks_http import create_app
 
+from . import process_tasks
 from .http_server import serve
 
 pytestmark = pytest.mark.anyio
@@ -332,3 +333,19 @@ async def test_http_submit_takes_depends_on_and_queue_and_status_shows_the_wait(
         assert status["result"] == {first: "held"}
         assert status["waiting_on"] == []
         assert status["dependencies"] == [{"task_id": first, "status": "completed"}]
+
+
+async def test_a_process_task_receives_its_dependencies_results(manager: TaskManager) -> None:
+    @manager.task("number")
+    async def number(context: TaskContext) -> int:
+        return int(context.payload["n"])
+
+    manager.register("total", process_tasks.sum_dependencies, process=True)
+    *_, total = await manager.group(
+        [TaskDefinition(name=f"n{n}", task_type="number") for n in range(4)],
+        then=TaskDefinition(name="total", task_type="total"),
+        payloads=[{"n": n} for n in range(4)],
+    )
+    record = await total.wait(timeout=30)
+    assert record.status is TaskStatus.COMPLETED, record.error_message
+    assert record.result == 0 + 1 + 2 + 3

@@ -64,6 +64,9 @@ class ProcessContext(Protocol):
     def attempt(self) -> int: ...
 
     @property
+    def dependency_results(self) -> dict[str, Any]: ...
+
+    @property
     def cancelled(self) -> bool: ...
 
     @property
