@@ -566,7 +566,9 @@ class TaskManager:
         now = self.clock()
         task_id = new_task_id()
         run_at = max(now, definition.first_run_at(now))  # a time past runs now
-        depends_on = tuple(dict.fromkeys([*definition.depends_on, *after]))
+        depends_on = definition.depends_on
+        if after:
+            depends_on = tuple(dict.fromkeys([*depends_on, *after]))
         if depends_on and (definition.run_at is not None or definition.delay):
             raise ValueError(
                 "a task with dependencies runs when they finish: not with run_at or delay"
