@@ -28,10 +28,12 @@ from vpsweb_tasks import (
 from vpsweb_tasks.cli import main
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import ConfigError, DependencyNotFoundError, UnknownQueueError
+from vpsweb_tasks.events import TaskCancelled
 from vpsweb_tasks_http import create_app
 
 from . import process_tasks
 from .http_server import serve
+from .support import EventRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +73,8 @@ async def test_a_chain_runs_in_order_each_step_seeing_the_one_before(manager: Ta
 
 async def test_a_failed_step_cancels_the_rest_of_its_chain_naming_it(manager: TaskManager) -> None:
     ran = register_steps(manager)
+    recorder = EventRecorder()
+    manager.events.add_listener(recorder, kinds={"task_cancelled"})
     contexts = await manager.chain(
         [step("1"), step("2", max_retries=0), step("3"), step("4")],
         payloads=[{}, {"fail": True}, {}, {}],
@@ -86,6 +90,30 @@ async def test_a_failed_step_cancels_the_rest_of_its_chain_naming_it(manager: Ta
     assert records[2].error_type == "DependencyFailedError"
     assert f"task_id:{contexts[1].task_id} failed" in (records[2].error_message or "")
     assert f"task_id:{contexts[2].task_id} was cancelled" in (records[3].error_message or "")
+    # Each is announced, as any cancel is, to listeners (the dashboard, SSE clients).
+    for context in contexts[2:]:
+        await recorder.wait_for(TaskCancelled, task=context.task_id)
+    assert len(recorder.of(TaskCancelled)) == 2
+
+
+async def test_cancelling_a_waiting_task_announces_its_dependents_cancelled(
+    manager: TaskManager,
+) -> None:
+    register_steps(manager)
+    recorder = EventRecorder()
+    manager.events.add_listener(recorder, kinds={"task_cancelled"})
+    gate = anyio.Event()
+
+    @manager.task("held")
+    async def held(context: TaskContext) -> None:
+        await gate.wait()
+
+    blocker = await manager.submit(TaskDefinition(name="blocker", task_type="held"))
+    first, second = await manager.chain([step("1", depends_on=(blocker.task_id,)), step("2")])
+    await manager.cancel(first.task_id)
+    await recorder.wait_for(TaskCancelled, task=second.task_id)
+    assert (await second.wait(timeout=10)).status is TaskStatus.CANCELLED
+    gate.set()
 
 
 async def test_a_group_fans_in_and_a_step_may_run_anyway(manager: TaskManager) -> None:

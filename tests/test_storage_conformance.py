@@ -1672,6 +1672,10 @@ async def test_a_dependency_that_fails_cancels_its_dependents_in_turn_naming_it(
     assert f"task_id:{b.id} was cancelled" in (got[c.id].message or "")
     assert got[anyway.id].status is TaskStatus.PENDING
     assert not got[anyway.id].waiting_on_dependencies
+    # What that finish cancelled, for a worker to announce.
+    announced = await store.run(logic.cancelled_dependents([a.id], now=T0 + 2))
+    assert [t.id for t in announced] == [b.id, c.id]
+    assert await store.run(logic.cancelled_dependents([a.id], now=T0 + 3)) == []
     (ran,) = await claim_all(store, T0 + 2)
     assert ran.task.id == anyway.id
     assert await store.run(logic.dependencies_of(anyway.id)) == {a.id: (TaskStatus.FAILED, None)}

@@ -1022,7 +1022,8 @@ class TaskManager:
 
         Raises ``TaskNotFoundError``, or ``TaskStateError`` if the task already finished."""
         self._require_running()
-        record = await self.store.request_cancel(task_id, now=self.clock())
+        now = self.clock()
+        record = await self.store.request_cancel(task_id, now=now)
         if self._queue.logs_lifecycle():
             task_logger(task_id, "vpsweb_tasks.manager").info(
                 "cancel requested (%s)", record.status
@@ -1041,6 +1042,7 @@ class TaskManager:
         else:
             self._queue.finished(record)
             await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
+            await self._queue.announce_cancelled_dependents([record.id], now=now)
         return record
 
     async def pause(self, reason: str | None = None) -> None:

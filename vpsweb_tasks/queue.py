@@ -617,6 +617,8 @@ class TaskQueue:
             self.notify(run_at=task.run_at.timestamp())
         if result.requeued or result.released:
             self.notify()
+        if result.failed:
+            await self.announce_cancelled_dependents([task.id for task in result.failed], now=now)
 
     async def _flush_loop(self) -> None:
         await anyio.sleep(self.config.progress_flush_interval)
@@ -809,13 +811,14 @@ class TaskQueue:
     ) -> None:
         record: TaskRecord | None = None
         linked = running.context._take_completion_writes()
+        now = self._now()
         try:
             await self.flush_progress(task.id)
             if outcome is not None:
                 record = await self.store.finish(
                     running.claim,
                     outcome,
-                    now=self._now(),
+                    now=now,
                     linked=linked if isinstance(outcome, Completed) else (),
                 )
         except LeaseLostError:
@@ -839,6 +842,21 @@ class TaskQueue:
             self.notify(run_at=record.run_at.timestamp())
         self.finished(record)
         await self._publish_outcome(record, outcome, running)
+        if record.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            await self.announce_cancelled_dependents([record.id], now=now)
+
+    async def announce_cancelled_dependents(self, task_ids: list[str], *, now: float) -> None:
+        """The tasks cancelled for the failure or cancel of ``task_ids`` at ``now`` (their
+        dependents, in turn): their contexts follow, and each is published as cancelled."""
+        try:
+            cancelled = await self.store.run(logic.cancelled_dependents(task_ids, now=now))
+        except Exception:
+            logger.exception("could not read the dependents cancelled with %s", task_ids)
+            return
+        for record in cancelled:
+            task_logger(record.id).warning("%s", record.error_message)
+            self.finished(record)
+            await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
 
     async def _publish_outcome(
         self, record: TaskRecord, outcome: Outcome | None, running: RunningTask

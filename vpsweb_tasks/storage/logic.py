@@ -88,6 +88,7 @@ __all__ = [
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "cancelled_dependents",
     "changed_definitions",
     "check_writes",
     "claim",
@@ -313,6 +314,27 @@ def settle_dependents(
             of = [r["id"] for r in done]
             cancelled += of
     return released, cancelled
+
+
+@operation(Mode.READ)
+def cancelled_dependents(task_ids: Sequence[str], *, now: float) -> Op[list[TaskRecord]]:
+    """The tasks cancelled at ``now`` because one of ``task_ids`` failed for good or was
+    cancelled at ``now``, and in turn those cancelled for them (what
+    :func:`settle_dependents` did in that change), for a worker to announce them."""
+    found: list[TaskRecord] = []
+    seen: set[str] = set()
+    frontier = list(task_ids)
+    while frontier:
+        got = yield rows(
+            "cancelled_dependents", ids=frontier, now=now, error_type=DependencyFailedError.__name__
+        )
+        frontier = []
+        for each in got:
+            if each["id"] not in seen:
+                seen.add(each["id"])
+                frontier.append(each["id"])
+                found.append(task_from_row(each))
+    return found
 
 
 @operation(Mode.READ)

@@ -284,6 +284,12 @@ RETURNING t.id;
 SELECT id FROM background_tasks
 WHERE status IN ('pending', 'retrying') AND run_at > created_at AND run_at >= %(blocked)s;
 
+-- name: cancelled_dependents
+-- The dependents of %(ids)s that settle_dependents cancelled at %(now)s, for them.
+SELECT w.* FROM task_dependencies AS d JOIN background_tasks AS w ON w.id = d.task_id
+WHERE d.depends_on = ANY(%(ids)s::text[]) AND w.status = 'cancelled'
+  AND w.finished_at = %(now)s AND w.error_type = %(error_type)s;
+
 -- name: dependencies_of
 -- The dependencies of %(id)s, with their status (NULL: deleted) and result.
 SELECT d.depends_on AS id, t.status, t.result FROM task_dependencies AS d

@@ -289,6 +289,12 @@ RETURNING background_tasks.id;
 SELECT id FROM background_tasks INDEXED BY ix_background_tasks_later
 WHERE status IN ('pending', 'retrying') AND run_at > created_at AND run_at >= :blocked;
 
+-- name: cancelled_dependents
+-- The dependents of :ids that settle_dependents cancelled at :now, for them.
+SELECT w.* FROM task_dependencies AS d JOIN background_tasks AS w ON w.id = d.task_id
+WHERE d.depends_on IN (SELECT value FROM json_each(:ids)) AND w.status = 'cancelled'
+  AND w.finished_at = :now AND w.error_type = :error_type;
+
 -- name: dependencies_of
 -- The dependencies of :id, with their status (NULL: deleted) and result.
 SELECT d.depends_on AS id, t.status, t.result FROM task_dependencies AS d
