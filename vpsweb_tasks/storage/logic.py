@@ -52,6 +52,7 @@ from .rows import (
     sample_from_row,
     schedule_from_row,
     schedule_params,
+    stored_queue,
     task_from_row,
     worker_from_row,
 )
@@ -466,7 +467,7 @@ def claim(
         now=now,
         limit=limit,
         types=None if task_types is None else sorted(task_types),
-        queue=queue,
+        queue=stored_queue(queue),
     )
     claimed.sort(key=lambda r: (r["dispatch_at"], r["seq"]))
     return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import DEFAULT_QUEUE
 from ..errors import ErrorCategory
 from ..models import (
     ExecutionOutcome,
@@ -39,6 +40,7 @@ __all__ = [
     "sample_from_row",
     "schedule_from_row",
     "schedule_params",
+    "stored_queue",
     "task_from_row",
     "worker_from_row",
 ]
@@ -73,6 +75,12 @@ def as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def stored_queue(queue: str) -> str | None:
+    """A queue's name as the parameters carry it: None for the default queue (SQLite
+    stores it as NULL, PostgreSQL by name)."""
+    return None if queue == DEFAULT_QUEUE else queue
+
+
 def new_task_params(task: NewTask) -> dict[str, Any]:
     """A new task's columns, as the parameters of ``insert_task``."""
     return {
@@ -92,7 +100,7 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "idempotency_key": task.idempotency_key,
         "request_fingerprint": task.request_fingerprint,
         "trace_context": None if task.trace_context is None else dumps(task.trace_context),
-        "queue": task.queue,
+        "queue": stored_queue(task.queue),
         "dispatch_at": task.stored_dispatch_at,
         "depends_on": dumps(list(task.depends_on)) if task.depends_on else None,
         "on_dependency_failure": task.on_dependency_failure,
@@ -118,7 +126,7 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.idempotency_key,
         task.request_fingerprint,
         None if task.trace_context is None else dumps(task.trace_context),
-        task.queue,
+        stored_queue(task.queue),
         task.stored_dispatch_at,
         dumps(list(task.depends_on)) if task.depends_on else None,
         task.on_dependency_failure,
@@ -145,7 +153,7 @@ def task_from_row(row: Row) -> TaskRecord:
         lost_attempts=row["lost_attempts"],
         max_lost_attempts=row["max_lost_attempts"],
         idempotency_key=row["idempotency_key"],
-        queue=row["queue"],
+        queue=row["queue"] or DEFAULT_QUEUE,
         depends_on=() if row["depends_on"] is None else tuple(json.loads(row["depends_on"])),
         on_dependency_failure=row["on_dependency_failure"],
         progress=float(row["progress"]),

@@ -55,8 +55,9 @@ WITH added AS (
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
         %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s,
-        %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s, %(queue)s,
-        %(dispatch_at)s, %(depends_on)s, %(on_dependency_failure)s
+        %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s,
+        coalesce(%(queue)s::text, 'default'), %(dispatch_at)s, %(depends_on)s,
+        %(on_dependency_failure)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -81,7 +82,8 @@ added AS (
         dispatch_at, depends_on, on_dependency_failure)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
-        (r->>12)::int, r->>13, r->>14, r->>15, r->>16, (r->>17)::float8, r->>18, r->>19
+        (r->>12)::int, r->>13, r->>14, r->>15, coalesce(r->>16, 'default'), (r->>17)::float8,
+        r->>18, r->>19
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
@@ -145,7 +147,7 @@ SELECT * FROM task_executions WHERE task_id = %(task_id)s ORDER BY fence;
 -- it).
 WITH picked AS (
     SELECT id FROM background_tasks
-    WHERE status IN ('pending', 'retrying') AND queue = %(queue)s
+    WHERE status IN ('pending', 'retrying') AND queue = coalesce(%(queue)s::text, 'default')
       AND dispatch_at <= %(now)s AND run_at <= %(now)s
       AND (owner = %(worker)s OR (owner IS NULL
            AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))

@@ -126,7 +126,8 @@ SELECT * FROM task_executions WHERE task_id = :task_id ORDER BY fence;
 -- Dispatch ---------------------------------------------------------------------------------
 
 -- name: claim
--- Up to :limit eligible tasks of :queue in dispatch order (dispatch_at: run time less the
+-- Up to :limit eligible tasks of :queue (NULL: the default queue, stored as NULL: a
+-- plain task's row and index entry carry no queue name) in dispatch order (dispatch_at: run time less the
 -- priority's aging credit, see logic.dispatch_key; then insertion order), each given a
 -- lease and an execution row. One seek of the dispatch index (queue, dispatch_at), bounded
 -- by dispatch_at <= :now (run_at <= :now implies it), so tasks that wait for their
@@ -141,7 +142,7 @@ SET status = 'running', attempts = attempts + 1, fence = fence + 1,
     started_at = :now, updated_at = :now
 WHERE rowid IN (
     SELECT rowid FROM background_tasks INDEXED BY ix_background_tasks_dispatch
-    WHERE status IN ('pending', 'retrying') AND queue = :queue AND dispatch_at <= :now
+    WHERE status IN ('pending', 'retrying') AND queue IS :queue AND dispatch_at <= :now
       AND run_at <= :now
       AND (owner = :worker OR (owner IS NULL
            AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))

@@ -1,6 +1,8 @@
 -- Named queues, dependencies between tasks, and aging (issue 20).
 --
--- queue: the named queue a task waits in; a worker claims from the queues it serves.
+-- queue: the named queue a task waits in; a worker claims from the queues it serves. NULL
+-- is the default queue (logic.stored_queue): a plain task's row and index entry carry no
+-- name, which a plain submit and its claim would pay for.
 -- dispatch_at: the task's place in the dispatch order, run_at - priority x aging (see
 -- logic.dispatch_key): a waiting task gains a priority level every aging period, so no
 -- task starves behind a stream of higher ones. Whenever run_at moves, dispatch_at moves
@@ -14,7 +16,7 @@
 -- 'cancel' (default) or 'run'. A task waiting on its dependencies is pending with run_at
 -- at a sentinel time that never comes (logic.BLOCKED); task_dependencies indexes the
 -- edges by the dependency, to find its dependents when it finishes.
-ALTER TABLE background_tasks ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE background_tasks ADD COLUMN queue TEXT;
 ALTER TABLE background_tasks ADD COLUMN dispatch_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE background_tasks ADD COLUMN depends_on TEXT;
 ALTER TABLE background_tasks ADD COLUMN on_dependency_failure TEXT NOT NULL DEFAULT 'cancel'
