@@ -35,6 +35,7 @@ import anyio
 from vpsweb_tasks import TaskContext, TaskManager, TaskPriority, load_config
 from vpsweb_tasks.manager import new_task_id
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
+from vpsweb_tasks.storage.types import DEFAULT_AGING_SECONDS, dispatch_key
 
 TARGET = 0.8
 CHUNK = 50_000
@@ -58,11 +59,13 @@ def fill(path: Path, count: int, *, analyze: bool = False) -> float:
     while done < count:
         size = min(CHUNK, count - done)
         now = time.time()
-        rows = [(new_task_id(), "noop", "noop", rank, now, now, now) for _ in range(size)]
+        key = dispatch_key(now, rank, aging_seconds=DEFAULT_AGING_SECONDS)
+        rows = [(new_task_id(), "noop", "noop", rank, now, now, now, key) for _ in range(size)]
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT INTO background_tasks (id, name, task_type, priority, status, max_retries,"
-            " run_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 3, ?, ?, ?)",
+            " run_at, created_at, updated_at, dispatch_at)"
+            " VALUES (?, ?, ?, ?, 'pending', 3, ?, ?, ?, ?)",
             rows,
         )
         conn.execute("COMMIT")
@@ -86,7 +89,14 @@ def claim_plan(path: Path) -> str:
         sql = queries["claim"][0]  # its first statement: the UPDATE that picks
     except (ImportError, AttributeError):
         return "?"
-    params = {"worker": "w", "expires": 0.0, "now": 0.0, "limit": 1, "types": '["noop"]'}
+    params = {
+        "worker": "w",
+        "expires": 0.0,
+        "now": 0.0,
+        "limit": 1,
+        "types": '["noop"]',
+        "queue": "default",
+    }
     conn = sqlite3.connect(path)
     try:
         details = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]

@@ -67,3 +67,18 @@ async def mp_gated(context: TaskContext) -> int:
             await gate.receive(1)
         await gate.send(b"DONE\n")
     return int(context.payload["n"])
+
+
+@manager.task("mp_flow")
+async def mp_flow(context: TaskContext) -> dict[str, Any]:
+    """A step of a flow: returns its ``name`` and what its dependencies returned
+    (``dependency_results``: their names, by id). Blocks until the file ``release``
+    names exists, when it names one (a step the test kills its worker in)."""
+    record("START", context.task_id)
+    release = context.payload.get("release")
+    while release is not None and not await anyio.Path(release).exists():  # noqa: ASYNC110
+        await anyio.sleep(0.02)  # the test's file, made by another process: polled
+    await anyio.sleep(float(context.payload.get("seconds", 0.0)))
+    record("DONE", context.task_id)
+    saw = {dep: result["name"] for dep, result in context.dependency_results.items()}
+    return {"name": context.payload["name"], "saw": saw}

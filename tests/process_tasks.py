@@ -55,3 +55,8 @@ def not_json(context: ProcessContext) -> object:
 
 def pid(context: ProcessContext) -> int:
     return os.getpid()
+
+
+def sum_dependencies(context: ProcessContext) -> int:
+    """The sum of what the tasks it depends on returned (a fan-in run in a child)."""
+    return sum(int(value) for value in context.dependency_results.values())

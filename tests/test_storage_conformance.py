@@ -18,6 +18,7 @@ import pytest
 from anyio.to_thread import run_sync
 
 from vpsweb_tasks.errors import (
+    DependencyNotFoundError,
     DuplicateScheduleError,
     ErrorCategory,
     IdempotencyKeyError,
@@ -57,6 +58,7 @@ from vpsweb_tasks.storage.types import (
     ScheduleFiring,
     SharedBreakerState,
     WorkerInfo,
+    dispatch_key,
 )
 
 from .conftest import new_task
@@ -407,12 +409,16 @@ async def test_claim_takes_highest_priority_first_then_fifo(store: TaskStore) ->
     ]
 
 
+def fifo_task(now: float, **fields: Any) -> NewTask:
+    """A task stored for plain FIFO dispatch (``enable_priority_queue: false``)."""
+    key = dispatch_key(now, fields.get("priority", 1), aging_seconds=None, by_priority=False)
+    return new_task(now, dispatch_at=key, **fields)
+
+
 async def test_claim_without_priority_is_plain_fifo(store: TaskStore) -> None:
     for i, priority in enumerate([0, 3, 1]):
-        await store.add_task(new_task(T0 + i, priority=priority, name=str(i)))
-    claims = await store.claim(
-        worker_id="w1", now=T0 + 5, lease_seconds=LEASE, limit=3, by_priority=False
-    )
+        await store.add_task(fifo_task(T0 + i, priority=priority, name=str(i)))
+    claims = await store.claim(worker_id="w1", now=T0 + 5, lease_seconds=LEASE, limit=3)
     assert [c.task.name for c in claims] == ["0", "1", "2"]
 
 
@@ -424,14 +430,13 @@ async def test_fifo_across_priorities_is_run_at_then_insertion_order(
     part, and each claim continues where the last one stopped."""
     names = [f"t{i}" for i in range(12)]
     for i, name in enumerate(names):
-        await store.add_task(new_task(T0 + i // 2, priority=(i * 7) % 4, name=name))
+        await store.add_task(fifo_task(T0 + i // 2, priority=(i * 7) % 4, name=name))
     claimed: list[str] = []
     while batch := await store.claim(
         worker_id="w1",
         now=T0 + 10,
         lease_seconds=LEASE,
         limit=5,
-        by_priority=False,
         task_types={"work"} if typed else None,
     ):
         claimed += [c.task.name for c in batch]
@@ -1608,3 +1613,224 @@ async def test_a_migration_numbered_below_the_newest_is_applied_later(
     async with store_factory() as second:
         assert second.schema_version == newest
         await second.run(run_script("INSERT INTO late (x) VALUES (1)"))
+
+
+# --- dependencies, named queues, aging -------------------------------------------------------
+
+
+async def claim_all(store: TaskStore, now: float, *, queue: str = "default") -> list[Claim]:
+    return await store.claim(worker_id="w1", now=now, lease_seconds=LEASE, limit=100, queue=queue)
+
+
+async def test_a_dependent_waits_without_an_attempt_until_all_its_dependencies_complete(
+    store: TaskStore,
+) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    b = await store.add_task(new_task(T0, name="b"))
+    d = await store.add_task(new_task(T0, name="d", depends_on=(a.id, b.id)))
+    assert d.waiting_on_dependencies
+    claims = {c.task.name: c for c in await claim_all(store, T0 + 1)}
+    assert sorted(claims) == ["a", "b"]
+    # Its run time is no time to wake for.
+    assert await store.run(logic.next_run_at(now=T0 + 1)) is None
+    await store.finish(claims["a"], Completed({"from": "a"}), now=T0 + 2)
+    assert (await store.get_task(d.id)).waiting_on_dependencies  # type: ignore[union-attr]
+    assert await claim_all(store, T0 + 2) == []
+    await store.finish(claims["b"], Completed(2), now=T0 + 3)
+    released = await store.get_task(d.id)
+    assert released is not None
+    assert not released.waiting_on_dependencies
+    assert released.status is TaskStatus.PENDING
+    assert released.attempts == 0
+    assert released.run_at.timestamp() == T0 + 3
+    (claimed,) = await claim_all(store, T0 + 3)
+    assert claimed.task.id == d.id
+    assert claimed.attempt == 1
+    assert claimed.task.depends_on == (a.id, b.id)
+    assert await store.run(logic.dependencies_of(d.id)) == {
+        a.id: (TaskStatus.COMPLETED, {"from": "a"}),
+        b.id: (TaskStatus.COMPLETED, 2),
+    }
+
+
+async def test_a_dependency_that_fails_cancels_its_dependents_in_turn_naming_it(
+    store: TaskStore,
+) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    b = await store.add_task(new_task(T0, name="b", depends_on=(a.id,)))
+    c = await store.add_task(new_task(T0, name="c", depends_on=(b.id,)))
+    anyway = await store.add_task(
+        new_task(T0, name="anyway", depends_on=(a.id,), on_dependency_failure="run")
+    )
+    (claimed,) = await claim_all(store, T0 + 1)
+    await store.finish(claimed, Failed("E", "broken", ErrorCategory.VALIDATION), now=T0 + 2)
+    got = by_id(await store.get_tasks([b.id, c.id, anyway.id]))
+    assert got[b.id].status is TaskStatus.CANCELLED
+    assert got[b.id].error_type == "DependencyFailedError"
+    assert f"task_id:{a.id} failed" in (got[b.id].error_message or "")
+    assert got[c.id].status is TaskStatus.CANCELLED
+    assert f"task_id:{b.id} was cancelled" in (got[c.id].message or "")
+    assert got[anyway.id].status is TaskStatus.PENDING
+    assert not got[anyway.id].waiting_on_dependencies
+    # What that finish cancelled, for a worker to announce.
+    announced = await store.run(logic.cancelled_dependents([a.id], now=T0 + 2))
+    assert [t.id for t in announced] == [b.id, c.id]
+    assert await store.run(logic.cancelled_dependents([a.id], now=T0 + 3)) == []
+    (ran,) = await claim_all(store, T0 + 2)
+    assert ran.task.id == anyway.id
+    assert await store.run(logic.dependencies_of(anyway.id)) == {a.id: (TaskStatus.FAILED, None)}
+
+
+async def test_a_retried_dependency_is_not_finished(store: TaskStore) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    d = await store.add_task(new_task(T0, depends_on=(a.id,)))
+    (claimed,) = await claim_all(store, T0)
+    retry = Failed("E", "again", ErrorCategory.NETWORK, retry_at=T0 + 5)
+    await store.finish(claimed, retry, now=T0 + 1)
+    assert (await store.get_task(d.id)).waiting_on_dependencies  # type: ignore[union-attr]
+    (again,) = await claim_all(store, T0 + 5)
+    await store.finish(again, Completed(), now=T0 + 6)
+    assert [c.task.id for c in await claim_all(store, T0 + 6)] == [d.id]
+
+
+async def test_cancelling_a_waiting_dependency_cancels_its_dependents(store: TaskStore) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    d = await store.add_task(new_task(T0, depends_on=(a.id,)))
+    await store.request_cancel(a.id, now=T0 + 1)
+    record = await store.get_task(d.id)
+    assert record is not None
+    assert record.status is TaskStatus.CANCELLED
+    assert f"task_id:{a.id} was cancelled" in (record.error_message or "")
+    # A dependent that is itself cancelled while waiting goes quietly.
+    x = await store.add_task(new_task(T0, name="x"))
+    y = await store.add_task(new_task(T0, depends_on=(x.id,)))
+    await store.request_cancel(y.id, now=T0 + 2)
+    (claimed,) = await claim_all(store, T0 + 2)
+    assert claimed.task.id == x.id
+    await store.finish(claimed, Completed(), now=T0 + 3)
+    assert (await store.get_task(y.id)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_dependencies_are_checked_when_the_dependent_is_stored(store: TaskStore) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    with pytest.raises(DependencyNotFoundError, match="depends_on: no task nope") as raised:
+        await store.add_task(new_task(T0, depends_on=(a.id, "nope")))
+    assert raised.value.missing == ["nope"]
+    assert (await store.count_tasks())[TaskStatus.PENDING] == 1  # nothing else stored
+    # A batch may depend on its own earlier tasks (no cycle can be built), not later ones.
+    first, second = new_task(T0, name="first"), new_task(T0, name="second")
+    later = new_task(T0, name="later", depends_on=(second.id,))
+    with pytest.raises(ValueError, match="comes after it"):
+        await store.add_tasks([first, later, second])
+    assert (await store.count_tasks())[TaskStatus.PENDING] == 1
+    chained = new_task(T0, name="chained", depends_on=(first.id,))
+    await store.add_tasks([first, chained])
+    assert (await store.get_task(chained.id)).waiting_on_dependencies  # type: ignore[union-attr]
+
+
+async def test_dependencies_finished_before_the_submit_count_as_they_finished(
+    store: TaskStore,
+) -> None:
+    done = await store.add_task(new_task(T0, name="done"))
+    broken = await store.add_task(new_task(T0, name="broken"))
+    for claimed in await claim_all(store, T0):
+        outcome = (
+            Completed(7)
+            if claimed.task.id == done.id
+            else Failed("E", "x", ErrorCategory.VALIDATION)
+        )
+        await store.finish(claimed, outcome, now=T0 + 1)
+    ready = await store.add_task(new_task(T0 + 2, depends_on=(done.id,)))
+    doomed = await store.add_task(new_task(T0 + 2, depends_on=(done.id, broken.id)))
+    got = by_id(await store.get_tasks([ready.id, doomed.id]))
+    assert got[ready.id].status is TaskStatus.PENDING
+    assert got[ready.id].run_at.timestamp() == T0 + 2
+    assert got[doomed.id].status is TaskStatus.CANCELLED
+    assert f"task_id:{broken.id} failed" in (got[doomed.id].error_message or "")
+
+
+async def test_retention_keeps_the_dependencies_of_tasks_still_to_run(store: TaskStore) -> None:
+    a = await store.add_task(new_task(T0, name="a"))
+    b = await store.add_task(new_task(T0, name="b"))
+    d = await store.add_task(new_task(T0, depends_on=(a.id, b.id)))
+    for claimed in await claim_all(store, T0):
+        if claimed.task.id == a.id:
+            await store.finish(claimed, Completed("a"), now=T0 + 1)
+    assert await cleanup(store, before=T0 + 100) == 0  # d still waits for b, and reads a
+    assert await store.get_task(a.id) is not None
+    await store.request_cancel(d.id, now=T0 + 2)
+    assert await cleanup(store, before=T0 + 100) == 2  # a, and d (b still runs)
+    assert await store.get_task(a.id) is None
+
+
+async def test_reap_settles_dependents_of_lost_tasks_and_any_settle_that_was_lost(
+    store: TaskStore,
+) -> None:
+    a = await store.add_task(new_task(T0, name="a", max_lost_attempts=1))
+    d = await store.add_task(new_task(T0, depends_on=(a.id,)))
+    result = await lose(store, T0)
+    assert [t.id for t in result.failed] == [a.id]
+    assert (await store.get_task(d.id)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    # A dependency finished by a process that died before settling its dependents (where
+    # those are two transactions): the next reap releases them.
+    x = await store.add_task(new_task(T0, name="x"))
+    y = await store.add_task(new_task(T0, depends_on=(x.id,)))
+    await store.run(
+        run_script(
+            f"UPDATE background_tasks SET status = 'completed', finished_at = 1 WHERE id = '{x.id}'"
+        )
+    )
+    result = await reap(store, now=T0 + 2 * LEASE, decide=lambda t: None)
+    assert result.released == [y.id]
+    assert [c.task.id for c in await claim_all(store, T0 + 2 * LEASE)] == [y.id]
+
+
+async def test_completions_together_release_a_dependent_once(store: TaskStore) -> None:
+    deps = [await store.add_task(new_task(T0, name=f"dep{i}")) for i in range(4)]
+    d = await store.add_task(new_task(T0, name="d", depends_on=tuple(t.id for t in deps)))
+    claims = await claim_all(store, T0)
+    assert len(claims) == 4
+    await together(
+        store,
+        [
+            lambda c=c: store.finish(c, Completed(c.task.name), now=T0 + 1)  # type: ignore[misc]
+            for c in claims
+        ],
+    )
+    (claimed,) = await claim_all(store, T0 + 1)
+    assert claimed.task.id == d.id
+    found = await store.run(logic.dependencies_of(d.id))
+    assert {dep: result for dep, (_, result) in found.items()} == {t.id: t.name for t in deps}
+
+
+async def test_claims_take_only_their_queue(store: TaskStore) -> None:
+    await store.add_task(new_task(T0, name="mail", queue="mail"))
+    await store.add_task(new_task(T0, name="plain"))
+    assert [c.task.name for c in await claim_all(store, T0, queue="mail")] == ["mail"]
+    assert [c.task.name for c in await claim_all(store, T0, queue="other")] == []
+    (plain,) = await claim_all(store, T0)
+    assert plain.task.name == "plain"
+    assert plain.task.queue == "default"
+
+
+async def test_aging_lets_a_long_waiting_low_task_pass_newer_high_ones(store: TaskStore) -> None:
+    """With 60 s a level, a low task (rank 0) that has waited 130 s outranks high tasks
+    (rank 2) that became eligible 120 s after it, but not ones of 110 s."""
+
+    def aged(now: float, priority: int, name: str) -> NewTask:
+        key = dispatch_key(now, priority, aging_seconds=60.0)
+        return new_task(now, priority=priority, name=name, dispatch_at=key)
+
+    await store.add_task(aged(T0 + 110, 2, "high-110"))
+    await store.add_task(aged(T0, 0, "low"))
+    await store.add_task(aged(T0 + 130, 2, "high-130"))
+    await store.add_task(aged(T0 + 125, 3, "critical-125"))
+    claims = await claim_all(store, T0 + 200)
+    assert [c.task.name for c in claims] == ["critical-125", "high-110", "low", "high-130"]
+    # A retry moves the key with the run time: the low task lines up again from then.
+    low = next(c for c in claims if c.task.name == "low")
+    await store.finish(low, Failed("E", "x", ErrorCategory.NETWORK, retry_at=T0 + 300), now=T0)
+    await store.add_task(aged(T0 + 350, 2, "high-350"))
+    await store.add_task(aged(T0 + 450, 2, "high-450"))
+    names = [c.task.name for c in await claim_all(store, T0 + 500)]
+    assert names == ["high-350", "low", "high-450"]

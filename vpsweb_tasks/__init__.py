@@ -15,6 +15,8 @@ from .config import Settings, load_config
 from .context import ProcessContext, TaskContext, current_task
 from .errors import (
     CircuitOpenError,
+    DependencyFailedError,
+    DependencyNotFoundError,
     DuplicateScheduleError,
     ErrorCategory,
     HandlerUnavailableError,
@@ -33,6 +35,7 @@ from .errors import (
     TaskProcessError,
     TaskStateError,
     TaskTimeoutError,
+    UnknownQueueError,
     UnknownTaskTypeError,
     VpswebTasksError,
 )
@@ -59,6 +62,8 @@ __all__ = [
     "BreakerRegistry",
     "CircuitOpenError",
     "DeadLetter",
+    "DependencyFailedError",
+    "DependencyNotFoundError",
     "DuplicateScheduleError",
     "ErrorCategory",
     "EventHub",
@@ -96,6 +101,7 @@ __all__ = [
     "TaskStateError",
     "TaskStatus",
     "TaskTimeoutError",
+    "UnknownQueueError",
     "UnknownTaskTypeError",
     "VpswebTasksError",
     "__version__",

@@ -61,6 +61,7 @@ class ProcessTaskContext:
         self.attempt: int = task["attempt"]
         self.payload: dict[str, Any] = task["payload"]
         self.metadata: dict[str, Any] = task["metadata"]
+        self.dependency_results: dict[str, Any] = task.get("dependency_results", {})
         self.progress = 0.0
         self.message: str | None = None
         self._send = send

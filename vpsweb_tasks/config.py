@@ -43,11 +43,14 @@ from .errors import ConfigError
 from .schedules import Missed, ScheduleDefinition, ScheduleName
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "BackgroundTaskSettings",
     "HttpSettings",
     "LoggingSettings",
     "MonitoringSettings",
     "PositiveSeconds",
+    "QueueName",
+    "QueueSettings",
     "Seconds",
     "Settings",
     "StorageSettings",
@@ -68,6 +71,12 @@ M = TypeVar("M", bound=BaseModel)
 Seconds = Annotated[float, BeforeValidator(_to_seconds)]
 PositiveSeconds = Annotated[Seconds, Field(gt=0)]
 
+#: The queue a task goes to unless its definition names another.
+DEFAULT_QUEUE = "default"
+
+#: A queue's name: 1 to 100 letters, digits and ``_ . : -``.
+QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "translation": 600.0,
@@ -79,6 +88,14 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class QueueSettings(_Section):
+    """One named queue (an entry of ``background_tasks.queues``)."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    """Tasks of this queue one worker process runs at once (within max_concurrent_jobs);
+    null: no limit of its own. Per process, not across processes."""
 
 
 class BackgroundTaskSettings(_Section):
@@ -119,7 +136,29 @@ class BackgroundTaskSettings(_Section):
     """CPU budget of a worker process, as a share of the whole machine, for overload
     control (a machine busy with other work does not pause the queue)."""
     enable_priority_queue: bool = True
-    """Dispatch by priority, then FIFO; false: plain FIFO."""
+    """Dispatch by priority, then FIFO (with aging: priority_aging_seconds); false: plain
+    FIFO. Read where a task is stored: it fixes the task's place in the dispatch order."""
+    priority_aging_seconds: Annotated[Seconds, Field(gt=0)] | None = 300.0
+    """Aging: a waiting task gains one priority level for every this many seconds it has
+    waited, so none starves behind a stream of higher-priority tasks: a low task runs at
+    the latest once it has waited 3 x this longer than the critical tasks submitted after
+    it (2 x behind high, 1 x behind normal). Its wait counts from when it became eligible
+    (its submit, run time, retry time or its dependencies' end). null: strict priority
+    (a low task waits while any higher one does). Read where a task is stored."""
+    queues: dict[QueueName, QueueSettings] = Field(
+        default_factory=lambda: {DEFAULT_QUEUE: QueueSettings()}
+    )
+    """The named queues tasks may be submitted to (TaskDefinition.queue), as
+    ``{NAME: {max_concurrent: N}}``: max_concurrent (default null: none) bounds the
+    tasks of that queue one worker process runs at once. ``default`` is always one of
+    them. A submit to a queue not listed here is an error naming the queue."""
+    worker_queues: list[QueueName] = Field(default_factory=lambda: [DEFAULT_QUEUE], min_length=1)
+    """The queues this process's workers take tasks from, in turn (``vpsweb-tasks worker
+    --queues a,b`` overrides it). Each must be one of queues."""
+    declared_task_types: list[str] = Field(default_factory=list)
+    """Task types this process accepts submits of without a handler of its own: an
+    API-only process (enabled: false) lists the types its worker processes run. A type
+    neither registered nor declared (manager.declare) is an UnknownTaskTypeError."""
     pause_on_overload: bool = True
     """Pause dispatch while memory or CPU is above overload_threshold of its budget."""
     overload_threshold: float = Field(default=0.9, gt=0, le=1)
@@ -164,6 +203,29 @@ class BackgroundTaskSettings(_Section):
     data_dir: Path = Path("data")
     """Folder the built-in ``data_processing`` task reads from and writes to (it refuses
     paths outside it)."""
+
+    @field_validator("queues", mode="after")
+    @classmethod
+    def _default_queue_too(cls, value: dict[str, QueueSettings]) -> dict[str, QueueSettings]:
+        return {DEFAULT_QUEUE: QueueSettings(), **value}
+
+    @model_validator(mode="after")
+    def _worker_queues_known(self) -> Self:
+        unknown = [name for name in self.worker_queues if name not in self.queues]
+        if unknown:
+            raise ValueError(
+                f"worker_queues: unknown queue {unknown[0]!r}; the queues are"
+                f" {', '.join(sorted(self.queues))} (background_tasks.queues)"
+            )
+        if len(set(self.worker_queues)) != len(self.worker_queues):
+            raise ValueError("worker_queues: lists a queue more than once")
+        return self
+
+    def queue_limit(self, queue: str) -> int:
+        """Tasks of ``queue`` one worker process runs at once."""
+        settings = self.queues.get(queue)
+        limit = None if settings is None else settings.max_concurrent
+        return self.max_concurrent_jobs if limit is None else min(limit, self.max_concurrent_jobs)
 
     @field_validator("task_timeouts", mode="after")
     @classmethod

@@ -64,6 +64,9 @@ class ProcessContext(Protocol):
     def attempt(self) -> int: ...
 
     @property
+    def dependency_results(self) -> dict[str, Any]: ...
+
+    @property
     def cancelled(self) -> bool: ...
 
     @property
@@ -166,6 +169,11 @@ class TaskContext:
         self.replayed = False
         """True for the context a submit returned because its idempotency key was held
         already: the task is the first submit's (nothing new was stored)."""
+        self.dependency_results: dict[str, Any] = {}
+        """In a running task: the results of the tasks it depends on
+        (``TaskDefinition.depends_on``), task id -> result, read when it starts. A
+        dependency that failed or was cancelled (the task runs anyway:
+        ``on_dependency_failure="run"``) is absent."""
 
     @property
     def definition(self) -> TaskDefinition:

@@ -10,6 +10,9 @@ Exception hierarchy::
     ├── IdempotencyKeyError (ValueError)  a key reused with another request; nothing stored
     ├── TaskNotFoundError (LookupError)   no task with that id
     ├── UnknownTaskTypeError (LookupError) no handler registered under that name
+    ├── UnknownQueueError (ValueError)    a queue name that is not configured
+    ├── DependencyNotFoundError (LookupError) a dependency id that no stored task has
+    ├── DependencyFailedError             why a dependent was cancelled: a dependency failed
     ├── TaskStateError                    the task's status does not allow the operation
     ├── InvalidScheduleError (ValueError) a schedule's definition is invalid; names the field
     │   └── DuplicateScheduleError        a schedule of that name exists already
@@ -44,6 +47,8 @@ import pybreaker
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
+    "DependencyFailedError",
+    "DependencyNotFoundError",
     "DuplicateScheduleError",
     "ErrorCategory",
     "HandlerUnavailableError",
@@ -66,6 +71,7 @@ __all__ = [
     "TaskProcessError",
     "TaskStateError",
     "TaskTimeoutError",
+    "UnknownQueueError",
     "UnknownTaskTypeError",
     "VpswebTasksError",
     "WorkerLostError",
@@ -170,6 +176,43 @@ class UnknownTaskTypeError(VpswebTasksError, LookupError):
         super().__init__(f"unknown task type {task_type!r}; registered types: {known}")
         self.task_type = task_type
         self.registered = sorted(registered)
+
+
+class UnknownQueueError(VpswebTasksError, ValueError):
+    """A queue name that ``background_tasks.queues`` does not list. ``field`` names where
+    it came from (``queue`` of a submit, ``background_tasks.worker_queues``, ``--queues``)."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, queue: str, known: list[str], *, field: str = "queue") -> None:
+        names = ", ".join(sorted(known))
+        super().__init__(
+            f"{field}: unknown queue {queue!r}; the queues are {names}"
+            " (background_tasks.queues lists them)"
+        )
+        self.queue = queue
+        self.known = sorted(known)
+        self.field = field
+
+
+class DependencyNotFoundError(VpswebTasksError, LookupError):
+    """Ids in ``depends_on`` that no stored task has: never submitted, or finished and
+    deleted by retention cleanup. Nothing of the submit was stored."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, missing: list[str]) -> None:
+        ids = ", ".join(missing)
+        super().__init__(
+            f"depends_on: no task {ids} (never submitted, or finished and deleted by"
+            " retention cleanup)"
+        )
+        self.missing = list(missing)
+
+
+class DependencyFailedError(VpswebTasksError):
+    """The error a dependent task is cancelled with when a task it depends on failed for
+    good or was cancelled (and it did not ask to run anyway): its message names it."""
 
 
 class TaskStateError(VpswebTasksError):

@@ -58,6 +58,7 @@ from .errors import (
     ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
+    UnknownQueueError,
     UnknownTaskTypeError,
 )
 from .events import (
@@ -91,7 +92,7 @@ from .storage import logic
 from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
-from .storage.types import NewTask, ScheduleFiring, SharedBreakerState
+from .storage.types import NewTask, ScheduleFiring, SharedBreakerState, dispatch_key
 from .tracing import carrier, submitting
 from .validation import check_json_object, check_text
 
@@ -190,6 +191,19 @@ def make_store(settings: Settings) -> TaskStore:
     )
 
 
+#: Fields added to TaskDefinition after idempotency keys were: left out of a fingerprint
+#: at their defaults, so a key stored before they existed still matches its repeat.
+_LATER_FIELDS = {"queue": "default", "depends_on": [], "on_dependency_failure": "cancel"}
+
+
+def _fingerprinted(definition: TaskDefinition) -> dict[str, Any]:
+    dumped = definition.model_dump(mode="json", exclude={"idempotency_key"})
+    for name, default in _LATER_FIELDS.items():
+        if dumped.get(name) == default:
+            del dumped[name]
+    return dumped
+
+
 def request_fingerprint(
     tasks: Sequence[NewTask], definitions: Sequence[TaskDefinition], more: Any
 ) -> str:
@@ -197,7 +211,7 @@ def request_fingerprint(
     whether it was a batch, what else the request held), to tell a repeat under an
     idempotency key from another request."""
     asked = [
-        [definition.model_dump(mode="json", exclude={"idempotency_key"}), task.payload]
+        [_fingerprinted(definition), task.payload]
         for task, definition in zip(tasks, definitions, strict=True)
     ]
     encoded = json.dumps([more, asked], sort_keys=True, separators=(",", ":"))
@@ -246,6 +260,7 @@ class TaskManager:
         #: a remote service is down for the whole process, whoever calls it.
         self.breakers = breakers if breakers is not None else get_breaker_registry()
         self._registry = Registry(self.worker_id)
+        self._declared: set[str] = set(self.config.declared_task_types)
         self._contexts = Contexts(self)
         self._extensions: dict[str, Extension] = {}
         self._queue = self._new_queue()
@@ -343,6 +358,17 @@ class TaskManager:
     def task_types(self) -> list[str]:
         """Names of the registered task types."""
         return self._registry.names
+
+    def declare(self, name: str) -> None:
+        """Accept submits of task type ``name`` without a handler here: other processes'
+        workers run it (an API-only process declares the types they register, rather than
+        registering stubs). ``background_tasks.declared_task_types`` does the same."""
+        self._declared.add(name)
+
+    @property
+    def accepted_task_types(self) -> list[str]:
+        """The task types a submit to this manager may name: registered or declared."""
+        return sorted(set(self._registry.names) | self._declared)
 
     def install(self, extension: Extension) -> None:
         """Install an extension (before :meth:`start`): validate its config sections, add
@@ -498,9 +524,15 @@ class TaskManager:
         definition: TaskDefinition,
         fn: TaskFunction | str | None,
         payload: dict[str, Any],
+        *,
+        after: Sequence[str] = (),
     ) -> tuple[NewTask, TaskFunction | None]:
+        """The task to store for a submit; ``after``: dependencies besides the
+        definition's own (a chain's or group's)."""
         if not isinstance(definition, TaskDefinition):
             raise TypeError("definition must be a TaskDefinition")
+        if definition.queue not in self.config.queues:
+            raise UnknownQueueError(definition.queue, list(self.config.queues))
         payload = check_json_object(payload, "payload")
         closure: TaskFunction | None = None
         if fn is None or isinstance(fn, str):
@@ -509,8 +541,8 @@ class TaskManager:
                 raise ValueError(
                     f"task type {name!r} does not match the definition's {definition.task_type!r}"
                 )
-            if self._registry.get(name) is None:
-                raise UnknownTaskTypeError(name, self._registry.names)
+            if self._registry.get(name) is None and name not in self._declared:
+                raise UnknownTaskTypeError(name, self.accepted_task_types)
         elif not callable(fn):
             raise TypeError(
                 "fn must be a function (async def or def) or a registered task type name"
@@ -525,8 +557,22 @@ class TaskManager:
                         " runs no workers (background_tasks.enabled is false): register its"
                         " type with @manager.task so any worker can run it"
                     )
+                if definition.queue not in self.config.worker_queues:
+                    raise HandlerUnavailableError(
+                        f"task {definition.name!r} is an unregistered callable, which only"
+                        f" this process can run, and its workers do not serve queue"
+                        f" {definition.queue!r} (background_tasks.worker_queues)"
+                    )
         now = self.clock()
         task_id = new_task_id()
+        run_at = max(now, definition.first_run_at(now))  # a time past runs now
+        depends_on = definition.depends_on
+        if after:
+            depends_on = tuple(dict.fromkeys([*depends_on, *after]))
+        if depends_on and (definition.run_at is not None or definition.delay):
+            raise ValueError(
+                "a task with dependencies runs when they finish: not with run_at or delay"
+            )
         task = NewTask(
             id=task_id,
             name=definition.name,
@@ -539,9 +585,18 @@ class TaskManager:
             owner=self.worker_id if closure is not None else None,
             retry=None if definition.retry is None else definition.retry.model_dump(mode="json"),
             max_lost_attempts=definition.max_lost_attempts,
-            run_at=max(now, definition.first_run_at(now)),  # a time past runs now
+            run_at=run_at,
             created_at=now,
             trace_context=carrier(task_id),
+            queue=definition.queue,
+            dispatch_at=dispatch_key(
+                run_at,
+                definition.priority.rank,
+                aging_seconds=self.config.priority_aging_seconds,
+                by_priority=self.config.enable_priority_queue,
+            ),
+            depends_on=depends_on,
+            on_dependency_failure=definition.on_dependency_failure,
         )
         return task, closure
 
@@ -684,6 +739,87 @@ class TaskManager:
         steps = linked(tasks) if linked is not None else ()
         await self._store(tasks, contexts, linked=steps, raise_errors=True)
         return contexts
+
+    async def chain(
+        self,
+        definitions: Sequence[TaskDefinition],
+        fn: TaskFunction | str | None = None,
+        *,
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> list[TaskContext]:
+        """Store tasks that run one after another, all together or not at all: each
+        depends on the one before it (and on its own ``depends_on``), so it starts once
+        that one completed, with its result in ``context.dependency_results``. A failure
+        cancels the rest (unless a task says ``on_dependency_failure="run"``). The
+        contexts, in order."""
+        return await self._submit_linked(
+            definitions,
+            fn,
+            payloads,
+            lambda i, ids: ids[i - 1 : i],
+        )
+
+    async def group(
+        self,
+        definitions: Sequence[TaskDefinition],
+        *,
+        then: TaskDefinition,
+        fn: TaskFunction | str | None = None,
+        payloads: Sequence[dict[str, Any]] | None = None,
+        then_payload: dict[str, Any] | None = None,
+    ) -> list[TaskContext]:
+        """Fan out and in: store ``definitions`` (they run side by side) and ``then``,
+        which depends on all of them and starts once they all completed, their results in
+        its ``context.dependency_results`` (task id -> result). All stored together or
+        not at all. The contexts, ``then``'s last."""
+        if payloads is None:
+            payloads = [{} for _ in definitions]
+        if len(payloads) != len(definitions):
+            raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+        count = len(definitions)
+        return await self._submit_linked(
+            [*definitions, then],
+            fn,
+            [*payloads, then_payload or {}],
+            lambda i, ids: ids[:count] if i == count else (),
+        )
+
+    async def _submit_linked(
+        self,
+        definitions: Sequence[TaskDefinition],
+        fn: TaskFunction | str | None,
+        payloads: Sequence[dict[str, Any]] | None,
+        after: Callable[[int, list[str]], Sequence[str]],
+    ) -> list[TaskContext]:
+        """Store tasks in one transaction, task ``i`` depending on ``after(i, ids)`` too
+        (``ids``: the ids of the tasks before it)."""
+        self._require_running()
+        if any(d.idempotency_key is not None for d in definitions):
+            raise ValueError("the tasks of a chain or group cannot carry idempotency keys")
+        if payloads is None:
+            payloads = [{} for _ in definitions]
+        elif len(payloads) != len(definitions):
+            raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+        prepared: list[tuple[NewTask, TaskFunction | None]] = []
+        for i, (definition, payload) in enumerate(zip(definitions, payloads, strict=True)):
+            ids = [task.id for task, _ in prepared]
+            prepared.append(self._prepare(definition, fn, payload, after=after(i, ids)))
+        tasks = [task for task, _ in prepared]
+        contexts = [
+            self._new_context(task, definition, closure)
+            for (task, closure), definition in zip(prepared, definitions, strict=True)
+        ]
+        await self._store(tasks, contexts, raise_errors=True)
+        return contexts
+
+    async def dependencies(self, task_id: str) -> dict[str, TaskStatus | None]:
+        """The tasks ``task_id`` depends on, each with its status (None: deleted by
+        retention after the task finished), in the order given at submit."""
+        record = await self.get_task(task_id)
+        if not record.depends_on:
+            return {}
+        found = await self.store.run(logic.dependencies_of(task_id))
+        return {dep: found.get(dep, (None, None))[0] for dep in record.depends_on}
 
     async def _submit_keyed(
         self,
@@ -886,7 +1022,8 @@ class TaskManager:
 
         Raises ``TaskNotFoundError``, or ``TaskStateError`` if the task already finished."""
         self._require_running()
-        record = await self.store.request_cancel(task_id, now=self.clock())
+        now = self.clock()
+        record = await self.store.request_cancel(task_id, now=now)
         if self._queue.logs_lifecycle():
             task_logger(task_id, "vpsweb_tasks.manager").info(
                 "cancel requested (%s)", record.status
@@ -905,6 +1042,7 @@ class TaskManager:
         else:
             self._queue.finished(record)
             await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
+            await self._queue.announce_cancelled_dependents([record.id], now=now)
         return record
 
     async def pause(self, reason: str | None = None) -> None:
@@ -1182,11 +1320,18 @@ class TaskManager:
 
     def _tick_task(self, schedule: ScheduleRecord, tick_at: float) -> NewTask:
         definition = schedule.definition
+        rank = TaskPriority(definition.priority).rank
         return NewTask(
             id=new_task_id(),
             name=f"{schedule.name} {to_datetime(tick_at).isoformat()}",
             task_type=definition.task_type,
-            priority=TaskPriority(definition.priority).rank,
+            priority=rank,
+            dispatch_at=dispatch_key(
+                tick_at,
+                rank,
+                aging_seconds=self.config.priority_aging_seconds,
+                by_priority=self.config.enable_priority_queue,
+            ),
             max_retries=TaskDefinition.model_fields["max_retries"].default,
             payload=dict(definition.payload),
             metadata={"schedule": schedule.name, "tick": to_datetime(tick_at).isoformat()},

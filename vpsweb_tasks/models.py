@@ -19,11 +19,14 @@ from pydantic import (
     field_validator,
 )
 
+from .config import DEFAULT_QUEUE, QueueName
 from .errors import ErrorCategory, WorkerLostError
 from .retry import RetryConfig
 from .validation import MAX_JSON_BYTES, JsonObject, storable
 
 __all__ = [
+    "BLOCKED_RUN_AT",
+    "DEFAULT_QUEUE",
     "LEGAL_TRANSITIONS",
     "MAX_DELAY",
     "MAX_METADATA_BYTES",
@@ -139,6 +142,17 @@ TaskTypeName = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
 
+#: The run time of a task waiting on its dependencies: one that never comes (the last day
+#: a datetime can hold). When the last dependency finishes, the task's run time becomes
+#: that moment.
+BLOCKED_RUN_AT = 253402214400.0  # 9999-12-31T00:00:00Z
+
+#: Most dependencies one task may have.
+MAX_DEPENDENCIES = 1000
+
+#: What a dependent does when a task it depends on fails for good or is cancelled.
+DependencyFailure = Literal["cancel", "run"]
+
 #: An idempotency key: 1 to 255 visible ASCII characters (a UUID, say), as HTTP's
 #: ``Idempotency-Key`` header carries it.
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
@@ -172,6 +186,20 @@ class TaskDefinition(BaseModel):
     """Attempts of this task that may be lost with their worker (killed, out of memory)
     before it is dead-lettered, instead of ``background_tasks.max_lost_attempts``. Lost
     attempts do not count against ``max_retries``."""
+    queue: QueueName = DEFAULT_QUEUE
+    """The named queue the task waits in: workers serving it run it
+    (``background_tasks.worker_queues``, ``vpsweb-tasks worker --queues``). It must be one
+    of ``background_tasks.queues``."""
+    depends_on: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=100), storable], ...],
+        Field(max_length=MAX_DEPENDENCIES),
+    ] = ()
+    """Ids of stored tasks this one waits for: it is not claimed (and spends no attempt)
+    until all of them completed; their results are in ``context.dependency_results``.
+    Each must exist when this task is submitted. Not with ``run_at`` or ``delay``."""
+    on_dependency_failure: DependencyFailure = "cancel"
+    """When a task this one depends on fails for good or is cancelled: ``cancel`` this one
+    too (its error names that dependency), or ``run`` it anyway once the others finish."""
 
     @field_validator("delay")
     @classmethod
@@ -194,6 +222,24 @@ class TaskDefinition(BaseModel):
                 to_datetime(value.timestamp())
             except (OverflowError, ValueError, OSError):
                 raise ValueError("must be a time in years 1 to 9999 in UTC") from None
+        return value
+
+    @field_validator("depends_on")
+    @classmethod
+    def _dependencies(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and (info.data.get("run_at") is not None or info.data.get("delay")):
+            raise ValueError(
+                "a task with dependencies runs when they finish: not with run_at or delay"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a task more than once")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _before_blocked(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.timestamp() >= BLOCKED_RUN_AT:
+            raise ValueError("must be before 9999-12-31")
         return value
 
     def first_run_at(self, now: float) -> float:
@@ -249,6 +295,10 @@ class TaskRecord:
     ``background_tasks.max_lost_attempts``."""
     idempotency_key: str | None = None
     """The key the task was submitted with (a batch's tasks: ``KEY#0``, ``KEY#1``, ...)."""
+    queue: str = DEFAULT_QUEUE
+    depends_on: tuple[str, ...] = ()
+    """The tasks this one waits for (see :attr:`TaskDefinition.depends_on`)."""
+    on_dependency_failure: DependencyFailure = "cancel"
     progress: float = 0.0
     message: str | None = None
     result: Any = None
@@ -279,7 +329,15 @@ class TaskRecord:
             delay=None,
             retry=self.retry,
             max_lost_attempts=self.max_lost_attempts,
+            queue=self.queue,
+            depends_on=self.depends_on,
+            on_dependency_failure=self.on_dependency_failure,
         )
+
+    @property
+    def waiting_on_dependencies(self) -> bool:
+        """Pending until the tasks it depends on finish (not claimable yet)."""
+        return self.status is TaskStatus.PENDING and self.run_at.timestamp() >= BLOCKED_RUN_AT
 
     @property
     def task_id(self) -> str:

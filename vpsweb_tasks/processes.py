@@ -242,7 +242,7 @@ class ProcessPool:
             self._limiter = anyio.CapacityLimiter(self.size)
         limit_mb = self.limit_mb(spec)
         async with self._limiter:
-            request = _run_request(spec, limit_mb, task)
+            request = _run_request(spec, limit_mb, task, context.dependency_results)
             child = await self._take_idle(task.task_type)
             keep = False
             try:
@@ -392,7 +392,12 @@ class ProcessPool:
                 await child.close()
 
 
-def _run_request(spec: ProcessSpec, limit_mb: float, task: TaskRecord) -> dict[str, Any]:
+def _run_request(
+    spec: ProcessSpec,
+    limit_mb: float,
+    task: TaskRecord,
+    dependency_results: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "op": "run",
         "target": spec.target,
@@ -404,6 +409,7 @@ def _run_request(spec: ProcessSpec, limit_mb: float, task: TaskRecord) -> dict[s
             "attempt": task.attempts,
             "payload": task.payload,
             "metadata": task.metadata,
+            "dependency_results": dependency_results,
         },
     }
 

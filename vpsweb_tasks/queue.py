@@ -223,6 +223,7 @@ class TaskQueue:
             size=self.config.process_pool_size or self.config.max_concurrent_jobs,
             default_memory_limit_mb=self.config.task_memory_limit_mb,
         )
+        self._next_queue = 0  # the queue a round of claims starts at (several queues)
         self.worker = WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -489,6 +490,27 @@ class TaskQueue:
             self._shared_pause = shared
 
     async def _claim_and_start(self, limit: int) -> int:
+        """Claim up to ``limit`` tasks from the queues this worker serves, in turn (each
+        round starts at the next one), each within its own limit
+        (``queues.NAME.max_concurrent``)."""
+        queues = self.config.worker_queues
+        if len(queues) == 1 and self.config.queues[queues[0]].max_concurrent is None:
+            return await self._claim_queue(queues[0], limit)
+        first = self._next_queue % len(queues)
+        self._next_queue += 1
+        claimed = 0
+        for queue in [*queues[first:], *queues[:first]]:
+            room = limit - claimed
+            if room <= 0:
+                break
+            if self.config.queues[queue].max_concurrent is not None:
+                busy = sum(1 for each in self.running.values() if each.claim.task.queue == queue)
+                room = min(room, self.config.queue_limit(queue) - busy)
+            if room > 0:
+                claimed += await self._claim_queue(queue, room)
+        return claimed
+
+    async def _claim_queue(self, queue: str, limit: int) -> int:
         self._claiming = True
         try:
             with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
@@ -498,7 +520,7 @@ class TaskQueue:
                     lease_seconds=self.config.lease_seconds,
                     limit=limit,
                     task_types=self.registry.names,
-                    by_priority=self.config.enable_priority_queue,
+                    queue=queue,
                 )
         finally:
             self._claiming = False
@@ -593,8 +615,10 @@ class TaskQueue:
             )
         for task in result.requeued:
             self.notify(run_at=task.run_at.timestamp())
-        if result.requeued:
+        if result.requeued or result.released:
             self.notify()
+        if result.failed:
+            await self.announce_cancelled_dependents([task.id for task in result.failed], now=now)
 
     async def _flush_loop(self) -> None:
         await anyio.sleep(self.config.progress_flush_interval)
@@ -660,7 +684,11 @@ class TaskQueue:
                     queue_wait=_seconds_between(task.run_at, task.started_at),
                 )
             )
-            result, error = await self._call(task, running)
+            error = await self._load_dependencies(task, context)
+            if error is None:
+                result, error = await self._call(task, running)
+            else:
+                result = None
             outcome = self._outcome(task, running, result, error)
         finally:
             runner.shield = True
@@ -671,6 +699,22 @@ class TaskQueue:
                 span.ended(outcome, running.record)
             finally:
                 runner.shield = False
+
+    async def _load_dependencies(
+        self, task: TaskRecord, context: TaskContext
+    ) -> BaseException | None:
+        """Give the context the results of the tasks this one depends on (those that
+        completed); an error reading them fails the attempt (to be retried)."""
+        if not task.depends_on:
+            return None
+        try:
+            found = await self.store.run(logic.dependencies_of(task.id))
+        except Exception as exc:
+            return exc
+        context.dependency_results = {
+            dep: result for dep, (status, result) in found.items() if status is TaskStatus.COMPLETED
+        }
+        return None
 
     async def _call(
         self, task: TaskRecord, running: RunningTask
@@ -767,13 +811,14 @@ class TaskQueue:
     ) -> None:
         record: TaskRecord | None = None
         linked = running.context._take_completion_writes()
+        now = self._now()
         try:
             await self.flush_progress(task.id)
             if outcome is not None:
                 record = await self.store.finish(
                     running.claim,
                     outcome,
-                    now=self._now(),
+                    now=now,
                     linked=linked if isinstance(outcome, Completed) else (),
                 )
         except LeaseLostError:
@@ -797,6 +842,21 @@ class TaskQueue:
             self.notify(run_at=record.run_at.timestamp())
         self.finished(record)
         await self._publish_outcome(record, outcome, running)
+        if record.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            await self.announce_cancelled_dependents([record.id], now=now)
+
+    async def announce_cancelled_dependents(self, task_ids: list[str], *, now: float) -> None:
+        """The tasks cancelled for the failure or cancel of ``task_ids`` at ``now`` (their
+        dependents, in turn): their contexts follow, and each is published as cancelled."""
+        try:
+            cancelled = await self.store.run(logic.cancelled_dependents(task_ids, now=now))
+        except Exception:
+            logger.exception("could not read the dependents cancelled with %s", task_ids)
+            return
+        for record in cancelled:
+            task_logger(record.id).warning("%s", record.error_message)
+            self.finished(record)
+            await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
 
     async def _publish_outcome(
         self, record: TaskRecord, outcome: Outcome | None, running: RunningTask

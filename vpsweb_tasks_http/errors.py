@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from vpsweb_tasks.errors import (
+    DependencyNotFoundError,
     DuplicateScheduleError,
     HandlerUnavailableError,
     IdempotencyKeyError,
@@ -37,6 +38,7 @@ from vpsweb_tasks.errors import (
     StorageUnavailableError,
     TaskNotFoundError,
     TaskStateError,
+    UnknownQueueError,
     UnknownTaskTypeError,
 )
 
@@ -67,6 +69,8 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
     IdempotencyKeyError,
     ScheduleNotFoundError,
     InvalidScheduleError,
+    UnknownQueueError,
+    DependencyNotFoundError,
 )
 
 #: The documented error answers of the open routes (the health checks).
@@ -143,6 +147,11 @@ def error_response(
             return _invalid(
                 "unknown_task_type", where, exc, exc.task_type, registered=exc.registered
             )
+        case UnknownQueueError():
+            return _invalid("unknown_queue", ["body", "queue"], exc, exc.queue, queues=exc.known)
+        case DependencyNotFoundError():
+            where = ["body", "depends_on"]
+            return _invalid("unknown_dependency", where, exc, exc.missing)
         case ManagerNotRunningError():
             return _detail(503, str(exc))
         case NotConfiguredError():

@@ -10,10 +10,13 @@ from urllib.parse import quote
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from vpsweb_tasks.breakers import BreakerStatistics
+from vpsweb_tasks.config import DEFAULT_QUEUE, QueueName
 from vpsweb_tasks.errors import ErrorCategory
 from vpsweb_tasks.models import (
+    MAX_DEPENDENCIES,
     DeadLetter,
     DeadLetterCause,
+    DependencyFailure,
     ExecutionRecord,
     JsonObject,
     ProgressUpdate,
@@ -64,6 +67,19 @@ class SubmitTaskRequest(_Request):
     run_at: AwareDatetime | None = None
     """Run no earlier than this time (RFC 3339 with an offset, e.g.
     ``2026-12-24T18:00:00+01:00``; not with ``delay_seconds``). A time past runs now."""
+    queue: QueueName = DEFAULT_QUEUE
+    """The named queue it waits in (one of ``background_tasks.queues``): workers serving
+    that queue run it."""
+    depends_on: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100), storable]],
+        Field(max_length=MAX_DEPENDENCIES),
+    ] = Field(default_factory=list)
+    """Ids of stored tasks this one waits for: it starts once they all completed (their
+    results are in its ``context.dependency_results``). Not with ``run_at`` or
+    ``delay_seconds``. An id no stored task has: 422 naming ``depends_on``."""
+    on_dependency_failure: DependencyFailure = "cancel"
+    """If a dependency fails for good or is cancelled: ``cancel`` this task too (its error
+    names the dependency), or ``run`` it anyway once the others finish."""
 
 
 class PauseRequest(_Request):
@@ -147,6 +163,9 @@ class TaskResponse(_Response):
     ]
     idempotency_key: str | None
     """The key it was submitted with (a batch's tasks: ``KEY#0``, ``KEY#1``, ...)."""
+    queue: str
+    depends_on: list[str]
+    """The tasks it waits for (or waited for)."""
 
     @classmethod
     def of(cls, record: TaskRecord, **more: Any) -> Self:
@@ -180,8 +199,12 @@ class TaskResponse(_Response):
             duration_seconds=record.duration_seconds,
             lost_attempts=record.lost_attempts,
             max_lost_attempts=record.max_lost_attempts,
-            scheduled=record.status.is_waiting and record.run_at > datetime.now(UTC),
+            scheduled=record.status.is_waiting
+            and not record.waiting_on_dependencies
+            and record.run_at > datetime.now(UTC),
             idempotency_key=record.idempotency_key,
+            queue=record.queue,
+            depends_on=list(record.depends_on),
             **more,
         )
 
@@ -235,8 +258,19 @@ class ExecutionResponse(_Response):
         )
 
 
+class DependencyResponse(_Response):
+    task_id: str
+    status: TaskStatus | None
+    """Null: deleted by retention cleanup after this task finished."""
+
+
 class TaskDetailResponse(TaskResponse):
     executions: list[ExecutionResponse]
+    dependencies: list[DependencyResponse] = Field(default_factory=list)
+    """Each task it depends on, with its status."""
+    waiting_on: list[str] = Field(default_factory=list)
+    """The dependencies it is still waiting for (not finished yet); empty once it may
+    run (its ``run_at`` shows 9999-12-31 until then)."""
 
 
 class DeadLetterResponse(TaskDetailResponse):

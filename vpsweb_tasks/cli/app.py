@@ -14,6 +14,8 @@ finish, the rest go back to the queue without losing an attempt. ``--metrics-por
 serves its Prometheus counters and histograms. Several ``worker``
 processes may share one database (PostgreSQL, or SQLite on one host); a process started
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
+``--queues a,b`` names the queues a worker takes tasks from (instead of
+``background_tasks.worker_queues``); each must be one of ``background_tasks.queues``.
 
 ``serve`` and ``worker`` run on uvloop when it is installed (the ``http`` extra brings it),
 as uvicorn does by default; ``--loop asyncio`` opts out. The event loop is a host's choice,
@@ -91,10 +93,15 @@ def _run_worker(args: argparse.Namespace) -> int:
     background: dict[str, Any] = {**settings.background_tasks.model_dump(), "enabled": True}
     if args.concurrency is not None:
         background["max_concurrent_jobs"] = args.concurrency
+    if args.queues is not None:
+        background["worker_queues"] = [name.strip() for name in args.queues.split(",")]
     try:
         checked = BackgroundTaskSettings.model_validate(background)
     except ValidationError as exc:
-        raise ConfigError(f"--concurrency: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        option = "--queues" if "worker_queues" in str(error) else "--concurrency"
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("worker_queues: ")
+        raise ConfigError(f"{option}: {message}") from None
     settings = settings.model_copy(update={"background_tasks": checked})
     _log_to_stderr(settings)
     # Modules are named as from the working directory, as `python -m` would find them.
@@ -137,7 +144,10 @@ async def _serve_worker(manager: TaskManager) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with manager:
             types = ", ".join(manager.task_types)
-            logger.info("worker %s running task types: %s", manager.worker_id, types)
+            queues = ", ".join(manager.config.worker_queues)
+            logger.info(
+                "worker %s running task types: %s; queues: %s", manager.worker_id, types, queues
+            )
             print(f"READY {manager.worker_id}", flush=True)
             async for signum in signals:
                 logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
@@ -346,6 +356,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve this worker's Prometheus counters and histograms at"
         " http://<http.host>:PORT/ (needs the http extra)",
+    )
+    worker.add_argument(
+        "--queues",
+        metavar="A,B",
+        help="the queues to take tasks from, comma-separated, each one of"
+        " background_tasks.queues (overrides background_tasks.worker_queues)",
     )
     extension_option(worker)
     loop_option(worker)

@@ -285,12 +285,27 @@ class TaskStore(abc.ABC):
           the tasks: at once on a store whose calls run in order (SQLite's database
           thread), else after the commit. The manager wakes its dispatcher there, so an
           idle worker's claim can share the insert's commit.
+        * A task's ``depends_on`` must name stored tasks or tasks before it in ``tasks``,
+          else :class:`~vpsweb_tasks.errors.DependencyNotFoundError` (``ValueError`` for
+          one later in ``tasks``) and nothing is stored. Such a task waits, ``pending``
+          with ``run_at`` :data:`~vpsweb_tasks.models.BLOCKED_RUN_AT` (never claimed),
+          until every dependency has finished: then its ``run_at`` becomes that moment
+          (``dispatch_at`` moving by as much). If one fails for good, is cancelled or is
+          gone first, it is ``cancelled`` with
+          :class:`~vpsweb_tasks.errors.DependencyFailedError` naming it, and so are its
+          own dependents, unless its ``on_dependency_failure`` is ``run``: then it runs
+          once the others finish. Dependencies finished before the submit count as they
+          finished. This is settled in the transaction of the change that finishes the
+          dependency (:meth:`finish`, :meth:`reap`, :meth:`request_cancel`), except
+          where a backend runs a finish's statements each on its own (PostgreSQL): a
+          settle lost with its process is made up by the next :meth:`reap`.
         """
         if not tasks:
             return
         operation = logic.add_tasks(tasks, limit=max_queue_size, together=True, linked=linked)
+        whole = linked or any(task.depends_on for task in tasks)
         try:
-            await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
+            await self.run(operation.in_mode(Mode.WRITE) if whole else operation)
         except DuplicateKeyError as exc:
             if len(tasks) == 1 and not linked:
                 raise DuplicateKeyError(f"task {tasks[0].id} already exists") from exc
@@ -412,15 +427,18 @@ class TaskStore(abc.ABC):
         lease_seconds: float,
         limit: int,
         task_types: Collection[str] | None = None,
-        by_priority: bool = True,
+        queue: str = "default",
     ) -> list[Claim]:
-        """Atomically take up to ``limit`` eligible tasks for ``worker_id``.
+        """Atomically take up to ``limit`` eligible tasks of ``queue`` for ``worker_id``.
 
         Eligible: status ``pending`` or ``retrying``, ``run_at <= now``, and runnable by
         this worker: owned by it (its closures), or unowned with ``task_type`` in
-        ``task_types`` (None: any type). Order: highest priority first, then earliest
-        ``run_at``, then insertion order (with ``by_priority=False``: ``run_at``, then
-        insertion order). Each claimed task becomes ``running`` with ``attempts + 1``, a
+        ``task_types`` (None: any type). Order: lowest ``dispatch_at`` first, then
+        insertion order. ``dispatch_at`` is fixed when the task is stored
+        (``NewTask.dispatch_at``, see :func:`~vpsweb_tasks.storage.types.dispatch_key`:
+        ``run_at`` less an aging credit per priority level, or ``run_at`` alone for plain
+        FIFO) and moves with ``run_at`` (a retry, a deferral, a lost attempt, a requeue,
+        a dependent's release). Each claimed task becomes ``running`` with ``attempts + 1``, a
         new fence, ``lease_owner = worker_id``, ``lease_expires_at = now + lease_seconds``,
         ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
         No task is ever handed to two workers. Returned in dispatch order.
@@ -434,7 +452,7 @@ class TaskStore(abc.ABC):
                 lease_seconds=lease_seconds,
                 limit=limit,
                 task_types=task_types,
-                by_priority=by_priority,
+                queue=queue,
             )
         )
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from ..errors import (
+    DependencyFailedError,
+    DependencyNotFoundError,
     DuplicateScheduleError,
     ErrorCategory,
     HandlerUnavailableError,
@@ -26,6 +28,7 @@ from ..errors import (
     WorkerLostError,
 )
 from ..models import (
+    BLOCKED_RUN_AT,
     ExecutionOutcome,
     ExecutionRecord,
     ResourceSample,
@@ -49,6 +52,7 @@ from .rows import (
     sample_from_row,
     schedule_from_row,
     schedule_params,
+    stored_queue,
     task_from_row,
     worker_from_row,
 )
@@ -72,9 +76,11 @@ from .types import (
     ScheduleTick,
     SharedBreakerState,
     WorkerInfo,
+    dispatch_key,
 )
 
 __all__ = [
+    "BLOCKED_RUN_AT",
     "LIST_ORDERS",
     "TaskMaker",
     "add_keyed_tasks",
@@ -83,6 +89,7 @@ __all__ = [
     "add_tasks",
     "cancel_requests",
     "cancel_waiting",
+    "cancelled_dependents",
     "changed_definitions",
     "check_writes",
     "claim",
@@ -94,6 +101,8 @@ __all__ = [
     "delete_samples",
     "delete_schedule",
     "delete_ticks",
+    "dependencies_of",
+    "dispatch_key",
     "finish",
     "finished_record",
     "fire_schedules",
@@ -185,7 +194,18 @@ def add_tasks(
     """Store ``tasks``, with ``limit`` on the waiting tasks: ``together``, all of them or
     (QueueFullError) none; otherwise the first ones that fit, the others answered with a
     QueueFullError each (None: stored). ``linked`` steps (an extension's rows) follow once
-    every task is in: run this in a transaction (Mode.WRITE) when there are any."""
+    every task is in: run this in a transaction (Mode.WRITE) when there are any, or when a
+    task has dependencies.
+
+    A task's dependencies must be stored tasks or tasks before it in ``tasks`` (so there is
+    no cycle): else DependencyNotFoundError (ValueError for one later in ``tasks``) and
+    nothing is stored. A task with dependencies is stored waiting on them
+    (:data:`BLOCKED_RUN_AT`), then settled at once against their states (see
+    :func:`settle_dependents`): released if they all completed already, cancelled if one
+    failed or was cancelled."""
+    dependents = [task for task in tasks if task.depends_on]
+    if dependents:
+        yield from _check_dependencies(tasks)
     if len(tasks) == 1:
         stored = yield count("insert_task", **new_task_params(tasks[0]), limit=limit)
     else:
@@ -197,6 +217,11 @@ def add_tasks(
             count=len(tasks),
         )
     if stored == len(tasks):
+        if dependents:
+            edges = [[dep, task.id] for task in dependents for dep in task.depends_on]
+            yield count("insert_dependencies", rows=dumps(edges))
+            now = max(task.created_at for task in dependents)
+            yield from settle_dependents(ids=[task.id for task in dependents], now=now)
         for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
             yield step
         return [None] * len(tasks)
@@ -214,6 +239,116 @@ def matchable(key: str | None) -> bool:
     :mod:`vpsweb_tasks.validation`) is in no row, so a lookup or filter by it finds
     nothing, on every backend, without asking the database (PostgreSQL would reject it)."""
     return key is None or text_problem(key) is None
+
+
+def _check_dependencies(tasks: Sequence[NewTask]) -> Op[None]:
+    """Every dependency is a stored task or one earlier in ``tasks``."""
+    earlier: set[str] = set()
+    outside: set[str] = set()
+    later = {task.id for task in tasks}
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep in earlier:
+                continue
+            if dep in later:
+                raise ValueError(
+                    f"depends_on: task {task.id} depends on {dep}, which comes after it in"
+                    " the batch (a task may only depend on tasks stored before it)"
+                )
+            outside.add(dep)
+        earlier.add(task.id)
+        later.discard(task.id)
+    if outside:
+        found = {r["id"] for r in (yield rows("existing_ids", ids=sorted(outside)))}
+        missing = sorted(outside - found)
+        if missing:
+            raise DependencyNotFoundError(missing)
+
+
+#: How a dependent's cancel names what broke its dependency.
+_BROKEN = {
+    "failed": "failed",
+    "cancelled": "was cancelled",
+    "gone": "no longer exists",
+}
+
+
+def settle_dependents(
+    *, of: Sequence[str] = (), ids: Sequence[str] = (), now: float
+) -> Op[tuple[list[str], list[str]]]:
+    """Settle tasks waiting on dependencies: the dependents of ``of`` (tasks that just
+    finished) and the tasks ``ids``. One whose dependency failed for good, was cancelled
+    or is gone is cancelled with :class:`DependencyFailedError` naming it (unless it asked
+    to run anyway: ``on_dependency_failure='run'``), and so, in turn, are its own
+    dependents; one whose dependencies all finished becomes runnable now. Idempotent: a
+    settle that was lost (a process died between a finish and this, where they are not
+    one transaction) is made up by the next (:func:`reap` settles every waiting
+    dependent). The ids released and cancelled."""
+    released: list[str] = []
+    cancelled: list[str] = []
+    while of or ids:
+        found = yield rows("blocked_dependents", of=list(of), ids=list(ids), blocked=BLOCKED_RUN_AT)
+        release: list[str] = []
+        cancel: list[list[str]] = []
+        for each in found:
+            broken = each["broken"]
+            if broken is not None and each["policy"] == "cancel":
+                state, _, dep = broken.partition(":")
+                cancel.append(
+                    [each["id"], f"cancelled: its dependency task_id:{dep} {_BROKEN[state]}"]
+                )
+            elif not each["unfinished"]:
+                release.append(each["id"])
+        if release:
+            done = yield rows("release_dependents", ids=release, now=now, blocked=BLOCKED_RUN_AT)
+            released += [r["id"] for r in done]
+        of, ids = [], []
+        if cancel:
+            done = yield rows(
+                "cancel_dependents",
+                rows=dumps(cancel),
+                now=now,
+                blocked=BLOCKED_RUN_AT,
+                error_type=DependencyFailedError.__name__,
+                category=None,
+            )
+            of = [r["id"] for r in done]
+            cancelled += of
+    return released, cancelled
+
+
+@operation(Mode.READ)
+def cancelled_dependents(task_ids: Sequence[str], *, now: float) -> Op[list[TaskRecord]]:
+    """The tasks cancelled at ``now`` because one of ``task_ids`` failed for good or was
+    cancelled at ``now``, and in turn those cancelled for them (what
+    :func:`settle_dependents` did in that change), for a worker to announce them."""
+    found: list[TaskRecord] = []
+    seen: set[str] = set()
+    frontier = list(task_ids)
+    while frontier:
+        got = yield rows(
+            "cancelled_dependents", ids=frontier, now=now, error_type=DependencyFailedError.__name__
+        )
+        frontier = []
+        for each in got:
+            if each["id"] not in seen:
+                seen.add(each["id"])
+                frontier.append(each["id"])
+                found.append(task_from_row(each))
+    return found
+
+
+@operation(Mode.READ)
+def dependencies_of(task_id: str) -> Op[dict[str, tuple[TaskStatus | None, Any]]]:
+    """The dependencies of a task: each one's status (None: deleted) and result."""
+    found = yield rows("dependencies_of", id=task_id)
+    return {
+        r["id"]: (
+            None if r["status"] is None else TaskStatus(r["status"]),
+            None if r["result"] is None else loads_result(r["result"]),
+        )
+        for r in found
+    }
 
 
 @operation(Mode.READ)
@@ -255,7 +390,7 @@ def add_keyed_tasks(
 def next_run_at(*, now: float) -> Op[float | None]:
     """The earliest run time after ``now`` of a waiting task (a delayed submit, a retry),
     or None: when a dispatcher should look again."""
-    found = yield value("next_run_at", now=now)
+    found = yield value("next_run_at", now=now, blocked=BLOCKED_RUN_AT)
     return None if found is None else float(found)
 
 
@@ -323,20 +458,18 @@ def claim(
     lease_seconds: float,
     limit: int,
     task_types: Collection[str] | None,
-    by_priority: bool,
+    queue: str,
 ) -> Op[list[Claim]]:
     claimed = yield rows(
-        "claim" if by_priority else "claim_fifo",
+        "claim",
         worker=worker_id,
         expires=now + lease_seconds,
         now=now,
         limit=limit,
         types=None if task_types is None else sorted(task_types),
+        queue=stored_queue(queue),
     )
-    if by_priority:
-        claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))
-    else:
-        claimed.sort(key=lambda r: (r["run_at"], r["seq"]))
+    claimed.sort(key=lambda r: (r["dispatch_at"], r["seq"]))
     return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]
 
 
@@ -480,6 +613,10 @@ def finished_record(
         attempts=claimed.attempts - params["give_back"],
         lost_attempts=claimed.lost_attempts,
         max_lost_attempts=claimed.max_lost_attempts,
+        idempotency_key=claimed.idempotency_key,
+        queue=claimed.queue,
+        depends_on=claimed.depends_on,
+        on_dependency_failure=claimed.on_dependency_failure,
         progress=float(progress),
         message=message,
         result=loads_result(params["result"])
@@ -530,6 +667,8 @@ def finish(
         if ended is not None:
             for step in linked:  # noqa: UP028 (a list cannot take the results sent back)
                 yield step
+            if params["terminal"] and ended["dependents"]:
+                yield from settle_dependents(of=[token.task_id], now=now)
             return finished_record(
                 claimed.task, params, progress=ended["progress"], message=ended["message"], now=now
             )
@@ -548,7 +687,10 @@ def complete_many(
         for claimed, done, now in items
     ]
     held_json = yield value("completions_held", rows=dumps(encoded))
-    messages: dict[int, str | None] = dict(loads(held_json)) if held_json else {}
+    held = loads(held_json) if held_json else []
+    messages: dict[int, str | None] = {place: message for place, message, _ in held}
+    with_dependents = {place for place, _, dependents in held if dependents}
+    settle: list[str] = []
     results: list[TaskRecord | LeaseLostError] = []
     kept: list[tuple[Any, ...]] = []
     finishing: set[str] = set()
@@ -559,6 +701,8 @@ def complete_many(
             continue
         finishing.add(task_id)
         kept.append(encoded[place])
+        if place in with_dependents:
+            settle.append(task_id)
         results.append(
             finished_record(
                 claimed.task, outcome_params(done), progress=1.0, message=messages[place], now=now
@@ -566,6 +710,8 @@ def complete_many(
         )
     if kept:
         yield count("complete_many", rows=dumps(kept), metrics=metrics)
+    if settle:
+        yield from settle_dependents(of=settle, now=max(now for _, _, now in items))
     return results
 
 
@@ -670,7 +816,11 @@ def reap(
     failed.extend(task_from_row(found) for found in orphans)
     if dead:
         yield count("delete_workers", ids=dead)
-    return ReapResult(requeued=requeued, failed=failed, expired_workers=dead)
+    ended = [task.id for task in failed]  # failed or cancelled: their dependents settle
+    # Every task waiting on dependencies too: a settle lost with its process is made up.
+    blocked = [r["id"] for r in (yield rows("blocked_tasks", blocked=BLOCKED_RUN_AT))]
+    released, _ = yield from settle_dependents(of=ended, ids=blocked, now=now)
+    return ReapResult(requeued=requeued, failed=failed, expired_workers=dead, released=released)
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -734,8 +884,11 @@ def request_cancel(task_id: str, *, now: float) -> Op[TaskRecord]:
     current = TaskStatus(status)
     if current.is_terminal:
         raise TaskStateError(task_id, current.value, "cancel")
-    query = "request_cancel_running" if current is TaskStatus.RUNNING else "cancel_task"
-    return task_from_row((yield row(query, id=task_id, now=now)))
+    if current is TaskStatus.RUNNING:
+        return task_from_row((yield row("request_cancel_running", id=task_id, now=now)))
+    cancelled = task_from_row((yield row("cancel_task", id=task_id, now=now)))
+    yield from settle_dependents(of=[task_id], now=now)
+    return cancelled
 
 
 @operation(Mode.READ)
@@ -752,6 +905,7 @@ def cancel_requests(*, worker_id: str, running: Collection[LeaseToken]) -> Op[fr
 
 @operation(Mode.STATEMENTS)
 def cancel_waiting(*, now: float) -> Op[list[str]]:
+    # Tasks waiting on dependencies are among them; a running task's dependents were.
     return [found["id"] for found in (yield rows("cancel_waiting", now=now))]
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import DEFAULT_QUEUE
 from ..errors import ErrorCategory
 from ..models import (
     ExecutionOutcome,
@@ -39,6 +40,7 @@ __all__ = [
     "sample_from_row",
     "schedule_from_row",
     "schedule_params",
+    "stored_queue",
     "task_from_row",
     "worker_from_row",
 ]
@@ -73,6 +75,12 @@ def as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def stored_queue(queue: str) -> str | None:
+    """A queue's name as the parameters carry it: None for the default queue (SQLite
+    stores it as NULL, PostgreSQL by name)."""
+    return None if queue == DEFAULT_QUEUE else queue
+
+
 def new_task_params(task: NewTask) -> dict[str, Any]:
     """A new task's columns, as the parameters of ``insert_task``."""
     return {
@@ -86,12 +94,16 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "timeout_seconds": task.timeout_seconds,
         "retry_config": None if task.retry is None else dumps(task.retry),
         "owner": task.owner,
-        "run_at": task.run_at,
+        "run_at": task.stored_run_at,
         "created_at": task.created_at,
         "max_lost_attempts": task.max_lost_attempts,
         "idempotency_key": task.idempotency_key,
         "request_fingerprint": task.request_fingerprint,
         "trace_context": None if task.trace_context is None else dumps(task.trace_context),
+        "queue": stored_queue(task.queue),
+        "dispatch_at": task.stored_dispatch_at,
+        "depends_on": dumps(list(task.depends_on)) if task.depends_on else None,
+        "on_dependency_failure": task.on_dependency_failure,
     }
 
 
@@ -108,12 +120,16 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.timeout_seconds,
         None if task.retry is None else dumps(task.retry),
         task.owner,
-        task.run_at,
+        task.stored_run_at,
         task.created_at,
         task.max_lost_attempts,
         task.idempotency_key,
         task.request_fingerprint,
         None if task.trace_context is None else dumps(task.trace_context),
+        stored_queue(task.queue),
+        task.stored_dispatch_at,
+        dumps(list(task.depends_on)) if task.depends_on else None,
+        task.on_dependency_failure,
     ]
 
 
@@ -137,6 +153,9 @@ def task_from_row(row: Row) -> TaskRecord:
         lost_attempts=row["lost_attempts"],
         max_lost_attempts=row["max_lost_attempts"],
         idempotency_key=row["idempotency_key"],
+        queue=row["queue"] or DEFAULT_QUEUE,
+        depends_on=() if row["depends_on"] is None else tuple(json.loads(row["depends_on"])),
+        on_dependency_failure=row["on_dependency_failure"],
         progress=float(row["progress"]),
         message=row["message"],
         result=None if result is None else loads_result(result),

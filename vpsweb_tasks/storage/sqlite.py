@@ -364,7 +364,7 @@ class SQLiteTaskStore(TaskStore):
         linked: Sequence[Step] = (),
         announce: Announce | None = None,
     ) -> None:
-        if linked or len(tasks) != 1:
+        if linked or len(tasks) != 1 or tasks[0].depends_on:
             await super().add_tasks(
                 tasks, max_queue_size=max_queue_size, linked=linked, announce=announce
             )

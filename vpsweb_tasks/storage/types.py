@@ -7,11 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ErrorCategory, StorageUnavailableError
-from ..models import TaskPriority, TaskRecord, TaskStatus, to_datetime
+from ..models import (
+    BLOCKED_RUN_AT,
+    DEFAULT_QUEUE,
+    DependencyFailure,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    to_datetime,
+)
 from ..retry import RetryConfig
 from ..validation import encode_json
 
 __all__ = [
+    "DEFAULT_AGING_SECONDS",
+    "STRICT_PRIORITY_SECONDS",
     "AttemptGroup",
     "Cancelled",
     "Claim",
@@ -33,7 +43,32 @@ __all__ = [
     "SharedBreakerState",
     "WorkerInfo",
     "WriteStatus",
+    "dispatch_key",
 ]
+
+#: ``background_tasks.priority_aging_seconds`` unless configured: a waiting task gains a
+#: priority level every 300 s.
+DEFAULT_AGING_SECONDS = 300.0
+
+#: The weight of a priority level when aging is off: longer than any task waits, so
+#: priority always comes first.
+STRICT_PRIORITY_SECONDS = 1e10
+
+
+def dispatch_key(
+    run_at: float, priority: int, *, aging_seconds: float | None, by_priority: bool = True
+) -> float:
+    """A waiting task's place in the dispatch order (lower first): its run time less
+    ``aging_seconds`` per priority level. So a task of a lower priority runs before one
+    of a higher priority that became eligible more than ``aging_seconds`` per level of
+    difference after it: no task starves. ``aging_seconds`` None: strict priority;
+    ``by_priority`` false: plain FIFO (``enable_priority_queue: false``). Whenever a
+    task's run time moves (a retry, a requeue, its dependencies finishing), its key moves
+    by as much."""
+    if not by_priority:
+        return run_at
+    weight = STRICT_PRIORITY_SECONDS if aging_seconds is None else aging_seconds
+    return run_at - priority * weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +98,26 @@ class NewTask:
     request reusing the key (an error)."""
     trace_context: dict[str, str] | None = None
     """The submit's trace context (OpenTelemetry's propagation fields), for its attempts."""
+    queue: str = DEFAULT_QUEUE
+    dispatch_at: float | None = None
+    """Its place in the dispatch order (:func:`dispatch_key`); None: with the default
+    aging."""
+    depends_on: tuple[str, ...] = ()
+    """Tasks it waits for: stored ones, or ones before it in the same batch."""
+    on_dependency_failure: DependencyFailure = "cancel"
+
+    @property
+    def stored_run_at(self) -> float:
+        """The run time it is stored with: :data:`BLOCKED_RUN_AT` while it has
+        dependencies (the insert releases it at once if they are all done)."""
+        return BLOCKED_RUN_AT if self.depends_on else self.run_at
+
+    @property
+    def stored_dispatch_at(self) -> float:
+        key = self.dispatch_at
+        if key is None:
+            key = dispatch_key(self.run_at, self.priority, aging_seconds=DEFAULT_AGING_SECONDS)
+        return key + (self.stored_run_at - self.run_at)
 
     def record(self) -> TaskRecord:
         """The record of this task as it is stored (``pending``), built rather than read
@@ -74,7 +129,9 @@ class NewTask:
             task_type=self.task_type,
             priority=TaskPriority.from_rank(self.priority),
             status=TaskStatus.PENDING,
-            run_at=created if self.run_at == self.created_at else to_datetime(self.run_at),
+            run_at=created
+            if self.stored_run_at == self.created_at
+            else to_datetime(self.stored_run_at),
             created_at=created,
             updated_at=created,
             payload=self.payload,
@@ -86,6 +143,9 @@ class NewTask:
             max_lost_attempts=self.max_lost_attempts,
             idempotency_key=self.idempotency_key,
             trace_context=self.trace_context,
+            queue=self.queue,
+            depends_on=self.depends_on,
+            on_dependency_failure=self.on_dependency_failure,
         )
 
 
@@ -203,6 +263,9 @@ class ReapResult:
     requeued: list[TaskRecord]
     failed: list[TaskRecord]
     expired_workers: list[str]
+    released: list[str] = field(default_factory=list)
+    """Dependents whose dependencies had all finished without their release (a process
+    that died between a finish and its dependents' release): released now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from vpsweb_tasks import TaskDefinition, TaskStatus
 from .._routing import group_url
 from ..deps import Authorised
 from ..schemas import (
+    DependencyResponse,
     ExecutionResponse,
     StatisticsResponse,
     SubmitTaskRequest,
@@ -58,6 +59,9 @@ async def submit(
         delay=body.delay_seconds,
         run_at=body.run_at,
         idempotency_key=idempotency_key,
+        queue=body.queue,
+        depends_on=tuple(body.depends_on),
+        on_dependency_failure=body.on_dependency_failure,
     )
     context = await state.manager.submit(definition, body.task_type, **body.payload)
     record = await context.wait_stored()
@@ -78,7 +82,23 @@ async def status(task_id: TaskId, state: Authorised) -> TaskDetailResponse:
     record = await state.manager.get_task(task_id)
     # The store's own call: manager.list_executions would read the task a second time.
     executions = await state.manager.store.list_executions(task_id)
-    return TaskDetailResponse.of(record, executions=[ExecutionResponse.of(e) for e in executions])
+    dependencies: dict[str, TaskStatus | None] = {}
+    if record.depends_on:
+        dependencies = await state.manager.dependencies(task_id)
+    return TaskDetailResponse.of(
+        record,
+        executions=[ExecutionResponse.of(e) for e in executions],
+        dependencies=[
+            DependencyResponse(task_id=dep, status=status) for dep, status in dependencies.items()
+        ],
+        waiting_on=[
+            dep
+            for dep, status in dependencies.items()
+            if status is not None and not status.is_terminal
+        ]
+        if record.waiting_on_dependencies
+        else [],
+    )
 
 
 @group.get("/active", summary="List all active tasks (waiting and running)")

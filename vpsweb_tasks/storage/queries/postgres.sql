@@ -50,11 +50,14 @@ SELECT count(*) FROM (SELECT 1 FROM background_tasks
 WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
+        max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
+        dispatch_at, depends_on, on_dependency_failure)
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
         %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s,
-        %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s
+        %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s,
+        coalesce(%(queue)s::text, 'default'), %(dispatch_at)s, %(depends_on)s,
+        %(on_dependency_failure)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -63,9 +66,10 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- name: insert_tasks
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
 -- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
--- max_lost_attempts, idempotency_key, request_fingerprint, trace_context], in that order.
--- With %(limit)s, %(together)s stores all of them only if all fit; otherwise the first
--- ones that fit. With their notices. Its row count: how many (the first ones) were stored.
+-- max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
+-- dispatch_at, depends_on, on_dependency_failure], in that order. With %(limit)s,
+-- %(together)s stores all of them only if all fit; otherwise the first ones that fit. With
+-- their notices. Its row count: how many (the first ones) were stored.
 WITH new AS (
     SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
 waiting AS (
@@ -74,10 +78,12 @@ waiting AS (
 added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-        max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
+        max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
+        dispatch_at, depends_on, on_dependency_failure)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
-        (r->>12)::int, r->>13, r->>14, r->>15
+        (r->>12)::int, r->>13, r->>14, r->>15, coalesce(r->>16, 'default'), (r->>17)::float8,
+        r->>18, r->>19
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
@@ -87,18 +93,11 @@ added AS (
 SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 
 -- name: next_run_at
--- The earliest run time to come of a waiting task: one seek of the dispatch index
--- (priority DESC, run_at) a priority.
-SELECT min(t) FROM (
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at > %(now)s) AS t UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at > %(now)s) UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at > %(now)s) UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at > %(now)s)
-) AS due;
+-- The earliest run time to come of a waiting task, but for tasks waiting on dependencies
+-- (%(blocked)s): one seek of the index of later run times.
+SELECT min(run_at) FROM background_tasks
+WHERE status IN ('pending', 'retrying') AND run_at > created_at
+  AND run_at > %(now)s AND run_at < %(blocked)s;
 
 -- name: get_task
 SELECT * FROM background_tasks WHERE id = %(id)s;
@@ -125,7 +124,7 @@ ORDER BY finished_at DESC NULLS LAST, seq DESC LIMIT %(limit)s OFFSET %(offset)s
 -- In the order waiting tasks are claimed.
 SELECT * FROM background_tasks
 WHERE status = ANY(%(statuses)s) AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
-ORDER BY priority DESC, run_at, seq LIMIT %(limit)s OFFSET %(offset)s;
+ORDER BY dispatch_at, seq LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count_by_status
 SELECT status, count(*) AS n FROM background_tasks GROUP BY status;
@@ -140,15 +139,19 @@ SELECT * FROM task_executions WHERE task_id = %(task_id)s ORDER BY fence;
 -- Dispatch ---------------------------------------------------------------------------------
 
 -- name: claim
--- Up to %(limit)s eligible tasks, picked FOR UPDATE SKIP LOCKED in dispatch order (highest
--- priority, then run_at, then insertion order), updated, and given their execution rows:
--- concurrent workers never wait for each other and never claim one task twice.
+-- Up to %(limit)s eligible tasks of %(queue)s, picked FOR UPDATE SKIP LOCKED in dispatch
+-- order (dispatch_at: run time less the priority's aging credit, see logic.dispatch_key;
+-- then insertion order), updated, and given their execution rows: concurrent workers
+-- never wait for each other and never claim one task twice. One range of the dispatch
+-- index (queue, dispatch_at, seq), bounded by dispatch_at <= now (run_at <= now implies
+-- it).
 WITH picked AS (
     SELECT id FROM background_tasks
-    WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+    WHERE status IN ('pending', 'retrying') AND queue = coalesce(%(queue)s::text, 'default')
+      AND dispatch_at <= %(now)s AND run_at <= %(now)s
       AND (owner = %(worker)s OR (owner IS NULL
            AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))
-    ORDER BY priority DESC, run_at, seq
+    ORDER BY dispatch_at, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -162,30 +165,7 @@ WITH picked AS (
     INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
     SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
 )
-SELECT * FROM claimed ORDER BY priority DESC, run_at, seq;
-
--- name: claim_fifo
--- As claim, in plain FIFO order (run_at, then insertion), priority playing no part.
-WITH picked AS (
-    SELECT id FROM background_tasks
-    WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
-      AND (owner = %(worker)s OR (owner IS NULL
-           AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))
-    ORDER BY run_at, seq
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE background_tasks AS t
-    SET status = 'running', attempts = t.attempts + 1, fence = t.fence + 1,
-        lease_owner = %(worker)s, lease_expires_at = %(expires)s, cancel_requested = FALSE,
-        started_at = %(now)s, updated_at = %(now)s
-    FROM picked WHERE t.id = picked.id
-    RETURNING t.*
-), executions AS (
-    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
-    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
-)
-SELECT * FROM claimed ORDER BY run_at, seq;
+SELECT * FROM claimed ORDER BY dispatch_at, seq;
 
 -- name: register_worker
 INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
@@ -225,6 +205,7 @@ WITH current AS (
         progress = CASE WHEN %(status)s = 'completed' THEN 1.0 ELSE t.progress END,
         finished_at = CASE WHEN %(terminal)s THEN %(now)s ELSE t.finished_at END,
         run_at = coalesce(%(run_at)s, t.run_at),
+        dispatch_at = t.dispatch_at + (coalesce(%(run_at)s, t.run_at) - t.run_at),
         attempts = t.attempts - %(give_back)s,
         message = coalesce(%(message)s, t.message),
         error_message = CASE WHEN %(set_error)s THEN %(error_message)s ELSE t.error_message END,
@@ -249,7 +230,73 @@ WITH current AS (
         %(now)s
     FROM current WHERE %(metrics)s
 )
-SELECT * FROM task;
+SELECT task.*, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = %(id)s) AS dependents
+FROM task;
+
+-- Dependencies -----------------------------------------------------------------------------
+
+-- name: existing_ids
+-- Locked in share mode until the insert commits: a dependency cannot be deleted under it.
+SELECT id FROM background_tasks WHERE id = ANY(%(ids)s::text[]) ORDER BY id FOR SHARE;
+
+-- name: insert_dependencies
+-- %(rows)s is a JSON array of [depends_on, task_id].
+INSERT INTO task_dependencies (depends_on, task_id)
+SELECT r->>0, r->>1 FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r);
+
+-- name: blocked_dependents
+-- Tasks waiting on their dependencies (pending at %(blocked)s), among the dependents of
+-- %(of)s and among %(ids)s: for each, how many of its dependencies have not finished, and
+-- the first that failed, was cancelled or is gone, as 'status:id'.
+SELECT w.id, w.on_dependency_failure AS policy,
+    count(*) FILTER (WHERE t.id IS NOT NULL
+        AND t.status NOT IN ('completed', 'failed', 'cancelled')) AS unfinished,
+    min(CASE WHEN t.id IS NULL THEN 'gone:' || d.depends_on
+             WHEN t.status IN ('failed', 'cancelled') THEN t.status || ':' || d.depends_on
+        END) AS broken
+FROM background_tasks AS w
+JOIN task_dependencies AS d ON d.task_id = w.id
+LEFT JOIN background_tasks AS t ON t.id = d.depends_on
+WHERE w.id IN (SELECT task_id FROM task_dependencies WHERE depends_on = ANY(%(of)s::text[])
+               UNION ALL SELECT unnest(%(ids)s::text[]))
+  AND w.status = 'pending' AND w.run_at >= %(blocked)s
+GROUP BY w.id, w.on_dependency_failure;
+
+-- name: release_dependents
+-- Tasks of %(ids)s still waiting on dependencies become runnable now; with their notices.
+WITH released AS (
+    UPDATE background_tasks SET run_at = %(now)s,
+        dispatch_at = dispatch_at + (%(now)s - run_at), updated_at = %(now)s
+    WHERE id = ANY(%(ids)s::text[]) AND status = 'pending' AND run_at >= %(blocked)s
+    RETURNING id)
+SELECT id, pg_notify(%(channel)s, 'task_added ' || id) AS notified FROM released;
+
+-- name: cancel_dependents
+-- %(rows)s is a JSON array of [id, reason]: tasks still waiting on dependencies, cancelled
+-- with the reason as their message and error.
+UPDATE background_tasks AS t SET status = 'cancelled', finished_at = %(now)s,
+    updated_at = %(now)s, message = d.r->>1, error_message = d.r->>1,
+    error_type = %(error_type)s, error_category = %(category)s
+FROM jsonb_array_elements(%(rows)s::jsonb) AS d(r)
+WHERE t.id = d.r->>0 AND t.status = 'pending' AND t.run_at >= %(blocked)s
+RETURNING t.id;
+
+-- name: blocked_tasks
+-- Every task waiting on its dependencies.
+SELECT id FROM background_tasks
+WHERE status IN ('pending', 'retrying') AND run_at > created_at AND run_at >= %(blocked)s;
+
+-- name: cancelled_dependents
+-- The dependents of %(ids)s that settle_dependents cancelled at %(now)s, for them.
+SELECT w.* FROM task_dependencies AS d JOIN background_tasks AS w ON w.id = d.task_id
+WHERE d.depends_on = ANY(%(ids)s::text[]) AND w.status = 'cancelled'
+  AND w.finished_at = %(now)s AND w.error_type = %(error_type)s;
+
+-- name: dependencies_of
+-- The dependencies of %(id)s, with their status (NULL: deleted) and result.
+SELECT d.depends_on AS id, t.status, t.result FROM task_dependencies AS d
+LEFT JOIN background_tasks AS t ON t.id = d.depends_on
+WHERE d.task_id = %(id)s;
 
 -- Workers and crash recovery -----------------------------------------------------------------
 
@@ -283,6 +330,7 @@ WHERE task_id = %(id)s AND fence = %(fence)s;
 -- error.
 UPDATE background_tasks SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
     cancel_requested = FALSE, updated_at = %(now)s, run_at = coalesce(%(retry_at)s, run_at),
+    dispatch_at = dispatch_at + (coalesce(%(retry_at)s, run_at) - run_at),
     attempts = %(attempts)s, lost_attempts = %(lost_attempts)s,
     finished_at = CASE WHEN %(status)s IN ('failed', 'cancelled') THEN %(now)s END,
     error_message = %(message)s, error_type = %(error_type)s, error_category = %(category)s
@@ -358,7 +406,8 @@ WHERE status IN ('pending', 'retrying') RETURNING id;
 -- name: requeue_failed
 WITH requeued AS (
     UPDATE background_tasks SET status = 'pending', attempts = 0, lost_attempts = 0,
-        run_at = %(now)s, updated_at = %(now)s, finished_at = NULL, progress = 0
+        run_at = %(now)s, dispatch_at = dispatch_at + (%(now)s - run_at), updated_at = %(now)s,
+        finished_at = NULL, progress = 0
     WHERE status = 'failed'
       AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s))
       AND (%(category)s::text IS NULL OR error_category = %(category)s)
@@ -514,8 +563,12 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: cleanup_tasks
 -- Up to 500 finished tasks that finished before %(before)s (their rows in the other tables
 -- go with them: ON DELETE CASCADE); small transactions hold no lock for long.
-DELETE FROM background_tasks WHERE id IN (SELECT id FROM background_tasks
+-- Tasks a task still to run depends on are kept (it reads their results when it starts).
+DELETE FROM background_tasks WHERE id IN (SELECT id FROM background_tasks AS f
     WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < %(before)s
+      AND NOT EXISTS (SELECT 1 FROM task_dependencies AS d
+          JOIN background_tasks AS w ON w.id = d.task_id
+          WHERE d.depends_on = f.id AND w.status NOT IN ('completed', 'failed', 'cancelled'))
     LIMIT 500);
 
 -- name: cleanup_samples

@@ -38,24 +38,28 @@ SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retryin
 -- INSERT, under the write lock). Its row count: 1 stored, 0 refused.
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-    max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
+    max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue, dispatch_at,
+    depends_on, on_dependency_failure)
 SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
     :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at,
-    :max_lost_attempts, :idempotency_key, :request_fingerprint, :trace_context
+    :max_lost_attempts, :idempotency_key, :request_fingerprint, :trace_context, :queue,
+    :dispatch_at, :depends_on, :on_dependency_failure
 WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
     WHERE status IN ('pending', 'retrying')) < :limit;
 
 -- name: insert_tasks
 -- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
 -- max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
--- max_lost_attempts, idempotency_key, request_fingerprint, trace_context], in that order.
+-- max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
+-- dispatch_at, depends_on, on_dependency_failure], in that order.
 -- With :limit, :together stores all of them only if all fit; otherwise the first ones
 -- that fit. The waiting tasks are counted once, before the first row goes in. Its row
 -- count: how many (the first ones) were stored. (The statement starts with INSERT, not
 -- WITH: Python's sqlite3 counts rows only for statements that start as a write.)
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
-    max_lost_attempts, idempotency_key, request_fingerprint, trace_context)
+    max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue, dispatch_at,
+    depends_on, on_dependency_failure)
 WITH waiting (n) AS MATERIALIZED (
     SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying'))
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -63,7 +67,9 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
     json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
     json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
     json_extract(value, '$[11]'), json_extract(value, '$[11]'), json_extract(value, '$[12]'),
-    json_extract(value, '$[13]'), json_extract(value, '$[14]'), json_extract(value, '$[15]')
+    json_extract(value, '$[13]'), json_extract(value, '$[14]'), json_extract(value, '$[15]'),
+    json_extract(value, '$[16]'), json_extract(value, '$[17]'), json_extract(value, '$[18]'),
+    json_extract(value, '$[19]')
 FROM json_each(:rows), waiting
 WHERE :limit IS NULL
    OR (:together AND waiting.n + :count <= :limit)
@@ -71,18 +77,11 @@ WHERE :limit IS NULL
 ORDER BY key;
 
 -- name: next_run_at
--- The earliest run time to come of a waiting task: one seek of the dispatch index
--- (priority DESC, run_at) a priority.
-SELECT min(t) FROM (
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at > :now) AS t UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at > :now) UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at > :now) UNION ALL
-    SELECT (SELECT min(run_at) FROM background_tasks
-        WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at > :now)
-) AS due;
+-- The earliest run time to come of a waiting task, but for tasks waiting on dependencies
+-- (:blocked): one seek of the index of later run times.
+SELECT min(run_at) FROM background_tasks INDEXED BY ix_background_tasks_later
+WHERE status IN ('pending', 'retrying') AND run_at > created_at
+  AND run_at > :now AND run_at < :blocked;
 
 -- name: get_task
 SELECT * FROM background_tasks WHERE id = :id;
@@ -113,7 +112,7 @@ ORDER BY finished_at DESC, rowid DESC LIMIT :limit OFFSET :offset;
 SELECT * FROM background_tasks
 WHERE status IN (SELECT value FROM json_each(:statuses))
   AND (:task_type IS NULL OR task_type = :task_type)
-ORDER BY priority DESC, run_at, rowid LIMIT :limit OFFSET :offset;
+ORDER BY dispatch_at, rowid LIMIT :limit OFFSET :offset;
 
 -- name: count_by_status
 SELECT status, sum(n) AS n FROM task_counts GROUP BY status;
@@ -127,62 +126,27 @@ SELECT * FROM task_executions WHERE task_id = :task_id ORDER BY fence;
 -- Dispatch ---------------------------------------------------------------------------------
 
 -- name: claim
--- Up to :limit eligible tasks, highest priority first, then run_at, then insertion order,
--- each given a lease and an execution row. The pick names the dispatch index: without
--- planner statistics (a new file) SQLite may pick the status index and sort every
--- waiting row. Runnable: this worker's own closures, or unowned tasks of :types (NULL:
--- any type). All changes happen at the UPDATE's first step, so the execution rows can be
--- read off the claimed rows (this worker's, started now, without one yet).
+-- Up to :limit eligible tasks of :queue (NULL: the default queue, stored as NULL: a
+-- plain task's row and index entry carry no queue name) in dispatch order (dispatch_at: run time less the
+-- priority's aging credit, see logic.dispatch_key; then insertion order), each given a
+-- lease and an execution row. One seek of the dispatch index (queue, dispatch_at), bounded
+-- by dispatch_at <= :now (run_at <= :now implies it), so tasks that wait for their
+-- dependencies or for a time far away are never read. The pick names the index: without
+-- planner statistics (a new file) SQLite may pick the status index and sort every waiting
+-- row. Runnable: this worker's own closures, or unowned tasks of :types (NULL: any type).
+-- All changes happen at the UPDATE's first step, so the execution rows can be read off the
+-- claimed rows (this worker's, started now, without one yet).
 UPDATE background_tasks
 SET status = 'running', attempts = attempts + 1, fence = fence + 1,
     lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
     started_at = :now, updated_at = :now
 WHERE rowid IN (
     SELECT rowid FROM background_tasks INDEXED BY ix_background_tasks_dispatch
-    WHERE status IN ('pending', 'retrying') AND run_at <= :now
+    WHERE status IN ('pending', 'retrying') AND queue IS :queue AND dispatch_at <= :now
+      AND run_at <= :now
       AND (owner = :worker OR (owner IS NULL
            AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
-    ORDER BY priority DESC, run_at, rowid LIMIT :limit)
-RETURNING rowid AS seq, *;
-
--- name: claim_fifo
--- As claim, in plain FIFO order (run_at, then insertion), priority playing no part. It
--- reads the dispatch index too: the first :limit rows of each priority, of which the
--- oldest :limit are taken (a second index in FIFO order would cost every write).
-UPDATE background_tasks
-SET status = 'running', attempts = attempts + 1, fence = fence + 1,
-    lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
-    started_at = :now, updated_at = :now
-WHERE rowid IN (
-    SELECT rowid FROM (
-        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
-            INDEXED BY ix_background_tasks_dispatch
-            WHERE status IN ('pending', 'retrying') AND priority = 3 AND run_at <= :now
-              AND (owner = :worker OR (owner IS NULL
-                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
-            ORDER BY run_at, rowid LIMIT :limit)
-        UNION ALL
-        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
-            INDEXED BY ix_background_tasks_dispatch
-            WHERE status IN ('pending', 'retrying') AND priority = 2 AND run_at <= :now
-              AND (owner = :worker OR (owner IS NULL
-                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
-            ORDER BY run_at, rowid LIMIT :limit)
-        UNION ALL
-        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
-            INDEXED BY ix_background_tasks_dispatch
-            WHERE status IN ('pending', 'retrying') AND priority = 1 AND run_at <= :now
-              AND (owner = :worker OR (owner IS NULL
-                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
-            ORDER BY run_at, rowid LIMIT :limit)
-        UNION ALL
-        SELECT * FROM (SELECT rowid, run_at FROM background_tasks
-            INDEXED BY ix_background_tasks_dispatch
-            WHERE status IN ('pending', 'retrying') AND priority = 0 AND run_at <= :now
-              AND (owner = :worker OR (owner IS NULL
-                   AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
-            ORDER BY run_at, rowid LIMIT :limit))
-    ORDER BY run_at, rowid LIMIT :limit)
+    ORDER BY dispatch_at, rowid LIMIT :limit)
 RETURNING rowid AS seq, *;
 
 -- name: register_worker
@@ -227,6 +191,7 @@ UPDATE background_tasks SET
     progress = CASE WHEN :status = 'completed' THEN 1.0 ELSE progress END,
     finished_at = CASE WHEN :terminal THEN :now ELSE finished_at END,
     run_at = coalesce(:run_at, run_at),
+    dispatch_at = dispatch_at + (coalesce(:run_at, run_at) - run_at),
     attempts = attempts - :give_back,
     message = coalesce(:message, message),
     error_message = CASE WHEN :set_error THEN :error_message ELSE error_message END,
@@ -235,13 +200,15 @@ UPDATE background_tasks SET
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
 WHERE id = :id AND status = 'running' AND lease_owner = :worker AND fence = :fence
   AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard)
-RETURNING progress, message;
+RETURNING progress, message,
+    EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = :id) AS dependents;
 
 -- name: completions_held
 -- Of the completions in :rows (a JSON array of [id, worker, fence, result, now]), the
--- ones whose attempt is still held: [place in :rows, message] pairs. CROSS JOIN keeps
--- those few rows the outer loop (else SQLite may walk every running task).
-SELECT json_group_array(json_array(d.n, t.message))
+-- ones whose attempt is still held: [place in :rows, message, has dependents] triples.
+-- CROSS JOIN keeps those few rows the outer loop (else SQLite may walk every running task).
+SELECT json_group_array(json_array(d.n, t.message,
+    EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = t.id)))
 FROM (SELECT key AS n, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
           json_extract(value, '$[2]') AS fence FROM json_each(:rows)) AS d
 CROSS JOIN background_tasks AS t ON t.id = d.id
@@ -269,6 +236,71 @@ UPDATE task_executions SET finished_at = d.now, outcome = 'completed', error_cat
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[2]') AS fence,
           json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
 WHERE task_executions.task_id = d.id AND task_executions.fence = d.fence;
+
+-- Dependencies -----------------------------------------------------------------------------
+
+-- name: existing_ids
+SELECT id FROM background_tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: insert_dependencies
+-- :rows is a JSON array of [depends_on, task_id].
+INSERT INTO task_dependencies (depends_on, task_id)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rows);
+
+-- name: blocked_dependents
+-- Tasks waiting on their dependencies (pending at :blocked), among the dependents of :of
+-- and among :ids: for each, how many of its dependencies have not finished, and the first
+-- that failed, was cancelled or is gone, as 'status:id'.
+SELECT w.id, w.on_dependency_failure AS policy,
+    sum(t.id IS NOT NULL AND t.status NOT IN ('completed', 'failed', 'cancelled'))
+        AS unfinished,
+    min(CASE WHEN t.id IS NULL THEN 'gone:' || d.depends_on
+             WHEN t.status IN ('failed', 'cancelled') THEN t.status || ':' || d.depends_on
+        END) AS broken
+FROM background_tasks AS w
+JOIN task_dependencies AS d ON d.task_id = w.id
+LEFT JOIN background_tasks AS t ON t.id = d.depends_on
+WHERE w.id IN (SELECT task_id FROM task_dependencies
+               WHERE depends_on IN (SELECT value FROM json_each(:of))
+               UNION ALL SELECT value FROM json_each(:ids))
+  AND w.status = 'pending' AND w.run_at >= :blocked
+GROUP BY w.id, w.on_dependency_failure;
+
+-- name: release_dependents
+-- Tasks of :ids still waiting on dependencies become runnable now.
+UPDATE background_tasks SET run_at = :now, dispatch_at = dispatch_at + (:now - run_at),
+    updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending' AND run_at >= :blocked
+RETURNING id;
+
+-- name: cancel_dependents
+-- :rows is a JSON array of [id, reason]: tasks still waiting on dependencies, cancelled
+-- with the reason as their message and error.
+UPDATE background_tasks SET status = 'cancelled', finished_at = :now, updated_at = :now,
+    message = d.reason, error_message = d.reason, error_type = :error_type,
+    error_category = :category
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS reason
+      FROM json_each(:rows)) AS d
+WHERE background_tasks.id = d.id AND background_tasks.status = 'pending'
+  AND background_tasks.run_at >= :blocked
+RETURNING background_tasks.id;
+
+-- name: blocked_tasks
+-- Every task waiting on its dependencies.
+SELECT id FROM background_tasks INDEXED BY ix_background_tasks_later
+WHERE status IN ('pending', 'retrying') AND run_at > created_at AND run_at >= :blocked;
+
+-- name: cancelled_dependents
+-- The dependents of :ids that settle_dependents cancelled at :now, for them.
+SELECT w.* FROM task_dependencies AS d JOIN background_tasks AS w ON w.id = d.task_id
+WHERE d.depends_on IN (SELECT value FROM json_each(:ids)) AND w.status = 'cancelled'
+  AND w.finished_at = :now AND w.error_type = :error_type;
+
+-- name: dependencies_of
+-- The dependencies of :id, with their status (NULL: deleted) and result.
+SELECT d.depends_on AS id, t.status, t.result FROM task_dependencies AS d
+LEFT JOIN background_tasks AS t ON t.id = d.depends_on
+WHERE d.task_id = :id;
 
 -- Workers and crash recovery -----------------------------------------------------------------
 
@@ -298,7 +330,7 @@ WHERE task_id = :id AND fence = :fence;
 -- The task of a lost attempt: its new status, counts (:attempts, :lost_attempts) and error.
 UPDATE background_tasks SET status = :status, lease_owner = NULL, lease_expires_at = NULL,
     cancel_requested = 0, updated_at = :now, run_at = coalesce(:retry_at, run_at),
-    attempts = :attempts, lost_attempts = :lost_attempts,
+    dispatch_at = dispatch_at + (coalesce(:retry_at, run_at) - run_at), attempts = :attempts, lost_attempts = :lost_attempts,
     finished_at = CASE WHEN :status IN ('failed', 'cancelled') THEN :now END,
     error_message = :message, error_type = :error_type, error_category = :category
 WHERE id = :id
@@ -371,7 +403,8 @@ WHERE status IN ('pending', 'retrying') RETURNING id;
 
 -- name: requeue_failed
 UPDATE background_tasks SET status = 'pending', attempts = 0, lost_attempts = 0, run_at = :now,
-    updated_at = :now, finished_at = NULL, progress = 0
+    dispatch_at = dispatch_at + (:now - run_at), updated_at = :now, finished_at = NULL,
+    progress = 0
 WHERE status = 'failed'
   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:category IS NULL OR error_category = :category)
@@ -519,9 +552,14 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: cleanup_tasks
 -- Up to 500 finished tasks that finished before :before (their rows in the other tables
--- go with them: ON DELETE CASCADE).
-DELETE FROM background_tasks WHERE rowid IN (SELECT rowid FROM background_tasks
-    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < :before LIMIT 500);
+-- go with them: ON DELETE CASCADE), but for those a task still to run depends on (it
+-- reads their results when it starts).
+DELETE FROM background_tasks WHERE rowid IN (SELECT rowid FROM background_tasks AS f
+    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < :before
+      AND NOT EXISTS (SELECT 1 FROM task_dependencies AS d
+          JOIN background_tasks AS w ON w.id = d.task_id
+          WHERE d.depends_on = f.id AND w.status NOT IN ('completed', 'failed', 'cancelled'))
+    LIMIT 500);
 
 -- name: cleanup_samples
 DELETE FROM system_metrics WHERE recorded_at < :before;
