@@ -36,6 +36,7 @@ from .errors import (
     TaskStateError,
     TaskTimeoutError,
     UnknownQueueError,
+    RateLimitKeyError,
     UnknownTaskTypeError,
     VpswebTasksError,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "UnknownQueueError",
+    "RateLimitKeyError",
     "UnknownTaskTypeError",
     "VpswebTasksError",
     "__version__",
