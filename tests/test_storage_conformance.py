@@ -1902,7 +1902,9 @@ async def test_a_task_of_a_full_concurrency_key_waits_while_other_keys_run(
     third = await claim_limited(store, T0 + 3, limits, limit=5)
     assert [c.task.id for c in third] == [a[2].id]
     record = await store.get_task(a[3].id)
-    assert record is not None and record.attempts == 0 and record.status is TaskStatus.PENDING
+    assert record is not None
+    assert record.attempts == 0
+    assert record.status is TaskStatus.PENDING
 
 
 async def test_fair_queueing_places_another_keys_task_among_a_batch(store: TaskStore) -> None:
@@ -1939,7 +1941,8 @@ async def test_a_step_acquires_a_rate_limit_and_reconciles_its_tokens(store: Tas
     limits = ClaimLimits(rates={"llm": spec})
     assert await claim_limited(store, T0 + 1.5, limits) == []
     record = await store.get_task(task.id)
-    assert record is not None and record.run_at.timestamp() == pytest.approx(T0 + 1.6)
+    assert record is not None
+    assert record.run_at.timestamp() == pytest.approx(T0 + 1.6)
 
 
 async def test_retry_budget_counts_calls_and_retries_per_dependency(store: TaskStore) -> None:
