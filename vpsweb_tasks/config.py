@@ -194,11 +194,12 @@ class BackgroundTaskSettings(_Section):
     """Running tasks per concurrency key (``TaskDefinition.concurrency_key``) across every
     worker on the task database; null: no bound. A task whose key is at the bound waits
     (spending no attempt) while other keys' tasks run."""
-    fair_share_seconds: Annotated[Seconds, Field(gt=0)] | None = 1.0
+    fair_share_seconds: Annotated[Seconds, Field(gt=0)] | None = None
     """Fair dispatch between concurrency keys: a keyed task is placed in the dispatch order
     at least this long after its key's previous task, so a batch from one key interleaves
     with other keys' tasks of the same priority (they are still claimed as soon as a
-    worker is free). null: keyed tasks keep their submit order."""
+    worker is free). null (default): keyed tasks keep their submit order (with
+    max_running_per_key, other keys' tasks still pass a key at its bound)."""
     pause_on_overload: bool = True
     """Pause dispatch while memory or CPU is above overload_threshold of its budget."""
     overload_threshold: float = Field(default=0.9, gt=0, le=1)
@@ -607,6 +608,8 @@ def config_reference(extra: Sequence[tuple[str, type[BaseModel]]] = ()) -> str:
         ("logging", LoggingSettings),
         ("http", HttpSettings),
         ("schedules.<name>", ScheduleDefinition),
+        ("rate_limits.<name>", RateLimitSettings),
+        ("retry_budgets.<name>", RetryBudgetSettings),
         *extra,
     ]
     for name, model in sections:

@@ -72,6 +72,7 @@ from .events import (
     TaskRequeued,
     TaskSubmitted,
 )
+from .limits import check_templates, rate_spec, resolve_rate_keys
 from .log import configure_logging, remove_handler, task_logger
 from .models import (
     DeadLetter,
@@ -261,6 +262,7 @@ class TaskManager:
         self.breakers = breakers if breakers is not None else get_breaker_registry()
         self._registry = Registry(self.worker_id)
         self._declared: set[str] = set(self.config.declared_task_types)
+        self._declared_limits: dict[str, tuple[str, ...]] = {}
         self._contexts = Contexts(self)
         self._extensions: dict[str, Extension] = {}
         self._queue = self._new_queue()
@@ -308,6 +310,7 @@ class TaskManager:
         retry: RetryConfig | None = None,
         process: bool = False,
         memory_limit_mb: float | None = None,
+        rate_limits: Sequence[str] = (),
     ) -> None:
         """Register ``fn`` as the handler of task type ``name``.
 
@@ -323,12 +326,29 @@ class TaskManager:
         :class:`~vpsweb_tasks.context.ProcessContext`. Going past the limit fails the
         attempt with ``MemoryLimitError`` (category ``resource``).
 
+        ``rate_limits``: the shared rate limits each task of the type takes a slot of
+        when claimed: names of ``rate_limits`` entries, or key templates that fill fields
+        from the payload (``"llm:{provider}:{model}"``: limit ``llm``, a key per provider
+        and model). A task whose slot has not come waits without spending an attempt.
+
         Raises ValueError or TypeError naming the argument (a closure or lambda with
-        ``process=True``, a ``memory_limit_mb`` below what Python needs to start).
+        ``process=True``, a ``memory_limit_mb`` below what Python needs to start), and
+        RateLimitKeyError for a rate limit that is not configured.
         """
+        templates = self._check_rate_limits(rate_limits)
         self._registry.register(
-            name, fn, retry=retry, process=process, memory_limit_mb=memory_limit_mb
+            name,
+            fn,
+            retry=retry,
+            process=process,
+            memory_limit_mb=memory_limit_mb,
+            rate_limits=templates,
         )
+
+    def _check_rate_limits(self, rate_limits: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(rate_limits, str):
+            raise TypeError("rate_limits must be a list of limit names, not one string")
+        return check_templates(rate_limits, self.settings.rate_limits, field="rate_limits")
 
     def task(
         self,
@@ -337,6 +357,7 @@ class TaskManager:
         retry: RetryConfig | None = None,
         process: bool = False,
         memory_limit_mb: float | None = None,
+        rate_limits: Sequence[str] = (),
     ) -> Callable[[F], F]:
         """Decorator: ``@manager.task("data_processing")`` registers a handler; the
         keywords are :meth:`register`'s (``@manager.task("resize", process=True,
@@ -349,6 +370,7 @@ class TaskManager:
                 retry=retry,
                 process=process,
                 memory_limit_mb=memory_limit_mb,
+                rate_limits=rate_limits,
             )
             return fn
 
@@ -359,11 +381,15 @@ class TaskManager:
         """Names of the registered task types."""
         return self._registry.names
 
-    def declare(self, name: str) -> None:
+    def declare(self, name: str, *, rate_limits: Sequence[str] = ()) -> None:
         """Accept submits of task type ``name`` without a handler here: other processes'
         workers run it (an API-only process declares the types they register, rather than
-        registering stubs). ``background_tasks.declared_task_types`` does the same."""
+        registering stubs). ``background_tasks.declared_task_types`` does the same.
+        ``rate_limits``: as :meth:`register`'s (the keys are resolved at submit)."""
+        templates = self._check_rate_limits(rate_limits)
         self._declared.add(name)
+        if templates:
+            self._declared_limits[name] = templates
 
     @property
     def accepted_task_types(self) -> list[str]:
@@ -573,6 +599,15 @@ class TaskManager:
             raise ValueError(
                 "a task with dependencies runs when they finish: not with run_at or delay"
             )
+        spec = self._registry.get(definition.task_type)
+        templates = (
+            spec.rate_limits
+            if spec is not None and closure is None
+            else self._declared_limits.get(definition.task_type, ())
+        )
+        rate_keys = resolve_rate_keys(
+            (*templates, *definition.rate_limits), payload, self.settings.rate_limits
+        )
         task = NewTask(
             id=task_id,
             name=definition.name,
@@ -597,6 +632,8 @@ class TaskManager:
             ),
             depends_on=depends_on,
             on_dependency_failure=definition.on_dependency_failure,
+            rate_keys=rate_keys,
+            concurrency_key=definition.concurrency_key,
         )
         return task, closure
 
@@ -812,6 +849,87 @@ class TaskManager:
         await self._store(tasks, contexts, raise_errors=True)
         return contexts
 
+    # --- rate limits ---------------------------------------------------------------------
+
+    def resolve_rate_key(self, limit: str, fields: Mapping[str, Any]) -> tuple[str, str]:
+        """The (limit name, key) of a limit name or key template, its fields from
+        ``fields``; RateLimitKeyError naming it if it cannot be resolved."""
+        ((name, key),) = resolve_rate_keys([limit], fields, self.settings.rate_limits)
+        return name, key
+
+    async def acquire_rate(self, limit: str, *, fields: Mapping[str, Any] | None = None) -> str:
+        """Wait for a slot of the shared rate limit ``limit`` (a name or key template,
+        fields from ``fields``) and take it; the key taken. Every process on the task
+        database shares the limit (see ``context.acquire_rate``)."""
+        name, key = self.resolve_rate_key(limit, fields or {})
+        spec = rate_spec(self.settings.rate_limits[name])
+        while True:
+            wait = await self.store.run(
+                logic.acquire_rate(name=name, key=key, spec=spec, now=self.clock())
+            )
+            if wait <= 0:
+                return key
+            await anyio.sleep(wait)
+
+    async def report_tokens(self, key: tuple[str, str], tokens: int) -> None:
+        """Reconcile rate-limit ``key`` (limit name, key) with the tokens a call used."""
+        name, resolved = key
+        settings = self.settings.rate_limits.get(name)
+        if settings is None or settings.tokens is None or tokens <= 0:
+            return
+        await self.store.run(
+            logic.report_tokens(
+                name=name,
+                key=resolved,
+                spec=rate_spec(settings),
+                tokens=int(tokens),
+                now=self.clock(),
+            )
+        )
+
+    async def limits_state(self) -> dict[str, Any]:
+        """The configured limits and their shared state (``/api/v1/monitoring/limits``):
+        each rate limit with its keys (next free slot, whether one is free now, tokens
+        left in the window, requests and tokens taken so far: usage by key), the running
+        bound per concurrency key with the keys that have running tasks, and the retry
+        budgets."""
+        now = self.clock()
+        states = await self.store.run(logic.rate_limit_states())
+        running = await self.store.run(logic.running_per_key())
+        limits: dict[str, Any] = {}
+        for name, settings in sorted(self.settings.rate_limits.items()):
+            keys = []
+            for state in states:
+                if state.name != name:
+                    continue
+                unpaid = max(0.0, state.tokens_paid_at - now)
+                keys.append(
+                    {
+                        "key": state.key,
+                        "next_free_at": max(state.next_free_at, now),
+                        "free_now": state.next_free_at <= now
+                        and (settings.tokens is None or unpaid < settings.per),
+                        "tokens_left": None
+                        if settings.tokens is None
+                        else max(0, int(settings.tokens * (1 - unpaid / settings.per))),
+                        "requests": state.requests,
+                        "tokens": state.tokens,
+                    }
+                )
+            limits[name] = {**settings.model_dump(), "keys": keys}
+        return {
+            "rate_limits": limits,
+            "concurrency": {
+                "max_running_per_key": self.config.max_running_per_key,
+                "fair_share_seconds": self.config.fair_share_seconds,
+                "running": running,
+            },
+            "retry_budgets": {
+                name: budget.model_dump()
+                for name, budget in sorted(self.settings.retry_budgets.items())
+            },
+        }
+
     async def dependencies(self, task_id: str) -> dict[str, TaskStatus | None]:
         """The tasks ``task_id`` depends on, each with its status (None: deleted by
         retention after the task finished), in the order given at submit."""
@@ -855,6 +973,7 @@ class TaskManager:
                 tasks,
                 max_queue_size=self.config.max_queue_size,
                 linked=steps,
+                fair_share=self.config.fair_share_seconds,
                 announce=functools.partial(self._wake_dispatcher, tasks),
             )
         except Exception as exc:
@@ -888,6 +1007,7 @@ class TaskManager:
                 max_queue_size=self.config.max_queue_size,
                 linked=linked,
                 announce=functools.partial(self._wake_dispatcher, tasks),
+                fair_share=self.config.fair_share_seconds,
             )
         except anyio.get_cancelled_exc_class():
             # The insert may have gone on without us: what was stored is still announced.

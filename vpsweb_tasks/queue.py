@@ -77,6 +77,7 @@ from .events import (
     TaskRetryScheduled,
     TaskStarted,
 )
+from .limits import claim_limits
 from .log import TaskLogger, task_logger
 from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
@@ -224,6 +225,9 @@ class TaskQueue:
             default_memory_limit_mb=self.config.task_memory_limit_mb,
         )
         self._next_queue = 0  # the queue a round of claims starts at (several queues)
+        # Rate limits, a running bound per concurrency key, fair queueing: None (nothing
+        # configured) keeps the plain one-statement claim.
+        self._limits, self._horizon = claim_limits(settings)
         self.worker = WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -521,12 +525,15 @@ class TaskQueue:
                     limit=limit,
                     task_types=self.registry.names,
                     queue=queue,
+                    limits=self._limits,
+                    horizon=self._horizon,
                 )
         finally:
             self._claiming = False
         early, self._early_cancels = self._early_cancels, set()
         for claim in claims:
             context = self.contexts.of(claim.task)
+            context.rate_keys = claim.task.rate_keys
             running = RunningTask(claim, context)
             self.running[claim.task.id] = running
             if self._idle.is_set():

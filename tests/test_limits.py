@@ -1,0 +1,213 @@
+"""Shared rate limits, concurrency keys and fair dispatch, through the manager and across
+real worker processes, on both backends (see docs/limits.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+
+from vpsweb_tasks import RateLimitKeyError, TaskContext, TaskDefinition, TaskManager, TaskStatus
+from vpsweb_tasks.config import load_config
+from vpsweb_tasks.errors import ConfigError
+from vpsweb_tasks.models import ExecutionOutcome
+
+from .conftest import make_settings
+from .llm_server import fake_llm
+from .test_multiprocess import Worker, poll, start_worker
+
+__all__ = ["start_worker"]  # the fixture, imported to be used here
+
+pytestmark = pytest.mark.anyio
+
+
+def most_in_a_window(times: list[float], window: float = 1.0) -> int:
+    """The most of ``times`` that fall in any half-open window of ``window`` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_most_in_a_window_counts_the_busiest_second() -> None:
+    assert most_in_a_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
+    assert most_in_a_window([0.0, 1.0, 2.0]) == 1
+    assert most_in_a_window([]) == 0
+
+
+# --- across processes ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_two_worker_processes_share_one_rate_limit(
+    storage: dict[str, Any],
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The issue asks for 10 a second and 200 tasks (20 s a backend); the same window
+    # property at 20 a second and 60 tasks keeps the suite fast.
+    rate, count = 20, 60
+    config = tmp_path / "limits.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": storage,
+                "background_tasks": {
+                    "max_queue_size": 10_000,
+                    "max_concurrent_jobs": 8,
+                    "queue_check_interval": 0.5,
+                },
+                "rate_limits": {"llm": {"requests": rate, "per": 1.0, "tokens": 100_000}},
+                "logging": {"file": None, "level": "WARNING"},
+            }
+        )
+    )
+    monkeypatch.setenv("LIMIT_TASKS_LOG", str(tmp_path / "limit.log"))
+    async with fake_llm() as llm:
+        api_config = load_config(config, background_tasks={"enabled": False})
+        async with TaskManager(api_config) as api:
+            api.declare("lim_llm", rate_limits=["llm"])
+            workers = [start_worker(config, "--import", "tests.limit_tasks") for _ in range(2)]
+            for worker in workers:
+                await worker.ready()
+            definition = TaskDefinition(name="call", task_type="lim_llm", max_retries=0)
+            ids = []
+            for n in range(count):
+                context = await api.submit(definition, n=n, url=llm.base_url)
+                ids.append(context.task_id)
+
+            async def all_done() -> bool:
+                counts = await api.store.count_tasks()
+                return counts[TaskStatus.COMPLETED] + counts[TaskStatus.FAILED] == count
+
+            await poll(all_done, timeout=60, every=0.1)
+            tasks = await api.store.get_tasks(ids)
+            assert {t.status for t in tasks} == {TaskStatus.COMPLETED}
+            # No attempt was spent waiting for a slot: one attempt, one execution each.
+            assert {t.attempts for t in tasks} == {1}
+            for task_id in ids[:: count // 6]:
+                (execution,) = await api.store.list_executions(task_id)
+                assert execution.outcome is ExecutionOutcome.COMPLETED
+            owners = {
+                execution.worker_id for t in ids for execution in await api.store.list_executions(t)
+            }
+            assert len(owners) == 2  # both processes took a share
+            states = await api.limits_state()
+            (llm_state,) = states["rate_limits"]["llm"]["keys"]
+            assert llm_state["requests"] == count
+            assert llm_state["tokens"] == 15 * count  # each call reported its usage
+            claimed_at = sorted(t.started_at.timestamp() for t in tasks if t.started_at)
+            for worker in workers:
+                assert await worker.stop() == 0, worker.stderr()
+    # The claims themselves never exceed the limit in a window (the limiter's own bound).
+    assert most_in_a_window(claimed_at) <= rate + 1
+    times = [call.at for call in llm.calls]
+    assert len(times) == count
+    # In no 1-second window does the server see more than the limit (+1 for the edges)...
+    busiest = most_in_a_window(times)
+    assert busiest <= rate + 1, busiest
+    # ... and the limit is the bound, not something slower: the calls came at its pace.
+    span = max(times) - min(times)
+    assert (count - 1) / rate - 0.2 <= span <= (count - 1) / rate + 3.0, span
+
+
+# --- concurrency keys and fairness -----------------------------------------------------------
+
+
+async def test_a_single_job_of_another_user_starts_within_one_job_of_a_50_job_batch(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
+    duration = 0.5
+    settings = make_settings(
+        tmp_path,
+        storage=storage,
+        background_tasks={
+            "max_concurrent_jobs": 3,
+            "max_running_per_key": 2,
+            "fair_share_seconds": 1.0,
+            "queue_check_interval": 0.2,
+        },
+    )
+    started: dict[str, float] = {}
+
+    async with TaskManager(settings) as manager:
+
+        @manager.task("job")
+        async def job(context: TaskContext) -> None:
+            started[context.task_id] = time.monotonic()
+            await anyio.sleep(duration)
+
+        batch = [
+            await manager.submit(
+                TaskDefinition(name=f"a{n}", task_type="job", concurrency_key="user:a")
+            )
+            for n in range(50)
+        ]
+        await manager.wait(batch[0].task_id, timeout=10)
+        submitted = time.monotonic()
+        single = await manager.submit(
+            TaskDefinition(name="b", task_type="job", concurrency_key="user:b")
+        )
+        await single.wait(timeout=10)
+        assert started[single.task_id] - submitted < duration
+        # User A never had more than 2 running at once, across every worker.
+        running = await manager.store.list_tasks(statuses=[TaskStatus.RUNNING], limit=100)
+        assert sum(t.concurrency_key == "user:a" for t in running) <= 2
+        state = await manager.limits_state()
+        assert state["concurrency"]["max_running_per_key"] == 2
+        for context in batch[:3]:
+            await context.wait(timeout=30)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "key"),
+    [
+        ({"requests": 0}, "rate_limits.llm.requests"),
+        ({"requests": -1}, "rate_limits.llm.requests"),
+        ({"requests": 5, "per": 0}, "rate_limits.llm.per"),
+        ({"requests": 5, "tokens": 0}, "rate_limits.llm.tokens"),
+        ({"requests": 5, "burst": 2}, "rate_limits.llm.burst"),
+    ],
+)
+def test_a_bad_limit_is_a_config_error_naming_the_key(limit: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(rate_limits={"llm": limit})
+
+
+async def test_unknown_limits_and_missing_template_fields_are_refused_and_store_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, rate_limits={"llm": {"requests": 5}})
+    async with TaskManager(settings) as manager:
+
+        async def noop(context: TaskContext) -> None:
+            return None
+
+        with pytest.raises(RateLimitKeyError, match="'nope'") as refused:
+            manager.register("bad", noop, rate_limits=["nope"])
+        assert refused.value.key == "nope"
+        with pytest.raises(RateLimitKeyError, match="template"):
+            manager.register("bad", noop, rate_limits=["llm:{model!r}"])
+        manager.register("call", noop, rate_limits=["llm:{provider}:{model}"])
+        definition = TaskDefinition(name="c", task_type="call")
+        with pytest.raises(RateLimitKeyError, match="no field 'model'") as missing:
+            await manager.submit(definition, provider="p")
+        assert missing.value.key == "llm:{provider}:{model}"
+        with pytest.raises(RateLimitKeyError, match="no rate limit 'other'"):
+            await manager.submit(definition.model_copy(update={"rate_limits": ("other",)}))
+        assert sum((await manager.store.count_tasks()).values()) == 0
+        context = await manager.submit(definition, provider="p", model="m")
+        record = await context.wait(timeout=10)
+        assert record.rate_keys == (("llm", "llm:p:m"),)
