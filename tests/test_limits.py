@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import yaml
 
@@ -16,14 +17,19 @@ from vpsweb_tasks import RateLimitKeyError, TaskContext, TaskDefinition, TaskMan
 from vpsweb_tasks.config import load_config
 from vpsweb_tasks.errors import ConfigError
 from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks_http import create_app
 
 from .conftest import make_settings
+from .http_server import serve
 from .llm_server import fake_llm
 from .test_multiprocess import Worker, poll, start_worker
 
 __all__ = ["start_worker"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.anyio
+
+TASKS = "/api/v1/background-tasks"
+MONITORING = "/api/v1/monitoring"
 
 
 def most_in_a_window(times: list[float], window: float = 1.0) -> int:
@@ -211,3 +217,62 @@ async def test_unknown_limits_and_missing_template_fields_are_refused_and_store_
         context = await manager.submit(definition, provider="p", model="m")
         record = await context.wait(timeout=10)
         assert record.rate_keys == (("llm", "llm:p:m"),)
+
+
+# --- over HTTP -----------------------------------------------------------------------------
+
+
+async def test_http_submit_with_a_concurrency_key_and_the_limits_route(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        rate_limits={"llm": {"requests": 2, "per": 60, "tokens": 1000}},
+        background_tasks={"max_running_per_key": 1},
+    )
+    gate = anyio.Event()
+
+    def setup(manager: TaskManager) -> None:
+        @manager.task("call", rate_limits=["llm:{model}"])
+        async def call(context: TaskContext) -> None:
+            await context.report_tokens(300)
+            await gate.wait()
+
+    app = create_app(settings, setup=setup)
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
+        submit = f"{TASKS}/submit"
+        body = {"task_name": "c", "task_type": "call", "concurrency_key": "user:7"}
+        first = await client.post(submit, json={**body, "payload": {"model": "m1"}})
+        assert first.status_code == 202, first.text
+        missing = await client.post(submit, json=body)
+        assert missing.status_code == 422
+        (error,) = missing.json()["detail"]
+        assert error["loc"] == ["body", "rate_limits"]
+        assert error["input"] == "llm:{model}"
+        assert "no field 'model'" in error["msg"]
+        bad_key = await client.post(submit, json={**body, "concurrency_key": ""})
+        assert bad_key.status_code == 422
+        assert bad_key.json()["detail"][0]["loc"] == ["body", "concurrency_key"]
+
+        task_id = first.json()["task_id"]
+        manager = app.state.manager
+
+        async def running() -> bool:
+            record = await manager.get_task(task_id)
+            return record.status is TaskStatus.RUNNING
+
+        await poll(running, timeout=10)
+        status = (await client.get(f"{TASKS}/status/{task_id}")).json()
+        assert status["concurrency_key"] == "user:7"
+        assert status["rate_limit_keys"] == ["llm:m1"]
+        limits = await client.get(f"{MONITORING}/limits")
+        assert limits.status_code == 200, limits.text
+        found = limits.json()
+        llm = found["rate_limits"]["llm"]
+        assert (llm["requests"], llm["per"], llm["tokens"]) == (2, 60.0, 1000)
+        (key,) = llm["keys"]
+        assert key["key"] == "llm:m1"
+        assert (key["requests"], key["tokens"]) == (1, 300)
+        assert key["free_now"] is False  # the next of 2 a minute comes in 30 s
+        assert 695 <= key["tokens_left"] <= 710  # 300 of 1000 a minute, paid back since
+        assert found["concurrency"]["max_running_per_key"] == 1
+        assert found["concurrency"]["running"] == {"user:7": 1}
+        gate.set()
