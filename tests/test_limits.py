@@ -12,17 +12,20 @@ import anyio
 import httpx
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from vpsweb_tasks import RateLimitKeyError, TaskContext, TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.config import load_config
 from vpsweb_tasks.errors import ConfigError
 from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks.translation import TranslationExtension, TranslationRequest, get_vpsweb_adapter
 from vpsweb_tasks_http import create_app
 
 from .conftest import make_settings
 from .http_server import serve
 from .llm_server import fake_llm
 from .test_multiprocess import Worker, poll, start_worker
+from .test_translation import DOCUMENT_REQUEST
 
 __all__ = ["start_worker"]  # the fixture, imported to be used here
 
@@ -276,3 +279,50 @@ async def test_http_submit_with_a_concurrency_key_and_the_limits_route(tmp_path:
         assert found["concurrency"]["max_running_per_key"] == 1
         assert found["concurrency"]["running"] == {"user:7": 1}
         gate.set()
+
+
+# --- the translation extension -------------------------------------------------------------
+
+
+async def test_translation_steps_take_the_providers_limit_and_the_user_is_the_key(
+    tmp_path: Path,
+) -> None:
+    async with fake_llm() as llm:
+        settings = make_settings(
+            tmp_path,
+            providers={
+                "local": {
+                    "base_url": llm.base_url,
+                    "models": {"default": "m-one"},
+                    "timeout": 5,
+                    "rate_limit": {"requests": 5, "per": 1.0, "tokens": 10_000},
+                }
+            },
+            background_tasks={"max_running_per_key": 2},
+        )
+        async with TaskManager(settings, extensions=[TranslationExtension()]) as manager:
+            adapter = get_vpsweb_adapter(manager)
+            first = await adapter.submit({**DOCUMENT_REQUEST, "user": "alice"})
+            second = await adapter.submit({**DOCUMENT_REQUEST, "user": "alice"})
+            for job in (first, second):
+                record = await manager.wait(job.job_id, timeout=20)
+                assert record.status is TaskStatus.COMPLETED, record.error_message
+                assert record.concurrency_key == "user:alice"
+                assert record.attempts == 1
+            state = await manager.limits_state()
+    # Six calls (two jobs of three steps, run at once) under 5 a second: slots 0.2 s
+    # apart, so the last call comes a second after the first (less the time from a slot
+    # to its call, which varies by a few tens of milliseconds).
+    times = sorted(call.at for call in llm.calls)
+    assert len(times) == 6
+    assert times[-1] - times[0] >= 0.9, times
+    assert most_in_a_window(times) <= 5 + 1
+    (key,) = state["rate_limits"]["llm:local"]["keys"]
+    assert key["key"] == "llm:local:m-one"
+    assert (key["requests"], key["tokens"]) == (6, 6 * 15)
+
+
+def test_a_translation_request_names_a_bad_user() -> None:
+    with pytest.raises(ValidationError) as refused:
+        TranslationRequest.model_validate({**DOCUMENT_REQUEST, "user": ""})
+    assert refused.value.errors()[0]["loc"] == ("user",)

@@ -119,19 +119,18 @@ def rate_spec(settings: RateLimitSettings) -> RateSpec:
     return RateSpec(requests=settings.requests, per=settings.per, tokens=settings.tokens)
 
 
-def claim_limits(settings: Settings) -> tuple[ClaimLimits | None, float]:
+def claim_limits(
+    settings: Settings, rate_limits: Mapping[str, RateLimitSettings] | None = None
+) -> tuple[ClaimLimits | None, float]:
     """What this process's claims enforce, and how far ahead a dispatch place may be: None
-    (the plain claim: nothing configured) unless rate limits, a running bound per key or
-    fair queueing are."""
+    (the plain claim: nothing configured) unless rate limits (``rate_limits``, default the
+    config's), a running bound per key or fair queueing are."""
     config = settings.background_tasks
-    if (
-        not settings.rate_limits
-        and config.max_running_per_key is None
-        and config.fair_share_seconds is None
-    ):
+    rates = settings.rate_limits if rate_limits is None else rate_limits
+    if not rates and config.max_running_per_key is None and config.fair_share_seconds is None:
         return None, 0.0
     limits = ClaimLimits(
-        rates={name: rate_spec(each) for name, each in settings.rate_limits.items()},
+        rates={name: rate_spec(each) for name, each in rates.items()},
         max_running_per_key=config.max_running_per_key,
     )
     return limits, 0.0 if config.fair_share_seconds is None else FAIR_HORIZON_SECONDS

@@ -46,7 +46,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .breakers import BreakerRegistry, get_breaker_registry
 from .builtin import builtin_tasks
-from .config import Settings, load_config
+from .config import RateLimitSettings, Settings, load_config
 from .context import AnyTaskFunction, Contexts, TaskContext, TaskFunction
 from .errors import (
     ConfigError,
@@ -263,6 +263,9 @@ class TaskManager:
         self._registry = Registry(self.worker_id)
         self._declared: set[str] = set(self.config.declared_task_types)
         self._declared_limits: dict[str, tuple[str, ...]] = {}
+        #: The shared rate limits by name: the config's ``rate_limits`` and those
+        #: extensions add (:meth:`add_rate_limit`).
+        self.rate_limits: dict[str, RateLimitSettings] = dict(self.settings.rate_limits)
         self._contexts = Contexts(self)
         self._extensions: dict[str, Extension] = {}
         self._queue = self._new_queue()
@@ -298,6 +301,7 @@ class TaskManager:
             registry=self._registry,
             contexts=self._contexts,
             spawn=self._tg_start,
+            rate_limits=self.rate_limits,
         )
 
     # --- registry and extensions -----------------------------------------------------------
@@ -348,7 +352,7 @@ class TaskManager:
     def _check_rate_limits(self, rate_limits: Sequence[str]) -> tuple[str, ...]:
         if isinstance(rate_limits, str):
             raise TypeError("rate_limits must be a list of limit names, not one string")
-        return check_templates(rate_limits, self.settings.rate_limits, field="rate_limits")
+        return check_templates(rate_limits, self.rate_limits, field="rate_limits")
 
     def task(
         self,
@@ -606,7 +610,7 @@ class TaskManager:
             else self._declared_limits.get(definition.task_type, ())
         )
         rate_keys = resolve_rate_keys(
-            (*templates, *definition.rate_limits), payload, self.settings.rate_limits
+            (*templates, *definition.rate_limits), payload, self.rate_limits
         )
         task = NewTask(
             id=task_id,
@@ -851,10 +855,20 @@ class TaskManager:
 
     # --- rate limits ---------------------------------------------------------------------
 
+    def add_rate_limit(self, name: str, settings: RateLimitSettings) -> None:
+        """Add a shared rate limit (before :meth:`start`): an extension's own, such as the
+        translation extension's per provider (``llm:<provider>``). A name the config
+        gives already keeps the config's."""
+        if self._running:
+            raise RuntimeError(f"add rate limit {name!r} before the manager starts")
+        if not name or "{" in name:
+            raise ValueError(f"a rate limit's name must be plain text, got {name!r}")
+        self.rate_limits.setdefault(name, settings)
+
     def resolve_rate_key(self, limit: str, fields: Mapping[str, Any]) -> tuple[str, str]:
         """The (limit name, key) of a limit name or key template, its fields from
         ``fields``; RateLimitKeyError naming it if it cannot be resolved."""
-        ((name, key),) = resolve_rate_keys([limit], fields, self.settings.rate_limits)
+        ((name, key),) = resolve_rate_keys([limit], fields, self.rate_limits)
         return name, key
 
     async def acquire_rate(self, limit: str, *, fields: Mapping[str, Any] | None = None) -> str:
@@ -862,7 +876,7 @@ class TaskManager:
         fields from ``fields``) and take it; the key taken. Every process on the task
         database shares the limit (see ``context.acquire_rate``)."""
         name, key = self.resolve_rate_key(limit, fields or {})
-        spec = rate_spec(self.settings.rate_limits[name])
+        spec = rate_spec(self.rate_limits[name])
         while True:
             wait = await self.store.run(
                 logic.acquire_rate(name=name, key=key, spec=spec, now=self.clock())
@@ -874,7 +888,7 @@ class TaskManager:
     async def report_tokens(self, key: tuple[str, str], tokens: int) -> None:
         """Reconcile rate-limit ``key`` (limit name, key) with the tokens a call used."""
         name, resolved = key
-        settings = self.settings.rate_limits.get(name)
+        settings = self.rate_limits.get(name)
         if settings is None or settings.tokens is None or tokens <= 0:
             return
         await self.store.run(
@@ -897,7 +911,7 @@ class TaskManager:
         states = await self.store.run(logic.rate_limit_states())
         running = await self.store.run(logic.running_per_key())
         limits: dict[str, Any] = {}
-        for name, settings in sorted(self.settings.rate_limits.items()):
+        for name, settings in sorted(self.rate_limits.items()):
             keys = []
             for state in states:
                 if state.name != name:

@@ -43,7 +43,7 @@ import os
 import socket
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,7 +56,7 @@ import psutil
 from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
-from .config import Settings
+from .config import RateLimitSettings, Settings
 from .context import Contexts, TaskContext, _current
 from .errors import (
     CircuitOpenError,
@@ -89,6 +89,7 @@ from .storage.base import TaskStore
 from .storage.types import (
     Cancelled,
     Claim,
+    ClaimLimits,
     Completed,
     Deferred,
     Failed,
@@ -172,6 +173,7 @@ class TaskQueue:
         registry: Registry,
         contexts: Contexts,
         spawn: Callable[..., None],
+        rate_limits: Mapping[str, RateLimitSettings] | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.background_tasks
@@ -226,8 +228,10 @@ class TaskQueue:
         )
         self._next_queue = 0  # the queue a round of claims starts at (several queues)
         # Rate limits, a running bound per concurrency key, fair queueing: None (nothing
-        # configured) keeps the plain one-statement claim.
-        self._limits, self._horizon = claim_limits(settings)
+        # configured) keeps the plain one-statement claim. Read at the first claim (after
+        # extensions added their limits).
+        self._rate_limits = rate_limits
+        self._claim_limits: tuple[ClaimLimits | None, float] | None = None
         self.worker = WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -515,6 +519,9 @@ class TaskQueue:
         return claimed
 
     async def _claim_queue(self, queue: str, limit: int) -> int:
+        if self._claim_limits is None:
+            self._claim_limits = claim_limits(self.settings, self._rate_limits)
+        limits, horizon = self._claim_limits
         self._claiming = True
         try:
             with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
@@ -525,8 +532,8 @@ class TaskQueue:
                     limit=limit,
                     task_types=self.registry.names,
                     queue=queue,
-                    limits=self._limits,
-                    horizon=self._horizon,
+                    limits=limits,
+                    horizon=horizon,
                 )
         finally:
             self._claiming = False
