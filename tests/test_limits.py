@@ -14,9 +14,17 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from vpsweb_tasks import RateLimitKeyError, TaskContext, TaskDefinition, TaskManager, TaskStatus
+from vpsweb_tasks import (
+    RateLimitKeyError,
+    RetryConfig,
+    TaskContext,
+    TaskDefinition,
+    TaskManager,
+    TaskStatus,
+)
+from vpsweb_tasks.breakers import BreakerConfig, BreakerRegistry
 from vpsweb_tasks.config import load_config
-from vpsweb_tasks.errors import ConfigError
+from vpsweb_tasks.errors import ConfigError, ErrorCategory
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.translation import TranslationExtension, TranslationRequest, get_vpsweb_adapter
 from vpsweb_tasks_http import create_app
@@ -326,3 +334,98 @@ def test_a_translation_request_names_a_bad_user() -> None:
     with pytest.raises(ValidationError) as refused:
         TranslationRequest.model_validate({**DOCUMENT_REQUEST, "user": ""})
     assert refused.value.errors()[0]["loc"] == ("user",)
+
+
+# --- retry budgets -------------------------------------------------------------------------
+
+
+class ProviderDownError(Exception):
+    category = ErrorCategory.EXTERNAL_SERVICE
+
+
+async def test_retries_to_a_failing_provider_stay_within_its_budget_and_all_complete(
+    tmp_path: Path,
+) -> None:
+    # 30 first attempts allow 3 retries (10 %, no floor). Each task may be tried 5 times
+    # (an external service's failures), so without the budget the 30 tasks would retry up
+    # to 120 times while the provider is down.
+    ratio, floor, window, count, workers = 0.1, 0.0, 30.0, 30, 4
+    settings = make_settings(
+        tmp_path,
+        rate_limits={"api": {"requests": 10_000}},
+        retry_budgets={
+            "api": {"ratio": ratio, "min_retries_per_second": floor, "window_seconds": window}
+        },
+        background_tasks={
+            "max_concurrent_jobs": workers,
+            "retry_delay": 0.05,
+            "max_retry_attempts": 50,
+        },
+    )
+    # The breaker opens only after many failures: the budget, not the breaker, is what
+    # keeps retries down while the provider fails. Retries beyond the budget wait for its
+    # recovery time (3 s), longer than the outage.
+    breakers = BreakerRegistry(
+        BreakerConfig(failure_threshold=1000, recovery_timeout=3.0, half_open_max_calls=5)
+    )
+    down = anyio.Event()
+    calls: list[tuple[int, bool]] = []  # (attempt, made while the provider was down)
+
+    async with TaskManager(settings, breakers=breakers) as manager:
+        breaker = breakers.get("api")
+
+        @manager.task("call", rate_limits=["api"])
+        async def call(context: TaskContext) -> None:
+            async with breaker.guard():
+                failing = not down.is_set()
+                calls.append((context.attempt, failing))
+                if failing:
+                    raise ProviderDownError("provider down")
+
+        # Retried every 50-100 ms: a storm, but for the budget.
+        retry = RetryConfig(max_attempts=5, base_delay=0.05, max_delay=0.1)
+        definition = TaskDefinition(name="c", task_type="call", max_retries=5, retry=retry)
+        contexts = [await manager.submit(definition) for _ in range(count)]
+
+        async def every_first_attempt_failed() -> bool:
+            return sum(attempt == 1 for attempt, _ in calls) == count
+
+        await poll(every_first_attempt_failed, timeout=20)
+        await anyio.sleep(1.0)  # the provider stays down a while longer: no retry storm
+        down.set()
+        records = [await context.wait(timeout=30) for context in contexts]
+    assert {r.status for r in records} == {TaskStatus.COMPLETED}
+    firsts = sum(attempt == 1 for attempt, _ in calls)
+    retries_while_down = sum(attempt > 1 for attempt, failing in calls if failing)
+    budget = ratio * firsts + floor * window
+    # Within the budget (workers deciding at the same moment may each take its last
+    # retry); without it, each task would have been retried every 50 ms: hundreds.
+    assert retries_while_down <= budget + workers, (retries_while_down, budget, str(calls))
+
+
+async def test_beyond_the_budget_a_dependency_without_a_breaker_dead_letters_the_retry(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        rate_limits={"db": {"requests": 10_000}},
+        retry_budgets={"default": {"ratio": 0.5, "min_retries_per_second": 0}},
+    )
+    async with TaskManager(settings, breakers=BreakerRegistry()) as manager:
+
+        @manager.task("fail", rate_limits=["db"])
+        async def fail(context: TaskContext) -> None:
+            raise ProviderDownError("down")
+
+        retry = RetryConfig(max_attempts=3, base_delay=0.01)
+        definition = TaskDefinition(name="f", task_type="fail", max_retries=3, retry=retry)
+        records = [await (await manager.submit(definition)).wait(timeout=10) for _ in range(4)]
+        state = await manager.limits_state()
+    assert {r.status for r in records} == {TaskStatus.FAILED}
+    refused = [r for r in records if "retry budget of 'db' is spent" in (r.error_message or "")]
+    # One task at a time: each first attempt allows half a retry; the first task's is
+    # refused at once (0.5 < 1), the second's takes the budget's only retry, ...
+    assert refused
+    assert records[0] in refused
+    assert records[0].attempts == 1
+    assert state["retry_budgets"]["default"]["ratio"] == 0.5

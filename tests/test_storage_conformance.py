@@ -1953,3 +1953,5 @@ async def test_retry_budget_counts_calls_and_retries_per_dependency(store: TaskS
     assert await store.run(window(dependency="llm", since=T0)) == (4, 2)
     assert await store.run(window(dependency="llm", since=T0 + 1)) == (2, 1)
     assert await store.run(window(dependency="none", since=T0)) == (0, 0)
+    await store.run(logic.delete_retry_budget(before=T0 + 1))
+    assert await store.run(window(dependency="llm", since=0)) == (2, 1)

@@ -177,6 +177,7 @@ class TaskContext:
         already: the task is the first submit's (nothing new was stored)."""
         self.rate_keys: tuple[tuple[str, str], ...] = record.rate_keys if record else ()
         """The rate-limit keys (limit name, key) the task's claim took a slot of."""
+        self._limits_used: set[str] = set()  # limits acquired in the running attempt
         self.dependency_results: dict[str, Any] = {}
         """In a running task: the results of the tasks it depends on
         (``TaskDefinition.depends_on``), task id -> result, read when it starts. A
@@ -324,7 +325,9 @@ class TaskContext:
         else from the payload) and take it; the key taken. For steps inside a running
         task (each of several calls to a provider): the wait does not count as a failure
         and spends no attempt (it does count against the task's timeout)."""
-        return await self._manager.acquire_rate(limit, fields={**self.payload, **fields})
+        fields = {**self.payload, **fields}
+        self._limits_used.add(self._manager.resolve_rate_key(limit, fields)[0])
+        return await self._manager.acquire_rate(limit, fields=fields)
 
     async def report_tokens(self, tokens: int, limit: str | None = None, **fields: Any) -> None:
         """Reconcile token limits with the ``tokens`` a call used (the provider's reported

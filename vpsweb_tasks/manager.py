@@ -910,6 +910,15 @@ class TaskManager:
         now = self.clock()
         states = await self.store.run(logic.rate_limit_states())
         running = await self.store.run(logic.running_per_key())
+        budgets: dict[str, Any] = {}
+        for name, budget in sorted(self.settings.retry_budgets.items()):
+            counts: dict[str, int | None] = {"calls": None, "retries": None}
+            if name != "default":  # the budget of every dependency not listed
+                calls, retries = await self.store.run(
+                    logic.retry_budget_window(dependency=name, since=now - budget.window_seconds)
+                )
+                counts = {"calls": calls, "retries": retries}
+            budgets[name] = {**budget.model_dump(), **counts}
         limits: dict[str, Any] = {}
         for name, settings in sorted(self.rate_limits.items()):
             keys = []
@@ -938,10 +947,7 @@ class TaskManager:
                 "fair_share_seconds": self.config.fair_share_seconds,
                 "running": running,
             },
-            "retry_budgets": {
-                name: budget.model_dump()
-                for name, budget in sorted(self.settings.retry_budgets.items())
-            },
+            "retry_budgets": budgets,
         }
 
     async def dependencies(self, task_id: str) -> dict[str, TaskStatus | None]:
@@ -1230,6 +1236,9 @@ class TaskManager:
             total += deleted
         await self.store.run(logic.delete_samples(before=before))
         await self.store.run(logic.delete_ticks(before=before))
+        if self.settings.retry_budgets:  # counts older than every window
+            window = max(budget.window_seconds for budget in self.settings.retry_budgets.values())
+            await self.store.run(logic.delete_retry_budget(before=self.clock() - window))
         return total
 
     @property

@@ -36,6 +36,7 @@ its result dropped; a ``process=True`` type in a child process of the
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import inspect
 import logging
@@ -704,6 +705,8 @@ class TaskQueue:
             else:
                 result = None
             outcome = self._outcome(task, running, result, error)
+            if self.settings.retry_budgets and outcome is not None:
+                outcome = await self._within_retry_budget(task, running, outcome)
         finally:
             runner.shield = True
             try:
@@ -819,6 +822,63 @@ class TaskQueue:
             retry_at=decision.retry_at,
             traceback="".join(traceback.format_exception(error)),
         )
+
+    async def _within_retry_budget(
+        self, task: TaskRecord, running: RunningTask, outcome: Outcome
+    ) -> Outcome:
+        """Retry budgets (``retry_budgets``): count a first attempt against each
+        dependency it called (its rate limits, taken at the claim or through the context:
+        a provider's limit shares its name with its breaker); a failure is retried only
+        while the dependency's recent retries (counted when granted) are within ``ratio``
+        of its first attempts (plus ``min_retries_per_second`` x ``window_seconds``). Beyond
+        it the retry waits for the recovery of the dependency's circuit breaker (the
+        breaker of that name: its trial time if open, else its recovery_timeout), or, with
+        no such breaker, the task is dead-lettered rather than adding to a retry storm.
+        The check and the count are not one transaction: workers deciding at once may
+        each take the last retry of the budget."""
+        budgets = self.settings.retry_budgets
+        fallback = budgets.get("default")
+        names = {name for name, _ in task.rate_keys} | running.context._limits_used
+        running.context._limits_used = set()
+        dependencies = sorted(n for n in names if n in budgets or fallback is not None)
+        if not dependencies or not isinstance(outcome, Completed | Failed):
+            return outcome  # a deferral or a cancel made no call
+        now = self._now()
+        try:
+            if task.attempts == 1:  # a first attempt; retries are counted when granted
+                for name in dependencies:
+                    await self.store.run(
+                        logic.count_retry_budget(dependency=name, retry=False, now=now)
+                    )
+            if not isinstance(outcome, Failed) or outcome.retry_at is None:
+                return outcome
+            for name in dependencies:
+                budget = budgets.get(name) or fallback
+                assert budget is not None
+                calls, retries = await self.store.run(
+                    logic.retry_budget_window(dependency=name, since=now - budget.window_seconds)
+                )
+                allowed = (
+                    budget.ratio * (calls - retries)
+                    + budget.min_retries_per_second * budget.window_seconds
+                )
+                if retries + 1 <= allowed:
+                    continue
+                breaker = self.breakers.statistics().get(name)
+                if breaker is not None:  # wait for its recovery (open: its trial time)
+                    recovery = breaker.retry_at or now + breaker.config.recovery_timeout
+                    return dataclasses.replace(outcome, retry_at=max(outcome.retry_at, recovery))
+                spent = (
+                    f"{outcome.error_message} (not retried: the retry budget of {name!r} is"
+                    f" spent, {retries} retries to {calls - retries} first attempts in"
+                    f" {budget.window_seconds:g}s)"
+                )
+                return dataclasses.replace(outcome, retry_at=None, error_message=spent)
+            for name in dependencies:  # the retry is granted: it counts from now
+                await self.store.run(logic.count_retry_budget(dependency=name, retry=True, now=now))
+        except Exception:
+            running.log.exception("could not read or count the retry budget; retrying as usual")
+        return outcome
 
     async def _finish(
         self, task: TaskRecord, running: RunningTask, outcome: Outcome | None

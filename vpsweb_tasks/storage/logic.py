@@ -105,6 +105,7 @@ __all__ = [
     "count_tasks_by_type",
     "define_schedules",
     "delete_finished",
+    "delete_retry_budget",
     "delete_samples",
     "delete_schedule",
     "delete_ticks",
@@ -1450,6 +1451,12 @@ def delete_finished(*, before: float) -> Op[int]:
     """Delete up to one batch of terminal tasks that finished before ``before`` (their
     executions, metrics, progress and extension rows go with them); how many."""
     return int((yield count("cleanup_tasks", before=before)))
+
+
+@operation(Mode.STATEMENTS)
+def delete_retry_budget(*, before: float) -> Op[None]:
+    """Forget the retry-budget counts of seconds before ``before``."""
+    yield count("delete_retry_budget", before=int(before))
 
 
 @operation(Mode.STATEMENTS)
