@@ -194,7 +194,13 @@ def make_store(settings: Settings) -> TaskStore:
 
 #: Fields added to TaskDefinition after idempotency keys were: left out of a fingerprint
 #: at their defaults, so a key stored before they existed still matches its repeat.
-_LATER_FIELDS = {"queue": "default", "depends_on": [], "on_dependency_failure": "cancel"}
+_LATER_FIELDS: dict[str, Any] = {
+    "queue": "default",
+    "depends_on": [],
+    "on_dependency_failure": "cancel",
+    "concurrency_key": None,
+    "rate_limits": [],
+}
 
 
 def _fingerprinted(definition: TaskDefinition) -> dict[str, Any]:

@@ -218,7 +218,11 @@ class VPSWebAdapter:
             TASK_TYPE,
             linked=linked,
             idempotency_key=idempotency_key,
-            idempotency_request=[item.model_dump(mode="json") for item in items],
+            # A request without a user is fingerprinted as before the field existed.
+            idempotency_request=[
+                item.model_dump(mode="json", exclude={"user"} if item.user is None else None)
+                for item in items
+            ],
         )
         if contexts and contexts[0].replayed:
             jobs_found = [await self.status(context.task_id) for context in contexts]
