@@ -29,7 +29,7 @@ from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.translation import TranslationExtension, TranslationRequest, get_vpsweb_adapter
 from vpsweb_tasks_http import create_app
 
-from .conftest import make_settings
+from .conftest import FakeClock, make_settings
 from .http_server import serve
 from .llm_server import fake_llm
 from .test_multiprocess import Worker, poll, start_worker
@@ -429,3 +429,24 @@ async def test_beyond_the_budget_a_dependency_without_a_breaker_dead_letters_the
     assert records[0] in refused
     assert records[0].attempts == 1
     assert state["retry_budgets"]["default"]["ratio"] == 0.5
+
+
+async def test_a_scheduled_task_of_a_limited_type_takes_its_limit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    settings = make_settings(
+        tmp_path, rate_limits={"llm": {"requests": 5}}, background_tasks={"enabled": False}
+    )
+    async with TaskManager(settings, clock=clock) as manager:
+
+        async def call(context: TaskContext) -> None:
+            return None
+
+        manager.register("call", call, rate_limits=["llm:{model}"])
+        await manager.add_schedule("often", task_type="call", every=10, payload={"model": "m"})
+        await manager.add_schedule("bare", task_type="call", every=10)
+        clock.advance(11)
+        firings = {firing.schedule: firing for firing in await manager.fire_due_schedules()}
+        (limited,) = firings["often"].tasks
+        assert limited.rate_keys == (("llm", "llm:m"),)
+        (unlimited,) = firings["bare"].tasks  # no model: fired anyway, with a warning
+        assert unlimited.rate_keys == ()

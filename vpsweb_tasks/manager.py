@@ -55,6 +55,7 @@ from .errors import (
     HandlerUnavailableError,
     InvalidScheduleError,
     ManagerNotRunningError,
+    RateLimitKeyError,
     ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
@@ -1470,6 +1471,7 @@ class TaskManager:
     def _tick_task(self, schedule: ScheduleRecord, tick_at: float) -> NewTask:
         definition = schedule.definition
         rank = TaskPriority(definition.priority).rank
+        payload = dict(definition.payload)
         return NewTask(
             id=new_task_id(),
             name=f"{schedule.name} {to_datetime(tick_at).isoformat()}",
@@ -1482,11 +1484,27 @@ class TaskManager:
                 by_priority=self.config.enable_priority_queue,
             ),
             max_retries=TaskDefinition.model_fields["max_retries"].default,
-            payload=dict(definition.payload),
+            payload=payload,
             metadata={"schedule": schedule.name, "tick": to_datetime(tick_at).isoformat()},
             run_at=tick_at,
             created_at=self.clock(),
+            rate_keys=self._schedule_rate_keys(schedule.name, definition.task_type, payload),
         )
+
+    def _schedule_rate_keys(
+        self, schedule: str, task_type: str, payload: Mapping[str, Any]
+    ) -> tuple[tuple[str, str], ...]:
+        """The rate-limit keys of a scheduled task (its type's templates); none, with a
+        warning, if its payload lacks a template's field (a tick is not refused)."""
+        spec = self._registry.get(task_type)
+        templates = spec.rate_limits if spec is not None else self._declared_limits.get(task_type)
+        if not templates:
+            return ()
+        try:
+            return resolve_rate_keys(templates, payload, self.rate_limits)
+        except RateLimitKeyError as exc:
+            logger.warning("schedule %s: its task is not rate limited: %s", schedule, exc)
+            return ()
 
     async def _scheduler_loop(self) -> None:
         """Fire due schedules, then sleep until the next tick (read from storage: other
