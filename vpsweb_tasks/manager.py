@@ -610,15 +610,19 @@ class TaskManager:
             raise ValueError(
                 "a task with dependencies runs when they finish: not with run_at or delay"
             )
-        spec = self._registry.get(definition.task_type)
-        templates = (
-            spec.rate_limits
-            if spec is not None and closure is None
-            else self._declared_limits.get(definition.task_type, ())
-        )
-        rate_keys = resolve_rate_keys(
-            (*templates, *definition.rate_limits), payload, self.rate_limits
-        )
+        rate_keys: tuple[tuple[str, str], ...] = ()
+        if self.rate_limits:  # none configured: no task can name one (checked at register)
+            spec = self._registry.get(definition.task_type)
+            templates = (
+                spec.rate_limits
+                if spec is not None and closure is None
+                else self._declared_limits.get(definition.task_type, ())
+            )
+            rate_keys = resolve_rate_keys(
+                (*templates, *definition.rate_limits), payload, self.rate_limits
+            )
+        elif definition.rate_limits:
+            check_templates(definition.rate_limits, self.rate_limits, field="rate_limits")
         task = NewTask(
             id=task_id,
             name=definition.name,
