@@ -563,9 +563,7 @@ def claim_limited(
                 wanted.setdefault(key, name)
     state: dict[str, list[float]] = {}
     if wanted:
-        yield count("ensure_rate_limits", rows=dumps([[k, n] for k, n in sorted(wanted.items())]))
-        for found in (yield rows("lock_rate_limits", keys=sorted(wanted))):
-            state[found["key"]] = [float(found["tat"]), float(found["token_tat"])]
+        state = yield from _lock_rate_keys(wanted)
     projected = {key: _slot(limits.rates[wanted[key]], *state[key]) for key in state}
     taken: dict[str, int] = {}
     chosen: list[str] = []
@@ -612,14 +610,23 @@ def claim_limited(
     return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]
 
 
+def _lock_rate_keys(wanted: Mapping[str, str]) -> Op[dict[str, list[float]]]:
+    """The rows of rate-limit keys ``wanted`` (key -> limit name), locked, as key ->
+    [tat, token_tat]; the rows missing are made first (once per key, ever)."""
+    keys = sorted(wanted)
+    found = yield rows("lock_rate_limits", keys=keys)
+    if len(found) < len(keys):
+        yield count("ensure_rate_limits", rows=dumps([[k, wanted[k]] for k in keys]))
+        found = yield rows("lock_rate_limits", keys=keys)
+    return {r["key"]: [float(r["tat"]), float(r["token_tat"])] for r in found}
+
+
 @operation(Mode.WRITE)
 def acquire_rate(*, name: str, key: str, spec: RateSpec, now: float) -> Op[float]:
     """Take one request of rate-limit ``key`` (of limit ``name``) now, if it has a slot:
     0.0; else the seconds until its slot (nothing taken). For steps inside a running task
     (``context.acquire``)."""
-    yield count("ensure_rate_limits", rows=dumps([[key, name]]))
-    found = yield row("lock_rate_limits", keys=[key])
-    tat, token_tat = float(found["tat"]), float(found["token_tat"])
+    tat, token_tat = (yield from _lock_rate_keys({key: name}))[key]
     slot = _slot(spec, tat, token_tat)
     if slot > now + _EPSILON:
         return slot - now
@@ -638,12 +645,9 @@ def report_tokens(*, name: str, key: str, spec: RateSpec, tokens: int, now: floa
     takes no request while more than a window's worth is unpaid."""
     if spec.tokens is None or tokens <= 0:
         return
-    yield count("ensure_rate_limits", rows=dumps([[key, name]]))
-    found = yield row("lock_rate_limits", keys=[key])
-    paid = max(float(found["token_tat"]), now) + tokens * spec.per / spec.tokens
-    yield count(
-        "save_rate_limits", rows=dumps([[key, float(found["tat"]), paid, 0, tokens]]), now=now
-    )
+    tat, token_tat = (yield from _lock_rate_keys({key: name}))[key]
+    paid = max(token_tat, now) + tokens * spec.per / spec.tokens
+    yield count("save_rate_limits", rows=dumps([[key, tat, paid, 0, tokens]]), now=now)
 
 
 @operation(Mode.READ)
