@@ -91,9 +91,15 @@ async def noop(context: TaskContext) -> None:
     return None
 
 
+#: ``BENCH_RATE_LIMIT=1``: every noop task takes a slot of one shared rate limit (set high
+#: enough never to hold a task back), to measure what a limit costs a claim.
+RATE_LIMITED = os.environ.get("BENCH_RATE_LIMIT") == "1"
+
+
 def settings_for(
     path: Path, concurrency: int, synchronous: str, n: int, *, enabled: bool = True
 ) -> Settings:
+    limits = {"rate_limits": {"bench": {"requests": 10_000_000}}} if RATE_LIMITED else {}
     return load_config(
         storage={"sqlite_path": str(path), "sqlite_synchronous": synchronous},
         background_tasks={
@@ -102,7 +108,15 @@ def settings_for(
             "max_queue_size": n + 10,
         },
         logging={"file": None, "level": "WARNING"},
+        **limits,
     )
+
+
+def register_noop(manager: TaskManager) -> None:
+    if RATE_LIMITED:
+        manager.register("noop", noop, rate_limits=["bench"])
+    else:
+        manager.register("noop", noop)
 
 
 async def submit_all(manager: TaskManager, definition: TaskDefinition, n: int) -> None:
@@ -128,7 +142,7 @@ async def ours(
     threads still alive)."""
     definition = TaskDefinition(name="noop", task_type="noop")
     async with TaskManager(settings_for(path, concurrency, synchronous, n)) as manager:
-        manager.register("noop", noop)
+        register_noop(manager)
         await (await manager.submit(definition)).wait()  # warm up
         done = anyio.Event()
         finished = 0

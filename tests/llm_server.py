@@ -11,6 +11,7 @@ goes away is counted as a disconnect).
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Call:
     model: str
     messages: list[dict[str, str]]
     authorization: str | None
+    at: float = 0.0
+    """When the server received it (time.monotonic())."""
 
 
 class FakeLLM:
@@ -143,6 +146,7 @@ class FakeLLM:
                 model=request["model"],
                 messages=request["messages"],
                 authorization=headers.get("authorization"),
+                at=time.monotonic(),
             )
             self.calls.append(call)
             reply = self._next(call.model)

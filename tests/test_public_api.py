@@ -26,6 +26,7 @@ PUBLIC = {
     "ProgressUpdate",
     "QueueFullError",
     "QueueStatus",
+    "RateLimitKeyError",
     "Retry",
     "RetryConfig",
     "RetryPolicy",

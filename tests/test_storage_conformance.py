@@ -46,12 +46,14 @@ from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 from vpsweb_tasks.storage.types import (
     Cancelled,
     Claim,
+    ClaimLimits,
     Completed,
     Deferred,
     Failed,
     LeaseToken,
     NewTask,
     ProgressSnapshot,
+    RateSpec,
     ReapResult,
     Released,
     RetryDecider,
@@ -1834,3 +1836,122 @@ async def test_aging_lets_a_long_waiting_low_task_pass_newer_high_ones(store: Ta
     await store.add_task(aged(T0 + 450, 2, "high-450"))
     names = [c.task.name for c in await claim_all(store, T0 + 500)]
     assert names == ["high-350", "low", "high-450"]
+
+
+# --- rate limits, concurrency keys, fair queueing ------------------------------------------
+
+TWO_PER_SECOND = ClaimLimits(rates={"api": RateSpec(requests=2, per=1.0)})
+
+
+async def claim_limited(
+    store: TaskStore, now: float, limits: ClaimLimits, limit: int = 10, horizon: float = 0.0
+) -> list[Claim]:
+    return await store.claim(
+        worker_id="w1", now=now, lease_seconds=LEASE, limit=limit, limits=limits, horizon=horizon
+    )
+
+
+async def test_a_rate_limited_claim_takes_one_slot_a_task_and_defers_the_rest_to_theirs(
+    store: TaskStore,
+) -> None:
+    tasks = [new_task(T0, rate_keys=(("api", "api"),)) for _ in range(4)]
+    plain = new_task(T0)
+    await store.add_tasks([*tasks, plain])
+    claimed = await claim_limited(store, T0, TWO_PER_SECOND)
+    # Two a second, evenly spaced: one now; the unlimited task is not held up.
+    assert [c.task.id for c in claimed] == [tasks[0].id, plain.id]
+    assert claimed[0].task.rate_keys == (("api", "api"),)
+    waiting = {t.id: await store.get_task(t.id) for t in tasks[1:]}
+    # Each waits for its own slot, half a second apart, and spent no attempt.
+    slots = [waiting[t.id].run_at.timestamp() for t in tasks[1:]]  # type: ignore[union-attr]
+    assert slots == pytest.approx([T0 + 0.5, T0 + 1.0, T0 + 1.5])
+    assert all(w is not None and w.attempts == 0 for w in waiting.values())
+    assert await store.run(logic.next_run_at(now=T0)) == pytest.approx(T0 + 0.5)
+    assert await claim_limited(store, T0 + 0.4, TWO_PER_SECOND) == []
+    again = await claim_limited(store, T0 + 0.5, TWO_PER_SECOND)
+    assert [c.task.id for c in again] == [tasks[1].id]
+    # The state is shared: another worker's claim (another store on the database too)
+    # sees the slot taken.
+    states = await store.run(logic.rate_limit_states())
+    assert [(s.key, s.name, s.requests) for s in states] == [("api", "api", 2)]
+    assert states[0].next_free_at == pytest.approx(T0 + 1.0)
+
+
+async def test_a_key_under_a_limit_this_worker_does_not_know_is_not_limited(
+    store: TaskStore,
+) -> None:
+    tasks = [new_task(T0, rate_keys=(("other", "other"),)) for _ in range(3)]
+    await store.add_tasks(tasks)
+    assert len(await claim_limited(store, T0, TWO_PER_SECOND)) == 3
+
+
+async def test_a_task_of_a_full_concurrency_key_waits_while_other_keys_run(
+    store: TaskStore,
+) -> None:
+    limits = ClaimLimits(rates={}, max_running_per_key=2)
+    a = [new_task(T0, concurrency_key="user:a") for _ in range(4)]
+    b = new_task(T0, concurrency_key="user:b")
+    await store.add_tasks([*a, b])
+    first = await claim_limited(store, T0, limits, limit=2)
+    assert [c.task.id for c in first] == [a[0].id, a[1].id]
+    # A's key is full: the next claim passes over A's tasks to B's.
+    second = await claim_limited(store, T0 + 1, limits, limit=2)
+    assert [c.task.id for c in second] == [b.id]
+    assert await store.run(logic.running_per_key()) == {"user:a": 2, "user:b": 1}
+    await store.finish(first[0], Completed(result=None), now=T0 + 2)
+    third = await claim_limited(store, T0 + 3, limits, limit=5)
+    assert [c.task.id for c in third] == [a[2].id]
+    record = await store.get_task(a[3].id)
+    assert record is not None
+    assert record.attempts == 0
+    assert record.status is TaskStatus.PENDING
+
+
+async def test_fair_queueing_places_another_keys_task_among_a_batch(store: TaskStore) -> None:
+    batch = [new_task(T0, concurrency_key="user:a") for _ in range(5)]
+    await store.add_tasks(batch, fair_share=1.0)
+    single = new_task(T0 + 0.5, concurrency_key="user:b")
+    await store.add_tasks([single], fair_share=1.0)
+    limits = ClaimLimits(rates={})
+    # With a horizon, places ahead of now are claimable: dispatch order is A, A, B, A...
+    claimed = await claim_limited(store, T0 + 0.5, limits, limit=3, horizon=3600)
+    assert [c.task.id for c in claimed] == [batch[0].id, single.id, batch[1].id]
+    listed = await store.list_tasks(statuses=[TaskStatus.PENDING], order="dispatch")
+    assert [t.id for t in listed] == [t.id for t in batch[2:]]
+
+
+async def test_a_step_acquires_a_rate_limit_and_reconciles_its_tokens(store: TaskStore) -> None:
+    spec = RateSpec(requests=10, per=1.0, tokens=100)
+    acquire = logic.acquire_rate
+    assert await store.run(acquire(name="llm", key="llm:p:m", spec=spec, now=T0)) == 0.0
+    # The next request's slot is one interval (0.1 s) later.
+    wait = await store.run(acquire(name="llm", key="llm:p:m", spec=spec, now=T0))
+    assert wait == pytest.approx(0.1)
+    await store.run(logic.report_tokens(name="llm", key="llm:p:m", spec=spec, tokens=250, now=T0))
+    # 250 tokens at 100 a second are paid back at T0 + 2.5; a request may go once less
+    # than a window's worth (100) is unpaid: at T0 + 1.5.
+    wait = await store.run(acquire(name="llm", key="llm:p:m", spec=spec, now=T0 + 1))
+    assert wait == pytest.approx(0.5)
+    assert await store.run(acquire(name="llm", key="llm:p:m", spec=spec, now=T0 + 1.5)) == 0.0
+    (state,) = await store.run(logic.rate_limit_states())
+    assert (state.requests, state.tokens) == (2, 250)
+    # A claim of a task with the key sees the same state.
+    task = new_task(T0 + 1.5, rate_keys=(("llm", "llm:p:m"),))
+    await store.add_tasks([task])
+    limits = ClaimLimits(rates={"llm": spec})
+    assert await claim_limited(store, T0 + 1.5, limits) == []
+    record = await store.get_task(task.id)
+    assert record is not None
+    assert record.run_at.timestamp() == pytest.approx(T0 + 1.6)
+
+
+async def test_retry_budget_counts_calls_and_retries_per_dependency(store: TaskStore) -> None:
+    for now, retry in [(T0, False), (T0, True), (T0 + 1, False), (T0 + 5, True)]:
+        await store.run(logic.count_retry_budget(dependency="llm", retry=retry, now=now))
+    await store.run(logic.count_retry_budget(dependency="other", retry=True, now=T0))
+    window = logic.retry_budget_window
+    assert await store.run(window(dependency="llm", since=T0)) == (4, 2)
+    assert await store.run(window(dependency="llm", since=T0 + 1)) == (2, 1)
+    assert await store.run(window(dependency="none", since=T0)) == (0, 0)
+    await store.run(logic.delete_retry_budget(before=T0 + 1))
+    assert await store.run(window(dependency="llm", since=0)) == (2, 1)

@@ -98,6 +98,37 @@ class QueueSettings(_Section):
     null: no limit of its own. Per process, not across processes."""
 
 
+#: A rate limit's or retry budget's name: letters, digits, ``_ . -``.
+LimitName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class RateLimitSettings(_Section):
+    """One named rate limit (an entry of ``rate_limits``), shared by every process on the
+    task database: each of its keys allows ``requests`` claims (or context acquires) per
+    ``per`` seconds, evenly spaced (GCRA), and optionally ``tokens`` per ``per`` seconds
+    (reported after each call)."""
+
+    requests: int = Field(ge=1)
+    """Requests per window; the limit spaces them per / requests apart."""
+    per: PositiveSeconds = 1.0
+    """The window, in seconds."""
+    tokens: int | None = Field(default=None, ge=1)
+    """Tokens per window (null: none): a key whose reported tokens of the last window
+    reach this takes no request until they are paid back."""
+
+
+class RetryBudgetSettings(_Section):
+    """A retry budget (an entry of ``retry_budgets``): retries to a dependency may be at
+    most ``ratio`` of its recent calls, plus ``min_retries_per_second``."""
+
+    ratio: float = Field(default=0.2, gt=0, le=1)
+    """Retries allowed per first attempt in the window."""
+    min_retries_per_second: float = Field(default=1.0, ge=0)
+    """Retries allowed anyway, so a dependency with little traffic can still be retried."""
+    window_seconds: PositiveSeconds = 10.0
+    """How much recent time the counts cover."""
+
+
 class BackgroundTaskSettings(_Section):
     """The ``background_tasks`` section: the queue and its workers."""
 
@@ -159,6 +190,16 @@ class BackgroundTaskSettings(_Section):
     """Task types this process accepts submits of without a handler of its own: an
     API-only process (enabled: false) lists the types its worker processes run. A type
     neither registered nor declared (manager.declare) is an UnknownTaskTypeError."""
+    max_running_per_key: int | None = Field(default=None, ge=1)
+    """Running tasks per concurrency key (``TaskDefinition.concurrency_key``) across every
+    worker on the task database; null: no bound. A task whose key is at the bound waits
+    (spending no attempt) while other keys' tasks run."""
+    fair_share_seconds: Annotated[Seconds, Field(gt=0)] | None = None
+    """Fair dispatch between concurrency keys: a keyed task is placed in the dispatch order
+    at least this long after its key's previous task, so a batch from one key interleaves
+    with other keys' tasks of the same priority (they are still claimed as soon as a
+    worker is free). null (default): keyed tasks keep their submit order (with
+    max_running_per_key, other keys' tasks still pass a key at its bound)."""
     pause_on_overload: bool = True
     """Pause dispatch while memory or CPU is above overload_threshold of its budget."""
     overload_threshold: float = Field(default=0.9, gt=0, le=1)
@@ -440,6 +481,14 @@ class Settings(BaseSettings):
     schedules: dict[ScheduleName, ScheduleDefinition] = Field(default_factory=dict)
     """Schedules by name (see :mod:`vpsweb_tasks.schedules`), written to storage when a
     manager starts."""
+    rate_limits: dict[LimitName, RateLimitSettings] = Field(default_factory=dict)
+    """Named rate limits shared by every process on the task database, as
+    ``{NAME: {requests, per, tokens}}``. A task type consumes them when registered with
+    ``rate_limits=["NAME"]`` or a key template (``NAME:{field}``): see docs/limits.md."""
+    retry_budgets: dict[LimitName, RetryBudgetSettings] = Field(default_factory=dict)
+    """Retry budgets per dependency (a circuit breaker's name or a rate limit's name),
+    as ``{NAME: {ratio, min_retries_per_second, window_seconds}}``; ``default`` applies to
+    every dependency not listed. None configured: retries are not budgeted."""
 
     _sections: dict[tuple[str, Any], Any] = PrivateAttr(default_factory=dict)
 
@@ -559,6 +608,8 @@ def config_reference(extra: Sequence[tuple[str, type[BaseModel]]] = ()) -> str:
         ("logging", LoggingSettings),
         ("http", HttpSettings),
         ("schedules.<name>", ScheduleDefinition),
+        ("rate_limits.<name>", RateLimitSettings),
+        ("retry_budgets.<name>", RetryBudgetSettings),
         *extra,
     ]
     for name, model in sections:

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, cast
 
 import anyio
@@ -130,6 +130,12 @@ class TaskHost(Protocol):
         self, task_id: str, *, timeout: float | None = None, _context: TaskContext | None = None
     ) -> TaskRecord: ...
 
+    async def acquire_rate(self, limit: str, *, fields: Mapping[str, Any]) -> str: ...
+
+    async def report_tokens(self, key: tuple[str, str], tokens: int) -> None: ...
+
+    def resolve_rate_key(self, limit: str, fields: Mapping[str, Any]) -> tuple[str, str]: ...
+
 
 def current_task() -> TaskContext | None:
     """The context of the task running in the current async task, if any."""
@@ -169,6 +175,9 @@ class TaskContext:
         self.replayed = False
         """True for the context a submit returned because its idempotency key was held
         already: the task is the first submit's (nothing new was stored)."""
+        self.rate_keys: tuple[tuple[str, str], ...] = record.rate_keys if record else ()
+        """The rate-limit keys (limit name, key) the task's claim took a slot of."""
+        self._limits_used: set[str] = set()  # limits acquired in the running attempt
         self.dependency_results: dict[str, Any] = {}
         """In a running task: the results of the tasks it depends on
         (``TaskDefinition.depends_on``), task id -> result, read when it starts. A
@@ -309,6 +318,27 @@ class TaskContext:
         return writes
 
     # --- wait ----------------------------------------------------------------------------
+
+    async def acquire_rate(self, limit: str, **fields: Any) -> str:
+        """Wait for a slot of the shared rate limit ``limit`` (a ``rate_limits`` name or a
+        key template such as ``"llm:{provider}:{model}"``, its fields from ``fields``,
+        else from the payload) and take it; the key taken. For steps inside a running
+        task (each of several calls to a provider): the wait does not count as a failure
+        and spends no attempt (it does count against the task's timeout)."""
+        fields = {**self.payload, **fields}
+        self._limits_used.add(self._manager.resolve_rate_key(limit, fields)[0])
+        return await self._manager.acquire_rate(limit, fields=fields)
+
+    async def report_tokens(self, tokens: int, limit: str | None = None, **fields: Any) -> None:
+        """Reconcile token limits with the ``tokens`` a call used (the provider's reported
+        usage): of ``limit`` (as :meth:`acquire_rate`'s), or of every key the task's claim
+        took. Keys of limits without ``tokens`` ignore it."""
+        if limit is not None:
+            keys = [self._manager.resolve_rate_key(limit, {**self.payload, **fields})]
+        else:
+            keys = list(self.rate_keys)
+        for key in keys:
+            await self._manager.report_tokens(key, tokens)
 
     async def wait_stored(self) -> TaskRecord:
         """Wait until the task is durably stored (``create_task`` stores in the

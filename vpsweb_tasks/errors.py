@@ -195,6 +195,19 @@ class UnknownQueueError(VpswebTasksError, ValueError):
         self.field = field
 
 
+class RateLimitKeyError(VpswebTasksError, ValueError):
+    """A rate limit a task type or a task names that cannot be used: a name that
+    ``rate_limits`` does not configure, or a key template naming a field the task's
+    payload does not have. ``key``: the name or template. Nothing was stored."""
+
+    category = ErrorCategory.VALIDATION
+
+    def __init__(self, key: str, message: str, *, field: str = "rate_limits") -> None:
+        super().__init__(f"{field}: {key!r}: {message}")
+        self.key = key
+        self.field = field
+
+
 class DependencyNotFoundError(VpswebTasksError, LookupError):
     """Ids in ``depends_on`` that no stored task has: never submitted, or finished and
     deleted by retention cleanup. Nothing of the submit was stored."""

@@ -46,7 +46,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .breakers import BreakerRegistry, get_breaker_registry
 from .builtin import builtin_tasks
-from .config import Settings, load_config
+from .config import RateLimitSettings, Settings, load_config
 from .context import AnyTaskFunction, Contexts, TaskContext, TaskFunction
 from .errors import (
     ConfigError,
@@ -55,6 +55,7 @@ from .errors import (
     HandlerUnavailableError,
     InvalidScheduleError,
     ManagerNotRunningError,
+    RateLimitKeyError,
     ScheduleNotFoundError,
     TaskNotFoundError,
     TaskStateError,
@@ -72,6 +73,7 @@ from .events import (
     TaskRequeued,
     TaskSubmitted,
 )
+from .limits import check_templates, rate_spec, resolve_rate_keys
 from .log import configure_logging, remove_handler, task_logger
 from .models import (
     DeadLetter,
@@ -193,7 +195,13 @@ def make_store(settings: Settings) -> TaskStore:
 
 #: Fields added to TaskDefinition after idempotency keys were: left out of a fingerprint
 #: at their defaults, so a key stored before they existed still matches its repeat.
-_LATER_FIELDS = {"queue": "default", "depends_on": [], "on_dependency_failure": "cancel"}
+_LATER_FIELDS: dict[str, Any] = {
+    "queue": "default",
+    "depends_on": [],
+    "on_dependency_failure": "cancel",
+    "concurrency_key": None,
+    "rate_limits": [],
+}
 
 
 def _fingerprinted(definition: TaskDefinition) -> dict[str, Any]:
@@ -261,6 +269,10 @@ class TaskManager:
         self.breakers = breakers if breakers is not None else get_breaker_registry()
         self._registry = Registry(self.worker_id)
         self._declared: set[str] = set(self.config.declared_task_types)
+        self._declared_limits: dict[str, tuple[str, ...]] = {}
+        #: The shared rate limits by name: the config's ``rate_limits`` and those
+        #: extensions add (:meth:`add_rate_limit`).
+        self.rate_limits: dict[str, RateLimitSettings] = dict(self.settings.rate_limits)
         self._contexts = Contexts(self)
         self._extensions: dict[str, Extension] = {}
         self._queue = self._new_queue()
@@ -296,6 +308,7 @@ class TaskManager:
             registry=self._registry,
             contexts=self._contexts,
             spawn=self._tg_start,
+            rate_limits=self.rate_limits,
         )
 
     # --- registry and extensions -----------------------------------------------------------
@@ -308,6 +321,7 @@ class TaskManager:
         retry: RetryConfig | None = None,
         process: bool = False,
         memory_limit_mb: float | None = None,
+        rate_limits: Sequence[str] = (),
     ) -> None:
         """Register ``fn`` as the handler of task type ``name``.
 
@@ -323,12 +337,29 @@ class TaskManager:
         :class:`~vpsweb_tasks.context.ProcessContext`. Going past the limit fails the
         attempt with ``MemoryLimitError`` (category ``resource``).
 
+        ``rate_limits``: the shared rate limits each task of the type takes a slot of
+        when claimed: names of ``rate_limits`` entries, or key templates that fill fields
+        from the payload (``"llm:{provider}:{model}"``: limit ``llm``, a key per provider
+        and model). A task whose slot has not come waits without spending an attempt.
+
         Raises ValueError or TypeError naming the argument (a closure or lambda with
-        ``process=True``, a ``memory_limit_mb`` below what Python needs to start).
+        ``process=True``, a ``memory_limit_mb`` below what Python needs to start), and
+        RateLimitKeyError for a rate limit that is not configured.
         """
+        templates = self._check_rate_limits(rate_limits)
         self._registry.register(
-            name, fn, retry=retry, process=process, memory_limit_mb=memory_limit_mb
+            name,
+            fn,
+            retry=retry,
+            process=process,
+            memory_limit_mb=memory_limit_mb,
+            rate_limits=templates,
         )
+
+    def _check_rate_limits(self, rate_limits: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(rate_limits, str):
+            raise TypeError("rate_limits must be a list of limit names, not one string")
+        return check_templates(rate_limits, self.rate_limits, field="rate_limits")
 
     def task(
         self,
@@ -337,6 +368,7 @@ class TaskManager:
         retry: RetryConfig | None = None,
         process: bool = False,
         memory_limit_mb: float | None = None,
+        rate_limits: Sequence[str] = (),
     ) -> Callable[[F], F]:
         """Decorator: ``@manager.task("data_processing")`` registers a handler; the
         keywords are :meth:`register`'s (``@manager.task("resize", process=True,
@@ -349,6 +381,7 @@ class TaskManager:
                 retry=retry,
                 process=process,
                 memory_limit_mb=memory_limit_mb,
+                rate_limits=rate_limits,
             )
             return fn
 
@@ -359,11 +392,15 @@ class TaskManager:
         """Names of the registered task types."""
         return self._registry.names
 
-    def declare(self, name: str) -> None:
+    def declare(self, name: str, *, rate_limits: Sequence[str] = ()) -> None:
         """Accept submits of task type ``name`` without a handler here: other processes'
         workers run it (an API-only process declares the types they register, rather than
-        registering stubs). ``background_tasks.declared_task_types`` does the same."""
+        registering stubs). ``background_tasks.declared_task_types`` does the same.
+        ``rate_limits``: as :meth:`register`'s (the keys are resolved at submit)."""
+        templates = self._check_rate_limits(rate_limits)
         self._declared.add(name)
+        if templates:
+            self._declared_limits[name] = templates
 
     @property
     def accepted_task_types(self) -> list[str]:
@@ -573,6 +610,19 @@ class TaskManager:
             raise ValueError(
                 "a task with dependencies runs when they finish: not with run_at or delay"
             )
+        rate_keys: tuple[tuple[str, str], ...] = ()
+        if self.rate_limits:  # none configured: no task can name one (checked at register)
+            spec = self._registry.get(definition.task_type)
+            templates = (
+                spec.rate_limits
+                if spec is not None and closure is None
+                else self._declared_limits.get(definition.task_type, ())
+            )
+            rate_keys = resolve_rate_keys(
+                (*templates, *definition.rate_limits), payload, self.rate_limits
+            )
+        elif definition.rate_limits:
+            check_templates(definition.rate_limits, self.rate_limits, field="rate_limits")
         task = NewTask(
             id=task_id,
             name=definition.name,
@@ -597,6 +647,8 @@ class TaskManager:
             ),
             depends_on=depends_on,
             on_dependency_failure=definition.on_dependency_failure,
+            rate_keys=rate_keys,
+            concurrency_key=definition.concurrency_key,
         )
         return task, closure
 
@@ -812,6 +864,103 @@ class TaskManager:
         await self._store(tasks, contexts, raise_errors=True)
         return contexts
 
+    # --- rate limits ---------------------------------------------------------------------
+
+    def add_rate_limit(self, name: str, settings: RateLimitSettings) -> None:
+        """Add a shared rate limit (before :meth:`start`): an extension's own, such as the
+        translation extension's per provider (``llm:<provider>``). A name the config
+        gives already keeps the config's."""
+        if self._running:
+            raise RuntimeError(f"add rate limit {name!r} before the manager starts")
+        if not name or "{" in name:
+            raise ValueError(f"a rate limit's name must be plain text, got {name!r}")
+        self.rate_limits.setdefault(name, settings)
+
+    def resolve_rate_key(self, limit: str, fields: Mapping[str, Any]) -> tuple[str, str]:
+        """The (limit name, key) of a limit name or key template, its fields from
+        ``fields``; RateLimitKeyError naming it if it cannot be resolved."""
+        ((name, key),) = resolve_rate_keys([limit], fields, self.rate_limits)
+        return name, key
+
+    async def acquire_rate(self, limit: str, *, fields: Mapping[str, Any] | None = None) -> str:
+        """Wait for a slot of the shared rate limit ``limit`` (a name or key template,
+        fields from ``fields``) and take it; the key taken. Every process on the task
+        database shares the limit (see ``context.acquire_rate``)."""
+        name, key = self.resolve_rate_key(limit, fields or {})
+        spec = rate_spec(self.rate_limits[name])
+        while True:
+            wait = await self.store.run(
+                logic.acquire_rate(name=name, key=key, spec=spec, now=self.clock())
+            )
+            if wait <= 0:
+                return key
+            await anyio.sleep(wait)
+
+    async def report_tokens(self, key: tuple[str, str], tokens: int) -> None:
+        """Reconcile rate-limit ``key`` (limit name, key) with the tokens a call used."""
+        name, resolved = key
+        settings = self.rate_limits.get(name)
+        if settings is None or settings.tokens is None or tokens <= 0:
+            return
+        await self.store.run(
+            logic.report_tokens(
+                name=name,
+                key=resolved,
+                spec=rate_spec(settings),
+                tokens=int(tokens),
+                now=self.clock(),
+            )
+        )
+
+    async def limits_state(self) -> dict[str, Any]:
+        """The configured limits and their shared state (``/api/v1/monitoring/limits``):
+        each rate limit with its keys (next free slot, whether one is free now, tokens
+        left in the window, requests and tokens taken so far: usage by key), the running
+        bound per concurrency key with the keys that have running tasks, and the retry
+        budgets."""
+        now = self.clock()
+        states = await self.store.run(logic.rate_limit_states())
+        running = await self.store.run(logic.running_per_key())
+        budgets: dict[str, Any] = {}
+        for name, budget in sorted(self.settings.retry_budgets.items()):
+            counts: dict[str, int | None] = {"calls": None, "retries": None}
+            if name != "default":  # the budget of every dependency not listed
+                calls, retries = await self.store.run(
+                    logic.retry_budget_window(dependency=name, since=now - budget.window_seconds)
+                )
+                counts = {"calls": calls, "retries": retries}
+            budgets[name] = {**budget.model_dump(), **counts}
+        limits: dict[str, Any] = {}
+        for name, settings in sorted(self.rate_limits.items()):
+            keys = []
+            for state in states:
+                if state.name != name:
+                    continue
+                unpaid = max(0.0, state.tokens_paid_at - now)
+                keys.append(
+                    {
+                        "key": state.key,
+                        "next_free_at": max(state.next_free_at, now),
+                        "free_now": state.next_free_at <= now
+                        and (settings.tokens is None or unpaid < settings.per),
+                        "tokens_left": None
+                        if settings.tokens is None
+                        else max(0, int(settings.tokens * (1 - unpaid / settings.per))),
+                        "requests": state.requests,
+                        "tokens": state.tokens,
+                    }
+                )
+            limits[name] = {**settings.model_dump(), "keys": keys}
+        return {
+            "rate_limits": limits,
+            "concurrency": {
+                "max_running_per_key": self.config.max_running_per_key,
+                "fair_share_seconds": self.config.fair_share_seconds,
+                "running": running,
+            },
+            "retry_budgets": budgets,
+        }
+
     async def dependencies(self, task_id: str) -> dict[str, TaskStatus | None]:
         """The tasks ``task_id`` depends on, each with its status (None: deleted by
         retention after the task finished), in the order given at submit."""
@@ -855,6 +1004,7 @@ class TaskManager:
                 tasks,
                 max_queue_size=self.config.max_queue_size,
                 linked=steps,
+                fair_share=self.config.fair_share_seconds,
                 announce=functools.partial(self._wake_dispatcher, tasks),
             )
         except Exception as exc:
@@ -888,6 +1038,7 @@ class TaskManager:
                 max_queue_size=self.config.max_queue_size,
                 linked=linked,
                 announce=functools.partial(self._wake_dispatcher, tasks),
+                fair_share=self.config.fair_share_seconds,
             )
         except anyio.get_cancelled_exc_class():
             # The insert may have gone on without us: what was stored is still announced.
@@ -1096,6 +1247,9 @@ class TaskManager:
             total += deleted
         await self.store.run(logic.delete_samples(before=before))
         await self.store.run(logic.delete_ticks(before=before))
+        if self.settings.retry_budgets:  # counts older than every window
+            window = max(budget.window_seconds for budget in self.settings.retry_budgets.values())
+            await self.store.run(logic.delete_retry_budget(before=self.clock() - window))
         return total
 
     @property
@@ -1321,6 +1475,7 @@ class TaskManager:
     def _tick_task(self, schedule: ScheduleRecord, tick_at: float) -> NewTask:
         definition = schedule.definition
         rank = TaskPriority(definition.priority).rank
+        payload = dict(definition.payload)
         return NewTask(
             id=new_task_id(),
             name=f"{schedule.name} {to_datetime(tick_at).isoformat()}",
@@ -1333,11 +1488,27 @@ class TaskManager:
                 by_priority=self.config.enable_priority_queue,
             ),
             max_retries=TaskDefinition.model_fields["max_retries"].default,
-            payload=dict(definition.payload),
+            payload=payload,
             metadata={"schedule": schedule.name, "tick": to_datetime(tick_at).isoformat()},
             run_at=tick_at,
             created_at=self.clock(),
+            rate_keys=self._schedule_rate_keys(schedule.name, definition.task_type, payload),
         )
+
+    def _schedule_rate_keys(
+        self, schedule: str, task_type: str, payload: Mapping[str, Any]
+    ) -> tuple[tuple[str, str], ...]:
+        """The rate-limit keys of a scheduled task (its type's templates); none, with a
+        warning, if its payload lacks a template's field (a tick is not refused)."""
+        spec = self._registry.get(task_type)
+        templates = spec.rate_limits if spec is not None else self._declared_limits.get(task_type)
+        if not templates:
+            return ()
+        try:
+            return resolve_rate_keys(templates, payload, self.rate_limits)
+        except RateLimitKeyError as exc:
+            logger.warning("schedule %s: its task is not rate limited: %s", schedule, exc)
+            return ()
 
     async def _scheduler_loop(self) -> None:
         """Fire due schedules, then sleep until the next tick (read from storage: other

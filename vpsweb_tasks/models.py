@@ -200,6 +200,17 @@ class TaskDefinition(BaseModel):
     on_dependency_failure: DependencyFailure = "cancel"
     """When a task this one depends on fails for good or is cancelled: ``cancel`` this one
     too (its error names that dependency), or ``run`` it anyway once the others finish."""
+    concurrency_key: Annotated[str, Field(min_length=1, max_length=255), storable] | None = None
+    """A key (a user, a tenant: ``user:42``) whose running tasks are bounded across every
+    worker (``background_tasks.max_running_per_key``) and whose tasks share dispatch
+    fairly with other keys' (``background_tasks.fair_share_seconds``)."""
+    rate_limits: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=255), storable], ...],
+        Field(max_length=20),
+    ] = ()
+    """Rate limits this task takes a slot of when claimed, besides its type's: names of
+    ``rate_limits`` entries or key templates (``llm:{provider}:{model}``, fields from the
+    payload); see docs/limits.md."""
 
     @field_validator("delay")
     @classmethod
@@ -299,6 +310,9 @@ class TaskRecord:
     depends_on: tuple[str, ...] = ()
     """The tasks this one waits for (see :attr:`TaskDefinition.depends_on`)."""
     on_dependency_failure: DependencyFailure = "cancel"
+    rate_keys: tuple[tuple[str, str], ...] = ()
+    """The rate limits a claim of this task takes a slot of: (limit name, key) pairs."""
+    concurrency_key: str | None = None
     progress: float = 0.0
     message: str | None = None
     result: Any = None
@@ -332,6 +346,8 @@ class TaskRecord:
             queue=self.queue,
             depends_on=self.depends_on,
             on_dependency_failure=self.on_dependency_failure,
+            concurrency_key=self.concurrency_key,
+            rate_limits=(),
         )
 
     @property

@@ -36,6 +36,7 @@ its result dropped; a ``process=True`` type in a child process of the
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import inspect
 import logging
@@ -43,7 +44,7 @@ import os
 import socket
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,7 +57,7 @@ import psutil
 from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
-from .config import Settings
+from .config import RateLimitSettings, Settings
 from .context import Contexts, TaskContext, _current
 from .errors import (
     CircuitOpenError,
@@ -77,6 +78,7 @@ from .events import (
     TaskRetryScheduled,
     TaskStarted,
 )
+from .limits import claim_limits
 from .log import TaskLogger, task_logger
 from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
@@ -88,6 +90,7 @@ from .storage.base import TaskStore
 from .storage.types import (
     Cancelled,
     Claim,
+    ClaimLimits,
     Completed,
     Deferred,
     Failed,
@@ -171,6 +174,7 @@ class TaskQueue:
         registry: Registry,
         contexts: Contexts,
         spawn: Callable[..., None],
+        rate_limits: Mapping[str, RateLimitSettings] | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.background_tasks
@@ -224,6 +228,11 @@ class TaskQueue:
             default_memory_limit_mb=self.config.task_memory_limit_mb,
         )
         self._next_queue = 0  # the queue a round of claims starts at (several queues)
+        # Rate limits, a running bound per concurrency key, fair queueing: None (nothing
+        # configured) keeps the plain one-statement claim. Read at the first claim (after
+        # extensions added their limits).
+        self._rate_limits = rate_limits
+        self._claim_limits: tuple[ClaimLimits | None, float] | None = None
         self.worker = WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -511,6 +520,9 @@ class TaskQueue:
         return claimed
 
     async def _claim_queue(self, queue: str, limit: int) -> int:
+        if self._claim_limits is None:
+            self._claim_limits = claim_limits(self.settings, self._rate_limits)
+        limits, horizon = self._claim_limits
         self._claiming = True
         try:
             with anyio.CancelScope(shield=True):  # a claim must not be lost half-way
@@ -521,12 +533,15 @@ class TaskQueue:
                     limit=limit,
                     task_types=self.registry.names,
                     queue=queue,
+                    limits=limits,
+                    horizon=horizon,
                 )
         finally:
             self._claiming = False
         early, self._early_cancels = self._early_cancels, set()
         for claim in claims:
             context = self.contexts.of(claim.task)
+            context.rate_keys = claim.task.rate_keys
             running = RunningTask(claim, context)
             self.running[claim.task.id] = running
             if self._idle.is_set():
@@ -690,6 +705,8 @@ class TaskQueue:
             else:
                 result = None
             outcome = self._outcome(task, running, result, error)
+            if self.settings.retry_budgets and outcome is not None:
+                outcome = await self._within_retry_budget(task, running, outcome)
         finally:
             runner.shield = True
             try:
@@ -805,6 +822,63 @@ class TaskQueue:
             retry_at=decision.retry_at,
             traceback="".join(traceback.format_exception(error)),
         )
+
+    async def _within_retry_budget(
+        self, task: TaskRecord, running: RunningTask, outcome: Outcome
+    ) -> Outcome:
+        """Retry budgets (``retry_budgets``): count a first attempt against each
+        dependency it called (its rate limits, taken at the claim or through the context:
+        a provider's limit shares its name with its breaker); a failure is retried only
+        while the dependency's recent retries (counted when granted) are within ``ratio``
+        of its first attempts (plus ``min_retries_per_second`` x ``window_seconds``). Beyond
+        it the retry waits for the recovery of the dependency's circuit breaker (the
+        breaker of that name: its trial time if open, else its recovery_timeout), or, with
+        no such breaker, the task is dead-lettered rather than adding to a retry storm.
+        The check and the count are not one transaction: workers deciding at once may
+        each take the last retry of the budget."""
+        budgets = self.settings.retry_budgets
+        fallback = budgets.get("default")
+        names = {name for name, _ in task.rate_keys} | running.context._limits_used
+        running.context._limits_used = set()
+        dependencies = sorted(n for n in names if n in budgets or fallback is not None)
+        if not dependencies or not isinstance(outcome, Completed | Failed):
+            return outcome  # a deferral or a cancel made no call
+        now = self._now()
+        try:
+            if task.attempts == 1:  # a first attempt; retries are counted when granted
+                for name in dependencies:
+                    await self.store.run(
+                        logic.count_retry_budget(dependency=name, retry=False, now=now)
+                    )
+            if not isinstance(outcome, Failed) or outcome.retry_at is None:
+                return outcome
+            for name in dependencies:
+                budget = budgets.get(name) or fallback
+                assert budget is not None
+                calls, retries = await self.store.run(
+                    logic.retry_budget_window(dependency=name, since=now - budget.window_seconds)
+                )
+                allowed = (
+                    budget.ratio * (calls - retries)
+                    + budget.min_retries_per_second * budget.window_seconds
+                )
+                if retries + 1 <= allowed:
+                    continue
+                breaker = self.breakers.statistics().get(name)
+                if breaker is not None:  # wait for its recovery (open: its trial time)
+                    recovery = breaker.retry_at or now + breaker.config.recovery_timeout
+                    return dataclasses.replace(outcome, retry_at=max(outcome.retry_at, recovery))
+                spent = (
+                    f"{outcome.error_message} (not retried: the retry budget of {name!r} is"
+                    f" spent, {retries} retries to {calls - retries} first attempts in"
+                    f" {budget.window_seconds:g}s)"
+                )
+                return dataclasses.replace(outcome, retry_at=None, error_message=spent)
+            for name in dependencies:  # the retry is granted: it counts from now
+                await self.store.run(logic.count_retry_budget(dependency=name, retry=True, now=now))
+        except Exception:
+            running.log.exception("could not read or count the retry budget; retrying as usual")
+        return outcome
 
     async def _finish(
         self, task: TaskRecord, running: RunningTask, outcome: Outcome | None

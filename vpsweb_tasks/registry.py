@@ -54,12 +54,19 @@ class Handler:
 class TaskType:
     """A registered task type: its handler and optional retry policy."""
 
-    __slots__ = ("handler", "name", "retry")
+    __slots__ = ("handler", "name", "rate_limits", "retry")
 
-    def __init__(self, name: str, handler: Handler, retry: RetryConfig | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        retry: RetryConfig | None = None,
+        rate_limits: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
         self.handler = handler
         self.retry = retry
+        self.rate_limits = rate_limits
 
     @property
     def fn(self) -> AnyTaskFunction:
@@ -93,6 +100,7 @@ class Registry:
         retry: RetryConfig | None = None,
         process: bool = False,
         memory_limit_mb: float | None = None,
+        rate_limits: tuple[str, ...] = (),
     ) -> None:
         """Register ``fn`` for task type ``name``. ``process``: run it in a child process
         (``fn`` must be importable by name: a module-level function), under
@@ -114,7 +122,7 @@ class Registry:
                     "memory_limit_mb applies to process tasks only: register with process=True"
                 )
             handler = Handler.of(fn)
-        self._types[name] = TaskType(name, handler, retry)
+        self._types[name] = TaskType(name, handler, retry, rate_limits)
 
     @property
     def names(self) -> list[str]:

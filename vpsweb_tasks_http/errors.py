@@ -34,6 +34,7 @@ from vpsweb_tasks.errors import (
     ManagerNotRunningError,
     NotConfiguredError,
     QueueFullError,
+    RateLimitKeyError,
     ScheduleNotFoundError,
     StorageUnavailableError,
     TaskNotFoundError,
@@ -71,6 +72,7 @@ LIBRARY_ERRORS: tuple[type[Exception], ...] = (
     InvalidScheduleError,
     UnknownQueueError,
     DependencyNotFoundError,
+    RateLimitKeyError,
 )
 
 #: The documented error answers of the open routes (the health checks).
@@ -149,6 +151,8 @@ def error_response(
             )
         case UnknownQueueError():
             return _invalid("unknown_queue", ["body", "queue"], exc, exc.queue, queues=exc.known)
+        case RateLimitKeyError():
+            return _invalid("invalid_rate_limit", ["body", exc.field], exc, exc.key)
         case DependencyNotFoundError():
             where = ["body", "depends_on"]
             return _invalid("unknown_dependency", where, exc, exc.missing)

@@ -80,6 +80,10 @@ class SubmitTaskRequest(_Request):
     on_dependency_failure: DependencyFailure = "cancel"
     """If a dependency fails for good or is cancelled: ``cancel`` this task too (its error
     names the dependency), or ``run`` it anyway once the others finish."""
+    concurrency_key: Annotated[str, Field(min_length=1, max_length=255), storable] | None = None
+    """A key (a user, a tenant: ``user:42``) whose running tasks are bounded across every
+    worker (``background_tasks.max_running_per_key``) and whose tasks share dispatch fairly
+    with other keys' (``background_tasks.fair_share_seconds``)."""
 
 
 class PauseRequest(_Request):
@@ -166,6 +170,9 @@ class TaskResponse(_Response):
     queue: str
     depends_on: list[str]
     """The tasks it waits for (or waited for)."""
+    concurrency_key: str | None = None
+    rate_limit_keys: list[str] = Field(default_factory=list)
+    """The rate-limit keys its claims take a slot of."""
 
     @classmethod
     def of(cls, record: TaskRecord, **more: Any) -> Self:
@@ -205,6 +212,8 @@ class TaskResponse(_Response):
             idempotency_key=record.idempotency_key,
             queue=record.queue,
             depends_on=list(record.depends_on),
+            concurrency_key=record.concurrency_key,
+            rate_limit_keys=[key for _, key in record.rate_keys],
             **more,
         )
 
@@ -548,6 +557,52 @@ class BreakerResponse(_Response):
 class BreakersResponse(_Response):
     breakers: list[BreakerResponse]
     open: int
+
+
+class RateLimitKeyResponse(_Response):
+    """One key of a rate limit: its shared state and its usage so far."""
+
+    key: str
+    next_free_at: datetime
+    """When the key takes its next request (now or later)."""
+    free_now: bool
+    tokens_left: int | None
+    """Tokens the key may still use in the current window (null: no token limit)."""
+    requests: int
+    """Requests taken under this key so far (claims and ``context.acquire_rate``)."""
+    tokens: int
+    """Tokens reported under this key so far."""
+
+
+class RateLimitResponse(_Response):
+    requests: int
+    per: float
+    tokens: int | None
+    keys: list[RateLimitKeyResponse]
+
+
+class ConcurrencyResponse(_Response):
+    max_running_per_key: int | None
+    fair_share_seconds: float | None
+    running: dict[str, int]
+    """Running tasks per concurrency key (keys with none left out)."""
+
+
+class RetryBudgetResponse(_Response):
+    ratio: float
+    min_retries_per_second: float
+    window_seconds: float
+    calls: int | None = None
+    """First attempts and retries to the dependency in the window (null: not counted)."""
+    retries: int | None = None
+
+
+class LimitsResponse(_Response):
+    """The configured limits and their state, shared by every process on the database."""
+
+    rate_limits: dict[str, RateLimitResponse]
+    concurrency: ConcurrencyResponse
+    retry_budgets: dict[str, RetryBudgetResponse]
 
 
 class StreamTokenResponse(_Response):

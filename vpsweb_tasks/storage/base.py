@@ -74,6 +74,7 @@ from .types import (
     AttemptGroup,
     Cancelled,
     Claim,
+    ClaimLimits,
     Completed,
     Deferred,
     Failed,
@@ -266,6 +267,7 @@ class TaskStore(abc.ABC):
         max_queue_size: int | None = None,
         linked: Sequence[Step] = (),
         announce: Announce | None = None,
+        fair_share: float | None = None,
     ) -> None:
         """Insert ``pending`` tasks, all of them or none (dispatched in the order given
         when priority and run time are equal); their records are ``task.record()``.
@@ -279,6 +281,9 @@ class TaskStore(abc.ABC):
           make it exact halved PostgreSQL's submit rate).
         * ``linked`` steps (an extension's rows, e.g. a translation job) are written in
           the same transaction, after the tasks.
+        * ``fair_share`` (seconds): a task with a ``concurrency_key`` is placed in the
+          dispatch order at least this long after its key's previous task (fair queueing
+          between keys; see :func:`~vpsweb_tasks.storage.logic.place_keyed`).
         * An id taken already (or given twice) raises :class:`DuplicateKeyError` (a
           ``ValueError``) and stores nothing.
         * ``announce()`` is called once any call made on this store after it would see
@@ -302,8 +307,14 @@ class TaskStore(abc.ABC):
         """
         if not tasks:
             return
-        operation = logic.add_tasks(tasks, limit=max_queue_size, together=True, linked=linked)
-        whole = linked or any(task.depends_on for task in tasks)
+        operation = logic.add_tasks(
+            tasks, limit=max_queue_size, together=True, linked=linked, fair_share=fair_share
+        )
+        whole = (
+            linked
+            or any(task.depends_on for task in tasks)
+            or (fair_share is not None and any(task.concurrency_key for task in tasks))
+        )
         try:
             await self.run(operation.in_mode(Mode.WRITE) if whole else operation)
         except DuplicateKeyError as exc:
@@ -321,6 +332,7 @@ class TaskStore(abc.ABC):
         max_queue_size: int | None = None,
         linked: Sequence[Step] = (),
         announce: Announce | None = None,
+        fair_share: float | None = None,
     ) -> list[TaskRecord] | None:
         """:meth:`add_tasks` of the tasks of one submit under idempotency ``key`` (each
         task's ``idempotency_key`` is ``key``, or for a batch ``KEY#0``, ``KEY#1``, ...; all
@@ -332,7 +344,9 @@ class TaskStore(abc.ABC):
         winner's."""
         if not tasks:
             return None
-        operation = logic.add_keyed_tasks(key, tasks, limit=max_queue_size, linked=linked)
+        operation = logic.add_keyed_tasks(
+            key, tasks, limit=max_queue_size, linked=linked, fair_share=fair_share
+        )
         try:
             existing = await self.run(operation)
         except DuplicateKeyError:
@@ -428,6 +442,8 @@ class TaskStore(abc.ABC):
         limit: int,
         task_types: Collection[str] | None = None,
         queue: str = "default",
+        limits: ClaimLimits | None = None,
+        horizon: float = 0.0,
     ) -> list[Claim]:
         """Atomically take up to ``limit`` eligible tasks of ``queue`` for ``worker_id``.
 
@@ -442,9 +458,29 @@ class TaskStore(abc.ABC):
         new fence, ``lease_owner = worker_id``, ``lease_expires_at = now + lease_seconds``,
         ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
         No task is ever handed to two workers. Returned in dispatch order.
+
+        ``limits`` (rate limits, a running bound per concurrency key): the claim is one
+        transaction that also takes each claimed task's rate-limit slots and passes over
+        tasks of a key at its bound; a task whose rate limit has no slot now moves to its
+        slot (``run_at``) without spending an attempt (see
+        :func:`~vpsweb_tasks.storage.logic.claim_limited`). ``horizon``: how far past
+        ``now`` a dispatch place may be and still be claimed (fair queueing).
         """
         if limit <= 0:
             return []
+        if limits is not None:
+            return await self.run(
+                logic.claim_limited(
+                    worker_id=worker_id,
+                    now=now,
+                    lease_seconds=lease_seconds,
+                    limit=limit,
+                    task_types=task_types,
+                    queue=queue,
+                    limits=limits,
+                    horizon=horizon,
+                )
+            )
         return await self.run(
             logic.claim(
                 worker_id=worker_id,

@@ -49,6 +49,7 @@ from .rows import (
     new_task_params,
     new_task_row,
     progress_from_row,
+    rate_keys_of,
     sample_from_row,
     schedule_from_row,
     schedule_params,
@@ -60,6 +61,7 @@ from .types import (
     AttemptGroup,
     Cancelled,
     Claim,
+    ClaimLimits,
     Completed,
     Deferred,
     Failed,
@@ -69,6 +71,8 @@ from .types import (
     NewTask,
     Outcome,
     ProgressSnapshot,
+    RateLimitState,
+    RateSpec,
     ReapResult,
     Released,
     RetryDecider,
@@ -83,6 +87,7 @@ __all__ = [
     "BLOCKED_RUN_AT",
     "LIST_ORDERS",
     "TaskMaker",
+    "acquire_rate",
     "add_keyed_tasks",
     "add_resource_sample",
     "add_schedule",
@@ -93,11 +98,14 @@ __all__ = [
     "changed_definitions",
     "check_writes",
     "claim",
+    "claim_limited",
     "complete_many",
+    "count_retry_budget",
     "count_tasks",
     "count_tasks_by_type",
     "define_schedules",
     "delete_finished",
+    "delete_retry_budget",
     "delete_samples",
     "delete_schedule",
     "delete_ticks",
@@ -124,12 +132,17 @@ __all__ = [
     "next_schedule_at",
     "outcome_params",
     "ping",
+    "place_keyed",
     "progress_history",
+    "rate_limit_states",
     "reap",
     "remove_worker",
+    "report_tokens",
     "request_cancel",
     "requeue_failed",
     "resource_samples",
+    "retry_budget_window",
+    "running_per_key",
     "save_breaker_state",
     "save_progress",
     "schedule_fingerprints",
@@ -190,6 +203,7 @@ def add_tasks(
     limit: int | None,
     together: bool = False,
     linked: Sequence[Step] = (),
+    fair_share: float | None = None,
 ) -> Op[list[QueueFullError | None]]:
     """Store ``tasks``, with ``limit`` on the waiting tasks: ``together``, all of them or
     (QueueFullError) none; otherwise the first ones that fit, the others answered with a
@@ -202,7 +216,12 @@ def add_tasks(
     nothing is stored. A task with dependencies is stored waiting on them
     (:data:`BLOCKED_RUN_AT`), then settled at once against their states (see
     :func:`settle_dependents`): released if they all completed already, cancelled if one
-    failed or was cancelled."""
+    failed or was cancelled.
+
+    ``fair_share``: tasks with a concurrency key are placed fairly among other keys' (see
+    :func:`place_keyed`); run this in a transaction then."""
+    if fair_share is not None and any(task.concurrency_key for task in tasks):
+        tasks = yield from place_keyed(tasks, quantum=fair_share)
     dependents = [task for task in tasks if task.depends_on]
     if dependents:
         yield from _check_dependencies(tasks)
@@ -372,7 +391,12 @@ def tasks_of_key(key: str, tasks: Sequence[NewTask]) -> Op[list[TaskRecord] | No
 
 @operation(Mode.WRITE)
 def add_keyed_tasks(
-    key: str, tasks: Sequence[NewTask], *, limit: int | None, linked: Sequence[Step] = ()
+    key: str,
+    tasks: Sequence[NewTask],
+    *,
+    limit: int | None,
+    linked: Sequence[Step] = (),
+    fair_share: float | None = None,
 ) -> Op[list[TaskRecord] | None]:
     """:func:`add_tasks` (all or none) of the tasks of one submit under idempotency ``key``,
     unless they are stored already: then those (see :func:`tasks_of_key`) and nothing is
@@ -382,7 +406,9 @@ def add_keyed_tasks(
     existing = yield from tasks_of_key(key, tasks).steps()
     if existing is not None:
         return existing
-    yield from add_tasks(tasks, limit=limit, together=True, linked=linked).steps()
+    yield from add_tasks(
+        tasks, limit=limit, together=True, linked=linked, fair_share=fair_share
+    ).steps()
     return None
 
 
@@ -471,6 +497,211 @@ def claim(
     )
     claimed.sort(key=lambda r: (r["dispatch_at"], r["seq"]))
     return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]
+
+
+#: How many waiting tasks past ``limit`` a claim with limits reads, to find ones whose
+#: keys are free.
+CLAIM_SCAN_EXTRA = 32
+
+#: A rate-limit key is free when its theoretical arrival time is at most this late
+#: (floating-point slack).
+_EPSILON = 1e-6
+
+
+def _slot(spec: RateSpec, tat: float, token_tat: float) -> float:
+    """When a key with this state takes its next request (its tokens paid back to less
+    than a window's worth)."""
+    return max(tat, token_tat - spec.per if spec.tokens is not None else tat)
+
+
+@operation(Mode.WRITE)
+def claim_limited(
+    *,
+    worker_id: str,
+    now: float,
+    lease_seconds: float,
+    limit: int,
+    task_types: Collection[str] | None,
+    queue: str,
+    limits: ClaimLimits,
+    horizon: float = 0.0,
+) -> Op[list[Claim]]:
+    """:func:`claim` for a worker with rate limits or a running bound per concurrency
+    key, in one write transaction: the candidates in dispatch order (those whose key is at
+    its bound passed over by the query), then, with the keys' rows locked (concurrency
+    keys, then rate limits, each sorted: claims never deadlock), each candidate in turn:
+    claimed if its key has room and every rate key of it has a slot now (GCRA: the key's
+    theoretical arrival time ``tat <= now``; taking it moves ``tat`` one interval, per /
+    requests, past ``max(tat, now)``), else, for a rate limit, moved to its slot
+    (``run_at``; no attempt spent), each further task of a full key one interval later
+    than the one before; a task of a full concurrency key stays where it is.
+    ``horizon``: how far past ``now`` a dispatch place may be (fair queueing)."""
+    types = None if task_types is None else sorted(task_types)
+    candidates = yield rows(
+        "claim_candidates",
+        worker=worker_id,
+        now=now,
+        horizon=now + horizon,
+        queue=stored_queue(queue),
+        types=types,
+        max_running=limits.max_running_per_key,
+        scan=limit + CLAIM_SCAN_EXTRA,
+    )
+    if not candidates:
+        return []
+    running: dict[str, int] = {}
+    bound = limits.max_running_per_key
+    keyed = sorted({c["concurrency_key"] for c in candidates if c["concurrency_key"]})
+    if keyed and bound is not None:
+        yield count("ensure_concurrency_keys", keys=keyed)
+        yield rows("lock_concurrency_keys", keys=keyed)
+        running = {r["key"]: int(r["n"]) for r in (yield rows("running_per_key", keys=keyed))}
+    wanted: dict[str, str] = {}
+    for candidate in candidates:
+        for name, key in rate_keys_of(candidate["rate_keys"]):
+            if name in limits.rates:
+                wanted.setdefault(key, name)
+    state: dict[str, list[float]] = {}
+    if wanted:
+        state = yield from _lock_rate_keys(wanted)
+    projected = {key: _slot(limits.rates[wanted[key]], *state[key]) for key in state}
+    taken: dict[str, int] = {}
+    chosen: list[str] = []
+    deferred: list[list[Any]] = []
+    for candidate in candidates:
+        if len(chosen) >= limit:
+            break
+        ckey = candidate["concurrency_key"]
+        if ckey and bound is not None and running.get(ckey, 0) >= bound:
+            continue
+        keys = [
+            (key, limits.rates[name])
+            for name, key in rate_keys_of(candidate["rate_keys"])
+            if name in limits.rates and key in state
+        ]
+        slot = max((projected[key] for key, _ in keys), default=now)
+        if slot > now + _EPSILON:
+            deferred.append([candidate["id"], slot])
+            for key, spec in keys:
+                projected[key] = max(projected[key], slot) + spec.interval
+            continue
+        for key, spec in keys:
+            tat = max(state[key][0], now) + spec.interval
+            state[key][0] = tat
+            projected[key] = _slot(spec, *state[key])
+            taken[key] = taken.get(key, 0) + 1
+        if ckey:
+            running[ckey] = running.get(ckey, 0) + 1
+        chosen.append(candidate["id"])
+    if taken:
+        yield count(
+            "save_rate_limits",
+            rows=dumps([[key, *state[key], n, 0] for key, n in sorted(taken.items())]),
+            now=now,
+        )
+    if deferred:
+        yield count("defer_to_slots", rows=dumps(deferred), now=now)
+    if not chosen:
+        return []
+    claimed = yield rows(
+        "claim_ids", worker=worker_id, expires=now + lease_seconds, now=now, ids=chosen
+    )
+    claimed.sort(key=lambda r: (r["dispatch_at"], r["seq"]))
+    return [Claim(task_from_row(r), LeaseToken(r["id"], worker_id, r["fence"])) for r in claimed]
+
+
+def _lock_rate_keys(wanted: Mapping[str, str]) -> Op[dict[str, list[float]]]:
+    """The rows of rate-limit keys ``wanted`` (key -> limit name), locked, as key ->
+    [tat, token_tat]; the rows missing are made first (once per key, ever)."""
+    keys = sorted(wanted)
+    found = yield rows("lock_rate_limits", keys=keys)
+    if len(found) < len(keys):
+        yield count("ensure_rate_limits", rows=dumps([[k, wanted[k]] for k in keys]))
+        found = yield rows("lock_rate_limits", keys=keys)
+    return {r["key"]: [float(r["tat"]), float(r["token_tat"])] for r in found}
+
+
+@operation(Mode.WRITE)
+def acquire_rate(*, name: str, key: str, spec: RateSpec, now: float) -> Op[float]:
+    """Take one request of rate-limit ``key`` (of limit ``name``) now, if it has a slot:
+    0.0; else the seconds until its slot (nothing taken). For steps inside a running task
+    (``context.acquire``)."""
+    tat, token_tat = (yield from _lock_rate_keys({key: name}))[key]
+    slot = _slot(spec, tat, token_tat)
+    if slot > now + _EPSILON:
+        return slot - now
+    yield count(
+        "save_rate_limits",
+        rows=dumps([[key, max(tat, now) + spec.interval, token_tat, 1, 0]]),
+        now=now,
+    )
+    return 0.0
+
+
+@operation(Mode.WRITE)
+def report_tokens(*, name: str, key: str, spec: RateSpec, tokens: int, now: float) -> Op[None]:
+    """Reconcile rate-limit ``key`` with the ``tokens`` a call used (the provider's
+    reported usage): they are paid back at ``spec.tokens`` per ``spec.per``, and the key
+    takes no request while more than a window's worth is unpaid."""
+    if spec.tokens is None or tokens <= 0:
+        return
+    tat, token_tat = (yield from _lock_rate_keys({key: name}))[key]
+    paid = max(token_tat, now) + tokens * spec.per / spec.tokens
+    yield count("save_rate_limits", rows=dumps([[key, tat, paid, 0, tokens]]), now=now)
+
+
+@operation(Mode.READ)
+def rate_limit_states(*, limit: int = 1000) -> Op[list[RateLimitState]]:
+    return [
+        RateLimitState(
+            key=found["key"],
+            name=found["name"],
+            next_free_at=float(found["tat"]),
+            tokens_paid_at=float(found["token_tat"]),
+            requests=int(found["requests"]),
+            tokens=int(found["tokens"]),
+        )
+        for found in (yield rows("rate_limit_states", limit=limit))
+    ]
+
+
+@operation(Mode.READ)
+def running_per_key(*, limit: int = 1000) -> Op[dict[str, int]]:
+    """Running tasks per concurrency key (keys with none left out), busiest first."""
+    return {found["key"]: int(found["n"]) for found in (yield rows("running_keys", limit=limit))}
+
+
+def place_keyed(tasks: Sequence[NewTask], *, quantum: float) -> Op[list[NewTask]]:
+    """Fair queueing (start-time fair queueing on the dispatch key): each task with a
+    concurrency key is placed at least ``quantum`` after its key's previous task, so one
+    key's batch spreads out and another key's task lands among it. Steps for the submit's
+    own transaction; the tasks as they are to be stored."""
+    placed: list[NewTask] = []
+    for task in tasks:
+        if task.concurrency_key is None or task.depends_on:
+            placed.append(task)
+            continue
+        at = yield value(
+            "place_keyed",
+            key=task.concurrency_key,
+            dispatch_at=task.stored_dispatch_at,
+            quantum=quantum,
+        )
+        placed.append(replace(task, dispatch_at=float(at)))
+    return placed
+
+
+@operation(Mode.WRITE)
+def count_retry_budget(*, dependency: str, retry: bool, now: float) -> Op[None]:
+    """Count one call to ``dependency`` (a first attempt, or a retry) in its second."""
+    yield count("count_retry_budget", dependency=dependency, second=int(now), retry=retry)
+
+
+@operation(Mode.READ)
+def retry_budget_window(*, dependency: str, since: float) -> Op[tuple[int, int]]:
+    """Calls and retries to ``dependency`` since ``since``."""
+    found = yield row("retry_budget_window", dependency=dependency, since=int(since))
+    return int(found["calls"]), int(found["retries"])
 
 
 def _worker_params(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[str, Any]:
@@ -617,6 +848,8 @@ def finished_record(
         queue=claimed.queue,
         depends_on=claimed.depends_on,
         on_dependency_failure=claimed.on_dependency_failure,
+        rate_keys=claimed.rate_keys,
+        concurrency_key=claimed.concurrency_key,
         progress=float(progress),
         message=message,
         result=loads_result(params["result"])
@@ -1222,6 +1455,12 @@ def delete_finished(*, before: float) -> Op[int]:
     """Delete up to one batch of terminal tasks that finished before ``before`` (their
     executions, metrics, progress and extension rows go with them); how many."""
     return int((yield count("cleanup_tasks", before=before)))
+
+
+@operation(Mode.STATEMENTS)
+def delete_retry_budget(*, before: float) -> Op[None]:
+    """Forget the retry-budget counts of seconds before ``before``."""
+    yield count("delete_retry_budget", before=int(before))
 
 
 @operation(Mode.STATEMENTS)

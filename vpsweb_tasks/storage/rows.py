@@ -104,6 +104,8 @@ def new_task_params(task: NewTask) -> dict[str, Any]:
         "dispatch_at": task.stored_dispatch_at,
         "depends_on": dumps(list(task.depends_on)) if task.depends_on else None,
         "on_dependency_failure": task.on_dependency_failure,
+        "rate_keys": rate_keys_json(task.rate_keys),
+        "concurrency_key": task.concurrency_key,
     }
 
 
@@ -130,7 +132,18 @@ def new_task_row(task: NewTask) -> list[Any]:
         task.stored_dispatch_at,
         dumps(list(task.depends_on)) if task.depends_on else None,
         task.on_dependency_failure,
+        rate_keys_json(task.rate_keys),
+        task.concurrency_key,
     ]
+
+
+def rate_keys_json(pairs: tuple[tuple[str, str], ...]) -> str | None:
+    """A task's rate-limit keys as stored: a JSON array of [name, key] pairs, or NULL."""
+    return dumps([list(pair) for pair in pairs]) if pairs else None
+
+
+def rate_keys_of(stored: str | None) -> tuple[tuple[str, str], ...]:
+    return () if stored is None else tuple((name, key) for name, key in json.loads(stored))
 
 
 def task_from_row(row: Row) -> TaskRecord:
@@ -156,6 +169,8 @@ def task_from_row(row: Row) -> TaskRecord:
         queue=row["queue"] or DEFAULT_QUEUE,
         depends_on=() if row["depends_on"] is None else tuple(json.loads(row["depends_on"])),
         on_dependency_failure=row["on_dependency_failure"],
+        rate_keys=rate_keys_of(row["rate_keys"]),
+        concurrency_key=row["concurrency_key"],
         progress=float(row["progress"]),
         message=row["message"],
         result=None if result is None else loads_result(result),

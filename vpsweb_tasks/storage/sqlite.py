@@ -363,10 +363,16 @@ class SQLiteTaskStore(TaskStore):
         max_queue_size: int | None = None,
         linked: Sequence[Step] = (),
         announce: Announce | None = None,
+        fair_share: float | None = None,
     ) -> None:
-        if linked or len(tasks) != 1 or tasks[0].depends_on:
+        keyed = fair_share is not None and tasks and tasks[0].concurrency_key is not None
+        if linked or len(tasks) != 1 or tasks[0].depends_on or keyed:
             await super().add_tasks(
-                tasks, max_queue_size=max_queue_size, linked=linked, announce=announce
+                tasks,
+                max_queue_size=max_queue_size,
+                linked=linked,
+                announce=announce,
+                fair_share=fair_share,
             )
             return
         # A plain submit joins the others of its group commit in one INSERT. It is queued

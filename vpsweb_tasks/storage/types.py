@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ __all__ = [
     "AttemptGroup",
     "Cancelled",
     "Claim",
+    "ClaimLimits",
     "Completed",
     "Deferred",
     "Failed",
@@ -35,6 +36,8 @@ __all__ = [
     "Notice",
     "Outcome",
     "ProgressSnapshot",
+    "RateLimitState",
+    "RateSpec",
     "ReapResult",
     "Released",
     "RetryDecider",
@@ -105,6 +108,10 @@ class NewTask:
     depends_on: tuple[str, ...] = ()
     """Tasks it waits for: stored ones, or ones before it in the same batch."""
     on_dependency_failure: DependencyFailure = "cancel"
+    rate_keys: tuple[tuple[str, str], ...] = ()
+    """The rate limits a claim of it takes a slot of: (limit name, key) pairs."""
+    concurrency_key: str | None = None
+    """Its concurrency key: running tasks per key are bounded, keys share dispatch fairly."""
 
     @property
     def stored_run_at(self) -> float:
@@ -146,7 +153,49 @@ class NewTask:
             queue=self.queue,
             depends_on=self.depends_on,
             on_dependency_failure=self.on_dependency_failure,
+            rate_keys=self.rate_keys,
+            concurrency_key=self.concurrency_key,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """One named rate limit as a claim applies it to each of its keys (GCRA)."""
+
+    requests: int
+    per: float
+    tokens: int | None = None
+
+    @property
+    def interval(self) -> float:
+        """The emission interval: a key takes one request every this many seconds."""
+        return self.per / self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLimits:
+    """What a claim enforces beyond the plain one: the rate limits by name (a task's
+    key under a name not here is not limited by this worker) and the running bound per
+    concurrency key (None: none)."""
+
+    rates: Mapping[str, RateSpec]
+    max_running_per_key: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """A rate-limit key's stored state (``/api/v1/monitoring/limits``)."""
+
+    key: str
+    name: str
+    next_free_at: float
+    """When the key takes its next request (the GCRA's theoretical arrival time)."""
+    tokens_paid_at: float
+    """When the tokens reported so far are paid back."""
+    requests: int
+    """Requests taken under this key so far."""
+    tokens: int
+    """Tokens reported under this key so far."""
 
 
 @dataclass(frozen=True, slots=True)

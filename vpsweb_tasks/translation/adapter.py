@@ -36,7 +36,7 @@ from ..storage.types import NewTask
 from . import store as jobs
 from .client import breaker_name
 from .errors import TranslationJobNotFoundError
-from .handler import JobRunner
+from .handler import JobRunner, provider_limit_name
 from .models import (
     STEPS,
     BreakerInfo,
@@ -95,6 +95,9 @@ class VPSWebAdapter:
         self.settings = manager.settings.section("translation", TranslationSettings)
         providers = manager.settings.section("providers", Providers).root
         self.setup = Setup(providers, self.settings, workflow_factory)
+        for name, provider in providers.items():
+            if provider.rate_limit is not None:
+                manager.add_rate_limit(provider_limit_name(name), provider.rate_limit)
         self.workflow_factory = workflow_factory
         self._clients = HttpClients(transport)
         manager.register(
@@ -158,6 +161,9 @@ class VPSWebAdapter:
                 # The job's cost cap, as it was when accepted (the lower of the two).
                 **({"max_cost": min(caps)} if caps else {}),
             },
+            # The submitter's jobs share the workers fairly with other submitters' and
+            # are bounded by background_tasks.max_running_per_key.
+            concurrency_key=None if request.user is None else f"user:{request.user}",
         )
 
     @staticmethod
@@ -212,7 +218,11 @@ class VPSWebAdapter:
             TASK_TYPE,
             linked=linked,
             idempotency_key=idempotency_key,
-            idempotency_request=[item.model_dump(mode="json") for item in items],
+            # A request without a user is fingerprinted as before the field existed.
+            idempotency_request=[
+                item.model_dump(mode="json", exclude={"user"} if item.user is None else None)
+                for item in items
+            ],
         )
         if contexts and contexts[0].replayed:
             jobs_found = [await self.status(context.task_id) for context in contexts]

@@ -87,6 +87,26 @@ class _Reporter:
 _STATES = frozenset({"running", "completed", "failed"})
 
 
+class _ProviderLimit:
+    """A provider's shared rate limit (``llm:<provider>``, a key per model), taken through
+    the running task's context."""
+
+    def __init__(self, context: TaskContext, provider: str) -> None:
+        self.context = context
+        self.template = f"{provider_limit_name(provider)}:{{model}}"
+
+    async def acquire(self, model: str) -> None:
+        await self.context.acquire_rate(self.template, model=model)
+
+    async def report(self, model: str, tokens: int) -> None:
+        await self.context.report_tokens(tokens, self.template, model=model)
+
+
+def provider_limit_name(provider: str) -> str:
+    """The rate limit of a provider's calls: ``llm:<provider>``."""
+    return f"llm:{provider}"
+
+
 class JobRunner:
     """The task function of type ``translation``."""
 
@@ -170,6 +190,7 @@ class JobRunner:
             attempt=context.attempt,
             clock=self.clock,
             max_cost=row.task.metadata.get("max_cost"),
+            rate_limit=None if provider.rate_limit is None else _ProviderLimit(context, name),
         )
 
     def _result(self, row: TranslationJobRow, output: Any) -> TranslationResult:

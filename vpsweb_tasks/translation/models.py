@@ -105,6 +105,10 @@ class TranslationRequest(BaseModel):
     """This job's cost cap, in ``translation.currency`` (at most
     ``translation.max_cost_per_job`` when that is set): a step that would take the job
     past it is not started, and the job fails with category ``budget``."""
+    user: Annotated[str, Field(min_length=1, max_length=200), storable] | None = None
+    """Who submits the job (an account id): the job's concurrency key is ``user:<user>``,
+    so one user's batch shares the workers fairly with other users' jobs and runs at most
+    ``background_tasks.max_running_per_key`` at once."""
 
     @field_validator("original_text")
     @classmethod

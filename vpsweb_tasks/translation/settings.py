@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from ..config import PositiveSeconds
+from ..config import PositiveSeconds, RateLimitSettings
 
 __all__ = ["REFERENCE", "ModelPrice", "ProviderSettings", "Providers", "TranslationSettings"]
 
@@ -44,6 +44,11 @@ class ProviderSettings(_Section):
     ("hybrid.editor_review"); the most specific entry wins, then "default"."""
     timeout: PositiveSeconds = 120.0
     """Timeout of one LLM call (connect, read, write)."""
+    rate_limit: RateLimitSettings | None = None
+    """The provider's rate limit, shared by every process on the task database:
+    ``{requests, per, tokens}`` per model (limit ``llm:<name>``, key
+    ``llm:<name>:<model>``). Each step of a job takes a slot before its call and reports
+    the call's tokens after it. null: calls are not limited."""
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     """Prices by model name (as ``models`` names them, or as the provider answers), per
     million tokens: ``{qwen2.5:7b: {prompt: 0.1, completion: 0.3}}``. Each step's cost is

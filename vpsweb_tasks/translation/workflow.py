@@ -129,6 +129,16 @@ def build_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+class RateLimitHooks(Protocol):
+    """A provider's shared rate limit, as the workflow's steps use it."""
+
+    async def acquire(self, model: str) -> None:
+        """Wait for a slot of ``model``'s key and take it."""
+
+    async def report(self, model: str, tokens: int) -> None:
+        """Reconcile ``model``'s key with the tokens a call used."""
+
+
 class LLMTranslationWorkflow:
     """Initial translation -> editor review -> translator revision, one chat completion
     each. ``completed`` holds checkpoints of earlier attempts (skipped), ``checkpoint``
@@ -147,8 +157,12 @@ class LLMTranslationWorkflow:
         clock: Callable[[], float] = time.time,
         progress_callback: ProgressCallback | None = None,
         max_cost: float | None = None,
+        rate_limit: RateLimitHooks | None = None,
     ) -> None:
         self.client = client
+        self.rate_limit = rate_limit
+        """Takes a slot of the provider's rate limit before each call (by model) and
+        reports the call's tokens after it."""
         self.max_cost = max_cost
         """The job's cost cap: a step that would take the job past it is not started."""
         self.provider = provider
@@ -197,6 +211,8 @@ class LLMTranslationWorkflow:
         messages = build_messages(step, input, done)
         self._check_cost(step, model, messages, input, done)
         await self._report(step, {"status": "running", "index": index, "model": model})
+        if self.rate_limit is not None:
+            await self.rate_limit.acquire(model)
         try:
             answer = await self.client.complete(
                 model=model,
@@ -216,6 +232,8 @@ class LLMTranslationWorkflow:
             notes = _tag(answer.content, "notes")
         price = price_for(self.provider, model, answer.model)
         usage = answer.usage
+        if self.rate_limit is not None:
+            await self.rate_limit.report(model, usage.prompt_tokens + usage.completion_tokens)
         cost = None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)
         result = StepCheckpoint(
             step=step,

@@ -13,6 +13,7 @@ from ..schemas import (
     AlertsResponse,
     BreakerResponse,
     BreakersResponse,
+    LimitsResponse,
     MonitoringStateResponse,
     PerformanceResponse,
     ProgressHistoryResponse,
@@ -80,6 +81,14 @@ async def task_history(
 async def breakers(state: Authorised) -> BreakersResponse:
     stats = [BreakerResponse.of(s) for s in state.manager.breakers.statistics().values()]
     return BreakersResponse(breakers=stats, open=sum(b.state != "closed" for b in stats))
+
+
+@group.get("/limits", summary="Rate limits, concurrency keys and retry budgets")
+async def limits(state: Authorised) -> LimitsResponse:
+    """Each rate limit with its config and its keys' shared state (next free slot, tokens
+    left, usage by key), the running bound per concurrency key with the running tasks per
+    key, and the retry budgets with their recent calls and retries."""
+    return LimitsResponse.model_validate(await state.manager.limits_state())
 
 
 @group.get("/alerts", summary="Current alert status")

@@ -62,6 +62,7 @@ async def submit(
         queue=body.queue,
         depends_on=tuple(body.depends_on),
         on_dependency_failure=body.on_dependency_failure,
+        concurrency_key=body.concurrency_key,
     )
     context = await state.manager.submit(definition, body.task_type, **body.payload)
     record = await context.wait_stored()

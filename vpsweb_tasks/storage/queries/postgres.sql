@@ -51,13 +51,13 @@ WITH added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
         max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
-        dispatch_at, depends_on, on_dependency_failure)
+        dispatch_at, depends_on, on_dependency_failure, rate_keys, concurrency_key)
     SELECT %(id)s, %(name)s, %(task_type)s, %(priority)s, 'pending', %(payload)s,
         %(metadata)s, %(max_retries)s, %(timeout_seconds)s, %(retry_config)s, %(owner)s,
         %(run_at)s, %(created_at)s, %(created_at)s, %(max_lost_attempts)s,
         %(idempotency_key)s, %(request_fingerprint)s, %(trace_context)s,
         coalesce(%(queue)s::text, 'default'), %(dispatch_at)s, %(depends_on)s,
-        %(on_dependency_failure)s
+        %(on_dependency_failure)s, %(rate_keys)s, %(concurrency_key)s
     WHERE %(limit)s::int IS NULL OR (SELECT count(*) FROM (SELECT 1 FROM background_tasks
         WHERE status IN ('pending', 'retrying') LIMIT %(limit)s) AS waiting) < %(limit)s
     RETURNING id)
@@ -67,7 +67,7 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- New tasks from %(rows)s, a JSON array of [id, name, task_type, priority, payload,
 -- metadata, max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
 -- max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
--- dispatch_at, depends_on, on_dependency_failure], in that order. With %(limit)s,
+-- dispatch_at, depends_on, on_dependency_failure, rate_keys, concurrency_key], in that order. With %(limit)s,
 -- %(together)s stores all of them only if all fit; otherwise the first ones that fit. With
 -- their notices. Its row count: how many (the first ones) were stored.
 WITH new AS (
@@ -79,11 +79,11 @@ added AS (
     INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
         max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
         max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
-        dispatch_at, depends_on, on_dependency_failure)
+        dispatch_at, depends_on, on_dependency_failure, rate_keys, concurrency_key)
     SELECT r->>0, r->>1, r->>2, (r->>3)::int, 'pending', r->>4, r->>5, (r->>6)::int,
         (r->>7)::float8, r->>8, r->>9, (r->>10)::float8, (r->>11)::float8, (r->>11)::float8,
         (r->>12)::int, r->>13, r->>14, r->>15, coalesce(r->>16, 'default'), (r->>17)::float8,
-        r->>18, r->>19
+        r->>18, r->>19, r->>20, r->>21
     FROM new, waiting
     WHERE %(limit)s::int IS NULL
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
@@ -597,3 +597,99 @@ UNION ALL
 SELECT 'running tasks without a running execution', count(*) FROM background_tasks t
     WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM task_executions e
         WHERE e.task_id = t.id AND e.fence = t.fence AND e.outcome = 'running');
+
+-- Rate limits, concurrency keys, retry budgets (see logic.claim_limited) -----------------------
+
+-- name: claim_candidates
+-- As SQLite's, and each candidate locked (SKIP LOCKED: another claim's are passed over).
+SELECT seq, id, run_at, dispatch_at, rate_keys, concurrency_key
+FROM background_tasks AS t
+WHERE status IN ('pending', 'retrying') AND queue = coalesce(%(queue)s::text, 'default')
+  AND dispatch_at <= %(horizon)s
+  AND run_at <= %(now)s
+  AND (owner = %(worker)s OR (owner IS NULL
+       AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s))))
+  AND (%(max_running)s::int IS NULL OR concurrency_key IS NULL OR (
+       SELECT count(*) FROM background_tasks AS r
+       WHERE r.status = 'running' AND r.concurrency_key = t.concurrency_key)
+       < %(max_running)s)
+ORDER BY dispatch_at, seq LIMIT %(scan)s
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: claim_ids
+WITH claimed AS (
+    UPDATE background_tasks AS t
+    SET status = 'running', attempts = t.attempts + 1, fence = t.fence + 1,
+        lease_owner = %(worker)s, lease_expires_at = %(expires)s, cancel_requested = FALSE,
+        started_at = %(now)s, updated_at = %(now)s
+    WHERE t.id = ANY(%(ids)s) AND t.status IN ('pending', 'retrying')
+    RETURNING t.*
+), executions AS (
+    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
+)
+SELECT * FROM claimed;
+
+-- name: defer_to_slots
+UPDATE background_tasks AS t
+SET run_at = (d.r->>1)::float8, dispatch_at = t.dispatch_at + ((d.r->>1)::float8 - t.run_at),
+    updated_at = %(now)s
+FROM jsonb_array_elements(%(rows)s::jsonb) AS d(r)
+WHERE t.id = d.r->>0 AND t.status IN ('pending', 'retrying');
+
+-- name: ensure_concurrency_keys
+INSERT INTO concurrency_keys (key) SELECT unnest(%(keys)s::text[])
+ON CONFLICT (key) DO NOTHING;
+
+-- name: lock_concurrency_keys
+-- Claims lock keys in one order (keys, then rate limits), so they never deadlock; a count
+-- of a key's running tasks after the lock sees every claim committed before it.
+SELECT key FROM concurrency_keys WHERE key = ANY(%(keys)s) ORDER BY key FOR UPDATE;
+
+-- name: running_per_key
+SELECT concurrency_key AS key, count(*) AS n FROM background_tasks
+WHERE status = 'running' AND concurrency_key = ANY(%(keys)s)
+GROUP BY concurrency_key;
+
+-- name: place_keyed
+INSERT INTO concurrency_keys AS c (key, last_start) VALUES (%(key)s, %(dispatch_at)s)
+ON CONFLICT (key) DO UPDATE SET
+    last_start = greatest(c.last_start + %(quantum)s, excluded.last_start)
+RETURNING last_start;
+
+-- name: ensure_rate_limits
+INSERT INTO rate_limits (key, name)
+SELECT r->>0, r->>1 FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: lock_rate_limits
+SELECT key, tat, token_tat FROM rate_limits WHERE key = ANY(%(keys)s) ORDER BY key FOR UPDATE;
+
+-- name: save_rate_limits
+UPDATE rate_limits AS l
+SET tat = (d.r->>1)::float8, token_tat = (d.r->>2)::float8,
+    requests = l.requests + (d.r->>3)::bigint, tokens = l.tokens + (d.r->>4)::bigint,
+    updated_at = %(now)s
+FROM jsonb_array_elements(%(rows)s::jsonb) AS d(r)
+WHERE l.key = d.r->>0;
+
+-- name: rate_limit_states
+SELECT * FROM rate_limits ORDER BY name, key LIMIT %(limit)s;
+
+-- name: running_keys
+SELECT concurrency_key AS key, count(*) AS n FROM background_tasks
+WHERE status = 'running' AND concurrency_key IS NOT NULL
+GROUP BY concurrency_key ORDER BY n DESC, key LIMIT %(limit)s;
+
+-- name: count_retry_budget
+INSERT INTO retry_budget AS b (dependency, second, calls, retries)
+VALUES (%(dependency)s, %(second)s, 1, CASE WHEN %(retry)s THEN 1 ELSE 0 END)
+ON CONFLICT (dependency, second) DO UPDATE SET calls = b.calls + 1,
+    retries = b.retries + excluded.retries;
+
+-- name: retry_budget_window
+SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(retries), 0) AS retries
+FROM retry_budget WHERE dependency = %(dependency)s AND second >= %(since)s;
+
+-- name: delete_retry_budget
+DELETE FROM retry_budget WHERE second < %(before)s;

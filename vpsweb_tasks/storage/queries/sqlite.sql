@@ -39,11 +39,12 @@ SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retryin
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
     max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue, dispatch_at,
-    depends_on, on_dependency_failure)
+    depends_on, on_dependency_failure, rate_keys, concurrency_key)
 SELECT :id, :name, :task_type, :priority, 'pending', :payload, :metadata, :max_retries,
     :timeout_seconds, :retry_config, :owner, :run_at, :created_at, :created_at,
     :max_lost_attempts, :idempotency_key, :request_fingerprint, :trace_context, :queue,
-    :dispatch_at, :depends_on, :on_dependency_failure
+    :dispatch_at, :depends_on, :on_dependency_failure, :rate_keys,
+    :concurrency_key
 WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
     WHERE status IN ('pending', 'retrying')) < :limit;
 
@@ -51,7 +52,8 @@ WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
 -- New tasks from :rows, a JSON array of [id, name, task_type, priority, payload, metadata,
 -- max_retries, timeout_seconds, retry_config, owner, run_at, created_at,
 -- max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
--- dispatch_at, depends_on, on_dependency_failure], in that order.
+-- dispatch_at, depends_on, on_dependency_failure, rate_keys, concurrency_key], in that
+-- order.
 -- With :limit, :together stores all of them only if all fit; otherwise the first ones
 -- that fit. The waiting tasks are counted once, before the first row goes in. Its row
 -- count: how many (the first ones) were stored. (The statement starts with INSERT, not
@@ -59,7 +61,7 @@ WHERE :limit IS NULL OR (SELECT coalesce(sum(n), 0) FROM task_counts
 INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
     max_retries, timeout_seconds, retry_config, owner, run_at, created_at, updated_at,
     max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue, dispatch_at,
-    depends_on, on_dependency_failure)
+    depends_on, on_dependency_failure, rate_keys, concurrency_key)
 WITH waiting (n) AS MATERIALIZED (
     SELECT coalesce(sum(n), 0) FROM task_counts WHERE status IN ('pending', 'retrying'))
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -69,7 +71,7 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
     json_extract(value, '$[11]'), json_extract(value, '$[11]'), json_extract(value, '$[12]'),
     json_extract(value, '$[13]'), json_extract(value, '$[14]'), json_extract(value, '$[15]'),
     json_extract(value, '$[16]'), json_extract(value, '$[17]'), json_extract(value, '$[18]'),
-    json_extract(value, '$[19]')
+    json_extract(value, '$[19]'), json_extract(value, '$[20]'), json_extract(value, '$[21]')
 FROM json_each(:rows), waiting
 WHERE :limit IS NULL
    OR (:together AND waiting.n + :count <= :limit)
@@ -587,3 +589,108 @@ PRAGMA quick_check(20);
 -- name: startup_integrity_check
 -- storage.startup_check full: also every index against its table.
 PRAGMA integrity_check(20);
+
+-- Rate limits, concurrency keys, retry budgets (see logic.claim_limited) -----------------------
+
+-- name: claim_candidates
+-- Up to :scan waiting tasks of :queue (NULL: the default) that a claim with limits may
+-- take, in dispatch order, as the plain claim picks them (dispatch_at up to :horizon: fair
+-- queueing places a key's tasks later than now). A task whose concurrency key has :max_running running tasks is
+-- skipped (a count on the index of running keys). Read in the claim's write transaction.
+SELECT rowid AS seq, id, run_at, dispatch_at, rate_keys, concurrency_key
+FROM background_tasks AS t INDEXED BY ix_background_tasks_dispatch
+WHERE status IN ('pending', 'retrying') AND queue IS :queue AND dispatch_at <= :horizon
+  AND run_at <= :now
+  AND (owner = :worker OR (owner IS NULL
+       AND (:types IS NULL OR task_type IN (SELECT value FROM json_each(:types)))))
+  AND (:max_running IS NULL OR concurrency_key IS NULL OR (
+       SELECT count(*) FROM background_tasks AS r INDEXED BY ix_background_tasks_running_key
+       WHERE r.status = 'running' AND r.concurrency_key = t.concurrency_key) < :max_running)
+ORDER BY dispatch_at, rowid LIMIT :scan;
+
+-- name: claim_ids
+-- The claim of the tasks :ids (picked by claim_candidates in this transaction): as claim.
+UPDATE background_tasks
+SET status = 'running', attempts = attempts + 1, fence = fence + 1,
+    lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
+    started_at = :now, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('pending', 'retrying')
+RETURNING rowid AS seq, *;
+
+-- name: defer_to_slots
+-- Tasks whose rate limit has no slot now wait for it: :rows, a JSON array of [id, slot];
+-- run_at moves to the slot and dispatch_at by as much. No attempt is spent.
+UPDATE background_tasks
+SET run_at = d.slot,
+    dispatch_at = background_tasks.dispatch_at + (d.slot - background_tasks.run_at),
+    updated_at = :now
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS slot
+      FROM json_each(:rows)) AS d
+WHERE background_tasks.id = d.id AND background_tasks.status IN ('pending', 'retrying');
+
+-- name: ensure_concurrency_keys
+INSERT INTO concurrency_keys (key) SELECT value FROM json_each(:keys) WHERE true
+ON CONFLICT (key) DO NOTHING;
+
+-- name: lock_concurrency_keys
+-- (SQLite's write transaction holds every row already.)
+SELECT key FROM concurrency_keys WHERE key IN (SELECT value FROM json_each(:keys)) ORDER BY key;
+
+-- name: running_per_key
+SELECT concurrency_key AS key, count(*) AS n
+FROM background_tasks INDEXED BY ix_background_tasks_running_key
+WHERE status = 'running' AND concurrency_key IN (SELECT value FROM json_each(:keys))
+GROUP BY concurrency_key;
+
+-- name: place_keyed
+-- Fair queueing: the dispatch place of a new task of :key, at least :quantum after the
+-- key's previous one, and not before :dispatch_at (its place without a key).
+INSERT INTO concurrency_keys (key, last_start) VALUES (:key, :dispatch_at)
+ON CONFLICT (key) DO UPDATE SET
+    last_start = max(concurrency_keys.last_start + :quantum, excluded.last_start)
+RETURNING last_start;
+
+-- name: ensure_rate_limits
+-- :rows, a JSON array of [key, name].
+INSERT INTO rate_limits (key, name)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rows) WHERE true
+ON CONFLICT (key) DO NOTHING;
+
+-- name: lock_rate_limits
+SELECT key, tat, token_tat FROM rate_limits
+WHERE key IN (SELECT value FROM json_each(:keys)) ORDER BY key;
+
+-- name: save_rate_limits
+-- :rows, a JSON array of [key, tat, token_tat, requests taken, tokens reported].
+UPDATE rate_limits
+SET tat = d.tat, token_tat = d.token_tat, requests = rate_limits.requests + d.requests,
+    tokens = rate_limits.tokens + d.tokens, updated_at = :now
+FROM (SELECT json_extract(value, '$[0]') AS key, json_extract(value, '$[1]') AS tat,
+             json_extract(value, '$[2]') AS token_tat, json_extract(value, '$[3]') AS requests,
+             json_extract(value, '$[4]') AS tokens
+      FROM json_each(:rows)) AS d
+WHERE rate_limits.key = d.key;
+
+-- name: rate_limit_states
+SELECT * FROM rate_limits ORDER BY name, key LIMIT :limit;
+
+-- name: running_keys
+-- Concurrency keys with running tasks, busiest first.
+SELECT concurrency_key AS key, count(*) AS n
+FROM background_tasks INDEXED BY ix_background_tasks_running_key
+WHERE status = 'running' AND concurrency_key IS NOT NULL
+GROUP BY concurrency_key ORDER BY n DESC, key LIMIT :limit;
+
+-- name: count_retry_budget
+-- One call to :dependency in the second :second: a first attempt, or (:retry) a retry.
+INSERT INTO retry_budget (dependency, second, calls, retries)
+VALUES (:dependency, :second, 1, CASE WHEN :retry THEN 1 ELSE 0 END)
+ON CONFLICT (dependency, second) DO UPDATE SET calls = calls + 1,
+    retries = retries + excluded.retries;
+
+-- name: retry_budget_window
+SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(retries), 0) AS retries
+FROM retry_budget WHERE dependency = :dependency AND second >= :since;
+
+-- name: delete_retry_budget
+DELETE FROM retry_budget WHERE second < :before;
