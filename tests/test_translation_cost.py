@@ -176,7 +176,8 @@ async def test_usage_totals_over_http_and_in_metrics(
     app = create_app(settings, manager=manager)
     tasks = "/api/v1/background-tasks"
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        job_id = (await client.post(f"{tasks}/translation", json=DOCUMENT_REQUEST)).json()["job_id"]
+        request = {**DOCUMENT_REQUEST, "user": "ann"}
+        job_id = (await client.post(f"{tasks}/translation", json=request)).json()["job_id"]
         await manager.wait(job_id, timeout=10)
         status = (await client.get(f"{tasks}/translation/{job_id}")).json()
         usage = (await client.get(f"{tasks}/translation/usage")).json()
@@ -195,6 +196,10 @@ async def test_usage_totals_over_http_and_in_metrics(
         ("m-initial", *USAGE[0]),
         ("m-revision", *USAGE[2]),
     ]
+    assert [(k["key"], k["steps"], k["prompt_tokens"]) for k in usage["by_key"]] == [
+        ("user:ann", 3, sum(p for p, _ in USAGE))
+    ]
+    assert usage["by_key"][0]["cost"] == pytest.approx(sum(expected))
     assert vpsweb["usage"] == usage
     line = 'vpsweb_tasks_translation_tokens_window{kind="prompt",model="m-editor"} 2100.0'
     assert line in metrics

@@ -22,6 +22,7 @@ from vpsweb_tasks.translation.store import (
     report_step,
     save_result,
     save_step,
+    usage_by_key,
     usage_by_model,
 )
 
@@ -241,6 +242,23 @@ async def test_usage_by_model_sums_the_steps_finished_in_the_window(store: TaskS
         ("b", 1, 200, 20, None),
     ]
     assert await store.run(usage_by_model(since=T0 + 10)) == []
+
+
+async def test_usage_by_key_sums_each_concurrency_keys_jobs(store: TaskStore) -> None:
+    tasks = [
+        new_task(T0, task_type="translation", concurrency_key=key)
+        for key in ("user:a", "user:a", "user:b", None)
+    ]
+    await add_jobs(store, [(task, new_job(task.id)) for task in tasks])
+    spent = [(100, 0.5), (200, 0.25), (7, None), (9, 1.0)]
+    for task, (prompt, cost) in zip(tasks, spent, strict=True):
+        saved = checkpoint("m", prompt, 1, cost, T0 + 1)
+        await store.run(save_step(task.id, "initial_translation", saved, now=T0 + 1))
+    usage = await store.run(usage_by_key(since=T0))
+    assert [(u.key, u.steps, u.prompt_tokens, u.cost) for u in usage] == [
+        ("user:a", 2, 300, 0.75),
+        ("user:b", 1, 7, None),
+    ]
 
 
 async def test_step_reports_are_kept_per_step_the_latest_winning(store: TaskStore) -> None:

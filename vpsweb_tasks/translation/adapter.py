@@ -376,6 +376,7 @@ class VPSWebAdapter:
         window = window_seconds or self.manager.settings.task_monitoring.statistics_window
         since = self.manager.clock() - window
         by_model = await self.manager.store.run(jobs.usage_by_model(since=since))
+        by_key = await self.manager.store.run(jobs.usage_by_key(since=since))
         costs = [each.cost for each in by_model if each.cost is not None]
         return UsageSummary(
             window_seconds=window,
@@ -384,6 +385,7 @@ class VPSWebAdapter:
             completion_tokens=sum(each.completion_tokens for each in by_model),
             cost=sum(costs) if costs else None,
             by_model=by_model,
+            by_key=by_key,
         )
 
     async def health(self) -> ProviderHealth:

@@ -352,6 +352,18 @@ class ModelUsage(BaseModel):
     """Some of the tokens were estimated (the provider reported no usage)."""
 
 
+class KeyUsage(BaseModel):
+    """What one concurrency key's jobs (a request's user: ``user:<user>``) took in a window."""
+
+    key: str
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    """None if none of these steps had a price."""
+    estimated: bool
+
+
 class UsageSummary(BaseModel):
     """Tokens and cost of translation steps over the last ``window_seconds``."""
 
@@ -361,6 +373,8 @@ class UsageSummary(BaseModel):
     completion_tokens: int
     cost: float | None
     by_model: list[ModelUsage]
+    by_key: list[KeyUsage] = Field(default_factory=list)
+    """By the jobs' concurrency key (a request's ``user``); jobs without one left out."""
 
 
 class IntegrationStatus(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..models import TaskRecord, TaskStatus
 from ..storage.logic import matchable
@@ -21,7 +21,7 @@ from ..storage.queries import Component
 from ..storage.rows import dumps, loads, loads_result, task_from_row
 from ..storage.types import NewTask
 from .errors import TranslationJobNotFoundError
-from .models import ModelUsage
+from .models import KeyUsage, ModelUsage
 
 __all__ = [
     "COMPONENT",
@@ -34,6 +34,7 @@ __all__ = [
     "result_step",
     "save_result",
     "save_step",
+    "usage_by_key",
     "usage_by_model",
 ]
 
@@ -223,13 +224,30 @@ def save_result(job_id: str, result: dict[str, Any], *, now: float) -> Op[None]:
 def usage_by_model(*, since: float) -> Op[list[ModelUsage]]:
     """Tokens and cost of the steps that finished since ``since``, by model."""
     return [
-        ModelUsage(
-            model=found["model"],
-            steps=int(found["steps"]),
-            prompt_tokens=int(found["prompt_tokens"] or 0),
-            completion_tokens=int(found["completion_tokens"] or 0),
-            cost=None if not found["priced"] else float(found["cost"]),
-            estimated=bool(found["estimated"]),
-        )
+        _usage(ModelUsage, model=found["model"], found=found)
         for found in (yield rows("translation.usage_by_model", since=since))
     ]
+
+
+@operation(Mode.READ)
+def usage_by_key(*, since: float) -> Op[list[KeyUsage]]:
+    """Tokens and cost of the steps that finished since ``since``, by the jobs'
+    concurrency key (jobs without one left out)."""
+    return [
+        _usage(KeyUsage, key=found["key"], found=found)
+        for found in (yield rows("translation.usage_by_key", since=since))
+    ]
+
+
+U = TypeVar("U", ModelUsage, KeyUsage)
+
+
+def _usage(kind: type[U], *, found: Mapping[str, Any], **name: str) -> U:
+    return kind(
+        **name,
+        steps=int(found["steps"]),
+        prompt_tokens=int(found["prompt_tokens"] or 0),
+        completion_tokens=int(found["completion_tokens"] or 0),
+        cost=None if not found["priced"] else float(found["cost"]),
+        estimated=bool(found["estimated"]),
+    )

@@ -50,3 +50,18 @@ SELECT s.value->>'model' AS model, count(*) AS steps,
 FROM translation_jobs AS j, jsonb_each(j.steps::jsonb) AS s
 WHERE j.updated_at >= %(since)s AND (s.value->>'finished_at')::float8 >= %(since)s
 GROUP BY 1 ORDER BY 1;
+
+-- name: usage_by_key
+-- As usage_by_model, by the jobs' concurrency key (a request's user: user:<user>); jobs
+-- without one are left out.
+SELECT t.concurrency_key AS key, count(*) AS steps,
+    sum((s.value->'tokens'->>'prompt_tokens')::bigint) AS prompt_tokens,
+    sum((s.value->'tokens'->>'completion_tokens')::bigint) AS completion_tokens,
+    sum((s.value->>'cost')::float8) AS cost,
+    count(s.value->>'cost') AS priced,
+    coalesce(bool_or((s.value->'tokens'->>'estimated')::boolean), false) AS estimated
+FROM translation_jobs AS j JOIN background_tasks AS t ON t.id = j.task_id,
+    jsonb_each(j.steps::jsonb) AS s
+WHERE j.updated_at >= %(since)s AND (s.value->>'finished_at')::float8 >= %(since)s
+  AND t.concurrency_key IS NOT NULL
+GROUP BY 1 ORDER BY 1;

@@ -50,3 +50,18 @@ SELECT json_extract(s.value, '$.model') AS model, count(*) AS steps,
 FROM translation_jobs AS j, json_each(j.steps) AS s
 WHERE j.updated_at >= :since AND json_extract(s.value, '$.finished_at') >= :since
 GROUP BY 1 ORDER BY 1;
+
+-- name: usage_by_key
+-- As usage_by_model, by the jobs' concurrency key (a request's user: user:<user>); jobs
+-- without one are left out.
+SELECT t.concurrency_key AS key, count(*) AS steps,
+    sum(json_extract(s.value, '$.tokens.prompt_tokens')) AS prompt_tokens,
+    sum(json_extract(s.value, '$.tokens.completion_tokens')) AS completion_tokens,
+    sum(json_extract(s.value, '$.cost')) AS cost,
+    count(json_extract(s.value, '$.cost')) AS priced,
+    coalesce(max(json_extract(s.value, '$.tokens.estimated')), 0) AS estimated
+FROM translation_jobs AS j JOIN background_tasks AS t ON t.id = j.task_id,
+    json_each(j.steps) AS s
+WHERE j.updated_at >= :since AND json_extract(s.value, '$.finished_at') >= :since
+  AND t.concurrency_key IS NOT NULL
+GROUP BY 1 ORDER BY 1;
