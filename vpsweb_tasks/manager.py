@@ -212,6 +212,22 @@ def _fingerprinted(definition: TaskDefinition) -> dict[str, Any]:
     return dumped
 
 
+def _batch_payloads(
+    definitions: Sequence[TaskDefinition],
+    payloads: Sequence[dict[str, Any]] | None,
+    keyed: str,
+) -> Sequence[dict[str, Any]]:
+    """The payloads of a batch, one a definition (empty by default); ``ValueError`` with
+    ``keyed`` if a definition carries an idempotency key of its own."""
+    if any(d.idempotency_key is not None for d in definitions):
+        raise ValueError(keyed)
+    if payloads is None:
+        return [{} for _ in definitions]
+    if len(payloads) != len(definitions):
+        raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+    return payloads
+
+
 def request_fingerprint(
     tasks: Sequence[NewTask], definitions: Sequence[TaskDefinition], more: Any
 ) -> str:
@@ -748,12 +764,9 @@ class TaskManager:
         when the definitions and payloads do not hold all of it (an extension's linked
         rows): it is part of what a repeat must match."""
         self._require_running()
-        if any(d.idempotency_key is not None for d in definitions):
-            raise ValueError("a batch has one idempotency_key (the argument), not one a task")
-        if payloads is None:
-            payloads = [{} for _ in definitions]
-        elif len(payloads) != len(definitions):
-            raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+        payloads = _batch_payloads(
+            definitions, payloads, "a batch has one idempotency_key (the argument), not one a task"
+        )
         if not definitions:
             return []
         with submitting([definition.task_type for definition in definitions]):
@@ -846,12 +859,9 @@ class TaskManager:
         """Store tasks in one transaction, task ``i`` depending on ``after(i, ids)`` too
         (``ids``: the ids of the tasks before it)."""
         self._require_running()
-        if any(d.idempotency_key is not None for d in definitions):
-            raise ValueError("the tasks of a chain or group cannot carry idempotency keys")
-        if payloads is None:
-            payloads = [{} for _ in definitions]
-        elif len(payloads) != len(definitions):
-            raise ValueError(f"{len(payloads)} payloads for {len(definitions)} definitions")
+        payloads = _batch_payloads(
+            definitions, payloads, "the tasks of a chain or group cannot carry idempotency keys"
+        )
         prepared: list[tuple[NewTask, TaskFunction | None]] = []
         for i, (definition, payload) in enumerate(zip(definitions, payloads, strict=True)):
             ids = [task.id for task, _ in prepared]
