@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from vpsweb_tasks import (
@@ -673,3 +674,40 @@ def test_task_ids_are_uuid7_strings_in_time_order() -> None:
         assert before <= parsed.int >> 80 <= after  # the leading 48 bits: milliseconds
     stamps = [uuid.UUID(task_id).int >> 80 for task_id in ids]
     assert stamps == sorted(stamps)
+
+
+async def test_a_heartbeat_about_an_ended_attempt_does_not_stop_the_next_one(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A heartbeat sent while attempt 1 ran answers after attempt 1 failed and the retry
+    (due at once) was claimed: the answer says attempt 1's lease is gone, which must not
+    stop attempt 2 (found in CI: the retry then sat `running` until its lease expired)."""
+    settings = settings_factory(background_tasks={"retry_delay": 0})
+    sent_first, second_started, answered = anyio.Event(), anyio.Event(), anyio.Event()
+    async with TaskManager(settings) as manager:
+        heartbeat = manager.store.heartbeat
+
+        async def slow_heartbeat(**kwargs: Any) -> Any:
+            if any(token.fence == 1 for token in kwargs["running"]):
+                sent_first.set()
+                await second_started.wait()  # answered only once attempt 2 runs
+                result = await heartbeat(**kwargs)
+                answered.set()
+                return result
+            return await heartbeat(**kwargs)
+
+        manager.store.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+
+        @manager.task("flaky")
+        async def flaky(context: TaskContext) -> str:
+            if context.attempt == 1:
+                await sent_first.wait()
+                raise ConnectionError("first attempt fails; the retry is due at once")
+            second_started.set()
+            await answered.wait()
+            await anyio.lowlevel.checkpoint()  # a stop would land here
+            return "second"
+
+        context = await manager.submit(TaskDefinition(name="f", task_type="flaky"))
+        record = await context.wait(timeout=10)
+    assert (record.status, record.result, record.attempts) == (TaskStatus.COMPLETED, "second", 2)

@@ -571,19 +571,24 @@ class TaskQueue:
                 await self._busy.wait()
         if self.running:
             await anyio.sleep(self._heartbeat_interval)
+        sent = {running.token.task_id: running for running in self.running.values()}
         result = await self.store.heartbeat(
             worker=self.worker,
             now=self._now(),
             lease_seconds=self.config.lease_seconds,
-            running=[running.token for running in self.running.values()],
+            running=[running.token for running in sent.values()],
         )
+        # The answer is about the attempts sent: while it was on its way, one of them may
+        # have ended and the same task been claimed again (a retry due at once). That newer
+        # attempt holds its lease: it must not be stopped for the old one's.
         for task_id in result.lost:
             running = self.running.get(task_id)
-            if running is not None:
+            if running is not None and running is sent.get(task_id):
                 task_logger(task_id).warning("lease lost; stopping this attempt without a write")
                 running.stop("lost")
         for task_id in result.cancel_requested:
-            self.cancel_running(task_id)
+            if self.running.get(task_id) is sent.get(task_id):
+                self.cancel_running(task_id)
 
     async def _reap_loop(self) -> None:
         await anyio.sleep(min(self.config.lease_seconds / 2, 10.0))
