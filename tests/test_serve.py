@@ -13,14 +13,23 @@ import httpx
 import pytest
 
 
-def started(server: subprocess.Popen[str]) -> None:
-    """Returns once uvicorn says the app started; fails with what it said if it exits."""
+def launch(args: list[str], cwd: Path, pythonpath: str | None = None) -> subprocess.Popen[str]:
+    """``python ARGS`` in ``cwd`` with none of our environment variables (``pythonpath``
+    put first on the path), once uvicorn says the app started; fails with what it said if
+    it exits first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+    server = subprocess.Popen(
+        [sys.executable, *args], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+    )
     assert server.stderr is not None
     said = []
     for line in server.stderr:
         said.append(line)
         if "Application startup complete" in line:
-            return
+            return server
+    server.wait()
     pytest.fail("the server exited before it started:\n" + "".join(said))
 
 
@@ -56,17 +65,8 @@ def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) ->
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(BLOCK_IMPORTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
-    env["PYTHONPATH"] = str(hook)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vpsweb_tasks.cli", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = launch(["-m", "vpsweb_tasks.cli", "serve", "--port", str(port)], tmp_path, str(hook))
     try:
-        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             submitted = client.post(
                 "/api/v1/background-tasks/submit",
@@ -101,26 +101,9 @@ def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -
     routes answer next to the core's and translation's, over real HTTP."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(examples), env.get("PYTHONPATH")]))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vpsweb_tasks.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--extension",
-            "wordcount:WordCount",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    serve = ["-m", "vpsweb_tasks.cli", "serve", "--port", str(port)]
+    server = launch([*serve, "--extension", "wordcount:WordCount"], tmp_path, str(examples))
     try:
-        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             accepted = client.post("/api/v1/wordcount", json={"text": "four words in here"})
             assert accepted.status_code == 202, accepted.text
@@ -152,16 +135,8 @@ def test_the_readmes_fastapi_snippet_runs_as_pasted(tmp_path: Path) -> None:
     """Pasted into a file in an empty folder (no config.yaml) and served by uvicorn."""
     (tmp_path / "myapp.py").write_text(readme_python_block("Mount it into an existing FastAPI"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "myapp:app", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = launch(["-m", "uvicorn", "myapp:app", "--port", str(port)], tmp_path)
     try:
-        started(server)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             accepted = client.post(
                 "/api/v1/background-tasks/submit",

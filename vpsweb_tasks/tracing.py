@@ -103,9 +103,8 @@ class _Otel:
 
     def tracer(self) -> Tracer | None:
         """The tracer of the provider the application installed; None while none is."""
-        # get_tracer_provider() looks up $OTEL_PYTHON_TRACER_PROVIDER in os.environ on
-        # every call while no provider is set (~2 us, twice a task): read the API's global
-        # first, and ask the function only when there is one or the variable is set.
+        # get_tracer_provider() reads os.environ on every call while no provider is set
+        # (a hot path: see benchmarks/README.md): read the API's global first.
         found = getattr(self.trace, "_TRACER_PROVIDER", self)
         if found is None and not self._from_environment:
             return None

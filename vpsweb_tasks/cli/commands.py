@@ -132,6 +132,20 @@ def _seconds(text: str) -> float:
 # --- tasks ------------------------------------------------------------------------------------
 
 
+def _answer(
+    args: argparse.Namespace, out: Console, document: Any, text: str | Callable[[], None]
+) -> int:
+    """The command's answer: ``document`` as JSON with ``--json``, else ``text`` (a line, or
+    a function that prints the human form)."""
+    if args.json:
+        print_json(document)
+    elif callable(text):
+        text()
+    else:
+        out.print(text)
+    return Exit.OK
+
+
 async def _tasks_list(backend: Backend, args: argparse.Namespace, out: Console) -> int:
     views = await backend.list_tasks(parse_statuses(args.status), args.type, args.limit)
     if args.json:
@@ -146,11 +160,7 @@ async def _tasks_list(backend: Backend, args: argparse.Namespace, out: Console) 
 async def _tasks_show(backend: Backend, args: argparse.Namespace, out: Console) -> int:
     (task_id,) = _ids([args.task_id])
     view = await backend.show(task_id)
-    if args.json:
-        print_json(view)
-    else:
-        show_task(out, view)
-    return Exit.OK
+    return _answer(args, out, view, lambda: show_task(out, view))
 
 
 async def _tasks_cancel(backend: Backend, args: argparse.Namespace, out: Console) -> int:
@@ -171,11 +181,7 @@ async def _tasks_cancel(backend: Backend, args: argparse.Namespace, out: Console
 async def _tasks_retry(backend: Backend, args: argparse.Namespace, out: Console) -> int:
     (task_id,) = _ids([args.task_id])
     view = await backend.requeue(task_id)
-    if args.json:
-        print_json(view)
-    else:
-        out.print(f"requeued {task_id} ({view['status']})")
-    return Exit.OK
+    return _answer(args, out, view, f"requeued {task_id} ({view['status']})")
 
 
 # --- dead letters -----------------------------------------------------------------------------
@@ -207,11 +213,8 @@ async def _dead_letters_requeue(backend: Backend, args: argparse.Namespace, out:
         document = {"requeued": len(views), "tasks": views}
     else:
         document = {"requeued": await backend.requeue_all(args.category, args.type)}
-    if args.json:
-        print_json(document)
-    else:
-        out.print(f"requeued {document['requeued']} task{_s(document['requeued'])}")
-    return Exit.OK
+    requeued = document["requeued"]
+    return _answer(args, out, document, f"requeued {requeued} task{_s(requeued)}")
 
 
 # --- submit -----------------------------------------------------------------------------------
@@ -257,20 +260,12 @@ def _queue_line(view: View) -> str:
 
 async def _queue_pause(backend: Backend, args: argparse.Namespace, out: Console) -> int:
     view = await backend.pause(args.reason)
-    if args.json:
-        print_json(view)
-    else:
-        out.print(_queue_line(view))
-    return Exit.OK
+    return _answer(args, out, view, _queue_line(view))
 
 
 async def _queue_resume(backend: Backend, args: argparse.Namespace, out: Console) -> int:
     view = await backend.resume()
-    if args.json:
-        print_json(view)
-    else:
-        out.print(_queue_line(view))
-    return Exit.OK
+    return _answer(args, out, view, _queue_line(view))
 
 
 async def _queue_clear(backend: Backend, args: argparse.Namespace, out: Console) -> int:
@@ -279,11 +274,8 @@ async def _queue_clear(backend: Backend, args: argparse.Namespace, out: Console)
         if not await anyio.to_thread.run_sync(Confirm.ask, question):
             return Exit.OK
     cancelled = await backend.clear()
-    if args.json:
-        print_json({"cancelled": cancelled})
-    else:
-        out.print(f"cancelled {cancelled} waiting task{_s(cancelled)}")
-    return Exit.OK
+    document = {"cancelled": cancelled}
+    return _answer(args, out, document, f"cancelled {cancelled} waiting task{_s(cancelled)}")
 
 
 # --- watch ------------------------------------------------------------------------------------

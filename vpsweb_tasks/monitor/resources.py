@@ -46,8 +46,8 @@ class PsutilSampler:
         self._disk = 0.0
 
     def _cpu_reading(self) -> tuple[float, float]:
-        # The first reading is a measurement (never a placeholder 0%), however short its
-        # span; later ones reuse the last until min_cpu_span has passed.
+        # The first call measures, however short its span (a made-up 0% would be reported
+        # as real); later ones reuse the last reading until min_cpu_span has passed.
         if self._cpu is None or time.monotonic() - self._cpu_at >= self.min_cpu_span:
             self._cpu = (float(psutil.cpu_percent(None)), float(self._process.cpu_percent(None)))
             self._cpu_at = time.monotonic()
