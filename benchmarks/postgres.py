@@ -245,8 +245,11 @@ async def ours_postgres_split(ctx: Context, synchronous_commit: str, processes: 
                 cpu = time.process_time() + sum(map(_cpu, children))
                 start = time.perf_counter()
                 await submit_all(manager, definition, ctx.n)
-                while (await manager.store.count_tasks())[TaskStatus.COMPLETED] <= ctx.n:
-                    await anyio.sleep(0.005)  # other processes do the work: no event here
+                # Other processes do the work: there is no event here to wait on.
+                while True:
+                    if (await manager.store.count_tasks())[TaskStatus.COMPLETED] > ctx.n:
+                        break
+                    await anyio.sleep(0.005)
                 elapsed = time.perf_counter() - start
                 cpu = time.process_time() + sum(map(_cpu, children)) - cpu
                 backend = await anyio.to_thread.run_sync(server.stop)
@@ -323,7 +326,7 @@ def main() -> None:
                 )
             loads.append(os.getloadavg()[0])
 
-    sqlite = statistics.median(r.rate for r in results.get("sqlite", [])) if "sqlite" in results else None
+    sqlite = statistics.median(r.rate for r in results["sqlite"]) if "sqlite" in results else None
     print(
         f"\n{args.tasks} no-op tasks, {SUBMITTERS} submitters, max_concurrent_jobs="
         f"{args.concurrency}, {args.rounds} interleaved rounds, {os.cpu_count()} CPUs,"
