@@ -235,39 +235,28 @@ WITH current AS (
 SELECT task.*, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = %(id)s) AS dependents
 FROM task;
 
--- name: completions_held
--- Of the completions in %(rows)s (a JSON array of [id, worker, fence, result, now]), the
--- ones whose attempt is still held, locked until the transaction ends (in id order, as
--- every batch locks them): a JSON array of [place in %(rows)s, message, has dependents].
-WITH d AS (
-    SELECT (e.n - 1)::int AS n, e.r->>0 AS id, e.r->>1 AS worker, (e.r->>2)::int AS fence
-    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
-held AS (
-    SELECT d.n, t.id, t.message FROM d JOIN background_tasks AS t ON t.id = d.id
-    WHERE t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence
-    ORDER BY t.id
-    FOR UPDATE OF t)
-SELECT coalesce(jsonb_agg(jsonb_build_array(n, message,
-    EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = held.id))), '[]')::text
-FROM held;
-
 -- name: complete_many
--- What finish writes for a completion, for every row of %(rows)s (held attempts, locked
--- by completions_held), in one statement for the lot.
+-- What finish writes for a completion, for every row of %(rows)s (a JSON array of [id,
+-- worker, fence, result, now]) whose attempt is still held, in one statement for the lot;
+-- a row back for each: its id, message, and whether it has dependents.
 WITH d AS (
-    SELECT e.r->>0 AS id, (e.r->>2)::int AS fence, e.r->>3 AS result, (e.r->>4)::float8 AS now
+    SELECT e.r->>0 AS id, e.r->>1 AS worker, (e.r->>2)::int AS fence, e.r->>3 AS result,
+        (e.r->>4)::float8 AS now
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r)),
 task AS (
     UPDATE background_tasks AS t SET status = 'completed', result = d.result, progress = 1.0,
         finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
         lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE,
         updated_at = d.now
-    FROM d WHERE t.id = d.id
-    RETURNING t.id, t.task_type, t.attempts, t.run_at, t.started_at, d.now),
+    FROM d
+    WHERE t.id = d.id AND t.status = 'running' AND t.lease_owner = d.worker
+      AND t.fence = d.fence
+    RETURNING t.id, t.message, t.task_type, t.attempts, t.run_at, t.started_at, d.fence,
+        d.now),
 execution AS (
-    UPDATE task_executions AS x SET finished_at = d.now, outcome = 'completed',
+    UPDATE task_executions AS x SET finished_at = task.now, outcome = 'completed',
         error_category = NULL, error_type = NULL, error_message = NULL, traceback = NULL
-    FROM d WHERE x.task_id = d.id AND x.fence = d.fence),
+    FROM task WHERE x.task_id = task.id AND x.fence = task.fence),
 metric AS (
     INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
         queue_wait_seconds, duration_seconds, recorded_at)
@@ -275,7 +264,9 @@ metric AS (
         CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
         CASE WHEN started_at IS NOT NULL THEN greatest(0, now - started_at) END, now
     FROM task WHERE %(metrics)s)
-SELECT count(*) FROM task;
+SELECT id, message, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = task.id)
+    AS dependents
+FROM task;
 
 -- Dependencies -----------------------------------------------------------------------------
 
