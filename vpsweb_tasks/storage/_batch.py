@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["Combiner", "Refused"]
 
@@ -37,12 +38,13 @@ class Refused:
 
 
 class _Call(Generic[I]):
-    __slots__ = ("done", "error", "item", "lead", "result")
+    __slots__ = ("answered", "error", "item", "lead", "result", "woken")
 
     def __init__(self, item: I) -> None:
         self.item = item
-        self.done = anyio.Event()
-        self.lead = False  # woken to run the next batch rather than with a result
+        self.woken: anyio.Event | None = None  # made only if the call has to wait
+        self.answered = False
+        self.lead = False  # woken to run the next batch rather than with an answer
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -57,13 +59,15 @@ class Combiner(Generic[I, R]):
         self._max_batch = max_batch
         self._waiting: list[_Call[I]] = []
         self._busy = False
+        self._new_event: Callable[[], anyio.Event] | None = None
 
     async def __call__(self, item: I) -> R:
         call: _Call[I] = _Call(item)
         self._waiting.append(call)
         if self._busy:
+            call.woken = self._event()
             try:
-                await call.done.wait()
+                await call.woken.wait()
             except BaseException:
                 # Cancelled before its batch began: its item is not written.
                 if call in self._waiting:
@@ -73,15 +77,20 @@ class Combiner(Generic[I, R]):
                 raise
             if not call.lead:
                 return self._answer(call)
-            call.done = anyio.Event()
         self._busy = True
         try:
             with anyio.CancelScope(shield=True):
-                while not call.done.is_set():  # batches until our own item's is written
+                while not call.answered:  # the batch that holds our own item
                     await self._run_next()
         finally:
             self._pass_on()
         return self._answer(call)
+
+    def _event(self) -> anyio.Event:
+        # The loop's backend makes it directly: anyio.Event() looks the backend up each time.
+        if self._new_event is None:
+            self._new_event = anyio.lowlevel.current_token().backend_class.create_event
+        return self._new_event()
 
     @staticmethod
     def _answer(call: _Call[I]) -> R:
@@ -95,15 +104,14 @@ class Combiner(Generic[I, R]):
         if self._waiting:
             first = self._waiting[0]
             first.lead = True
-            first.done.set()
+            assert first.woken is not None
+            first.woken.set()
         else:
             self._busy = False
 
     async def _run_next(self) -> None:
         batch = self._waiting[: self._max_batch]
         del self._waiting[: self._max_batch]
-        for call in batch:
-            call.lead = False
         try:
             results = await self._run_batch([call.item for call in batch])
         except Exception as exc:
@@ -116,7 +124,10 @@ class Combiner(Generic[I, R]):
                 call.error = result.error
             else:
                 call.result = result
-            call.done.set()
+            call.answered = True
+            call.lead = False
+            if call.woken is not None:
+                call.woken.set()
 
     async def _alone(self, item: I) -> R | Refused:
         try:
