@@ -209,8 +209,9 @@ RETURNING progress, message,
 -- What finish writes for a completion, for every row of :rows (a JSON array of [id, worker,
 -- fence, result, now]) whose attempt is still held, in three statements for the lot (the
 -- task rows last: the others find the attempts held by them); a row back for each: its
--- id, message, and whether it has dependents. CROSS JOIN keeps :rows the outer loop (else
--- SQLite may walk every running task).
+-- id, message, and whether it has dependents. CROSS JOIN (and the unary + that keeps the
+-- status index out of the last one) keeps :rows the outer loop: else SQLite walks every
+-- running task.
 INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
     queue_wait_seconds, duration_seconds, recorded_at)
 SELECT t.id, t.task_type, t.attempts, 'completed', NULL, max(0.0, t.started_at - t.run_at),
@@ -234,7 +235,7 @@ UPDATE background_tasks SET status = 'completed', result = d.result, progress = 
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
           json_extract(value, '$[2]') AS fence, json_extract(value, '$[3]') AS result,
           json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
-WHERE background_tasks.id = d.id AND background_tasks.status = 'running'
+WHERE background_tasks.id = d.id AND +background_tasks.status = 'running'
   AND background_tasks.lease_owner = d.worker AND background_tasks.fence = d.fence
 RETURNING id, message,
     EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = background_tasks.id)
