@@ -4,8 +4,11 @@ psycopg 3 (async) with a small connection pool (psycopg-pool): operations run in
 parallel, and a long one (a backup, a VACUUM) never holds up the heartbeats that keep
 leases alive. An operation runs on one pooled connection: in one transaction when its
 mode asks for one, else each step in autocommit (the hot steps are single statements,
-so a claim, a submit or a finish is one round trip). Claims pick their rows ``FOR UPDATE
-SKIP LOCKED``: concurrent workers never wait for each other and never claim a task twice.
+so a claim, a submit or a finish is one round trip). Concurrent plain submits, and
+concurrent completions, go in batches (:mod:`._batch`): one statement and one commit for
+all that arrived during the previous batch's round trip. Claims pick their rows ``FOR
+UPDATE SKIP LOCKED``: concurrent workers never wait for each other and never claim a task
+twice.
 
 Notifications: writes that other workers must hear of (a submit, a cancel request of a
 running task, a requeue, a breaker change) send a ``NOTIFY`` from their own statement,
