@@ -7,7 +7,9 @@ The rest of the contract is checked on both backends by test_storage_conformance
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psycopg
@@ -15,6 +17,7 @@ import pytest
 
 from vpsweb_tasks.models import TaskStatus
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
+from vpsweb_tasks.storage.ops import Operation
 from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
@@ -142,3 +145,30 @@ async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
         assert [
             t.id for t in await copy.list_tasks(statuses=[TaskStatus.PENDING], order="dispatch")
         ] == [t.id for t in waiting]
+
+
+async def test_concurrent_submits_and_completions_are_written_in_batches(
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of many concurrent calls goes alone; the others, gathered while it was
+    on its way, follow as one operation: two round trips for twenty calls, not twenty."""
+    run = store.run
+    operations: list[str] = []
+
+    async def counted(operation: Operation[Any]) -> Any:
+        operations.append(operation.fn.__name__)
+        return await run(operation)
+
+    monkeypatch.setattr(store, "run", counted)
+    tasks = [new_task(T0) for _ in range(20)]
+    async with anyio.create_task_group() as tg:
+        for task in tasks:
+            tg.start_soon(store.add_task, task)
+    assert operations == ["add_tasks", "add_tasks"]
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=20)
+    operations.clear()
+    async with anyio.create_task_group() as tg:
+        for claim in claims:
+            tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
+    assert operations == ["finish", "complete_many"]
+    assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20

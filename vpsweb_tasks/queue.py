@@ -125,6 +125,9 @@ class RunningTask:
     """The task as its outcome left it, once written."""
     done: anyio.Event = field(default_factory=anyio.Event)
     """Set once the attempt is over (its outcome written, or not: a lost lease)."""
+    writing: bool = False
+    """Its outcome is on its way to storage: a heartbeat that finds the lease gone meanwhile
+    saw that write, not a lost lease."""
 
     @property
     def token(self) -> LeaseToken:
@@ -583,7 +586,7 @@ class TaskQueue:
         # attempt holds its lease: it must not be stopped for the old one's.
         for task_id in result.lost:
             running = self.running.get(task_id)
-            if running is not None and running is sent.get(task_id):
+            if running is not None and running is sent.get(task_id) and not running.writing:
                 task_logger(task_id).warning("lease lost; stopping this attempt without a write")
                 running.stop("lost")
         for task_id in result.cancel_requested:
@@ -894,6 +897,7 @@ class TaskQueue:
         try:
             await self.flush_progress(task.id)
             if outcome is not None:
+                running.writing = True
                 record = await self.store.finish(
                     running.claim,
                     outcome,

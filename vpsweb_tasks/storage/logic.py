@@ -908,41 +908,35 @@ def finish(
     raise lease_lost(token)
 
 
-@operation(Mode.WRITE)
+@operation(Mode.STATEMENTS)
 def complete_many(
     items: Sequence[tuple[Claim, Completed, float]], *, metrics: bool = True
 ) -> Op[list[TaskRecord | LeaseLostError]]:
-    """Completions that arrived together, in four statements for the lot (a backend that
-    combines concurrent calls uses it): each answered as :func:`finish` would answer it
-    alone, a second finish of one attempt with LeaseLostError."""
-    encoded = [
-        (claimed.token.task_id, claimed.token.worker_id, claimed.token.fence, done.json, now)
-        for claimed, done, now in items
-    ]
-    held_json = yield value("completions_held", rows=dumps(encoded))
-    held = loads(held_json) if held_json else []
-    messages: dict[int, str | None] = {place: message for place, message, _ in held}
-    with_dependents = {place for place, _, dependents in held if dependents}
-    settle: list[str] = []
-    results: list[TaskRecord | LeaseLostError] = []
-    kept: list[tuple[Any, ...]] = []
-    finishing: set[str] = set()
+    """Completions that arrived together, in one step for the lot (a backend that combines
+    concurrent calls uses it): each answered as :func:`finish` would answer it alone, a
+    second finish of one attempt with LeaseLostError. The step writes the attempts still
+    held and returns them; it is atomic on its own (one statement on PostgreSQL)."""
+    encoded: list[tuple[Any, ...]] = []
+    places: dict[str, int] = {}
     for place, (claimed, done, now) in enumerate(items):
-        task_id = claimed.token.task_id
-        if place not in messages or task_id in finishing:
+        token = claimed.token
+        if token.task_id not in places:  # a second finish of one task in the lot is lost
+            places[token.task_id] = place
+            encoded.append((token.task_id, token.worker_id, token.fence, done.json, now))
+    ended = yield rows("complete_many", rows=dumps(encoded), metrics=metrics)
+    held = {found["id"]: found for found in ended}
+    settle = [task_id for task_id, found in held.items() if found["dependents"]]
+    results: list[TaskRecord | LeaseLostError] = []
+    for place, (claimed, done, now) in enumerate(items):
+        found = held.get(claimed.token.task_id)
+        if found is None or places[claimed.token.task_id] != place:
             results.append(lease_lost(claimed.token))
             continue
-        finishing.add(task_id)
-        kept.append(encoded[place])
-        if place in with_dependents:
-            settle.append(task_id)
         results.append(
             finished_record(
-                claimed.task, outcome_params(done), progress=1.0, message=messages[place], now=now
+                claimed.task, outcome_params(done), progress=1.0, message=found["message"], now=now
             )
         )
-    if kept:
-        yield count("complete_many", rows=dumps(kept), metrics=metrics)
     if settle:
         yield from settle_dependents(of=settle, now=max(now for _, _, now in items))
     return results

@@ -4,8 +4,11 @@ psycopg 3 (async) with a small connection pool (psycopg-pool): operations run in
 parallel, and a long one (a backup, a VACUUM) never holds up the heartbeats that keep
 leases alive. An operation runs on one pooled connection: in one transaction when its
 mode asks for one, else each step in autocommit (the hot steps are single statements,
-so a claim, a submit or a finish is one round trip). Claims pick their rows ``FOR UPDATE
-SKIP LOCKED``: concurrent workers never wait for each other and never claim a task twice.
+so a claim, a submit or a finish is one round trip). Concurrent plain submits, and
+concurrent completions, go in batches (:mod:`._batch`): one statement and one commit for
+all that arrived during the previous batch's round trip. Claims pick their rows ``FOR
+UPDATE SKIP LOCKED``: concurrent workers never wait for each other and never claim a task
+twice.
 
 Notifications: writes that other workers must hear of (a submit, a cancel request of a
 running task, a requeue, a breaker change) send a ``NOTIFY`` from their own statement,
@@ -23,7 +26,7 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -35,19 +38,23 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import ConfigError, StorageFault, StorageUnavailableError
+from ..errors import ConfigError, LeaseLostError, StorageFault, StorageUnavailableError
+from ..models import TaskRecord
 from . import logic
 from . import sqlite as sqlite_backend
-from .base import DuplicateKeyError, TaskStore
+from ._batch import Combiner, Refused
+from .base import Announce, DuplicateKeyError, TaskStore
 from .ops import Mode, Operation, Step, count, drive_async, script
 from .queries import Queries
-from .types import Notice
+from .types import Claim, Completed, NewTask, Notice, Outcome
 
 __all__ = ["PostgresTaskStore", "postgres_fault", "safe_dsn"]
 
 logger = logging.getLogger("vpsweb_tasks.storage.postgres")
 
 T = TypeVar("T")
+#: Most submits or completions written in one batch: bounds a statement's size.
+MAX_BATCH = 256
 Connection = psycopg.AsyncConnection[DictRow]
 
 #: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
@@ -154,6 +161,8 @@ class PostgresTaskStore(TaskStore):
         schemas of the same database do not wake each other."""
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._queries: dict[str, _Query] = {}
+        self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
+        self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
 
     def __repr__(self) -> str:
         where = psycopg.conninfo.conninfo_to_dict(self.dsn)
@@ -288,6 +297,76 @@ class PostgresTaskStore(TaskStore):
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     return await drive_async(operation.steps(), execute)
             return await drive_async(operation.steps(), execute)
+
+    # --- combined writes (a capability of this backend) ----------------------------------
+
+    async def add_tasks(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_queue_size: int | None = None,
+        linked: Sequence[Step] = (),
+        announce: Announce | None = None,
+        fair_share: float | None = None,
+    ) -> None:
+        keyed = fair_share is not None and tasks and tasks[0].concurrency_key is not None
+        if linked or len(tasks) != 1 or tasks[0].depends_on or keyed:
+            await super().add_tasks(
+                tasks,
+                max_queue_size=max_queue_size,
+                linked=linked,
+                announce=announce,
+                fair_share=fair_share,
+            )
+            return
+        # A plain submit joins the others that arrived during the previous one's round
+        # trip in one INSERT: one commit (and one NOTIFY) for many.
+        await self._submits((tasks[0], max_queue_size))
+        if announce is not None:
+            announce()
+
+    async def _add_together(self, items: list[tuple[NewTask, int | None]]) -> list[Refused | None]:
+        """Submits gathered in one batch: the tasks are let in, in order, while there is
+        room; a duplicate id fails the batch, which the combiner then runs one at a time."""
+        if len(items) == 1:
+            ((task, limit),) = items
+            try:
+                (result,) = await self.run(logic.add_tasks([task], limit=limit))
+            except DuplicateKeyError as exc:
+                raise DuplicateKeyError(f"task {task.id} already exists") from exc
+            return [None if result is None else Refused(result)]
+        limits = {limit for _, limit in items}
+        if len(limits) == 1:
+            (limit,) = limits
+            results = await self.run(logic.add_tasks([task for task, _ in items], limit=limit))
+        else:  # different limits (managers of several configs on one store): in turn
+            results = [
+                (await self.run(logic.add_tasks([task], limit=limit)))[0] for task, limit in items
+            ]
+        return [None if r is None else Refused(r) for r in results]
+
+    async def finish(
+        self, claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
+    ) -> TaskRecord:
+        if linked or not isinstance(outcome, Completed):
+            return await super().finish(claimed, outcome, now=now, linked=linked)
+        # Completions that arrive during the previous batch's round trips are written
+        # together: one transaction for many.
+        return await self._completions((claimed, outcome, now))
+
+    async def _complete_together(
+        self, items: list[tuple[Claim, Completed, float]]
+    ) -> list[TaskRecord | Refused]:
+        if len(items) == 1:
+            ((claimed, outcome, now),) = items
+            try:
+                finish = logic.finish(claimed, outcome, now=now, metrics=self.task_metrics)
+                record: TaskRecord = await self.run(finish)
+            except LeaseLostError as exc:
+                return [Refused(exc)]
+            return [record]
+        results = await self.run(logic.complete_many(items, metrics=self.task_metrics))
+        return [Refused(r) if isinstance(r, LeaseLostError) else r for r in results]
 
     # --- notifications -----------------------------------------------------------------
 

@@ -69,7 +69,7 @@ SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
 -- max_lost_attempts, idempotency_key, request_fingerprint, trace_context, queue,
 -- dispatch_at, depends_on, on_dependency_failure, rate_keys, concurrency_key], in that order. With %(limit)s,
 -- %(together)s stores all of them only if all fit; otherwise the first ones that fit. With
--- their notices. Its row count: how many (the first ones) were stored.
+-- one notice. Its row count: how many (the first ones) were stored.
 WITH new AS (
     SELECT r, n - 1 AS n FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)),
 waiting AS (
@@ -89,8 +89,10 @@ added AS (
        OR (%(together)s AND waiting.n + %(count)s <= %(limit)s)
        OR (NOT %(together)s AND new.n < %(limit)s - waiting.n)
     ORDER BY new.n
-    RETURNING id)
-SELECT id, pg_notify(%(channel)s, 'task_added ' || id) FROM added;
+    RETURNING id),
+notice AS (  -- one for the batch: a worker claims whatever it finds when woken
+    SELECT pg_notify(%(channel)s, 'task_added ' || min(id)) FROM added HAVING count(*) > 0)
+SELECT id FROM added, notice;
 
 -- name: next_run_at
 -- The earliest run time to come of a waiting task, but for tasks waiting on dependencies
@@ -231,6 +233,39 @@ WITH current AS (
     FROM current WHERE %(metrics)s
 )
 SELECT task.*, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = %(id)s) AS dependents
+FROM task;
+
+-- name: complete_many
+-- What finish writes for a completion, for every row of %(rows)s (a JSON array of [id,
+-- worker, fence, result, now]) whose attempt is still held, in one statement for the lot;
+-- a row back for each: its id, message, and whether it has dependents.
+WITH d AS (
+    SELECT e.r->>0 AS id, e.r->>1 AS worker, (e.r->>2)::int AS fence, e.r->>3 AS result,
+        (e.r->>4)::float8 AS now
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r)),
+task AS (
+    UPDATE background_tasks AS t SET status = 'completed', result = d.result, progress = 1.0,
+        finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE,
+        updated_at = d.now
+    FROM d
+    WHERE t.id = d.id AND t.status = 'running' AND t.lease_owner = d.worker
+      AND t.fence = d.fence
+    RETURNING t.id, t.message, t.task_type, t.attempts, t.run_at, t.started_at, d.fence,
+        d.now),
+execution AS (
+    UPDATE task_executions AS x SET finished_at = task.now, outcome = 'completed',
+        error_category = NULL, error_type = NULL, error_message = NULL, traceback = NULL
+    FROM task WHERE x.task_id = task.id AND x.fence = task.fence),
+metric AS (
+    INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
+        queue_wait_seconds, duration_seconds, recorded_at)
+    SELECT id, task_type, attempts, 'completed', NULL,
+        CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
+        CASE WHEN started_at IS NOT NULL THEN greatest(0, now - started_at) END, now
+    FROM task WHERE %(metrics)s)
+SELECT id, message, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = task.id)
+    AS dependents
 FROM task;
 
 -- Dependencies -----------------------------------------------------------------------------

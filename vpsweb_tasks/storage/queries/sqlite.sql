@@ -205,39 +205,41 @@ WHERE id = :id AND status = 'running' AND lease_owner = :worker AND fence = :fen
 RETURNING progress, message,
     EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = :id) AS dependents;
 
--- name: completions_held
--- Of the completions in :rows (a JSON array of [id, worker, fence, result, now]), the
--- ones whose attempt is still held: [place in :rows, message, has dependents] triples.
--- CROSS JOIN keeps those few rows the outer loop (else SQLite may walk every running task).
-SELECT json_group_array(json_array(d.n, t.message,
-    EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = t.id)))
-FROM (SELECT key AS n, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
-          json_extract(value, '$[2]') AS fence FROM json_each(:rows)) AS d
-CROSS JOIN background_tasks AS t ON t.id = d.id
-WHERE t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
-
 -- name: complete_many
--- What finish writes for a completion, for every row of :rows (held attempts only), in
--- three statements for the lot.
+-- What finish writes for a completion, for every row of :rows (a JSON array of [id, worker,
+-- fence, result, now]) whose attempt is still held, in three statements for the lot (the
+-- task rows last: the others find the attempts held by them); a row back for each: its
+-- id, message, and whether it has dependents. CROSS JOIN (and the unary + that keeps the
+-- status index out of the last one) keeps :rows the outer loop: else SQLite walks every
+-- running task.
 INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
     queue_wait_seconds, duration_seconds, recorded_at)
 SELECT t.id, t.task_type, t.attempts, 'completed', NULL, max(0.0, t.started_at - t.run_at),
     max(0.0, d.now - t.started_at), d.now
-FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[4]') AS now
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
+          json_extract(value, '$[2]') AS fence, json_extract(value, '$[4]') AS now
       FROM json_each(:rows)) AS d
 CROSS JOIN background_tasks AS t ON t.id = d.id
-WHERE :metrics;
+WHERE :metrics AND t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
+UPDATE task_executions SET finished_at = d.now, outcome = 'completed', error_category = NULL,
+    error_type = NULL, error_message = NULL, traceback = NULL
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
+          json_extract(value, '$[2]') AS fence, json_extract(value, '$[4]') AS now
+      FROM json_each(:rows)) AS d
+CROSS JOIN background_tasks AS t ON t.id = d.id
+WHERE task_executions.task_id = d.id AND task_executions.fence = d.fence
+  AND t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
 UPDATE background_tasks SET status = 'completed', result = d.result, progress = 1.0,
     finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = d.now
-FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[3]') AS result,
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
+          json_extract(value, '$[2]') AS fence, json_extract(value, '$[3]') AS result,
           json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
-WHERE background_tasks.id = d.id;
-UPDATE task_executions SET finished_at = d.now, outcome = 'completed', error_category = NULL,
-    error_type = NULL, error_message = NULL, traceback = NULL
-FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[2]') AS fence,
-          json_extract(value, '$[4]') AS now FROM json_each(:rows)) AS d
-WHERE task_executions.task_id = d.id AND task_executions.fence = d.fence;
+WHERE background_tasks.id = d.id AND +background_tasks.status = 'running'
+  AND background_tasks.lease_owner = d.worker AND background_tasks.fence = d.fence
+RETURNING id, message,
+    EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = background_tasks.id)
+        AS dependents;
 
 -- Dependencies -----------------------------------------------------------------------------
 
