@@ -16,6 +16,13 @@ API-key guard), each
 and ``TaskManager.submit`` called directly (the library's share of a submit).
 ``--api-key`` turns the API key on (it is sent). To compare with another checkout, run
 this script with ``PYTHONPATH=<that checkout>``.
+
+Beside our submit route it measures, the same two ways, the baseline of issue 22: a bare
+FastAPI app (:func:`baseline_app`: no middleware, no body limit, no guard, no route class)
+with one ``POST`` route that validates the same body (our own ``SubmitTaskRequest``: the
+same fields, constraints and validators, not a copy that could drift), submits it to the
+same manager and answers 202 with the task id; with ``--api-key`` it checks the header in
+a plain dependency. It prints our submit's CPU over the baseline's.
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config
 from vpsweb_tasks_http import create_app
+from vpsweb_tasks_http.schemas import SubmitTaskRequest
 
 TASKS = "/api/v1/background-tasks"
 KEY_ENV = "HTTP_PROFILE_KEY"
@@ -54,6 +63,40 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         pass
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"{}"})
+
+
+def baseline_app(manager: TaskManager, api_key: str | None) -> FastAPI:
+    """Issue 22's yardstick: the plainest FastAPI endpoint that validates our submit body,
+    submits it to ``manager`` and answers 202 once it is stored."""
+
+    async def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if api_key is not None and x_api_key != api_key:
+            raise HTTPException(401, "missing or wrong X-API-Key")
+
+    app = FastAPI()
+    guard = [] if api_key is None else [Depends(check_key)]
+
+    @app.post("/submit", status_code=202, dependencies=guard)
+    async def submit(body: SubmitTaskRequest) -> dict[str, str]:
+        definition = TaskDefinition(
+            name=body.task_name,
+            task_type=body.task_type,
+            priority=body.priority,
+            max_retries=body.max_retries,
+            timeout_seconds=body.timeout_seconds,
+            metadata=body.metadata,
+            delay=body.delay_seconds,
+            run_at=body.run_at,
+            queue=body.queue,
+            depends_on=tuple(body.depends_on),
+            on_dependency_failure=body.on_dependency_failure,
+            concurrency_key=body.concurrency_key,
+        )
+        context = await manager.submit(definition, body.task_type, **body.payload)
+        record = await context.wait_stored()
+        return {"task_id": record.id, "status": record.status.value}
+
+    return app
 
 
 class Direct:
@@ -142,6 +185,8 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
     ids: list[str] = []
     direct = Direct(app, headers)
     wrong_key = Direct(app, {"X-API-Key": "no"})
+    baseline = baseline_app(manager, "secret" if api_key else None)
+    direct_baseline = Direct(baseline, headers)
     refused = 401 if api_key else 200
 
     async with (
@@ -150,6 +195,9 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
             transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
         ) as client,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=bare_app), base_url="http://t") as bare,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=baseline), base_url="http://test", headers=headers
+        ) as baseline_client,
     ):
         first = await client.post(f"{TASKS}/submit", json=body)
         ids.append(first.json()["task_id"])
@@ -157,6 +205,13 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
         async def submit(_: int) -> None:
             response = await client.post(f"{TASKS}/submit", json=body)
             assert response.status_code == 202, response.text
+
+        async def baseline_submit(_: int) -> None:
+            response = await baseline_client.post("/submit", json=body)
+            assert response.status_code == 202, response.text
+
+        async def direct_baseline_submit(_: int) -> None:
+            assert await direct_baseline.request("POST", "/submit", raw_body) == 202
 
         async def status(i: int) -> None:
             response = await client.get(f"{TASKS}/status/{ids[0]}")
@@ -192,9 +247,11 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
                 "bare get": bare_get,
                 "library": library,
                 "submit": submit,
+                "baseline": baseline_submit,
                 "status": status,
                 "unauthorised": unauthorised,
                 "direct submit": direct_submit,
+                "direct baseline": direct_baseline_submit,
                 "direct status": direct_status,
                 "direct unauthorised": direct_unauthorised,
             },
@@ -210,6 +267,7 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
         print(f"{'library submit (no HTTP)':<36} {'':>9} {'':>9} {cost['library'] * 1e6:>10.0f}")
         for label, kind, base in (
             ("POST submit", "submit", "bare post"),
+            ("POST submit, baseline (bare FastAPI)", "baseline", "bare post"),
             ("GET status/{id}", "status", "bare get"),
             (
                 "GET queue/status, " + ("wrong key (401)" if api_key else "no key"),
@@ -226,8 +284,19 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
             f" GET {cost['bare get'] * 1e6:.0f} us"
         )
 
+        ours = cost["direct submit"] / cost["direct baseline"]
+        through = (cost["submit"] - cost["bare post"]) / (cost["baseline"] - cost["bare post"])
+        print(
+            f"submit over baseline: {ours:.2f}x direct, {through:.2f}x through httpx less"
+            " the client (issue 22: <= 1.5x)"
+        )
+
         if profile:
-            for name, call in (("POST submit", direct_submit), ("GET status", direct_status)):
+            for name, call in (
+                ("POST submit", direct_submit),
+                ("POST submit, baseline", direct_baseline_submit),
+                ("GET status", direct_status),
+            ):
                 profiler = cProfile.Profile()
                 profiler.enable()
                 for i in range(n):
