@@ -7,16 +7,21 @@ dependencies and documented responses, as an included router would, but
 :meth:`~RouteGroup.add_to` adds them to one flat router: the same routes, in the same
 order, with the same OpenAPI schema and behaviour, matched once. A group is declared once,
 at module level; each ``add_to`` gives its routes the route class of the router they join.
+A group made with ``api_key=True`` is behind the API key: its route class checks the key
+before anything else of the route runs (:func:`~vpsweb_tasks_http.deps.behind_api_key`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
+
+from .deps import API_KEY_PARAMETER, behind_api_key
 
 __all__ = ["RouteGroup", "group_url"]
 
@@ -26,7 +31,10 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 class RouteGroup:
     """Routes declared with ``@group.get(...)`` etc.; :meth:`add_to` adds them to a router
     with ``prefix`` before their paths, ``tags`` and ``dependencies`` before theirs and
-    ``responses`` under theirs."""
+    ``responses`` under theirs. With ``api_key``, every route requires header
+    ``X-API-Key`` (when the router's state has a key) and a running manager, checked by
+    the route class before the body is read; its endpoints read the state with
+    :func:`~vpsweb_tasks_http.deps.state_of`, and need no guard of their own."""
 
     def __init__(
         self,
@@ -35,8 +43,10 @@ class RouteGroup:
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
         responses: dict[int | str, dict[str, Any]] | None = None,
+        api_key: bool = False,
     ) -> None:
         self.prefix = prefix
+        self.api_key = api_key
         self.tags = list(tags)
         self.dependencies = list(dependencies)
         self.responses = dict(responses or {})
@@ -70,7 +80,12 @@ class RouteGroup:
     ) -> None:
         """Adds the group's routes, in the order declared, to ``router`` as ``route_class``,
         with ``prefix`` before the group's own."""
+        if self.api_key:
+            route_class = behind_api_key(route_class)
         for path, endpoint, options in self._routes:
+            if self.api_key:
+                extra = _with_api_key(options.get("openapi_extra"), options["responses"])
+                options = {**options, "openapi_extra": extra}
             router.add_api_route(
                 prefix + path, endpoint, route_class_override=route_class, **options
             )
@@ -83,6 +98,28 @@ class RouteGroup:
 
     def delete(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
         return self.route("DELETE", path, **options)
+
+
+def _with_api_key(
+    openapi_extra: dict[str, Any] | None, responses: dict[int | str, Any]
+) -> dict[str, Any]:
+    """A route's ``openapi_extra`` with the ``X-API-Key`` header its route class reads,
+    before its own parameters (where a guard dependency's parameter would be), and the 422
+    that FastAPI documents for any route with a parameter."""
+    extra = dict(openapi_extra or {})
+    extra["parameters"] = [deepcopy(API_KEY_PARAMETER), *extra.get("parameters", ())]
+    if not {"422", 422, "4XX", "default"} & set(responses):
+        extra["responses"] = {**extra.get("responses", {}), "422": deepcopy(VALIDATION_ERROR)}
+    return extra
+
+
+#: FastAPI's documented 422 (``fastapi.openapi.utils``).
+VALIDATION_ERROR: dict[str, Any] = {
+    "description": "Validation Error",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
 
 
 def group_url(request: Request, own_path: str) -> str:
