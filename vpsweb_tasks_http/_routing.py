@@ -34,7 +34,8 @@ class RouteGroup:
     ``responses`` under theirs. With ``api_key``, every route requires header
     ``X-API-Key`` (when the router's state has a key) and a running manager, checked by
     the route class before the body is read; its endpoints read the state with
-    :func:`~vpsweb_tasks_http.deps.state_of`, and need no guard of their own."""
+    :func:`~vpsweb_tasks_http.deps.state_of`, and need no guard of their own. A route's
+    own ``api_key=`` (``@group.get(path, api_key=False)``) overrides its group's."""
 
     def __init__(
         self,
@@ -50,9 +51,10 @@ class RouteGroup:
         self.tags = list(tags)
         self.dependencies = list(dependencies)
         self.responses = dict(responses or {})
-        self._routes: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
+        self._routes: list[tuple[str, Callable[..., Any], bool, dict[str, Any]]] = []
 
     def route(self, method: str, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        api_key = options.pop("api_key", self.api_key)
         tags = [*self.tags, *options.pop("tags", ())]
         dependencies = [*self.dependencies, *options.pop("dependencies", ())]
         responses = {**self.responses, **options.pop("responses", {})}
@@ -62,6 +64,7 @@ class RouteGroup:
                 (
                     self.prefix + path,
                     endpoint,
+                    api_key,
                     {
                         **options,
                         "methods": [method],
@@ -80,14 +83,17 @@ class RouteGroup:
     ) -> None:
         """Adds the group's routes, in the order declared, to ``router`` as ``route_class``,
         with ``prefix`` before the group's own."""
-        if self.api_key:
-            route_class = behind_api_key(route_class)
-        for path, endpoint, options in self._routes:
-            if self.api_key:
+        keyed = None
+        for path, endpoint, api_key, options in self._routes:
+            if api_key:
+                keyed = keyed or behind_api_key(route_class)
                 extra = _with_api_key(options.get("openapi_extra"), options["responses"])
                 options = {**options, "openapi_extra": extra}
             router.add_api_route(
-                prefix + path, endpoint, route_class_override=route_class, **options
+                prefix + path,
+                endpoint,
+                route_class_override=keyed if api_key and keyed else route_class,
+                **options,
             )
 
     def get(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
