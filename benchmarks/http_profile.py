@@ -15,7 +15,8 @@ API-key guard), each
 
 and ``TaskManager.submit`` called directly (the library's share of a submit).
 ``--api-key`` turns the API key on (it is sent). To compare with another checkout, run
-this script with ``PYTHONPATH=<that checkout>``.
+this script with that checkout's interpreter (``<checkout>/.venv/bin/python``: an editable
+install is found before ``PYTHONPATH``).
 
 Beside our submit route it measures, the same two ways, the baseline of issue 22: a bare
 FastAPI app (:func:`baseline_app`: no middleware, no body limit, no guard, no route class)
@@ -167,7 +168,7 @@ async def timed(n: int, calls: dict[str, Call], rounds: int = 5) -> dict[str, fl
     return best
 
 
-async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
+async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -> None:
     http: dict[str, Any] = {"api_key_env": KEY_ENV} if api_key else {}
     if api_key:
         os.environ[KEY_ENV] = "secret"
@@ -255,10 +256,12 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool) -> None:
                 "direct status": direct_status,
                 "direct unauthorised": direct_unauthorised,
             },
+            rounds,
         )
 
         print(
-            f"\n{n} sequential requests each, in process; {os.cpu_count()} CPUs, "
+            f"\n{n} sequential requests each (least of {rounds} rounds), in process;"
+            f" {os.cpu_count()} CPUs, "
             f"load {os.getloadavg()[0]:.1f}; API key {'on' if api_key else 'off'}"
         )
         header = f"{'request':<36} {'httpx us':>9} {'- client':>9} {'direct us':>10}"
@@ -319,10 +322,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--api-key", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="the least of this many rounds counts"
+    )
     parser.add_argument("--dir", default=".", help="where the temporary database goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
-        anyio.run(run, Path(tmp), args.requests, args.api_key, args.profile)
+        anyio.run(run, Path(tmp), args.requests, args.api_key, args.profile, args.rounds)
 
 
 if __name__ == "__main__":

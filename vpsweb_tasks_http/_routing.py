@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from copy import deepcopy
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
+from starlette.datastructures import URL
 
 from .deps import API_KEY_PARAMETER, behind_api_key
 
@@ -134,7 +136,27 @@ def group_url(request: Request, own_path: str) -> str:
     is the status route's URL. It comes from the request's own URL, so it carries whatever
     the app is served under (``root_path``), mounted under or included with, and costs a
     string cut where ``request.url_for`` walks every route of the app per link."""
-    url = str(request.url).partition("?")[0]
+    scope = request.scope
+    server = scope.get("server")
+    host = next((value for key, value in scope["headers"] if key == b"host"), None)
+    return _prefix_url(
+        scope.get("scheme", "http"),
+        None if server is None else tuple(server),
+        host,
+        scope["path"],
+        own_path,
+    )
+
+
+@lru_cache(maxsize=64)
+def _prefix_url(
+    scheme: str, server: tuple[str, int] | None, host: bytes | None, path: str, own_path: str
+) -> str:
+    """:func:`group_url` of the parts of a request's URL, remembered: Starlette parses and
+    checks the Host header and builds the URL anew for each request, for the same answer."""
+    headers = [] if host is None else [(b"host", host)]
+    scope = {"scheme": scheme, "server": server, "path": path, "headers": headers}
+    url = str(URL(scope=scope))
     if not url.endswith(own_path):  # pragma: no cover - a route named with the wrong path
         raise ValueError(f"{url} does not end with {own_path}")
     return url[: len(url) - len(own_path)]
