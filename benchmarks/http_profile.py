@@ -5,9 +5,10 @@
 
 Runs ``create_app`` (workers off: only the request path and its storage are measured) and
 times, in process CPU seconds (``time.process_time``: every thread, the store's included;
-the least of 5 rounds of N/5), N sequential requests of each kind: ``POST .../submit``,
-``GET .../status/{id}`` and ``GET .../queue/status`` with a wrong key (stopped by the
-API-key guard), each
+the least of ``--rounds`` rounds of N/rounds), N sequential requests of each kind:
+``POST .../submit``, ``GET .../status/{id}``, ``POST .../translation`` (a translation job:
+its task and job row) and ``GET .../queue/status`` with a wrong key (stopped by the API-key
+guard), each
 
 * through httpx's ``ASGITransport``, less the same request to a bare ASGI app that answers
   at once (the client's and the transport's own cost), and
@@ -50,6 +51,18 @@ from vpsweb_tasks_http.schemas import SubmitTaskRequest
 
 TASKS = "/api/v1/background-tasks"
 KEY_ENV = "HTTP_PROFILE_KEY"
+MODELS = {
+    "initial_translation": "m",
+    "editor_review": "m",
+    "translator_revision": "m",
+    "reasoning": "m",
+}
+TRANSLATION = {
+    "original_text": "Hello world, how are you?",
+    "source_language": "en",
+    "target_language": "zh-Hans",
+    "workflow_mode": "hybrid",
+}
 
 
 async def noop(context: TaskContext) -> None:
@@ -177,6 +190,8 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
         background_tasks={"enabled": False, "max_queue_size": 100 * n + 1000},
         logging={"file": None, "level": "WARNING"},
         http=http,
+        # Never called (workers are off): translation submits only need one configured.
+        providers={"local": {"base_url": "http://127.0.0.1:9/v1", "models": MODELS}},
     )
     app = create_app(settings, setup=lambda manager: manager.task("noop")(noop))
     manager: TaskManager = app.state.manager
@@ -228,6 +243,15 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
         async def direct_status(_: int) -> None:
             assert await direct.request("GET", f"{TASKS}/status/{ids[0]}") == 200
 
+        raw_translation = json.dumps(TRANSLATION).encode()
+
+        async def translation(_: int) -> None:
+            response = await client.post(f"{TASKS}/translation", json=TRANSLATION)
+            assert response.status_code == 202, response.text
+
+        async def direct_translation(_: int) -> None:
+            assert await direct.request("POST", f"{TASKS}/translation", raw_translation) == 202
+
         async def direct_unauthorised(_: int) -> None:
             assert await wrong_key.request("GET", f"{TASKS}/queue/status") == refused
 
@@ -250,11 +274,13 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
                 "submit": submit,
                 "baseline": baseline_submit,
                 "status": status,
+                "translation": translation,
                 "unauthorised": unauthorised,
                 "direct submit": direct_submit,
                 "direct baseline": direct_baseline_submit,
                 "direct status": direct_status,
                 "direct unauthorised": direct_unauthorised,
+                "direct translation": direct_translation,
             },
             rounds,
         )
@@ -272,6 +298,7 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
             ("POST submit", "submit", "bare post"),
             ("POST submit, baseline (bare FastAPI)", "baseline", "bare post"),
             ("GET status/{id}", "status", "bare get"),
+            ("POST translation", "translation", "bare post"),
             (
                 "GET queue/status, " + ("wrong key (401)" if api_key else "no key"),
                 "unauthorised",
