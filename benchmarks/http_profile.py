@@ -181,7 +181,9 @@ async def timed(n: int, calls: dict[str, Call], rounds: int = 5) -> dict[str, fl
     return best
 
 
-async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -> None:
+async def run(
+    folder: Path, n: int, api_key: bool, profile: bool, rounds: int, direct_only: bool
+) -> None:
     http: dict[str, Any] = {"api_key_env": KEY_ENV} if api_key else {}
     if api_key:
         os.environ[KEY_ENV] = "secret"
@@ -265,25 +267,25 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
             context = await manager.submit(TaskDefinition(name="t", task_type="noop"), "noop")
             await context.wait_stored()
 
-        cost = await timed(
-            n,
-            {
+        calls: dict[str, Call] = {
+            "library": library,
+            "direct submit": direct_submit,
+            "direct baseline": direct_baseline_submit,
+            "direct status": direct_status,
+            "direct unauthorised": direct_unauthorised,
+            "direct translation": direct_translation,
+        }
+        if not direct_only:
+            calls |= {
                 "bare post": bare_post,
                 "bare get": bare_get,
-                "library": library,
                 "submit": submit,
                 "baseline": baseline_submit,
                 "status": status,
                 "translation": translation,
                 "unauthorised": unauthorised,
-                "direct submit": direct_submit,
-                "direct baseline": direct_baseline_submit,
-                "direct status": direct_status,
-                "direct unauthorised": direct_unauthorised,
-                "direct translation": direct_translation,
-            },
-            rounds,
-        )
+            }
+        cost = await timed(n, calls, rounds)
 
         print(
             f"\n{n} sequential requests each (least of {rounds} rounds), in process;"
@@ -305,21 +307,23 @@ async def run(folder: Path, n: int, api_key: bool, profile: bool, rounds: int) -
                 "bare get",
             ),
         ):
-            print(
-                f"{label:<36} {cost[kind] * 1e6:>9.0f} {(cost[kind] - cost[base]) * 1e6:>9.0f}"
-                f" {cost['direct ' + kind] * 1e6:>10.0f}"
-            )
-        print(
-            f"client + transport alone (bare ASGI app): POST {cost['bare post'] * 1e6:.0f} us,"
-            f" GET {cost['bare get'] * 1e6:.0f} us"
-        )
-
+            through = ""
+            if not direct_only:
+                through = f"{cost[kind] * 1e6:>9.0f} {(cost[kind] - cost[base]) * 1e6:>9.0f}"
+            print(f"{label:<36} {through:>19} {cost['direct ' + kind] * 1e6:>10.0f}")
         ours = cost["direct submit"] / cost["direct baseline"]
-        through = (cost["submit"] - cost["bare post"]) / (cost["baseline"] - cost["bare post"])
-        print(
-            f"submit over baseline: {ours:.2f}x direct, {through:.2f}x through httpx less"
-            " the client (issue 22: <= 1.5x)"
-        )
+        if direct_only:
+            print(f"submit over baseline: {ours:.2f}x direct (issue 22: <= 1.5x)")
+        else:
+            print(
+                f"client + transport alone (bare ASGI app): POST {cost['bare post'] * 1e6:.0f}"
+                f" us, GET {cost['bare get'] * 1e6:.0f} us"
+            )
+            through = (cost["submit"] - cost["bare post"]) / (cost["baseline"] - cost["bare post"])
+            print(
+                f"submit over baseline: {ours:.2f}x direct, {through:.2f}x through httpx less"
+                " the client (issue 22: <= 1.5x)"
+            )
 
         if profile:
             for name, call in (
@@ -352,10 +356,23 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=5, help="the least of this many rounds counts"
     )
+    parser.add_argument(
+        "--direct-only",
+        action="store_true",
+        help="only the direct calls (no client): quicker rounds, for A/B runs on a busy machine",
+    )
     parser.add_argument("--dir", default=".", help="where the temporary database goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
-        anyio.run(run, Path(tmp), args.requests, args.api_key, args.profile, args.rounds)
+        anyio.run(
+            run,
+            Path(tmp),
+            args.requests,
+            args.api_key,
+            args.profile,
+            args.rounds,
+            args.direct_only,
+        )
 
 
 if __name__ == "__main__":
