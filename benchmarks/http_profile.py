@@ -319,9 +319,9 @@ async def run(
                 f"client + transport alone (bare ASGI app): POST {cost['bare post'] * 1e6:.0f}"
                 f" us, GET {cost['bare get'] * 1e6:.0f} us"
             )
-            through = (cost["submit"] - cost["bare post"]) / (cost["baseline"] - cost["bare post"])
+            less = (cost["submit"] - cost["bare post"]) / (cost["baseline"] - cost["bare post"])
             print(
-                f"submit over baseline: {ours:.2f}x direct, {through:.2f}x through httpx less"
+                f"submit over baseline: {ours:.2f}x direct, {less:.2f}x through httpx less"
                 " the client (issue 22: <= 1.5x)"
             )
 
