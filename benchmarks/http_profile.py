@@ -25,16 +25,23 @@ with one ``POST`` route that validates the same body (our own ``SubmitTaskReques
 same fields, constraints and validators, not a copy that could drift), submits it to the
 same manager and answers 202 with the task id; with ``--api-key`` it checks the header in
 a plain dependency. It prints our submit's CPU over the baseline's.
+
+``--before <checkout>`` also builds that checkout's ``vpsweb_tasks_http`` app (on the same
+manager, core library and database) and times its submit, status and translation routes
+in the same rounds: a change's before and after from one run. ``--direct-only`` leaves out
+the calls through httpx, for quicker rounds on a busy machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import io
 import json
 import os
 import pstats
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -113,6 +120,32 @@ def baseline_app(manager: TaskManager, api_key: str | None) -> FastAPI:
     return app
 
 
+def other_app(checkout: Path, manager: TaskManager) -> Any:
+    """The app of another checkout's ``vpsweb_tasks_http`` (say, main's) on ``manager``,
+    beside this one's in one process (the core library stays this one's): our routes
+    before and after a change, measured in the same rounds."""
+    ours = {name: m for name, m in sys.modules.items() if name.split(".")[0] == PACKAGE}
+    editable = [f for f in sys.meta_path if getattr(f, "__name__", "") == "_EditableFinder"]
+    for name in ours:
+        del sys.modules[name]
+    for finder in editable:  # it would find this checkout's package first
+        sys.meta_path.remove(finder)
+    sys.path.insert(0, str(checkout))
+    try:
+        package = importlib.import_module(PACKAGE)
+        assert Path(str(package.__file__)).is_relative_to(checkout), package.__file__
+        return package.create_app(manager=manager)
+    finally:
+        sys.path.remove(str(checkout))
+        sys.meta_path.extend(editable)
+        for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
+PACKAGE = "vpsweb_tasks_http"
+
+
 class Direct:
     """Calls the ASGI app itself, as a server would (no client): the server's CPU alone."""
 
@@ -182,7 +215,13 @@ async def timed(n: int, calls: dict[str, Call], rounds: int = 5) -> dict[str, fl
 
 
 async def run(
-    folder: Path, n: int, api_key: bool, profile: bool, rounds: int, direct_only: bool
+    folder: Path,
+    n: int,
+    api_key: bool,
+    profile: bool,
+    rounds: int,
+    direct_only: bool,
+    before: Path | None,
 ) -> None:
     http: dict[str, Any] = {"api_key_env": KEY_ENV} if api_key else {}
     if api_key:
@@ -205,6 +244,7 @@ async def run(
     wrong_key = Direct(app, {"X-API-Key": "no"})
     baseline = baseline_app(manager, "secret" if api_key else None)
     direct_baseline = Direct(baseline, headers)
+    direct_before = None if before is None else Direct(other_app(before, manager), headers)
     refused = 401 if api_key else 200
 
     async with (
@@ -275,6 +315,24 @@ async def run(
             "direct unauthorised": direct_unauthorised,
             "direct translation": direct_translation,
         }
+        if direct_before is not None:
+            before_app = direct_before
+
+            async def before_submit(_: int) -> None:
+                assert await before_app.request("POST", f"{TASKS}/submit", raw_body) == 202
+
+            async def before_status(_: int) -> None:
+                assert await before_app.request("GET", f"{TASKS}/status/{ids[0]}") == 200
+
+            async def before_translation(_: int) -> None:
+                path = f"{TASKS}/translation"
+                assert await before_app.request("POST", path, raw_translation) == 202
+
+            calls |= {
+                "before submit": before_submit,
+                "before status": before_status,
+                "before translation": before_translation,
+            }
         if not direct_only:
             calls |= {
                 "bare post": bare_post,
@@ -312,6 +370,17 @@ async def run(
                 through = f"{cost[kind] * 1e6:>9.0f} {(cost[kind] - cost[base]) * 1e6:>9.0f}"
             print(f"{label:<36} {through:>19} {cost['direct ' + kind] * 1e6:>10.0f}")
         ours = cost["direct submit"] / cost["direct baseline"]
+        if direct_before is not None:
+            print(f"the same, direct, with {before}'s {PACKAGE} (same rounds):")
+            for label, kind in (
+                ("POST submit", "submit"),
+                ("GET status/{id}", "status"),
+                ("POST translation", "translation"),
+            ):
+                was, now = cost["before " + kind], cost["direct " + kind]
+                print(f"{label:<36} {was * 1e6:>9.0f} us before, now {now / was - 1:+.1%}")
+            was = cost["before submit"] / cost["direct baseline"]
+            print(f"submit over baseline before: {was:.2f}x direct")
         if direct_only:
             print(f"submit over baseline: {ours:.2f}x direct (issue 22: <= 1.5x)")
         else:
@@ -361,6 +430,12 @@ def main() -> None:
         action="store_true",
         help="only the direct calls (no client): quicker rounds, for A/B runs on a busy machine",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout whose vpsweb_tasks_http to measure beside this one's, in the same"
+        " process and rounds (direct calls)",
+    )
     parser.add_argument("--dir", default=".", help="where the temporary database goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
@@ -372,6 +447,7 @@ def main() -> None:
             args.profile,
             args.rounds,
             args.direct_only,
+            args.before.resolve() if args.before else None,
         )
 
 
