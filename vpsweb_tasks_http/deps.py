@@ -147,8 +147,8 @@ def behind_api_key(route: type[APIRoute]) -> type[APIRoute]:
 
 def check_api_key_route(state: RouterState, request: Request) -> None:
     """The guard of a route behind the API key, run by its route class rather than as a
-    dependency: FastAPI solves a dependency and its header on every request at a sixth
-    of a whole submit's cost (``benchmarks/README.md``)."""
+    dependency: FastAPI solves a dependency and its header parameter anew on every request
+    (the cost is in ``benchmarks/README.md``)."""
     _check_key(state, request.headers.get("x-api-key"))
     _check_running(state)
 
