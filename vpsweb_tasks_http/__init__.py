@@ -15,9 +15,9 @@ with a route class bound to that state: on each request the route puts its state
 keeps the state as ``app.state.vpsweb_tasks``. The routes of a group behind the API key
 (``RouteGroup(api_key=True)``) are guarded by their route class, before the body is read,
 and read the state with ``state_of(request)``: FastAPI solves each dependency a route
-declares on every request. Other routes receive the state
-from the dependency that guards them (``state: Authorised``, ``StreamAuthorised`` or
-``Open``), as a FastAPI endpoint receives its current user from its auth dependency.
+declares on every request. Other routes receive the state from the dependency that guards
+them (``state: Authorised``, ``StreamAuthorised`` or ``Open``), as a FastAPI endpoint
+receives its current user from its auth dependency.
 """
 
 from ._routing import RouteGroup
