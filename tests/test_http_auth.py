@@ -12,13 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 
 from vpsweb_tasks import TaskManager, TaskMonitor
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import ConfigError
-from vpsweb_tasks_http import create_app, create_router
+from vpsweb_tasks_http import RouteGroup, RouterState, create_app, create_router
+from vpsweb_tasks_http.deps import route_class
 
 from .http_server import serve
 
@@ -186,3 +188,47 @@ async def test_a_bad_last_event_id_without_the_key_is_401(
                 url, headers={"Last-Event-ID": "abc", "X-API-Key": "s3cret"}
             )
             assert answered.status_code in (404, 422), (url, answered.text)
+
+
+async def test_a_caller_without_the_key_learns_nothing_of_its_body(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is checked before the body is read: a body that cannot be parsed, or that
+    names no task type, is a 401 without the key (and the 422 or 404 only with it)."""
+    monkeypatch.setenv("TASKS_KEY", "s3cret")
+    app = create_app(settings_factory(http={"api_key_env": "TASKS_KEY"}))
+    submit = "/api/v1/background-tasks/submit"
+    bodies = [b"{not json", b'{"task_name": "a", "task_type": "cleanup", "priority": 7}']
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        for body in bodies:
+            for key in ({}, {"X-API-Key": "wrong"}):
+                headers = {"content-type": "application/json", **key}
+                denied = await client.post(submit, content=body, headers=headers)
+                assert denied.status_code == 401, (body, key, denied.text)
+                assert denied.json() == {"detail": "missing or wrong X-API-Key"}
+            headers = {"content-type": "application/json", "X-API-Key": "s3cret"}
+            answered = await client.post(submit, content=body, headers=headers)
+            assert answered.status_code == 422, answered.text
+
+
+def test_a_group_behind_the_key_needs_a_route_class_that_checks_it(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Fails closed: a group behind the key added with a route class that would not check
+    the key is refused, not served open."""
+    group = RouteGroup(prefix="/x", api_key=True)
+
+    @group.get("/y")
+    async def endpoint() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(TypeError, match="api_key=True"):
+        group.add_to(APIRouter())
+    manager = TaskManager(settings_factory())
+    state = RouterState.create(manager, TaskMonitor(manager), api_key="k")
+    router = APIRouter()
+    group.add_to(router, route_class=route_class(state))
+    [route] = router.routes
+    assert isinstance(route, APIRoute)
+    assert route.openapi_extra is not None
+    assert [p["name"] for p in route.openapi_extra["parameters"]] == ["x-api-key"]

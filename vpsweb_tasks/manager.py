@@ -140,7 +140,8 @@ class Extension:
       at install (:meth:`~vpsweb_tasks.config.Settings.section` reads them).
     * ``routes``: ``"module:attribute"`` of its HTTP routes, a
       ``vpsweb_tasks_http.RouteGroup`` whose endpoints reach the manager through their
-      guard (``state: Authorised``); the HTTP app adds them (the core never imports them).
+      guard (``state: Authorised``), or, in a group made with ``api_key=True``, through
+      ``state_of(request)``; the HTTP app adds them (the core never imports them).
     * :meth:`setup`: register its task types, keep the manager.
     """
 

@@ -1,16 +1,23 @@
-"""How a route reaches its router's manager and monitor: through its guard.
+"""How a route reaches its router's manager and monitor, and how it is guarded.
 
 The routes are declared once, at module level, so they cannot close over a manager.
 :func:`~vpsweb_tasks_http.create_router` makes one :class:`RouterState` per router and adds
 the routes with :func:`route_class` of it: that route class puts the state on
 ``request.state`` before anything else of the route runs (then answers the library's
-exceptions and invalid requests, :mod:`.errors`). An endpoint takes the state from the
-dependency that guards it, as FastAPI's endpoints take the current user from their auth
-dependency: ``state: Authorised`` (the API key), ``StreamAuthorised`` (the key or a stream token) or
-``Open`` (the health checks); each answers 401 and then 503 (not running) first. So no
-endpoint reaches a manager without its guard. Each route carries its own router's state:
-two routers of two managers in one app each reach their own, and the host app's
-``app.state`` is never touched.
+exceptions and invalid requests, :mod:`.errors`), and an endpoint reads it with
+:func:`state_of`. Each route carries its own router's state: two routers of two managers
+in one app each reach their own, and the host app's ``app.state`` is never touched.
+
+Every route is guarded, in one of two ways; each answers 401 and then 503 (not running)
+first, so no endpoint reaches a manager without its guard:
+
+* the routes of a :class:`~vpsweb_tasks_http.RouteGroup` made with ``api_key=True`` (our
+  own groups behind the key) are guarded by their route class (:func:`behind_api_key`),
+  before the body is read, in :func:`check_api_key_route`;
+* any other route takes the state from the dependency that guards it, as FastAPI's
+  endpoints take the current user from their auth dependency: ``state: Authorised`` (the
+  API key), ``StreamAuthorised`` (the key or a stream token) or ``Open`` (the health
+  checks). Extensions' routes may use either.
 """
 
 from __future__ import annotations
@@ -37,11 +44,14 @@ from .errors import (
 )
 
 __all__ = [
+    "API_KEY_PARAMETER",
     "Authorised",
     "Open",
     "RouterState",
     "StreamAuthorised",
     "authorised",
+    "behind_api_key",
+    "check_api_key_route",
     "route_class",
     "running",
     "state_of",
@@ -89,16 +99,20 @@ class _StateRoute(APIRoute):
     """An APIRoute of one router: see the module docstring."""
 
     router_state: ClassVar[RouterState]
+    checks_api_key: ClassVar[bool] = False
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         state = self.router_state
+        checks_api_key = self.checks_api_key
         retry_after = state.queue_full_retry_after
         storage_retry_after = state.storage_retry_after
 
         async def route(request: Request) -> Response:
             request.state.vpsweb_tasks = state
             try:
+                if checks_api_key:
+                    check_api_key_route(state, request)
                 return await handler(request)
             except LIBRARY_ERRORS as exc:
                 return error_response(
@@ -118,6 +132,35 @@ class _StateRoute(APIRoute):
 def route_class(state: RouterState) -> type[APIRoute]:
     """The route class of the routes of ``state``'s router."""
     return type("StateRoute", (_StateRoute,), {"router_state": state})
+
+
+def behind_api_key(route: type[APIRoute]) -> type[APIRoute]:
+    """``route`` (a :func:`route_class`), for the routes of a group behind the API key:
+    :func:`check_api_key_route` runs before anything else of the route."""
+    if not issubclass(route, _StateRoute):
+        raise TypeError(
+            "a RouteGroup with api_key=True needs the route class of a router's state"
+            " (vpsweb_tasks_http.deps.route_class): nothing else would check the key"
+        )
+    return type(route.__name__, (route,), {"checks_api_key": True})
+
+
+def check_api_key_route(state: RouterState, request: Request) -> None:
+    """The guard of a route behind the API key, run by its route class rather than as a
+    dependency: FastAPI solves a dependency and its header parameter anew on every request
+    (the cost is in ``benchmarks/README.md``)."""
+    _check_key(state, request.headers.get("x-api-key"))
+    _check_running(state)
+
+
+#: How the routes of an ``api_key`` group document the header their route class reads:
+#: as FastAPI documents the ``X-API-Key`` header parameter of :func:`authorised`.
+API_KEY_PARAMETER: dict[str, Any] = {
+    "name": "x-api-key",
+    "in": "header",
+    "required": False,
+    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "X-Api-Key"},
+}
 
 
 def state_of(request: Request) -> RouterState:

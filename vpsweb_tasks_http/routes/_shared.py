@@ -71,9 +71,14 @@ def replayed(response: Response) -> None:
 
 
 def guarded(prefix: str = "", tag: str | None = None) -> RouteGroup:
-    """A group of routes behind the API key (each endpoint takes its state from its guard,
-    :mod:`..deps`), documenting their error answers."""
-    return RouteGroup(prefix=prefix, tags=[] if tag is None else [tag], responses=GUARDED_RESPONSES)
+    """A group of routes behind the API key (checked by their route class; each endpoint
+    reads its state with :func:`..deps.state_of`), documenting their error answers."""
+    return RouteGroup(
+        prefix=prefix,
+        tags=[] if tag is None else [tag],
+        responses=GUARDED_RESPONSES,
+        api_key=True,
+    )
 
 
 async def task_list(

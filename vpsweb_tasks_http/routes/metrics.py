@@ -3,9 +3,9 @@ is built in :mod:`vpsweb_tasks_http.metrics`)."""
 
 from __future__ import annotations
 
-from fastapi import Response
+from fastapi import Request, Response
 
-from ..deps import Authorised
+from ..deps import state_of
 from ..metrics import render_metrics
 from ._shared import guarded
 
@@ -16,6 +16,7 @@ group = guarded()
 
 
 @group.get("", tags=["monitoring"], summary="Prometheus metrics", response_class=Response)
-async def prometheus(state: Authorised) -> Response:
+async def prometheus(request: Request) -> Response:
+    state = state_of(request)
     body, content_type = await render_metrics(state.manager, state.monitor)
     return Response(content=body, media_type=content_type)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path, Response
+from fastapi import Path, Request, Response
 
 from vpsweb_tasks.schedules import ScheduleDefinition
 
-from ..deps import Authorised
+from ..deps import state_of
 from ..schemas import ErrorResponse, ScheduleListResponse, ScheduleRequest, ScheduleResponse
 from ._shared import TASKS, guarded
 
@@ -27,27 +27,31 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 @group.get("/schedules", summary="List schedules with their next run")
-async def list_schedules(state: Authorised) -> ScheduleListResponse:
+async def list_schedules(request: Request) -> ScheduleListResponse:
+    state = state_of(request)
     found = await state.manager.list_schedules()
     return ScheduleListResponse(schedules=[ScheduleResponse.of(s) for s in found], count=len(found))
 
 
 @group.post("/schedules", status_code=201, summary="Add a schedule (cron or interval)")
-async def add_schedule(body: ScheduleRequest, state: Authorised) -> ScheduleResponse:
+async def add_schedule(body: ScheduleRequest, request: Request) -> ScheduleResponse:
     """Stored at once; every worker on the database fires it, each tick once. An invalid
     definition (cron, every, timezone...), a taken name or an unregistered task type is a
     422 whose detail names the field; nothing is stored then."""
+    state = state_of(request)
     definition = ScheduleDefinition.model_validate(body.model_dump(exclude={"name"}))
     return ScheduleResponse.of(await state.manager.add_schedule(body.name, definition))
 
 
 @group.get("/schedules/{name}", summary="Get one schedule", responses=NOT_FOUND)
-async def get_schedule(name: Name, state: Authorised) -> ScheduleResponse:
+async def get_schedule(name: Name, request: Request) -> ScheduleResponse:
+    state = state_of(request)
     return ScheduleResponse.of(await state.manager.get_schedule(name))
 
 
 @group.post("/schedules/{name}/pause", summary="Pause a schedule", responses=NOT_FOUND)
-async def pause_schedule(name: Name, state: Authorised) -> ScheduleResponse:
+async def pause_schedule(name: Name, request: Request) -> ScheduleResponse:
+    state = state_of(request)
     return ScheduleResponse.of(await state.manager.pause_schedule(name))
 
 
@@ -56,7 +60,8 @@ async def pause_schedule(name: Name, state: Authorised) -> ScheduleResponse:
     summary="Resume a schedule from its next tick",
     responses=NOT_FOUND,
 )
-async def resume_schedule(name: Name, state: Authorised) -> ScheduleResponse:
+async def resume_schedule(name: Name, request: Request) -> ScheduleResponse:
+    state = state_of(request)
     return ScheduleResponse.of(await state.manager.resume_schedule(name))
 
 
@@ -67,6 +72,7 @@ async def resume_schedule(name: Name, state: Authorised) -> ScheduleResponse:
     responses=NOT_FOUND,
     response_class=Response,
 )
-async def delete_schedule(name: Name, state: Authorised) -> Response:
+async def delete_schedule(name: Name, request: Request) -> Response:
+    state = state_of(request)
     await state.manager.delete_schedule(name)
     return Response(status_code=204)

@@ -17,7 +17,7 @@ from vpsweb_tasks.models import to_datetime
 
 from .. import sse
 from .._routing import RouteGroup
-from ..deps import Authorised, StreamAuthorised, state_of
+from ..deps import StreamAuthorised, state_of
 from ..errors import STREAM_RESPONSES
 from ..schemas import StreamTokenResponse
 from ._shared import MONITORING, TASKS, LastEventId, TaskId, guarded
@@ -33,7 +33,8 @@ group = RouteGroup(responses=STREAM_RESPONSES)
 @token_group.post(
     "/stream-token", summary="A short-lived token for the event streams (?token=), for EventSource"
 )
-async def stream_token(state: Authorised) -> StreamTokenResponse:
+async def stream_token(request: Request) -> StreamTokenResponse:
+    state = state_of(request)
     tokens = state.tokens
     token, expires = tokens.issue()
     return StreamTokenResponse(token=token, expires_at=to_datetime(expires), expires_in=tokens.ttl)

@@ -10,7 +10,7 @@ from fastapi import Query, Request, Response
 from vpsweb_tasks import TaskDefinition, TaskStatus
 
 from .._routing import group_url
-from ..deps import Authorised
+from ..deps import state_of
 from ..schemas import (
     DependencyResponse,
     ExecutionResponse,
@@ -43,12 +43,12 @@ async def submit(
     body: SubmitTaskRequest,
     request: Request,
     response: Response,
-    state: Authorised,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> SubmitTaskResponse:
     """202: stored. With an `Idempotency-Key` header that an earlier submit of the same
     body used: 200 (and `Idempotent-Replayed: true`) with that submit's task, nothing new
     stored; the key with another body: 422 naming the header."""
+    state = state_of(request)
     definition = TaskDefinition(
         name=body.task_name,
         task_type=body.task_type,
@@ -79,7 +79,8 @@ async def submit(
 
 
 @group.get("/status/{task_id}", name="task_status", summary="Get task status and progress")
-async def status(task_id: TaskId, state: Authorised) -> TaskDetailResponse:
+async def status(task_id: TaskId, request: Request) -> TaskDetailResponse:
+    state = state_of(request)
     record = await state.manager.get_task(task_id)
     # The store's own call: manager.list_executions would read the task a second time.
     executions = await state.manager.store.list_executions(task_id)
@@ -103,14 +104,15 @@ async def status(task_id: TaskId, state: Authorised) -> TaskDetailResponse:
 
 
 @group.get("/active", summary="List all active tasks (waiting and running)")
-async def active(state: Authorised, limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+async def active(request: Request, limit: Limit = 100, offset: Offset = 0) -> TaskListResponse:
+    state = state_of(request)
     waiting = [TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.RETRYING]
     return await task_list(state.manager, waiting, limit, offset, "created_desc")
 
 
 @group.get("/completed", summary="List finished tasks, most recent first")
 async def completed(
-    state: Authorised,
+    request: Request,
     limit: Limit = 100,
     offset: Offset = 0,
     status: Annotated[
@@ -118,20 +120,23 @@ async def completed(
         Query(description="Any of completed, failed, cancelled (default: all three)"),
     ] = None,
 ) -> TaskListResponse:
+    state = state_of(request)
     finished = [TaskStatus(s) for s in status or ("completed", "failed", "cancelled")]
     return await task_list(state.manager, finished, limit, offset, "finished_desc")
 
 
 @group.get("/statistics", summary="Get comprehensive task statistics")
-async def statistics(state: Authorised) -> StatisticsResponse:
+async def statistics(request: Request) -> StatisticsResponse:
+    state = state_of(request)
     return StatisticsResponse.of(await state.monitor.statistics())
 
 
 @group.post("/cancel/{task_id}", summary="Cancel a waiting or running task")
-async def cancel(task_id: TaskId, state: Authorised) -> TaskResponse:
+async def cancel(task_id: TaskId, request: Request) -> TaskResponse:
     """The answer says which happened. `status` `cancelled`: the task was waiting, or it
     ran in this server's process and has stopped. Or `cancel_requested` true with the
     task's status (`running`): a worker process runs it, and stops it as soon as it hears
     of the request; the task then ends `cancelled` (or `completed`, if its work had
     already returned). A task that already finished answers 409."""
+    state = state_of(request)
     return TaskResponse.of(await state.manager.cancel(task_id))

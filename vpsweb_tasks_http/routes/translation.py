@@ -37,7 +37,7 @@ from vpsweb_tasks.validation import storable
 
 from .. import sse
 from .._routing import RouteGroup, group_url
-from ..deps import Authorised, StreamAuthorised
+from ..deps import StreamAuthorised, state_of
 from ..errors import GUARDED_RESPONSES, STREAM_RESPONSES
 from ..schemas import (
     ErrorResponse,
@@ -52,6 +52,7 @@ __all__ = ["group"]
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="The job's id"), storable]
 
 group = RouteGroup(
+    api_key=True,
     prefix=TASKS,
     tags=["translation jobs"],
     responses={
@@ -65,12 +66,10 @@ group = RouteGroup(
 )
 
 
-async def adapter(state: Authorised) -> VPSWebAdapter:
-    """The manager's adapter, behind the API key."""
-    return get_vpsweb_adapter(state.manager)
-
-
-Adapter = Annotated[VPSWebAdapter, Depends(adapter)]
+def adapter_of(request: Request) -> VPSWebAdapter:
+    """The adapter of the manager of the route answering ``request`` (behind the API key:
+    the group's route class checked it)."""
+    return get_vpsweb_adapter(state_of(request).manager)
 
 
 # --- translation jobs -----------------------------------------------------------------------
@@ -81,11 +80,11 @@ async def submit(
     body: TranslationRequest,
     request: Request,
     response: Response,
-    vpsweb: Adapter,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> TranslationSubmitResponse:
     """202: stored. A repeat of an earlier submit's `Idempotency-Key` and body: 200 with
     its job; the key with another body: 422."""
+    vpsweb = adapter_of(request)
     job = await vpsweb.submit(body, idempotency_key=idempotency_key)
     if job.replayed:
         replayed(response)
@@ -94,11 +93,12 @@ async def submit(
 
 @group.get("/translation", summary="List translation jobs, newest first")
 async def list_jobs(
-    vpsweb: Adapter,
+    request: Request,
     status: Annotated[list[TaskStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> TranslationListResponse:
+    vpsweb = adapter_of(request)
     jobs = await vpsweb.list_jobs(statuses=status, limit=limit, offset=offset)
     return TranslationListResponse(jobs=jobs, count=len(jobs), limit=limit, offset=offset)
 
@@ -113,11 +113,11 @@ async def batch(
     body: TranslationBatch,
     request: Request,
     response: Response,
-    vpsweb: Adapter,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> TranslationBatchResponse:
     """202: stored, all or none. One `Idempotency-Key` for the batch: a repeat with the same
     body answers 200 with the first batch's jobs; the key with another body: 422."""
+    vpsweb = adapter_of(request)
     most = vpsweb.settings.max_batch_size
     if len(body.requests) > most:
         detail = [
@@ -141,21 +141,23 @@ async def batch(
 
 
 @group.post("/translation/compare", summary="Compare workflow modes")
-async def compare(body: CompareRequest, vpsweb: Adapter) -> Comparison:
+async def compare(body: CompareRequest, request: Request) -> Comparison:
+    vpsweb = adapter_of(request)
     return await vpsweb.compare(body)
 
 
 @group.get("/translation/compare", summary="Jobs of a comparison, side by side")
 async def comparison(
-    vpsweb: Adapter,
+    request: Request,
     job_id: Annotated[list[Annotated[str, storable]], Query(min_length=1, max_length=10)],
 ) -> Comparison:
+    vpsweb = adapter_of(request)
     return await vpsweb.comparison(job_id)
 
 
 @group.get("/translation/usage", summary="Tokens and cost of translation steps, by model")
 async def usage(
-    vpsweb: Adapter,
+    request: Request,
     window_seconds: Annotated[
         float | None,
         Query(gt=0, le=366 * 24 * 3600, description="Default: the statistics window"),
@@ -163,11 +165,13 @@ async def usage(
 ) -> UsageSummary:
     """Tokens and cost (at `providers.<name>.prices`) of the steps that finished in the
     window, by model and in all, from the jobs still kept."""
+    vpsweb = adapter_of(request)
     return await vpsweb.usage(window_seconds)
 
 
 @group.get("/translation/{job_id}", name="translation_status", summary="Get translation job status")
-async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+async def status_of(job_id: JobId, request: Request) -> TranslationJob:
+    vpsweb = adapter_of(request)
     return await vpsweb.status(job_id)
 
 
@@ -177,19 +181,22 @@ async def status_of(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
     summary="Get translation job result",
     responses={409: {"model": ErrorResponse, "description": "The job has not completed"}},
 )
-async def result(job_id: JobId, vpsweb: Adapter) -> TranslationResult:
+async def result(job_id: JobId, request: Request) -> TranslationResult:
+    vpsweb = adapter_of(request)
     return await vpsweb.result(job_id)
 
 
 @group.post("/translation/{job_id}/retry", summary="Retry failed translation job")
-async def retry(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+async def retry(job_id: JobId, request: Request) -> TranslationJob:
+    vpsweb = adapter_of(request)
     return await vpsweb.retry(job_id)
 
 
 @group.delete("/translation/{job_id}", summary="Cancel translation job")
-async def cancel(job_id: JobId, vpsweb: Adapter) -> TranslationJob:
+async def cancel(job_id: JobId, request: Request) -> TranslationJob:
     """As the task cancel: the job is `cancelled`, or `running` with `cancel_requested`
     true while the worker process that runs it stops it. A finished job answers 409."""
+    vpsweb = adapter_of(request)
     return await vpsweb.cancel(job_id)
 
 
@@ -210,6 +217,7 @@ async def streamed_job(job_id: JobId, state: StreamAuthorised) -> tuple[VPSWebAd
     response_class=EventSourceResponse,
     summary="Server-sent events of a job, as VPSWeb's web UI listens to them",
     responses=STREAM_RESPONSES,
+    api_key=False,  # the key or a stream token: its guard is StreamAuthorised
 )
 async def events(
     streamed: Annotated[tuple[VPSWebAdapter, str], Depends(streamed_job)],
@@ -304,10 +312,12 @@ async def _detailed(
 
 
 @group.get("/vpsweb/status", tags=["system health"], summary="VPSWeb integration status")
-async def vpsweb_status(vpsweb: Adapter) -> IntegrationStatus:
+async def vpsweb_status(request: Request) -> IntegrationStatus:
+    vpsweb = adapter_of(request)
     return await vpsweb.integration_status()
 
 
 @group.get("/vpsweb/health", tags=["system health"], summary="VPSWeb comprehensive health check")
-async def vpsweb_health(vpsweb: Adapter) -> ProviderHealth:
+async def vpsweb_health(request: Request) -> ProviderHealth:
+    vpsweb = adapter_of(request)
     return await vpsweb.health()
