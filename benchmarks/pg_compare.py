@@ -342,6 +342,10 @@ SETUPS: dict[str, Callable[[str, Path], Awaitable[None]]] = {
 
 def run_role(args: argparse.Namespace) -> None:
     role = ROLES[args.role]
+    if args.checkout and args.role.startswith("ours"):
+        import vpsweb_tasks
+
+        assert vpsweb_tasks.__file__.startswith(args.checkout), vpsweb_tasks.__file__
     if role is ours_consume:
         role(args)
         return
@@ -465,12 +469,21 @@ def systems(args: argparse.Namespace) -> dict[str, System]:
 class Run:
     system: str
     rate: float  # tasks/s
-    client_us: float  # a task
+    producer_us: float  # CPU a task (the one process of a -1p row)
+    consumer_us: float
     server_us: float
     commits: float
     wal_syncs: float
     rows: float  # rows inserted, updated and deleted
     backends: int
+
+    @property
+    def client_us(self) -> float:
+        return self.producer_us + self.consumer_us
+
+    @property
+    def total_us(self) -> float:
+        return self.client_us + self.server_us
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -616,10 +629,10 @@ def measure_in(
                 raise RuntimeError(f"{system.name}: {done} of {args.tasks} after {args.timeout} s")
             time.sleep(POLL)
         elapsed = time.perf_counter() - start
-        client = sum(
+        client = [
             (cpu_seconds(p.pid) or before) - before
             for p, before in zip(processes, client0, strict=True)
-        )
+        ]
         server = backends.end()
         backend_count = len(backends.last)
         expect(producer, "SUBMITTED", system, args)
@@ -654,7 +667,8 @@ def measure_in(
     return Run(
         system=system.name,
         rate=n / elapsed,
-        client_us=client / n * 1e6,
+        producer_us=client[-1] / n * 1e6,
+        consumer_us=sum(client[:-1]) / n * 1e6,
         server_us=server / n * 1e6,
         commits=(commits1 - commits0 - polls - 1) / n,  # the polls and rows0
         rows=(rows1 - rows0) / n,
@@ -681,18 +695,19 @@ def report(chosen: list[System], runs: dict[str, list[Run]], args: argparse.Name
     for system in chosen:
         print(f"  {system.name:<22} {system.topology}")
     header = (
-        f"{'system':<22}{'tasks/s':>9}{'client us':>11}{'server us':>11}"
-        f"{'commits':>9}{'WAL syncs':>11}{'rows':>7}"
-        "  ours against it: rate, client CPU, server CPU (ours / its)"
+        f"{'system':<22}{'tasks/s':>9}{'producer':>9}{'consumer':>9}{'server':>8}{'total':>7}"
+        f"{'commits':>9}{'WAL syncs':>11}{'rows':>6}"
+        "  ours / it: rate, client CPU, server CPU"
     )
     print("\n" + header + "\n" + "-" * len(header))
     ours = [s for s in chosen if s.library == "ours"]
     for system in chosen:
         name = system.name
         line = (
-            f"{name:<22}{med(name, 'rate'):>9,.0f}{med(name, 'client_us'):>11,.0f}"
-            f"{med(name, 'server_us'):>11,.0f}{med(name, 'commits'):>9.2f}"
-            f"{med(name, 'wal_syncs'):>11.2f}{med(name, 'rows'):>7.2f}"
+            f"{name:<22}{med(name, 'rate'):>9,.0f}{med(name, 'producer_us'):>9,.0f}"
+            f"{med(name, 'consumer_us'):>9,.0f}{med(name, 'server_us'):>8,.0f}"
+            f"{med(name, 'total_us'):>7,.0f}{med(name, 'commits'):>9.2f}"
+            f"{med(name, 'wal_syncs'):>11.2f}{med(name, 'rows'):>6.2f}"
         )
         if system.library != "ours":
             ratios = [
@@ -703,8 +718,9 @@ def report(chosen: list[System], runs: dict[str, list[Run]], args: argparse.Name
             line += "  " + "; ".join(ratios)
         print(line)
     print(
-        "\nA task's client and server CPU in us; commits (pg_stat_database), WAL syncs"
-        " (pg_stat_wal, the whole server's) and rows written (pg_stat_user_tables) a task."
+        "\nA task's CPU in us: the producer process (a -1p row's one process), the consumer,"
+        " the server's backends, their total. A task's commits (pg_stat_database), WAL syncs"
+        " (pg_stat_wal, the whole server's) and rows written (pg_stat_user_tables)."
     )
     print("\nevery run (tasks/s, client us, server us a task):")
     for system in chosen:
