@@ -4,6 +4,7 @@
         [--systems ours pgqueuer pgqueuer-batch procrastinate ours-1p pgqueuer-1p
          procrastinate-1p] [--ours main=/work/main --ours pgbatch=/work/wt-pgbatch]
         [--concurrency 16] [--batch 100] [--dsn postgresql://postgres@127.0.0.1:5432/test]
+        [--profile]
 
 Every system runs N no-op tasks in the same topology: a producer process enqueues them as
 its users would, from 16 concurrent coroutines, and one consumer process runs them (the
@@ -27,7 +28,9 @@ Rounds interleave the systems (the order turns each round); the table shows medi
 each ``ours`` row's ratio to the others of its topology. The load average is printed at
 the start and the end. ``--ours LABEL=PATH`` (repeatable) runs our rows from another
 checkout (its ``vpsweb_tasks`` and ``benchmarks/noop_tasks.py``), e.g. main against a
-branch in one run. Run by hand; ``pip install -e '.[bench]'`` brings the other systems.
+branch in one run. ``--profile`` runs each consumer under cProfile (CPU time) and prints
+its costliest functions. Run by hand; ``pip install -e '.[bench]'`` brings the other
+systems.
 
 Each system is a ``System``: its setup, its producer, consumer and one-process roles, and
 the query that counts its completed tasks. A new row is a new ``System`` in ``SYSTEMS``.
