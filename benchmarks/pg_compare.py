@@ -589,10 +589,10 @@ def spawn(system: System, role: str, dsn: str, args: argparse.Namespace) -> subp
     if system.checkout is not None:
         command += ["--checkout", str(system.checkout)]
         cwd = system.checkout
-    log = open(Path(args.folder) / f"{system.name}-{role}.log", "a")  # noqa: SIM115
-    return subprocess.Popen(
-        command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
-    )
+    with open(Path(args.folder) / f"{system.name}-{role}.log", "a") as log:
+        return subprocess.Popen(
+            command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+        )
 
 
 def expect(
