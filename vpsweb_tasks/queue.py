@@ -206,6 +206,8 @@ class TaskQueue:
         self._claiming = False
         self._early_cancels: set[str] = set()
         self._stopping = False
+        self._grace: anyio.CancelScope | None = None
+        self._hurried = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
         self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
@@ -1019,6 +1021,13 @@ class TaskQueue:
 
     # --- shutdown ------------------------------------------------------------------------
 
+    def end_grace(self) -> None:
+        """Cut a shutdown's grace period short (the worker's second SIGTERM): tasks still
+        running are cancelled and released back to the queue now."""
+        self._hurried = True
+        if self._grace is not None:
+            self._grace.cancel()
+
     async def stop(self) -> None:
         """Stop claiming; give running tasks the grace period; then cancel and release them."""
         self._stopping = True
@@ -1030,7 +1039,8 @@ class TaskQueue:
                 self.config.shutdown_grace_period,
                 len(self.running),
             )
-            with anyio.move_on_after(self.config.shutdown_grace_period):
+            grace = 0.0 if self._hurried else self.config.shutdown_grace_period
+            with anyio.move_on_after(grace) as self._grace:
                 await self._idle.wait()
             for running in list(self.running.values()):
                 running.stop("shutdown")

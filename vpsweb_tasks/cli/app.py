@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -46,6 +46,7 @@ from ..manager import Extension, TaskManager, load_extension, make_store, set_ta
 from ..models import TaskStatus
 from .commands import add_commands
 from .exits import EPILOG, LEGACY_EXITS
+from .pool import WorkerPool, die_with_parent
 
 __all__ = ["main"]
 
@@ -86,6 +87,8 @@ def _use_uvloop(loop: str) -> bool:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    if args.supervisor is not None:
+        die_with_parent(args.supervisor)
     settings = _settings(args)
     options = {"use_uvloop": True} if _use_uvloop(args.loop) else {}
     # Workers run here even if the config file (often shared with an API-only process)
@@ -104,6 +107,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"{option}: {message}") from None
     settings = settings.model_copy(update={"background_tasks": checked})
     _log_to_stderr(settings)
+    processes = checked.worker_processes if args.processes is None else args.processes
+    if processes < 1:
+        raise ConfigError(f"--processes: must be at least 1, not {processes}")
+    if processes > 1:
+        pool = WorkerPool(lambda index: _child_command(args, index), processes)
+        return anyio.run(pool.run, backend="asyncio")
     # Modules are named as from the working directory, as `python -m` would find them.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -119,6 +128,25 @@ def _run_worker(args: argparse.Namespace) -> int:
             return 2
     anyio.run(_serve_worker, manager, backend="asyncio", backend_options=options)
     return 0
+
+
+def _child_command(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of a pool's child ``index``: this worker's, in one process."""
+    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--processes", "1"]
+    command += ["--supervisor", str(os.getpid()), "--loop", args.loop]
+    if args.config is not None:
+        command += ["--config", args.config]
+    for module in args.imports:
+        command += ["--import", module]
+    for extension in args.extensions:
+        command += ["--extension", extension]
+    if args.concurrency is not None:
+        command += ["--concurrency", str(args.concurrency)]
+    if args.queues is not None:
+        command += ["--queues", args.queues]
+    if args.metrics_port is not None:  # one port each: child i serves PORT + i
+        command += ["--metrics-port", str(args.metrics_port + index)]
+    return command
 
 
 def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
@@ -141,17 +169,36 @@ def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
 async def _serve_worker(manager: TaskManager) -> None:
     # The signal receiver is in place before start-up, so an early SIGTERM still stops
     # the worker gracefully.
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with manager:
-            types = ", ".join(manager.task_types)
-            queues = ", ".join(manager.config.worker_queues)
-            logger.info(
-                "worker %s running task types: %s; queues: %s", manager.worker_id, types, queues
-            )
-            print(f"READY {manager.worker_id}", flush=True)
-            async for signum in signals:
-                logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
-                break
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+        async with anyio.create_task_group() as tg:
+            async with manager:
+                types = ", ".join(manager.task_types)
+                queues = ", ".join(manager.config.worker_queues)
+                logger.info(
+                    "worker %s running task types: %s; queues: %s", manager.worker_id, types, queues
+                )
+                print(f"READY {manager.worker_id}", flush=True)
+                async for signum in signals:
+                    if signum == signal.SIGUSR1:  # a sibling in the pool died: reap it now
+                        try:
+                            await manager.queue.reap()
+                        except Exception:
+                            logger.exception("reaping dead workers failed")
+                        continue
+                    logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                    break
+                tg.start_soon(_stop_on_second_signal, manager, signals)
+            tg.cancel_scope.cancel()
+
+
+async def _stop_on_second_signal(manager: TaskManager, signals: AsyncIterator[int]) -> None:
+    """While the worker drains, a second SIGINT or SIGTERM is the hard stop: the grace
+    period ends, running tasks are released back to the queue at once."""
+    async for signum in signals:
+        if signum != signal.SIGUSR1:
+            logger.warning("%s again: releasing running tasks now", signal.Signals(signum).name)
+            manager.queue.end_grace()
+            return
 
 
 def _log_to_stderr(settings: Settings) -> None:
@@ -363,6 +410,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the queues to take tasks from, comma-separated, each one of"
         " background_tasks.queues (overrides background_tasks.worker_queues)",
     )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes to run, supervised: a child that dies is replaced, SIGTERM"
+        " drains them all (overrides background_tasks.worker_processes; default 1: this"
+        " process)",
+    )
+    # A pool's child is told its supervisor's pid, to stop when the supervisor dies.
+    worker.add_argument("--supervisor", type=int, metavar="PID", help=argparse.SUPPRESS)
     extension_option(worker)
     loop_option(worker)
 
