@@ -109,6 +109,20 @@ def test_a_bad_config_is_reported_with_its_key(
 
 
 @pytest.mark.usefixtures("worker_side_effects")
+def test_a_pool_of_fewer_than_one_process_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_file(tmp_path)
+    assert main(["worker", "--config", str(config), "--processes", "0"]) == 2
+    assert "--processes: must be at least 1, not 0" in capsys.readouterr().err
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "background_tasks": {"worker_processes": 0}}))
+    assert main(["worker", "--config", str(config)]) == 2
+    assert "background_tasks.worker_processes" in capsys.readouterr().err
+    assert not (tmp_path / "tasks.db").exists()  # refused before anything started
+
+
+@pytest.mark.usefixtures("worker_side_effects")
 def test_asking_for_uvloop_where_it_is_not_installed_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

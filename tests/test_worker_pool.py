@@ -133,7 +133,7 @@ async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskMana
 async def poll(check: Callable[[], Any], *, timeout: float = 60.0) -> None:
     """Wait until ``await check()`` is true: other processes change the state."""
     with anyio.fail_after(timeout):
-        while not await check():
+        while not await check():  # noqa: ASYNC110 - no event crosses the processes
             await anyio.sleep(0.05)
 
 
@@ -216,10 +216,11 @@ async def test_a_child_killed_is_replaced_and_its_tasks_recovered(
     release = tmp_path / "release"
     ids = await submit_blocked(api, release, 4)
 
-    async def each_child_holds_two() -> bool:
-        return await running_by_owner(api) == Counter({victim: 2, survivor: 2})
+    async def each_child_runs_two() -> bool:  # claimed, and their handlers started
+        started = sum(run_log(tmp_path)["START", task_id] for task_id in ids)
+        return started == 4 and await running_by_owner(api) == Counter({victim: 2, survivor: 2})
 
-    await poll(each_child_holds_two)
+    await poll(each_child_runs_two)
     held = [t.id for t in await api.store.get_tasks(ids) if t.lease_owner == victim]
     pid = {w.worker_id: w.pid for w in await api.store.list_workers()}[victim]
     os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,10 @@ processes may share one database (PostgreSQL, or SQLite on one host); a process 
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
 ``--queues a,b`` names the queues a worker takes tasks from (instead of
 ``background_tasks.worker_queues``); each must be one of ``background_tasks.queues``.
+A second SIGINT or SIGTERM is the hard stop: the grace period ends at once; SIGUSR1 has
+the worker reap dead workers of this host now. ``--processes N`` (instead of
+``background_tasks.worker_processes``) runs N such workers as a supervised pool
+(:mod:`.pool`).
 
 ``serve`` and ``worker`` run on uvloop when it is installed (the ``http`` extra brings it),
 as uvicorn does by default; ``--loop asyncio`` opts out. The event loop is a host's choice,

@@ -30,6 +30,7 @@ reaping work between them as between any worker processes), and keeps them runni
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -37,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -138,7 +139,7 @@ class WorkerPool:
 
     # --- stopping ----------------------------------------------------------------------------
 
-    async def _pass_signals_on(self, signals: anyio.abc.AsyncIterator[int]) -> None:
+    async def _pass_signals_on(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             if self._stopping:
@@ -278,10 +279,8 @@ def _terminate(process: anyio.abc.Process | None) -> None:
 
 def _send(process: anyio.abc.Process, signum: signal.Signals) -> None:
     if process.returncode is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it just ended
             process.send_signal(signum)
-        except ProcessLookupError:
-            pass
 
 
 def _described(status: int) -> str:
