@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 import yaml
 
@@ -95,9 +96,14 @@ class Pool:
         return self.stderr_path.read_text()
 
     def close(self) -> None:
+        """After a failed test: no process of the pool is left behind."""
         if self.process.poll() is None:
+            children = psutil.Process(self.process.pid).children()
             self.process.kill()
             self.process.wait()
+            for child in children:
+                child.kill()
+            psutil.wait_procs(children, timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._stderr.close()
@@ -326,3 +332,39 @@ async def test_a_child_that_cannot_start_stops_the_pool(
     assert "exited with status 2 before it was ready; stopping the pool" in stderr
     # Not restarted: each child started once (one "cannot import" each, at most).
     assert stderr.count("cannot import tests.no_such_module") <= 2
+
+
+# --- 5. the pool killed: its children do not run on unsupervised ------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_children_of_a_killed_pool_drain_and_exit(
+    api: TaskManager, storage: dict[str, Any], start_pool: Callable[..., Pool], tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "pool.yaml", storage, max_concurrent_jobs=1, shutdown_grace_period=600
+    )
+    pool = start_pool(config, "--processes", "2")
+    children = await pool.ready()
+    release = tmp_path / "release"
+    ids = await submit_blocked(api, release, 2)
+
+    async def each_child_holds_one() -> bool:
+        return await running_by_owner(api) == Counter(dict.fromkeys(children, 1))
+
+    await poll(each_child_holds_one)
+    pids = [w.pid for w in await api.store.list_workers() if w.worker_id in children]
+    processes = [psutil.Process(pid) for pid in pids]
+    pool.process.send_signal(signal.SIGKILL)
+    pool.process.wait()
+
+    async def both_draining() -> bool:  # each was sent SIGTERM by the kernel
+        return pool.stderr().count("shutting down: waiting up to 600s for 1 running") == 2
+
+    await poll(both_draining)
+    release.touch()  # the running tasks finish within the grace period
+    _, alive = await anyio.to_thread.run_sync(lambda: psutil.wait_procs(processes, timeout=60))
+    assert not alive
+    records = await api.store.get_tasks(ids)
+    assert {t.status for t in records} == {TaskStatus.COMPLETED}
+    assert [w.worker_id for w in await api.store.list_workers()] == [api.worker_id]

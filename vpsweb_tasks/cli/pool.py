@@ -190,8 +190,9 @@ class WorkerPool:
                 reading.cancel_scope.cancel()
             worker_id, slot.process = slot.worker_id, None
             if self._stopping:
-                if status != 0:
-                    self._unclean.append(f"child {slot.index} exited with status {status}")
+                # -SIGTERM: stopped before it could drain, at its start, running nothing.
+                if status not in (0, -signal.SIGTERM):
+                    self._unclean.append(f"child {slot.index} {_described(status)}")
                 return
             self._died(slot, status, worker_id, time.monotonic() - started)
             with anyio.move_on_after(restart_delay(slot.quick_deaths)):
