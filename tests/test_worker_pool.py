@@ -10,6 +10,7 @@ tests/mp_tasks.py and database state, each polled with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,7 +103,8 @@ class Pool:
             self.process.kill()
             self.process.wait()
             for child in children:
-                child.kill()
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             psutil.wait_procs(children, timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
