@@ -17,6 +17,7 @@ import yaml
 import vpsweb_tasks.manager
 from vpsweb_tasks import TaskDefinition, TaskManager, load_config
 from vpsweb_tasks.cli import main
+from vpsweb_tasks.cli.pool import restart_delay
 
 
 @pytest.fixture
@@ -151,3 +152,10 @@ def test_an_extension_it_cannot_load_is_a_clear_error(
         assert "--extension: " in (err := capsys.readouterr().err), err
         assert message in err
     assert not (tmp_path / "tasks.db").exists()  # refused before anything started
+
+
+def test_a_pool_restarts_a_child_that_keeps_dying_ever_more_slowly() -> None:
+    delays = [restart_delay(quick_deaths) for quick_deaths in range(1, 10)]
+    assert delays[:4] == [0.0, 0.5, 1.0, 2.0]  # the first replacement starts at once
+    assert delays == sorted(delays)
+    assert max(delays) == 30.0
