@@ -368,5 +368,5 @@ async def test_children_of_a_killed_pool_drain_and_exit(
     _, alive = await anyio.to_thread.run_sync(lambda: psutil.wait_procs(processes, timeout=60))
     assert not alive
     records = await api.store.get_tasks(ids)
-    assert {t.status for t in records} == {TaskStatus.COMPLETED}
+    assert {t.status for t in records} == {TaskStatus.COMPLETED}, pool.stderr()
     assert [w.worker_id for w in await api.store.list_workers()] == [api.worker_id]

@@ -29,6 +29,7 @@ so the library itself never picks one: an app that embeds a manager runs it on i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -37,7 +38,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -50,7 +51,7 @@ from ..manager import Extension, TaskManager, load_extension, make_store, set_ta
 from ..models import TaskStatus
 from .commands import add_commands
 from .exits import EPILOG, LEGACY_EXITS
-from .pool import WorkerPool, die_with_parent
+from .pool import PARENT_DIED, WorkerPool, die_with_parent
 
 __all__ = ["main"]
 
@@ -173,36 +174,47 @@ def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
 async def _serve_worker(manager: TaskManager) -> None:
     # The signal receiver is in place before start-up, so an early SIGTERM still stops
     # the worker gracefully.
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
-        async with anyio.create_task_group() as tg:
-            async with manager:
-                types = ", ".join(manager.task_types)
-                queues = ", ".join(manager.config.worker_queues)
-                logger.info(
-                    "worker %s running task types: %s; queues: %s", manager.worker_id, types, queues
-                )
-                print(f"READY {manager.worker_id}", flush=True)
-                async for signum in signals:
-                    if signum == signal.SIGUSR1:  # a sibling in the pool died: reap it now
-                        try:
-                            await manager.queue.reap()
-                        except Exception:
-                            logger.exception("reaping dead workers failed")
-                        continue
+    with anyio.open_signal_receiver(*_WORKER_SIGNALS) as signals:
+        async with manager:
+            types = ", ".join(manager.task_types)
+            queues = ", ".join(manager.config.worker_queues)
+            logger.info(
+                "worker %s running task types: %s; queues: %s", manager.worker_id, types, queues
+            )
+            print(f"READY {manager.worker_id}", flush=True)
+            async for signum in signals:
+                if signum == signal.SIGUSR1:  # a sibling in the pool died: reap it now
+                    try:
+                        await manager.queue.reap()
+                    except Exception:
+                        logger.exception("reaping dead workers failed")
+                    continue
+                if signum == PARENT_DIED:
+                    logger.warning("the pool's supervisor died: shutting down gracefully")
+                else:
                     logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
-                    break
-                tg.start_soon(_stop_on_second_signal, manager, signals)
-            tg.cancel_scope.cancel()
+                break
+            _hard_stop_on_next_signal(manager)
 
 
-async def _stop_on_second_signal(manager: TaskManager, signals: AsyncIterator[int]) -> None:
+#: SIGINT and SIGTERM drain the worker; SIGUSR1 has it reap dead workers now; PARENT_DIED
+#: (a pool's child, its supervisor gone) drains it, however many times it comes.
+_WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, PARENT_DIED)
+
+
+def _hard_stop_on_next_signal(manager: TaskManager) -> None:
     """While the worker drains, a second SIGINT or SIGTERM is the hard stop: the grace
-    period ends, running tasks are released back to the queue at once."""
-    async for signum in signals:
-        if signum != signal.SIGUSR1:
-            logger.warning("%s again: releasing running tasks now", signal.Signals(signum).name)
-            manager.queue.end_grace()
-            return
+    period ends, running tasks are released back to the queue at once. asyncio's own
+    handlers, since the task that reads the receiver is busy draining (a task group for a
+    reader would wrap the drain's errors in an ExceptionGroup)."""
+    loop = asyncio.get_running_loop()
+
+    def hurry(signum: signal.Signals) -> None:
+        logger.warning("%s again: releasing running tasks now", signum.name)
+        manager.queue.end_grace()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, hurry, signum)
 
 
 def _log_to_stderr(settings: Settings) -> None:

@@ -23,9 +23,9 @@ reaping work between them as between any worker processes), and keeps them runni
   the queue), and the pool exits 0 once all have. A second signal is passed on too: the
   hard stop of a single worker. The children run in their own session, so a Ctrl-C in a
   terminal reaches them only through the pool (once, not twice).
-* **The pool killed** (SIGKILL, out of memory): each child has asked Linux to send it
-  SIGTERM when its parent dies (``PR_SET_PDEATHSIG``, see :func:`die_with_parent`), so it
-  drains and exits rather than running on unsupervised.
+* **The pool killed** (SIGKILL, out of memory): each child has asked Linux to signal it
+  when its parent dies (``PR_SET_PDEATHSIG``, see :func:`die_with_parent`), and drains
+  and exits on that signal rather than running on unsupervised.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["BOOT_FAILURES", "WorkerPool", "die_with_parent"]
+__all__ = ["BOOT_FAILURES", "PARENT_DIED", "WorkerPool", "die_with_parent"]
 
 logger = logging.getLogger("vpsweb_tasks.cli")
 
@@ -67,16 +67,22 @@ def restart_delay(quick_deaths: int) -> float:
     return float(min(0.5 * 2 ** (quick_deaths - 2), 30.0))
 
 
+#: The signal a pool's child is sent when the pool dies: a worker drains on it as on its
+#: first SIGTERM. Not SIGTERM itself: the kernel sends it again each time the orphan is
+#: handed on to another of the dead pool's threads, and a second SIGTERM is the hard stop.
+PARENT_DIED = signal.SIGUSR2
+
+
 def die_with_parent(parent: int) -> None:
-    """Have this process sent SIGTERM (a graceful drain) when its parent, the pool, dies,
-    even by SIGKILL: Linux's ``prctl(PR_SET_PDEATHSIG)``, chosen over a pipe the child
-    would watch because the kernel delivers it with no thread or loop task in the child.
+    """Have this process sent :data:`PARENT_DIED` when its parent, the pool, dies, even
+    by SIGKILL: Linux's ``prctl(PR_SET_PDEATHSIG)``, chosen over a pipe the child would
+    watch because the kernel delivers it with no thread or loop task in the child.
     Elsewhere this does nothing, and children outlive a killed pool."""
     if not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+    if libc.prctl(pr_set_pdeathsig, int(PARENT_DIED), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:  # the pool died before the call
         os.kill(os.getpid(), signal.SIGTERM)
