@@ -1,7 +1,7 @@
 """Throughput of 1, 2 and 4 worker processes on one database, PostgreSQL next to SQLite.
 
     .venv/bin/python benchmarks/multiprocess.py [--tasks 5000] [--concurrency 16]
-        [--dsn postgresql://postgres@127.0.0.1:5432/test] [--processes 1 2 4]
+        [--dsn postgresql://postgres@127.0.0.1:5432/test] [--processes 1 2 4] [--pool]
 
 For each backend and process count (PostgreSQL twice: with the server's default
 ``synchronous_commit=on``, and ``off``, the durability of SQLite's ``synchronous=NORMAL``):
@@ -9,7 +9,8 @@ a fresh database (a SQLite file; a PostgreSQL schema, dropped after) is filled w
 no-op tasks while the queue is paused, the worker processes (``vpsweb-tasks worker``) are
 started and report ready, then the queue is resumed and the clock runs until every task
 is completed. Start-up and submission are outside the measured time. Prints one table,
-tasks per second. Run by hand.
+tasks per second. Run by hand. ``--pool``: the N worker processes are one
+``vpsweb-tasks worker --processes N`` (a supervisor and its N children), not N commands.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ async def never(context: TaskContext) -> None:
     raise AssertionError("the submitting process runs no tasks")
 
 
-def spawn(config: Path) -> subprocess.Popen[str]:
+def spawn(config: Path, *options: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
     return subprocess.Popen(
-        [*command, "--import", "benchmarks.noop_tasks"],
+        [*command, "--import", "benchmarks.noop_tasks", *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -52,7 +53,7 @@ def spawn(config: Path) -> subprocess.Popen[str]:
 
 
 async def measure(
-    storage: dict[str, Any], folder: Path, n: int, processes: int, jobs: int
+    storage: dict[str, Any], folder: Path, n: int, processes: int, jobs: int, pool: bool
 ) -> float:
     config = folder / f"config-{uuid.uuid4().hex[:6]}.yaml"
     config.write_text(
@@ -82,7 +83,10 @@ async def measure(
             for i in range(16):
                 tg.start_soon(submit, n // 16 + (1 if i < n % 16 else 0))
 
-        workers = [spawn(config) for _ in range(processes)]
+        if pool:  # one line, READY and the children's ids, once all are ready
+            workers = [spawn(config, "--processes", str(processes))]
+        else:
+            workers = [spawn(config) for _ in range(processes)]
         try:
             for worker in workers:
                 assert worker.stdout is not None
@@ -111,6 +115,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="max_concurrent_jobs")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--pool", action="store_true", help="one `worker --processes N` instead of N workers"
+    )
     args = parser.parse_args()
 
     results: dict[tuple[str, int], float] = {}
@@ -119,7 +126,7 @@ async def main() -> None:
         for processes in args.processes:
             sqlite = {"backend": "sqlite", "sqlite_path": str(folder / f"p{processes}.db")}
             results["sqlite", processes] = await measure(
-                sqlite, folder, args.tasks, processes, args.concurrency
+                sqlite, folder, args.tasks, processes, args.concurrency, args.pool
             )
             for column, options in (("postgres", ""), ("postgres-async", NO_FSYNC)):
                 schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -131,7 +138,7 @@ async def main() -> None:
                     )
                     postgres = {"backend": "postgres", "postgres_dsn": dsn}
                     results[column, processes] = await measure(
-                        postgres, folder, args.tasks, processes, args.concurrency
+                        postgres, folder, args.tasks, processes, args.concurrency, args.pool
                     )
                 finally:
                     with psycopg.connect(args.dsn, autocommit=True) as conn:
@@ -140,6 +147,7 @@ async def main() -> None:
     print(
         f"\n{args.tasks} no-op tasks, max_concurrent_jobs={args.concurrency} per process,"
         f" {os.cpu_count()} CPUs. SQLite: WAL, synchronous=NORMAL (no fsync per commit)."
+        + (" Workers: one pool (worker --processes N)." if args.pool else "")
     )
     columns = [
         ("postgres", "PostgreSQL"),

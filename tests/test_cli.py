@@ -17,6 +17,7 @@ import yaml
 import vpsweb_tasks.manager
 from vpsweb_tasks import TaskDefinition, TaskManager, load_config
 from vpsweb_tasks.cli import main
+from vpsweb_tasks.cli.pool import restart_delay
 
 
 @pytest.fixture
@@ -109,6 +110,20 @@ def test_a_bad_config_is_reported_with_its_key(
 
 
 @pytest.mark.usefixtures("worker_side_effects")
+def test_a_pool_of_fewer_than_one_process_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_file(tmp_path)
+    assert main(["worker", "--config", str(config), "--processes", "0"]) == 2
+    assert "--processes: must be at least 1, not 0" in capsys.readouterr().err
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "background_tasks": {"worker_processes": 0}}))
+    assert main(["worker", "--config", str(config)]) == 2
+    assert "background_tasks.worker_processes" in capsys.readouterr().err
+    assert not (tmp_path / "tasks.db").exists()  # refused before anything started
+
+
+@pytest.mark.usefixtures("worker_side_effects")
 def test_asking_for_uvloop_where_it_is_not_installed_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,3 +152,10 @@ def test_an_extension_it_cannot_load_is_a_clear_error(
         assert "--extension: " in (err := capsys.readouterr().err), err
         assert message in err
     assert not (tmp_path / "tasks.db").exists()  # refused before anything started
+
+
+def test_a_pool_restarts_a_child_that_keeps_dying_ever_more_slowly() -> None:
+    delays = [restart_delay(quick_deaths) for quick_deaths in range(1, 10)]
+    assert delays[:4] == [0.0, 0.5, 1.0, 2.0]  # the first replacement starts at once
+    assert delays == sorted(delays)
+    assert max(delays) == 30.0

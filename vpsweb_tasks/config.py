@@ -215,6 +215,11 @@ class BackgroundTaskSettings(_Section):
     resource). Lost attempts do not count against max_retries; the first is re-run at
     once, later ones after retry_delay, doubling. A task's own
     TaskDefinition.max_lost_attempts overrides this; 1 never re-runs a lost task."""
+    worker_processes: int = Field(default=1, ge=1)
+    """Worker processes ``vpsweb-tasks worker`` runs (``--processes N`` overrides it): 1
+    runs the workers in its own process; more makes it a supervisor of that many child
+    processes, each a worker of its own, restarted when it dies. Read by that command
+    only."""
     shutdown_grace_period: Annotated[Seconds, Field(ge=0)] = 10.0
     """On shutdown, running tasks get this long to finish before they are cancelled and
     put back in the queue (they run again later, without losing an attempt)."""

@@ -206,6 +206,12 @@ class TaskQueue:
         self._claiming = False
         self._early_cancels: set[str] = set()
         self._stopping = False
+        self._grace: anyio.CancelScope | None = None
+        self._hurried = False
+        # Held around each heartbeat and the worker row's removal: a heartbeat still on
+        # its way when the row is removed would write the row back.
+        self._worker_row = anyio.Lock()
+        self._worker_removed = False
         self._shared_pause: tuple[bool, str | None] = (False, None)
         self._pause_changes = 0  # bumped by local pause/resume; guards stale refreshes
         self._pause_read_at = 0.0  # anyio.current_time() of the last read of the shared pause
@@ -575,12 +581,15 @@ class TaskQueue:
         if self.running:
             await anyio.sleep(self._heartbeat_interval)
         sent = {running.token.task_id: running for running in self.running.values()}
-        result = await self.store.heartbeat(
-            worker=self.worker,
-            now=self._now(),
-            lease_seconds=self.config.lease_seconds,
-            running=[running.token for running in sent.values()],
-        )
+        async with self._worker_row:
+            if self._worker_removed:
+                return
+            result = await self.store.heartbeat(
+                worker=self.worker,
+                now=self._now(),
+                lease_seconds=self.config.lease_seconds,
+                running=[running.token for running in sent.values()],
+            )
         # The answer is about the attempts sent: while it was on its way, one of them may
         # have ended and the same task been claimed again (a retry due at once). That newer
         # attempt holds its lease: it must not be stopped for the old one's.
@@ -1019,6 +1028,13 @@ class TaskQueue:
 
     # --- shutdown ------------------------------------------------------------------------
 
+    def end_grace(self) -> None:
+        """Cut a shutdown's grace period short (the worker's second SIGTERM): tasks still
+        running are cancelled and released back to the queue now."""
+        self._hurried = True
+        if self._grace is not None:
+            self._grace.cancel()
+
     async def stop(self) -> None:
         """Stop claiming; give running tasks the grace period; then cancel and release them."""
         self._stopping = True
@@ -1030,7 +1046,8 @@ class TaskQueue:
                 self.config.shutdown_grace_period,
                 len(self.running),
             )
-            with anyio.move_on_after(self.config.shutdown_grace_period):
+            grace = 0.0 if self._hurried else self.config.shutdown_grace_period
+            with anyio.move_on_after(grace) as self._grace:
                 await self._idle.wait()
             for running in list(self.running.values()):
                 running.stop("shutdown")
@@ -1038,7 +1055,9 @@ class TaskQueue:
         self._claimed.close()  # idle runners return
         await self.processes.aclose()
         await self.flush_progress()
-        await self.store.remove_worker(self.worker_id)
+        async with self._worker_row:
+            await self.store.remove_worker(self.worker_id)
+            self._worker_removed = True
 
 
 _Claimed = tuple[Claim, RunningTask]

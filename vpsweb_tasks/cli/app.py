@@ -16,6 +16,10 @@ processes may share one database (PostgreSQL, or SQLite on one host); a process 
 with ``background_tasks.enabled: false`` (an API server) submits, they run.
 ``--queues a,b`` names the queues a worker takes tasks from (instead of
 ``background_tasks.worker_queues``); each must be one of ``background_tasks.queues``.
+A second SIGINT or SIGTERM is the hard stop: the grace period ends at once; SIGUSR1 has
+the worker reap dead workers of this host now. ``--processes N`` (instead of
+``background_tasks.worker_processes``) runs N such workers as a supervised pool
+(:mod:`.pool`).
 
 ``serve`` and ``worker`` run on uvloop when it is installed (the ``http`` extra brings it),
 as uvicorn does by default; ``--loop asyncio`` opts out. The event loop is a host's choice,
@@ -25,6 +29,7 @@ so the library itself never picks one: an app that embeds a manager runs it on i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -46,6 +51,7 @@ from ..manager import Extension, TaskManager, load_extension, make_store, set_ta
 from ..models import TaskStatus
 from .commands import add_commands
 from .exits import EPILOG, LEGACY_EXITS
+from .pool import PARENT_DIED, WorkerPool, die_with_parent
 
 __all__ = ["main"]
 
@@ -86,6 +92,8 @@ def _use_uvloop(loop: str) -> bool:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    if args.supervisor is not None:
+        die_with_parent(args.supervisor)
     settings = _settings(args)
     options = {"use_uvloop": True} if _use_uvloop(args.loop) else {}
     # Workers run here even if the config file (often shared with an API-only process)
@@ -104,6 +112,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"{option}: {message}") from None
     settings = settings.model_copy(update={"background_tasks": checked})
     _log_to_stderr(settings)
+    processes = checked.worker_processes if args.processes is None else args.processes
+    if processes < 1:
+        raise ConfigError(f"--processes: must be at least 1, not {processes}")
+    if processes > 1:
+        pool = WorkerPool(lambda index: _child_command(args, index), processes)
+        return anyio.run(pool.run, backend="asyncio")
     # Modules are named as from the working directory, as `python -m` would find them.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -119,6 +133,25 @@ def _run_worker(args: argparse.Namespace) -> int:
             return 2
     anyio.run(_serve_worker, manager, backend="asyncio", backend_options=options)
     return 0
+
+
+def _child_command(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of a pool's child ``index``: this worker's, in one process."""
+    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--processes", "1"]
+    command += ["--supervisor", str(os.getpid()), "--loop", args.loop]
+    if args.config is not None:
+        command += ["--config", args.config]
+    for module in args.imports:
+        command += ["--import", module]
+    for extension in args.extensions:
+        command += ["--extension", extension]
+    if args.concurrency is not None:
+        command += ["--concurrency", str(args.concurrency)]
+    if args.queues is not None:
+        command += ["--queues", args.queues]
+    if args.metrics_port is not None:  # one port each: child i serves PORT + i
+        command += ["--metrics-port", str(args.metrics_port + index)]
+    return command
 
 
 def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
@@ -141,7 +174,7 @@ def _serve_metrics(manager: TaskManager, host: str, port: int) -> None:
 async def _serve_worker(manager: TaskManager) -> None:
     # The signal receiver is in place before start-up, so an early SIGTERM still stops
     # the worker gracefully.
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*_WORKER_SIGNALS) as signals:
         async with manager:
             types = ", ".join(manager.task_types)
             queues = ", ".join(manager.config.worker_queues)
@@ -150,8 +183,38 @@ async def _serve_worker(manager: TaskManager) -> None:
             )
             print(f"READY {manager.worker_id}", flush=True)
             async for signum in signals:
-                logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                if signum == signal.SIGUSR1:  # a sibling in the pool died: reap it now
+                    try:
+                        await manager.queue.reap()
+                    except Exception:
+                        logger.exception("reaping dead workers failed")
+                    continue
+                if signum == PARENT_DIED:
+                    logger.warning("the pool's supervisor died: shutting down gracefully")
+                else:
+                    logger.info("%s: shutting down gracefully", signal.Signals(signum).name)
                 break
+            _hard_stop_on_next_signal(manager)
+
+
+#: SIGINT and SIGTERM drain the worker; SIGUSR1 has it reap dead workers now; PARENT_DIED
+#: (a pool's child, its supervisor gone) drains it, however many times it comes.
+_WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, PARENT_DIED)
+
+
+def _hard_stop_on_next_signal(manager: TaskManager) -> None:
+    """While the worker drains, a second SIGINT or SIGTERM is the hard stop: the grace
+    period ends, running tasks are released back to the queue at once. asyncio's own
+    handlers, since the task that reads the receiver is busy draining (a task group for a
+    reader would wrap the drain's errors in an ExceptionGroup)."""
+    loop = asyncio.get_running_loop()
+
+    def hurry(signum: signal.Signals) -> None:
+        logger.warning("%s again: releasing running tasks now", signum.name)
+        manager.queue.end_grace()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, hurry, signum)
 
 
 def _log_to_stderr(settings: Settings) -> None:
@@ -363,6 +426,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the queues to take tasks from, comma-separated, each one of"
         " background_tasks.queues (overrides background_tasks.worker_queues)",
     )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes to run, supervised: a child that dies is replaced, SIGTERM"
+        " drains them all (overrides background_tasks.worker_processes; default 1: this"
+        " process)",
+    )
+    # A pool's child is told its supervisor's pid, to stop when the supervisor dies.
+    worker.add_argument("--supervisor", type=int, metavar="PID", help=argparse.SUPPRESS)
     extension_option(worker)
     loop_option(worker)
 
