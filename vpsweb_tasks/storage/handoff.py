@@ -78,6 +78,8 @@ class WriteHandoff:
             return True
         except BlockingIOError:
             pass
+        except OSError:  # no flock here (ENOLCK): SQLite's lock alone
+            return False
         with self._state:
             self._waiting = True
             self._granted.clear()
@@ -93,7 +95,8 @@ class WriteHandoff:
             return False
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Close the side file (and end the helper, which a blocked wait may outlive
@@ -103,6 +106,8 @@ class WriteHandoff:
             waiting = self._waiting
         self._request.set()
         if not waiting:
+            if self._helper is not None:
+                self._helper.join()
             os.close(self._fd)
         # else the helper closes it when its flock returns
 
@@ -120,13 +125,15 @@ class WriteHandoff:
             with self._state:
                 if self._closed and not self._waiting:
                     return
+            # An error (ENOLCK) grants nothing, harmlessly: SQLite's lock is the real one.
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             with self._state:
                 self._waiting = False
                 if self._abandoned or self._closed:
                     self._abandoned = False
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
                     if self._closed:
                         os.close(self._fd)
                         return
