@@ -120,8 +120,10 @@ with tempfile.TemporaryDirectory(dir=folder, prefix="ab-") as tmp:
     lockwait.install(str(Path(tmp) / "unused"))
     waits = Path(tmp) / "worker-waits.json"
     elapsed, mine, theirs, submit_wait = anyio.run(split, Path(tmp) / "ab.db", waits)
+    worker_wait = json.loads(waits.read_text().splitlines()[-1])
 print(json.dumps({"rate": n / elapsed, "cpu": (mine + theirs) / n, "loop": mine / n,
-                  "db": theirs / n, "wait": submit_wait["wait"] / elapsed}))
+                  "db": theirs / n, "wait": submit_wait["wait"] / elapsed,
+                  "tasks/txn": n / (submit_wait["begins"] + worker_wait["begins"])}))
 """
 
 
@@ -182,7 +184,11 @@ def main() -> None:
             for spec, root in zip(args.checkouts, roots, strict=True):
                 result = run_once(root, args)
                 runs[spec].append(result)
-                waited = f"  wait {result['wait']:4.0%}" if args.split else ""
+                waited = (
+                    f"  wait {result['wait']:4.0%}  {result['tasks/txn']:4.1f} tasks/txn"
+                    if args.split
+                    else ""
+                )
                 print(
                     f"  run {i + 1} {spec:<20} {result['rate']:>8,.0f} tasks/s"
                     f"  {first} {result['loop'] * 1e6:5.0f} us"
