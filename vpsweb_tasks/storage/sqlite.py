@@ -10,6 +10,7 @@ lock: no task is claimed twice. Operations run on the database thread
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import re
@@ -301,7 +302,8 @@ class SQLiteTaskStore(TaskStore):
     def _handoff(self) -> WriteHandoff | None:
         if self.path == ":memory:":
             return None
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # else the connection says why
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         return WriteHandoff.open(self.path, wait=min(HANDOFF_WAIT, self.busy_timeout))
 
     async def _abandon(self, thread: DatabaseThread) -> None:
