@@ -22,6 +22,7 @@ import pytest
 from vpsweb_tasks import TaskDefinition, TaskManager
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import QueueFullError
+from vpsweb_tasks.storage import sqlite as sqlite_store
 from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.queries import CORE, Queries
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
@@ -310,10 +311,11 @@ async def test_a_write_transaction_holds_the_side_lock_and_a_read_does_not(
 
 
 async def test_a_writer_waits_for_the_side_lock_and_goes_the_moment_it_is_free(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process holds the side lock: the store's write waits for it in the kernel
     (not in SQLite's busy handler) and commits once it is let go."""
+    monkeypatch.setattr(sqlite_store, "HANDOFF_WAIT", 60.0)  # however slow this machine is
     path = tmp_path / "side.db"
     async with SQLiteTaskStore(path) as store:
         holder = _hold_side_lock(path)
