@@ -6,7 +6,12 @@ process's commits reach a listener through the file's data version."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +22,7 @@ import pytest
 from vpsweb_tasks import TaskDefinition, TaskManager
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.errors import QueueFullError
+from vpsweb_tasks.storage import sqlite as sqlite_store
 from vpsweb_tasks.storage._dbthread import Mode
 from vpsweb_tasks.storage.queries import CORE, Queries
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
@@ -234,3 +240,124 @@ async def test_an_idle_workers_claim_rides_in_the_submits_own_commit(
         "UPDATE background_tasks SET",  # the claim
         "COMMIT",
     ]
+
+
+# --- the side lock's hand-off between processes (storage/handoff.py) ---------------------
+
+#: Another process that takes the side lock of argv[1], says HELD, and lets it go when a
+#: line arrives on its stdin (or never, if none does: a stuck holder).
+_HOLDER = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('HELD', flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+def _side_lock_taken(path: Path) -> bool:
+    """Whether somebody holds the side lock (a fresh open file is another holder)."""
+    fd = os.open(f"{path}-writer", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # lets go of it too
+    return False
+
+
+def _hold_side_lock(path: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, f"{path}-writer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "HELD\n"
+    return holder
+
+
+def _end(holder: subprocess.Popen[str]) -> None:
+    holder.kill()  # SIGKILL: the kernel lets its lock go
+    holder.wait()
+    for pipe in (holder.stdin, holder.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def _task_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM background_tasks").fetchone()
+    return int(count)
+
+
+def _waiters_on(path: Path) -> int:
+    """flock waiters on the side file, as the kernel lists them (``->`` lines)."""
+    inode = os.stat(f"{path}-writer").st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and line.split()[-3].endswith(f":{inode}"))
+
+
+async def test_a_write_transaction_holds_the_side_lock_and_a_read_does_not(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "side.db"
+    async with SQLiteTaskStore(path) as store:
+        assert await store._db().run(lambda conn: _side_lock_taken(path), Mode.WRITE)
+        assert not await store._db().run(lambda conn: _side_lock_taken(path), Mode.READ)
+        assert not _side_lock_taken(path)  # let go after the commit
+
+
+async def test_a_writer_waits_for_the_side_lock_and_goes_the_moment_it_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the side lock: the store's write waits for it in the kernel
+    (not in SQLite's busy handler) and commits once it is let go."""
+    monkeypatch.setattr(sqlite_store, "HANDOFF_WAIT", 60.0)  # however slow this machine is
+    path = tmp_path / "side.db"
+    async with SQLiteTaskStore(path) as store:
+        holder = _hold_side_lock(path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.add_task, new_task(T0))
+                with anyio.fail_after(10):
+                    while _waiters_on(path) == 0:  # noqa: ASYNC110 (the kernel's list)
+                        await anyio.sleep(0.01)
+                assert _task_rows(path) == 0  # not written yet
+                assert holder.stdin is not None
+                holder.stdin.write("go\n")
+                holder.stdin.flush()
+        finally:
+            _end(holder)
+        assert (await store.count_tasks())["pending"] == 1
+        handoff = store._db()._handoff
+        assert handoff is not None
+        assert handoff.timeouts == 0
+
+
+async def test_a_stuck_holder_of_the_side_lock_costs_one_bounded_wait(tmp_path: Path) -> None:
+    """A process that holds the side lock and never lets go: the first write waits
+    ``busy_timeout`` for it, then it and every later write go through SQLite's lock alone;
+    once the holder is gone (killed: the kernel lets its lock go), writes take the side
+    lock again."""
+    path = tmp_path / "side.db"
+    async with SQLiteTaskStore(path, busy_timeout=0.2) as store:
+        holder = _hold_side_lock(path)
+        try:
+            for _ in range(5):
+                await store.add_task(new_task(T0))
+            assert (await store.count_tasks())["pending"] == 5
+            handoff = store._db()._handoff
+            assert handoff is not None
+            assert handoff.timeouts == 1
+        finally:
+            _end(holder)
+        with anyio.fail_after(10):
+            # The abandoned wait ends (and lets the lock go) when the kernel frees it.
+            while not await store._db().run(  # noqa: ASYNC110 (another process's end)
+                lambda conn: _side_lock_taken(path), Mode.WRITE
+            ):
+                await anyio.sleep(0.01)
+        assert handoff.timeouts == 1

@@ -38,6 +38,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from .handoff import WriteHandoff
+
 T = TypeVar("T")
 
 #: Most jobs committed in one transaction; bounds how long one write lock is held.
@@ -102,8 +104,15 @@ def _answer(jobs: list[Job[Any]]) -> None:
 class DatabaseThread:
     """Runs ``fn(connection)`` jobs on one thread; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        name: str,
+        handoff: WriteHandoff | None = None,
+    ) -> None:
         self._connect = connect
+        self._handoff = handoff
         self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._ready = threading.Event()
@@ -159,6 +168,8 @@ class DatabaseThread:
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
+            if self._handoff is not None:
+                self._handoff.close()
             return
         self._ready.set()
         try:
@@ -181,6 +192,8 @@ class DatabaseThread:
                 self._answer(batch)
         finally:
             conn.close()
+            if self._handoff is not None:
+                self._handoff.close()
 
     def _answer(self, batch: list[Job[Any]]) -> None:
         token = self._token
@@ -200,10 +213,9 @@ class DatabaseThread:
                 group.append(job)
         self._run_group(conn, group)
 
-    @classmethod
-    def _run_alone(cls, conn: sqlite3.Connection, job: Job[Any]) -> None:
+    def _run_alone(self, conn: sqlite3.Connection, job: Job[Any]) -> None:
         try:
-            cls._run_jobs(conn, [job])
+            self._run_jobs(conn, [job])
         except BaseException as exc:
             job.error = exc
 
@@ -227,22 +239,21 @@ class DatabaseThread:
             elif job.fn is not None:
                 job.result = job.fn(conn)
 
-    @classmethod
-    def _run_group(cls, conn: sqlite3.Connection, group: list[Job[Any]]) -> None:
+    def _run_group(self, conn: sqlite3.Connection, group: list[Job[Any]]) -> None:
         if not group:
             return
-        if len(group) > 1 and cls._run_together(conn, group):
+        if len(group) > 1 and self._run_together(conn, group):
             return
         for job in group:
-            cls._run_together(conn, [job], last_try=True)
+            self._run_together(conn, [job], last_try=True)
 
-    @staticmethod
     def _run_together(
-        conn: sqlite3.Connection, group: list[Job[Any]], *, last_try: bool = False
+        self, conn: sqlite3.Connection, group: list[Job[Any]], *, last_try: bool = False
     ) -> bool:
         """Run the jobs in one transaction. True if it committed; else everything is rolled
         back and, unless ``last_try``, the jobs' errors are left for a retry one by one."""
         writes = any(job.mode is Mode.WRITE for job in group)
+        handed = writes and self._take_handoff()
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             DatabaseThread._run_jobs(conn, group)
@@ -253,4 +264,16 @@ class DatabaseThread:
             if last_try:
                 group[0].error = exc
             return False
+        finally:
+            if handed:
+                self._release_handoff()
         return True
+
+    def _take_handoff(self) -> bool:
+        """Other processes' writers are woken the moment we let go (``handoff``), not
+        when SQLite's busy handler next looks."""
+        return self._handoff is not None and self._handoff.acquire()
+
+    def _release_handoff(self) -> None:
+        assert self._handoff is not None
+        self._handoff.release()

@@ -2,13 +2,15 @@
 
 Several processes may share the file: writes take the lock up front (``BEGIN IMMEDIATE``)
 and wait for it up to ``busy_timeout``, so they queue instead of failing with "database is
-locked". Claims are one ``UPDATE ... RETURNING`` statement, which SQLite runs under the
-write lock: no task is claimed twice. Operations run on the database thread
+locked"; a side lock (:mod:`.handoff`) wakes a waiting process as soon as the lock is
+free. Claims are one ``UPDATE ... RETURNING`` statement, which SQLite runs under the write
+lock: no task is claimed twice. Operations run on the database thread
 (:mod:`._dbthread`), which commits whatever arrived meanwhile in one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import re
@@ -32,6 +34,7 @@ from . import logic
 from ._dbthread import DatabaseThread, Refused
 from ._dbthread import Mode as ThreadMode
 from .base import Announce, DuplicateKeyError, TaskStore
+from .handoff import HANDOFF_WAIT, WriteHandoff
 from .ops import Mode, Operation, Step, drive
 from .queries import Queries, split_statements
 from .rows import dumps
@@ -273,7 +276,11 @@ class SQLiteTaskStore(TaskStore):
         queries = Queries(self.dialect, split=True)
         queries.load(self._components)
         self._statements = compile_queries(queries)
-        thread = DatabaseThread(self._connect, name=f"vpsweb-tasks-sqlite:{Path(self.path).name}")
+        thread = DatabaseThread(
+            self._connect,
+            name=f"vpsweb-tasks-sqlite:{Path(self.path).name}",
+            handoff=self._handoff(),
+        )
         try:
             await thread.start()
         except sqlite3.Error as exc:
@@ -291,6 +298,13 @@ class SQLiteTaskStore(TaskStore):
         except BaseException:
             await self._abandon(thread)
             raise
+
+    def _handoff(self) -> WriteHandoff | None:
+        if self.path == ":memory:":
+            return None
+        with contextlib.suppress(OSError):  # else the connection says why
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        return WriteHandoff.open(self.path, wait=min(HANDOFF_WAIT, self.busy_timeout))
 
     async def _abandon(self, thread: DatabaseThread) -> None:
         self._thread = None
