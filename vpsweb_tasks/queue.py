@@ -580,6 +580,12 @@ class TaskQueue:
                 await self._busy.wait()
         if self.running:
             await anyio.sleep(self._heartbeat_interval)
+        await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Renew the worker's row and the leases of every task it runs, all in one
+        operation whatever their number; stop the attempts whose lease was lost and those
+        with a cancel requested."""
         sent = {running.token.task_id: running for running in self.running.values()}
         async with self._worker_row:
             if self._worker_removed:
