@@ -45,15 +45,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
-import psutil
-import psycopg
+_LIBRARY = os.environ.get("BENCH_LIBRARY")
+if _LIBRARY:  # a checkout to measure instead of the installed one (--library)
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
+    sys.path.insert(0, _LIBRARY)
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config
+import anyio  # noqa: E402
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
+
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LAG_TARGET_MS = 20.0
+_DIGITS = re.compile(r"[0-9.]+")
 RSS_TARGET_MB = 300.0
 
 
@@ -95,12 +101,12 @@ async def hook_sqlite(manager: TaskManager, counter: Counter) -> None:
     from vpsweb_tasks.storage._dbthread import Mode
 
     def trace(sql: str) -> None:
-        text = " ".join(sql.split())
+        text = " ".join(sql[:100].split())
         if text.startswith("--"):  # a trigger's body, part of the statement before it
             return
         if text.startswith("BEGIN"):
             counter.transaction()
-        counter.statement(re.sub(r"[0-9.]+", "?", text)[:60])
+        counter.statement(_DIGITS.sub("?", text[:60]))
 
     def install(conn: Any) -> None:
         conn.set_trace_callback(trace)
@@ -216,6 +222,7 @@ async def child(backend: str, n: int, window: float, where: str) -> dict[str, An
         process = psutil.Process()
         cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
         measuring = True
+        print(f"window of {window} s from now", file=sys.stderr, flush=True)
         await anyio.sleep(window)
         measuring = False
         cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
@@ -270,7 +277,10 @@ def database(backend: str, folder: Path) -> Any:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def measure(backend: str, n: int, window: float, folder: Path) -> dict[str, Any]:
+def measure(
+    backend: str, n: int, window: float, folder: Path, library: str | None
+) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_LIBRARY": library or ""}
     with database(backend, folder) as where:
         command = [
             sys.executable,
@@ -281,8 +291,10 @@ def measure(backend: str, n: int, window: float, folder: Path) -> dict[str, Any]
             str(window),
             where,
         ]
-        found = subprocess.run(command, cwd=BENCH, stdout=subprocess.PIPE, text=True, check=True)
-    return dict(json.loads(found.stdout.strip().splitlines()[-1]))
+        found = subprocess.run(
+            command, cwd=BENCH, env=env, stdout=subprocess.PIPE, text=True, check=True
+        )
+    return {**json.loads(found.stdout.strip().splitlines()[-1]), "library": library or "."}
 
 
 def main() -> None:
@@ -294,6 +306,12 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where the SQLite databases go")
     parser.add_argument("--dsn", default=DSN)
     parser.add_argument("--by-query", action="store_true", help="statements a second by query")
+    parser.add_argument(
+        "--library",
+        nargs="+",
+        default=[None],
+        help="checkouts of vpsweb-tasks to measure in turn (default: the installed one)",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     DSN = args.dsn
@@ -307,14 +325,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
         for backend in backends:
             for n in args.tasks:
-                results.append(measure(backend, n, args.window, Path(tmp)))
+                for library in args.library:
+                    results.append(measure(backend, n, args.window, Path(tmp), library))
     print(
         f"N tasks running at once in one process, each awaiting a long call and reporting"
         f" progress every second; {args.window:.0f} s measured; {os.cpu_count()} CPUs,"
         f" load {os.getloadavg()[0]:.1f}"
     )
     header = (
-        f"{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}{'CPU %':>7}{'loop %':>7}"
+        f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
+        f"{'CPU %':>7}{'loop %':>7}"
         f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
         f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
     )
@@ -324,7 +344,7 @@ def main() -> None:
         per_task = (r["peak_mb"] - r["imported_mb"]) * 1024 / r["n"]
         met = r["lag_p99"] < LAG_TARGET_MS and r["peak_mb"] < RSS_TARGET_MB
         print(
-            f"{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
+            f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
             f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}{r['rss_window_mb']:>8.0f}"
             f"{r['peak_mb']:>6.0f}{per_task:>8.1f}{r['statements']:>8.1f}{r['transactions']:>8.1f}"
             f"{r['updates']:>8,.0f}{r['start']:>8.1f}{r['drain']:>8.1f}"
@@ -332,7 +352,7 @@ def main() -> None:
         )
     if args.by_query:
         for r in results:
-            print(f"\n{r['backend']} N={r['n']:,}: statements a second by query")
+            print(f"\n{r['library']} {r['backend']} N={r['n']:,}: statements a second by query")
             for name, rate in sorted(r["by_query"].items(), key=lambda item: -item[1]):
                 print(f"  {rate:8.2f}  {name}")
 
