@@ -83,7 +83,8 @@ def quiet(
 
 async def one_round(settings: Settings, n: int) -> list[str]:
     """Run ``n`` tasks that each report progress and then wait; once all have reported,
-    count the statements of one progress flush and one heartbeat."""
+    count the statements of one progress flush, one heartbeat (the leases renewed) and
+    one look for cancel requests (what a heartbeat between renewals does)."""
     clock = FakeClock()
     reported = 0
     all_reported = anyio.Event()
@@ -108,6 +109,7 @@ async def one_round(settings: Settings, n: int) -> list[str]:
         async with counting(manager.store) as statements:
             await manager._queue.flush_progress()
             await manager._queue.heartbeat()
+            await manager._queue.look_for_cancel_requests()
         after = await manager.store.get_tasks([c.task_id for c in contexts])
         release.set()
         with anyio.fail_after(30):

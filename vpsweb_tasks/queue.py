@@ -11,8 +11,11 @@ the live contexts, the event hub and a way to start tasks):
 * **runners**: a pool of coroutines, one per slot ever in use (at most
   ``max_concurrent_jobs``), each running claimed tasks one after another; kept rather
   than spawned per task, which costs more than the hand-over (benchmarks/README.md).
-* **heartbeat**: renew the leases of running tasks, learn of cancel requests made by other
-  processes, and stop tasks whose lease was lost.
+* **heartbeat**: every ``lease_seconds / 3``, renew the worker's row and the leases of all
+  its running tasks (one statement, whatever their number) and stop tasks whose lease was
+  lost; in between, every heartbeat interval, look for cancel requests made by other
+  processes (one read). A lease is a row write: renewing thousands every second would
+  write them as often as the cancel checks read.
 * **notices**: other processes' submits wake the dispatcher and their cancel requests stop
   the task at once (``store.listen``). Where the store can only say that something changed
   (SQLite), a worker running tasks then asks it which of them have a cancel requested, at
@@ -219,6 +222,7 @@ class TaskQueue:
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
+        self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
         self._due: list[float] = []
@@ -405,6 +409,15 @@ class TaskQueue:
     async def _cancel_check_loop(self) -> None:
         await self._cancels_changed.wait()
         self._cancels_changed = anyio.Event()
+        await self.look_for_cancel_requests()
+        if self._claiming:  # the claim in flight may bring tasks already asked to stop
+            self._cancels_changed.set()
+        # However often the database changes, one look per interval.
+        await anyio.sleep(self._cancel_check_interval)
+
+    async def look_for_cancel_requests(self) -> None:
+        """Stop the running tasks that have a cancel requested: one read of the worker's
+        leases, whatever their number."""
         running = [each.token for each in self.running.values() if each.stop_reason is None]
         if running:
             requested = await self.store.run(
@@ -412,10 +425,6 @@ class TaskQueue:
             )
             for task_id in requested:
                 self.cancel_running(task_id)
-        if self._claiming:  # the claim in flight may bring tasks already asked to stop
-            self._cancels_changed.set()
-        # However often the database changes, one look per interval.
-        await anyio.sleep(self._cancel_check_interval)
 
     async def _loop_once(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -580,12 +589,22 @@ class TaskQueue:
                 await self._busy.wait()
         if self.running:
             await anyio.sleep(self._heartbeat_interval)
-        await self.heartbeat()
+        if self.running and not self._renewal_due():
+            await self.look_for_cancel_requests()
+        else:
+            await self.heartbeat()
+
+    def _renewal_due(self) -> bool:
+        """Leases are renewed every lease_seconds / 3 (to the nearest heartbeat), not every
+        heartbeat: each renewal rewrites the row of every running task."""
+        since = anyio.current_time() - self._renewed_at
+        return since >= self.config.lease_seconds / 3 - self._heartbeat_interval / 2
 
     async def heartbeat(self) -> None:
         """Renew the worker's row and the leases of every task it runs, all in one
         operation whatever their number; stop the attempts whose lease was lost and those
         with a cancel requested."""
+        self._renewed_at = anyio.current_time()
         sent = {running.token.task_id: running for running in self.running.values()}
         async with self._worker_row:
             if self._worker_removed:
