@@ -81,10 +81,19 @@ def quiet(
     )
 
 
-async def one_round(settings: Settings, n: int) -> list[str]:
+def progress_appends(statements: list[str]) -> int:
+    return sum(
+        each == "append_progress" or each.startswith("INSERT INTO task_progress")
+        for each in statements
+    )
+
+
+async def one_round(settings: Settings, n: int) -> tuple[list[str], int]:
     """Run ``n`` tasks that each report progress and then wait; once all have reported,
     count the statements of one progress flush, one heartbeat (the leases renewed) and
-    one look for cancel requests (what a heartbeat between renewals does)."""
+    one look for cancel requests (what a heartbeat between renewals does). Then release
+    them all at once, each reporting once more as it ends: the progress writes made
+    before their outcomes."""
     clock = FakeClock()
     reported = 0
     all_reported = anyio.Event()
@@ -98,6 +107,7 @@ async def one_round(settings: Settings, n: int) -> list[str]:
         if reported == n:
             all_reported.set()
         await release.wait()
+        await context.update_progress(0.9, "answered")
 
     async with TaskManager(settings, clock=clock) as manager:
         manager.register("llm", llm)
@@ -111,9 +121,10 @@ async def one_round(settings: Settings, n: int) -> list[str]:
             await manager._queue.heartbeat()
             await manager._queue.look_for_cancel_requests()
         after = await manager.store.get_tasks([c.task_id for c in contexts])
-        release.set()
-        with anyio.fail_after(30):
-            finished = [await c.wait() for c in contexts]
+        async with counting(manager.store) as drain:
+            release.set()
+            with anyio.fail_after(30):
+                finished = [await c.wait() for c in contexts]
     # The round did its work for every task: progress stored, lease renewed.
     assert len(before) == len(after) == n
     before.sort(key=lambda record: record.id)
@@ -125,15 +136,17 @@ async def one_round(settings: Settings, n: int) -> list[str]:
         assert new.lease_expires_at is not None
         assert (new.lease_expires_at - old.lease_expires_at).total_seconds() == 60.0
     assert {record.status for record in finished} == {TaskStatus.COMPLETED}
-    return statements
+    return statements, progress_appends(drain)
 
 
 async def test_renewals_and_flushes_do_not_grow_with_running_tasks(
     settings_factory: Callable[..., Settings], storage: dict[str, Any]
 ) -> None:
     with quiet(settings_factory, storage, 5) as settings:
-        few = await one_round(settings, 5)
+        few, few_ending = await one_round(settings, 5)
     with quiet(settings_factory, storage, 50) as settings:
-        many = await one_round(settings, 50)
+        many, many_ending = await one_round(settings, 50)
     assert few, "the hook saw no statement"
     assert len(many) == len(few), f"5 tasks: {few}\n50 tasks: {many}"
+    # Tasks ending together write their last progress together.
+    assert many_ending == few_ending, (few_ending, many_ending)

@@ -54,6 +54,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 import psutil
 
@@ -223,6 +224,7 @@ class TaskQueue:
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
+        self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
         self._due: list[float] = []
@@ -702,13 +704,44 @@ class TaskQueue:
                 del pending[0]
 
     async def flush_progress(self, task_id: str | None = None) -> None:
-        if task_id is None:
-            batches, self._progress = self._progress, {}
-            snapshots = [s for batch in batches.values() for s in batch]
-        else:
-            snapshots = self._progress.pop(task_id, [])
+        """Write the buffered progress: of every task, or of ``task_id`` (a task about to
+        finish), joined by the other tasks that ask in the same moment."""
+        if task_id is not None:
+            await self._flush_together(task_id)
+            return
+        batches, self._progress = self._progress, {}
+        snapshots = [s for batch in batches.values() for s in batch]
         if snapshots:
             await self.store.save_progress(snapshots)
+
+    async def _flush_together(self, task_id: str) -> None:
+        """One write for the tasks that finish together (thousands, when a shared call
+        returns), not one each: the first to ask waits one turn of the loop for the
+        others, then writes all their progress; the others wait for that write."""
+        if task_id not in self._progress:
+            return
+        batch = self._finishing
+        if batch is not None:
+            batch.task_ids.append(task_id)
+            await batch.written.wait()
+            if batch.error is not None:
+                raise batch.error
+            if task_id in self._progress:  # the first was cancelled before it wrote
+                await self.store.save_progress(self._progress.pop(task_id))
+            return
+        batch = self._finishing = _FlushBatch([task_id])
+        try:
+            try:
+                await anyio.lowlevel.checkpoint()
+            finally:
+                self._finishing = None
+            snapshots = [s for each in batch.task_ids for s in self._progress.pop(each, [])]
+            await self.store.save_progress(snapshots)
+        except Exception as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.written.set()
 
     # --- running one task -----------------------------------------------------------------
 
@@ -1092,6 +1125,15 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())
+
+
+@dataclass(eq=False)
+class _FlushBatch:
+    """The progress of tasks finishing together, written at once."""
+
+    task_ids: list[str]
+    written: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
 
 
 class _Handoff:
