@@ -62,7 +62,7 @@ from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
 from .config import RateLimitSettings, Settings
-from .context import Contexts, TaskContext, _current
+from .context import Contexts, TaskContext, _current, _Flag
 from .errors import (
     CircuitOpenError,
     HandlerUnavailableError,
@@ -127,8 +127,9 @@ class RunningTask:
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
     record: TaskRecord | None = None
     """The task as its outcome left it, once written."""
-    done: anyio.Event = field(default_factory=anyio.Event)
-    """Set once the attempt is over (its outcome written, or not: a lost lease)."""
+    done: _Flag = field(default_factory=_Flag)
+    """Set once the attempt is over (its outcome written, or not: a lost lease). Its
+    event is made only when someone waits (a local cancel): not one per running task."""
     writing: bool = False
     """Its outcome is on its way to storage: a heartbeat that finds the lease gone meanwhile
     saw that write, not a lost lease."""
