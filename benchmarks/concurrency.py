@@ -21,7 +21,7 @@ benchmark sets at the end, with a one-second timeout) and calls
   transaction); PostgreSQL, a wrapper of the store's statement execution (a write or
   snapshot operation is one transaction, any other statement its own);
 * the time to start all N (first submit to the Nth task running) and to drain them (the
-  event set to the last completion).
+  event set to the last outcome written, at most 300 s; ``done``: the share completed).
 
 Prints one table. ``--by-query`` adds the window's statements by query. Run by hand.
 """
@@ -162,33 +162,30 @@ async def child(backend: str, n: int, window: float, where: str) -> dict[str, An
     manager = TaskManager(settings)
     release = anyio.Event()
     all_running = anyio.Event()
-    all_done = anyio.Event()
-    running = done = updates = 0
+    running = updates = 0
 
     async def llm(context: TaskContext) -> None:
-        nonlocal running, done, updates
+        nonlocal running, updates
         running += 1
         if running == n:
             all_running.set()
-        try:
-            step = 0
-            while not release.is_set():
-                with anyio.move_on_after(1.0):  # the long call, one second at a time
-                    await release.wait()
-                step += 1
-                await context.update_progress(min(step / 3600, 1.0), "waiting for the model")
-                updates += 1
-        finally:
-            done += 1
-            if done == n:
-                all_done.set()
+        step = 0
+        while not release.is_set():
+            with anyio.move_on_after(1.0):  # the long call, one second at a time
+                await release.wait()
+            step += 1
+            await context.update_progress(min(step / 3600, 1.0), "waiting for the model")
+            updates += 1
 
     manager.register("llm", llm)
     completed = 0
+    all_completed = anyio.Event()
 
     def on_completed(event: Any) -> None:
         nonlocal completed
         completed += 1
+        if completed == n:
+            all_completed.set()
 
     manager.events.add_listener(on_completed, kinds={"task_completed"})
     counter = Counter()
@@ -231,8 +228,8 @@ async def child(backend: str, n: int, window: float, where: str) -> dict[str, An
         rss_window = rss_mb()
         released = time.perf_counter()
         release.set()
-        with anyio.move_on_after(300):
-            await all_done.wait()
+        with anyio.move_on_after(300):  # each outcome written, or 5 minutes
+            await all_completed.wait()
         drain_seconds = time.perf_counter() - released
         drained = completed
         stop_probe = True
