@@ -1201,6 +1201,32 @@ async def test_progress_is_saved_for_running_tasks_with_bounded_history(
         assert untouched.progress == 0.0
 
 
+async def test_progress_history_is_trimmed_per_task_across_saves(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    """Each task keeps its own newest ``history_limit`` rows, whatever the other tasks of
+    the same save hold (the trim finds one cutoff a task)."""
+    async with store_factory(history_limit=3) as store:
+        for _ in range(3):
+            await store.add_task(new_task(T0))
+        long, short, quiet = [await claim_one(store) for _ in range(3)]
+        await store.save_progress([ProgressSnapshot(quiet.task.id, 0.1, "once", None, T0)])
+        for i in range(5):
+            batch = [ProgressSnapshot(long.task.id, i / 10, f"long {i}", None, T0 + i)]
+            if i < 2:
+                batch.append(ProgressSnapshot(short.task.id, i / 10, f"short {i}", None, T0 + i))
+            await store.save_progress(batch)
+        histories = {
+            claim.task.id: [s.message for s in await store.progress_history(claim.task.id)]
+            for claim in (long, short, quiet)
+        }
+        assert histories == {
+            long.task.id: ["long 2", "long 3", "long 4"],
+            short.task.id: ["short 0", "short 1"],
+            quiet.task.id: ["once"],
+        }
+
+
 async def test_cleanup_deletes_old_finished_tasks_with_their_rows(store: TaskStore) -> None:
     for i in range(3):
         await store.add_task(new_task(T0, name=f"old{i}"))

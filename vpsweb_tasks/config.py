@@ -207,8 +207,9 @@ class BackgroundTaskSettings(_Section):
 
     # Beyond the document.
     lease_seconds: PositiveSeconds = 30.0
-    """A running task's claim lasts this long unless its worker renews it. A worker that
-    dies stops renewing; its tasks are re-queued once the lease expires."""
+    """A running task's claim lasts this long unless its worker renews it (every
+    lease_seconds / 3, all its tasks at once). A worker that dies stops renewing; its
+    tasks are re-queued once the lease expires."""
     max_lost_attempts: int = Field(default=5, ge=1, le=100)
     """Attempts of one task that may be lost with their worker (killed, out of memory,
     machine gone) before the task is dead-lettered with WorkerLostError (category

@@ -11,8 +11,11 @@ the live contexts, the event hub and a way to start tasks):
 * **runners**: a pool of coroutines, one per slot ever in use (at most
   ``max_concurrent_jobs``), each running claimed tasks one after another; kept rather
   than spawned per task, which costs more than the hand-over (benchmarks/README.md).
-* **heartbeat**: renew the leases of running tasks, learn of cancel requests made by other
-  processes, and stop tasks whose lease was lost.
+* **heartbeat**: every ``lease_seconds / 3``, renew the worker's row and the leases of all
+  its running tasks (one statement, whatever their number) and stop tasks whose lease was
+  lost; in between, every heartbeat interval, look for cancel requests made by other
+  processes (one read). A lease is a row write: renewing thousands every second would
+  write them as often as the cancel checks read.
 * **notices**: other processes' submits wake the dispatcher and their cancel requests stop
   the task at once (``store.listen``). Where the store can only say that something changed
   (SQLite), a worker running tasks then asks it which of them have a cancel requested, at
@@ -51,6 +54,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 import psutil
 
@@ -58,7 +62,7 @@ from . import tracing
 from .breakers import BreakerRegistry
 from .classify import find_error
 from .config import RateLimitSettings, Settings
-from .context import Contexts, TaskContext, _current
+from .context import Contexts, TaskContext, _current, _Flag
 from .errors import (
     CircuitOpenError,
     HandlerUnavailableError,
@@ -123,8 +127,9 @@ class RunningTask:
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
     record: TaskRecord | None = None
     """The task as its outcome left it, once written."""
-    done: anyio.Event = field(default_factory=anyio.Event)
-    """Set once the attempt is over (its outcome written, or not: a lost lease)."""
+    done: _Flag = field(default_factory=_Flag)
+    """Set once the attempt is over (its outcome written, or not: a lost lease). Its
+    event is made only when someone waits (a local cancel): not one per running task."""
     writing: bool = False
     """Its outcome is on its way to storage: a heartbeat that finds the lease gone meanwhile
     saw that write, not a lost lease."""
@@ -219,6 +224,8 @@ class TaskQueue:
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
         self._progress: dict[str, list[ProgressSnapshot]] = {}
+        self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
+        self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
         self._due: list[float] = []
@@ -405,6 +412,15 @@ class TaskQueue:
     async def _cancel_check_loop(self) -> None:
         await self._cancels_changed.wait()
         self._cancels_changed = anyio.Event()
+        await self.look_for_cancel_requests()
+        if self._claiming:  # the claim in flight may bring tasks already asked to stop
+            self._cancels_changed.set()
+        # However often the database changes, one look per interval.
+        await anyio.sleep(self._cancel_check_interval)
+
+    async def look_for_cancel_requests(self) -> None:
+        """Stop the running tasks that have a cancel requested: one read of the worker's
+        leases, whatever their number."""
         running = [each.token for each in self.running.values() if each.stop_reason is None]
         if running:
             requested = await self.store.run(
@@ -412,10 +428,6 @@ class TaskQueue:
             )
             for task_id in requested:
                 self.cancel_running(task_id)
-        if self._claiming:  # the claim in flight may bring tasks already asked to stop
-            self._cancels_changed.set()
-        # However often the database changes, one look per interval.
-        await anyio.sleep(self._cancel_check_interval)
 
     async def _loop_once(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -580,6 +592,22 @@ class TaskQueue:
                 await self._busy.wait()
         if self.running:
             await anyio.sleep(self._heartbeat_interval)
+        if self.running and not self._renewal_due():
+            await self.look_for_cancel_requests()
+        else:
+            await self.heartbeat()
+
+    def _renewal_due(self) -> bool:
+        """Leases are renewed every lease_seconds / 3 (to the nearest heartbeat), not every
+        heartbeat: each renewal rewrites the row of every running task."""
+        since = anyio.current_time() - self._renewed_at
+        return since >= self.config.lease_seconds / 3 - self._heartbeat_interval / 2
+
+    async def heartbeat(self) -> None:
+        """Renew the worker's row and the leases of every task it runs, all in one
+        operation whatever their number; stop the attempts whose lease was lost and those
+        with a cancel requested."""
+        self._renewed_at = anyio.current_time()
         sent = {running.token.task_id: running for running in self.running.values()}
         async with self._worker_row:
             if self._worker_removed:
@@ -677,13 +705,44 @@ class TaskQueue:
                 del pending[0]
 
     async def flush_progress(self, task_id: str | None = None) -> None:
-        if task_id is None:
-            batches, self._progress = self._progress, {}
-            snapshots = [s for batch in batches.values() for s in batch]
-        else:
-            snapshots = self._progress.pop(task_id, [])
+        """Write the buffered progress: of every task, or of ``task_id`` (a task about to
+        finish), joined by the other tasks that ask in the same moment."""
+        if task_id is not None:
+            await self._flush_together(task_id)
+            return
+        batches, self._progress = self._progress, {}
+        snapshots = [s for batch in batches.values() for s in batch]
         if snapshots:
             await self.store.save_progress(snapshots)
+
+    async def _flush_together(self, task_id: str) -> None:
+        """One write for the tasks that finish together (thousands, when a shared call
+        returns), not one each: the first to ask waits one turn of the loop for the
+        others, then writes all their progress; the others wait for that write."""
+        if task_id not in self._progress:
+            return
+        batch = self._finishing
+        if batch is not None:
+            batch.task_ids.append(task_id)
+            await batch.written.wait()
+            if batch.error is not None:
+                raise batch.error
+            if task_id in self._progress:  # the first was cancelled before it wrote
+                await self.store.save_progress(self._progress.pop(task_id))
+            return
+        batch = self._finishing = _FlushBatch([task_id])
+        try:
+            try:
+                await anyio.lowlevel.checkpoint()
+            finally:
+                self._finishing = None
+            snapshots = [s for each in batch.task_ids for s in self._progress.pop(each, [])]
+            await self.store.save_progress(snapshots)
+        except Exception as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.written.set()
 
     # --- running one task -----------------------------------------------------------------
 
@@ -1067,6 +1126,15 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())
+
+
+@dataclass(eq=False)
+class _FlushBatch:
+    """The progress of tasks finishing together, written at once."""
+
+    task_ids: list[str]
+    written: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
 
 
 class _Handoff:

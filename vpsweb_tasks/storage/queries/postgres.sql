@@ -404,10 +404,14 @@ SELECT r->>0, (r->>1)::float8, r->>2, r->>3, (r->>4)::float8
 FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n) ORDER BY n;
 
 -- name: trim_progress
--- Keep the newest %(keep)s history rows of each task of %(ids)s.
-DELETE FROM task_progress AS p WHERE p.task_id = ANY(%(ids)s)
-  AND p.id <= (SELECT q.id FROM task_progress AS q WHERE q.task_id = p.task_id
-               ORDER BY q.id DESC LIMIT 1 OFFSET %(keep)s);
+-- Keep the newest %(keep)s history rows of each task of %(ids)s. Each task's cutoff is
+-- found once (a walk of %(keep)s index entries), not once for each of its rows.
+DELETE FROM task_progress AS p
+USING (SELECT t.task_id,
+           (SELECT q.id FROM task_progress AS q WHERE q.task_id = t.task_id
+            ORDER BY q.id DESC LIMIT 1 OFFSET %(keep)s) AS cut
+       FROM unnest(%(ids)s::text[]) AS t(task_id)) AS c
+WHERE p.task_id = c.task_id AND p.id <= c.cut;
 
 -- name: progress_history
 SELECT * FROM (SELECT * FROM task_progress WHERE task_id = %(task_id)s

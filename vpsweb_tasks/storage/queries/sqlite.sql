@@ -374,10 +374,15 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
 FROM json_each(:rows) ORDER BY key;
 
 -- name: trim_progress
--- Keep the newest :keep history rows of each task of :ids.
-DELETE FROM task_progress WHERE task_id IN (SELECT value FROM json_each(:ids))
-  AND id <= (SELECT p.id FROM task_progress AS p WHERE p.task_id = task_progress.task_id
-             ORDER BY p.id DESC LIMIT 1 OFFSET :keep);
+-- Keep the newest :keep history rows of each task of :ids. Each task's cutoff is found
+-- once (a walk of :keep index entries), not once for each of its rows.
+DELETE FROM task_progress WHERE id IN (
+    SELECT p.id
+    FROM (SELECT j.value AS task_id,
+              (SELECT q.id FROM task_progress AS q WHERE q.task_id = j.value
+               ORDER BY q.id DESC LIMIT 1 OFFSET :keep) AS cut
+          FROM json_each(:ids) AS j) AS c
+    JOIN task_progress AS p ON p.task_id = c.task_id AND p.id <= c.cut);
 
 -- name: progress_history
 SELECT * FROM (SELECT * FROM task_progress WHERE task_id = :task_id

@@ -1,0 +1,358 @@
+"""Tens of thousands of long-running tasks in one worker process (issue 23, target 2).
+
+    .venv/bin/python benchmarks/concurrency.py [--backend sqlite|postgres|both]
+        [--tasks 200 2000 20000] [--window 20] [--dir DIR]
+        [--dsn postgresql://postgres@127.0.0.1:5432/test] [--by-query]
+
+Each (backend, N) runs in a fresh child process (``--child``, internal) holding one
+``TaskManager`` with ``max_concurrent_jobs = N``. N tasks are submitted (``submit_batch``,
+1,000 a batch); each stands for an LLM job: it awaits a long call (``anyio.sleep(1)``
+after another, until the benchmark ends it) and calls ``context.update_progress`` after
+every second of it. Once all N run, a window of ``--window`` seconds measures:
+
+* event-loop lag: a probe coroutine sleeps 10 ms and records how late it wakes
+  (p50/p99/max);
+* CPU: of the whole process, and of the event-loop thread alone, as % of one core;
+* memory: RSS after imports (before the manager starts), the peak RSS of the process's
+  life (``ru_maxrss``), and (peak - after imports) / N;
+* database statements and transactions a second, counted by a hook on our side of the
+  driver: SQLite, ``set_trace_callback`` on the store's connection (a ``BEGIN`` is a
+  transaction); PostgreSQL, a wrapper of the store's statement execution (a write or
+  snapshot operation is one transaction, any other statement its own);
+* the time to start all N (first submit to the Nth task running) and to drain them (the
+  end to the last outcome written, at most 120 s; ``done``: the share completed).
+
+Prints one table. ``--by-query`` adds the window's statements by query. Run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+_LIBRARY = os.environ.get("BENCH_LIBRARY")
+if _LIBRARY:  # a checkout to measure instead of the installed one (--library)
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
+    sys.path.insert(0, _LIBRARY)
+
+import anyio  # noqa: E402
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
+
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, load_config  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+LAG_TARGET_MS = 20.0
+_DIGITS = re.compile(r"[0-9.]+")
+RSS_TARGET_MB = 300.0
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Counter:
+    """Statements and transactions seen by the hook, by query, since ``reset``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.statements = 0
+        self.transactions = 0
+        self.by_query: collections.Counter[str] = collections.Counter()
+
+    def statement(self, name: str) -> None:
+        with self.lock:
+            self.statements += 1
+            self.by_query[name] += 1
+
+    def transaction(self) -> None:
+        with self.lock:
+            self.transactions += 1
+
+    def reset(self) -> tuple[int, int, dict[str, int]]:
+        with self.lock:
+            taken = (self.statements, self.transactions, dict(self.by_query))
+            self.statements = self.transactions = 0
+            self.by_query.clear()
+        return taken
+
+
+async def hook_sqlite(manager: TaskManager, counter: Counter) -> None:
+    from vpsweb_tasks.storage._dbthread import Mode
+
+    def trace(sql: str) -> None:
+        text = " ".join(sql[:100].split())
+        if text.startswith("--"):  # a trigger's body, part of the statement before it
+            return
+        if text.startswith("BEGIN"):
+            counter.transaction()
+        counter.statement(_DIGITS.sub("?", text[:60]))
+
+    def install(conn: Any) -> None:
+        conn.set_trace_callback(trace)
+
+    await manager.store._db().run(install, Mode.ALONE)  # type: ignore[attr-defined]
+
+
+def hook_postgres(manager: TaskManager, counter: Counter) -> None:
+    from vpsweb_tasks.storage.ops import Mode
+
+    store: Any = manager.store
+    execute, run = store._execute, store.run
+    autocommit: list[bool] = [True]
+
+    async def counted_execute(conn: Any, step: Any) -> Any:
+        counter.statement(step.query)
+        if autocommit[0]:
+            counter.transaction()
+        return await execute(conn, step)
+
+    async def counted_run(operation: Any) -> Any:
+        in_transaction = operation.mode in (Mode.WRITE, Mode.SNAPSHOT)
+        if in_transaction:
+            counter.transaction()
+        # Operations interleave on the loop; the flag is read right after it is set.
+        autocommit[0] = not in_transaction
+        return await run(operation)
+
+    store._execute, store.run = counted_execute, counted_run
+
+
+# --- the child process -------------------------------------------------------------------
+
+
+async def child(
+    backend: str, n: int, window: float, where: str, drain_limit: float = 120.0
+) -> dict[str, Any]:
+    imported_mb = rss_mb()
+    if backend == "sqlite":
+        storage: dict[str, Any] = {"sqlite_path": where}
+    else:
+        storage = {
+            "backend": "postgres",
+            "postgres_dsn": psycopg.conninfo.make_conninfo(DSN, options=f"-csearch_path={where}"),
+        }
+    settings = load_config(
+        storage=storage,
+        background_tasks={
+            "max_concurrent_jobs": n,
+            "max_queue_size": 10 * n,
+            "job_timeout": 3600.0,
+        },
+        logging={"file": None, "level": "WARNING"},
+    )
+    manager = TaskManager(settings)
+    release = anyio.Event()
+    all_running = anyio.Event()
+    running = updates = 0
+
+    async def llm(context: TaskContext) -> None:
+        nonlocal running, updates
+        running += 1
+        if running == n:
+            all_running.set()
+        step = 0
+        while not release.is_set():  # the long call, reporting after each second of it
+            await anyio.sleep(1.0)
+            step += 1
+            await context.update_progress(min(step / 3600, 1.0), "waiting for the model")
+            updates += 1
+
+    manager.register("llm", llm)
+    completed = 0
+    all_completed = anyio.Event()
+
+    def on_completed(event: Any) -> None:
+        nonlocal completed
+        completed += 1
+        if completed == n:
+            all_completed.set()
+
+    manager.events.add_listener(on_completed, kinds={"task_completed"})
+    counter = Counter()
+    lags: list[float] = []
+    measuring = False
+    stop_probe = False
+
+    async def probe() -> None:
+        while not stop_probe:
+            before = time.perf_counter()
+            await anyio.sleep(0.01)
+            if measuring:
+                lags.append(time.perf_counter() - before - 0.01)
+
+    async with manager, anyio.create_task_group() as tg:
+        if backend == "sqlite":
+            await hook_sqlite(manager, counter)
+        else:
+            hook_postgres(manager, counter)
+        tg.start_soon(probe)
+        started = time.perf_counter()
+        for first in range(0, n, 1000):
+            await manager.submit_batch(
+                [TaskDefinition(name="llm", task_type="llm")] * min(1000, n - first)
+            )
+        await all_running.wait()
+        start_seconds = time.perf_counter() - started
+        await anyio.sleep(2.0)  # past the start's own flushes
+        counter.reset()
+        updates = 0
+        process = psutil.Process()
+        cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
+        measuring = True
+        print(f"window of {window} s from now", file=sys.stderr, flush=True)
+        await anyio.sleep(window)
+        measuring = False
+        cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
+        statements, transactions, by_query = counter.reset()
+        window_updates = updates
+        rss_window = rss_mb()
+        released = time.perf_counter()
+        release.set()
+        with anyio.move_on_after(drain_limit):  # each outcome written, or give up
+            await all_completed.wait()
+        drain_seconds = time.perf_counter() - released
+        drained = completed
+        stop_probe = True
+    wall = wall1 - wall0
+    lags_ms = sorted(lag * 1000 for lag in lags)
+    return {
+        "backend": backend,
+        "n": n,
+        "imported_mb": imported_mb,
+        "rss_window_mb": rss_window,
+        "peak_mb": peak_rss_mb(),
+        "lag_p50": statistics.median(lags_ms),
+        "lag_p99": lags_ms[min(len(lags_ms) - 1, int(len(lags_ms) * 0.99))],
+        "lag_max": lags_ms[-1],
+        "cpu": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
+        "loop_cpu": 100 * (loop1 - loop0) / wall,
+        "statements": statements / wall,
+        "transactions": transactions / wall,
+        "updates": window_updates / wall,
+        "by_query": {name: count / wall for name, count in by_query.items()},
+        "start": start_seconds,
+        "drain": drain_seconds,
+        "completed": drained,
+    }
+
+
+# --- the parent --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def database(backend: str, folder: Path) -> Any:
+    if backend == "sqlite":
+        yield str(folder / f"bench-{uuid.uuid4().hex[:8]}.db")
+        return
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def measure(
+    backend: str, n: int, window: float, folder: Path, library: str | None
+) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_LIBRARY": library or ""}
+    with database(backend, folder) as where:
+        command = [
+            sys.executable,
+            str(BENCH / "concurrency.py"),
+            "--child",
+            backend,
+            str(n),
+            str(window),
+            where,
+        ]
+        found = subprocess.run(
+            command, cwd=BENCH, env=env, stdout=subprocess.PIPE, text=True, check=True
+        )
+    return {**json.loads(found.stdout.strip().splitlines()[-1]), "library": library or "."}
+
+
+def main() -> None:
+    global DSN
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[200, 2000, 20000])
+    parser.add_argument("--window", type=float, default=20.0, help="seconds measured")
+    parser.add_argument("--dir", default=".", help="where the SQLite databases go")
+    parser.add_argument("--dsn", default=DSN)
+    parser.add_argument("--by-query", action="store_true", help="statements a second by query")
+    parser.add_argument(
+        "--library",
+        nargs="+",
+        default=[None],
+        help="checkouts of vpsweb-tasks to measure in turn (default: the installed one)",
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    DSN = args.dsn
+    if args.child:
+        backend, n, window, where = args.child
+        result = anyio.run(child, backend, int(n), float(window), where)
+        print(json.dumps(result), flush=True)
+        return
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
+        for backend in backends:
+            for n in args.tasks:
+                for library in args.library:
+                    results.append(measure(backend, n, args.window, Path(tmp), library))
+    print(
+        f"N tasks running at once in one process, each awaiting a long call and reporting"
+        f" progress every second; {args.window:.0f} s measured; {os.cpu_count()} CPUs,"
+        f" load {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
+        f"{'CPU %':>7}{'loop %':>7}"
+        f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
+        f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        per_task = (r["peak_mb"] - r["imported_mb"]) * 1024 / r["n"]
+        met = r["lag_p99"] < LAG_TARGET_MS and r["peak_mb"] < RSS_TARGET_MB
+        print(
+            f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
+            f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}{r['rss_window_mb']:>8.0f}"
+            f"{r['peak_mb']:>6.0f}{per_task:>8.1f}{r['statements']:>8.1f}{r['transactions']:>8.1f}"
+            f"{r['updates']:>8,.0f}{r['start']:>8.1f}{r['drain']:>8.1f}"
+            f"{r['completed'] / r['n']:>7.0%}  {'yes' if met else 'no'}"
+        )
+    if args.by_query:
+        for r in results:
+            print(f"\n{r['library']} {r['backend']} N={r['n']:,}: statements a second by query")
+            for name, rate in sorted(r["by_query"].items(), key=lambda item: -item[1]):
+                print(f"  {rate:8.2f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
