@@ -38,7 +38,7 @@ from vpsweb_tasks.storage.types import NewTask
 from vpsweb_tasks.translation import TranslationExtension
 from vpsweb_tasks.translation.store import NewTranslationJob, insert_jobs
 
-from .conftest import make_settings
+from .conftest import FakeClock, make_settings
 from .support import EventRecorder
 
 pytestmark = pytest.mark.anyio
@@ -711,3 +711,57 @@ async def test_a_heartbeat_about_an_ended_attempt_does_not_stop_the_next_one(
         context = await manager.submit(TaskDefinition(name="f", task_type="flaky"))
         record = await context.wait(timeout=10)
     assert (record.status, record.result, record.attempts) == (TaskStatus.COMPLETED, "second", 2)
+
+
+async def test_leases_are_renewed_while_a_shutdown_drains_running_tasks(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A task still running in the grace period keeps its lease: a grace period longer
+    than a lease must not let other workers reap it as lost."""
+    clock = FakeClock()
+    settings = settings_factory(
+        background_tasks={
+            "lease_seconds": 0.6,
+            "queue_check_interval": 0.05,
+            "shutdown_grace_period": 30.0,
+        }
+    )
+    started, release, renewed_while_draining = anyio.Event(), anyio.Event(), anyio.Event()
+
+    renewals_while_draining = 0
+    async with anyio.create_task_group() as tg, TaskManager(settings, clock=clock) as manager:
+        renew = manager.store.heartbeat
+
+        async def heartbeat(**kwargs: Any) -> Any:
+            result = await renew(**kwargs)
+            nonlocal renewals_while_draining
+            if manager._queue._stopping and kwargs.get("running"):
+                renewals_while_draining += 1
+                if renewals_while_draining == 2:  # not only one already on its way
+                    renewed_while_draining.set()
+            return result
+
+        manager.store.heartbeat = heartbeat  # type: ignore[method-assign]
+
+        @manager.task("drains")
+        async def drains(context: TaskContext) -> None:
+            started.set()
+            await release.wait()
+
+        async def while_draining() -> None:
+            assert manager._queue._stopping  # the manager's stop began before this ran
+            clock.advance(100.0)  # the first lease is long gone by the clock
+            with anyio.fail_after(20):
+                await renewed_while_draining.wait()
+            record = await manager.store.get_task(context.task_id)
+            assert record is not None
+            assert record.lease_expires_at is not None
+            assert record.lease_expires_at.timestamp() > clock()
+            release.set()
+
+        context = await manager.submit(definition("drains"))
+        await started.wait()
+        tg.start_soon(while_draining)  # runs once leaving this block has begun the stop
+    async with TaskManager(settings) as again:
+        final = await again.get_task(context.task_id)
+    assert (final.status, final.attempts, final.lost_attempts) == (TaskStatus.COMPLETED, 1, 0)

@@ -354,7 +354,7 @@ class TaskQueue:
             await tg.start(self._listen)
             self._dispatcher_stopped = anyio.Event()
             tg.start_soon(self._run_dispatcher)
-            tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop)
+            tg.start_soon(self._loop, "heartbeat", self._heartbeat_loop, self._keeps_leases)
             tg.start_soon(self._loop, "cancel check", self._cancel_check_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
@@ -441,9 +441,15 @@ class TaskQueue:
         finally:
             self._dispatcher_stopped.set()
 
-    async def _loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run a loop body forever; an error is logged and the loop goes on."""
-        while not self._stopping:
+    async def _loop(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        goes_on: Callable[[], bool] | None = None,
+    ) -> None:
+        """Run a loop body until the queue stops (or while ``goes_on()``); an error is
+        logged and the loop goes on."""
+        while not self._stopping if goes_on is None else goes_on():
             try:
                 await body()
             except Exception:
@@ -596,6 +602,11 @@ class TaskQueue:
             await self.look_for_cancel_requests()
         else:
             await self.heartbeat()
+
+    def _keeps_leases(self) -> bool:
+        """Heartbeats go on through a shutdown's grace period, until the worker's row is
+        removed: tasks draining longer than a lease must not be reaped as lost."""
+        return not self._worker_removed
 
     def _renewal_due(self) -> bool:
         """Leases are renewed every lease_seconds / 3 (to the nearest heartbeat), not every
