@@ -17,10 +17,14 @@ the live contexts, the event hub and a way to start tasks):
   processes (one read). A lease is a row write: renewing thousands every second would
   write them as often as the cancel checks read.
 * **notices**: other processes' submits wake the dispatcher and their cancel requests stop
-  the task at once (``store.listen``). Where the store can only say that something changed
-  (SQLite), a worker running tasks then asks it which of them have a cancel requested, at
-  most once per ``storage.sqlite_watch_interval``: a cancel is heard as fast as a submit,
-  not at the next heartbeat.
+  the task at once (``store.listen``). Every worker hears every submit, and one takes the
+  batch: a notice for a task this worker's claim already took wakes nothing, and after a
+  claim that notices alone asked for came back empty (another worker was faster), the
+  next notices wait ``NOTICE_COALESCE`` and make one claim together (a local wake, a
+  finish or a submit here, ends the wait at once). Where the store can only say that
+  something changed (SQLite), a worker running tasks then asks it which of them have a
+  cancel requested, at most once per ``storage.sqlite_watch_interval``: a cancel is
+  heard as fast as a submit, not at the next heartbeat.
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
 
@@ -115,6 +119,14 @@ logger = logging.getLogger("vpsweb_tasks.queue")
 #: these is read from storage when the dispatcher idles.
 MAX_DUE_TIMES = 1024
 
+#: How long a worker whose last notice-driven claim came back empty lets further notices
+#: gather before it claims again, doubled for each further empty one up to
+#: ``NOTICE_COALESCE_MAX``: one claim per burst instead of one per notice, where another
+#: worker keeps taking the work first. Short, since it delays a task only when those
+#: faster workers have no free slot; the first claim that takes a task ends it.
+NOTICE_COALESCE = 0.005
+NOTICE_COALESCE_MAX = 0.05
+
 
 @dataclass(eq=False)
 class RunningTask:
@@ -199,6 +211,15 @@ class TaskQueue:
         self._spawn = spawn
         self.running: dict[str, RunningTask] = {}
         self._wake = anyio.Event()
+        # Set with _wake by this process's own reasons (submits, finishes, stop), not by
+        # other processes' notices: ends the wait of notice coalescing.
+        self._local_wake = anyio.Event()
+        # Claims in a row that only notices asked for and that came back empty: while
+        # there are any, notices are coalesced (_gather_notices).
+        self._empty_notice_claims = 0
+        # Whether work may be waiting for a free slot here: the last claim filled the room
+        # it had, or the dispatcher woke with no room. Only then does a finish claim again.
+        self._room_wanted = False
         self._idle = anyio.Event()
         self._idle.set()
         self._busy = anyio.Event()  # set while tasks run: wakes an idle heartbeat
@@ -210,6 +231,7 @@ class TaskQueue:
         # (yet): the claim may be taking them.
         self._claiming = False
         self._early_cancels: set[str] = set()
+        self._added_while_claiming: list[str] = []  # tasks of task_added notices heard then
         self._stopping = False
         self._grace: anyio.CancelScope | None = None
         self._hurried = False
@@ -280,6 +302,7 @@ class TaskQueue:
                 heapq.heappush(self._due, run_at)
             return
         self._wake.set()
+        self._local_wake.set()
 
     def _sleep_time(self) -> float:
         interval = self.config.queue_check_interval
@@ -378,7 +401,10 @@ class TaskQueue:
 
     def _on_notice(self, kind: Notice, task_id: str) -> None:
         if kind == "task_added":
-            self.notify()
+            if self._claiming:  # the claim on its way may be taking it: look when it is back
+                self._added_while_claiming.append(task_id)
+            elif not self._claimed_here(task_id):
+                self._wake.set()
         elif kind == "changed":
             self.notify()
             if self.running or self._claiming:
@@ -387,6 +413,13 @@ class TaskQueue:
             self._spawn(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
             self.cancel_running(task_id)
+
+    def _claimed_here(self, task_id: str) -> bool:
+        """Whether a task named by a ``task_added`` notice is one a claim of ours took, so
+        the notice asks for no claim: a notice names one task of its batch, all of which a
+        claim that saw one of them saw too. Only with one queue served: with several, a
+        claim of another queue in the same round may have run before the batch was in."""
+        return len(self.config.worker_queues) == 1 and task_id in self.running
 
     def logs_lifecycle(self) -> bool:
         """Whether the INFO lines of tasks' lifecycles (started, completed, cancelled) are
@@ -466,13 +499,21 @@ class TaskQueue:
 
     async def _dispatch_loop(self) -> None:
         await self._look_ahead()  # tasks due later, stored before this process started
+        noticed = False  # whether only other processes' notices woke this round
         while not self._stopping:
             self._rounds_started += 1
             self._wake = anyio.Event()
+            self._local_wake = anyio.Event()
             capacity = self.config.max_concurrent_jobs - len(self.running)
             claimed = 0
+            self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
                 claimed = await self._claim_and_start(capacity)
+                if claimed:
+                    self._empty_notice_claims = 0
+                elif noticed:
+                    self._empty_notice_claims += 1
+            noticed = False
             self._rounds_done = self._rounds_started
             self._round.set()
             self._round = anyio.Event()
@@ -484,6 +525,9 @@ class TaskQueue:
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
                 await self._wake.wait()
+            noticed = not timer.cancelled_caught and not self._local_wake.is_set()
+            if noticed and self._empty_notice_claims:
+                await self._gather_notices()
             idle = timer.cancelled_caught and not (self._due and self._due[0] <= self._now())
             stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
             if idle or stale:
@@ -493,6 +537,14 @@ class TaskQueue:
                 await self._refresh_pause()
                 await self.sync_breakers()
                 await self._look_ahead()
+
+    async def _gather_notices(self) -> None:
+        """Let the notices of a burst gather into one claim (see :data:`NOTICE_COALESCE`):
+        another worker has been taking the work first, so a claim per notice would mostly
+        come back empty."""
+        wait = NOTICE_COALESCE * 2 ** min(self._empty_notice_claims - 1, 16)
+        with anyio.move_on_after(min(wait, NOTICE_COALESCE_MAX)):
+            await self._local_wake.wait()
 
     async def _look_ahead(self) -> None:
         """Wake on time for the earliest task to run later that storage holds: one another
@@ -580,7 +632,20 @@ class TaskQueue:
         while self._runners < len(self.running):  # a free runner for every claimed task
             self._runners += 1
             self._spawn(self._runner)
+        if len(claims) >= limit or limits is not None:
+            self._room_wanted = True  # more may wait; with limits, a finish may free a key
+        heard, self._added_while_claiming = self._added_while_claiming, []
+        if not all(map(self._claimed_here, heard)):
+            self._wake.set()  # a notice of work this claim did not see
         return len(claims)
+
+    def _slot_freed(self) -> None:
+        """A task finished here: claim again only if work may be waiting for the slot.
+        Otherwise the last claim took all there was, and new work comes with a notice
+        (or a run time): with several workers, a claim on every finish mostly comes back
+        empty."""
+        if self._room_wanted:
+            self.notify()
 
     async def _runner(self) -> None:
         """Run claimed tasks one at a time, until stop() closes the hand-off."""
@@ -995,7 +1060,7 @@ class TaskQueue:
             if not self.running:
                 self._idle.set()
                 self._busy = anyio.Event()
-            self.notify()
+            self._slot_freed()
             running.record = record
             running.done.set()
         if record is None:
