@@ -1,12 +1,14 @@
 """What only the PostgreSQL backend does: notices across connections, reconnecting the
-listener, concurrent migrations, and a backup the SQLite backend can open.
+listener, concurrent migrations, a backup the SQLite backend can open, and how several
+workers on one schema react to notices.
 
 The rest of the contract is checked on both backends by test_storage_conformance.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import anyio
 import psycopg
 import pytest
 
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
 from vpsweb_tasks.models import TaskStatus
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
 from vpsweb_tasks.storage.ops import Operation
@@ -22,7 +25,7 @@ from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
-from .conftest import POSTGRES_DSN, new_task, postgres_schema
+from .conftest import POSTGRES_DSN, make_settings, new_task, postgres_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend", ["postgres"])]
 
@@ -172,3 +175,85 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
             tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
     assert operations == ["finish", "complete_many"]
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
+
+
+class ClaimCounter:
+    """Counts a worker store's claims and those that came back empty."""
+
+    def __init__(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claims = self.empty = 0
+        claim = store.claim
+
+        async def counted(**arguments: Any) -> Any:
+            claims = await claim(**arguments)
+            self.claims += 1
+            self.empty += not claims
+            return claims
+
+        monkeypatch.setattr(store, "claim", counted)
+
+
+@contextlib.asynccontextmanager
+async def workers_and_api(
+    tmp_path: Path, storage: dict[str, Any], count: int, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[TaskManager, list[ClaimCounter]]]:
+    """``count`` worker managers and an API-only one in this process, on one schema: the
+    workers hear of submits only through notices (no poll within the test: it would
+    find any task a missed wake-up left behind)."""
+
+    async def noop(context: TaskContext) -> None:
+        return None
+
+    async with contextlib.AsyncExitStack() as stack:
+        counters = []
+        for n in range(count):
+            settings = make_settings(
+                tmp_path / f"w{n}",
+                storage=storage,
+                background_tasks={"queue_check_interval": 60.0, "max_concurrent_jobs": 8},
+            )
+            worker = await stack.enter_async_context(TaskManager(settings))
+            worker.register("noop", noop)
+            counters.append(ClaimCounter(worker.store, monkeypatch))
+        api_settings = make_settings(
+            tmp_path / "api", storage=storage, background_tasks={"enabled": False}
+        )
+        api = await stack.enter_async_context(TaskManager(api_settings))
+        api.register("noop", noop)
+        yield api, counters
+
+
+async def test_a_worker_that_took_all_there_was_does_not_claim_again_on_each_finish(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last claim took every waiting task and left room: new work comes with a
+    notice, so a finish asks for no claim (which would come back empty)."""
+    async with workers_and_api(tmp_path, storage, 1, monkeypatch) as (api, [counter]):
+        before = counter.empty  # the first look at the queue, at start
+        for _ in range(10):
+            context = await api.submit(TaskDefinition(name="one", task_type="noop"))
+            with anyio.fail_after(30):
+                await context.wait()
+        assert counter.claims - before == 10
+        assert counter.empty == before
+
+
+async def test_three_workers_take_a_burst_of_notices_without_a_claim_per_notice_each(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker hears every submit's notice and one takes the task: the others'
+    claims come back empty. A worker whose notice-driven claim came back empty lets the
+    next notices gather into one claim; and no task waits for a poll."""
+    n = 60
+    async with workers_and_api(tmp_path, storage, 3, monkeypatch) as (api, counters):
+        before = sum(each.empty for each in counters)
+        definition = TaskDefinition(name="one", task_type="noop")
+        contexts = [await api.submit(definition) for _ in range(n)]  # a notice each
+        with anyio.fail_after(30):
+            for context in contexts:
+                await context.wait()
+        assert (await api.store.count_tasks())[TaskStatus.COMPLETED] == n
+        empty = sum(each.empty for each in counters) - before
+        claims = sum(each.claims for each in counters)
+        print(f"\n{n} notices: {claims} claims, {empty} empty")
+        assert empty < n  # without coalescing and with a claim per finish: ~1.6 n

@@ -17,11 +17,13 @@ the live contexts, the event hub and a way to start tasks):
   processes (one read). A lease is a row write: renewing thousands every second would
   write them as often as the cancel checks read.
 * **notices**: other processes' submits wake the dispatcher and their cancel requests stop
-  the task at once (``store.listen``). Every worker hears every submit, and one takes the
-  batch: a notice for a task this worker's claim already took wakes nothing, and after a
-  claim that notices alone asked for came back empty (another worker was faster), the
-  next notices wait ``NOTICE_COALESCE`` and make one claim together (a local wake, a
-  finish or a submit here, ends the wait at once). Where the store can only say that
+  the task at once (``store.listen``). Every worker hears every submit, and one claim
+  takes the batch: so each notice is one worker's to claim at once (the first of the
+  live workers ranked by a hash of the notice's task and the worker), the next in rank
+  claims ``NOTICE_STAGGER`` later (if that one is full, busy or gone), and so on; any
+  claim of a worker's covers the notices it heard before, and a notice for a task its
+  claim already took wakes nothing. A finish claims again only if work may be waiting
+  for its slot (the last claim filled the room it had). Where the store can only say that
   something changed (SQLite), a worker running tasks then asks it which of them have a
   cancel requested, at most once per ``storage.sqlite_watch_interval``: a cancel is
   heard as fast as a submit, not at the next heartbeat.
@@ -50,6 +52,7 @@ import logging
 import os
 import socket
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -119,13 +122,13 @@ logger = logging.getLogger("vpsweb_tasks.queue")
 #: these is read from storage when the dispatcher idles.
 MAX_DUE_TIMES = 1024
 
-#: How long a worker whose last notice-driven claim came back empty lets further notices
-#: gather before it claims again, doubled for each further empty one up to
-#: ``NOTICE_COALESCE_MAX``: one claim per burst instead of one per notice, where another
-#: worker keeps taking the work first. Short, since it delays a task only when those
-#: faster workers have no free slot; the first claim that takes a task ends it.
-NOTICE_COALESCE = 0.005
-NOTICE_COALESCE_MAX = 0.05
+#: How much later than the worker ranked before it a worker claims for a ``task_added``
+#: notice (unless a claim of its own covered it meanwhile): short, since it delays a task
+#: only when the workers ranked first have no free slot, serve another queue, or are gone.
+NOTICE_STAGGER = 0.02
+#: How often at most a worker reads the live workers again, after a notice it was ranked
+#: first for found nothing (a worker it did not know of took the task).
+PEERS_REFRESH = 1.0
 
 
 @dataclass(eq=False)
@@ -211,12 +214,14 @@ class TaskQueue:
         self._spawn = spawn
         self.running: dict[str, RunningTask] = {}
         self._wake = anyio.Event()
-        # Set with _wake by this process's own reasons (submits, finishes, stop), not by
-        # other processes' notices: ends the wait of notice coalescing.
-        self._local_wake = anyio.Event()
-        # Claims in a row that only notices asked for and that came back empty: while
-        # there are any, notices are coalesced (_gather_notices).
-        self._empty_notice_claims = 0
+        # Notices: the live workers (ids) that rank them, when they were read, whether a
+        # notice ranked us first since the last claim, and when (anyio time) a notice
+        # ranked us later asks for a claim; the dispatcher's sleep, to shorten it for one.
+        self._peers: tuple[str, ...] = (worker_id,)
+        self._peers_read_at = float("-inf")
+        self._noticed = False
+        self._notice_due: float | None = None
+        self._sleep_scope: anyio.CancelScope | None = None
         # Whether work may be waiting for a free slot here: the last claim filled the room
         # it had, or the dispatcher woke with no room. Only then does a finish claim again.
         self._room_wanted = False
@@ -276,7 +281,8 @@ class TaskQueue:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             process_started_at=_process_started_at(),
-            concurrency=self.config.max_concurrent_jobs,
+            # 0: an API-only process runs nothing (and takes no turn for notices).
+            concurrency=self.config.max_concurrent_jobs if self.config.enabled else 0,
         )
 
     # --- state ---------------------------------------------------------------------------
@@ -302,10 +308,11 @@ class TaskQueue:
                 heapq.heappush(self._due, run_at)
             return
         self._wake.set()
-        self._local_wake.set()
 
     def _sleep_time(self) -> float:
         interval = self.config.queue_check_interval
+        if self._notice_due is not None:
+            interval = min(interval, max(0.0, self._notice_due - anyio.current_time()))
         if not self._due:
             return interval
         return max(0.0, min(interval, self._due[0] - self._now()))
@@ -401,10 +408,7 @@ class TaskQueue:
 
     def _on_notice(self, kind: Notice, task_id: str) -> None:
         if kind == "task_added":
-            if self._claiming:  # the claim on its way may be taking it: look when it is back
-                self._added_while_claiming.append(task_id)
-            elif not self._claimed_here(task_id):
-                self._wake.set()
+            self._task_added(task_id)
         elif kind == "changed":
             self.notify()
             if self.running or self._claiming:
@@ -413,6 +417,45 @@ class TaskQueue:
             self._spawn(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
             self.cancel_running(task_id)
+
+    def _task_added(self, task_id: str) -> None:
+        """Another process stored a task (and its batch): claim now if we rank first for
+        it, else later by our rank, unless a claim of ours takes it first."""
+        if self._claiming:  # the claim on its way may be taking it: look when it is back
+            self._added_while_claiming.append(task_id)
+            return
+        if self._claimed_here(task_id):
+            return
+        rank = self._rank(task_id)
+        if rank == 0:
+            self._noticed = True
+            self._wake.set()
+            return
+        due = anyio.current_time() + rank * NOTICE_STAGGER
+        if self._notice_due is None or due < self._notice_due:
+            self._notice_due = due
+            if self._sleep_scope is not None:
+                self._sleep_scope.deadline = min(self._sleep_scope.deadline, due)
+
+    def _rank(self, task_id: str) -> int:
+        """How many live workers come before us for a notice of this task: every worker
+        ranks them alike (a hash of the task and each worker), so one claims at once."""
+        mine = _notice_score(task_id, self.worker_id)
+        return sum(
+            1
+            for peer in self._peers
+            if peer != self.worker_id and _notice_score(task_id, peer) > mine
+        )
+
+    async def _refresh_peers(self) -> None:
+        self._peers_read_at = anyio.current_time()
+        now = self._now()
+        live = [
+            worker.worker_id
+            for worker in await self.store.list_workers()
+            if worker.concurrency > 0 and worker.expires_at > now
+        ]
+        self._peers = tuple({self.worker_id, *live})
 
     def _claimed_here(self, task_id: str) -> bool:
         """Whether a task named by a ``task_added`` notice is one a claim of ours took, so
@@ -499,21 +542,18 @@ class TaskQueue:
 
     async def _dispatch_loop(self) -> None:
         await self._look_ahead()  # tasks due later, stored before this process started
-        noticed = False  # whether only other processes' notices woke this round
         while not self._stopping:
             self._rounds_started += 1
             self._wake = anyio.Event()
-            self._local_wake = anyio.Event()
+            # This round's claim covers every notice heard so far.
+            noticed, self._noticed, self._notice_due = self._noticed, False, None
             capacity = self.config.max_concurrent_jobs - len(self.running)
             claimed = 0
             self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
                 claimed = await self._claim_and_start(capacity)
-                if claimed:
-                    self._empty_notice_claims = 0
-                elif noticed:
-                    self._empty_notice_claims += 1
-            noticed = False
+                if noticed and not claimed:
+                    await self._peers_may_have_changed()
             self._rounds_done = self._rounds_started
             self._round.set()
             self._round = anyio.Event()
@@ -524,11 +564,17 @@ class TaskQueue:
                     await self._look_ahead()
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
-                await self._wake.wait()
-            noticed = not timer.cancelled_caught and not self._local_wake.is_set()
-            if noticed and self._empty_notice_claims:
-                await self._gather_notices()
-            idle = timer.cancelled_caught and not (self._due and self._due[0] <= self._now())
+                self._sleep_scope = timer
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._sleep_scope = None
+            notice_due = self._notice_due is not None and (self._notice_due <= anyio.current_time())
+            idle = (
+                timer.cancelled_caught
+                and not notice_due
+                and not (self._due and self._due[0] <= self._now())
+            )
             stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
             if idle or stale:
                 # Another process may have paused or resumed the queue. `stale`: wake-ups
@@ -537,14 +583,14 @@ class TaskQueue:
                 await self._refresh_pause()
                 await self.sync_breakers()
                 await self._look_ahead()
+                await self._refresh_peers()
 
-    async def _gather_notices(self) -> None:
-        """Let the notices of a burst gather into one claim (see :data:`NOTICE_COALESCE`):
-        another worker has been taking the work first, so a claim per notice would mostly
-        come back empty."""
-        wait = NOTICE_COALESCE * 2 ** min(self._empty_notice_claims - 1, 16)
-        with anyio.move_on_after(min(wait, NOTICE_COALESCE_MAX)):
-            await self._local_wake.wait()
+    async def _peers_may_have_changed(self) -> None:
+        """A notice ranked us first and our claim found nothing: another worker took the
+        task, perhaps one we do not know of yet. Read the live workers again (at most
+        every PEERS_REFRESH)."""
+        if anyio.current_time() - self._peers_read_at >= PEERS_REFRESH:
+            await self._refresh_peers()
 
     async def _look_ahead(self) -> None:
         """Wake on time for the earliest task to run later that storage holds: one another
@@ -635,8 +681,8 @@ class TaskQueue:
         if len(claims) >= limit or limits is not None:
             self._room_wanted = True  # more may wait; with limits, a finish may free a key
         heard, self._added_while_claiming = self._added_while_claiming, []
-        if not all(map(self._claimed_here, heard)):
-            self._wake.set()  # a notice of work this claim did not see
+        for task_id in heard:  # notices of work this claim may not have seen
+            self._task_added(task_id)
         return len(claims)
 
     def _slot_freed(self) -> None:
@@ -1196,6 +1242,11 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+
+
+def _notice_score(task_id: str, worker_id: str) -> int:
+    """A worker's place for a notice of a task, the same in every process."""
+    return zlib.crc32(f"{task_id}/{worker_id}".encode())
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
