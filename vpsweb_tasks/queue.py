@@ -126,8 +126,8 @@ MAX_DUE_TIMES = 1024
 #: notice (unless a claim of its own covered it meanwhile): short, since it delays a task
 #: only when the workers ranked first have no free slot, serve another queue, or are gone.
 NOTICE_STAGGER = 0.02
-#: How often at most a worker reads the live workers again, after a notice it was ranked
-#: first for found nothing (a worker it did not know of took the task).
+#: How often at most a worker reads the live workers again: only when a notice's claim
+#: says they may have changed (see ``TaskQueue._peers_may_have_changed``).
 PEERS_REFRESH = 1.0
 
 
@@ -221,6 +221,7 @@ class TaskQueue:
         self._peers_read_at = float("-inf")
         self._noticed = False
         self._notice_due: float | None = None
+        self._notice_turn = False  # this round claims because a notice's later turn came
         self._sleep_scope: anyio.CancelScope | None = None
         # Whether work may be waiting for a free slot here: the last claim filled the room
         # it had, or the dispatcher woke with no room. Only then does a finish claim again.
@@ -547,12 +548,13 @@ class TaskQueue:
             self._wake = anyio.Event()
             # This round's claim covers every notice heard so far.
             noticed, self._noticed, self._notice_due = self._noticed, False, None
+            turn, self._notice_turn = self._notice_turn, False
             capacity = self.config.max_concurrent_jobs - len(self.running)
             claimed = 0
             self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
                 claimed = await self._claim_and_start(capacity)
-                if noticed and not claimed:
+                if (noticed and not claimed) or (turn and claimed):
                     await self._peers_may_have_changed()
             self._rounds_done = self._rounds_started
             self._round.set()
@@ -569,10 +571,11 @@ class TaskQueue:
                     await self._wake.wait()
                 finally:
                     self._sleep_scope = None
-            notice_due = self._notice_due is not None and (self._notice_due <= anyio.current_time())
+            due = self._notice_due
+            self._notice_turn = due is not None and due <= anyio.current_time()
             idle = (
                 timer.cancelled_caught
-                and not notice_due
+                and not self._notice_turn
                 and not (self._due and self._due[0] <= self._now())
             )
             stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
@@ -583,12 +586,12 @@ class TaskQueue:
                 await self._refresh_pause()
                 await self.sync_breakers()
                 await self._look_ahead()
-                await self._refresh_peers()
 
     async def _peers_may_have_changed(self) -> None:
-        """A notice ranked us first and our claim found nothing: another worker took the
-        task, perhaps one we do not know of yet. Read the live workers again (at most
-        every PEERS_REFRESH)."""
+        """A notice ranked us first and our claim found nothing (another worker took the
+        task, perhaps one we do not know of yet), or a notice's later turn found work
+        (those ranked before us did not take it: full, or gone). Read the live workers
+        again, at most every PEERS_REFRESH."""
         if anyio.current_time() - self._peers_read_at >= PEERS_REFRESH:
             await self._refresh_peers()
 
