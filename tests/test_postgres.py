@@ -193,34 +193,63 @@ class ClaimCounter:
         monkeypatch.setattr(store, "claim", counted)
 
 
+class Cluster:
+    """Worker managers and an API-only one in this process, on one schema: the workers
+    hear of submits only through notices (no poll within a test: it would find any task
+    a missed wake-up left behind). Task types: ``noop``, and ``block`` (runs until
+    ``release`` is set; ``started`` once one runs)."""
+
+    def __init__(self, api: TaskManager, workers: list[TaskManager]) -> None:
+        self.api = api
+        self.workers = workers
+        self.counters: list[ClaimCounter] = []
+        self.started = anyio.Event()
+        self.release = anyio.Event()
+
+    async def run(self, task_type: str = "noop") -> Any:
+        return await self.api.submit(TaskDefinition(name="one", task_type=task_type))
+
+
 @contextlib.asynccontextmanager
-async def workers_and_api(
-    tmp_path: Path, storage: dict[str, Any], count: int, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[TaskManager, list[ClaimCounter]]]:
-    """``count`` worker managers and an API-only one in this process, on one schema: the
-    workers hear of submits only through notices (no poll within the test: it would
-    find any task a missed wake-up left behind)."""
-
-    async def noop(context: TaskContext) -> None:
-        return None
-
+async def cluster(
+    tmp_path: Path,
+    storage: dict[str, Any],
+    count: int,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    jobs: int = 8,
+) -> AsyncIterator[Cluster]:
     async with contextlib.AsyncExitStack() as stack:
-        counters = []
-        for n in range(count):
-            settings = make_settings(
-                tmp_path / f"w{n}",
-                storage=storage,
-                background_tasks={"queue_check_interval": 60.0, "max_concurrent_jobs": 8},
-            )
-            worker = await stack.enter_async_context(TaskManager(settings))
-            worker.register("noop", noop)
-            counters.append(ClaimCounter(worker.store, monkeypatch))
         api_settings = make_settings(
             tmp_path / "api", storage=storage, background_tasks={"enabled": False}
         )
         api = await stack.enter_async_context(TaskManager(api_settings))
+        found = Cluster(api, [])
+
+        async def noop(context: TaskContext) -> None:
+            return None
+
+        async def block(context: TaskContext) -> None:
+            found.started.set()
+            await found.release.wait()
+
         api.register("noop", noop)
-        yield api, counters
+        api.register("block", block)
+        for n in range(count):
+            settings = make_settings(
+                tmp_path / f"w{n}",
+                storage=storage,
+                background_tasks={"queue_check_interval": 60.0, "max_concurrent_jobs": jobs},
+            )
+            worker = await stack.enter_async_context(TaskManager(settings))
+            worker.register("noop", noop)
+            worker.register("block", block)
+            found.workers.append(worker)
+            found.counters.append(ClaimCounter(worker.store, monkeypatch))
+        try:
+            yield found
+        finally:
+            found.release.set()
 
 
 async def test_a_worker_that_took_all_there_was_does_not_claim_again_on_each_finish(
@@ -228,10 +257,11 @@ async def test_a_worker_that_took_all_there_was_does_not_claim_again_on_each_fin
 ) -> None:
     """Its last claim took every waiting task and left room: new work comes with a
     notice, so a finish asks for no claim (which would come back empty)."""
-    async with workers_and_api(tmp_path, storage, 1, monkeypatch) as (api, [counter]):
+    async with cluster(tmp_path, storage, 1, monkeypatch) as found:
+        [counter] = found.counters
         before = counter.empty  # the first look at the queue, at start
         for _ in range(10):
-            context = await api.submit(TaskDefinition(name="one", task_type="noop"))
+            context = await found.run()
             with anyio.fail_after(30):
                 await context.wait()
         assert counter.claims - before == 10
@@ -245,10 +275,10 @@ async def test_three_workers_take_a_burst_of_notices_without_a_claim_per_notice_
     claims come back empty. A worker whose notice-driven claim came back empty lets the
     next notices gather into one claim; and no task waits for a poll."""
     n = 60
-    async with workers_and_api(tmp_path, storage, 3, monkeypatch) as (api, counters):
+    async with cluster(tmp_path, storage, 3, monkeypatch) as found:
+        api, counters = found.api, found.counters
         before = sum(each.empty for each in counters)
-        definition = TaskDefinition(name="one", task_type="noop")
-        contexts = [await api.submit(definition) for _ in range(n)]  # a notice each
+        contexts = [await found.run() for _ in range(n)]  # a notice each
         with anyio.fail_after(30):
             for context in contexts:
                 await context.wait()
@@ -257,3 +287,20 @@ async def test_three_workers_take_a_burst_of_notices_without_a_claim_per_notice_
         claims = sum(each.claims for each in counters)
         print(f"\n{n} notices: {claims} claims, {empty} empty")
         assert empty < n  # without coalescing and with a claim per finish: ~1.6 n
+
+
+async def test_a_notice_first_for_a_full_worker_is_claimed_by_an_idle_one_without_a_poll(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each notice is first one worker's to claim; when that one has no free slot, the
+    next in rank claims a moment later: no task waits for the poll (a minute here)."""
+    async with cluster(tmp_path, storage, 2, monkeypatch, jobs=1) as found:
+        await found.run("block")
+        with anyio.fail_after(30):
+            await found.started.wait()
+        for worker in found.workers:  # each knows of the other: notices are ranked
+            await worker._queue._refresh_peers()
+        for _ in range(10):  # about half of them ranked first for the full worker
+            context = await found.run()
+            with anyio.fail_after(30):
+                await context.wait()
