@@ -25,8 +25,9 @@ CPU us a task (the PostgreSQL backends whose ``application_name`` is the run's, 
 ``/proc``); commits a task (``pg_stat_database.xact_commit`` of the database) and WAL
 syncs a task (``pg_stat_wal.wal_sync``). The last two are the whole server's: other work
 on it during a run counts too. Split runs also count the worker processes' claims
-(``noop_tasks.py``): the share that came back empty, and the tasks a claim took. Every system is a function of ``(Context, synchronous_commit,
-processes) -> Run`` in ``SYSTEMS``: add others there. Run by hand; nothing here is a test.
+(``noop_tasks.py``): the share that came back empty, and the tasks a claim took. Every
+system is a function of ``(Context, synchronous_commit, processes) -> Run`` in
+``SYSTEMS``: add others there. Run by hand; nothing here is a test.
 """
 
 from __future__ import annotations
