@@ -24,13 +24,16 @@ Columns: tasks/s; client CPU us a task (this process, plus the worker processes)
 CPU us a task (the PostgreSQL backends whose ``application_name`` is the run's, read from
 ``/proc``); commits a task (``pg_stat_database.xact_commit`` of the database) and WAL
 syncs a task (``pg_stat_wal.wal_sync``). The last two are the whole server's: other work
-on it during a run counts too. Every system is a function of ``(Context, synchronous_commit,
-processes) -> Run`` in ``SYSTEMS``: add others there. Run by hand; nothing here is a test.
+on it during a run counts too. Split runs also count the worker processes' claims
+(``noop_tasks.py``): the share that came back empty, and the tasks a claim took. Every
+system is a function of ``(Context, synchronous_commit, processes) -> Run`` in
+``SYSTEMS``: add others there. Run by hand; nothing here is a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import statistics
@@ -64,6 +67,8 @@ class Run:
     server_us: float | None = None  # CPU us a task, the PostgreSQL backends of the run
     commits: float | None = None  # commits a task (the whole database)
     syncs: float | None = None  # WAL syncs a task (the whole server)
+    empty: float | None = None  # share of the worker processes' claims that took nothing
+    per_claim: float | None = None  # tasks a claim, in the worker processes
 
 
 @dataclass(frozen=True)
@@ -215,11 +220,26 @@ async def ours_postgres(ctx: Context, synchronous_commit: str, processes: int) -
             server.close()
 
 
-def _spawn_worker(config: Path) -> subprocess.Popen[str]:
+def _spawn_worker(config: Path, claims: Path) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
     return subprocess.Popen(
-        [*command, "--import", "benchmarks.noop_tasks"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [*command, "--import", "benchmarks.noop_tasks"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "VPSWEB_BENCH_CLAIMS": str(claims)},
     )
+
+
+def _claims(files: list[Path]) -> tuple[float | None, float | None]:
+    """(share of empty claims, tasks a claim) of the workers that wrote these files (see
+    noop_tasks.py)."""
+    counts = [0, 0, 0]
+    for file in files:
+        if file.exists():
+            counts = [a + int(b) for a, b in zip(counts, file.read_text().split(), strict=True)]
+    claims, empty, tasks = counts
+    return (empty / claims, tasks / claims) if claims else (None, None)
 
 
 async def ours_postgres_split(ctx: Context, synchronous_commit: str, processes: int) -> Run:
@@ -232,7 +252,8 @@ async def ours_postgres_split(ctx: Context, synchronous_commit: str, processes: 
         server = Server(ctx.dsn, app)
         async with TaskManager(settings) as manager:
             manager.register("noop", noop)  # never run here: enabled is false
-            workers = [_spawn_worker(config) for _ in range(processes)]
+            claim_files = [ctx.folder / f"claims-{uuid.uuid4().hex[:6]}" for _ in range(processes)]
+            workers = [_spawn_worker(config, file) for file in claim_files]
             try:
                 for worker in workers:
                     assert worker.stdout is not None
@@ -261,9 +282,12 @@ async def ours_postgres_split(ctx: Context, synchronous_commit: str, processes: 
                     if worker.stdout is not None:
                         worker.stdout.close()
         try:
-            return _run(ctx, elapsed, cpu, backend, server)
+            run = _run(ctx, elapsed, cpu, backend, server)
         finally:
             server.close()
+        # The warm-up task's claim counts too: one in thousands.
+        empty, per_claim = _claims(claim_files)
+        return dataclasses.replace(run, empty=empty, per_claim=per_claim)
 
 
 System = Callable[[Context, str, int], Awaitable[Run]]
@@ -321,7 +345,8 @@ def main() -> None:
                 print(
                     f"round {round_ + 1} {label:<18} {run.rate:8,.0f}/s {run.client_us:7.0f} us"
                     f" server {run.server_us or 0:5.0f} us  commits {run.commits or 0:5.2f}"
-                    f"  syncs {run.syncs or 0:5.2f}  load {os.getloadavg()[0]:.2f}",
+                    f"  syncs {run.syncs or 0:5.2f}  empty claims {run.empty or 0:4.0%}"
+                    f" tasks/claim {run.per_claim or 0:5.1f}  load {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
             loads.append(os.getloadavg()[0])
@@ -335,6 +360,7 @@ def main() -> None:
     header = (
         f"{'system':<18} {'tasks/s':>20} {'x sqlite':>8} {'client us/task':>18}"
         f" {'server us/task':>18} {'commits/task':>18} {'WAL syncs/task':>18}"
+        f" {'empty claims':>18} {'tasks/claim':>18}"
     )
     print(header)
     for label, found in results.items():
@@ -346,6 +372,8 @@ def main() -> None:
             f" {_fmt([r.server_us for r in found], '.0f'):>18}"
             f" {_fmt([r.commits for r in found], '.2f'):>18}"
             f" {_fmt([r.syncs for r in found], '.2f'):>18}"
+            f" {_fmt([r.empty for r in found], '.2f'):>18}"
+            f" {_fmt([r.per_claim for r in found], '.1f'):>18}"
         )
 
 

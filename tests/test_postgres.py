@@ -1,12 +1,14 @@
 """What only the PostgreSQL backend does: notices across connections, reconnecting the
-listener, concurrent migrations, and a backup the SQLite backend can open.
+listener, concurrent migrations, a backup the SQLite backend can open, and how several
+workers on one schema react to notices.
 
 The rest of the contract is checked on both backends by test_storage_conformance.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import anyio
 import psycopg
 import pytest
 
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
 from vpsweb_tasks.models import TaskStatus
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
 from vpsweb_tasks.storage.ops import Operation
@@ -22,7 +25,7 @@ from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 
-from .conftest import POSTGRES_DSN, new_task, postgres_schema
+from .conftest import POSTGRES_DSN, make_settings, new_task, postgres_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend", ["postgres"])]
 
@@ -172,3 +175,134 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
             tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
     assert operations == ["finish", "complete_many"]
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
+
+
+class ClaimCounter:
+    """Counts a worker store's claims and those that came back empty."""
+
+    def __init__(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claims = self.empty = 0
+        claim = store.claim
+
+        async def counted(**arguments: Any) -> Any:
+            claims = await claim(**arguments)
+            self.claims += 1
+            self.empty += not claims
+            return claims
+
+        monkeypatch.setattr(store, "claim", counted)
+
+
+class Cluster:
+    """Worker managers and an API-only one in this process, on one schema: the workers
+    hear of submits only through notices (no poll within a test: it would find any task
+    a missed wake-up left behind). Task types: ``noop``, and ``block`` (runs until
+    ``release`` is set; ``started`` once one runs)."""
+
+    def __init__(self, api: TaskManager, workers: list[TaskManager]) -> None:
+        self.api = api
+        self.workers = workers
+        self.counters: list[ClaimCounter] = []
+        self.started = anyio.Event()
+        self.release = anyio.Event()
+
+    async def run(self, task_type: str = "noop") -> Any:
+        return await self.api.submit(TaskDefinition(name="one", task_type=task_type))
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    tmp_path: Path,
+    storage: dict[str, Any],
+    count: int,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    jobs: int = 8,
+) -> AsyncIterator[Cluster]:
+    async with contextlib.AsyncExitStack() as stack:
+        api_settings = make_settings(
+            tmp_path / "api", storage=storage, background_tasks={"enabled": False}
+        )
+        api = await stack.enter_async_context(TaskManager(api_settings))
+        found = Cluster(api, [])
+
+        async def noop(context: TaskContext) -> None:
+            return None
+
+        async def block(context: TaskContext) -> None:
+            found.started.set()
+            await found.release.wait()
+
+        api.register("noop", noop)
+        api.register("block", block)
+        for n in range(count):
+            settings = make_settings(
+                tmp_path / f"w{n}",
+                storage=storage,
+                background_tasks={"queue_check_interval": 60.0, "max_concurrent_jobs": jobs},
+            )
+            worker = await stack.enter_async_context(TaskManager(settings))
+            worker.register("noop", noop)
+            worker.register("block", block)
+            found.workers.append(worker)
+            found.counters.append(ClaimCounter(worker.store, monkeypatch))
+        for worker in found.workers:  # past the first look at the queue, at start
+            await worker.queue.next_round()
+        try:
+            yield found
+        finally:
+            found.release.set()
+
+
+async def test_a_worker_that_took_all_there_was_does_not_claim_again_on_each_finish(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last claim took every waiting task and left room: new work comes with a
+    notice, so a finish asks for no claim (which would come back empty)."""
+    async with cluster(tmp_path, storage, 1, monkeypatch) as found:
+        [counter] = found.counters
+        claims, empty = counter.claims, counter.empty
+        for _ in range(10):
+            context = await found.run()
+            with anyio.fail_after(30):
+                await context.wait()
+        assert counter.claims - claims == 10
+        assert counter.empty == empty
+
+
+async def test_three_workers_take_a_burst_of_notices_without_a_claim_per_notice_each(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker hears every submit's notice and one takes the task: the others'
+    claims come back empty. A worker whose notice-driven claim came back empty lets the
+    next notices gather into one claim; and no task waits for a poll."""
+    n = 60
+    async with cluster(tmp_path, storage, 3, monkeypatch) as found:
+        api, counters = found.api, found.counters
+        before = sum(each.empty for each in counters)
+        contexts = [await found.run() for _ in range(n)]  # a notice each
+        with anyio.fail_after(30):
+            for context in contexts:
+                await context.wait()
+        assert (await api.store.count_tasks())[TaskStatus.COMPLETED] == n
+        empty = sum(each.empty for each in counters) - before
+        claims = sum(each.claims for each in counters)
+        print(f"\n{n} notices: {claims} claims, {empty} empty")
+        assert empty < n  # without coalescing and with a claim per finish: ~1.6 n
+
+
+async def test_a_notice_first_for_a_full_worker_is_claimed_by_an_idle_one_without_a_poll(
+    tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each notice is first one worker's to claim; when that one has no free slot, the
+    next in rank claims a moment later: no task waits for the poll (a minute here)."""
+    async with cluster(tmp_path, storage, 2, monkeypatch, jobs=1) as found:
+        await found.run("block")
+        with anyio.fail_after(30):
+            await found.started.wait()
+        for worker in found.workers:  # each knows of the other: notices are ranked
+            await worker.queue._refresh_peers()
+        for _ in range(10):  # about half of them ranked first for the full worker
+            context = await found.run()
+            with anyio.fail_after(30):
+                await context.wait()

@@ -17,10 +17,16 @@ the live contexts, the event hub and a way to start tasks):
   processes (one read). A lease is a row write: renewing thousands every second would
   write them as often as the cancel checks read.
 * **notices**: other processes' submits wake the dispatcher and their cancel requests stop
-  the task at once (``store.listen``). Where the store can only say that something changed
-  (SQLite), a worker running tasks then asks it which of them have a cancel requested, at
-  most once per ``storage.sqlite_watch_interval``: a cancel is heard as fast as a submit,
-  not at the next heartbeat.
+  the task at once (``store.listen``). Every worker hears every submit, and one claim
+  takes the batch: so each notice is one worker's to claim at once (the first of the
+  live workers ranked by a hash of the notice's task and the worker), the next in rank
+  claims ``NOTICE_STAGGER`` later (if that one is full, busy or gone), and so on; any
+  claim of a worker's covers the notices it heard before, and a notice for a task its
+  claim already took wakes nothing. A finish claims again only if work may be waiting
+  for its slot (the last claim filled the room it had). Where the store can only say that
+  something changed (SQLite), a worker running tasks then asks it which of them have a
+  cancel requested, at most once per ``storage.sqlite_watch_interval``: a cancel is
+  heard as fast as a submit, not at the next heartbeat.
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
 
@@ -46,6 +52,7 @@ import logging
 import os
 import socket
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -114,6 +121,14 @@ logger = logging.getLogger("vpsweb_tasks.queue")
 #: Run times of waiting tasks a dispatcher keeps in memory to wake at; the earliest beyond
 #: these is read from storage when the dispatcher idles.
 MAX_DUE_TIMES = 1024
+
+#: How much later than the worker ranked before it a worker claims for a ``task_added``
+#: notice (unless a claim of its own covered it meanwhile): short, since it delays a task
+#: only when the workers ranked first have no free slot, serve another queue, or are gone.
+NOTICE_STAGGER = 0.02
+#: How often at most a worker reads the live workers again: only when a notice's claim
+#: says they may have changed (see ``TaskQueue._peers_may_have_changed``).
+PEERS_REFRESH = 1.0
 
 
 @dataclass(eq=False)
@@ -199,6 +214,18 @@ class TaskQueue:
         self._spawn = spawn
         self.running: dict[str, RunningTask] = {}
         self._wake = anyio.Event()
+        # Notices: the live workers (ids) that rank them, when they were read, whether a
+        # notice ranked us first since the last claim, and when (anyio time) a notice
+        # ranked us later asks for a claim; the dispatcher's sleep, to shorten it for one.
+        self._peers: tuple[str, ...] = (worker_id,)
+        self._peers_read_at = float("-inf")
+        self._noticed = False
+        self._notice_due: float | None = None
+        self._notice_turn = False  # this round claims because a notice's later turn came
+        self._sleep_scope: anyio.CancelScope | None = None
+        # Whether work may be waiting for a free slot here: the last claim filled the room
+        # it had, or the dispatcher woke with no room. Only then does a finish claim again.
+        self._room_wanted = False
         self._idle = anyio.Event()
         self._idle.set()
         self._busy = anyio.Event()  # set while tasks run: wakes an idle heartbeat
@@ -210,6 +237,7 @@ class TaskQueue:
         # (yet): the claim may be taking them.
         self._claiming = False
         self._early_cancels: set[str] = set()
+        self._added_while_claiming: list[str] = []  # tasks of task_added notices heard then
         self._stopping = False
         self._grace: anyio.CancelScope | None = None
         self._hurried = False
@@ -254,7 +282,8 @@ class TaskQueue:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             process_started_at=_process_started_at(),
-            concurrency=self.config.max_concurrent_jobs,
+            # 0: an API-only process runs nothing (and takes no turn for notices).
+            concurrency=self.config.max_concurrent_jobs if self.config.enabled else 0,
         )
 
     # --- state ---------------------------------------------------------------------------
@@ -283,6 +312,8 @@ class TaskQueue:
 
     def _sleep_time(self) -> float:
         interval = self.config.queue_check_interval
+        if self._notice_due is not None:
+            interval = min(interval, max(0.0, self._notice_due - anyio.current_time()))
         if not self._due:
             return interval
         return max(0.0, min(interval, self._due[0] - self._now()))
@@ -378,7 +409,7 @@ class TaskQueue:
 
     def _on_notice(self, kind: Notice, task_id: str) -> None:
         if kind == "task_added":
-            self.notify()
+            self._task_added(task_id)
         elif kind == "changed":
             self.notify()
             if self.running or self._claiming:
@@ -387,6 +418,52 @@ class TaskQueue:
             self._spawn(self._loop_once, "breaker sync", self.sync_breakers)
         elif kind == "cancel_requested":
             self.cancel_running(task_id)
+
+    def _task_added(self, task_id: str) -> None:
+        """Another process stored a task (and its batch): claim now if we rank first for
+        it, else later by our rank, unless a claim of ours takes it first."""
+        if self._claiming:  # the claim on its way may be taking it: look when it is back
+            self._added_while_claiming.append(task_id)
+            return
+        if self._claimed_here(task_id):
+            return
+        rank = self._rank(task_id)
+        if rank == 0:
+            self._noticed = True
+            self._wake.set()
+            return
+        due = anyio.current_time() + rank * NOTICE_STAGGER
+        if self._notice_due is None or due < self._notice_due:
+            self._notice_due = due
+            if self._sleep_scope is not None:
+                self._sleep_scope.deadline = min(self._sleep_scope.deadline, due)
+
+    def _rank(self, task_id: str) -> int:
+        """How many live workers come before us for a notice of this task: every worker
+        ranks them alike (a hash of the task and each worker), so one claims at once."""
+        mine = _notice_score(task_id, self.worker_id)
+        return sum(
+            1
+            for peer in self._peers
+            if peer != self.worker_id and _notice_score(task_id, peer) > mine
+        )
+
+    async def _refresh_peers(self) -> None:
+        self._peers_read_at = anyio.current_time()
+        now = self._now()
+        live = [
+            worker.worker_id
+            for worker in await self.store.list_workers()
+            if worker.concurrency > 0 and worker.expires_at > now
+        ]
+        self._peers = tuple({self.worker_id, *live})
+
+    def _claimed_here(self, task_id: str) -> bool:
+        """Whether a task named by a ``task_added`` notice is one a claim of ours took, so
+        the notice asks for no claim: a notice names one task of its batch, all of which a
+        claim that saw one of them saw too. Only with one queue served: with several, a
+        claim of another queue in the same round may have run before the batch was in."""
+        return len(self.config.worker_queues) == 1 and task_id in self.running
 
     def logs_lifecycle(self) -> bool:
         """Whether the INFO lines of tasks' lifecycles (started, completed, cancelled) are
@@ -469,10 +546,16 @@ class TaskQueue:
         while not self._stopping:
             self._rounds_started += 1
             self._wake = anyio.Event()
+            # This round's claim covers every notice heard so far.
+            noticed, self._noticed, self._notice_due = self._noticed, False, None
+            turn, self._notice_turn = self._notice_turn, False
             capacity = self.config.max_concurrent_jobs - len(self.running)
             claimed = 0
+            self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
                 claimed = await self._claim_and_start(capacity)
+                if (noticed and not claimed) or (turn and claimed):
+                    await self._peers_may_have_changed()
             self._rounds_done = self._rounds_started
             self._round.set()
             self._round = anyio.Event()
@@ -483,8 +566,18 @@ class TaskQueue:
                     await self._look_ahead()
                 continue
             with anyio.move_on_after(self._sleep_time()) as timer:
-                await self._wake.wait()
-            idle = timer.cancelled_caught and not (self._due and self._due[0] <= self._now())
+                self._sleep_scope = timer
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._sleep_scope = None
+            due = self._notice_due
+            self._notice_turn = due is not None and due <= anyio.current_time()
+            idle = (
+                timer.cancelled_caught
+                and not self._notice_turn
+                and not (self._due and self._due[0] <= self._now())
+            )
             stale = anyio.current_time() - self._pause_read_at >= self.config.queue_check_interval
             if idle or stale:
                 # Another process may have paused or resumed the queue. `stale`: wake-ups
@@ -493,6 +586,14 @@ class TaskQueue:
                 await self._refresh_pause()
                 await self.sync_breakers()
                 await self._look_ahead()
+
+    async def _peers_may_have_changed(self) -> None:
+        """A notice ranked us first and our claim found nothing (another worker took the
+        task, perhaps one we do not know of yet), or a notice's later turn found work
+        (those ranked before us did not take it: full, or gone). Read the live workers
+        again, at most every PEERS_REFRESH."""
+        if anyio.current_time() - self._peers_read_at >= PEERS_REFRESH:
+            await self._refresh_peers()
 
     async def _look_ahead(self) -> None:
         """Wake on time for the earliest task to run later that storage holds: one another
@@ -580,7 +681,20 @@ class TaskQueue:
         while self._runners < len(self.running):  # a free runner for every claimed task
             self._runners += 1
             self._spawn(self._runner)
+        if len(claims) >= limit or limits is not None:
+            self._room_wanted = True  # more may wait; with limits, a finish may free a key
+        heard, self._added_while_claiming = self._added_while_claiming, []
+        for task_id in heard:  # notices of work this claim may not have seen
+            self._task_added(task_id)
         return len(claims)
+
+    def _slot_freed(self) -> None:
+        """A task finished here: claim again only if work may be waiting for the slot.
+        Otherwise the last claim took all there was, and new work comes with a notice
+        (or a run time): with several workers, a claim on every finish mostly comes back
+        empty."""
+        if self._room_wanted:
+            self.notify()
 
     async def _runner(self) -> None:
         """Run claimed tasks one at a time, until stop() closes the hand-off."""
@@ -995,7 +1109,7 @@ class TaskQueue:
             if not self.running:
                 self._idle.set()
                 self._busy = anyio.Event()
-            self.notify()
+            self._slot_freed()
             running.record = record
             running.done.set()
         if record is None:
@@ -1131,6 +1245,11 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+
+
+def _notice_score(task_id: str, worker_id: str) -> int:
+    """A worker's place for a notice of a task, the same in every process."""
+    return zlib.crc32(f"{task_id}/{worker_id}".encode())
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
