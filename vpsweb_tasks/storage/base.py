@@ -307,6 +307,12 @@ class TaskStore(abc.ABC):
         """
         if not tasks:
             return
+        plain = not linked and len(tasks) == 1 and not tasks[0].depends_on
+        plain = plain and (fair_share is None or tasks[0].concurrency_key is None)
+        if plain and await self._add_plain(
+            tasks[0], max_queue_size=max_queue_size, announce=announce
+        ):
+            return
         operation = logic.add_tasks(
             tasks, limit=max_queue_size, together=True, linked=linked, fair_share=fair_share
         )
@@ -323,6 +329,14 @@ class TaskStore(abc.ABC):
             raise DuplicateKeyError(f"a task or a linked row already exists ({exc})") from exc
         if announce is not None:
             announce()
+
+    async def _add_plain(
+        self, task: NewTask, *, max_queue_size: int | None, announce: Announce | None
+    ) -> bool:
+        """A backend's own path for one plain submit (no linked rows, dependencies or fair
+        placement), such as writing it together with concurrent ones: True once stored
+        (and announced), False to leave it to :meth:`add_tasks`."""
+        return False
 
     async def add_keyed_tasks(
         self,

@@ -300,30 +300,15 @@ class PostgresTaskStore(TaskStore):
 
     # --- combined writes (a capability of this backend) ----------------------------------
 
-    async def add_tasks(
-        self,
-        tasks: Sequence[NewTask],
-        *,
-        max_queue_size: int | None = None,
-        linked: Sequence[Step] = (),
-        announce: Announce | None = None,
-        fair_share: float | None = None,
-    ) -> None:
-        keyed = fair_share is not None and tasks and tasks[0].concurrency_key is not None
-        if linked or len(tasks) != 1 or tasks[0].depends_on or keyed:
-            await super().add_tasks(
-                tasks,
-                max_queue_size=max_queue_size,
-                linked=linked,
-                announce=announce,
-                fair_share=fair_share,
-            )
-            return
+    async def _add_plain(
+        self, task: NewTask, *, max_queue_size: int | None, announce: Announce | None
+    ) -> bool:
         # A plain submit joins the others that arrived during the previous one's round
         # trip in one INSERT: one commit (and one NOTIFY) for many.
-        await self._submits((tasks[0], max_queue_size))
+        await self._submits((task, max_queue_size))
         if announce is not None:
             announce()
+        return True
 
     async def _add_together(self, items: list[tuple[NewTask, int | None]]) -> list[Refused | None]:
         """Submits gathered in one batch: the tasks are let in, in order, while there is

@@ -370,29 +370,13 @@ class SQLiteTaskStore(TaskStore):
 
     # --- combined writes (a capability of this backend) ----------------------------------
 
-    async def add_tasks(
-        self,
-        tasks: Sequence[NewTask],
-        *,
-        max_queue_size: int | None = None,
-        linked: Sequence[Step] = (),
-        announce: Announce | None = None,
-        fair_share: float | None = None,
-    ) -> None:
-        keyed = fair_share is not None and tasks and tasks[0].concurrency_key is not None
-        if linked or len(tasks) != 1 or tasks[0].depends_on or keyed:
-            await super().add_tasks(
-                tasks,
-                max_queue_size=max_queue_size,
-                linked=linked,
-                announce=announce,
-                fair_share=fair_share,
-            )
-            return
+    async def _add_plain(
+        self, task: NewTask, *, max_queue_size: int | None, announce: Announce | None
+    ) -> bool:
         # A plain submit joins the others of its group commit in one INSERT. It is queued
         # before anything else runs on the thread, so a claim queued after announce()
         # sees it (and may share its commit).
-        job = self._db().submit_combined(self._add_together, (tasks[0], max_queue_size))
+        job = self._db().submit_combined(self._add_together, (task, max_queue_size))
         if announce is not None:
             announce()
         try:
@@ -402,6 +386,7 @@ class SQLiteTaskStore(TaskStore):
             if fault is None:
                 raise
             raise self._fault(fault, Mode.WRITE) from exc
+        return True
 
     def _add_together(
         self, conn: sqlite3.Connection, items: list[tuple[NewTask, int | None]]
