@@ -18,23 +18,17 @@ item is run again alone, so one item's error (a duplicate id) never fails anothe
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
+from ._dbthread import Refused
+
 __all__ = ["Combiner", "Refused"]
 
 I = TypeVar("I")  # noqa: E741 (an item)
 R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """An item's own error: its caller gets ``error``, the others their results."""
-
-    error: BaseException
 
 
 class _Call(Generic[I]):

@@ -42,7 +42,8 @@ from ..errors import ConfigError, LeaseLostError, StorageFault, StorageUnavailab
 from ..models import TaskRecord
 from . import logic
 from . import sqlite as sqlite_backend
-from ._batch import Combiner, Refused
+from ._batch import Combiner
+from ._dbthread import Refused
 from .base import Announce, DuplicateKeyError, TaskStore
 from .ops import Mode, Operation, Step, count, drive_async, script
 from .queries import Queries
