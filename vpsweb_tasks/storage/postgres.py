@@ -26,7 +26,8 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -161,6 +162,9 @@ class PostgresTaskStore(TaskStore):
         """The NOTIFY channel: one per schema (set by :meth:`open`), so stores on other
         schemas of the same database do not wake each other."""
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._kept: list[Connection] = []
+        """Connections borrowed from the pool and kept between operations (see
+        :meth:`_borrow`), the last returned at the end."""
         self._queries: dict[str, _Query] = {}
         self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
         self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
@@ -193,9 +197,9 @@ class PostgresTaskStore(TaskStore):
             configure=self._configure,
             name=f"vpsweb-tasks:{self.schema or 'public'}",
         )
+        self._pool = pool
         try:
             await pool.open(wait=True, timeout=self.connect_timeout)
-            self._pool = pool
             prelude: list[Step] = [count("lock_migrations", schema=self.schema)]
             if self.schema is not None:
                 create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
@@ -210,9 +214,8 @@ class PostgresTaskStore(TaskStore):
             assert row is not None
             self.channel = f"vpsweb_tasks.{row['name']}"[:63]  # longer names are cut
         except BaseException as exc:
-            self._pool = None
             with anyio.CancelScope(shield=True):
-                await pool.close()
+                await self.close()
             if isinstance(exc, (psycopg.Error, PoolTimeout)):
                 raise await self._open_error(exc) from exc
             raise
@@ -239,13 +242,44 @@ class PostgresTaskStore(TaskStore):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        kept, self._kept = self._kept, []
         if pool is not None:
+            for conn in kept:
+                await pool.putconn(conn)
             await pool.close()
 
-    def _connection(self) -> Any:
+    async def _borrow(self) -> Connection:
+        """A connection for one operation: the one an operation gave back last, or else one
+        from the pool. The pool's checkout (and its commit on return) costs more than a
+        hot operation's own Python, so connections stay borrowed between operations."""
+        if self._kept:
+            return self._kept.pop()
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return self._pool.connection()
+        return await self._pool.getconn()
+
+    async def _give_back(self, conn: Connection, *, failed: bool) -> None:
+        """Keep ``conn`` for the next operation if it is idle and well; else hand it to the
+        pool, which rolls it back or replaces it (a lost server, a cancelled statement)."""
+        status = conn.info.transaction_status
+        if not failed and status is psycopg.pq.TransactionStatus.IDLE and self._pool is not None:
+            self._kept.append(conn)
+            return
+        with anyio.CancelScope(shield=True):
+            if self._pool is not None:
+                await self._pool.putconn(conn)
+            else:  # the store closed during the operation
+                await conn.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        conn = await self._borrow()
+        try:
+            yield conn
+        except BaseException:
+            await self._give_back(conn, failed=True)
+            raise
+        await self._give_back(conn, failed=False)
 
     # --- running operations ------------------------------------------------------------
 
@@ -284,20 +318,27 @@ class PostgresTaskStore(TaskStore):
             raise self._fault(fault, operation.mode) from exc
 
     async def _run(self, operation: Operation[T]) -> T:
-        async with self._connection() as conn:
-            conn = cast(Connection, conn)
+        conn = await self._borrow()
+        try:
+            result = await self._run_on(conn, operation)
+        except BaseException:
+            await self._give_back(conn, failed=True)
+            raise
+        await self._give_back(conn, failed=False)
+        return result
 
-            async def execute(step: Step) -> Any:
-                return await self._execute(conn, step)
+    async def _run_on(self, conn: Connection, operation: Operation[T]) -> T:
+        async def execute(step: Step) -> Any:
+            return await self._execute(conn, step)
 
-            if operation.mode is Mode.WRITE:
-                async with conn.transaction():
-                    return await drive_async(operation.steps(), execute)
-            if operation.mode is Mode.SNAPSHOT:
-                async with conn.transaction():
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    return await drive_async(operation.steps(), execute)
-            return await drive_async(operation.steps(), execute)
+        if operation.mode is Mode.WRITE:
+            async with conn.transaction():
+                return await drive_async(operation.steps(), execute)
+        if operation.mode is Mode.SNAPSHOT:
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return await drive_async(operation.steps(), execute)
+        return await drive_async(operation.steps(), execute)
 
     # --- combined writes (a capability of this backend) ----------------------------------
 
