@@ -165,6 +165,8 @@ class PostgresTaskStore(TaskStore):
         self._kept: list[Connection] = []
         """Connections borrowed from the pool and kept between operations (see
         :meth:`_borrow`), the last returned at the end."""
+        self._borrowing = 0
+        """Operations waiting for a connection from the pool."""
         self._queries: dict[str, _Query] = {}
         self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
         self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
@@ -256,13 +258,18 @@ class PostgresTaskStore(TaskStore):
             return self._kept.pop()
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return await self._pool.getconn()
+        self._borrowing += 1
+        try:
+            return await self._pool.getconn()
+        finally:
+            self._borrowing -= 1
 
     async def _give_back(self, conn: Connection, *, failed: bool) -> None:
-        """Keep ``conn`` for the next operation if it is idle and well; else hand it to the
-        pool, which rolls it back or replaces it (a lost server, a cancelled statement)."""
-        status = conn.info.transaction_status
-        if not failed and status is psycopg.pq.TransactionStatus.IDLE and self._pool is not None:
+        """Keep ``conn`` for the next operation if it is idle and well and no operation waits
+        for the pool; else hand it to the pool, which gives it to that operation, or rolls
+        it back or replaces it (a lost server, a cancelled statement)."""
+        idle = conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        if not failed and idle and not self._borrowing and self._pool is not None:
             self._kept.append(conn)
             return
         with anyio.CancelScope(shield=True):
