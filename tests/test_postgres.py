@@ -177,6 +177,27 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
 
 
+async def test_operations_beyond_the_pools_connections_wait_for_one(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    """More operations at once than the pool has connections: a connection kept between
+    operations goes to those waiting for the pool, not back to the keeper's list (where
+    they would wait out the pool's timeout)."""
+    async with store_factory(pool_size=2, connect_timeout=60) as store:
+        task = new_task(T0)
+        await store.add_task(task)
+        found: list[Any] = []
+
+        async def read() -> None:
+            found.append(await store.get_task(task.id))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(read)
+        assert [each.id for each in found] == [task.id] * 10
+
+
 class ClaimCounter:
     """Counts a worker store's claims and those that came back empty."""
 
