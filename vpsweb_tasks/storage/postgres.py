@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,6 +59,9 @@ T = TypeVar("T")
 #: Most submits or completions written in one batch: bounds a statement's size.
 MAX_BATCH = 256
 Connection = psycopg.AsyncConnection[DictRow]
+
+#: Longest a connection stays borrowed from the pool between operations (see _borrow).
+KEEP_SECONDS = 60.0
 
 #: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
 LISTENER_NAME = "vpsweb-tasks-listen"
@@ -167,6 +171,9 @@ class PostgresTaskStore(TaskStore):
         :meth:`_borrow`), the last returned at the end."""
         self._borrowing = 0
         """Operations waiting for a connection from the pool."""
+        self._return_by: dict[Connection, float] = {}
+        """When each kept connection goes back to the pool (its upkeep: the connection's
+        lifetime, shrinking when idle), on the first return after that time."""
         self._queries: dict[str, _Query] = {}
         self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
         self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
@@ -245,6 +252,7 @@ class PostgresTaskStore(TaskStore):
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         kept, self._kept = self._kept, []
+        self._return_by.clear()
         if pool is not None:
             for conn in kept:
                 await pool.putconn(conn)
@@ -253,25 +261,30 @@ class PostgresTaskStore(TaskStore):
     async def _borrow(self) -> Connection:
         """A connection for one operation: the one an operation gave back last, or else one
         from the pool. The pool's checkout (and its commit on return) costs more than a
-        hot operation's own Python, so connections stay borrowed between operations."""
+        hot operation's own Python, so connections stay borrowed between operations (up to
+        KEEP_SECONDS, then the pool's upkeep applies)."""
         if self._kept:
             return self._kept.pop()
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
         self._borrowing += 1
         try:
-            return await self._pool.getconn()
+            conn = await self._pool.getconn()
         finally:
             self._borrowing -= 1
+        self._return_by[conn] = time.monotonic() + KEEP_SECONDS
+        return conn
 
     async def _give_back(self, conn: Connection, *, failed: bool) -> None:
         """Keep ``conn`` for the next operation if it is idle and well and no operation waits
         for the pool; else hand it to the pool, which gives it to that operation, or rolls
         it back or replaces it (a lost server, a cancelled statement)."""
         idle = conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
-        if not failed and idle and not self._borrowing and self._pool is not None:
+        keep = not failed and idle and not self._borrowing and self._pool is not None
+        if keep and time.monotonic() < self._return_by.get(conn, 0.0):
             self._kept.append(conn)
             return
+        self._return_by.pop(conn, None)
         with anyio.CancelScope(shield=True):
             if self._pool is not None:
                 await self._pool.putconn(conn)
