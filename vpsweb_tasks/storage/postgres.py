@@ -4,9 +4,11 @@ psycopg 3 (async) with a small connection pool (psycopg-pool): operations run in
 parallel, and a long one (a backup, a VACUUM) never holds up the heartbeats that keep
 leases alive. An operation runs on one pooled connection: in one transaction when its
 mode asks for one, else each step in autocommit (the hot steps are single statements,
-so a claim, a submit or a finish is one round trip). Concurrent plain submits, and
-concurrent completions, go in batches (:mod:`._batch`): one statement and one commit for
-all that arrived during the previous batch's round trip. Claims pick their rows ``FOR
+so a claim, a submit or a finish is one round trip). Connections stay borrowed from the
+pool between operations (a list of idle ones, :meth:`PostgresTaskStore._borrow`) rather
+than checked out and back each time. Concurrent plain submits, and concurrent
+completions, go in batches (:mod:`._batch`): one statement and one commit for all that
+arrived during the previous batch's round trip. Claims pick their rows ``FOR
 UPDATE SKIP LOCKED``: concurrent workers never wait for each other and never claim a task
 twice.
 
