@@ -19,6 +19,7 @@ import pytest
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
 from vpsweb_tasks.models import TaskStatus
+from vpsweb_tasks.storage import postgres as postgres_backend
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
 from vpsweb_tasks.storage.ops import Operation
 from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
@@ -196,6 +197,23 @@ async def test_operations_beyond_the_pools_connections_wait_for_one(
                 for _ in range(10):
                     tg.start_soon(read)
         assert [each.id for each in found] == [task.id] * 10
+
+
+@pytest.mark.parametrize("keep", [60.0, 0.0])
+async def test_connections_go_back_to_the_pool_every_keep_seconds(
+    store_factory: Callable[..., TaskStore], monkeypatch: pytest.MonkeyPatch, keep: float
+) -> None:
+    """Operations reuse the connection the last one gave back, without the pool; once it
+    has been kept KEEP_SECONDS it goes back to the pool (whose upkeep then applies)."""
+    monkeypatch.setattr(postgres_backend, "KEEP_SECONDS", keep)
+    async with store_factory() as store:
+        assert isinstance(store, PostgresTaskStore)
+        assert store._pool is not None
+        before = store._pool.get_stats()["requests_num"]
+        for _ in range(5):
+            assert await store.get_task("nope") is None
+        checkouts = store._pool.get_stats()["requests_num"] - before
+    assert checkouts == (0 if keep else 5)
 
 
 class ClaimCounter:
