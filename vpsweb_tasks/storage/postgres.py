@@ -295,6 +295,7 @@ class PostgresTaskStore(TaskStore):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection for one operation (:meth:`_borrow`), given back when it ends."""
         conn = await self._borrow()
         try:
             yield conn
@@ -340,27 +341,19 @@ class PostgresTaskStore(TaskStore):
             raise self._fault(fault, operation.mode) from exc
 
     async def _run(self, operation: Operation[T]) -> T:
-        conn = await self._borrow()
-        try:
-            result = await self._run_on(conn, operation)
-        except BaseException:
-            await self._give_back(conn, failed=True)
-            raise
-        await self._give_back(conn, failed=False)
-        return result
+        async with self._connection() as conn:
 
-    async def _run_on(self, conn: Connection, operation: Operation[T]) -> T:
-        async def execute(step: Step) -> Any:
-            return await self._execute(conn, step)
+            async def execute(step: Step) -> Any:
+                return await self._execute(conn, step)
 
-        if operation.mode is Mode.WRITE:
-            async with conn.transaction():
-                return await drive_async(operation.steps(), execute)
-        if operation.mode is Mode.SNAPSHOT:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                return await drive_async(operation.steps(), execute)
-        return await drive_async(operation.steps(), execute)
+            if operation.mode is Mode.WRITE:
+                async with conn.transaction():
+                    return await drive_async(operation.steps(), execute)
+            if operation.mode is Mode.SNAPSHOT:
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    return await drive_async(operation.steps(), execute)
+            return await drive_async(operation.steps(), execute)
 
     # --- combined writes (a capability of this backend) ----------------------------------
 
