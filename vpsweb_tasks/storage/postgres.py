@@ -4,9 +4,11 @@ psycopg 3 (async) with a small connection pool (psycopg-pool): operations run in
 parallel, and a long one (a backup, a VACUUM) never holds up the heartbeats that keep
 leases alive. An operation runs on one pooled connection: in one transaction when its
 mode asks for one, else each step in autocommit (the hot steps are single statements,
-so a claim, a submit or a finish is one round trip). Concurrent plain submits, and
-concurrent completions, go in batches (:mod:`._batch`): one statement and one commit for
-all that arrived during the previous batch's round trip. Claims pick their rows ``FOR
+so a claim, a submit or a finish is one round trip). Connections stay borrowed from the
+pool between operations (a list of idle ones, :meth:`PostgresTaskStore._borrow`) rather
+than checked out and back each time. Concurrent plain submits, and concurrent
+completions, go in batches (:mod:`._batch`): one statement and one commit for all that
+arrived during the previous batch's round trip. Claims pick their rows ``FOR
 UPDATE SKIP LOCKED``: concurrent workers never wait for each other and never claim a task
 twice.
 
@@ -26,7 +28,9 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -57,6 +61,9 @@ T = TypeVar("T")
 #: Most submits or completions written in one batch: bounds a statement's size.
 MAX_BATCH = 256
 Connection = psycopg.AsyncConnection[DictRow]
+
+#: Longest a connection stays borrowed from the pool between operations (see _borrow).
+KEEP_SECONDS = 60.0
 
 #: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
 LISTENER_NAME = "vpsweb-tasks-listen"
@@ -161,6 +168,14 @@ class PostgresTaskStore(TaskStore):
         """The NOTIFY channel: one per schema (set by :meth:`open`), so stores on other
         schemas of the same database do not wake each other."""
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._kept: list[Connection] = []
+        """Connections borrowed from the pool and kept between operations (see
+        :meth:`_borrow`), the last returned at the end."""
+        self._borrowing = 0
+        """Operations waiting for a connection from the pool."""
+        self._return_by: dict[Connection, float] = {}
+        """When each kept connection goes back to the pool (its upkeep: the connection's
+        lifetime, shrinking when idle), on the first return after that time."""
         self._queries: dict[str, _Query] = {}
         self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
         self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
@@ -193,9 +208,9 @@ class PostgresTaskStore(TaskStore):
             configure=self._configure,
             name=f"vpsweb-tasks:{self.schema or 'public'}",
         )
+        self._pool = pool
         try:
             await pool.open(wait=True, timeout=self.connect_timeout)
-            self._pool = pool
             prelude: list[Step] = [count("lock_migrations", schema=self.schema)]
             if self.schema is not None:
                 create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
@@ -210,9 +225,8 @@ class PostgresTaskStore(TaskStore):
             assert row is not None
             self.channel = f"vpsweb_tasks.{row['name']}"[:63]  # longer names are cut
         except BaseException as exc:
-            self._pool = None
             with anyio.CancelScope(shield=True):
-                await pool.close()
+                await self.close()
             if isinstance(exc, (psycopg.Error, PoolTimeout)):
                 raise await self._open_error(exc) from exc
             raise
@@ -239,13 +253,56 @@ class PostgresTaskStore(TaskStore):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        kept, self._kept = self._kept, []
+        self._return_by.clear()
         if pool is not None:
+            for conn in kept:
+                await pool.putconn(conn)
             await pool.close()
 
-    def _connection(self) -> Any:
+    async def _borrow(self) -> Connection:
+        """A connection for one operation: the one an operation gave back last, or else one
+        from the pool. The pool's checkout (and its commit on return) costs more than a
+        hot operation's own Python, so connections stay borrowed between operations (up to
+        KEEP_SECONDS, then the pool's upkeep applies)."""
+        if self._kept:
+            return self._kept.pop()
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return self._pool.connection()
+        self._borrowing += 1
+        try:
+            conn = await self._pool.getconn()
+        finally:
+            self._borrowing -= 1
+        self._return_by[conn] = time.monotonic() + KEEP_SECONDS
+        return conn
+
+    async def _give_back(self, conn: Connection, *, failed: bool) -> None:
+        """Keep ``conn`` for the next operation if it is idle and well and no operation waits
+        for the pool; else hand it to the pool, which gives it to that operation, or rolls
+        it back or replaces it (a lost server, a cancelled statement)."""
+        idle = conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        keep = not failed and idle and not self._borrowing and self._pool is not None
+        if keep and time.monotonic() < self._return_by.get(conn, 0.0):
+            self._kept.append(conn)
+            return
+        self._return_by.pop(conn, None)
+        with anyio.CancelScope(shield=True):
+            if self._pool is not None:
+                await self._pool.putconn(conn)
+            else:  # the store closed during the operation
+                await conn.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection for one operation (:meth:`_borrow`), given back when it ends."""
+        conn = await self._borrow()
+        try:
+            yield conn
+        except BaseException:
+            await self._give_back(conn, failed=True)
+            raise
+        await self._give_back(conn, failed=False)
 
     # --- running operations ------------------------------------------------------------
 
@@ -285,7 +342,6 @@ class PostgresTaskStore(TaskStore):
 
     async def _run(self, operation: Operation[T]) -> T:
         async with self._connection() as conn:
-            conn = cast(Connection, conn)
 
             async def execute(step: Step) -> Any:
                 return await self._execute(conn, step)
