@@ -33,8 +33,10 @@ Conventions that hold for every operation:
 * **Attempts.** ``attempts`` counts the attempts that count against a task's retries. A
   claim adds one; a release (graceful shutdown), a deferral (open circuit breaker) or a
   loss (the worker died: :meth:`~TaskStore.reap`) gives it back; a loss is counted in
-  ``lost_attempts`` instead. Each claim writes a ``task_executions`` row, closed by the
-  outcome.
+  ``lost_attempts`` instead. Each attempt has a ``task_executions`` row, written whole
+  when the attempt ends (its outcome, or ``lost`` at the reap); while it runs, its row
+  (outcome ``running``, id 0) is read off the task row, so a claim writes only the task
+  row.
 * **Faults.** A backend raises :class:`~vpsweb_tasks.errors.StorageUnavailableError` (with
   its ``cause``: ``disk_full``, ``read_only``, ``locked``, ``corrupt``, ``unavailable``) for
   a driver error that means "the database cannot do this now", never the driver's own
@@ -141,8 +143,8 @@ class TaskStore(abc.ABC):
         self.history_limit = history_limit
         """Progress history rows kept per task."""
         self.task_metrics = task_metrics
-        """Whether a finish writes its ``task_metrics`` row (the statistics' source;
-        ``task_monitoring.enable_task_metrics``)."""
+        """Whether a finish records its attempt in ``task_metrics`` (the statistics'
+        source; ``task_monitoring.enable_task_metrics``)."""
         self._components: list[Component] = [CORE]
         self._schema_version = 0
         self._write_status = WriteStatus(writable=True, checked_at=None, error=None, error_at=None)
@@ -408,7 +410,8 @@ class TaskStore(abc.ABC):
         return await self.run(logic.count_tasks())
 
     async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
-        """Every attempt of the task, oldest first."""
+        """Every attempt of the task, oldest first: the ended ones' rows, and the running
+        one (outcome ``running``, id 0) as its task row has it."""
         return await self.run(logic.list_executions(task_id))
 
     async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
@@ -470,7 +473,8 @@ class TaskStore(abc.ABC):
         FIFO) and moves with ``run_at`` (a retry, a deferral, a lost attempt, a requeue,
         a dependent's release). Each claimed task becomes ``running`` with ``attempts + 1``, a
         new fence, ``lease_owner = worker_id``, ``lease_expires_at = now + lease_seconds``,
-        ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
+        ``started_at = now``; :meth:`list_executions` lists its attempt (outcome
+        ``running``), whose row is written when it ends.
         No task is ever handed to two workers. Returned in dispatch order.
 
         ``limits`` (rate limits, a running bound per concurrency key): the claim is one
@@ -529,9 +533,9 @@ class TaskStore(abc.ABC):
         record.
 
         In one transaction: the task row (status per outcome, lease cleared, result or
-        error, ``finished_at`` for terminal outcomes), the attempt's execution row, a
-        ``task_metrics`` row (queue wait, duration, outcome) unless the store's
-        ``task_metrics`` is off, and the ``linked`` steps (an
+        error, ``finished_at`` for terminal outcomes), the attempt's execution row with
+        its metrics (queue wait, duration, outcome: a ``task_metrics`` row) unless the
+        store's ``task_metrics`` is off, and the ``linked`` steps (an
         extension's rows). ``Completed`` sets progress to 1. A cancel request that raced
         with the end of the attempt turns a failure, release or deferral into
         ``Cancelled``. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing

@@ -981,9 +981,12 @@ def reap(
             f"worker {lost['lease_owner']} stopped renewing its lease on task_id:{lost['id']}"
         )
         yield count(
-            "close_lost_execution",
+            "lost_execution",
             id=lost["id"],
+            attempt=lost["attempts"],
             fence=lost["fence"],
+            worker=lost["lease_owner"],
+            started_at=lost["started_at"],
             now=now,
             message=str(error),
             error_type=type(error).__name__,
