@@ -983,6 +983,7 @@ def reap(
         yield count(
             "lost_execution",
             id=lost["id"],
+            task_type=lost["task_type"],
             attempt=lost["attempts"],
             fence=lost["fence"],
             worker=lost["lease_owner"],

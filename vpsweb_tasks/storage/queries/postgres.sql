@@ -201,7 +201,8 @@ RETURNING id, fence, cancel_requested;
 -- whole, with its metrics (counted in the statistics if %(metrics)s), in one statement.
 -- No row back: the lease was lost.
 WITH current AS (
-    SELECT id, attempts, fence, lease_owner, run_at, started_at FROM background_tasks
+    SELECT id, task_type, attempts, fence, lease_owner, run_at, started_at
+    FROM background_tasks
     WHERE id = %(id)s AND status = 'running' AND lease_owner = %(worker)s
       AND fence = %(fence)s
       AND (%(cancel_guard)s::boolean IS NULL OR cancel_requested = %(cancel_guard)s)
@@ -225,10 +226,10 @@ WITH current AS (
     FROM current WHERE t.id = current.id
     RETURNING t.progress, t.message
 ), execution AS (
-    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-        outcome, error_category, error_type, error_message, traceback, queue_wait_seconds,
-        metered)
-    SELECT id, attempts, fence, lease_owner, started_at, %(now)s, %(outcome)s,
+    INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+        finished_at, outcome, error_category, error_type, error_message, traceback,
+        queue_wait_seconds, metered)
+    SELECT id, task_type, attempts, fence, lease_owner, started_at, %(now)s, %(outcome)s,
         %(x_category)s, %(x_type)s, %(x_message)s, %(traceback)s,
         greatest(0, started_at - run_at), %(metrics)s
     FROM current
@@ -252,11 +253,12 @@ task AS (
     FROM d
     WHERE t.id = d.id AND t.status = 'running' AND t.lease_owner = d.worker
       AND t.fence = d.fence
-    RETURNING t.id, t.message, t.attempts, t.run_at, t.started_at, d.worker, d.fence, d.now),
+    RETURNING t.id, t.message, t.task_type, t.attempts, t.run_at, t.started_at, d.worker,
+        d.fence, d.now),
 execution AS (
-    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-        outcome, queue_wait_seconds, metered)
-    SELECT id, attempts, fence, worker, started_at, now, 'completed',
+    INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+        finished_at, outcome, queue_wait_seconds, metered)
+    SELECT id, task_type, attempts, fence, worker, started_at, now, 'completed',
         greatest(0, started_at - run_at), %(metrics)s
     FROM task)
 SELECT id, message, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = task.id)
@@ -353,9 +355,9 @@ ORDER BY seq FOR UPDATE SKIP LOCKED;
 -- name: lost_execution
 -- The execution row of a lost attempt (%(attempt)s, %(fence)s of %(worker)s, started at
 -- %(started_at)s).
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-    outcome, error_category, error_type, error_message)
-VALUES (%(id)s, %(attempt)s, %(fence)s, %(worker)s, %(started_at)s, %(now)s, 'lost',
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message)
+VALUES (%(id)s, %(task_type)s, %(attempt)s, %(fence)s, %(worker)s, %(started_at)s, %(now)s, 'lost',
     %(category)s, %(error_type)s, %(message)s);
 
 -- name: end_lost_attempt

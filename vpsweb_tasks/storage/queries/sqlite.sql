@@ -180,10 +180,10 @@ RETURNING id, fence, cancel_requested;
 -- :cancel_guard, the task's cancel flag is that): its execution row, whole, with its
 -- metrics (counted in the statistics if :metrics), read off the task row before the task
 -- row is updated. No row back: the lease was lost.
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-    outcome, error_category, error_type, error_message, traceback, queue_wait_seconds,
-    metered)
-SELECT id, attempts, fence, lease_owner, started_at, :now, :outcome, :x_category, :x_type,
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message, traceback,
+    queue_wait_seconds, metered)
+SELECT id, task_type, attempts, fence, lease_owner, started_at, :now, :outcome, :x_category, :x_type,
     :x_message, :traceback, max(0.0, started_at - run_at), :metrics
 FROM background_tasks WHERE id = :id AND status = 'running' AND lease_owner = :worker
   AND fence = :fence AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
@@ -212,9 +212,9 @@ RETURNING progress, message,
 -- message, and whether it has dependents. CROSS JOIN (and the unary + that keeps the
 -- status index out of the last one) keeps :rows the outer loop: else SQLite walks every
 -- running task.
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-    outcome, queue_wait_seconds, metered)
-SELECT t.id, t.attempts, t.fence, t.lease_owner, t.started_at, d.now, 'completed',
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, queue_wait_seconds, metered)
+SELECT t.id, t.task_type, t.attempts, t.fence, t.lease_owner, t.started_at, d.now, 'completed',
     max(0.0, t.started_at - t.run_at), :metrics
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
           json_extract(value, '$[2]') AS fence, json_extract(value, '$[4]') AS now
@@ -319,9 +319,9 @@ SELECT * FROM background_tasks WHERE status = 'running'
 
 -- name: lost_execution
 -- The execution row of a lost attempt (:attempt, :fence of :worker, started at :started_at).
-INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
-    outcome, error_category, error_type, error_message)
-VALUES (:id, :attempt, :fence, :worker, :started_at, :now, 'lost', :category, :error_type,
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message)
+VALUES (:id, :task_type, :attempt, :fence, :worker, :started_at, :now, 'lost', :category, :error_type,
     :message);
 
 -- name: end_lost_attempt

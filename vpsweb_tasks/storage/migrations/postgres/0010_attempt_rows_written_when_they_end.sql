@@ -3,6 +3,7 @@
 DELETE FROM task_executions AS e USING background_tasks AS t
 WHERE e.outcome = 'running' AND t.id = e.task_id AND t.status = 'running'
   AND t.fence = e.fence;
+ALTER TABLE task_executions ADD COLUMN task_type TEXT;
 ALTER TABLE task_executions ADD COLUMN queue_wait_seconds DOUBLE PRECISION;
 ALTER TABLE task_executions ADD COLUMN metered BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX ix_task_executions_metered ON task_executions (finished_at) WHERE metered;
@@ -12,7 +13,6 @@ SELECT task_id, task_type, attempt, outcome, error_category, queue_wait_seconds,
     duration_seconds, recorded_at
 FROM task_metrics_archived
 UNION ALL
-SELECT e.task_id, t.task_type, e.attempt, e.outcome, e.error_category, e.queue_wait_seconds,
-    greatest(0, e.finished_at - e.started_at), e.finished_at
-FROM task_executions AS e JOIN background_tasks AS t ON t.id = e.task_id
-WHERE e.metered;
+SELECT task_id, task_type, attempt, outcome, error_category, queue_wait_seconds,
+    greatest(0, finished_at - started_at), finished_at
+FROM task_executions WHERE metered;
