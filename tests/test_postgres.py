@@ -195,13 +195,13 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
     async with anyio.create_task_group() as tg:
         for task in tasks:
             tg.start_soon(store.add_task, task)
-    assert operations == ["add_tasks", "add_tasks"]
+    assert operations == ["add_together", "add_together"]
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=20)
     operations.clear()
     async with anyio.create_task_group() as tg:
         for claim in claims:
             tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
-    assert operations == ["finish", "complete_many"]
+    assert operations == ["complete_together", "complete_together"]
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
 
 

@@ -58,8 +58,9 @@ Conventions that hold for every operation:
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -70,6 +71,7 @@ import anyio.abc
 from ..errors import ErrorCategory, StorageUnavailableError
 from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
+from ._dbthread import Refused
 from .ops import Mode, Operation, Step
 from .queries import CORE, Component
 from .types import (
@@ -124,6 +126,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Called once a submit is ordered before any later call on the store (see add_tasks).
 Announce = Callable[[], None]
@@ -131,6 +134,24 @@ Announce = Callable[[], None]
 
 class DuplicateKeyError(ValueError):
     """A row with the same key exists already; nothing of the operation was stored."""
+
+
+def refusals(results: Sequence[R | Exception]) -> list[R | Refused]:
+    """A combined write's answers: an item's own error (a full queue, a lost lease) goes
+    to its caller alone."""
+    return [Refused(result) if isinstance(result, Exception) else result for result in results]
+
+
+@contextlib.contextmanager
+def naming_duplicates(items: Sequence[tuple[NewTask, int | None]]) -> Iterator[None]:
+    """A submit run alone that meets a duplicate id says which task it was; a batch's is
+    left as it is (the batch is then run again one submit at a time)."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        if len(items) != 1:
+            raise
+        raise DuplicateKeyError(f"task {items[0][0].id} already exists") from exc
 
 
 class TaskStore(abc.ABC):
