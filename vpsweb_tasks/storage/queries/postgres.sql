@@ -152,9 +152,9 @@ ORDER BY fence;
 -- Up to %(limit)s eligible tasks of %(queue)s, picked FOR UPDATE SKIP LOCKED in dispatch
 -- order (dispatch_at: run time less the priority's aging credit, see logic.dispatch_key;
 -- then insertion order), and updated (each execution row is written when the attempt
--- ends): concurrent workers never wait for each other and never claim one task twice. One range of the dispatch
--- index (queue, dispatch_at, seq), bounded by dispatch_at <= now (run_at <= now implies
--- it).
+-- ends): concurrent workers never wait for each other and never claim one task twice.
+-- One range of the dispatch index (queue, dispatch_at, seq), bounded by dispatch_at <= now
+-- (run_at <= now implies it).
 WITH picked AS (
     SELECT id FROM background_tasks
     WHERE status IN ('pending', 'retrying') AND queue = coalesce(%(queue)s::text, 'default')
@@ -357,8 +357,8 @@ ORDER BY seq FOR UPDATE SKIP LOCKED;
 -- %(started_at)s).
 INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
     finished_at, outcome, error_category, error_type, error_message)
-VALUES (%(id)s, %(task_type)s, %(attempt)s, %(fence)s, %(worker)s, %(started_at)s, %(now)s, 'lost',
-    %(category)s, %(error_type)s, %(message)s);
+VALUES (%(id)s, %(task_type)s, %(attempt)s, %(fence)s, %(worker)s, %(started_at)s,
+    %(now)s, 'lost', %(category)s, %(error_type)s, %(message)s);
 
 -- name: end_lost_attempt
 -- The task of a lost attempt: its new status, counts (%(attempts)s, %(lost_attempts)s) and
