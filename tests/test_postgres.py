@@ -21,7 +21,8 @@ from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
 from vpsweb_tasks.models import TaskStatus
 from vpsweb_tasks.storage import postgres as postgres_backend
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
-from vpsweb_tasks.storage.ops import Operation
+from vpsweb_tasks.storage.ops import Mode as OpMode
+from vpsweb_tasks.storage.ops import Op, Operation, operation, script
 from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
@@ -123,6 +124,33 @@ async def test_several_processes_may_open_a_new_schema_at_once(
             await s.close()
 
 
+@operation(OpMode.WRITE)
+def _run_script(sql: str) -> Op[None]:
+    yield script(sql)
+
+
+async def test_maintenance_finds_a_running_attempt_whose_row_is_written_already(
+    store: TaskStore,
+) -> None:
+    """The invariant the finish relies on (it inserts the attempt's execution row): a
+    running task's attempt has no row yet. Running and finished tasks pass the check."""
+    for _ in range(2):
+        await store.add_task(new_task(T0))
+    running, finished = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=2)
+    await store.finish(finished, Completed(1), now=T0 + 1)
+    assert (await store.maintenance())["integrity"] == "ok"
+    await store.run(
+        _run_script(
+            "INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at,"
+            f" outcome) VALUES ('{running.task.id}', 1, {running.token.fence}, 'w1', {T0},"
+            " 'running')"
+        )
+    )
+    assert (await store.maintenance())["integrity"] == (
+        "1 running tasks whose attempt has its execution row already"
+    )
+
+
 async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
     store: TaskStore, tmp_path: Path
 ) -> None:
@@ -168,13 +196,13 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
     async with anyio.create_task_group() as tg:
         for task in tasks:
             tg.start_soon(store.add_task, task)
-    assert operations == ["add_tasks"]
+    assert operations == ["add_together"]
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=20)
     operations.clear()
     async with anyio.create_task_group() as tg:
         for claim in claims:
             tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
-    assert operations == ["complete_many"]
+    assert operations == ["complete_together"]
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
 
 

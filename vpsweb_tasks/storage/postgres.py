@@ -42,13 +42,13 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import ConfigError, LeaseLostError, StorageFault, StorageUnavailableError
+from ..errors import ConfigError, StorageFault, StorageUnavailableError
 from ..models import TaskRecord
 from . import logic
 from . import sqlite as sqlite_backend
 from ._batch import Combiner
 from ._dbthread import Refused
-from .base import Announce, DuplicateKeyError, TaskStore
+from .base import Announce, DuplicateKeyError, TaskStore, naming_duplicates, refusals
 from .ops import Mode, Operation, Step, count, drive_async, script
 from .queries import Queries
 from .types import Claim, Completed, NewTask, Notice, Outcome
@@ -368,24 +368,11 @@ class PostgresTaskStore(TaskStore):
         return True
 
     async def _add_together(self, items: list[tuple[NewTask, int | None]]) -> list[Refused | None]:
-        """Submits gathered in one batch: the tasks are let in, in order, while there is
-        room; a duplicate id fails the batch, which the combiner then runs one at a time."""
-        if len(items) == 1:
-            ((task, limit),) = items
-            try:
-                (result,) = await self.run(logic.add_tasks([task], limit=limit))
-            except DuplicateKeyError as exc:
-                raise DuplicateKeyError(f"task {task.id} already exists") from exc
-            return [None if result is None else Refused(result)]
-        limits = {limit for _, limit in items}
-        if len(limits) == 1:
-            (limit,) = limits
-            results = await self.run(logic.add_tasks([task for task, _ in items], limit=limit))
-        else:  # different limits (managers of several configs on one store): in turn
-            results = [
-                (await self.run(logic.add_tasks([task], limit=limit)))[0] for task, limit in items
-            ]
-        return [None if r is None else Refused(r) for r in results]
+        """Submits gathered in one batch (logic.add_together); a duplicate id fails the
+        batch, which the combiner then runs one at a time."""
+        with naming_duplicates(items):
+            results = await self.run(logic.add_together(items))
+        return refusals(results)
 
     async def finish(
         self, claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
@@ -399,16 +386,8 @@ class PostgresTaskStore(TaskStore):
     async def _complete_together(
         self, items: list[tuple[Claim, Completed, float]]
     ) -> list[TaskRecord | Refused]:
-        if len(items) == 1:
-            ((claimed, outcome, now),) = items
-            try:
-                finish = logic.finish(claimed, outcome, now=now, metrics=self.task_metrics)
-                record: TaskRecord = await self.run(finish)
-            except LeaseLostError as exc:
-                return [Refused(exc)]
-            return [record]
-        results = await self.run(logic.complete_many(items, metrics=self.task_metrics))
-        return [Refused(r) if isinstance(r, LeaseLostError) else r for r in results]
+        results = await self.run(logic.complete_together(items, metrics=self.task_metrics))
+        return refusals(results)
 
     # --- notifications -----------------------------------------------------------------
 
