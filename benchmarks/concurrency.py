@@ -14,6 +14,7 @@ every second of it. Once all N run, a window of ``--window`` seconds measures:
 * event-loop lag: a probe coroutine sleeps 10 ms and records how late it wakes
   (p50/p99/max);
 * CPU: of the whole process, and of the event-loop thread alone, as % of one core;
+* the garbage collector: its pauses, in ms a second, and the longest;
 * memory: RSS after imports (before the manager starts), the peak RSS of the process's
   life (``ru_maxrss``), and (peak - after imports) / N;
 * database statements and transactions a second, counted by a hook on our side of the
@@ -39,6 +40,7 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -152,8 +154,9 @@ def hook_postgres(manager: TaskManager, counter: Counter) -> None:
 
 
 class Window:
-    """The measurement every row shares: a probe of the event loop's lag, and the CPU and
-    the wall time of the window (and, with ``profile``, a cProfile of the loop's thread)."""
+    """The measurement every row shares: a probe of the event loop's lag, the CPU and the
+    wall time of the window, the garbage collector's pauses (and, with ``profile``, a
+    cProfile of the loop's thread)."""
 
     def __init__(self, profile: int) -> None:
         self.lags: list[float] = []
@@ -161,6 +164,14 @@ class Window:
         self.stopped = False
         self.profile = profile
         self.profiler: cProfile.Profile | None = None
+        self.gc_pauses: list[float] = []
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.measuring:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     async def probe(self) -> None:
         while not self.stopped:
@@ -175,6 +186,7 @@ class Window:
             self.profiler = cProfile.Profile()
         cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
         self.measuring = True
+        gc.callbacks.append(self._on_gc)
         if self.profiler is not None:
             self.profiler.enable()
         print(f"window of {window} s from now", file=sys.stderr, flush=True)
@@ -182,6 +194,7 @@ class Window:
         if self.profiler is not None:
             self.profiler.disable()
         self.measuring = False
+        gc.callbacks.remove(self._on_gc)
         cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
         wall = wall1 - wall0
         lags_ms = sorted(lag * 1000 for lag in self.lags)
@@ -193,6 +206,8 @@ class Window:
             "cpu": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
             "loop_cpu": 100 * (loop1 - loop0) / wall,
             "rss_window_mb": rss_mb(),
+            "gc_ms": 1000 * sum(self.gc_pauses) / wall,
+            "gc_max": 1000 * max(self.gc_pauses, default=0.0),
         }
 
     def print_profile(self, label: str) -> None:
@@ -451,7 +466,7 @@ def main() -> None:
     )
     header = (
         f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
-        f"{'CPU %':>7}{'loop %':>7}"
+        f"{'CPU %':>7}{'loop %':>7}{'gc ms/s':>8}{'gc max':>7}"
         f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
         f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
     )
@@ -462,7 +477,8 @@ def main() -> None:
         met = r["lag_p99"] < LAG_TARGET_MS and r["peak_mb"] < RSS_TARGET_MB
         print(
             f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
-            f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}{r['rss_window_mb']:>8.0f}"
+            f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}"
+            f"{r['gc_ms']:>8.1f}{r['gc_max']:>7.0f}{r['rss_window_mb']:>8.0f}"
             f"{r['peak_mb']:>6.0f}{per_task:>8.1f}{r['statements']:>8.1f}{r['transactions']:>8.1f}"
             f"{r['updates']:>8,.0f}{r['start']:>8.1f}{r['drain']:>8.1f}"
             f"{r['completed'] / r['n']:>7.0%}  {'yes' if met else 'no'}"
