@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import inspect
+import itertools
 import logging
 import os
 import socket
@@ -91,7 +92,7 @@ from .events import (
 )
 from .limits import claim_limits
 from .log import TaskLogger, task_logger
-from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
+from .models import ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
 from .processes import ProcessPool
 from .registry import Handler, Registry
@@ -251,7 +252,10 @@ class TaskQueue:
         self._breakers_seen: dict[str, float] = {}  # updated_at of each adopted breaker state
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
-        self._progress: dict[str, list[ProgressSnapshot]] = {}
+        # Buffered progress: the latest report of each task; the earlier steps kept for
+        # the history (see buffer_progress), only of tasks whose message changed.
+        self._progress: dict[str, ProgressSnapshot] = {}
+        self._steps: dict[str, list[ProgressSnapshot]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Run times to come of waiting tasks we know of (a heap): our own submits and
@@ -811,23 +815,30 @@ class TaskQueue:
 
     # --- progress ------------------------------------------------------------------------
 
-    def buffer_progress(self, update: ProgressUpdate) -> None:
-        """Keep an update for the next flush: the latest one per task, plus the last one
-        before each change of message (so the stored history shows every step)."""
-        snapshot = ProgressSnapshot(
-            task_id=update.task_id,
-            progress=update.progress,
-            message=update.message,
-            metadata=update.metadata or None,
-            at=update.timestamp.timestamp(),
-        )
-        pending = self._progress.setdefault(update.task_id, [])
-        if pending and pending[-1].message == snapshot.message:
-            pending[-1] = snapshot
-        else:
-            pending.append(snapshot)
-            if len(pending) > self.settings.task_monitoring.progress_history_limit:
-                del pending[0]
+    def buffer_progress(self, snapshot: ProgressSnapshot) -> None:
+        """Keep a report for the next flush: the latest one per task, plus the last one
+        before each change of message (so the stored history shows every step). A
+        report of the same step replaces the one before it, in place."""
+        task_id = snapshot.task_id
+        previous = self._progress.get(task_id)
+        if previous is not None and previous.message != snapshot.message:
+            self._keep_step(previous)
+        self._progress[task_id] = snapshot
+
+    def _keep_step(self, snapshot: ProgressSnapshot) -> None:
+        """The last report of a step that is over, for the history: at most
+        ``progress_history_limit`` reports of a task (with its latest) are kept."""
+        steps = self._steps.setdefault(snapshot.task_id, [])
+        steps.append(snapshot)
+        if len(steps) >= self.settings.task_monitoring.progress_history_limit:
+            del steps[0]
+
+    def _take_progress(self, task_id: str) -> list[ProgressSnapshot]:
+        """The buffered reports of a task, oldest first, taken out of the buffer."""
+        latest = self._progress.pop(task_id, None)
+        if latest is None:
+            return []
+        return [*self._steps.pop(task_id, ()), latest]
 
     async def flush_progress(self, task_id: str | None = None) -> None:
         """Write the buffered progress: of every task, or of ``task_id`` (a task about to
@@ -835,10 +846,13 @@ class TaskQueue:
         if task_id is not None:
             await self._flush_together(task_id)
             return
-        batches, self._progress = self._progress, {}
-        snapshots = [s for batch in batches.values() for s in batch]
-        if snapshots:
-            await self.store.save_progress(snapshots)
+        latest, self._progress = self._progress, {}
+        steps, self._steps = self._steps, {}
+        if latest:
+            # Each task's steps before its latest report: its history stays in order.
+            await self.store.save_progress(
+                [*itertools.chain.from_iterable(steps.values()), *latest.values()]
+            )
 
     async def _flush_together(self, task_id: str) -> None:
         """One write for the tasks that finish together (thousands, when a shared call
@@ -853,7 +867,7 @@ class TaskQueue:
             if batch.error is not None:
                 raise batch.error
             if task_id in self._progress:  # the first was cancelled before it wrote
-                await self.store.save_progress(self._progress.pop(task_id))
+                await self.store.save_progress(self._take_progress(task_id))
             return
         batch = self._finishing = _FlushBatch([task_id])
         try:
@@ -861,7 +875,7 @@ class TaskQueue:
                 await anyio.lowlevel.checkpoint()
             finally:
                 self._finishing = None
-            snapshots = [s for each in batch.task_ids for s in self._progress.pop(each, [])]
+            snapshots = [s for each in batch.task_ids for s in self._take_progress(each)]
             await self.store.save_progress(snapshots)
         except Exception as exc:
             batch.error = exc
