@@ -93,9 +93,9 @@ from .storage import logic
 from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
+from .storage.rows import progress_row
 from .storage.types import (
     NewTask,
-    ProgressSnapshot,
     ScheduleFiring,
     SharedBreakerState,
     dispatch_key,
@@ -1174,7 +1174,7 @@ class TaskManager:
                 "progress %.1f%% %s", progress * 100, message or ""
             )
         if task_id in self._queue.running:
-            self._queue.buffer_progress(ProgressSnapshot(task_id, progress, message, metadata, at))
+            self._queue.buffer_progress(progress_row(task_id, progress, message, metadata, at))
         await self.events.publish(
             TaskProgressed(
                 task=task_id,

@@ -109,7 +109,7 @@ from .storage.types import (
     LeaseToken,
     Notice,
     Outcome,
-    ProgressSnapshot,
+    ProgressRow,
     Released,
     WorkerInfo,
 )
@@ -254,8 +254,8 @@ class TaskQueue:
         self._overload_reason: str | None = None
         # Buffered progress: the latest report of each task; the earlier steps kept for
         # the history (see buffer_progress), only of tasks whose message changed.
-        self._progress: dict[str, ProgressSnapshot] = {}
-        self._steps: dict[str, list[ProgressSnapshot]] = {}
+        self._progress: dict[str, ProgressRow] = {}
+        self._steps: dict[str, list[ProgressRow]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Run times to come of waiting tasks we know of (a heap): our own submits and
@@ -815,30 +815,23 @@ class TaskQueue:
 
     # --- progress ------------------------------------------------------------------------
 
-    def buffer_progress(self, snapshot: ProgressSnapshot) -> None:
+    def buffer_progress(self, row: ProgressRow) -> None:
         """Keep a report for the next flush: the latest one per task, plus the last one
         before each change of message (so the stored history shows every step). A
-        report of the same step replaces the one before it, in place."""
-        task_id = snapshot.task_id
+        report of the same step replaces the one before it."""
+        task_id = row[0]
         previous = self._progress.get(task_id)
-        if previous is not None and previous.message != snapshot.message:
+        if previous is not None and previous[2] != row[2]:
             self._keep_step(previous)
-        self._progress[task_id] = snapshot
+        self._progress[task_id] = row
 
-    def _keep_step(self, snapshot: ProgressSnapshot) -> None:
+    def _keep_step(self, row: ProgressRow) -> None:
         """The last report of a step that is over, for the history: at most
         ``progress_history_limit`` reports of a task (with its latest) are kept."""
-        steps = self._steps.setdefault(snapshot.task_id, [])
-        steps.append(snapshot)
+        steps = self._steps.setdefault(row[0], [])
+        steps.append(row)
         if len(steps) >= self.settings.task_monitoring.progress_history_limit:
             del steps[0]
-
-    def _take_progress(self, task_id: str) -> list[ProgressSnapshot]:
-        """The buffered reports of a task, oldest first, taken out of the buffer."""
-        latest = self._progress.pop(task_id, None)
-        if latest is None:
-            return []
-        return [*self._steps.pop(task_id, ()), latest]
 
     async def flush_progress(self, task_id: str | None = None) -> None:
         """Write the buffered progress: of every task, or of ``task_id`` (a task about to
@@ -848,10 +841,14 @@ class TaskQueue:
             return
         latest, self._progress = self._progress, {}
         steps, self._steps = self._steps, {}
+        await self._save_progress(
+            list(latest.values()), list(itertools.chain.from_iterable(steps.values()))
+        )
+
+    async def _save_progress(self, latest: list[ProgressRow], earlier: list[ProgressRow]) -> None:
         if latest:
-            # Each task's steps before its latest report: its history stays in order.
-            await self.store.save_progress(
-                [*itertools.chain.from_iterable(steps.values()), *latest.values()]
+            await self.store.run(
+                logic.save_progress(latest, earlier, history_limit=self.store.history_limit)
             )
 
     async def _flush_together(self, task_id: str) -> None:
@@ -867,7 +864,9 @@ class TaskQueue:
             if batch.error is not None:
                 raise batch.error
             if task_id in self._progress:  # the first was cancelled before it wrote
-                await self.store.save_progress(self._take_progress(task_id))
+                await self._save_progress(
+                    [self._progress.pop(task_id)], self._steps.pop(task_id, [])
+                )
             return
         batch = self._finishing = _FlushBatch([task_id])
         try:
@@ -875,8 +874,14 @@ class TaskQueue:
                 await anyio.lowlevel.checkpoint()
             finally:
                 self._finishing = None
-            snapshots = [s for each in batch.task_ids for s in self._take_progress(each)]
-            await self.store.save_progress(snapshots)
+            latest: list[ProgressRow] = []
+            earlier: list[ProgressRow] = []
+            for each in batch.task_ids:
+                row = self._progress.pop(each, None)
+                if row is not None:
+                    latest.append(row)
+                    earlier += self._steps.pop(each, ())
+            await self._save_progress(latest, earlier)
         except Exception as exc:
             batch.error = exc
             raise

@@ -586,7 +586,8 @@ class TaskStore(abc.ABC):
         running), and append each snapshot to the task's progress history, keeping at
         most ``history_limit`` rows per task."""
         if snapshots:
-            await self.run(logic.save_progress(snapshots, history_limit=self.history_limit))
+            latest, earlier = logic.progress_rows(snapshots)
+            await self.run(logic.save_progress(latest, earlier, history_limit=self.history_limit))
 
     async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
         """Stored progress snapshots of a task, oldest first."""

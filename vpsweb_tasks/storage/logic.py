@@ -49,6 +49,7 @@ from .rows import (
     new_task_params,
     new_task_row,
     progress_from_row,
+    progress_row,
     rate_keys_of,
     sample_from_row,
     schedule_from_row,
@@ -70,6 +71,7 @@ from .types import (
     MetricsWindow,
     NewTask,
     Outcome,
+    ProgressRow,
     ProgressSnapshot,
     RateLimitState,
     RateSpec,
@@ -134,6 +136,7 @@ __all__ = [
     "ping",
     "place_keyed",
     "progress_history",
+    "progress_rows",
     "rate_limit_states",
     "reap",
     "remove_worker",
@@ -1054,42 +1057,37 @@ def reap(
 
 
 @operation(Mode.WRITE)
-def save_progress(snapshots: Sequence[ProgressSnapshot], *, history_limit: int) -> Op[None]:
-    """The latest snapshot of each running task onto its row; every snapshot into its
-    history, of which the newest ``history_limit`` rows are kept."""
-    latest: dict[str, ProgressSnapshot] = {}
-    for snapshot in snapshots:
-        latest[snapshot.task_id] = snapshot
-    running = {found["id"] for found in (yield rows("running_among", ids=sorted(latest)))}
-    if not running:
+def save_progress(
+    latest: Sequence[ProgressRow], earlier: Sequence[ProgressRow] = (), *, history_limit: int
+) -> Op[None]:
+    """``latest``, the newest report of each task (one a task), onto the task's row; the
+    reports ``earlier`` than them, then ``latest``, into the history, of which the newest
+    ``history_limit`` rows a task are kept. Reports of tasks no longer running are left
+    out by the statements themselves: nothing is read back, whatever the number."""
+    if not latest:
         return
-    yield count(
-        "save_progress",
-        rows=dumps(
-            [
-                [s.task_id, s.progress, s.message, s.at]
-                for s in latest.values()
-                if s.task_id in running
-            ]
-        ),
-    )
-    yield count(
-        "append_progress",
-        rows=dumps(
-            [
-                [
-                    s.task_id,
-                    s.progress,
-                    s.message,
-                    None if s.metadata is None else dumps(s.metadata),
-                    s.at,
-                ]
-                for s in snapshots
-                if s.task_id in running
-            ]
-        ),
-    )
-    yield count("trim_progress", ids=sorted(running), keep=history_limit)
+    encoded = dumps(latest)  # rows are tuples in the columns' order: one encoder pass
+    yield count("save_progress", rows=encoded)
+    yield count("append_progress", rows=dumps([*earlier, *latest]) if earlier else encoded)
+    yield count("trim_progress", rows=encoded, keep=history_limit)
+
+
+def progress_rows(
+    snapshots: Sequence[ProgressSnapshot],
+) -> tuple[list[ProgressRow], list[ProgressRow]]:
+    """Snapshots (several a task allowed, oldest first) as :func:`save_progress` takes
+    them: the latest of each task, and the others in their order."""
+    latest: dict[str, ProgressRow] = {}
+    earlier: list[ProgressRow] = []
+    for snapshot in snapshots:
+        row = progress_row(
+            snapshot.task_id, snapshot.progress, snapshot.message, snapshot.metadata, snapshot.at
+        )
+        before = latest.pop(snapshot.task_id, None)
+        if before is not None:
+            earlier.append(before)
+        latest[snapshot.task_id] = row
+    return list(latest.values()), earlier
 
 
 @operation(Mode.READ)
