@@ -729,20 +729,20 @@ def heartbeat(
     if not tokens:
         yield count("register_worker", **params)
         return HeartbeatResult(lost=frozenset(), cancel_requested=frozenset())
-    held = {
+    # Only the attempts sent that are not held as sent, or have a cancel requested, come
+    # back: nothing a task while all is well, whatever their number.
+    changed = {
         found["id"]: (found["fence"], bool(found["cancel_requested"]))
-        for found in (yield rows("renew_leases", **params))
+        for found in (yield rows("renew_leases", **params, held=dumps(tokens)))
     }
     return HeartbeatResult(
         lost=frozenset(
-            task_id
-            for task_id, fence in tokens.items()
-            if task_id not in held or held[task_id][0] != fence
+            task_id for task_id, (fence, _) in changed.items() if fence != tokens[task_id]
         ),
         cancel_requested=frozenset(
             task_id
-            for task_id, (fence, cancel) in held.items()
-            if cancel and tokens.get(task_id) == fence
+            for task_id, (fence, cancel) in changed.items()
+            if cancel and fence == tokens[task_id]
         ),
     )
 

@@ -178,17 +178,30 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 
 -- name: renew_leases
--- register_worker, and the leases of every task this worker holds.
+-- register_worker, and the leases of every task this worker holds (locked in id order:
+-- one lock order for every writer of several task rows); then, of the attempts %(held)s
+-- (a JSON object, task id -> fence) those not held so any more, or with a cancel
+-- requested: their fence now (NULL: no longer this worker's) and the flag.
 WITH beat AS (
     INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency,
         started_at, heartbeat_at, expires_at)
     VALUES (%(worker)s, %(hostname)s, %(pid)s, %(process_started_at)s, %(concurrency)s,
         %(started_at)s, %(now)s, %(expires)s)
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-        expires_at = excluded.expires_at)
-UPDATE background_tasks SET lease_expires_at = %(expires)s
-WHERE lease_owner = %(worker)s AND status = 'running'
-RETURNING id, fence, cancel_requested;
+        expires_at = excluded.expires_at
+), locked AS MATERIALIZED (
+    SELECT id FROM background_tasks
+    WHERE lease_owner = %(worker)s AND status = 'running'
+    ORDER BY id FOR UPDATE
+), renewed AS (
+    UPDATE background_tasks AS t SET lease_expires_at = %(expires)s
+    FROM locked WHERE t.id = locked.id
+    RETURNING t.id, t.fence, t.cancel_requested
+)
+SELECT h.key AS id, r.fence, coalesce(r.cancel_requested, FALSE) AS cancel_requested
+FROM jsonb_each_text(%(held)s::jsonb) AS h
+LEFT JOIN renewed AS r ON r.id = h.key
+WHERE r.id IS NULL OR r.fence <> h.value::bigint OR r.cancel_requested;
 
 -- name: finish
 -- One attempt's outcome, if %(worker)s still holds the attempt %(fence)s (and, with

@@ -159,15 +159,21 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 
 -- name: renew_leases
--- register_worker, and the leases of every task this worker holds.
+-- register_worker, and the leases of every task this worker holds; then, of the attempts
+-- :held (a JSON object, task id -> fence) those not held so any more, or with a cancel
+-- requested: their fence now (NULL: no longer this worker's) and the flag.
 INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
     heartbeat_at, expires_at)
 VALUES (:worker, :hostname, :pid, :process_started_at, :concurrency, :started_at, :now, :expires)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 UPDATE background_tasks SET lease_expires_at = :expires
-WHERE lease_owner = :worker AND status = 'running'
-RETURNING id, fence, cancel_requested;
+WHERE lease_owner = :worker AND status = 'running';
+SELECT h.key AS id, t.fence, coalesce(t.cancel_requested, 0) AS cancel_requested
+FROM json_each(:held) AS h
+LEFT JOIN background_tasks AS t
+    ON t.id = h.key AND t.lease_owner = :worker AND t.status = 'running'
+WHERE t.id IS NULL OR t.fence <> h.value OR t.cancel_requested = 1;
 
 -- name: finish
 -- One attempt's outcome, if :worker still holds the attempt :fence (and, with
