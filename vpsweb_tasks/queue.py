@@ -252,9 +252,13 @@ class TaskQueue:
         self._breakers_seen: dict[str, float] = {}  # updated_at of each adopted breaker state
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
-        # Buffered progress: the latest report of each task; the earlier steps kept for
-        # the history (see buffer_progress), only of tasks whose message changed.
+        # Progress: the latest report of each running task that reported, kept until it
+        # finishes (a report replaces the one before it: nothing piles up between
+        # flushes for the garbage collector to count); the tasks whose latest report is
+        # not written yet; the earlier steps kept for the history (see buffer_progress),
+        # only of tasks whose message changed.
         self._progress: dict[str, ProgressRow] = {}
+        self._unwritten: set[str] = set()
         self._steps: dict[str, list[ProgressRow]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
@@ -821,8 +825,11 @@ class TaskQueue:
         report of the same step replaces the one before it."""
         task_id = row[0]
         previous = self._progress.get(task_id)
-        if previous is not None and previous[2] != row[2]:
-            self._keep_step(previous)
+        if task_id in self._unwritten:
+            if previous is not None and previous[2] != row[2]:
+                self._keep_step(previous)
+        else:
+            self._unwritten.add(task_id)
         self._progress[task_id] = row
 
     def _keep_step(self, row: ProgressRow) -> None:
@@ -833,16 +840,27 @@ class TaskQueue:
         if len(steps) >= self.settings.task_monitoring.progress_history_limit:
             del steps[0]
 
+    def _take_progress(self, task_id: str) -> tuple[ProgressRow | None, list[ProgressRow]]:
+        """A finishing task's unwritten reports (its latest, the steps before it); it
+        leaves the buffer."""
+        row = self._progress.pop(task_id, None)
+        if task_id not in self._unwritten:
+            return None, []
+        self._unwritten.discard(task_id)
+        return row, self._steps.pop(task_id, [])
+
     async def flush_progress(self, task_id: str | None = None) -> None:
         """Write the buffered progress: of every task, or of ``task_id`` (a task about to
         finish), joined by the other tasks that ask in the same moment."""
         if task_id is not None:
             await self._flush_together(task_id)
             return
-        latest, self._progress = self._progress, {}
+        unwritten, self._unwritten = self._unwritten, set()
         steps, self._steps = self._steps, {}
+        progress = self._progress
         await self._save_progress(
-            list(latest.values()), list(itertools.chain.from_iterable(steps.values()))
+            [progress[each] for each in unwritten],
+            list(itertools.chain.from_iterable(steps.values())),
         )
 
     async def _save_progress(self, latest: list[ProgressRow], earlier: list[ProgressRow]) -> None:
@@ -855,7 +873,8 @@ class TaskQueue:
         """One write for the tasks that finish together (thousands, when a shared call
         returns), not one each: the first to ask waits one turn of the loop for the
         others, then writes all their progress; the others wait for that write."""
-        if task_id not in self._progress:
+        if task_id not in self._unwritten:
+            self._progress.pop(task_id, None)
             return
         batch = self._finishing
         if batch is not None:
@@ -863,10 +882,9 @@ class TaskQueue:
             await batch.written.wait()
             if batch.error is not None:
                 raise batch.error
-            if task_id in self._progress:  # the first was cancelled before it wrote
-                await self._save_progress(
-                    [self._progress.pop(task_id)], self._steps.pop(task_id, [])
-                )
+            if task_id in self._unwritten:  # the first was cancelled before it wrote
+                row, steps = self._take_progress(task_id)
+                await self._save_progress([row] if row else [], steps)
             return
         batch = self._finishing = _FlushBatch([task_id])
         try:
@@ -877,10 +895,10 @@ class TaskQueue:
             latest: list[ProgressRow] = []
             earlier: list[ProgressRow] = []
             for each in batch.task_ids:
-                row = self._progress.pop(each, None)
+                row, steps = self._take_progress(each)
                 if row is not None:
                     latest.append(row)
-                    earlier += self._steps.pop(each, ())
+                    earlier += steps
             await self._save_progress(latest, earlier)
         except Exception as exc:
             batch.error = exc
