@@ -14,7 +14,9 @@ every second of it. Once all N run, a window of ``--window`` seconds measures:
 * event-loop lag: a probe coroutine sleeps 10 ms and records how late it wakes
   (p50/p99/max);
 * CPU: of the whole process, and of the event-loop thread alone, as % of one core;
-* the garbage collector: its pauses, in ms a second, and the longest;
+* the garbage collector: its pauses, in ms a second, the longest, and the number of full
+  (oldest generation) collections in the window;
+* the event loop's CPU a progress report (us), the loop's CPU over the reports made;
 * memory: RSS after imports (before the manager starts), the peak RSS of the process's
   life (``ru_maxrss``), and (peak - after imports) / N;
 * database statements and transactions a second, counted by a hook on our side of the
@@ -187,6 +189,7 @@ class Window:
         cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
         self.measuring = True
         gc.callbacks.append(self._on_gc)
+        full0 = gc.get_stats()[2]["collections"]
         if self.profiler is not None:
             self.profiler.enable()
         print(f"window of {window} s from now", file=sys.stderr, flush=True)
@@ -195,6 +198,7 @@ class Window:
             self.profiler.disable()
         self.measuring = False
         gc.callbacks.remove(self._on_gc)
+        full = gc.get_stats()[2]["collections"] - full0
         cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
         wall = wall1 - wall0
         lags_ms = sorted(lag * 1000 for lag in self.lags)
@@ -208,6 +212,7 @@ class Window:
             "rss_window_mb": rss_mb(),
             "gc_ms": 1000 * sum(self.gc_pauses) / wall,
             "gc_max": 1000 * max(self.gc_pauses, default=0.0),
+            "gc_full": full,
         }
 
     def print_profile(self, label: str) -> None:
@@ -466,7 +471,7 @@ def main() -> None:
     )
     header = (
         f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
-        f"{'CPU %':>7}{'loop %':>7}{'gc ms/s':>8}{'gc max':>7}"
+        f"{'CPU %':>7}{'loop %':>7}{'us/upd':>7}{'gc ms/s':>8}{'gc max':>7}{'full':>5}"
         f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
         f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
     )
@@ -478,7 +483,8 @@ def main() -> None:
         print(
             f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
             f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}"
-            f"{r['gc_ms']:>8.1f}{r['gc_max']:>7.0f}{r['rss_window_mb']:>8.0f}"
+            f"{r['loop_cpu'] * 1e4 / max(r['updates'], 1):>7.1f}"
+            f"{r['gc_ms']:>8.1f}{r['gc_max']:>7.0f}{r['gc_full']:>5}{r['rss_window_mb']:>8.0f}"
             f"{r['peak_mb']:>6.0f}{per_task:>8.1f}{r['statements']:>8.1f}{r['transactions']:>8.1f}"
             f"{r['updates']:>8,.0f}{r['start']:>8.1f}{r['drain']:>8.1f}"
             f"{r['completed'] / r['n']:>7.0%}  {'yes' if met else 'no'}"

@@ -361,13 +361,14 @@ DELETE FROM workers WHERE worker_id IN (SELECT value FROM json_each(:ids));
 
 -- name: save_progress
 -- :rows is a JSON array of [id, progress, message, metadata, at], one per task: onto the
--- rows of those still running.
+-- rows of those still running. (The unary + keeps the status index out: each row is
+-- found by its id, not every running row tried against the array.)
 UPDATE background_tasks SET progress = d.progress,
     message = coalesce(d.message, background_tasks.message), updated_at = d.at
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS progress,
           json_extract(value, '$[2]') AS message, json_extract(value, '$[4]') AS at
       FROM json_each(:rows)) AS d
-WHERE background_tasks.id = d.id AND background_tasks.status = 'running';
+WHERE background_tasks.id = d.id AND +background_tasks.status = 'running';
 
 -- name: append_progress
 -- :rows is a JSON array of [id, progress, message, metadata, at], oldest first: those of
@@ -376,7 +377,7 @@ INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)
 SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),
     json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')
 FROM json_each(:rows) AS j
-JOIN background_tasks AS t ON t.id = json_extract(j.value, '$[0]') AND t.status = 'running'
+JOIN background_tasks AS t ON t.id = json_extract(j.value, '$[0]') AND +t.status = 'running'
 ORDER BY j.key;
 
 -- name: trim_progress
@@ -388,9 +389,9 @@ DELETE FROM task_progress WHERE id IN (
     FROM (SELECT t.id AS task_id,
               (SELECT q.id FROM task_progress AS q WHERE q.task_id = t.id
                ORDER BY q.id DESC LIMIT 1 OFFSET :keep) AS cut
-          FROM background_tasks AS t
-          WHERE t.status = 'running'
-            AND t.id IN (SELECT json_extract(value, '$[0]') FROM json_each(:rows))) AS c
+          FROM json_each(:rows) AS j
+          JOIN background_tasks AS t
+              ON t.id = json_extract(j.value, '$[0]') AND +t.status = 'running') AS c
     JOIN task_progress AS p ON p.task_id = c.task_id AND p.id <= c.cut);
 
 -- name: progress_history
