@@ -182,7 +182,9 @@ class TaskContext:
         already: the task is the first submit's (nothing new was stored)."""
         self.rate_keys: tuple[tuple[str, str], ...] = record.rate_keys if record else ()
         """The rate-limit keys (limit name, key) the task's claim took a slot of."""
-        self._limits_used: set[str] = set()  # limits acquired in the running attempt
+        # Limits acquired in the running attempt; a set made at the first (most tasks
+        # acquire none, and an empty set a running task was measurable).
+        self._limits_used: set[str] | frozenset[str] = frozenset()
         self.dependency_results: dict[str, Any] = {}
         """In a running task: the results of the tasks it depends on
         (``TaskDefinition.depends_on``), task id -> result, read when it starts. A
@@ -330,7 +332,7 @@ class TaskContext:
         task (each of several calls to a provider): the wait does not count as a failure
         and spends no attempt (it does count against the task's timeout)."""
         fields = {**self.payload, **fields}
-        self._limits_used.add(self._manager.resolve_rate_key(limit, fields)[0])
+        self._limits_used = {*self._limits_used, self._manager.resolve_rate_key(limit, fields)[0]}
         return await self._manager.acquire_rate(limit, fields=fields)
 
     async def report_tokens(self, tokens: int, limit: str | None = None, **fields: Any) -> None:

@@ -132,9 +132,10 @@ NOTICE_STAGGER = 0.02
 PEERS_REFRESH = 1.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RunningTask:
-    """A task this process is running."""
+    """A task this process is running (one for each: slotted, tens of thousands run at
+    once)."""
 
     claim: Claim
     context: TaskContext
@@ -1077,7 +1078,7 @@ class TaskQueue:
         budgets = self.settings.retry_budgets
         fallback = budgets.get("default")
         names = {name for name, _ in task.rate_keys} | running.context._limits_used
-        running.context._limits_used = set()
+        running.context._limits_used = frozenset()
         dependencies = sorted(n for n in names if n in budgets or fallback is not None)
         if not dependencies or not isinstance(outcome, Completed | Failed):
             return outcome  # a deferral or a cancel made no call
