@@ -94,12 +94,7 @@ from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
 from .storage.rows import progress_row
-from .storage.types import (
-    NewTask,
-    ScheduleFiring,
-    SharedBreakerState,
-    dispatch_key,
-)
+from .storage.types import NewTask, ScheduleFiring, SharedBreakerState, dispatch_key
 from .tracing import carrier, submitting
 from .validation import check_json_object, check_text
 
