@@ -70,6 +70,7 @@ from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
 from .ops import Mode, Operation, Step
 from .queries import CORE, Component
+from .rows import dumps
 from .types import (
     AttemptGroup,
     Cancelled,
@@ -587,7 +588,11 @@ class TaskStore(abc.ABC):
         most ``history_limit`` rows per task."""
         if snapshots:
             latest, earlier = logic.progress_rows(snapshots)
-            await self.run(logic.save_progress(latest, earlier, history_limit=self.history_limit))
+            await self.run(
+                logic.save_progress(
+                    dumps(latest), dumps([*earlier, *latest]), history_limit=self.history_limit
+                )
+            )
 
     async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
         """Stored progress snapshots of a task, oldest first."""

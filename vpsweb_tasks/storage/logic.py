@@ -1057,19 +1057,16 @@ def reap(
 
 
 @operation(Mode.WRITE)
-def save_progress(
-    latest: Sequence[ProgressRow], earlier: Sequence[ProgressRow] = (), *, history_limit: int
-) -> Op[None]:
+def save_progress(latest: str, history: str, *, history_limit: int) -> Op[None]:
     """``latest``, the newest report of each task (one a task), onto the task's row; the
-    reports ``earlier`` than them, then ``latest``, into the history, of which the newest
-    ``history_limit`` rows a task are kept. Reports of tasks no longer running are left
-    out by the statements themselves: nothing is read back, whatever the number."""
-    if not latest:
-        return
-    encoded = dumps(latest)  # rows are tuples in the columns' order: one encoder pass
-    yield count("save_progress", rows=encoded)
-    yield count("append_progress", rows=dumps([*earlier, *latest]) if earlier else encoded)
-    yield count("trim_progress", rows=encoded, keep=history_limit)
+    reports of ``history`` (the earlier steps, then ``latest``) into the history, of which
+    the newest ``history_limit`` rows a task are kept. Both are JSON arrays of
+    :data:`ProgressRow` (see :func:`progress_rows`); reports of tasks no longer running
+    are left out by the statements themselves: nothing is read back, whatever the
+    number."""
+    yield count("save_progress", rows=latest)
+    yield count("append_progress", rows=history)
+    yield count("trim_progress", rows=latest, keep=history_limit)
 
 
 def progress_rows(
