@@ -1072,8 +1072,8 @@ def save_progress(latest: str, history: str, *, history_limit: int) -> Op[None]:
 def progress_rows(
     snapshots: Sequence[ProgressSnapshot],
 ) -> tuple[list[ProgressRow], list[ProgressRow]]:
-    """Snapshots (several a task allowed, oldest first) as :func:`save_progress` takes
-    them: the latest of each task, and the others in their order."""
+    """Snapshots (several a task allowed, oldest first) as the rows :func:`save_progress`
+    takes, to be encoded: the latest of each task, and the others in their order."""
     latest: dict[str, ProgressRow] = {}
     earlier: list[ProgressRow] = []
     for snapshot in snapshots:

@@ -272,8 +272,9 @@ Outcome = Completed | Failed | Cancelled | Released | Deferred
 
 
 #: A progress report as the history stores it: task id, progress, message, metadata (as
-#: JSON text) and time, in the columns' order. A plain tuple: a worker keeps one for each
-#: running task, replaced at each report, and encodes thousands of them at once.
+#: JSON text) and time, in the columns' order. A plain tuple of strings and numbers: a
+#: worker keeps one for each running task, replaced at each report, which the garbage
+#: collector stops tracking, and encodes thousands of them at once as JSON arrays.
 ProgressRow = tuple[str, float, str | None, str | None, float]
 
 
