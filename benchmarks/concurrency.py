@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/concurrency.py [--backend sqlite|postgres|both]
         [--tasks 200 2000 20000] [--window 20] [--dir DIR]
-        [--dsn postgresql://postgres@127.0.0.1:5432/test] [--by-query]
+        [--dsn postgresql://postgres@127.0.0.1:5432/test] [--by-query] [--no-floor]
+        [--profile N]
 
 Each (backend, N) runs in a fresh child process (``--child``, internal) holding one
 ``TaskManager`` with ``max_concurrent_jobs = N``. N tasks are submitted (``submit_batch``,
@@ -13,6 +14,9 @@ every second of it. Once all N run, a window of ``--window`` seconds measures:
 * event-loop lag: a probe coroutine sleeps 10 ms and records how late it wakes
   (p50/p99/max);
 * CPU: of the whole process, and of the event-loop thread alone, as % of one core;
+* the garbage collector: its pauses, in ms a second, the longest, and the number of full
+  (oldest generation) collections in the window;
+* the event loop's CPU a progress report (us), the loop's CPU over the reports made;
 * memory: RSS after imports (before the manager starts), the peak RSS of the process's
   life (``ru_maxrss``), and (peak - after imports) / N;
 * database statements and transactions a second, counted by a hook on our side of the
@@ -22,7 +26,14 @@ every second of it. Once all N run, a window of ``--window`` seconds measures:
 * the time to start all N (first submit to the Nth task running) and to drain them (the
   end to the last outcome written, at most 120 s; ``done``: the share completed).
 
-Prints one table. ``--by-query`` adds the window's statements by query. Run by hand.
+Each N also gets a ``floor`` row (``--no-floor`` leaves it out): the same N coroutines,
+each sleeping a second and then awaiting a no-op where the others report progress, in a
+plain task group with no manager. It is the benchmark's own cost on this machine, so the
+rows above it show how much of the lag, CPU and memory is ours.
+
+Prints one table. ``--by-query`` adds the window's statements by query; ``--profile N``
+prints the N functions that took most of the event loop's time in each window
+(cProfile of the event-loop thread alone). Run by hand.
 """
 
 from __future__ import annotations
@@ -30,8 +41,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import cProfile
+import gc
+import io
 import json
 import os
+import pstats
 import re
 import resource
 import statistics
@@ -140,9 +155,136 @@ def hook_postgres(manager: TaskManager, counter: Counter) -> None:
 # --- the child process -------------------------------------------------------------------
 
 
+class Window:
+    """The measurement every row shares: a probe of the event loop's lag, the CPU and the
+    wall time of the window, the garbage collector's pauses (and, with ``profile``, a
+    cProfile of the loop's thread)."""
+
+    def __init__(self, profile: int) -> None:
+        self.lags: list[float] = []
+        self.measuring = False
+        self.stopped = False
+        self.profile = profile
+        self.profiler: cProfile.Profile | None = None
+        self.gc_pauses: list[float] = []
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.measuring:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
+
+    async def probe(self) -> None:
+        while not self.stopped:
+            before = time.perf_counter()
+            await anyio.sleep(0.01)
+            if self.measuring:
+                self.lags.append(time.perf_counter() - before - 0.01)
+
+    async def measure(self, window: float) -> dict[str, Any]:
+        process = psutil.Process()
+        if self.profile:
+            self.profiler = cProfile.Profile()
+        cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
+        self.measuring = True
+        gc.callbacks.append(self._on_gc)
+        full0 = gc.get_stats()[2]["collections"]
+        if self.profiler is not None:
+            self.profiler.enable()
+        print(f"window of {window} s from now", file=sys.stderr, flush=True)
+        await anyio.sleep(window)
+        if self.profiler is not None:
+            self.profiler.disable()
+        self.measuring = False
+        gc.callbacks.remove(self._on_gc)
+        full = gc.get_stats()[2]["collections"] - full0
+        cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
+        wall = wall1 - wall0
+        lags_ms = sorted(lag * 1000 for lag in self.lags)
+        return {
+            "wall": wall,
+            "lag_p50": statistics.median(lags_ms),
+            "lag_p99": lags_ms[min(len(lags_ms) - 1, int(len(lags_ms) * 0.99))],
+            "lag_max": lags_ms[-1],
+            "cpu": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
+            "loop_cpu": 100 * (loop1 - loop0) / wall,
+            "rss_window_mb": rss_mb(),
+            "gc_ms": 1000 * sum(self.gc_pauses) / wall,
+            "gc_max": 1000 * max(self.gc_pauses, default=0.0),
+            "gc_full": full,
+        }
+
+    def print_profile(self, label: str) -> None:
+        if self.profiler is None:
+            return
+        out = io.StringIO()
+        stats = pstats.Stats(self.profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(self.profile)
+        print(f"--- {label}: the event loop's time by function ---", file=sys.stderr)
+        print(out.getvalue(), file=sys.stderr, flush=True)
+
+
+async def floor(n: int, window: float, profile: int) -> dict[str, Any]:
+    """The benchmark's own cost: N coroutines that sleep a second and await a no-op, in a
+    plain task group (no manager, no database)."""
+    imported_mb = rss_mb()
+    release = anyio.Event()
+    all_running = anyio.Event()
+    running = updates = 0
+    meter = Window(profile)
+
+    async def no_op(progress: float, message: str) -> None:
+        pass
+
+    async def llm() -> None:
+        nonlocal running, updates
+        running += 1
+        if running == n:
+            all_running.set()
+        step = 0
+        while not release.is_set():
+            await anyio.sleep(1.0)
+            step += 1
+            await no_op(min(step / 3600, 1.0), "waiting for the model")
+            updates += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(meter.probe)
+        started = time.perf_counter()
+        for _ in range(n):
+            tg.start_soon(llm)
+        await all_running.wait()
+        start_seconds = time.perf_counter() - started
+        await anyio.sleep(2.0)
+        updates = 0
+        found = await meter.measure(window)
+        window_updates = updates
+        released = time.perf_counter()
+        release.set()
+        meter.stopped = True
+    meter.print_profile(f"floor N={n}")
+    return {
+        "backend": "floor",
+        "n": n,
+        "imported_mb": imported_mb,
+        "peak_mb": peak_rss_mb(),
+        **found,
+        "statements": 0.0,
+        "transactions": 0.0,
+        "updates": window_updates / found["wall"],
+        "by_query": {},
+        "start": start_seconds,
+        "drain": time.perf_counter() - released,
+        "completed": n,
+    }
+
+
 async def child(
-    backend: str, n: int, window: float, where: str, drain_limit: float = 120.0
+    backend: str, n: int, window: float, where: str, profile: int = 0, drain_limit: float = 120.0
 ) -> dict[str, Any]:
+    if backend == "floor":
+        return await floor(n, window, profile)
     imported_mb = rss_mb()
     if backend == "sqlite":
         storage: dict[str, Any] = {"sqlite_path": where}
@@ -189,23 +331,14 @@ async def child(
 
     manager.events.add_listener(on_completed, kinds={"task_completed"})
     counter = Counter()
-    lags: list[float] = []
-    measuring = False
-    stop_probe = False
-
-    async def probe() -> None:
-        while not stop_probe:
-            before = time.perf_counter()
-            await anyio.sleep(0.01)
-            if measuring:
-                lags.append(time.perf_counter() - before - 0.01)
+    meter = Window(profile)
 
     async with manager, anyio.create_task_group() as tg:
         if backend == "sqlite":
             await hook_sqlite(manager, counter)
         else:
             hook_postgres(manager, counter)
-        tg.start_soon(probe)
+        tg.start_soon(meter.probe)
         started = time.perf_counter()
         for first in range(0, n, 1000):
             await manager.submit_batch(
@@ -216,36 +349,24 @@ async def child(
         await anyio.sleep(2.0)  # past the start's own flushes
         counter.reset()
         updates = 0
-        process = psutil.Process()
-        cpu0, loop0, wall0 = process.cpu_times(), time.thread_time(), time.perf_counter()
-        measuring = True
-        print(f"window of {window} s from now", file=sys.stderr, flush=True)
-        await anyio.sleep(window)
-        measuring = False
-        cpu1, loop1, wall1 = process.cpu_times(), time.thread_time(), time.perf_counter()
+        found = await meter.measure(window)
         statements, transactions, by_query = counter.reset()
         window_updates = updates
-        rss_window = rss_mb()
         released = time.perf_counter()
         release.set()
         with anyio.move_on_after(drain_limit):  # each outcome written, or give up
             await all_completed.wait()
         drain_seconds = time.perf_counter() - released
         drained = completed
-        stop_probe = True
-    wall = wall1 - wall0
-    lags_ms = sorted(lag * 1000 for lag in lags)
+        meter.stopped = True
+    meter.print_profile(f"{backend} N={n}")
+    wall = found["wall"]
     return {
         "backend": backend,
         "n": n,
         "imported_mb": imported_mb,
-        "rss_window_mb": rss_window,
         "peak_mb": peak_rss_mb(),
-        "lag_p50": statistics.median(lags_ms),
-        "lag_p99": lags_ms[min(len(lags_ms) - 1, int(len(lags_ms) * 0.99))],
-        "lag_max": lags_ms[-1],
-        "cpu": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
-        "loop_cpu": 100 * (loop1 - loop0) / wall,
+        **found,
         "statements": statements / wall,
         "transactions": transactions / wall,
         "updates": window_updates / wall,
@@ -261,6 +382,9 @@ async def child(
 
 @contextlib.contextmanager
 def database(backend: str, folder: Path) -> Any:
+    if backend == "floor":
+        yield "-"
+        return
     if backend == "sqlite":
         yield str(folder / f"bench-{uuid.uuid4().hex[:8]}.db")
         return
@@ -275,7 +399,7 @@ def database(backend: str, folder: Path) -> Any:
 
 
 def measure(
-    backend: str, n: int, window: float, folder: Path, library: str | None
+    backend: str, n: int, window: float, folder: Path, library: str | None, profile: int
 ) -> dict[str, Any]:
     env = {**os.environ, "BENCH_LIBRARY": library or ""}
     with database(backend, folder) as where:
@@ -287,11 +411,13 @@ def measure(
             str(n),
             str(window),
             where,
+            str(profile),
         ]
         found = subprocess.run(
             command, cwd=BENCH, env=env, stdout=subprocess.PIPE, text=True, check=True
         )
-    return {**json.loads(found.stdout.strip().splitlines()[-1]), "library": library or "."}
+    label = "-" if backend == "floor" else library or "."
+    return {**json.loads(found.stdout.strip().splitlines()[-1]), "library": label}
 
 
 def main() -> None:
@@ -309,21 +435,35 @@ def main() -> None:
         default=[None],
         help="checkouts of vpsweb-tasks to measure in turn (default: the installed one)",
     )
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-floor", action="store_true", help="leave out the floor row (no manager)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N functions taking most of the event loop's time in each window",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     DSN = args.dsn
     if args.child:
-        backend, n, window, where = args.child
-        result = anyio.run(child, backend, int(n), float(window), where)
+        backend, n, window, where, profile = args.child
+        result = anyio.run(child, backend, int(n), float(window), where, int(profile))
         print(json.dumps(result), flush=True)
         return
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
-        for backend in backends:
-            for n in args.tasks:
+        for n in args.tasks:
+            if not args.no_floor:
+                results.append(measure("floor", n, args.window, Path(tmp), None, args.profile))
+            for backend in backends:
                 for library in args.library:
-                    results.append(measure(backend, n, args.window, Path(tmp), library))
+                    results.append(
+                        measure(backend, n, args.window, Path(tmp), library, args.profile)
+                    )
     print(
         f"N tasks running at once in one process, each awaiting a long call and reporting"
         f" progress every second; {args.window:.0f} s measured; {os.cpu_count()} CPUs,"
@@ -331,7 +471,7 @@ def main() -> None:
     )
     header = (
         f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
-        f"{'CPU %':>7}{'loop %':>7}"
+        f"{'CPU %':>7}{'loop %':>7}{'us/upd':>7}{'gc ms/s':>8}{'gc max':>7}{'full':>5}"
         f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
         f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
     )
@@ -342,7 +482,9 @@ def main() -> None:
         met = r["lag_p99"] < LAG_TARGET_MS and r["peak_mb"] < RSS_TARGET_MB
         print(
             f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
-            f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}{r['rss_window_mb']:>8.0f}"
+            f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}"
+            f"{r['loop_cpu'] * 1e4 / max(r['updates'], 1):>7.1f}"
+            f"{r['gc_ms']:>8.1f}{r['gc_max']:>7.0f}{r['gc_full']:>5}{r['rss_window_mb']:>8.0f}"
             f"{r['peak_mb']:>6.0f}{per_task:>8.1f}{r['statements']:>8.1f}{r['transactions']:>8.1f}"
             f"{r['updates']:>8,.0f}{r['start']:>8.1f}{r['drain']:>8.1f}"
             f"{r['completed'] / r['n']:>7.0%}  {'yes' if met else 'no'}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.config import Settings
+from vpsweb_tasks.storage import sqlite as sqlite_store
 from vpsweb_tasks.storage._dbthread import Mode as ThreadMode
 from vpsweb_tasks.storage.base import TaskStore
 
@@ -36,28 +38,49 @@ async def _trace_sqlite(store: Any, sink: Callable[[str], None] | None) -> None:
     await store._db().run(install, ThreadMode.ALONE)
 
 
+@dataclass
+class Seen:
+    """What a store sent to its database and read back, inside a ``counting`` block."""
+
+    statements: list[str] = field(default_factory=list)
+    """Each statement's SQL (SQLite) or query name (PostgreSQL)."""
+    rows: int = 0
+    """The rows the operations' statements returned."""
+
+
 @contextlib.asynccontextmanager
-async def counting(store: TaskStore) -> Any:
-    """The statements ``store`` sends to its database inside the block (their SQL, or
-    on PostgreSQL their query names)."""
-    seen: list[str] = []
+async def counting(store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The statements ``store`` sends to its database inside the block, and the rows it
+    reads back (counted on our side of the driver)."""
+    seen = Seen()
+
+    def returned(result: Any) -> Any:
+        if isinstance(result, list):
+            seen.rows += len(result)
+        elif isinstance(result, dict):
+            seen.rows += 1
+        return result
+
     if store.dialect == "sqlite":
 
         def trace(sql: str) -> None:
             if not sql.lstrip().startswith("--"):  # a trigger's body: not a statement sent
-                seen.append(sql)
+                seen.statements.append(sql)
 
+        execute = sqlite_store.execute
+        monkeypatch.setattr(sqlite_store, "execute", lambda *args: returned(execute(*args)))
         await _trace_sqlite(store, trace)
         try:
             yield seen
         finally:
             await _trace_sqlite(store, None)
+            monkeypatch.undo()
         return
-    execute = store._execute  # type: ignore[attr-defined]
+    execute_pg = store._execute  # type: ignore[attr-defined]
 
     async def counted(conn: Any, step: Any) -> Any:
-        seen.append(step.query)
-        return await execute(conn, step)
+        seen.statements.append(step.query)
+        return returned(await execute_pg(conn, step))
 
     store._execute = counted  # type: ignore[attr-defined]
     try:
@@ -88,12 +111,14 @@ def progress_appends(statements: list[str]) -> int:
     )
 
 
-async def one_round(settings: Settings, n: int) -> tuple[list[str], int]:
+async def one_round(
+    settings: Settings, n: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Seen, int]:
     """Run ``n`` tasks that each report progress and then wait; once all have reported,
     count the statements of one progress flush, one heartbeat (the leases renewed) and
-    one look for cancel requests (what a heartbeat between renewals does). Then release
-    them all at once, each reporting once more as it ends: the progress writes made
-    before their outcomes."""
+    one look for cancel requests (what a heartbeat between renewals does), and the rows
+    they read back. Then release them all at once, each reporting once more as it ends:
+    the progress writes made before their outcomes."""
     clock = FakeClock()
     reported = 0
     all_reported = anyio.Event()
@@ -116,12 +141,12 @@ async def one_round(settings: Settings, n: int) -> tuple[list[str], int]:
             await all_reported.wait()
         before = await manager.store.get_tasks([c.task_id for c in contexts])
         clock.advance(60.0)
-        async with counting(manager.store) as statements:
+        async with counting(manager.store, monkeypatch) as statements:
             await manager._queue.flush_progress()
             await manager._queue.heartbeat()
             await manager._queue.look_for_cancel_requests()
         after = await manager.store.get_tasks([c.task_id for c in contexts])
-        async with counting(manager.store) as drain:
+        async with counting(manager.store, monkeypatch) as drain:
             release.set()
             with anyio.fail_after(30):
                 finished = [await c.wait() for c in contexts]
@@ -136,17 +161,24 @@ async def one_round(settings: Settings, n: int) -> tuple[list[str], int]:
         assert new.lease_expires_at is not None
         assert (new.lease_expires_at - old.lease_expires_at).total_seconds() == 60.0
     assert {record.status for record in finished} == {TaskStatus.COMPLETED}
-    return statements, progress_appends(drain)
+    assert drain.rows >= n, "the hook counts rows read back: each outcome's record is"
+    return statements, progress_appends(drain.statements)
 
 
 async def test_renewals_and_flushes_do_not_grow_with_running_tasks(
-    settings_factory: Callable[..., Settings], storage: dict[str, Any]
+    settings_factory: Callable[..., Settings],
+    storage: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with quiet(settings_factory, storage, 5) as settings:
-        few, few_ending = await one_round(settings, 5)
+        few, few_ending = await one_round(settings, 5, monkeypatch)
     with quiet(settings_factory, storage, 50) as settings:
-        many, many_ending = await one_round(settings, 50)
-    assert few, "the hook saw no statement"
-    assert len(many) == len(few), f"5 tasks: {few}\n50 tasks: {many}"
+        many, many_ending = await one_round(settings, 50, monkeypatch)
+    assert few.statements, "the hook saw no statement"
+    assert len(many.statements) == len(few.statements), (
+        f"5 tasks: {few.statements}\n50 tasks: {many.statements}"
+    )
+    # Nothing comes back a task while all is well: no lease lost, no cancel requested.
+    assert (few.rows, many.rows) == (0, 0)
     # Tasks ending together write their last progress together.
     assert many_ending == few_ending, (few_ending, many_ending)

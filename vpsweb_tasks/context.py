@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, cast
@@ -25,7 +24,7 @@ import anyio.from_thread
 
 from .errors import ErrorCategory
 from .log import TaskLogger, running_task
-from .models import ProgressUpdate, TaskDefinition, TaskRecord, TaskStatus, to_datetime
+from .models import TaskDefinition, TaskRecord, TaskStatus
 from .storage.ops import Step
 from .storage.types import NewTask
 from .validation import check_json_object, check_text
@@ -124,7 +123,13 @@ class _Flag:
 class TaskHost(Protocol):
     """What a context asks of the manager it belongs to."""
 
-    async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None: ...
+    async def _report_progress(
+        self,
+        context: TaskContext,
+        progress: float,
+        message: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> None: ...
 
     async def wait(
         self, task_id: str, *, timeout: float | None = None, _context: TaskContext | None = None
@@ -177,7 +182,9 @@ class TaskContext:
         already: the task is the first submit's (nothing new was stored)."""
         self.rate_keys: tuple[tuple[str, str], ...] = record.rate_keys if record else ()
         """The rate-limit keys (limit name, key) the task's claim took a slot of."""
-        self._limits_used: set[str] = set()  # limits acquired in the running attempt
+        # Limits acquired in the running attempt; a set made at the first (most tasks
+        # acquire none, and an empty set a running task was measurable).
+        self._limits_used: set[str] | frozenset[str] = frozenset()
         self.dependency_results: dict[str, Any] = {}
         """In a running task: the results of the tasks it depends on
         (``TaskDefinition.depends_on``), task id -> result, read when it starts. A
@@ -194,6 +201,14 @@ class TaskContext:
         return self._definition
 
     @property
+    def task_type(self) -> str:
+        """The task's type (read without building :attr:`definition`)."""
+        if self._definition is not None:
+            return self._definition.task_type
+        assert self._record is not None
+        return self._record.task_type
+
+    @property
     def logger(self) -> TaskLogger:
         """A logger whose every line carries ``task_id:<id>``, for the task's own code."""
         if self._logger is None:
@@ -202,8 +217,7 @@ class TaskContext:
 
     def __repr__(self) -> str:
         return (
-            f"<TaskContext {self.task_id} {self.definition.task_type!r} {self._status}"
-            f" {self._progress:.0%}>"
+            f"<TaskContext {self.task_id} {self.task_type!r} {self._status} {self._progress:.0%}>"
         )
 
     # --- read ----------------------------------------------------------------------------
@@ -263,15 +277,7 @@ class TaskContext:
         self._progress = float(progress)
         if message is not None:
             self._message = message
-        update = ProgressUpdate.model_construct(
-            task_id=self.task_id,
-            progress=float(progress),
-            message=self._message,
-            status=self._status,
-            timestamp=to_datetime(time.time()),
-            metadata=metadata or {},
-        )
-        await self._manager._report_progress(self, update)
+        await self._manager._report_progress(self, self._progress, self._message, metadata or None)
 
     def report_progress(
         self,
@@ -326,7 +332,7 @@ class TaskContext:
         task (each of several calls to a provider): the wait does not count as a failure
         and spends no attempt (it does count against the task's timeout)."""
         fields = {**self.payload, **fields}
-        self._limits_used.add(self._manager.resolve_rate_key(limit, fields)[0])
+        self._limits_used = {*self._limits_used, self._manager.resolve_rate_key(limit, fields)[0]}
         return await self._manager.acquire_rate(limit, fields=fields)
 
     async def report_tokens(self, tokens: int, limit: str | None = None, **fields: Any) -> None:

@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import ErrorCategory
-from .models import ProgressUpdate
+from .models import ProgressUpdate, TaskStatus, to_datetime
 
 __all__ = [
     "AlertCleared",
@@ -77,10 +77,7 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"event": self.kind}
         for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if isinstance(value, ProgressUpdate):
-                value = value.model_dump(mode="json")
-            data[name] = value
+            data[name] = getattr(self, name)
         return data
 
 
@@ -116,8 +113,37 @@ class TaskStarted(_TaskEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskProgressed(_TaskEvent):
+    """A running task reported progress (at ``at``). The report's fields are kept as
+    they came; :attr:`update` is built from them when read, since with many tasks
+    running most reports are never read (a model per report cost more than the rest)."""
+
     kind: ClassVar[str] = "task_progressed"
-    update: ProgressUpdate | None = None
+    progress: float = 0.0
+    message: str | None = None
+    status: TaskStatus = TaskStatus.RUNNING
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def update(self) -> ProgressUpdate:
+        """The report as listeners receive it."""
+        return ProgressUpdate.model_construct(
+            task_id=self.task,
+            progress=self.progress,
+            message=self.message,
+            status=self.status,
+            timestamp=to_datetime(self.at),
+            metadata=dict(self.metadata) if self.metadata else {},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.kind,
+            "at": self.at,
+            "id": self.id,
+            "task_id": self.task,
+            "task_type": self.task_type,
+            "update": self.update.model_dump(mode="json"),
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,7 +78,6 @@ from .log import configure_logging, remove_handler, task_logger
 from .models import (
     DeadLetter,
     ExecutionRecord,
-    ProgressUpdate,
     QueueStatus,
     TaskDefinition,
     TaskPriority,
@@ -94,6 +93,7 @@ from .storage import logic
 from .storage.base import TaskStore
 from .storage.ops import Step
 from .storage.queries import Component
+from .storage.rows import progress_row
 from .storage.types import NewTask, ScheduleFiring, SharedBreakerState, dispatch_key
 from .tracing import carrier, submitting
 from .validation import check_json_object, check_text
@@ -1155,16 +1155,30 @@ class TaskManager:
                 record = await self.get_task(task_id)
             return record
 
-    async def _report_progress(self, context: TaskContext, update: ProgressUpdate) -> None:
+    async def _report_progress(
+        self,
+        context: TaskContext,
+        progress: float,
+        message: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        task_id = context.task_id
+        at = time.time()
         if self._trace_progress and logger.isEnabledFor(logging.INFO):
-            task_logger(context.task_id, "vpsweb_tasks.progress").info(
-                "progress %.1f%% %s", update.progress * 100, update.message or ""
+            task_logger(task_id, "vpsweb_tasks.progress").info(
+                "progress %.1f%% %s", progress * 100, message or ""
             )
-        if context.task_id in self._queue.running:
-            self._queue.buffer_progress(update)
+        if task_id in self._queue.running:
+            self._queue.buffer_progress(progress_row(task_id, progress, message, metadata, at))
         await self.events.publish(
             TaskProgressed(
-                task=context.task_id, task_type=context.definition.task_type, update=update
+                task=task_id,
+                task_type=context.task_type,
+                at=at,
+                progress=progress,
+                message=message,
+                status=context.status,
+                metadata=metadata,
             )
         )
 

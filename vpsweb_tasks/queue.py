@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import inspect
+import itertools
 import logging
 import os
 import socket
@@ -91,13 +92,14 @@ from .events import (
 )
 from .limits import claim_limits
 from .log import TaskLogger, task_logger
-from .models import ProgressUpdate, ResourceSample, TaskRecord, TaskStatus
+from .models import ResourceSample, TaskRecord, TaskStatus
 from .overload import OverloadControl
 from .processes import ProcessPool
 from .registry import Handler, Registry
 from .retry import RetryPolicy
 from .storage import logic
 from .storage.base import TaskStore
+from .storage.rows import dumps
 from .storage.types import (
     Cancelled,
     Claim,
@@ -108,7 +110,7 @@ from .storage.types import (
     LeaseToken,
     Notice,
     Outcome,
-    ProgressSnapshot,
+    ProgressRow,
     Released,
     WorkerInfo,
 )
@@ -131,9 +133,10 @@ NOTICE_STAGGER = 0.02
 PEERS_REFRESH = 1.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RunningTask:
-    """A task this process is running."""
+    """A task this process is running (one for each: slotted, tens of thousands run at
+    once)."""
 
     claim: Claim
     context: TaskContext
@@ -251,7 +254,14 @@ class TaskQueue:
         self._breakers_seen: dict[str, float] = {}  # updated_at of each adopted breaker state
         self._overload = OverloadControl(self.config)
         self._overload_reason: str | None = None
-        self._progress: dict[str, list[ProgressSnapshot]] = {}
+        # Progress: the latest report of each running task that reported, kept until it
+        # finishes (a report replaces the one before it: nothing piles up between
+        # flushes for the garbage collector to count); the tasks whose latest report is
+        # not written yet; the earlier steps kept for the history (see buffer_progress),
+        # only of tasks whose message changed.
+        self._progress: dict[str, ProgressRow] = {}
+        self._unwritten: set[str] = set()
+        self._steps: dict[str, list[ProgressRow]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Run times to come of waiting tasks we know of (a heap): our own submits and
@@ -811,23 +821,35 @@ class TaskQueue:
 
     # --- progress ------------------------------------------------------------------------
 
-    def buffer_progress(self, update: ProgressUpdate) -> None:
-        """Keep an update for the next flush: the latest one per task, plus the last one
-        before each change of message (so the stored history shows every step)."""
-        snapshot = ProgressSnapshot(
-            task_id=update.task_id,
-            progress=update.progress,
-            message=update.message,
-            metadata=update.metadata or None,
-            at=update.timestamp.timestamp(),
-        )
-        pending = self._progress.setdefault(update.task_id, [])
-        if pending and pending[-1].message == snapshot.message:
-            pending[-1] = snapshot
+    def buffer_progress(self, row: ProgressRow) -> None:
+        """Keep a report for the next flush: the latest one per task, plus the last one
+        before each change of message (so the stored history shows every step). A
+        report of the same step replaces the one before it."""
+        task_id = row[0]
+        previous = self._progress.get(task_id)
+        if task_id in self._unwritten:
+            if previous is not None and previous[2] != row[2]:
+                self._keep_step(previous)
         else:
-            pending.append(snapshot)
-            if len(pending) > self.settings.task_monitoring.progress_history_limit:
-                del pending[0]
+            self._unwritten.add(task_id)
+        self._progress[task_id] = row
+
+    def _keep_step(self, row: ProgressRow) -> None:
+        """The last report of a step that is over, for the history: at most
+        ``progress_history_limit`` reports of a task (with its latest) are kept."""
+        steps = self._steps.setdefault(row[0], [])
+        steps.append(row)
+        if len(steps) >= self.settings.task_monitoring.progress_history_limit:
+            del steps[0]
+
+    def _take_progress(self, task_id: str) -> tuple[ProgressRow | None, list[ProgressRow]]:
+        """A finishing task's unwritten reports (its latest, the steps before it); it
+        leaves the buffer."""
+        row = self._progress.pop(task_id, None)
+        if task_id not in self._unwritten:
+            return None, []
+        self._unwritten.discard(task_id)
+        return row, self._steps.pop(task_id, [])
 
     async def flush_progress(self, task_id: str | None = None) -> None:
         """Write the buffered progress: of every task, or of ``task_id`` (a task about to
@@ -835,16 +857,29 @@ class TaskQueue:
         if task_id is not None:
             await self._flush_together(task_id)
             return
-        batches, self._progress = self._progress, {}
-        snapshots = [s for batch in batches.values() for s in batch]
-        if snapshots:
-            await self.store.save_progress(snapshots)
+        unwritten, self._unwritten = self._unwritten, set()
+        steps, self._steps = self._steps, {}
+        progress = self._progress
+        await self._save_progress(
+            [progress[each] for each in unwritten],
+            list(itertools.chain.from_iterable(steps.values())),
+        )
+
+    async def _save_progress(self, latest: list[ProgressRow], earlier: list[ProgressRow]) -> None:
+        if not latest:
+            return
+        encoded = await _json_in_chunks(latest)
+        history = await _json_in_chunks([*earlier, *latest]) if earlier else encoded
+        await self.store.run(
+            logic.save_progress(encoded, history, history_limit=self.store.history_limit)
+        )
 
     async def _flush_together(self, task_id: str) -> None:
         """One write for the tasks that finish together (thousands, when a shared call
         returns), not one each: the first to ask waits one turn of the loop for the
         others, then writes all their progress; the others wait for that write."""
-        if task_id not in self._progress:
+        if task_id not in self._unwritten:
+            self._progress.pop(task_id, None)
             return
         batch = self._finishing
         if batch is not None:
@@ -852,8 +887,9 @@ class TaskQueue:
             await batch.written.wait()
             if batch.error is not None:
                 raise batch.error
-            if task_id in self._progress:  # the first was cancelled before it wrote
-                await self.store.save_progress(self._progress.pop(task_id))
+            if task_id in self._unwritten:  # the first was cancelled before it wrote
+                row, steps = self._take_progress(task_id)
+                await self._save_progress([row] if row else [], steps)
             return
         batch = self._finishing = _FlushBatch([task_id])
         try:
@@ -861,8 +897,14 @@ class TaskQueue:
                 await anyio.lowlevel.checkpoint()
             finally:
                 self._finishing = None
-            snapshots = [s for each in batch.task_ids for s in self._progress.pop(each, [])]
-            await self.store.save_progress(snapshots)
+            latest: list[ProgressRow] = []
+            earlier: list[ProgressRow] = []
+            for each in batch.task_ids:
+                row, steps = self._take_progress(each)
+                if row is not None:
+                    latest.append(row)
+                    earlier += steps
+            await self._save_progress(latest, earlier)
         except Exception as exc:
             batch.error = exc
             raise
@@ -1040,7 +1082,7 @@ class TaskQueue:
         budgets = self.settings.retry_budgets
         fallback = budgets.get("default")
         names = {name for name, _ in task.rate_keys} | running.context._limits_used
-        running.context._limits_used = set()
+        running.context._limits_used = frozenset()
         dependencies = sorted(n for n in names if n in budgets or fallback is not None)
         if not dependencies or not isinstance(outcome, Completed | Failed):
             return outcome  # a deferral or a cancel made no call
@@ -1250,6 +1292,23 @@ _Claimed = tuple[Claim, RunningTask]
 def _notice_score(task_id: str, worker_id: str) -> int:
     """A worker's place for a notice of a task, the same in every process."""
     return zlib.crc32(f"{task_id}/{worker_id}".encode())
+
+
+#: Progress rows encoded between two turns of the event loop.
+ENCODE_CHUNK = 1000
+
+
+async def _json_in_chunks(rows: list[ProgressRow]) -> str:
+    """``rows`` as one JSON array, encoded a chunk at a time with a turn of the loop
+    between: the rows of tens of thousands of tasks in one go held the loop (a spike of
+    lag at each flush)."""
+    if len(rows) <= ENCODE_CHUNK:
+        return dumps(rows)
+    parts: list[str] = []
+    for start in range(0, len(rows), ENCODE_CHUNK):
+        parts.append(dumps(rows[start : start + ENCODE_CHUNK])[1:-1])  # the items alone
+        await anyio.lowlevel.checkpoint()
+    return f"[{','.join(parts)}]"
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:

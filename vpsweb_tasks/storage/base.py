@@ -74,6 +74,7 @@ from . import logic
 from ._dbthread import Refused
 from .ops import Mode, Operation, Step
 from .queries import CORE, Component
+from .rows import dumps
 from .types import (
     AttemptGroup,
     Cancelled,
@@ -611,7 +612,12 @@ class TaskStore(abc.ABC):
         running), and append each snapshot to the task's progress history, keeping at
         most ``history_limit`` rows per task."""
         if snapshots:
-            await self.run(logic.save_progress(snapshots, history_limit=self.history_limit))
+            latest, earlier = logic.progress_rows(snapshots)
+            await self.run(
+                logic.save_progress(
+                    dumps(latest), dumps([*earlier, *latest]), history_limit=self.history_limit
+                )
+            )
 
     async def progress_history(self, task_id: str, *, limit: int = 1000) -> list[ProgressSnapshot]:
         """Stored progress snapshots of a task, oldest first."""

@@ -49,6 +49,7 @@ from .rows import (
     new_task_params,
     new_task_row,
     progress_from_row,
+    progress_row,
     rate_keys_of,
     sample_from_row,
     schedule_from_row,
@@ -70,6 +71,7 @@ from .types import (
     MetricsWindow,
     NewTask,
     Outcome,
+    ProgressRow,
     ProgressSnapshot,
     RateLimitState,
     RateSpec,
@@ -136,6 +138,7 @@ __all__ = [
     "ping",
     "place_keyed",
     "progress_history",
+    "progress_rows",
     "rate_limit_states",
     "reap",
     "remove_worker",
@@ -743,20 +746,20 @@ def heartbeat(
     if not tokens:
         yield count("register_worker", **params)
         return HeartbeatResult(lost=frozenset(), cancel_requested=frozenset())
-    held = {
+    # Only the attempts sent that are not held as sent, or have a cancel requested, come
+    # back: nothing a task while all is well, whatever their number.
+    changed = {
         found["id"]: (found["fence"], bool(found["cancel_requested"]))
-        for found in (yield rows("renew_leases", **params))
+        for found in (yield rows("renew_leases", **params, held=dumps(tokens)))
     }
     return HeartbeatResult(
         lost=frozenset(
-            task_id
-            for task_id, fence in tokens.items()
-            if task_id not in held or held[task_id][0] != fence
+            task_id for task_id, (fence, _) in changed.items() if fence != tokens[task_id]
         ),
         cancel_requested=frozenset(
             task_id
-            for task_id, (fence, cancel) in held.items()
-            if cancel and tokens.get(task_id) == fence
+            for task_id, (fence, cancel) in changed.items()
+            if cancel and fence == tokens[task_id]
         ),
     )
 
@@ -1091,42 +1094,34 @@ def reap(
 
 
 @operation(Mode.WRITE)
-def save_progress(snapshots: Sequence[ProgressSnapshot], *, history_limit: int) -> Op[None]:
-    """The latest snapshot of each running task onto its row; every snapshot into its
-    history, of which the newest ``history_limit`` rows are kept."""
-    latest: dict[str, ProgressSnapshot] = {}
+def save_progress(latest: str, history: str, *, history_limit: int) -> Op[None]:
+    """``latest``, the newest report of each task (one a task), onto the task's row; the
+    reports of ``history`` (the earlier steps, then ``latest``) into the history, of which
+    the newest ``history_limit`` rows a task are kept. Both are JSON arrays of
+    :data:`ProgressRow` (see :func:`progress_rows`); reports of tasks no longer running
+    are left out by the statements themselves: nothing is read back, whatever the
+    number."""
+    yield count("save_progress", rows=latest)
+    yield count("append_progress", rows=history)
+    yield count("trim_progress", rows=latest, keep=history_limit)
+
+
+def progress_rows(
+    snapshots: Sequence[ProgressSnapshot],
+) -> tuple[list[ProgressRow], list[ProgressRow]]:
+    """Snapshots (several a task allowed, oldest first) as the rows :func:`save_progress`
+    takes, to be encoded: the latest of each task, and the others in their order."""
+    latest: dict[str, ProgressRow] = {}
+    earlier: list[ProgressRow] = []
     for snapshot in snapshots:
-        latest[snapshot.task_id] = snapshot
-    running = {found["id"] for found in (yield rows("running_among", ids=sorted(latest)))}
-    if not running:
-        return
-    yield count(
-        "save_progress",
-        rows=dumps(
-            [
-                [s.task_id, s.progress, s.message, s.at]
-                for s in latest.values()
-                if s.task_id in running
-            ]
-        ),
-    )
-    yield count(
-        "append_progress",
-        rows=dumps(
-            [
-                [
-                    s.task_id,
-                    s.progress,
-                    s.message,
-                    None if s.metadata is None else dumps(s.metadata),
-                    s.at,
-                ]
-                for s in snapshots
-                if s.task_id in running
-            ]
-        ),
-    )
-    yield count("trim_progress", ids=sorted(running), keep=history_limit)
+        row = progress_row(
+            snapshot.task_id, snapshot.progress, snapshot.message, snapshot.metadata, snapshot.at
+        )
+        before = latest.pop(snapshot.task_id, None)
+        if before is not None:
+            earlier.append(before)
+        latest[snapshot.task_id] = row
+    return list(latest.values()), earlier
 
 
 @operation(Mode.READ)

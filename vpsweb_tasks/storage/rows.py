@@ -25,7 +25,7 @@ from ..models import (
 from ..retry import RetryConfig
 from ..schedules import ScheduleDefinition, ScheduleRecord
 from ..validation import readable
-from .types import NewTask, ProgressSnapshot, SharedBreakerState, WorkerInfo
+from .types import NewTask, ProgressRow, ProgressSnapshot, SharedBreakerState, WorkerInfo
 
 __all__ = [
     "as_float",
@@ -37,6 +37,7 @@ __all__ = [
     "new_task_params",
     "new_task_row",
     "progress_from_row",
+    "progress_row",
     "sample_from_row",
     "schedule_from_row",
     "schedule_params",
@@ -217,6 +218,13 @@ def worker_from_row(row: Row) -> WorkerInfo:
         heartbeat_at=float(row["heartbeat_at"]),
         expires_at=float(row["expires_at"]),
     )
+
+
+def progress_row(
+    task_id: str, progress: float, message: str | None, metadata: dict[str, Any] | None, at: float
+) -> ProgressRow:
+    """A progress report as stored (see :data:`ProgressRow`)."""
+    return (task_id, progress, message, None if metadata is None else dumps(metadata), at)
 
 
 def progress_from_row(row: Row) -> ProgressSnapshot:

@@ -35,6 +35,7 @@ __all__ = [
     "NewTask",
     "Notice",
     "Outcome",
+    "ProgressRow",
     "ProgressSnapshot",
     "RateLimitState",
     "RateSpec",
@@ -268,6 +269,13 @@ class Deferred:
 
 
 Outcome = Completed | Failed | Cancelled | Released | Deferred
+
+
+#: A progress report as the history stores it: task id, progress, message, metadata (as
+#: JSON text) and time, in the columns' order. A plain tuple of strings and numbers: a
+#: worker keeps one for each running task, replaced at each report, which the garbage
+#: collector stops tracking, and encodes thousands of them at once as JSON arrays.
+ProgressRow = tuple[str, float, str | None, str | None, float]
 
 
 @dataclass(frozen=True, slots=True)

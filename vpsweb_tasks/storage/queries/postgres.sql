@@ -183,17 +183,30 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 
 -- name: renew_leases
--- register_worker, and the leases of every task this worker holds.
+-- register_worker, and the leases of every task this worker holds (locked in id order:
+-- one lock order for every writer of several task rows); then, of the attempts %(held)s
+-- (a JSON object, task id -> fence) those not held so any more, or with a cancel
+-- requested: their fence now (NULL: no longer this worker's) and the flag.
 WITH beat AS (
     INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency,
         started_at, heartbeat_at, expires_at)
     VALUES (%(worker)s, %(hostname)s, %(pid)s, %(process_started_at)s, %(concurrency)s,
         %(started_at)s, %(now)s, %(expires)s)
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-        expires_at = excluded.expires_at)
-UPDATE background_tasks SET lease_expires_at = %(expires)s
-WHERE lease_owner = %(worker)s AND status = 'running'
-RETURNING id, fence, cancel_requested;
+        expires_at = excluded.expires_at
+), locked AS MATERIALIZED (
+    SELECT id FROM background_tasks
+    WHERE lease_owner = %(worker)s AND status = 'running'
+    ORDER BY id FOR UPDATE
+), renewed AS (
+    UPDATE background_tasks AS t SET lease_expires_at = %(expires)s
+    FROM locked WHERE t.id = locked.id
+    RETURNING t.id, t.fence, t.cancel_requested
+)
+SELECT h.key AS id, r.fence, coalesce(r.cancel_requested, FALSE) AS cancel_requested
+FROM jsonb_each_text(%(held)s::jsonb) AS h
+LEFT JOIN renewed AS r ON r.id = h.key
+WHERE r.id IS NULL OR r.fence <> h.value::bigint OR r.cancel_requested;
 
 -- name: finish
 -- One attempt's outcome, if %(worker)s still holds the attempt %(fence)s (and, with
@@ -385,32 +398,43 @@ DELETE FROM workers WHERE worker_id = ANY(%(ids)s);
 
 -- Progress ---------------------------------------------------------------------------------
 
--- name: running_among
--- Locked in id order: one lock order for every writer of several task rows.
-SELECT id FROM background_tasks WHERE status = 'running' AND id = ANY(%(ids)s)
-ORDER BY id FOR UPDATE;
-
 -- name: save_progress
--- %(rows)s is a JSON array of [id, progress, message, at], one per task.
-UPDATE background_tasks AS t SET progress = (d.r->>1)::float8,
-    message = coalesce(d.r->>2, t.message), updated_at = (d.r->>3)::float8
-FROM jsonb_array_elements(%(rows)s::jsonb) AS d(r)
-WHERE t.id = d.r->>0;
+-- %(rows)s is a JSON array of [id, progress, message, metadata, at], one per task: onto
+-- the rows of those still running, locked in id order (one lock order for every writer of
+-- several task rows).
+WITH d AS (
+    SELECT r->>0 AS id, (r->>1)::float8 AS progress, r->>2 AS message, (r->>4)::float8 AS at
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r)
+), locked AS MATERIALIZED (
+    SELECT id FROM background_tasks
+    WHERE status = 'running' AND id IN (SELECT id FROM d)
+    ORDER BY id FOR UPDATE
+)
+UPDATE background_tasks AS t SET progress = d.progress,
+    message = coalesce(d.message, t.message), updated_at = d.at
+FROM d JOIN locked USING (id)
+WHERE t.id = d.id;
 
 -- name: append_progress
--- %(rows)s is a JSON array of [id, progress, message, metadata, at], oldest first.
+-- %(rows)s is a JSON array of [id, progress, message, metadata, at], oldest first: those
+-- of tasks still running.
 INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)
-SELECT r->>0, (r->>1)::float8, r->>2, r->>3, (r->>4)::float8
-FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n) ORDER BY n;
+SELECT e.r->>0, (e.r->>1)::float8, e.r->>2, e.r->>3, (e.r->>4)::float8
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(r, n)
+JOIN background_tasks AS t ON t.id = e.r->>0 AND t.status = 'running'
+ORDER BY e.n;
 
 -- name: trim_progress
--- Keep the newest %(keep)s history rows of each task of %(ids)s. Each task's cutoff is
--- found once (a walk of %(keep)s index entries), not once for each of its rows.
+-- Keep the newest %(keep)s history rows of each running task of %(rows)s (as
+-- save_progress's). Each task's cutoff is found once (a walk of %(keep)s index entries),
+-- not once for each of its rows.
 DELETE FROM task_progress AS p
-USING (SELECT t.task_id,
-           (SELECT q.id FROM task_progress AS q WHERE q.task_id = t.task_id
+USING (SELECT t.id AS task_id,
+           (SELECT q.id FROM task_progress AS q WHERE q.task_id = t.id
             ORDER BY q.id DESC LIMIT 1 OFFSET %(keep)s) AS cut
-       FROM unnest(%(ids)s::text[]) AS t(task_id)) AS c
+       FROM background_tasks AS t
+       WHERE t.status = 'running'
+         AND t.id IN (SELECT r->>0 FROM jsonb_array_elements(%(rows)s::jsonb) AS e(r))) AS c
 WHERE p.task_id = c.task_id AND p.id <= c.cut;
 
 -- name: progress_history

@@ -165,15 +165,21 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 
 -- name: renew_leases
--- register_worker, and the leases of every task this worker holds.
+-- register_worker, and the leases of every task this worker holds; then, of the attempts
+-- :held (a JSON object, task id -> fence) those not held so any more, or with a cancel
+-- requested: their fence now (NULL: no longer this worker's) and the flag.
 INSERT INTO workers (worker_id, hostname, pid, process_started_at, concurrency, started_at,
     heartbeat_at, expires_at)
 VALUES (:worker, :hostname, :pid, :process_started_at, :concurrency, :started_at, :now, :expires)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     expires_at = excluded.expires_at;
 UPDATE background_tasks SET lease_expires_at = :expires
-WHERE lease_owner = :worker AND status = 'running'
-RETURNING id, fence, cancel_requested;
+WHERE lease_owner = :worker AND status = 'running';
+SELECT h.key AS id, t.fence, coalesce(t.cancel_requested, 0) AS cancel_requested
+FROM json_each(:held) AS h
+LEFT JOIN background_tasks AS t
+    ON t.id = h.key AND t.lease_owner = :worker AND t.status = 'running'
+WHERE t.id IS NULL OR t.fence <> h.value OR t.cancel_requested = 1;
 
 -- name: finish
 -- One attempt's outcome, if :worker still holds the attempt :fence (and, with
@@ -347,35 +353,39 @@ DELETE FROM workers WHERE worker_id IN (SELECT value FROM json_each(:ids));
 
 -- Progress ---------------------------------------------------------------------------------
 
--- name: running_among
-SELECT id FROM background_tasks WHERE status = 'running'
-  AND id IN (SELECT value FROM json_each(:ids));
-
 -- name: save_progress
--- :rows is a JSON array of [id, progress, message, at], one per task.
+-- :rows is a JSON array of [id, progress, message, metadata, at], one per task: onto the
+-- rows of those still running. (The unary + keeps the status index out: each row is
+-- found by its id, not every running row tried against the array.)
 UPDATE background_tasks SET progress = d.progress,
     message = coalesce(d.message, background_tasks.message), updated_at = d.at
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS progress,
-          json_extract(value, '$[2]') AS message, json_extract(value, '$[3]') AS at
+          json_extract(value, '$[2]') AS message, json_extract(value, '$[4]') AS at
       FROM json_each(:rows)) AS d
-WHERE background_tasks.id = d.id;
+WHERE background_tasks.id = d.id AND +background_tasks.status = 'running';
 
 -- name: append_progress
--- :rows is a JSON array of [id, progress, message, metadata, at], oldest first.
+-- :rows is a JSON array of [id, progress, message, metadata, at], oldest first: those of
+-- tasks still running.
 INSERT INTO task_progress (task_id, progress, message, metadata, recorded_at)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-    json_extract(value, '$[3]'), json_extract(value, '$[4]')
-FROM json_each(:rows) ORDER BY key;
+SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),
+    json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')
+FROM json_each(:rows) AS j
+JOIN background_tasks AS t ON t.id = json_extract(j.value, '$[0]') AND +t.status = 'running'
+ORDER BY j.key;
 
 -- name: trim_progress
--- Keep the newest :keep history rows of each task of :ids. Each task's cutoff is found
--- once (a walk of :keep index entries), not once for each of its rows.
+-- Keep the newest :keep history rows of each running task of :rows (as save_progress's).
+-- Each task's cutoff is found once (a walk of :keep index entries), not once for each of
+-- its rows.
 DELETE FROM task_progress WHERE id IN (
     SELECT p.id
-    FROM (SELECT j.value AS task_id,
-              (SELECT q.id FROM task_progress AS q WHERE q.task_id = j.value
+    FROM (SELECT t.id AS task_id,
+              (SELECT q.id FROM task_progress AS q WHERE q.task_id = t.id
                ORDER BY q.id DESC LIMIT 1 OFFSET :keep) AS cut
-          FROM json_each(:ids) AS j) AS c
+          FROM json_each(:rows) AS j
+          JOIN background_tasks AS t
+              ON t.id = json_extract(j.value, '$[0]') AND +t.status = 'running') AS c
     JOIN task_progress AS p ON p.task_id = c.task_id AND p.id <= c.cut);
 
 -- name: progress_history
