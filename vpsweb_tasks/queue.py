@@ -254,6 +254,9 @@ class TaskQueue:
         self._progress: dict[str, list[ProgressSnapshot]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
+        # Completions waiting for their group's write (_write_groups).
+        self._group: list[_Queued] = []
+        self._group_queued = anyio.Event()
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
         self._due: list[float] = []
@@ -389,6 +392,7 @@ class TaskQueue:
             tg.start_soon(self._loop, "cancel check", self._cancel_check_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
+            tg.start_soon(self._loop, "group finish", self._write_groups, self._keeps_leases)
 
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -913,8 +917,11 @@ class TaskQueue:
             try:
                 if outcome is None and running.stop_reason != "lost":
                     outcome = Released()  # torn down from outside: give the attempt back
-                await self._finish(task, running, outcome)
-                span.ended(outcome, running.record)
+                if isinstance(outcome, Completed) and self._joins_group(task, running, span):
+                    self._finish_with_group(running, outcome)
+                else:
+                    await self._finish(task, running, outcome)
+                    span.ended(outcome, running.record)
             finally:
                 runner.shield = False
 
@@ -1098,28 +1105,85 @@ class TaskQueue:
                     linked=linked if isinstance(outcome, Completed) else (),
                 )
         except LeaseLostError:
-            running.log.warning(
-                "lease lost before the outcome was written; a newer attempt owns it"
-            )
+            _lease_lost_on_write(running)
         except Exception:
-            # The lease stops being renewed, expires, and the task is retried (at least once).
-            running.log.exception("could not record the outcome; the task will be recovered")
+            _not_written(running)
         finally:
-            self.running.pop(task.id, None)
-            if not self.running:
-                self._idle.set()
-                self._busy = anyio.Event()
-            self._slot_freed()
-            running.record = record
-            running.done.set()
-        if record is None:
-            return
+            self._let_go(running, record)
+        if record is not None:
+            await self._announce(record, outcome, running, now)
+
+    def _let_go(self, running: RunningTask, record: TaskRecord | None) -> None:
+        """An attempt is over, its outcome written (``record``) or not: its slot is free."""
+        self.running.pop(running.claim.task.id, None)
+        if not self.running:
+            self._idle.set()
+            self._busy = anyio.Event()
+        self._slot_freed()
+        running.record = record
+        running.done.set()
+
+    async def _announce(
+        self, record: TaskRecord, outcome: Outcome | None, running: RunningTask, now: float
+    ) -> None:
+        """What follows a written outcome: its context, its events, its dependents."""
         if record.status.is_waiting:
             self.notify(run_at=record.run_at.timestamp())
         self.finished(record)
         await self._publish_outcome(record, outcome, running)
         if record.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             await self.announce_cancelled_dependents([record.id], now=now)
+
+    # --- outcomes written as a group --------------------------------------------------------
+
+    def _joins_group(self, task: TaskRecord, running: RunningTask, span: tracing.Attempt) -> bool:
+        """Whether a completion goes to storage with the group of those that ended with
+        it, its runner free at once for the next task: one with nothing else to write
+        first or with it (progress, an extension's rows) and no span to end after the
+        write. Other outcomes are written alone, their runner waiting."""
+        return (
+            not span.recording
+            and task.id not in self._progress
+            and not running.context._completion_writes
+        )
+
+    def _finish_with_group(self, running: RunningTask, outcome: Completed) -> None:
+        """Queue a completion for the next group write (:meth:`_write_groups`)."""
+        running.writing = True
+        self._group.append((running, outcome, self._now()))
+        self._group_queued.set()
+
+    async def _write_groups(self) -> None:
+        """Write the completions queued since the last write, all in one (a claimed group
+        of tasks that ended within one turn of the loop is one write, not one each); the
+        next group gathers while this one is on its way. Outcomes already queued are
+        written even when the manager is going down."""
+        try:
+            await self._group_queued.wait()
+        finally:
+            self._group_queued = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                while self._group:
+                    group, self._group = self._group, []
+                    await self._finish_group(group)
+
+    async def _finish_group(self, group: list[_Queued]) -> None:
+        items = [(running.claim, outcome, now) for running, outcome, now in group]
+        try:
+            results: list[TaskRecord | LeaseLostError | None] = [
+                *await self.store.complete_many(items)
+            ]
+        except Exception:
+            for running, _, _ in group:
+                _not_written(running)
+            results = [None] * len(group)
+        for (running, _, _), result in zip(group, results, strict=True):
+            if isinstance(result, LeaseLostError):
+                _lease_lost_on_write(running)
+            self._let_go(running, result if isinstance(result, TaskRecord) else None)
+        for (running, outcome, now), result in zip(group, results, strict=True):
+            if isinstance(result, TaskRecord):
+                await self._announce(result, outcome, running, now)
 
     async def announce_cancelled_dependents(self, task_ids: list[str], *, now: float) -> None:
         """The tasks cancelled for the failure or cancel of ``task_ids`` at ``now`` (their
@@ -1245,6 +1309,16 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+_Queued = tuple[RunningTask, Completed, float]  # a completion waiting for its group write
+
+
+def _lease_lost_on_write(running: RunningTask) -> None:
+    running.log.warning("lease lost before the outcome was written; a newer attempt owns it")
+
+
+def _not_written(running: RunningTask) -> None:
+    # The lease stops being renewed, expires, and the task is retried (at least once).
+    running.log.exception("could not record the outcome; the task will be recovered")
 
 
 def _notice_score(task_id: str, worker_id: str) -> int:
@@ -1270,17 +1344,30 @@ class _FlushBatch:
 class _Handoff:
     """Claimed tasks on their way to idle runners: a queue without a checkpoint per item
     (an anyio memory stream paid a checkpoint, an event and a task-info lookup for each),
-    since a runner that finds work waiting takes it at once."""
+    since a runner that finds work waiting takes it at once.
+
+    A claimed group runs in as few runners as its tasks need: one idle runner is woken at
+    a time (the spare), and a runner that takes a task while more wait wakes the next
+    spare. A task that ends within its first step (its outcome queued for the group's
+    write, not awaited) leaves its runner free to take the next one at once; one that
+    awaits something lets the spare take the rest."""
 
     def __init__(self) -> None:
         self._items: deque[_Claimed] = deque()
         self._waiters: deque[anyio.Event] = deque()
+        self._spare: anyio.Event | None = None  # woken, not yet back for its task
         self._closed = False
 
     def put(self, item: _Claimed) -> None:
         self._items.append(item)
-        if self._waiters:
-            self._waiters.popleft().set()
+        self._wake_spare()
+
+    def _wake_spare(self) -> None:
+        """Wake one idle runner, unless one woken already has yet to come back: a runner
+        woken per task cost an event and a turn of the loop each, mostly for nothing."""
+        if self._spare is None and self._waiters:
+            self._spare = self._waiters.popleft()
+            self._spare.set()
 
     async def get(self) -> _Claimed | None:
         """The next claimed task; None once closed."""
@@ -1289,8 +1376,21 @@ class _Handoff:
                 return None
             waiter = anyio.Event()
             self._waiters.append(waiter)
-            await waiter.wait()
-        return self._items.popleft()
+            try:
+                await waiter.wait()
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if self._spare is waiter:  # cancelled on its way back: its turn passes on
+                    self._spare = None
+                    self._wake_spare()
+                raise
+            if self._spare is waiter:
+                self._spare = None
+        item = self._items.popleft()
+        if self._items:  # in case this task awaits something: the rest need a runner
+            self._wake_spare()
+        return item
 
     def close(self) -> None:
         self._closed = True
