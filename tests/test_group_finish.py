@@ -1,0 +1,114 @@
+"""A claimed group of tasks run as one unit: the completions of tasks that end within
+their first step leave in one write, and a task of the group that awaits something does
+not hold the others back (a spare runner takes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus
+from vpsweb_tasks.errors import LeaseLostError
+from vpsweb_tasks.models import TaskRecord
+from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
+from vpsweb_tasks.storage.types import Claim, Completed
+
+from .conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+GROUP = 8
+
+
+async def store_batch(tmp_path: Path, names: Sequence[str]) -> list[str]:
+    """Tasks stored in one batch before any worker runs, so one claim takes them all."""
+    settings = make_settings(tmp_path, background_tasks={"enabled": False})
+    async with TaskManager(settings) as manager:
+        for name in set(names):
+            manager.register(name, never_run_here)
+        contexts = await manager.submit_batch(
+            [TaskDefinition(name=name, task_type=name) for name in names]
+        )
+    return [context.task_id for context in contexts]
+
+
+async def never_run_here(context: TaskContext) -> None:
+    raise AssertionError("an API-only manager runs nothing")
+
+
+def worker_settings(tmp_path: Path) -> Any:
+    return make_settings(tmp_path, background_tasks={"max_concurrent_jobs": GROUP})
+
+
+async def test_a_group_that_ends_in_its_first_step_is_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await store_batch(tmp_path, ["noop"] * GROUP)
+    writes: list[int] = []
+    complete_many = SQLiteTaskStore.complete_many
+
+    async def counted(
+        self: SQLiteTaskStore, items: Sequence[tuple[Claim, Completed, float]]
+    ) -> list[TaskRecord | LeaseLostError]:
+        writes.append(len(items))
+        return await complete_many(self, items)
+
+    monkeypatch.setattr(SQLiteTaskStore, "complete_many", counted)
+    completed: list[str] = []
+
+    async def noop(context: TaskContext) -> str:
+        return context.task_id
+
+    manager = TaskManager(worker_settings(tmp_path))
+    manager.register("noop", noop)
+    manager.events.add_listener(
+        lambda event: completed.append(event.task_id), kinds={"task_completed"}
+    )
+    async with manager:
+        with anyio.fail_after(10):
+            records = [await manager.wait(task_id) for task_id in ids]
+    assert writes == [GROUP]
+    assert [(r.status, r.result) for r in records] == [(TaskStatus.COMPLETED, i) for i in ids]
+    assert sorted(completed) == sorted(ids)
+
+
+async def test_a_task_that_awaits_does_not_hold_back_the_rest_of_its_group(
+    tmp_path: Path,
+) -> None:
+    """The first task of a claim waits for the last one: unless another runner takes the
+    rest while it waits, neither ends. A first group leaves the runners idle, waiting to
+    be woken (the first claim's runners are new and find their tasks waiting)."""
+    set_by_last = anyio.Event()
+
+    async def waits(context: TaskContext) -> str:
+        await set_by_last.wait()
+        return "waited"
+
+    async def sets(context: TaskContext) -> str:
+        set_by_last.set()
+        return "set"
+
+    async def noop(context: TaskContext) -> None:
+        return None
+
+    manager = TaskManager(worker_settings(tmp_path))
+    manager.register("waits", waits)
+    manager.register("sets", sets)
+    manager.register("noop", noop)
+    names = ["waits", *["noop"] * (GROUP - 2), "sets"]
+    async with manager:
+        with anyio.fail_after(10):
+            for context in await manager.submit_batch(
+                [TaskDefinition(name="noop", task_type="noop")] * GROUP
+            ):
+                await context.wait()
+            contexts = await manager.submit_batch(
+                [TaskDefinition(name=name, task_type=name) for name in names]
+            )
+            records = [await context.wait() for context in contexts]
+    assert [r.status for r in records] == [TaskStatus.COMPLETED] * GROUP
+    assert (records[0].result, records[-1].result) == ("waited", "set")
