@@ -49,12 +49,14 @@ import dataclasses
 import heapq
 import inspect
 import logging
+import math
 import os
 import socket
 import traceback
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -137,7 +139,8 @@ class RunningTask:
 
     claim: Claim
     context: TaskContext
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope | None = None
+    """The scope its function runs in, while it runs (its runner's): stop() cancels it."""
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
     record: TaskRecord | None = None
@@ -161,7 +164,8 @@ class RunningTask:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.scope.cancel()
+            if self.scope is not None:
+                self.scope.cancel()
 
 
 def _process_started_at() -> float | None:
@@ -702,11 +706,17 @@ class TaskQueue:
 
     async def _runner(self) -> None:
         """Run claimed tasks one at a time, until stop() closes the hand-off."""
-        # One scope for the runner's life, shielded while an outcome is written: a
-        # cancelled task group never interrupts a finish (a new scope per task cost more).
-        with anyio.CancelScope() as scope:
-            while (claimed := await self._claimed.get()) is not None:
-                await self._execute(*claimed, scope)
+        # One scope for many tasks (see _call), shielded while an outcome is written: a
+        # cancelled task group never interrupts a finish. A new one only after a stop or
+        # a timeout cancelled it: a scope entered per task cost more than the rest of
+        # running a no-op task.
+        while True:
+            with anyio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    claimed = await self._claimed.get()
+                    if claimed is None:
+                        return
+                    await self._execute(*claimed, scope)
 
     async def _heartbeat_loop(self) -> None:
         if not self.running:
@@ -906,22 +916,23 @@ class TaskQueue:
             )
             error = await self._load_dependencies(task, context)
             if error is None:
-                result, error = await self._call(task, running)
+                result, error = await self._call(task, running, runner)
             else:
                 result = None
             outcome = self._outcome(task, running, result, error)
-            if self.settings.retry_budgets and outcome is not None:
-                outcome = await self._within_retry_budget(task, running, outcome)
         finally:
             runner.shield = True
             try:
-                if outcome is None and running.stop_reason != "lost":
-                    outcome = Released()  # torn down from outside: give the attempt back
-                if isinstance(outcome, Completed) and self._joins_group(task, running, span):
-                    self._finish_with_group(running, outcome)
-                else:
-                    await self._finish(task, running, outcome)
-                    span.ended(outcome, running.record)
+                with _after_stop(runner):
+                    if self.settings.retry_budgets and outcome is not None:
+                        outcome = await self._within_retry_budget(task, running, outcome)
+                    if outcome is None and running.stop_reason != "lost":
+                        outcome = Released()  # torn down from outside: give it back
+                    if isinstance(outcome, Completed) and self._joins_group(task, running, span):
+                        self._finish_with_group(running, outcome)
+                    else:
+                        await self._finish(task, running, outcome)
+                        span.ended(outcome, running.record)
             finally:
                 runner.shield = False
 
@@ -942,8 +953,12 @@ class TaskQueue:
         return None
 
     async def _call(
-        self, task: TaskRecord, running: RunningTask
+        self, task: TaskRecord, running: RunningTask, scope: anyio.CancelScope
     ) -> tuple[Any, BaseException | None]:
+        """Run the task's function in ``scope`` (its runner's, already entered) with the
+        task's timeout as its deadline; a stop cancels it (``running.scope``). The
+        cancellation of our own scope ends here (it is not propagated: the scope is not
+        left until the runner has written the outcome, see :func:`_after_stop`)."""
         if running.stop_reason is not None:
             return None, None  # stopped before it began (a cancel during its claim)
         handler = self.registry.handler_for(task)
@@ -955,22 +970,27 @@ class TaskQueue:
         reset = _current.set(running.context)
         result: Any = None
         error: BaseException | None = None
-        scope = running.scope
+        running.scope = scope
         scope.deadline = anyio.current_time() + timeout  # one scope: timeout and stop()
         try:
-            with scope:
-                try:
-                    if handler.runs_in == "loop":
-                        result = await handler.fn(running.context)
-                    else:
-                        result = await self._run_elsewhere(handler, task, running.context)
-                except Exception as exc:
-                    error = exc
+            try:
+                if handler.runs_in == "loop":
+                    result = await handler.fn(running.context)
+                else:
+                    result = await self._run_elsewhere(handler, task, running.context)
+            except Exception as exc:
+                error = exc
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise  # not a stop or a timeout of ours: the manager is going down
+                result = None
             # cancel_called, not cancelled_caught: a def task in a thread, or a process
             # task, may come back with a result after its deadline; it is dropped.
             if scope.cancel_called and running.stop_reason is None:
                 error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
         finally:
+            running.scope = None
+            scope.deadline = math.inf
             _current.reset(reset)
         return result, error
 
@@ -1310,6 +1330,14 @@ class TaskQueue:
 
 _Claimed = tuple[Claim, RunningTask]
 _Queued = tuple[RunningTask, Completed, float]  # a completion waiting for its group write
+
+
+def _after_stop(runner: anyio.CancelScope) -> AbstractContextManager[Any]:
+    """Where an attempt's outcome is decided and written once its function returned: in
+    its runner's scope (shielded by then), unless a stop or a timeout cancelled that
+    scope, which then cancels all that runs in it, shielded or not: then in a shielded
+    scope of its own."""
+    return anyio.CancelScope(shield=True) if runner.cancel_called else nullcontext()
 
 
 def _lease_lost_on_write(running: RunningTask) -> None:
