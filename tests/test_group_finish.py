@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus
@@ -112,3 +113,77 @@ async def test_a_task_that_awaits_does_not_hold_back_the_rest_of_its_group(
             records = [await context.wait() for context in contexts]
     assert [r.status for r in records] == [TaskStatus.COMPLETED] * GROUP
     assert (records[0].result, records[-1].result) == ("waited", "set")
+
+
+async def test_tasks_after_a_stop_or_a_timeout_in_the_same_runner_run_in_full(
+    tmp_path: Path,
+) -> None:
+    """One runner (one slot): a cancelled task, then one that times out, then one that
+    completes. The runner's scope, cancelled for each of the first two, is not the one
+    the next task runs in."""
+    started = anyio.Event()
+
+    async def forever(context: TaskContext) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async def noop(context: TaskContext) -> str:
+        await anyio.lowlevel.checkpoint()  # a cancelled scope would stop it here
+        return "done"
+
+    settings = make_settings(tmp_path, background_tasks={"max_concurrent_jobs": 1})
+    manager = TaskManager(settings)
+    manager.register("forever", forever)
+    manager.register("noop", noop)
+    async with manager:
+        with anyio.fail_after(10):
+            cancelled = await manager.submit(TaskDefinition(name="c", task_type="forever"))
+            await started.wait()
+            timed_out, done = await manager.submit_batch(
+                [
+                    TaskDefinition(
+                        name="t", task_type="forever", timeout_seconds=0.2, max_retries=0
+                    ),
+                    TaskDefinition(name="d", task_type="noop", max_retries=0),
+                ]
+            )
+            await manager.cancel(cancelled.task_id)
+            records = [await c.wait() for c in (cancelled, timed_out, done)]
+    assert [r.status for r in records] == [
+        TaskStatus.CANCELLED,
+        TaskStatus.FAILED,
+        TaskStatus.COMPLETED,
+    ]
+    assert records[1].error_type == "TaskTimeoutError"
+    assert records[1].finished_at is not None
+    assert records[1].started_at is not None
+    assert (records[1].finished_at - records[1].started_at).total_seconds() >= 0.15
+    assert records[2].result == "done"
+
+
+async def test_a_short_timeout_is_kept_beside_longer_ones(tmp_path: Path) -> None:
+    """Timeouts are kept by one sleeper for all running tasks: a task with a short
+    timeout, started while one with a long timeout runs, times out on its own time."""
+    release = anyio.Event()
+
+    async def waits(context: TaskContext) -> str:
+        await release.wait()
+        return "released"
+
+    manager = TaskManager(make_settings(tmp_path, background_tasks={"max_concurrent_jobs": 2}))
+    manager.register("waits", waits)
+    async with manager:
+        with anyio.fail_after(10):
+            long = await manager.submit(
+                TaskDefinition(name="long", task_type="waits", timeout_seconds=60)
+            )
+            short = await manager.submit(
+                TaskDefinition(name="short", task_type="waits", timeout_seconds=0.2, max_retries=0)
+            )
+            failed = await short.wait()
+            assert failed.status is TaskStatus.FAILED
+            assert failed.error_type == "TaskTimeoutError"
+            assert (await manager.get_task(long.task_id)).status is TaskStatus.RUNNING
+            release.set()
+            completed = await long.wait()
+    assert (completed.status, completed.result) == (TaskStatus.COMPLETED, "released")

@@ -30,10 +30,13 @@ the live contexts, the event hub and a way to start tasks):
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
 
-A task runs under its own cancel scope and a timeout (the task's own, else
-``task_timeouts[type]``, else ``job_timeout``). Its outcome, the retry decision, the
-execution row and the metrics row are written in one transaction, shielded from
-cancellation, and only then published as events.
+A task runs in its runner's cancel scope (one for many tasks, until a stop cancels it),
+with a timeout (the task's own, else ``task_timeouts[type]``, else ``job_timeout``) kept
+by one sleeper for all running tasks. Its outcome, the retry decision, the execution row
+and the metrics row are written in one transaction, shielded from cancellation, and only
+then published as events. A completion goes with those of the tasks that ended with it,
+in one write (**group finish**): a claimed group of short tasks runs back to back in one
+runner, which never waits for a write.
 
 Where its function runs (:class:`~vpsweb_tasks.registry.Handler`): an ``async def`` on
 this event loop; a plain ``def`` in a worker thread (at most ``thread_pool_size`` at
@@ -273,6 +276,7 @@ class TaskQueue:
         # for the manager's life: cheaper than spawning a task per claim.
         self._claimed = _Handoff()
         self._runners = 0
+        self._timeouts = _Timeouts()
         self._threads: anyio.CapacityLimiter | None = None  # made on first use, in the loop
         self.processes = ProcessPool(
             size=self.config.process_pool_size or self.config.max_concurrent_jobs,
@@ -397,6 +401,7 @@ class TaskQueue:
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
             tg.start_soon(self._loop, "group finish", self._write_groups, self._keeps_leases)
+            tg.start_soon(self._loop, "timeouts", self._timeouts.watch, self._keeps_leases)
 
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -955,8 +960,8 @@ class TaskQueue:
     async def _call(
         self, task: TaskRecord, running: RunningTask, scope: anyio.CancelScope
     ) -> tuple[Any, BaseException | None]:
-        """Run the task's function in ``scope`` (its runner's, already entered) with the
-        task's timeout as its deadline; a stop cancels it (``running.scope``). The
+        """Run the task's function in ``scope`` (its runner's, already entered), cancelled
+        at the task's timeout (:class:`_Timeouts`) or by a stop (``running.scope``). The
         cancellation of our own scope ends here (it is not propagated: the scope is not
         left until the runner has written the outcome, see :func:`_after_stop`)."""
         if running.stop_reason is not None:
@@ -970,8 +975,8 @@ class TaskQueue:
         reset = _current.set(running.context)
         result: Any = None
         error: BaseException | None = None
-        running.scope = scope
-        scope.deadline = anyio.current_time() + timeout  # one scope: timeout and stop()
+        running.scope = scope  # stop() cancels it, and so does its deadline
+        self._timeouts.set(scope, anyio.current_time() + timeout)
         try:
             try:
                 if handler.runs_in == "loop":
@@ -990,7 +995,7 @@ class TaskQueue:
                 error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
         finally:
             running.scope = None
-            scope.deadline = math.inf
+            self._timeouts.clear(scope)
             _current.reset(reset)
         return result, error
 
@@ -1424,6 +1429,61 @@ class _Handoff:
         self._closed = True
         while self._waiters:
             self._waiters.popleft().set()
+
+
+class _Timeouts:
+    """The deadlines of the tasks running in runners, kept by one sleeper (:meth:`watch`)
+    instead of a timer on each task's scope: a timer set and cancelled per task cost more
+    than the rest of running a no-op task. Each runner's scope has the deadline of the
+    task it runs; past it, the scope is cancelled (the task's ``TaskTimeoutError``). A heap
+    of deadlines, those of tasks that ended left in it until they come up (or until they
+    are most of it)."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []  # [deadline, seq, scope or None once ended]
+        self._current: dict[anyio.CancelScope, list[Any]] = {}
+        self._ended = 0  # entries of the heap whose task ended
+        self._seq = 0
+        self._wake_at = math.inf  # when watch() looks next
+        self._changed: anyio.Event | None = None
+
+    def set(self, scope: anyio.CancelScope, deadline: float) -> None:
+        """The task now running in ``scope`` times out at ``deadline`` (anyio time)."""
+        self._seq += 1
+        entry = [deadline, self._seq, scope]
+        self._current[scope] = entry
+        heapq.heappush(self._heap, entry)
+        if deadline < self._wake_at and self._changed is not None:
+            self._changed.set()
+
+    def clear(self, scope: anyio.CancelScope) -> None:
+        """The task running in ``scope`` ended."""
+        entry = self._current.pop(scope, None)
+        if entry is None:
+            return
+        entry[2] = None
+        self._ended += 1
+        if self._ended > 64 and self._ended * 2 > len(self._heap):
+            self._heap = [each for each in self._heap if each[2] is not None]
+            heapq.heapify(self._heap)
+            self._ended = 0
+
+    async def watch(self) -> None:
+        """Cancel the scopes past their deadline; sleep until the next deadline, or until
+        an earlier one is set."""
+        now = anyio.current_time()
+        heap = self._heap
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            scope = heapq.heappop(heap)[2]
+            if scope is None:
+                self._ended -= 1
+            else:
+                del self._current[scope]
+                scope.cancel()
+        self._wake_at = heap[0][0] if heap else math.inf
+        self._changed = anyio.Event()
+        with anyio.move_on_at(self._wake_at):
+            await self._changed.wait()
 
 
 class _StartedOnce:
