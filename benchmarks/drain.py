@@ -48,11 +48,17 @@ class Sizes:
     def __init__(self) -> None:
         self.claims: list[int] = []
         self.completes: list[int] = []
+        self.transactions = 0  # the database thread's groups (one transaction each)
 
     def install(self) -> Callable[[], None]:
         claim = SQLiteTaskStore.claim
         together = SQLiteTaskStore._complete_together
+        run_batch = DatabaseThread._run_batch
         sizes = self
+
+        def counted_batch(self: DatabaseThread, conn: Any, batch: list[Any]) -> None:
+            sizes.transactions += 1
+            run_batch(self, conn, batch)
 
         async def counted_claim(self: SQLiteTaskStore, **kwargs: Any) -> Any:
             found = await claim(self, **kwargs)
@@ -65,10 +71,12 @@ class Sizes:
 
         SQLiteTaskStore.claim = counted_claim  # type: ignore[method-assign]
         SQLiteTaskStore._complete_together = counted_together  # type: ignore[method-assign]
+        DatabaseThread._run_batch = counted_batch  # type: ignore[method-assign]
 
         def undo() -> None:
             SQLiteTaskStore.claim = claim  # type: ignore[method-assign]
             SQLiteTaskStore._complete_together = together  # type: ignore[method-assign]
+            DatabaseThread._run_batch = run_batch  # type: ignore[method-assign]
 
         return undo
 
@@ -146,7 +154,8 @@ def main() -> None:
         print(
             f"tasks a claim: {statistics.mean(sizes.claims):.1f} ({len(sizes.claims)} claims);"
             f" a combined finish: {statistics.mean(sizes.completes or [0]):.1f}"
-            f" ({len(sizes.completes)} writes)"
+            f" ({len(sizes.completes)} writes); database thread transactions a task:"
+            f" {sizes.transactions / (n * args.repeat):.3f}"
         )
         if args.profile:
             profile(Path(tmp) / "p.db", n, args.concurrency)

@@ -187,3 +187,43 @@ async def test_a_short_timeout_is_kept_beside_longer_ones(tmp_path: Path) -> Non
             release.set()
             completed = await long.wait()
     assert (completed.status, completed.result) == (TaskStatus.COMPLETED, "released")
+
+
+async def test_a_completion_on_its_way_to_storage_frees_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next group is claimed (and runs) while the first group's write is held: its
+    tasks' functions had returned, so their slots were free."""
+    ids = await store_batch(tmp_path, ["noop"] * (2 * GROUP))
+    held = anyio.Event()
+    release = anyio.Event()
+    complete_many = SQLiteTaskStore.complete_many
+
+    async def first_held(
+        self: SQLiteTaskStore, items: Sequence[tuple[Claim, Completed, float]]
+    ) -> list[TaskRecord | LeaseLostError]:
+        if not held.is_set():
+            held.set()
+            with anyio.move_on_after(15):  # bounded: a failing test ends (fail_after below)
+                await release.wait()
+        return await complete_many(self, items)
+
+    monkeypatch.setattr(SQLiteTaskStore, "complete_many", first_held)
+    started: list[str] = []
+    all_started = anyio.Event()
+
+    async def noop(context: TaskContext) -> None:
+        started.append(context.task_id)
+        if len(started) == 2 * GROUP:
+            all_started.set()
+
+    manager = TaskManager(worker_settings(tmp_path))
+    manager.register("noop", noop)
+    async with manager:
+        with anyio.fail_after(10):
+            await held.wait()
+            await all_started.wait()
+            release.set()
+            records = [await manager.wait(task_id) for task_id in ids]
+    assert sorted(started) == sorted(ids)
+    assert [r.status for r in records] == [TaskStatus.COMPLETED] * (2 * GROUP)

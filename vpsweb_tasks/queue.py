@@ -263,6 +263,7 @@ class TaskQueue:
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
         # Completions waiting for their group's write (_write_groups).
         self._group: list[_Queued] = []
+        self._group_writes = 0  # completions queued for or in their group write
         self._group_queued = anyio.Event()
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
@@ -562,7 +563,7 @@ class TaskQueue:
             # This round's claim covers every notice heard so far.
             noticed, self._noticed, self._notice_due = self._noticed, False, None
             turn, self._notice_turn = self._notice_turn, False
-            capacity = self.config.max_concurrent_jobs - len(self.running)
+            capacity = self.config.max_concurrent_jobs - self._executing()
             claimed = 0
             self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
@@ -691,7 +692,7 @@ class TaskQueue:
             self._claimed.put((claim, running))
             if claim.task.id in early:  # requested while the claim was on its way back
                 self.cancel_running(claim.task.id)
-        while self._runners < len(self.running):  # a free runner for every claimed task
+        while self._runners < self._executing():  # a free runner for every claimed task
             self._runners += 1
             self._spawn(self._runner)
         if len(claims) >= limit or limits is not None:
@@ -700,6 +701,13 @@ class TaskQueue:
         for task_id in heard:  # notices of work this claim may not have seen
             self._task_added(task_id)
         return len(claims)
+
+    def _executing(self) -> int:
+        """Tasks claimed here whose function has not returned: those that hold a slot. A
+        completion on its way to its group write frees its slot at once, so the next
+        claim goes to storage with that write (one transaction, one answer) instead of
+        after it."""
+        return len(self.running) - self._group_writes
 
     def _slot_freed(self) -> None:
         """A task finished here: claim again only if work may be waiting for the slot.
@@ -1177,6 +1185,8 @@ class TaskQueue:
         running.writing = True
         self._group.append((running, outcome, self._now()))
         self._group_queued.set()
+        self._group_writes += 1
+        self._slot_freed()
 
     async def _write_groups(self) -> None:
         """Write the completions queued since the last write, all in one (a claimed group
@@ -1202,6 +1212,7 @@ class TaskQueue:
             for running, _, _ in group:
                 _not_written(running)
             results = [None] * len(group)
+        self._group_writes -= len(group)
         for (running, _, _), result in zip(group, results, strict=True):
             if isinstance(result, LeaseLostError):
                 _lease_lost_on_write(running)
