@@ -19,8 +19,10 @@ import pytest
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager
 from vpsweb_tasks.models import TaskStatus
+from vpsweb_tasks.storage import postgres as postgres_backend
 from vpsweb_tasks.storage.base import Completed, Notice, TaskStore
-from vpsweb_tasks.storage.ops import Operation
+from vpsweb_tasks.storage.ops import Mode as OpMode
+from vpsweb_tasks.storage.ops import Op, Operation, operation, script
 from vpsweb_tasks.storage.postgres import LISTENER_NAME, PostgresTaskStore
 from vpsweb_tasks.storage.queries import CORE
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
@@ -122,6 +124,33 @@ async def test_several_processes_may_open_a_new_schema_at_once(
             await s.close()
 
 
+@operation(OpMode.WRITE)
+def _run_script(sql: str) -> Op[None]:
+    yield script(sql)
+
+
+async def test_maintenance_finds_a_running_attempt_whose_row_is_written_already(
+    store: TaskStore,
+) -> None:
+    """The invariant the finish relies on (it inserts the attempt's execution row): a
+    running task's attempt has no row yet. Running and finished tasks pass the check."""
+    for _ in range(2):
+        await store.add_task(new_task(T0))
+    running, finished = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=2)
+    await store.finish(finished, Completed(1), now=T0 + 1)
+    assert (await store.maintenance())["integrity"] == "ok"
+    await store.run(
+        _run_script(
+            "INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at,"
+            f" outcome) VALUES ('{running.task.id}', 1, {running.token.fence}, 'w1', {T0},"
+            " 'running')"
+        )
+    )
+    assert (await store.maintenance())["integrity"] == (
+        "1 running tasks whose attempt has its execution row already"
+    )
+
+
 async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
     store: TaskStore, tmp_path: Path
 ) -> None:
@@ -153,8 +182,8 @@ async def test_the_backup_is_a_sqlite_database_the_sqlite_backend_reads(
 async def test_concurrent_submits_and_completions_are_written_in_batches(
     store: TaskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first of many concurrent calls goes alone; the others, gathered while it was
-    on its way, follow as one operation: two round trips for twenty calls, not twenty."""
+    """Concurrent calls started together go as one operation (the first waits one pass of
+    the event loop for the others): one round trip for twenty calls, not twenty."""
     run = store.run
     operations: list[str] = []
 
@@ -167,14 +196,52 @@ async def test_concurrent_submits_and_completions_are_written_in_batches(
     async with anyio.create_task_group() as tg:
         for task in tasks:
             tg.start_soon(store.add_task, task)
-    assert operations == ["add_tasks", "add_tasks"]
+    assert operations == ["add_together"]
     claims = await store.claim(worker_id="w1", now=T0, lease_seconds=30, limit=20)
     operations.clear()
     async with anyio.create_task_group() as tg:
         for claim in claims:
             tg.start_soon(partial(store.finish, claim, Completed(), now=T0 + 1))
-    assert operations == ["finish", "complete_many"]
+    assert operations == ["complete_together"]
     assert (await store.count_tasks())[TaskStatus.COMPLETED] == 20
+
+
+async def test_operations_beyond_the_pools_connections_wait_for_one(
+    store_factory: Callable[..., TaskStore],
+) -> None:
+    """More operations at once than the pool has connections: a connection kept between
+    operations goes to those waiting for the pool, not back to the keeper's list (where
+    they would wait out the pool's timeout)."""
+    async with store_factory(pool_size=2, connect_timeout=60) as store:
+        task = new_task(T0)
+        await store.add_task(task)
+        found: list[Any] = []
+
+        async def read() -> None:
+            found.append(await store.get_task(task.id))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(read)
+        assert [each.id for each in found] == [task.id] * 10
+
+
+@pytest.mark.parametrize("keep", [60.0, 0.0])
+async def test_connections_go_back_to_the_pool_every_keep_seconds(
+    store_factory: Callable[..., TaskStore], monkeypatch: pytest.MonkeyPatch, keep: float
+) -> None:
+    """Operations reuse the connection the last one gave back, without the pool; once it
+    has been kept KEEP_SECONDS it goes back to the pool (whose upkeep then applies)."""
+    monkeypatch.setattr(postgres_backend, "KEEP_SECONDS", keep)
+    async with store_factory() as store:
+        assert isinstance(store, PostgresTaskStore)
+        assert store._pool is not None
+        before = store._pool.get_stats()["requests_num"]
+        for _ in range(5):
+            assert await store.get_task("nope") is None
+        checkouts = store._pool.get_stats()["requests_num"] - before
+    assert checkouts == (0 if keep else 5)
 
 
 class ClaimCounter:

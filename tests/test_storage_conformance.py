@@ -6,10 +6,12 @@ passed in explicitly, so nothing here sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,12 @@ from vpsweb_tasks.errors import (
 )
 from vpsweb_tasks.models import (
     ExecutionOutcome,
+    ExecutionRecord,
     ResourceSample,
     TaskPriority,
     TaskRecord,
     TaskStatus,
+    to_datetime,
 )
 from vpsweb_tasks.schedules import Missed, ScheduleDefinition, ScheduleRecord
 from vpsweb_tasks.storage import logic
@@ -63,7 +67,7 @@ from vpsweb_tasks.storage.types import (
     dispatch_key,
 )
 
-from .conftest import new_task
+from .conftest import POSTGRES_DSN, new_task
 
 pytestmark = pytest.mark.anyio
 
@@ -800,6 +804,192 @@ async def test_finishes_together_each_end_their_own_attempt(store: TaskStore) ->
     assert sorted(window.durations) == [2.0, 3.0, 4.0, 5.0]
 
 
+def _read_sync(store: TaskStore, sql: str) -> list[tuple[Any, ...]]:
+    if isinstance(store, SQLiteTaskStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return conn.execute(sql).fetchall()
+    import psycopg
+
+    schema = getattr(store, "schema")  # noqa: B009 (a PostgresTaskStore)
+    with psycopg.connect(POSTGRES_DSN, options=f"-csearch_path={schema}") as conn:
+        return [tuple(found) for found in conn.execute(sql).fetchall()]
+
+
+async def stored(store: TaskStore, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (valid in both dialects) read on a connection of its own: what
+    the tables hold, as anyone with a SQL shell sees them."""
+    return await run_sync(_read_sync, store, sql)
+
+
+def attempt(
+    task_id: str,
+    number: int,
+    worker_id: str,
+    started: float,
+    ended: float | None = None,
+    outcome: ExecutionOutcome = ExecutionOutcome.RUNNING,
+    category: ErrorCategory | None = None,
+    error: tuple[str, str] | None = None,
+) -> ExecutionRecord:
+    """An ExecutionRecord as list_executions answers it (id 0: compared apart)."""
+    return ExecutionRecord(
+        id=0,
+        task_id=task_id,
+        attempt=number,
+        worker_id=worker_id,
+        started_at=to_datetime(started),
+        finished_at=None if ended is None else to_datetime(ended),
+        outcome=outcome,
+        error_category=category,
+        error_type=None if error is None else error[0],
+        error_message=None if error is None else error[1],
+    )
+
+
+async def attempts_of(store: TaskStore, task_id: str) -> list[ExecutionRecord]:
+    """The task's attempts, each ended one's row id checked (set) and then left out."""
+    found = await store.list_executions(task_id)
+    for each in found:
+        assert (each.id == 0) is (each.outcome is ExecutionOutcome.RUNNING)
+    return [replace(each, id=0) for each in found]
+
+
+async def test_a_claim_writes_no_execution_row_and_the_running_attempt_is_listed(
+    store: TaskStore,
+) -> None:
+    """Issue 22: a claim writes only the task row; the running attempt is listed as it was
+    when the claim wrote its row (worker, start, attempt, outcome running), and its row is
+    written once, whole, when it ends: by a finish, and by a completion in a batch."""
+    task = await store.add_task(new_task(T0))
+    other = await store.add_task(new_task(T0))
+    first = {
+        c.task.id: c
+        for c in await store.claim(worker_id="w1", now=T0 + 2, lease_seconds=LEASE, limit=2)
+    }
+    assert await stored(store, "SELECT count(*) FROM task_executions") == [(0,)]
+    assert await attempts_of(store, task.id) == [attempt(task.id, 1, "w1", T0 + 2)]
+    await store.heartbeat(
+        worker=worker("w1"), now=T0 + 3, lease_seconds=LEASE, running=[first[task.id].token]
+    )
+    assert await attempts_of(store, task.id) == [attempt(task.id, 1, "w1", T0 + 2)]
+    failure = Failed("ConnectionError", "refused", ErrorCategory.NETWORK, retry_at=T0 + 5)
+    await store.finish(first[task.id], failure, now=T0 + 4)
+    failed = attempt(
+        task.id,
+        1,
+        "w1",
+        T0 + 2,
+        T0 + 4,
+        ExecutionOutcome.FAILED,
+        ErrorCategory.NETWORK,
+        ("ConnectionError", "refused"),
+    )
+    assert await attempts_of(store, task.id) == [failed]
+    second = await claim_one(store, "w2", now=T0 + 5)
+    assert second.task.id == task.id
+    assert await attempts_of(store, task.id) == [failed, attempt(task.id, 2, "w2", T0 + 5)]
+    await together(
+        store,
+        [
+            lambda: store.finish(second, Completed(2), now=T0 + 7),
+            lambda: store.finish(first[other.id], Completed(1), now=T0 + 8),
+        ],
+    )
+    assert await attempts_of(store, task.id) == [
+        failed,
+        attempt(task.id, 2, "w2", T0 + 5, T0 + 7, ExecutionOutcome.COMPLETED),
+    ]
+    assert await attempts_of(store, other.id) == [
+        attempt(other.id, 1, "w1", T0 + 2, T0 + 8, ExecutionOutcome.COMPLETED)
+    ]
+    assert await stored(
+        store,
+        "SELECT attempt, fence, worker_id, started_at, finished_at, outcome"
+        f" FROM task_executions WHERE task_id = '{task.id}' ORDER BY fence",
+    ) == [(1, 1, "w1", T0 + 2, T0 + 4, "failed"), (2, 2, "w2", T0 + 5, T0 + 7, "completed")]
+
+
+async def test_a_lost_attempt_keeps_its_worker_and_start(store: TaskStore) -> None:
+    """The reap writes a lost attempt's row from its task row: its worker and start as
+    the attempt had them, the reap's time as its end, no metrics."""
+    task = await store.add_task(new_task(T0))
+    await claim_one(store, "w1", now=T0 + 1)
+    result = await reap(store, now=T0 + LEASE + 2, decide=lambda t: T0 + LEASE + 3)
+    assert [t.id for t in result.requeued] == [task.id]
+    [lost] = await attempts_of(store, task.id)
+    assert (lost.error_type, lost.error_message) == (
+        "WorkerLostError",
+        f"worker w1 stopped renewing its lease on task_id:{task.id}",
+    )
+    assert lost == attempt(
+        task.id,
+        1,
+        "w1",
+        T0 + 1,
+        T0 + LEASE + 2,
+        ExecutionOutcome.LOST,
+        ErrorCategory.RESOURCE,
+        (lost.error_type, lost.error_message),
+    )
+    again = await claim_one(store, "w2", now=T0 + LEASE + 3)
+    assert await attempts_of(store, task.id) == [lost, attempt(task.id, 1, "w2", T0 + LEASE + 3)]
+    await store.finish(again, Completed(None), now=T0 + LEASE + 4)
+    window = await store.run(logic.metrics_window(since=T0))
+    assert [(g.outcome, g.count) for g in window.groups] == [("completed", 1)]
+
+
+async def test_metrics_are_read_off_the_attempts_rows(store: TaskStore) -> None:
+    """Each finished attempt in the statistics, exactly as its task_metrics row had it: task
+    type, attempt, outcome, category, queue wait (start less run time), duration, time;
+    finishes alone and together, a retry, a release; a lost attempt is not counted."""
+    for name, task_type in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("a4", "a"), ("b", "b")]:
+        await store.add_task(new_task(T0, name=name, task_type=task_type))
+    claims = {
+        c.task.name: c
+        for c in await store.claim(worker_id="w1", now=T0 + 1, lease_seconds=LEASE, limit=5)
+    }
+    failure = Failed("E", "boom", ErrorCategory.NETWORK, retry_at=T0 + 10)
+    await store.finish(claims["a4"], failure, now=T0 + 2)
+    await store.finish(claims["b"], Released(), now=T0 + 2)
+    await together(
+        store,
+        [
+            lambda n=n: store.finish(claims[f"a{n}"], Completed(n), now=T0 + 2 + n)
+            for n in (1, 2, 3)
+        ],
+    )
+    retry = await claim_one(store, "w1", now=T0 + 12)  # b first: it waits since T0
+    assert retry.task.name == "b"
+    await reap(store, now=T0 + 12 + LEASE + 1, decide=lambda t: None)  # b is lost
+    retry = await claim_one(store, "w1", now=T0 + 50)
+    assert (retry.task.name, retry.task.attempts) == ("a4", 2)
+    await store.finish(retry, Completed(4), now=T0 + 51)
+    metrics = await stored(
+        store,
+        "SELECT task_type, attempt, outcome, error_category, queue_wait_seconds,"
+        " duration_seconds, recorded_at FROM task_metrics ORDER BY recorded_at, task_type",
+    )
+    assert metrics == [
+        ("a", 1, "failed", "network", 1.0, 1.0, T0 + 2),
+        ("b", 1, "interrupted", None, 1.0, 1.0, T0 + 2),
+        ("a", 1, "completed", None, 1.0, 2.0, T0 + 3),
+        ("a", 1, "completed", None, 1.0, 3.0, T0 + 4),
+        ("a", 1, "completed", None, 1.0, 4.0, T0 + 5),
+        ("a", 2, "completed", None, 40.0, 1.0, T0 + 51),
+    ]
+    window = await store.run(logic.metrics_window(since=T0 + 3))
+    groups = sorted(
+        (g.task_type, g.outcome, g.category, g.retry, g.count, g.duration_total, g.wait_total)
+        for g in window.groups
+    )
+    assert groups == [
+        ("a", "completed", None, False, 3, 9.0, 3.0),
+        ("a", "completed", None, True, 1, 1.0, 40.0),
+    ]
+    assert sorted(window.durations) == [1.0, 2.0, 3.0, 4.0]
+    assert window.dead_lettered == 1  # b, lost with no retry left
+
+
 async def test_a_store_without_task_metrics_writes_no_metrics_rows(
     store_factory: Callable[..., TaskStore],
 ) -> None:
@@ -819,6 +1009,7 @@ async def test_a_store_without_task_metrics_writes_no_metrics_rows(
         assert [e.outcome for e in executions] == [ExecutionOutcome.COMPLETED]
         window = await store.run(logic.metrics_window(since=T0))
         assert (window.groups, window.durations) == ([], [])
+        assert await stored(store, "SELECT count(*) FROM task_metrics") == [(0,)]
 
 
 # --- heartbeat and cancel --------------------------------------------------------------
@@ -1345,6 +1536,116 @@ async def test_a_database_of_the_previous_schema_upgrades_in_place(
         added = await upgraded.add_task(new_task(T0, max_lost_attempts=2))
         assert await upgraded.get_task(added.id) == added
         assert added.max_lost_attempts == 2
+
+
+#: The first core migration of each dialect whose claims write no execution row.
+ROWS_AT_THE_END_MIGRATION = {"sqlite": 13, "postgres": 10}
+
+#: Rows as the schema before it held them: a task in its second attempt (the first failed,
+#: with its execution and metrics rows; the second's execution row written by its claim),
+#: and a task running under a dead worker's lease.
+ROWS_BEFORE_ROWS_AT_THE_END = f"""
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, attempts, fence, run_at, dispatch_at, created_at, updated_at, lease_owner,
+    lease_expires_at, started_at, error_type, error_category, error_message)
+VALUES ('in-flight', 'in flight', 'work', 1, 'running', '{{}}', '{{}}', 3, 2, 2,
+    {T0 + 4}, {T0 + 4}, {T0}, {T0 + 6}, 'w-old', {T0 + 1000}, {T0 + 6}, 'E', 'network',
+    'boom');
+INSERT INTO background_tasks (id, name, task_type, priority, status, payload, metadata,
+    max_retries, attempts, fence, run_at, dispatch_at, created_at, updated_at, lease_owner,
+    lease_expires_at, started_at)
+VALUES ('abandoned', 'abandoned', 'other', 1, 'running', '{{}}', '{{}}', 0, 1, 1,
+    {T0}, {T0}, {T0}, {T0 + 1}, 'w-dead', {T0 + LEASE}, {T0 + 1});
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, finished_at,
+    outcome, error_category, error_type, error_message)
+VALUES ('in-flight', 1, 1, 'w-old', {T0 + 1}, {T0 + 3}, 'failed', 'network', 'E', 'boom');
+INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
+    queue_wait_seconds, duration_seconds, recorded_at)
+VALUES ('in-flight', 'work', 1, 'failed', 'network', 1.0, 2.0, {T0 + 3});
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+VALUES ('in-flight', 2, 2, 'w-old', {T0 + 6}, 'running');
+INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
+VALUES ('abandoned', 1, 1, 'w-dead', {T0 + 1}, 'running');
+"""
+
+
+async def test_attempts_running_across_the_upgrade_to_rows_written_at_the_end(
+    store_factory: Callable[..., TaskStore], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose claims wrote execution rows, with attempts running: after the
+    upgrade they are listed as before, finish and are reaped as attempts claimed after it,
+    and the metrics rows written before it still count."""
+    first_new = ROWS_AT_THE_END_MIGRATION[backend]
+    shipped = Component.migrations
+
+    def before_rows_at_the_end(self: Component, dialect: str) -> list[Migration]:
+        found = shipped(self, dialect)
+        return [m for m in found if self.name != "core" or m.version < first_new]
+
+    monkeypatch.setattr(Component, "migrations", before_rows_at_the_end)
+    async with store_factory() as old:
+        assert old.schema_version == first_new - 1
+        await old.run(run_script(ROWS_BEFORE_ROWS_AT_THE_END))
+    monkeypatch.undo()
+
+    failed = attempt(
+        "in-flight",
+        1,
+        "w-old",
+        T0 + 1,
+        T0 + 3,
+        ExecutionOutcome.FAILED,
+        ErrorCategory.NETWORK,
+        ("E", "boom"),
+    )
+    async with store_factory() as upgraded:
+        assert upgraded.schema_version >= first_new
+        # Listed as the old schema's rows were, but the running attempts' row ids (their
+        # rows are written when they end).
+        assert await attempts_of(upgraded, "in-flight") == [
+            failed,
+            attempt("in-flight", 2, "w-old", T0 + 6),
+        ]
+        assert await attempts_of(upgraded, "abandoned") == [
+            attempt("abandoned", 1, "w-dead", T0 + 1)
+        ]
+        # The old worker finishes its attempt; the dead one's is reaped.
+        [in_flight] = await upgraded.get_tasks(["in-flight"])
+        claimed = Claim(in_flight, LeaseToken("in-flight", "w-old", 2))
+        done = await upgraded.finish(claimed, Completed({"ok": 1}), now=T0 + 9)
+        assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 2)
+        assert await attempts_of(upgraded, "in-flight") == [
+            failed,
+            attempt("in-flight", 2, "w-old", T0 + 6, T0 + 9, ExecutionOutcome.COMPLETED),
+        ]
+        result = await reap(upgraded, now=T0 + LEASE + 1, decide=lambda t: None)
+        assert [t.id for t in result.failed] == ["abandoned"]
+        [lost] = await attempts_of(upgraded, "abandoned")
+        assert (lost.worker_id, lost.started_at, lost.finished_at, lost.outcome) == (
+            "w-dead",
+            to_datetime(T0 + 1),
+            to_datetime(T0 + LEASE + 1),
+            ExecutionOutcome.LOST,
+        )
+        # The metrics row of before and the one written now, read together.
+        assert await stored(
+            upgraded,
+            "SELECT task_id, task_type, attempt, outcome, error_category,"
+            " queue_wait_seconds, duration_seconds, recorded_at FROM task_metrics"
+            " ORDER BY recorded_at",
+        ) == [
+            ("in-flight", "work", 1, "failed", "network", 1.0, 2.0, T0 + 3),
+            ("in-flight", "work", 2, "completed", None, 2.0, 3.0, T0 + 9),
+        ]
+        window = await upgraded.run(logic.metrics_window(since=T0))
+        assert sorted(
+            (g.outcome, g.retry, g.count, g.duration_total, g.wait_total) for g in window.groups
+        ) == [("completed", True, 1, 3.0, 2.0), ("failed", False, 1, 2.0, 1.0)]
+        assert window.durations == [3.0]
+        # Retention deletes the old metrics rows with their task.
+        assert await cleanup(upgraded, before=T0 + LEASE + 2) == 2
+        assert await stored(upgraded, "SELECT count(*) FROM task_metrics") == [(0,)]
+        assert await stored(upgraded, "SELECT count(*) FROM task_executions") == [(0,)]
 
 
 # --- shared circuit breakers --------------------------------------------------------

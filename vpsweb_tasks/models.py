@@ -390,6 +390,7 @@ class ExecutionRecord:
     """One attempt at running a task (a row of ``task_executions``)."""
 
     id: int
+    """The row's id; 0 for the attempt running now, whose row is written when it ends."""
     task_id: str
     attempt: int
     worker_id: str

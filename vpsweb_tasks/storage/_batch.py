@@ -1,11 +1,14 @@
 """Concurrent calls of one kind, written in batches: the asynchronous group commit of a
 store whose operations run on pooled connections (PostgreSQL).
 
-A :class:`Combiner` has at most one batch in flight. A call that finds none runs its item
-at once, alone; calls that arrive while a batch is in flight gather, and the next batch
-takes them all (up to ``max_batch``), in arrival order, as one call of ``run_batch``: one
-round trip and one commit for many. So a lone call waits for nothing, and under load a
-batch is as large as what arrived during one round trip.
+A :class:`Combiner` has at most one batch in flight. A call that finds none opens one after
+a single pass of the event loop, with the calls that arrived meanwhile (callers that the
+previous batch answered come back together: without the pass, the first would go alone
+and the rest would make the next batch); calls that arrive while a batch is in flight
+gather, and the next batch takes them all (up to ``max_batch``), in arrival order, as one
+call of ``run_batch``: one round trip and one commit for many. So a lone call waits for
+one pass of the loop, and under load a batch is as large as what arrived during one round
+trip.
 
 No task runs in the background: the caller whose item opens a batch runs it (shielded: the
 other callers' items are in it), then hands the next batch to the first caller still
@@ -58,7 +61,8 @@ class Combiner(Generic[I, R]):
     async def __call__(self, item: I) -> R:
         call: _Call[I] = _Call(item)
         self._waiting.append(call)
-        if self._busy:
+        opens = not self._busy
+        if not opens:
             call.woken = self._event()
             try:
                 await call.woken.wait()
@@ -74,11 +78,20 @@ class Combiner(Generic[I, R]):
         self._busy = True
         try:
             with anyio.CancelScope(shield=True):
+                if opens:
+                    await self._gather_ready()
                 while not call.answered:  # the batch that holds our own item
                     await self._run_next()
         finally:
             self._pass_on()
         return self._answer(call)
+
+    @staticmethod
+    async def _gather_ready() -> None:
+        """One pass of the event loop before a batch that no call waited for: the callers
+        the previous batch answered (already scheduled, about to call again) join it,
+        rather than the first of them going alone and the rest making the next batch."""
+        await anyio.lowlevel.checkpoint()
 
     def _event(self) -> anyio.Event:
         # The loop's backend makes it directly: anyio.Event() looks the backend up each time.

@@ -33,8 +33,10 @@ Conventions that hold for every operation:
 * **Attempts.** ``attempts`` counts the attempts that count against a task's retries. A
   claim adds one; a release (graceful shutdown), a deferral (open circuit breaker) or a
   loss (the worker died: :meth:`~TaskStore.reap`) gives it back; a loss is counted in
-  ``lost_attempts`` instead. Each claim writes a ``task_executions`` row, closed by the
-  outcome.
+  ``lost_attempts`` instead. Each attempt has a ``task_executions`` row, written whole
+  when the attempt ends (its outcome, or ``lost`` at the reap); while it runs, its row
+  (outcome ``running``, id 0) is read off the task row, so a claim writes only the task
+  row.
 * **Faults.** A backend raises :class:`~vpsweb_tasks.errors.StorageUnavailableError` (with
   its ``cause``: ``disk_full``, ``read_only``, ``locked``, ``corrupt``, ``unavailable``) for
   a driver error that means "the database cannot do this now", never the driver's own
@@ -56,8 +58,9 @@ Conventions that hold for every operation:
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -68,6 +71,7 @@ import anyio.abc
 from ..errors import ErrorCategory, LeaseLostError, StorageUnavailableError
 from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
+from ._dbthread import Refused
 from .ops import Mode, Operation, Step
 from .queries import CORE, Component
 from .types import (
@@ -122,6 +126,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Called once a submit is ordered before any later call on the store (see add_tasks).
 Announce = Callable[[], None]
@@ -129,6 +134,24 @@ Announce = Callable[[], None]
 
 class DuplicateKeyError(ValueError):
     """A row with the same key exists already; nothing of the operation was stored."""
+
+
+def refusals(results: Sequence[R | Exception]) -> list[R | Refused]:
+    """A combined write's answers: an item's own error (a full queue, a lost lease) goes
+    to its caller alone."""
+    return [Refused(result) if isinstance(result, Exception) else result for result in results]
+
+
+@contextlib.contextmanager
+def naming_duplicates(items: Sequence[tuple[NewTask, int | None]]) -> Iterator[None]:
+    """A submit run alone that meets a duplicate id says which task it was; a batch's is
+    left as it is (the batch is then run again one submit at a time)."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        if len(items) != 1:
+            raise
+        raise DuplicateKeyError(f"task {items[0][0].id} already exists") from exc
 
 
 class TaskStore(abc.ABC):
@@ -141,8 +164,8 @@ class TaskStore(abc.ABC):
         self.history_limit = history_limit
         """Progress history rows kept per task."""
         self.task_metrics = task_metrics
-        """Whether a finish writes its ``task_metrics`` row (the statistics' source;
-        ``task_monitoring.enable_task_metrics``)."""
+        """Whether a finish records its attempt in ``task_metrics`` (the statistics'
+        source; ``task_monitoring.enable_task_metrics``)."""
         self._components: list[Component] = [CORE]
         self._schema_version = 0
         self._write_status = WriteStatus(writable=True, checked_at=None, error=None, error_at=None)
@@ -408,7 +431,8 @@ class TaskStore(abc.ABC):
         return await self.run(logic.count_tasks())
 
     async def list_executions(self, task_id: str) -> list[ExecutionRecord]:
-        """Every attempt of the task, oldest first."""
+        """Every attempt of the task, oldest first: the ended ones' rows, and the running
+        one (outcome ``running``, id 0) as its task row has it."""
         return await self.run(logic.list_executions(task_id))
 
     async def request_cancel(self, task_id: str, *, now: float) -> TaskRecord:
@@ -470,7 +494,8 @@ class TaskStore(abc.ABC):
         FIFO) and moves with ``run_at`` (a retry, a deferral, a lost attempt, a requeue,
         a dependent's release). Each claimed task becomes ``running`` with ``attempts + 1``, a
         new fence, ``lease_owner = worker_id``, ``lease_expires_at = now + lease_seconds``,
-        ``started_at = now``, and gets a ``task_executions`` row (outcome ``running``).
+        ``started_at = now``; :meth:`list_executions` lists its attempt (outcome
+        ``running``), whose row is written when it ends.
         No task is ever handed to two workers. Returned in dispatch order.
 
         ``limits`` (rate limits, a running bound per concurrency key): the claim is one
@@ -529,9 +554,9 @@ class TaskStore(abc.ABC):
         record.
 
         In one transaction: the task row (status per outcome, lease cleared, result or
-        error, ``finished_at`` for terminal outcomes), the attempt's execution row, a
-        ``task_metrics`` row (queue wait, duration, outcome) unless the store's
-        ``task_metrics`` is off, and the ``linked`` steps (an
+        error, ``finished_at`` for terminal outcomes), the attempt's execution row with
+        its metrics (queue wait, duration, outcome: a ``task_metrics`` row) unless the
+        store's ``task_metrics`` is off, and the ``linked`` steps (an
         extension's rows). ``Completed`` sets progress to 1. A cancel request that raced
         with the end of the attempt turns a failure, release or deferral into
         ``Cancelled``. Raises :class:`~vpsweb_tasks.errors.LeaseLostError` (changing

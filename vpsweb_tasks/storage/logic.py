@@ -92,6 +92,7 @@ __all__ = [
     "add_resource_sample",
     "add_schedule",
     "add_tasks",
+    "add_together",
     "cancel_requests",
     "cancel_waiting",
     "cancelled_dependents",
@@ -100,6 +101,7 @@ __all__ = [
     "claim",
     "claim_limited",
     "complete_many",
+    "complete_together",
     "count_retry_budget",
     "count_tasks",
     "count_tasks_by_type",
@@ -250,6 +252,21 @@ def add_tasks(
         raise QueueFullError(limit, int(waiting), len(tasks))
     full = QueueFullError(limit, int(waiting))
     return [None if i < stored else full for i in range(len(tasks))]  # the first ones fit
+
+
+@operation(Mode.STATEMENTS)
+def add_together(items: Sequence[tuple[NewTask, int | None]]) -> Op[list[QueueFullError | None]]:
+    """Plain submits gathered in one batch (a backend that combines concurrent submits runs
+    it), each with its queue's limit: let in, in order, while there is room; each answered
+    as :func:`add_tasks` answers it (None: stored)."""
+    limits = {limit for _, limit in items}
+    if len(limits) == 1:
+        (limit,) = limits
+        return (yield from add_tasks([task for task, _ in items], limit=limit).steps())
+    results: list[QueueFullError | None] = []
+    for task, limit in items:  # different limits (managers of several configs): in turn
+        results += yield from add_tasks([task], limit=limit).steps()
+    return results
 
 
 def matchable(key: str | None) -> bool:
@@ -942,6 +959,22 @@ def complete_many(
     return results
 
 
+@operation(Mode.STATEMENTS)
+def complete_together(
+    items: Sequence[tuple[Claim, Completed, float]], *, metrics: bool = True
+) -> Op[list[TaskRecord | LeaseLostError]]:
+    """Completions gathered in one batch (a backend that combines concurrent finishes runs
+    it): one alone is a :func:`finish`, more are :func:`complete_many`; each answered with
+    its record, or the LeaseLostError of an attempt no longer held."""
+    if len(items) == 1:
+        ((claimed, done, now),) = items
+        try:
+            return [(yield from finish(claimed, done, now=now, metrics=metrics).steps())]
+        except LeaseLostError as exc:
+            return [exc]
+    return (yield from complete_many(items, metrics=metrics).steps())
+
+
 # --- workers and crash recovery ------------------------------------------------------------
 
 
@@ -981,9 +1014,13 @@ def reap(
             f"worker {lost['lease_owner']} stopped renewing its lease on task_id:{lost['id']}"
         )
         yield count(
-            "close_lost_execution",
+            "lost_execution",
             id=lost["id"],
+            task_type=lost["task_type"],
+            attempt=lost["attempts"],
             fence=lost["fence"],
+            worker=lost["lease_owner"],
+            started_at=lost["started_at"],
             now=now,
             message=str(error),
             error_type=type(error).__name__,

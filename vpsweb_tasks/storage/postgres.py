@@ -4,9 +4,11 @@ psycopg 3 (async) with a small connection pool (psycopg-pool): operations run in
 parallel, and a long one (a backup, a VACUUM) never holds up the heartbeats that keep
 leases alive. An operation runs on one pooled connection: in one transaction when its
 mode asks for one, else each step in autocommit (the hot steps are single statements,
-so a claim, a submit or a finish is one round trip). Concurrent plain submits, and
-concurrent completions, go in batches (:mod:`._batch`): one statement and one commit for
-all that arrived during the previous batch's round trip. Claims pick their rows ``FOR
+so a claim, a submit or a finish is one round trip). Connections stay borrowed from the
+pool between operations (a list of idle ones, :meth:`PostgresTaskStore._borrow`) rather
+than checked out and back each time. Concurrent plain submits, and concurrent
+completions, go in batches (:mod:`._batch`): one statement and one commit for all that
+arrived during the previous batch's round trip. Claims pick their rows ``FOR
 UPDATE SKIP LOCKED``: concurrent workers never wait for each other and never claim a task
 twice.
 
@@ -26,7 +28,9 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,13 +42,13 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import ConfigError, LeaseLostError, StorageFault, StorageUnavailableError
+from ..errors import ConfigError, StorageFault, StorageUnavailableError
 from ..models import TaskRecord
 from . import logic
 from . import sqlite as sqlite_backend
 from ._batch import Combiner
 from ._dbthread import Refused
-from .base import Announce, DuplicateKeyError, TaskStore
+from .base import Announce, DuplicateKeyError, TaskStore, naming_duplicates, refusals
 from .ops import Mode, Operation, Step, count, drive_async, script
 from .queries import Queries
 from .types import Claim, Completed, NewTask, Notice, Outcome
@@ -57,6 +61,9 @@ T = TypeVar("T")
 #: Most submits or completions written in one batch: bounds a statement's size.
 MAX_BATCH = 256
 Connection = psycopg.AsyncConnection[DictRow]
+
+#: Longest a connection stays borrowed from the pool between operations (see _borrow).
+KEEP_SECONDS = 60.0
 
 #: ``application_name`` of the connection that LISTENs (visible in pg_stat_activity).
 LISTENER_NAME = "vpsweb-tasks-listen"
@@ -161,6 +168,14 @@ class PostgresTaskStore(TaskStore):
         """The NOTIFY channel: one per schema (set by :meth:`open`), so stores on other
         schemas of the same database do not wake each other."""
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._kept: list[Connection] = []
+        """Connections borrowed from the pool and kept between operations (see
+        :meth:`_borrow`), the last returned at the end."""
+        self._borrowing = 0
+        """Operations waiting for a connection from the pool."""
+        self._return_by: dict[Connection, float] = {}
+        """When each kept connection goes back to the pool (its upkeep: the connection's
+        lifetime, shrinking when idle), on the first return after that time."""
         self._queries: dict[str, _Query] = {}
         self._submits = Combiner(self._add_together, max_batch=MAX_BATCH)
         self._completions = Combiner(self._complete_together, max_batch=MAX_BATCH)
@@ -193,9 +208,9 @@ class PostgresTaskStore(TaskStore):
             configure=self._configure,
             name=f"vpsweb-tasks:{self.schema or 'public'}",
         )
+        self._pool = pool
         try:
             await pool.open(wait=True, timeout=self.connect_timeout)
-            self._pool = pool
             prelude: list[Step] = [count("lock_migrations", schema=self.schema)]
             if self.schema is not None:
                 create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
@@ -210,9 +225,8 @@ class PostgresTaskStore(TaskStore):
             assert row is not None
             self.channel = f"vpsweb_tasks.{row['name']}"[:63]  # longer names are cut
         except BaseException as exc:
-            self._pool = None
             with anyio.CancelScope(shield=True):
-                await pool.close()
+                await self.close()
             if isinstance(exc, (psycopg.Error, PoolTimeout)):
                 raise await self._open_error(exc) from exc
             raise
@@ -239,13 +253,56 @@ class PostgresTaskStore(TaskStore):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        kept, self._kept = self._kept, []
+        self._return_by.clear()
         if pool is not None:
+            for conn in kept:
+                await pool.putconn(conn)
             await pool.close()
 
-    def _connection(self) -> Any:
+    async def _borrow(self) -> Connection:
+        """A connection for one operation: the one an operation gave back last, or else one
+        from the pool. The pool's checkout (and its commit on return) costs more than a
+        hot operation's own Python, so connections stay borrowed between operations (up to
+        KEEP_SECONDS, then the pool's upkeep applies)."""
+        if self._kept:
+            return self._kept.pop()
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return self._pool.connection()
+        self._borrowing += 1
+        try:
+            conn = await self._pool.getconn()
+        finally:
+            self._borrowing -= 1
+        self._return_by[conn] = time.monotonic() + KEEP_SECONDS
+        return conn
+
+    async def _give_back(self, conn: Connection, *, failed: bool) -> None:
+        """Keep ``conn`` for the next operation if it is idle and well and no operation waits
+        for the pool; else hand it to the pool, which gives it to that operation, or rolls
+        it back or replaces it (a lost server, a cancelled statement)."""
+        idle = conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        keep = not failed and idle and not self._borrowing and self._pool is not None
+        if keep and time.monotonic() < self._return_by.get(conn, 0.0):
+            self._kept.append(conn)
+            return
+        self._return_by.pop(conn, None)
+        with anyio.CancelScope(shield=True):
+            if self._pool is not None:
+                await self._pool.putconn(conn)
+            else:  # the store closed during the operation
+                await conn.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection for one operation (:meth:`_borrow`), given back when it ends."""
+        conn = await self._borrow()
+        try:
+            yield conn
+        except BaseException:
+            await self._give_back(conn, failed=True)
+            raise
+        await self._give_back(conn, failed=False)
 
     # --- running operations ------------------------------------------------------------
 
@@ -285,7 +342,6 @@ class PostgresTaskStore(TaskStore):
 
     async def _run(self, operation: Operation[T]) -> T:
         async with self._connection() as conn:
-            conn = cast(Connection, conn)
 
             async def execute(step: Step) -> Any:
                 return await self._execute(conn, step)
@@ -312,24 +368,11 @@ class PostgresTaskStore(TaskStore):
         return True
 
     async def _add_together(self, items: list[tuple[NewTask, int | None]]) -> list[Refused | None]:
-        """Submits gathered in one batch: the tasks are let in, in order, while there is
-        room; a duplicate id fails the batch, which the combiner then runs one at a time."""
-        if len(items) == 1:
-            ((task, limit),) = items
-            try:
-                (result,) = await self.run(logic.add_tasks([task], limit=limit))
-            except DuplicateKeyError as exc:
-                raise DuplicateKeyError(f"task {task.id} already exists") from exc
-            return [None if result is None else Refused(result)]
-        limits = {limit for _, limit in items}
-        if len(limits) == 1:
-            (limit,) = limits
-            results = await self.run(logic.add_tasks([task for task, _ in items], limit=limit))
-        else:  # different limits (managers of several configs on one store): in turn
-            results = [
-                (await self.run(logic.add_tasks([task], limit=limit)))[0] for task, limit in items
-            ]
-        return [None if r is None else Refused(r) for r in results]
+        """Submits gathered in one batch (logic.add_together); a duplicate id fails the
+        batch, which the combiner then runs one at a time."""
+        with naming_duplicates(items):
+            results = await self.run(logic.add_together(items))
+        return refusals(results)
 
     async def finish(
         self, claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
@@ -343,16 +386,8 @@ class PostgresTaskStore(TaskStore):
     async def _complete_together(
         self, items: list[tuple[Claim, Completed, float]]
     ) -> list[TaskRecord | Refused]:
-        if len(items) == 1:
-            ((claimed, outcome, now),) = items
-            try:
-                finish = logic.finish(claimed, outcome, now=now, metrics=self.task_metrics)
-                record: TaskRecord = await self.run(finish)
-            except LeaseLostError as exc:
-                return [Refused(exc)]
-            return [record]
-        results = await self.run(logic.complete_many(items, metrics=self.task_metrics))
-        return [Refused(r) if isinstance(r, LeaseLostError) else r for r in results]
+        results = await self.run(logic.complete_together(items, metrics=self.task_metrics))
+        return refusals(results)
 
     # --- notifications -----------------------------------------------------------------
 

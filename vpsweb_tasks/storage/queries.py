@@ -74,14 +74,15 @@ class Component:
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-#: The core tables, parents first.
+#: The core tables, parents first (``task_metrics`` is a view of ``task_executions`` and
+#: ``task_metrics_archived``, the rows written before it).
 CORE = Component(
     "core",
     "vpsweb_tasks.storage",
     tables=(
         "background_tasks",
         "task_executions",
-        "task_metrics",
+        "task_metrics_archived",
         "system_metrics",
         "task_progress",
         "workers",

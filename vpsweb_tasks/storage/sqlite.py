@@ -28,12 +28,12 @@ import anyio.lowlevel
 import anyio.to_thread
 import sqlite_utils
 
-from ..errors import LeaseLostError, StorageCorruptError, StorageFault, StorageUnavailableError
+from ..errors import StorageCorruptError, StorageFault, StorageUnavailableError
 from ..models import TaskRecord
 from . import logic
 from ._dbthread import DatabaseThread, Refused
 from ._dbthread import Mode as ThreadMode
-from .base import Announce, DuplicateKeyError, TaskStore
+from .base import Announce, DuplicateKeyError, TaskStore, naming_duplicates, refusals
 from .handoff import HANDOFF_WAIT, WriteHandoff
 from .ops import Mode, Operation, Step, drive
 from .queries import Queries, split_statements
@@ -391,24 +391,11 @@ class SQLiteTaskStore(TaskStore):
     def _add_together(
         self, conn: sqlite3.Connection, items: list[tuple[NewTask, int | None]]
     ) -> list[Refused | None]:
-        """Submits that landed in one group: the tasks are let in, in order, while there
-        is room; a duplicate id fails the group, which is then run one submit at a time."""
-        if len(items) == 1:  # alone, or a group's retry one at a time
-            ((task, limit),) = items
-            try:
-                (result,) = self._drive(conn, logic.add_tasks([task], limit=limit))
-            except DuplicateKeyError as exc:
-                raise DuplicateKeyError(f"task {task.id} already exists") from exc
-            return [None if result is None else Refused(result)]
-        limits = {limit for _, limit in items}
-        if len(limits) == 1:
-            (limit,) = limits
-            results = self._drive(conn, logic.add_tasks([task for task, _ in items], limit=limit))
-        else:  # different limits (managers of several configs on one store): in turn
-            results = [
-                self._drive(conn, logic.add_tasks([task], limit=limit))[0] for task, limit in items
-            ]
-        return [None if r is None else Refused(r) for r in results]
+        """Submits that landed in one group (logic.add_together); a duplicate id fails the
+        group, which is then run one submit at a time."""
+        with naming_duplicates(items):
+            results = self._drive(conn, logic.add_together(items))
+        return refusals(results)
 
     async def finish(
         self, claimed: Claim, outcome: Outcome, *, now: float, linked: Sequence[Step] = ()
@@ -424,15 +411,8 @@ class SQLiteTaskStore(TaskStore):
     def _complete_together(
         self, conn: sqlite3.Connection, items: list[tuple[Claim, Completed, float]]
     ) -> list[TaskRecord | Refused]:
-        if len(items) == 1:
-            ((claimed, outcome, now),) = items
-            try:
-                finish = logic.finish(claimed, outcome, now=now, metrics=self.task_metrics)
-                return [self._drive(conn, finish)]
-            except LeaseLostError as exc:
-                return [Refused(exc)]
-        results = self._drive(conn, logic.complete_many(items, metrics=self.task_metrics))
-        return [Refused(r) if isinstance(r, LeaseLostError) else r for r in results]
+        results = self._drive(conn, logic.complete_together(items, metrics=self.task_metrics))
+        return refusals(results)
 
     # --- notifications -----------------------------------------------------------------
 

@@ -136,17 +136,25 @@ SELECT status, count(*) AS n FROM background_tasks GROUP BY status;
 SELECT task_type, status, count(*) AS n FROM background_tasks GROUP BY 1, 2;
 
 -- name: list_executions
-SELECT * FROM task_executions WHERE task_id = %(task_id)s ORDER BY fence;
+-- The task's ended attempts, and the one running now, read off the task row (its row is
+-- written when it ends; id 0 until then).
+SELECT id, task_id, attempt, fence, worker_id, started_at, finished_at, outcome,
+    error_category, error_type, error_message
+FROM task_executions WHERE task_id = %(task_id)s
+UNION ALL
+SELECT 0, id, attempts, fence, lease_owner, started_at, NULL, 'running', NULL, NULL, NULL
+FROM background_tasks WHERE id = %(task_id)s AND status = 'running'
+ORDER BY fence;
 
 -- Dispatch ---------------------------------------------------------------------------------
 
 -- name: claim
 -- Up to %(limit)s eligible tasks of %(queue)s, picked FOR UPDATE SKIP LOCKED in dispatch
 -- order (dispatch_at: run time less the priority's aging credit, see logic.dispatch_key;
--- then insertion order), updated, and given their execution rows: concurrent workers
--- never wait for each other and never claim one task twice. One range of the dispatch
--- index (queue, dispatch_at, seq), bounded by dispatch_at <= now (run_at <= now implies
--- it).
+-- then insertion order), and updated (each execution row is written when the attempt
+-- ends): concurrent workers never wait for each other and never claim one task twice.
+-- One range of the dispatch index (queue, dispatch_at, seq), bounded by dispatch_at <= now
+-- (run_at <= now implies it).
 WITH picked AS (
     SELECT id FROM background_tasks
     WHERE status IN ('pending', 'retrying') AND queue = coalesce(%(queue)s::text, 'default')
@@ -163,9 +171,6 @@ WITH picked AS (
         started_at = %(now)s, updated_at = %(now)s
     FROM picked WHERE t.id = picked.id
     RETURNING t.*
-), executions AS (
-    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
-    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
 )
 SELECT * FROM claimed ORDER BY dispatch_at, seq;
 
@@ -192,10 +197,12 @@ RETURNING id, fence, cancel_requested;
 
 -- name: finish
 -- One attempt's outcome, if %(worker)s still holds the attempt %(fence)s (and, with
--- %(cancel_guard)s, the task's cancel flag is that): the task row, its execution row and
--- its metrics row, in one statement. No row back: the lease was lost.
+-- %(cancel_guard)s, the task's cancel flag is that): the task row, and its execution row,
+-- whole, with its metrics (counted in the statistics if %(metrics)s), in one statement.
+-- No row back: the lease was lost.
 WITH current AS (
-    SELECT id, task_type, attempts, run_at, started_at FROM background_tasks
+    SELECT id, task_type, attempts, fence, lease_owner, run_at, started_at
+    FROM background_tasks
     WHERE id = %(id)s AND status = 'running' AND lease_owner = %(worker)s
       AND fence = %(fence)s
       AND (%(cancel_guard)s::boolean IS NULL OR cancel_requested = %(cancel_guard)s)
@@ -219,18 +226,13 @@ WITH current AS (
     FROM current WHERE t.id = current.id
     RETURNING t.progress, t.message
 ), execution AS (
-    UPDATE task_executions SET finished_at = %(now)s, outcome = %(outcome)s,
-        error_category = %(x_category)s, error_type = %(x_type)s,
-        error_message = %(x_message)s, traceback = %(traceback)s
-    WHERE task_id = (SELECT id FROM current) AND fence = %(fence)s
-), metric AS (
-    INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
-        queue_wait_seconds, duration_seconds, recorded_at)
-    SELECT id, task_type, attempts, %(outcome)s, %(x_category)s,
-        CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
-        CASE WHEN started_at IS NOT NULL THEN greatest(0, %(now)s - started_at) END,
-        %(now)s
-    FROM current WHERE %(metrics)s
+    INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+        finished_at, outcome, error_category, error_type, error_message, traceback,
+        queue_wait_seconds, metered)
+    SELECT id, task_type, attempts, fence, lease_owner, started_at, %(now)s, %(outcome)s,
+        %(x_category)s, %(x_type)s, %(x_message)s, %(traceback)s,
+        greatest(0, started_at - run_at), %(metrics)s
+    FROM current
 )
 SELECT task.*, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = %(id)s) AS dependents
 FROM task;
@@ -251,19 +253,14 @@ task AS (
     FROM d
     WHERE t.id = d.id AND t.status = 'running' AND t.lease_owner = d.worker
       AND t.fence = d.fence
-    RETURNING t.id, t.message, t.task_type, t.attempts, t.run_at, t.started_at, d.fence,
-        d.now),
+    RETURNING t.id, t.message, t.task_type, t.attempts, t.run_at, t.started_at, d.worker,
+        d.fence, d.now),
 execution AS (
-    UPDATE task_executions AS x SET finished_at = task.now, outcome = 'completed',
-        error_category = NULL, error_type = NULL, error_message = NULL, traceback = NULL
-    FROM task WHERE x.task_id = task.id AND x.fence = task.fence),
-metric AS (
-    INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
-        queue_wait_seconds, duration_seconds, recorded_at)
-    SELECT id, task_type, attempts, 'completed', NULL,
-        CASE WHEN started_at IS NOT NULL THEN greatest(0, started_at - run_at) END,
-        CASE WHEN started_at IS NOT NULL THEN greatest(0, now - started_at) END, now
-    FROM task WHERE %(metrics)s)
+    INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+        finished_at, outcome, queue_wait_seconds, metered)
+    SELECT id, task_type, attempts, fence, worker, started_at, now, 'completed',
+        greatest(0, started_at - run_at), %(metrics)s
+    FROM task)
 SELECT id, message, EXISTS (SELECT 1 FROM task_dependencies WHERE depends_on = task.id)
     AS dependents
 FROM task;
@@ -355,10 +352,13 @@ SELECT * FROM background_tasks WHERE status = 'running'
   AND (lease_expires_at < %(now)s OR lease_owner = ANY(%(dead)s))
 ORDER BY seq FOR UPDATE SKIP LOCKED;
 
--- name: close_lost_execution
-UPDATE task_executions SET finished_at = %(now)s, outcome = 'lost',
-    error_category = %(category)s, error_type = %(error_type)s, error_message = %(message)s
-WHERE task_id = %(id)s AND fence = %(fence)s;
+-- name: lost_execution
+-- The execution row of a lost attempt (%(attempt)s, %(fence)s of %(worker)s, started at
+-- %(started_at)s).
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message)
+VALUES (%(id)s, %(task_type)s, %(attempt)s, %(fence)s, %(worker)s, %(started_at)s,
+    %(now)s, 'lost', %(category)s, %(error_type)s, %(message)s);
 
 -- name: end_lost_attempt
 -- The task of a lost attempt: its new status, counts (%(attempts)s, %(lost_attempts)s) and
@@ -633,9 +633,10 @@ UNION ALL
 SELECT 'finished tasks still leased', count(*) FROM background_tasks
     WHERE status IN ('completed', 'failed', 'cancelled') AND lease_owner IS NOT NULL
 UNION ALL
-SELECT 'running tasks without a running execution', count(*) FROM background_tasks t
-    WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM task_executions e
-        WHERE e.task_id = t.id AND e.fence = t.fence AND e.outcome = 'running');
+SELECT 'running tasks whose attempt has its execution row already', count(*)
+    FROM background_tasks t
+    WHERE status = 'running' AND EXISTS (SELECT 1 FROM task_executions e
+        WHERE e.task_id = t.id AND e.fence = t.fence);
 
 -- Rate limits, concurrency keys, retry budgets (see logic.claim_limited) -----------------------
 
@@ -663,9 +664,6 @@ WITH claimed AS (
         started_at = %(now)s, updated_at = %(now)s
     WHERE t.id = ANY(%(ids)s) AND t.status IN ('pending', 'retrying')
     RETURNING t.*
-), executions AS (
-    INSERT INTO task_executions (task_id, attempt, fence, worker_id, started_at, outcome)
-    SELECT id, attempts, fence, %(worker)s, %(now)s, 'running' FROM claimed
 )
 SELECT * FROM claimed;
 

@@ -123,7 +123,15 @@ SELECT status, sum(n) AS n FROM task_counts GROUP BY status;
 SELECT task_type, status, n FROM task_counts WHERE n > 0;
 
 -- name: list_executions
-SELECT * FROM task_executions WHERE task_id = :task_id ORDER BY fence;
+-- The task's ended attempts, and the one running now, read off the task row (its row is
+-- written when it ends; id 0 until then).
+SELECT id, task_id, attempt, fence, worker_id, started_at, finished_at, outcome,
+    error_category, error_type, error_message
+FROM task_executions WHERE task_id = :task_id
+UNION ALL
+SELECT 0, id, attempts, fence, lease_owner, started_at, NULL, 'running', NULL, NULL, NULL
+FROM background_tasks WHERE id = :task_id AND status = 'running'
+ORDER BY fence;
 
 -- Dispatch ---------------------------------------------------------------------------------
 
@@ -131,13 +139,11 @@ SELECT * FROM task_executions WHERE task_id = :task_id ORDER BY fence;
 -- Up to :limit eligible tasks of :queue (NULL: the default queue, stored as NULL: a
 -- plain task's row and index entry carry no queue name) in dispatch order (dispatch_at: run time less the
 -- priority's aging credit, see logic.dispatch_key; then insertion order), each given a
--- lease and an execution row. One seek of the dispatch index (queue, dispatch_at), bounded
+-- lease (its execution row is written when the attempt ends). One seek of the dispatch index (queue, dispatch_at), bounded
 -- by dispatch_at <= :now (run_at <= :now implies it), so tasks that wait for their
 -- dependencies or for a time far away are never read. The pick names the index: without
 -- planner statistics (a new file) SQLite may pick the status index and sort every waiting
 -- row. Runnable: this worker's own closures, or unowned tasks of :types (NULL: any type).
--- All changes happen at the UPDATE's first step, so the execution rows can be read off the
--- claimed rows (this worker's, started now, without one yet).
 UPDATE background_tasks
 SET status = 'running', attempts = attempts + 1, fence = fence + 1,
     lease_owner = :worker, lease_expires_at = :expires, cancel_requested = 0,
@@ -171,22 +177,16 @@ RETURNING id, fence, cancel_requested;
 
 -- name: finish
 -- One attempt's outcome, if :worker still holds the attempt :fence (and, with
--- :cancel_guard, the task's cancel flag is that): its execution row, its metrics row (if
--- :metrics) and the task row, each guarded, the task last. No row back: the lease was lost.
-UPDATE task_executions SET finished_at = :now, outcome = :outcome,
-    error_category = :x_category, error_type = :x_type, error_message = :x_message,
-    traceback = :traceback
-WHERE task_id = :id AND fence = :fence AND EXISTS (
-    SELECT 1 FROM background_tasks WHERE id = :id AND status = 'running'
-      AND lease_owner = :worker AND fence = :fence
-      AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard));
-INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
-    queue_wait_seconds, duration_seconds, recorded_at)
-SELECT id, task_type, attempts, :outcome, :x_category, max(0.0, started_at - run_at),
-    max(0.0, :now - started_at), :now
-FROM background_tasks WHERE :metrics AND id = :id AND status = 'running'
-  AND lease_owner = :worker AND fence = :fence
-  AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
+-- :cancel_guard, the task's cancel flag is that): its execution row, whole, with its
+-- metrics (counted in the statistics if :metrics), read off the task row before the task
+-- row is updated. No row back: the lease was lost.
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message, traceback,
+    queue_wait_seconds, metered)
+SELECT id, task_type, attempts, fence, lease_owner, started_at, :now, :outcome, :x_category, :x_type,
+    :x_message, :traceback, max(0.0, started_at - run_at), :metrics
+FROM background_tasks WHERE id = :id AND status = 'running' AND lease_owner = :worker
+  AND fence = :fence AND (:cancel_guard IS NULL OR cancel_requested = :cancel_guard);
 UPDATE background_tasks SET
     status = :status,
     result = CASE WHEN :status = 'completed' THEN :result ELSE result END,
@@ -207,28 +207,20 @@ RETURNING progress, message,
 
 -- name: complete_many
 -- What finish writes for a completion, for every row of :rows (a JSON array of [id, worker,
--- fence, result, now]) whose attempt is still held, in three statements for the lot (the
--- task rows last: the others find the attempts held by them); a row back for each: its
--- id, message, and whether it has dependents. CROSS JOIN (and the unary + that keeps the
+-- fence, result, now]) whose attempt is still held, in two statements for the lot (the
+-- task rows last: the execution rows are read off them); a row back for each: its id,
+-- message, and whether it has dependents. CROSS JOIN (and the unary + that keeps the
 -- status index out of the last one) keeps :rows the outer loop: else SQLite walks every
 -- running task.
-INSERT INTO task_metrics (task_id, task_type, attempt, outcome, error_category,
-    queue_wait_seconds, duration_seconds, recorded_at)
-SELECT t.id, t.task_type, t.attempts, 'completed', NULL, max(0.0, t.started_at - t.run_at),
-    max(0.0, d.now - t.started_at), d.now
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, queue_wait_seconds, metered)
+SELECT t.id, t.task_type, t.attempts, t.fence, t.lease_owner, t.started_at, d.now, 'completed',
+    max(0.0, t.started_at - t.run_at), :metrics
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
           json_extract(value, '$[2]') AS fence, json_extract(value, '$[4]') AS now
       FROM json_each(:rows)) AS d
 CROSS JOIN background_tasks AS t ON t.id = d.id
-WHERE :metrics AND t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
-UPDATE task_executions SET finished_at = d.now, outcome = 'completed', error_category = NULL,
-    error_type = NULL, error_message = NULL, traceback = NULL
-FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker,
-          json_extract(value, '$[2]') AS fence, json_extract(value, '$[4]') AS now
-      FROM json_each(:rows)) AS d
-CROSS JOIN background_tasks AS t ON t.id = d.id
-WHERE task_executions.task_id = d.id AND task_executions.fence = d.fence
-  AND t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
+WHERE t.status = 'running' AND t.lease_owner = d.worker AND t.fence = d.fence;
 UPDATE background_tasks SET status = 'completed', result = d.result, progress = 1.0,
     finished_at = d.now, error_message = NULL, error_type = NULL, error_category = NULL,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = d.now
@@ -325,10 +317,12 @@ SELECT worker_id FROM workers WHERE expires_at < :now;
 SELECT * FROM background_tasks WHERE status = 'running'
   AND (lease_expires_at < :now OR lease_owner IN (SELECT value FROM json_each(:dead)));
 
--- name: close_lost_execution
-UPDATE task_executions SET finished_at = :now, outcome = 'lost', error_category = :category,
-    error_type = :error_type, error_message = :message
-WHERE task_id = :id AND fence = :fence;
+-- name: lost_execution
+-- The execution row of a lost attempt (:attempt, :fence of :worker, started at :started_at).
+INSERT INTO task_executions (task_id, task_type, attempt, fence, worker_id, started_at,
+    finished_at, outcome, error_category, error_type, error_message)
+VALUES (:id, :task_type, :attempt, :fence, :worker, :started_at, :now, 'lost', :category, :error_type,
+    :message);
 
 -- name: end_lost_attempt
 -- The task of a lost attempt: its new status, counts (:attempts, :lost_attempts) and error.
