@@ -77,7 +77,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.manager = self.exits.enter_context(self.portal.wrap_async_context_manager(manager))
 
     def teardown(self) -> None:
-        for event, verdict in self.verdicts.values():
+        # A snapshot: the loop thread starts the next task (adding its verdict) as soon
+        # as the one released here returns, while this thread goes on.
+        for event, verdict in list(self.verdicts.values()):
             verdict.append("complete")
             self.portal.call(event.set)
         self.exits.close()

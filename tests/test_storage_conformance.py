@@ -2112,6 +2112,46 @@ async def test_reap_settles_dependents_of_lost_tasks_and_any_settle_that_was_los
     assert [c.task.id for c in await claim_all(store, T0 + 2 * LEASE)] == [y.id]
 
 
+async def test_complete_many_answers_each_as_finish_would_alone(store: TaskStore) -> None:
+    """A worker's group of completions in one call: each stored row is what a finish of
+    its own would leave (progress 1, the message it had, its result), a stale token and a
+    second completion of one attempt in the lot get LeaseLostError in their place and
+    change nothing, and a dependent of two of them is released."""
+    tasks = [await store.add_task(new_task(T0, payload={"i": i})) for i in range(4)]
+    dependent = await store.add_task(new_task(T0, name="d", depends_on=(tasks[0].id, tasks[1].id)))
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=4)
+    await store.save_progress([ProgressSnapshot(claims[1].task.id, 0.5, "half", None, T0 + 1)])
+    stale = Claim(claims[3].task, LeaseToken(claims[3].task.id, "w1", claims[3].token.fence - 1))
+    results = await store.complete_many(
+        [
+            (claims[0], Completed({"n": 0}), T0 + 2),
+            (claims[1], Completed(None), T0 + 3),
+            (stale, Completed(3), T0 + 3),
+            (claims[2], Completed([2]), T0 + 4),
+            (claims[0], Completed("again"), T0 + 5),
+        ]
+    )
+    assert isinstance(results[2], LeaseLostError)
+    assert isinstance(results[4], LeaseLostError)
+    ended = [results[0], results[1], results[3]]
+    assert all(isinstance(r, TaskRecord) for r in ended)
+    assert by_id(ended) == by_id(await store.get_tasks([c.task.id for c in claims[:3]]))
+    assert [(r.status, r.progress, r.message, r.result) for r in ended] == [
+        (TaskStatus.COMPLETED, 1.0, None, {"n": 0}),
+        (TaskStatus.COMPLETED, 1.0, "half", None),
+        (TaskStatus.COMPLETED, 1.0, None, [2]),
+    ]
+    still = await store.get_task(claims[3].task.id)
+    assert still is not None
+    assert still.status is TaskStatus.RUNNING
+    assert [e.outcome for e in await store.list_executions(claims[0].task.id)] == [
+        ExecutionOutcome.COMPLETED
+    ]
+    (released,) = await claim_all(store, T0 + 6)
+    assert released.task.id == dependent.id
+    assert await store.complete_many([]) == []
+
+
 async def test_completions_together_release_a_dependent_once(store: TaskStore) -> None:
     deps = [await store.add_task(new_task(T0, name=f"dep{i}")) for i in range(4)]
     d = await store.add_task(new_task(T0, name="d", depends_on=tuple(t.id for t in deps)))

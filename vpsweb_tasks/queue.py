@@ -30,10 +30,13 @@ the live contexts, the event hub and a way to start tasks):
 * **reap**: recover tasks of dead workers (see :meth:`TaskStore.reap`).
 * **flush**: write coalesced progress to storage.
 
-A task runs under its own cancel scope and a timeout (the task's own, else
-``task_timeouts[type]``, else ``job_timeout``). Its outcome, the retry decision, the
-execution row and the metrics row are written in one transaction, shielded from
-cancellation, and only then published as events.
+A task runs in its runner's cancel scope (one for many tasks, until a stop cancels it),
+with a timeout (the task's own, else ``task_timeouts[type]``, else ``job_timeout``) kept
+by one sleeper for all running tasks. Its outcome, the retry decision, the execution row
+and the metrics row are written in one transaction, shielded from cancellation, and only
+then published as events. A completion goes with those of the tasks that ended with it,
+in one write (**group finish**): a claimed group of short tasks runs back to back in one
+runner, which never waits for a write.
 
 Where its function runs (:class:`~vpsweb_tasks.registry.Handler`): an ``async def`` on
 this event loop; a plain ``def`` in a worker thread (at most ``thread_pool_size`` at
@@ -50,12 +53,14 @@ import heapq
 import inspect
 import itertools
 import logging
+import math
 import os
 import socket
 import traceback
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -140,7 +145,8 @@ class RunningTask:
 
     claim: Claim
     context: TaskContext
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope | None = None
+    """The scope its function runs in, while it runs (its runner's): stop() cancels it."""
     stop_reason: str | None = None
     """Why we cancelled it: ``cancel`` (requested), ``shutdown`` or ``lost`` (lease)."""
     record: TaskRecord | None = None
@@ -164,7 +170,8 @@ class RunningTask:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.scope.cancel()
+            if self.scope is not None:
+                self.scope.cancel()
 
 
 def _process_started_at() -> float | None:
@@ -264,6 +271,10 @@ class TaskQueue:
         self._steps: dict[str, list[ProgressRow]] = {}
         self._renewed_at = float("-inf")  # anyio.current_time() of the last lease renewal
         self._finishing: _FlushBatch | None = None  # finishing tasks' progress, one write
+        # Completions waiting for their group's write (_write_groups).
+        self._group: list[_Queued] = []
+        self._group_writes = 0  # completions queued for or in their group write
+        self._group_queued = anyio.Event()
         # Run times to come of waiting tasks we know of (a heap): our own submits and
         # retries, and the earliest in storage, read when the dispatcher is idle.
         self._due: list[float] = []
@@ -276,6 +287,7 @@ class TaskQueue:
         # for the manager's life: cheaper than spawning a task per claim.
         self._claimed = _Handoff()
         self._runners = 0
+        self._timeouts = _Timeouts()
         self._threads: anyio.CapacityLimiter | None = None  # made on first use, in the loop
         self.processes = ProcessPool(
             size=self.config.process_pool_size or self.config.max_concurrent_jobs,
@@ -399,6 +411,8 @@ class TaskQueue:
             tg.start_soon(self._loop, "cancel check", self._cancel_check_loop)
             tg.start_soon(self._loop, "reap", self._reap_loop)
             tg.start_soon(self._loop, "progress flush", self._flush_loop)
+            tg.start_soon(self._loop, "group finish", self._write_groups, self._keeps_leases)
+            tg.start_soon(self._loop, "timeouts", self._timeouts.watch, self._keeps_leases)
 
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -559,7 +573,7 @@ class TaskQueue:
             # This round's claim covers every notice heard so far.
             noticed, self._noticed, self._notice_due = self._noticed, False, None
             turn, self._notice_turn = self._notice_turn, False
-            capacity = self.config.max_concurrent_jobs - len(self.running)
+            capacity = self.config.max_concurrent_jobs - self._executing()
             claimed = 0
             self._room_wanted = capacity <= 0
             if capacity > 0 and not self.paused:
@@ -688,7 +702,7 @@ class TaskQueue:
             self._claimed.put((claim, running))
             if claim.task.id in early:  # requested while the claim was on its way back
                 self.cancel_running(claim.task.id)
-        while self._runners < len(self.running):  # a free runner for every claimed task
+        while self._runners < self._executing():  # a free runner for every claimed task
             self._runners += 1
             self._spawn(self._runner)
         if len(claims) >= limit or limits is not None:
@@ -697,6 +711,13 @@ class TaskQueue:
         for task_id in heard:  # notices of work this claim may not have seen
             self._task_added(task_id)
         return len(claims)
+
+    def _executing(self) -> int:
+        """Tasks claimed here whose function has not returned: those that hold a slot. A
+        completion on its way to its group write frees its slot at once, so the next
+        claim goes to storage with that write (one transaction, one answer) instead of
+        after it."""
+        return len(self.running) - self._group_writes
 
     def _slot_freed(self) -> None:
         """A task finished here: claim again only if work may be waiting for the slot.
@@ -708,11 +729,17 @@ class TaskQueue:
 
     async def _runner(self) -> None:
         """Run claimed tasks one at a time, until stop() closes the hand-off."""
-        # One scope for the runner's life, shielded while an outcome is written: a
-        # cancelled task group never interrupts a finish (a new scope per task cost more).
-        with anyio.CancelScope() as scope:
-            while (claimed := await self._claimed.get()) is not None:
-                await self._execute(*claimed, scope)
+        # One scope for many tasks (see _call), shielded while an outcome is written: a
+        # cancelled task group never interrupts a finish. A new one only after a stop or
+        # a timeout cancelled it: a scope entered per task cost more than the rest of
+        # running a no-op task.
+        while True:
+            with anyio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    claimed = await self._claimed.get()
+                    if claimed is None:
+                        return
+                    await self._execute(*claimed, scope)
 
     async def _heartbeat_loop(self) -> None:
         if not self.running:
@@ -944,19 +971,23 @@ class TaskQueue:
             )
             error = await self._load_dependencies(task, context)
             if error is None:
-                result, error = await self._call(task, running)
+                result, error = await self._call(task, running, runner)
             else:
                 result = None
             outcome = self._outcome(task, running, result, error)
-            if self.settings.retry_budgets and outcome is not None:
-                outcome = await self._within_retry_budget(task, running, outcome)
         finally:
             runner.shield = True
             try:
-                if outcome is None and running.stop_reason != "lost":
-                    outcome = Released()  # torn down from outside: give the attempt back
-                await self._finish(task, running, outcome)
-                span.ended(outcome, running.record)
+                with _after_stop(runner):
+                    if self.settings.retry_budgets and outcome is not None:
+                        outcome = await self._within_retry_budget(task, running, outcome)
+                    if outcome is None and running.stop_reason != "lost":
+                        outcome = Released()  # torn down from outside: give it back
+                    if isinstance(outcome, Completed) and self._joins_group(task, running, span):
+                        self._finish_with_group(running, outcome)
+                    else:
+                        await self._finish(task, running, outcome)
+                        span.ended(outcome, running.record)
             finally:
                 runner.shield = False
 
@@ -977,8 +1008,12 @@ class TaskQueue:
         return None
 
     async def _call(
-        self, task: TaskRecord, running: RunningTask
+        self, task: TaskRecord, running: RunningTask, scope: anyio.CancelScope
     ) -> tuple[Any, BaseException | None]:
+        """Run the task's function in ``scope`` (its runner's, already entered), cancelled
+        at the task's timeout (:class:`_Timeouts`) or by a stop (``running.scope``). The
+        cancellation of our own scope ends here (it is not propagated: the scope is not
+        left until the runner has written the outcome, see :func:`_after_stop`)."""
         if running.stop_reason is not None:
             return None, None  # stopped before it began (a cancel during its claim)
         handler = self.registry.handler_for(task)
@@ -990,22 +1025,27 @@ class TaskQueue:
         reset = _current.set(running.context)
         result: Any = None
         error: BaseException | None = None
-        scope = running.scope
-        scope.deadline = anyio.current_time() + timeout  # one scope: timeout and stop()
+        running.scope = scope  # stop() cancels it, and so does its deadline
+        self._timeouts.set(scope, anyio.current_time() + timeout)
         try:
-            with scope:
-                try:
-                    if handler.runs_in == "loop":
-                        result = await handler.fn(running.context)
-                    else:
-                        result = await self._run_elsewhere(handler, task, running.context)
-                except Exception as exc:
-                    error = exc
+            try:
+                if handler.runs_in == "loop":
+                    result = await handler.fn(running.context)
+                else:
+                    result = await self._run_elsewhere(handler, task, running.context)
+            except Exception as exc:
+                error = exc
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise  # not a stop or a timeout of ours: the manager is going down
+                result = None
             # cancel_called, not cancelled_caught: a def task in a thread, or a process
             # task, may come back with a result after its deadline; it is dropped.
             if scope.cancel_called and running.stop_reason is None:
                 error = TaskTimeoutError(f"task ran longer than its timeout of {timeout:g}s")
         finally:
+            running.scope = None
+            self._timeouts.clear(scope)
             _current.reset(reset)
         return result, error
 
@@ -1140,28 +1180,88 @@ class TaskQueue:
                     linked=linked if isinstance(outcome, Completed) else (),
                 )
         except LeaseLostError:
-            running.log.warning(
-                "lease lost before the outcome was written; a newer attempt owns it"
-            )
+            _lease_lost_on_write(running)
         except Exception:
-            # The lease stops being renewed, expires, and the task is retried (at least once).
-            running.log.exception("could not record the outcome; the task will be recovered")
+            _not_written(running)
         finally:
-            self.running.pop(task.id, None)
-            if not self.running:
-                self._idle.set()
-                self._busy = anyio.Event()
-            self._slot_freed()
-            running.record = record
-            running.done.set()
-        if record is None:
-            return
+            self._let_go(running, record)
+        if record is not None:
+            await self._announce(record, outcome, running, now)
+
+    def _let_go(self, running: RunningTask, record: TaskRecord | None) -> None:
+        """An attempt is over, its outcome written (``record``) or not: its slot is free."""
+        self.running.pop(running.claim.task.id, None)
+        if not self.running:
+            self._idle.set()
+            self._busy = anyio.Event()
+        self._slot_freed()
+        running.record = record
+        running.done.set()
+
+    async def _announce(
+        self, record: TaskRecord, outcome: Outcome | None, running: RunningTask, now: float
+    ) -> None:
+        """What follows a written outcome: its context, its events, its dependents."""
         if record.status.is_waiting:
             self.notify(run_at=record.run_at.timestamp())
         self.finished(record)
         await self._publish_outcome(record, outcome, running)
         if record.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             await self.announce_cancelled_dependents([record.id], now=now)
+
+    # --- outcomes written as a group --------------------------------------------------------
+
+    def _joins_group(self, task: TaskRecord, running: RunningTask, span: tracing.Attempt) -> bool:
+        """Whether a completion goes to storage with the group of those that ended with
+        it, its runner free at once for the next task: one with nothing else to write
+        first or with it (progress, an extension's rows) and no span to end after the
+        write. Other outcomes are written alone, their runner waiting."""
+        return (
+            not span.recording
+            and task.id not in self._progress
+            and not running.context._completion_writes
+        )
+
+    def _finish_with_group(self, running: RunningTask, outcome: Completed) -> None:
+        """Queue a completion for the next group write (:meth:`_write_groups`)."""
+        running.writing = True
+        self._group.append((running, outcome, self._now()))
+        self._group_queued.set()
+        self._group_writes += 1
+        self._slot_freed()
+
+    async def _write_groups(self) -> None:
+        """Write the completions queued since the last write, all in one (a claimed group
+        of tasks that ended within one turn of the loop is one write, not one each); the
+        next group gathers while this one is on its way. Outcomes already queued are
+        written even when the manager is going down."""
+        try:
+            await self._group_queued.wait()
+        finally:
+            self._group_queued = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                while self._group:
+                    group, self._group = self._group, []
+                    await self._finish_group(group)
+
+    async def _finish_group(self, group: list[_Queued]) -> None:
+        items = [(running.claim, outcome, now) for running, outcome, now in group]
+        try:
+            results: list[TaskRecord | LeaseLostError | None] = [
+                *await self.store.complete_many(items)
+            ]
+        except Exception:
+            for running, _, _ in group:
+                _not_written(running)
+            results = [None] * len(group)
+        self._group_writes -= len(group)
+        for (running, _, _), result in zip(group, results, strict=True):
+            if isinstance(result, LeaseLostError):
+                _lease_lost_on_write(running)
+            self._let_go(running, result if isinstance(result, TaskRecord) else None)
+        for (running, outcome, now), result in zip(group, results, strict=True):
+            if isinstance(result, TaskRecord):
+                await self._announce(result, outcome, running, now)
 
     async def announce_cancelled_dependents(self, task_ids: list[str], *, now: float) -> None:
         """The tasks cancelled for the failure or cancel of ``task_ids`` at ``now`` (their
@@ -1287,6 +1387,24 @@ class TaskQueue:
 
 
 _Claimed = tuple[Claim, RunningTask]
+_Queued = tuple[RunningTask, Completed, float]  # a completion waiting for its group write
+
+
+def _after_stop(runner: anyio.CancelScope) -> AbstractContextManager[Any]:
+    """Where an attempt's outcome is decided and written once its function returned: in
+    its runner's scope (shielded by then), unless a stop or a timeout cancelled that
+    scope, which then cancels all that runs in it, shielded or not: then in a shielded
+    scope of its own."""
+    return anyio.CancelScope(shield=True) if runner.cancel_called else nullcontext()
+
+
+def _lease_lost_on_write(running: RunningTask) -> None:
+    running.log.warning("lease lost before the outcome was written; a newer attempt owns it")
+
+
+def _not_written(running: RunningTask) -> None:
+    # The lease stops being renewed, expires, and the task is retried (at least once).
+    running.log.exception("could not record the outcome; the task will be recovered")
 
 
 def _notice_score(task_id: str, worker_id: str) -> int:
@@ -1329,17 +1447,30 @@ class _FlushBatch:
 class _Handoff:
     """Claimed tasks on their way to idle runners: a queue without a checkpoint per item
     (an anyio memory stream paid a checkpoint, an event and a task-info lookup for each),
-    since a runner that finds work waiting takes it at once."""
+    since a runner that finds work waiting takes it at once.
+
+    A claimed group runs in as few runners as its tasks need: one idle runner is woken at
+    a time (the spare), and a runner that takes a task while more wait wakes the next
+    spare. A task that ends within its first step (its outcome queued for the group's
+    write, not awaited) leaves its runner free to take the next one at once; one that
+    awaits something lets the spare take the rest."""
 
     def __init__(self) -> None:
         self._items: deque[_Claimed] = deque()
         self._waiters: deque[anyio.Event] = deque()
+        self._spare: anyio.Event | None = None  # woken, not yet back for its task
         self._closed = False
 
     def put(self, item: _Claimed) -> None:
         self._items.append(item)
-        if self._waiters:
-            self._waiters.popleft().set()
+        self._wake_spare()
+
+    def _wake_spare(self) -> None:
+        """Wake one idle runner, unless one woken already has yet to come back: a runner
+        woken per task cost an event and a turn of the loop each, mostly for nothing."""
+        if self._spare is None and self._waiters:
+            self._spare = self._waiters.popleft()
+            self._spare.set()
 
     async def get(self) -> _Claimed | None:
         """The next claimed task; None once closed."""
@@ -1348,13 +1479,81 @@ class _Handoff:
                 return None
             waiter = anyio.Event()
             self._waiters.append(waiter)
-            await waiter.wait()
-        return self._items.popleft()
+            try:
+                await waiter.wait()
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if self._spare is waiter:  # cancelled on its way back: its turn passes on
+                    self._spare = None
+                    self._wake_spare()
+                raise
+            if self._spare is waiter:
+                self._spare = None
+        item = self._items.popleft()
+        if self._items:  # in case this task awaits something: the rest need a runner
+            self._wake_spare()
+        return item
 
     def close(self) -> None:
         self._closed = True
         while self._waiters:
             self._waiters.popleft().set()
+
+
+class _Timeouts:
+    """The deadlines of the tasks running in runners, kept by one sleeper (:meth:`watch`)
+    instead of a timer on each task's scope: a timer set and cancelled per task cost more
+    than the rest of running a no-op task. Each runner's scope has the deadline of the
+    task it runs; past it, the scope is cancelled (the task's ``TaskTimeoutError``). A heap
+    of deadlines, those of tasks that ended left in it until they come up (or until they
+    are most of it)."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []  # [deadline, seq, scope or None once ended]
+        self._current: dict[anyio.CancelScope, list[Any]] = {}
+        self._ended = 0  # entries of the heap whose task ended
+        self._seq = 0
+        self._wake_at = math.inf  # when watch() looks next
+        self._changed: anyio.Event | None = None
+
+    def set(self, scope: anyio.CancelScope, deadline: float) -> None:
+        """The task now running in ``scope`` times out at ``deadline`` (anyio time)."""
+        self._seq += 1
+        entry = [deadline, self._seq, scope]
+        self._current[scope] = entry
+        heapq.heappush(self._heap, entry)
+        if deadline < self._wake_at and self._changed is not None:
+            self._changed.set()
+
+    def clear(self, scope: anyio.CancelScope) -> None:
+        """The task running in ``scope`` ended."""
+        entry = self._current.pop(scope, None)
+        if entry is None:
+            return
+        entry[2] = None
+        self._ended += 1
+        if self._ended > 64 and self._ended * 2 > len(self._heap):
+            self._heap = [each for each in self._heap if each[2] is not None]
+            heapq.heapify(self._heap)
+            self._ended = 0
+
+    async def watch(self) -> None:
+        """Cancel the scopes past their deadline; sleep until the next deadline, or until
+        an earlier one is set."""
+        now = anyio.current_time()
+        heap = self._heap
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            scope = heapq.heappop(heap)[2]
+            if scope is None:
+                self._ended -= 1
+            else:
+                del self._current[scope]
+                scope.cancel()
+        self._wake_at = heap[0][0] if heap else math.inf
+        self._changed = anyio.Event()
+        with anyio.move_on_at(self._wake_at):
+            await self._changed.wait()
 
 
 class _StartedOnce:

@@ -65,6 +65,9 @@ class Attempt:
     """The span of one attempt; :meth:`ended` records its outcome. The base class is the
     no-op one (no tracing)."""
 
+    recording: bool = False
+    """Whether a span records the attempt (its outcome must be given to :meth:`ended`)."""
+
     def ended(self, outcome: Outcome | None, record: TaskRecord | None) -> None:
         """The attempt's outcome (None: none was written, a lost lease)."""
 
@@ -227,6 +230,8 @@ def attempt(task: TaskRecord, worker_id: str) -> AbstractContextManager[Attempt]
 
 
 class _Attempt(Attempt):
+    recording = True
+
     def __init__(self, span: Span, trace: Any) -> None:
         self.span = span
         self.trace = trace

@@ -68,7 +68,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import anyio
 import anyio.abc
 
-from ..errors import ErrorCategory, StorageUnavailableError
+from ..errors import ErrorCategory, LeaseLostError, StorageUnavailableError
 from ..models import ExecutionRecord, TaskRecord, TaskStatus
 from . import logic
 from ._dbthread import Refused
@@ -567,6 +567,15 @@ class TaskStore(abc.ABC):
             claimed, outcome, now=now, linked=linked, metrics=self.task_metrics
         )
         return await self.run(operation.in_mode(Mode.WRITE) if linked else operation)
+
+    async def complete_many(
+        self, items: Sequence[tuple[Claim, Completed, float]]
+    ) -> list[TaskRecord | LeaseLostError]:
+        """Record the completions of several attempts (claim, outcome, finish time) in one
+        write: each answered as :meth:`finish` would answer it alone (no ``linked`` steps),
+        a lease no longer held with a :class:`~vpsweb_tasks.errors.LeaseLostError` in its
+        place, changing nothing of it. A worker's group of tasks that ended together."""
+        return await self.run(logic.complete_many(items, metrics=self.task_metrics))
 
     async def reap(
         self,
