@@ -3,6 +3,7 @@ real worker processes, on both backends (see docs/limits.md)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,11 @@ def most_in_a_window(times: list[float], window: float = 1.0) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def wall_minus_monotonic() -> float:
+    """What turns a time.monotonic() reading into time.time()'s."""
+    return time.time() - time.monotonic()
 
 
 def test_most_in_a_window_counts_the_busiest_second() -> None:
@@ -122,19 +128,35 @@ async def test_two_worker_processes_share_one_rate_limit(
             (llm_state,) = states["rate_limits"]["llm"]["keys"]
             assert llm_state["requests"] == count
             assert llm_state["tokens"] == 15 * count  # each call reported its usage
-            claimed_at = sorted(t.started_at.timestamp() for t in tasks if t.started_at)
+            # (claim, slot) of each task in the order of the claims; the slot is the run_at
+            # the limiter last gave it (its submit time if it never waited).
+            claims = sorted(
+                (t.started_at.timestamp(), t.run_at.timestamp()) for t in tasks if t.started_at
+            )
             for worker in workers:
                 assert await worker.stop() == 0, worker.stderr()
-    # The claims themselves never exceed the limit in a window (the limiter's own bound).
+    # The limit holds at the claim (its definition, docs/limits.md): in no 1-second window
+    # more claims than the limit (+1 for the edges), one interval apart at least...
+    claimed_at = [claim for claim, _ in claims]
+    assert len(claimed_at) == count
     assert most_in_a_window(claimed_at) <= rate + 1
-    times = [call.at for call in llm.calls]
-    assert len(times) == count
-    # In no 1-second window does the server see more than the limit (+1 for the edges)...
-    busiest = most_in_a_window(times)
-    assert busiest <= rate + 1, busiest
-    # ... and the limit is the bound, not something slower: the calls came at its pace.
-    span = max(times) - min(times)
-    assert (count - 1) / rate - 0.2 <= span <= (count - 1) / rate + 3.0, span
+    assert claimed_at[-1] - claimed_at[0] >= (count - 1) / rate - 0.01
+    # ... and the limit is the bound, not something slower: no task's slot came later than
+    # one interval after the claim before it. (How late a worker claims once the slot has
+    # come is the machine's: a busy one adds its delays to the span.)
+    held_longer = [
+        (before, slot)
+        for (before, _), (_, slot) in itertools.pairwise(claims)
+        if slot > before + 1 / rate + 0.001
+    ]
+    assert not held_longer, held_longer
+    # The server never ran ahead of the claims: its k-th call came after the k-th claim.
+    # (How the calls bunch after their claims is the scheduler's; a busy machine holds
+    # some back and lets them through together.)
+    calls = sorted(call.at + wall_minus_monotonic() for call in llm.calls)
+    assert len(calls) == count
+    early = [(call, claim) for call, claim in zip(calls, claimed_at, strict=True) if call < claim]
+    assert not early, early
 
 
 # --- concurrency keys and fairness -----------------------------------------------------------
