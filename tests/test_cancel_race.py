@@ -40,7 +40,7 @@ from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
-from .test_multiprocess import Worker, poll, unused_handler, write_config
+from .mp_support import Worker, poll, unused_handler, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -33,7 +33,7 @@ from vpsweb_tasks_http import create_app
 from .conftest import FakeClock, make_settings
 from .http_server import serve
 from .llm_server import fake_llm
-from .test_multiprocess import Worker, poll, start_worker
+from .mp_support import Worker, poll, start_worker
 from .test_translation import DOCUMENT_REQUEST
 
 __all__ = ["start_worker"]  # the fixture, imported to be used here
