@@ -31,19 +31,14 @@ from typing import Any
 
 import anyio
 import psutil
-import psycopg
 import yaml
-from multiprocess import spawn  # this folder's multiprocess.py
+from workers import fresh_schema, never, spawn  # this folder's workers.py
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus, load_config
 
 #: Databases go under the directory the script is run from (absolute: workers run in the
 #: project's root).
 HERE = os.path.abspath(".")
-
-
-async def never(context: TaskContext) -> None:
-    raise AssertionError("the submitting process runs no tasks")
 
 
 def write_config(path: Path, storage: dict[str, Any], enabled: bool) -> Path:
@@ -125,17 +120,10 @@ async def main() -> None:
             }
             delays, idle = await measure(storage, folder, args.samples, args.pause)
             rows.append((title, delays, idle))
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(args.dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            dsn = psycopg.conninfo.make_conninfo(args.dsn, options=f"-csearch_path={schema}")
+        with fresh_schema(args.dsn) as dsn:
             postgres = {"backend": "postgres", "postgres_dsn": dsn}
             delays, idle = await measure(postgres, folder, args.samples, args.pause)
             rows.append(("PostgreSQL, LISTEN/NOTIFY", delays, idle))
-        finally:
-            with psycopg.connect(args.dsn, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
     print(
         f"\nsubmit in one process -> start in another, {args.samples} samples"

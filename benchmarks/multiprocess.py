@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,29 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psycopg
 import yaml
+from workers import fresh_schema, never, spawn, stop  # this folder's workers.py
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The durability class of SQLite's synchronous=NORMAL: a commit survives the crash of any
 #: process, not the loss of the machine, and waits for no fsync.
 NO_FSYNC = " -csynchronous_commit=off"
-
-
-async def never(context: TaskContext) -> None:
-    raise AssertionError("the submitting process runs no tasks")
-
-
-def spawn(config: Path, *options: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
-    return subprocess.Popen(
-        [*command, "--import", "benchmarks.noop_tasks", *options],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
 
 
 async def measure(
@@ -100,12 +82,7 @@ async def measure(
                 await anyio.sleep(0.01)
             elapsed = time.perf_counter() - start
         finally:
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                worker.wait()
-                if worker.stdout is not None:
-                    worker.stdout.close()
+            stop(workers)
     return n / elapsed
 
 
@@ -129,20 +106,11 @@ async def main() -> None:
                 sqlite, folder, args.tasks, processes, args.concurrency, args.pool
             )
             for column, options in (("postgres", ""), ("postgres-async", NO_FSYNC)):
-                schema = f"bench_{uuid.uuid4().hex[:8]}"
-                with psycopg.connect(args.dsn, autocommit=True) as conn:
-                    conn.execute(f'CREATE SCHEMA "{schema}"')
-                try:
-                    dsn = psycopg.conninfo.make_conninfo(
-                        args.dsn, options=f"-csearch_path={schema}{options}"
-                    )
+                with fresh_schema(args.dsn, options) as dsn:
                     postgres = {"backend": "postgres", "postgres_dsn": dsn}
                     results[column, processes] = await measure(
                         postgres, folder, args.tasks, processes, args.concurrency, args.pool
                     )
-                finally:
-                    with psycopg.connect(args.dsn, autocommit=True) as conn:
-                        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
     print(
         f"\n{args.tasks} no-op tasks, max_concurrent_jobs={args.concurrency} per process,"

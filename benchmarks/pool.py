@@ -22,7 +22,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,29 +32,15 @@ from typing import Any
 
 import anyio
 import psutil
-import psycopg
 import yaml
+from workers import fresh_schema, never, spawn, stop  # this folder's workers.py
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+TASKS = "benchmarks.pool_tasks"
 #: Databases go under the directory the script is run from (absolute: workers run in the
 #: project's root).
 HERE = os.path.abspath(".")
-
-
-async def never(context: TaskContext) -> None:
-    raise AssertionError("the submitting process runs no tasks")
-
-
-def spawn(config: Path, *options: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "vpsweb_tasks.cli", "worker", "--config", str(config)]
-    return subprocess.Popen(
-        [*command, "--import", "benchmarks.pool_tasks", *options],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
 
 
 async def line_of(process: subprocess.Popen[str]) -> list[str]:
@@ -94,7 +79,7 @@ async def one_round(storage: dict[str, Any], folder: Path, pool: bool) -> dict[s
         api.register("hold", never)
         started = time.perf_counter()
         if pool:
-            processes = [spawn(config, "--processes", "2")]
+            processes = [spawn(config, "--processes", "2", tasks=TASKS)]
             words = await line_of(processes[0])
             assert words[0] == "READY", words
             ids = words[1:]
@@ -102,7 +87,7 @@ async def one_round(storage: dict[str, Any], folder: Path, pool: bool) -> dict[s
             figures["ready s"] = time.perf_counter() - started
             figures["supervisor start CPU s"] = sum(supervisor.cpu_times()[:2])
         else:
-            processes = [spawn(config), spawn(config)]
+            processes = [spawn(config, tasks=TASKS), spawn(config, tasks=TASKS)]
             ids = [(await line_of(p))[1] for p in processes]
         try:
             definition = TaskDefinition(name="hold", task_type="hold")
@@ -145,13 +130,7 @@ async def one_round(storage: dict[str, Any], folder: Path, pool: bool) -> dict[s
                 )
             release.touch()
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                process.wait()
-                if process.stdout is not None:
-                    process.stdout.close()
+            stop(processes)
     return figures
 
 
@@ -173,18 +152,9 @@ async def main() -> None:
                         (folder / "t.db").unlink(missing_ok=True)
                         figures = await one_round(storage, folder, way == "pool")
                     else:
-                        schema = f"bench_{uuid.uuid4().hex[:8]}"
-                        with psycopg.connect(args.dsn, autocommit=True) as conn:
-                            conn.execute(f'CREATE SCHEMA "{schema}"')
-                        try:
-                            dsn = psycopg.conninfo.make_conninfo(
-                                args.dsn, options=f"-csearch_path={schema}"
-                            )
+                        with fresh_schema(args.dsn) as dsn:
                             storage = {"backend": "postgres", "postgres_dsn": dsn}
                             figures = await one_round(storage, folder, way == "pool")
-                        finally:
-                            with psycopg.connect(args.dsn, autocommit=True) as conn:
-                                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
                     results.setdefault((backend, way), []).append(figures)
     print("load average at end:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"\nmedians of {args.rounds} interleaved rounds (range in brackets)")

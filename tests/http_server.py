@@ -10,6 +10,11 @@ import anyio
 import uvicorn
 from fastapi import FastAPI
 
+#: How long the server keeps an idle connection open: well past httpx's keepalive_expiry,
+#: so a client always drops an idle connection before the server does. At equal times a
+#: request sent as the server closes the connection fails with ReadError.
+KEEP_ALIVE_SECONDS = 60
+
 
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
@@ -20,7 +25,13 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
     server = uvicorn.Server(config)
     try:
         async with anyio.create_task_group() as tg:

@@ -59,12 +59,14 @@ async def mp_loop(context: TaskContext) -> str:
 @manager.task("mp_gated")
 async def mp_gated(context: TaskContext) -> int:
     """Connects to the test's gate (``port``), says its task id, and works until the gate
-    releases it (one byte) or ``seconds`` pass, its natural end; it says ``DONE`` before
-    it returns. Cancelled, it closes the connection without a word."""
+    releases it (``x``) or, once the gate said go (``g``), ``seconds`` pass, its natural
+    end; it says ``DONE`` before it returns. Cancelled, it closes the connection without a
+    word."""
     async with await anyio.connect_tcp("127.0.0.1", int(context.payload["port"])) as gate:
         await gate.send(f"{context.task_id}\n".encode())
-        with anyio.move_on_after(float(context.payload["seconds"])):
-            await gate.receive(1)
+        if await gate.receive(1) == b"g":
+            with anyio.move_on_after(float(context.payload["seconds"])):
+                await gate.receive(1)
         await gate.send(b"DONE\n")
     return int(context.payload["n"])
 

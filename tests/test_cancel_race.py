@@ -6,9 +6,11 @@ The API process is an HTTP server (real uvicorn, ``background_tasks.enabled: fal
 the worker is ``vpsweb-tasks worker --import tests.mp_tasks``. Its ``mp_gated`` tasks
 connect to a TCP gate in this test, so the test sees each run start, sees its work end
 (``DONE``) or stop (the connection closes without a word, at the moment the worker's
-cancel scope tore it down), and can release a task to finish at once. A task nobody
-releases ends by itself after ``NATURAL`` seconds: a cancel the worker does not hear of
-within that time loses to completion.
+cancel scope tore it down), and can release a task to finish at once. A task the test
+cancels without releasing it ends by itself ``NATURAL`` seconds after the gate's go, which
+the test gives it as it sends the cancel: a cancel the worker does not hear of within that
+time loses to completion. (Timed from the cancel, not the task's start: a busy machine
+can take longer than that to start a wave.)
 
 The worker's poll interval and heartbeat are far longer than that natural end: only the
 notice path (PostgreSQL's NOTIFY, SQLite's watch of the file) can stop the tasks in time.
@@ -38,14 +40,14 @@ from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks_http import create_app
 
 from .http_server import serve
-from .test_multiprocess import Worker, poll, unused_handler, write_config
+from .mp_support import Worker, poll, unused_handler, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 TASKS = "/api/v1/background-tasks"
 COUNT = 200
 WAVE = 50  # tasks running at once in the worker
-NATURAL = 5.0  # seconds after which an unreleased task ends by itself
+NATURAL = 5.0  # seconds after its go at which an unreleased task ends by itself
 #: The worker's queue_check_interval and lease: it polls and heartbeats every 10 s.
 INTERVAL, LEASE = 10.0, 60.0
 
@@ -97,9 +99,16 @@ class Gate:
             while not all(task_id in self.runs for task_id in task_ids):
                 await self._arrived.wait()
 
+    async def go(self, task_id: str) -> None:
+        """Starts the natural-end clock of the run."""
+        await self._say(task_id, b"g")
+
     async def release(self, task_id: str) -> None:
+        await self._say(task_id, b"x")
+
+    async def _say(self, task_id: str, word: bytes) -> None:
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self.runs[task_id].stream.send(b"x")
+            await self.runs[task_id].stream.send(word)
 
 
 @dataclass
@@ -158,6 +167,8 @@ async def test_every_accepted_cancel_stops_a_task_running_in_another_process(
         await anyio.sleep(delay)  # spreads the cancels over the wave: pacing, not a wait
         if order.plan == "race":
             await gate.release(order.task_id)
+        else:
+            await gate.go(order.task_id)
         order.sent_at = time.monotonic()
         response = await client.post(f"{TASKS}/cancel/{order.task_id}")
         order.status_code, order.body = response.status_code, response.json()

@@ -236,6 +236,43 @@ def test_each_command_on_the_database_directly(
     assert (record.task_type, record.payload, record.status) == ("work", {"n": 21}, "cancelled")
 
 
+def test_submit_names_a_queue_dependencies_and_a_concurrency_key(
+    tmp_path: Path, storage: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The HTTP body's ``queue``, ``depends_on`` and ``concurrency_key`` as options, stored
+    with the task; a bad value of each is refused naming the option."""
+    queues = {"default": {}, "batch": {}}
+    settings = make_settings(tmp_path, storage=storage, background_tasks={"queues": queues})
+    ids = anyio.run(fill, settings, backend="asyncio")
+    path = tmp_path / "queues.yaml"
+    document = {"storage": storage, "background_tasks": {"queues": queues}}
+    path.write_text(yaml.safe_dump({**document, "logging": {"file": None}}))
+    config = ["--config", str(path)]
+
+    first, second = ids["later"], ids["done"]
+    submitted = cli(
+        *("submit", "work", "--queue", "batch", "--concurrency-key", "user:42"),
+        *("--depends-on", first, "--depends-on", second, "--json", *config),
+        cwd=tmp_path,
+    )
+    shown = ok(cli("tasks", "show", ok(submitted)["task_id"], "--json", *config, cwd=tmp_path))
+    assert (shown["queue"], shown["depends_on"], shown["concurrency_key"]) == (
+        "batch",
+        [first, second],
+        "user:42",
+    )
+    assert shown["status"] == "pending"  # waits for `later`, an hour away
+
+    cases: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        (("--queue", "nowhere"), ("--queue: unknown queue 'nowhere'",)),
+        (("--depends-on", "no-such-task"), ("--depends-on: no task no-such-task",)),
+        (("--concurrency-key", ""), ("--concurrency-key",)),
+        (("--depends-on", first, "--delay", "5"), ("not with run_at or delay",)),
+    ]
+    for args, words in cases:
+        refused(here(capsys, "submit", "work", *args, *config), 2, *words)
+
+
 def test_bad_input_is_one_line_and_a_documented_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -480,6 +517,15 @@ async def test_each_command_against_a_server(
     assert ok(cleared) == {"cancelled": 2}  # the two requeued, held by the pause
     (resumed,) = await run(("queue", "resume"))
     assert resumed.stdout == "queue running: 0 waiting, 0 running\n", resumed.stderr
+
+    # The options are the HTTP body's names: the server stores them and names them back.
+    (keyed,) = await run(
+        ("submit", "work", "--depends-on", f0, "--concurrency-key", "user:7", "--json")
+    )
+    (shown,) = await run(("tasks", "show", ok(keyed)["task_id"], "--json"))
+    assert (ok(shown)["depends_on"], ok(shown)["concurrency_key"]) == ([f0], "user:7")
+    nowhere = await ahere(capsys, "submit", "work", "--queue", "nowhere", *key)
+    refused(nowhere, 2, "--queue", "unknown queue")
 
 
 async def test_watch_follows_a_task_over_http(

@@ -20,7 +20,7 @@ import pytest
 from vpsweb_tasks import TaskDefinition, TaskManager, TaskRecord, TaskStatus, load_config
 from vpsweb_tasks.models import ExecutionOutcome
 
-from .test_multiprocess import Worker, poll, runs, start_worker, write_config
+from .mp_support import Worker, poll, runs, start_worker, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from vpsweb_tasks import TaskContext, TaskManager, TaskStatus
 from vpsweb_tasks.config import Settings
@@ -621,3 +622,32 @@ async def test_breakers_route(api: Api) -> None:
     health = (await api.client.get(f"{MONITORING}/health")).json()
     assert "breaker:llm-provider" in {a["name"] for a in health["alerts"]}
     breaker.reset()
+
+
+async def test_the_test_server_keeps_an_idle_connection_longer_than_httpx_reuses_it(
+    api: Api,
+) -> None:
+    """Else a request on a connection httpx still reuses can meet the server closing it
+    (ReadError when the machine is busy)."""
+    reuse_for = httpx.Limits().keepalive_expiry
+    assert reuse_for is not None
+    request = b"GET " + f"{MONITORING}/health".encode() + b" HTTP/1.1\r\nhost: test\r\n\r\n"
+    host, port = api.client.base_url.host, api.client.base_url.port
+    assert port is not None
+    async with await anyio.connect_tcp(host, port) as connection:
+        reader = BufferedByteReceiveStream(connection)
+
+        async def status() -> bytes:
+            await connection.send(request)
+            head = await reader.receive_until(b"\r\n\r\n", 65536)
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            )
+            await reader.receive_exactly(length)
+            return head.split(b"\r\n", 1)[0]
+
+        assert await status() == b"HTTP/1.1 200 OK"
+        await anyio.sleep(reuse_for + 0.5)  # idle for as long as httpx would keep it
+        assert await status() == b"HTTP/1.1 200 OK"

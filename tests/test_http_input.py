@@ -116,6 +116,21 @@ async def test_payload_keys_are_never_submits_own_parameters(api: Api) -> None:
     assert (status["status"], status["result"]) == ("completed", payload)
 
 
+async def test_a_submit_sets_the_tasks_max_lost_attempts(api: Api) -> None:
+    """TaskDefinition's ``max_lost_attempts`` on the submit body: stored with the task; a
+    value it does not take is 422 naming it, and nothing is stored."""
+    body = {"task_name": "t", "task_type": "echo", "max_lost_attempts": 2}
+    response = await api.post(f"{TASKS}/submit", json.dumps(body))
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    status = (await api.client.get(f"{TASKS}/status/{task_id}")).json()
+    assert status["max_lost_attempts"] == 2
+    for bad in ("0", "-1", "101", '"two"', "2.5", "[2]"):
+        response = await api.post(f"{TASKS}/submit", SUBMIT % f'"max_lost_attempts": {bad}')
+        assert locs(response) == [["body", "max_lost_attempts"]], bad
+    assert [task.id for task in await api.manager.list_tasks()] == [task_id]
+
+
 UNPARSABLE = [
     b'{"task_name": "\xff", "task_type": "echo"}',  # not UTF-8
     b"\xfe\xff\x00{",  # a UTF-16 byte order mark

@@ -23,8 +23,8 @@ from vpsweb_tasks_http import create_app
 from vpsweb_tasks_http.metrics import TaskMetrics
 
 from .http_server import serve
+from .mp_support import Worker, poll, unused_handler, write_config
 from .support import EventRecorder, closed_port
-from .test_multiprocess import Worker, poll, unused_handler, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -8,149 +8,26 @@ tests/mp_tasks.py appends to, and database state, each polled with a deadline.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import yaml
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.storage import logic
 
+from .mp_support import Worker, api, poll, runs, start_worker, write_config
+
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_config(
-    path: Path,
-    storage: dict[str, Any],
-    *,
-    schedules: dict[str, Any] | None = None,
-    **background: Any,
-) -> Path:
-    config = {
-        "storage": storage,
-        "background_tasks": {"max_queue_size": 100_000, "retry_delay": 0.05, **background},
-        "logging": {"file": None, "level": "WARNING"},
-        "schedules": schedules or {},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-class Worker:
-    """One ``vpsweb-tasks worker`` process."""
-
-    def __init__(
-        self, config: Path, run_log: Path, stderr: Path, args: tuple[str, ...] = ()
-    ) -> None:
-        self.stderr_path = stderr
-        self._stderr = stderr.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vpsweb_tasks.cli",
-                "worker",
-                "--config",
-                str(config),
-                "--import",
-                "tests.mp_tasks",
-                *args,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env={**os.environ, "MP_TASKS_LOG": str(run_log), "PYTHONUNBUFFERED": "1"},
-        )
-        self.worker_id = ""
-
-    async def ready(self, timeout: float = 30.0) -> str:
-        assert self.process.stdout is not None
-        with anyio.fail_after(timeout):
-            line = await anyio.to_thread.run_sync(
-                self.process.stdout.readline, abandon_on_cancel=True
-            )
-        word, _, worker_id = line.strip().partition(" ")
-        assert word == "READY", f"worker did not start: {line!r}\n{self.stderr()}"
-        self.worker_id = worker_id
-        return worker_id
-
-    async def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the graceful exit."""
-        self.process.send_signal(signal.SIGTERM)
-        return await anyio.to_thread.run_sync(self.process.wait, timeout)
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._stderr.close()
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-    run_log = tmp_path / "runs.log"
-
-    def start(config: Path, *args: str) -> Worker:
-        worker = Worker(config, run_log, tmp_path / f"worker{len(workers)}.stderr", args)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.close()
-
-
-async def unused_handler(context: TaskContext) -> None:
-    raise AssertionError("an API-only process never runs tasks")
-
-
-@pytest.fixture
-async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskManager]:
-    """An API-only manager in this process: it submits and cancels, workers run."""
-    config = write_config(tmp_path / "api.yaml", storage, enabled=False)
-    async with TaskManager(load_config(config)) as manager:
-        manager.register("mp_work", unused_handler)
-        manager.register("mp_block", unused_handler)
-        manager.register("mp_loop", unused_handler)
-        yield manager
-
-
-def runs(run_log: Path) -> list[tuple[str, str, int]]:
-    if not run_log.exists():
-        return []
-    lines = run_log.read_text().splitlines()
-    return [(word, task_id, int(pid)) for word, task_id, pid in (line.split() for line in lines)]
-
-
-async def poll(check: Callable[[], Any], *, timeout: float, every: float = 0.02) -> None:
-    """Wait until ``await check()`` is true, at most ``timeout`` seconds."""
-    # Other processes change this state: there is no event to wait on, so poll it.
-    with anyio.fail_after(timeout):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(every)
+__all__ = ["api", "start_worker"]  # the fixtures, imported to be used here
 
 
 async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(

@@ -60,6 +60,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.model = Model()
         self.paused = False
         self.verdicts: dict[str, tuple[anyio.Event, list[str]]] = {}
+        self.closing = False
         self.started: list[str] = []
         self.finished: set[tuple[str, str]] = set()  # (event kind, task id)
         self.seen: dict[str, list[TaskStatus]] = {}
@@ -77,16 +78,23 @@ class QueueMachine(RuleBasedStateMachine):
         self.manager = self.exits.enter_context(self.portal.wrap_async_context_manager(manager))
 
     def teardown(self) -> None:
-        # A snapshot: the loop thread starts the next task (adding its verdict) as soon
-        # as the one released here returns, while this thread goes on.
-        for event, verdict in list(self.verdicts.values()):
-            verdict.append("complete")
-            self.portal.call(event.set)
+        self.portal.call(self._release_all)
         self.exits.close()
+
+    def _release_all(self) -> None:
+        """Completes every held task, in one step of the event loop: a task that starts
+        once a held one ends must not add to ``verdicts`` while they are being released,
+        so it finishes at once (``closing``)."""
+        self.closing = True
+        for event, verdict in self.verdicts.values():
+            verdict.append("complete")
+            event.set()
 
     # --- the task the queue runs ------------------------------------------------------
 
     async def _work(self, context: TaskContext) -> str:
+        if self.closing:
+            return "done"
         event = anyio.Event()
         verdict: list[str] = []
         self.verdicts[context.task_id] = (event, verdict)

@@ -7,36 +7,97 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+#: What uvicorn says once its socket listens ("Application startup complete" comes before
+#: it binds the port: a request sent then is refused).
+LISTENING = "Uvicorn running on"
 
-def launch(args: list[str], cwd: Path, pythonpath: str | None = None) -> subprocess.Popen[str]:
+
+@dataclass
+class Served:
+    """A server process and what it has said on stderr so far (a thread reads it, so the
+    pipe never fills)."""
+
+    process: subprocess.Popen[str]
+    said: list[str] = field(default_factory=list)
+    listening: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.said.append(line)
+            if LISTENING in line:
+                self.listening.set()
+        self.listening.set()  # it exited: launch() looks at why
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """``sig``, then everything it said."""
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return "".join(self.said)
+
+    def wait_listening(self, deadline: float) -> None:
+        self.listening.wait(deadline)
+        if not any(LISTENING in line for line in self.said):
+            pytest.fail("the server did not start listening:\n" + self.stop(signal.SIGKILL))
+
+
+def launch(
+    args: list[str], cwd: Path, pythonpath: str | None = None, deadline: float = 60.0
+) -> Served:
     """``python ARGS`` in ``cwd`` with none of our environment variables (``pythonpath``
-    put first on the path), once uvicorn says the app started; fails with what it said if
-    it exits first."""
+    put first on the path), once uvicorn says its socket listens; fails with what it said
+    if it exits first or is still not listening after ``deadline`` seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPSWEB_TASKS_")}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
-    server = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, *args], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )
-    assert server.stderr is not None
-    said = []
-    for line in server.stderr:
-        said.append(line)
-        if "Application startup complete" in line:
-            return server
-    server.wait()
-    pytest.fail("the server exited before it started:\n" + "".join(said))
+    served = Served(process)
+    served.wait_listening(deadline)
+    return served
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Says what uvicorn says, in its order, with the gap between the two lines made wide.
+SLOW_TO_BIND = """
+import socket, sys, time
+print("INFO:     Application startup complete.", file=sys.stderr, flush=True)
+time.sleep(1.0)
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("INFO:     Uvicorn running on http://127.0.0.1:" + sys.argv[1], file=sys.stderr, flush=True)
+listener.accept()
+"""
+
+
+def test_launch_returns_once_the_port_accepts(tmp_path: Path) -> None:
+    (tmp_path / "slow_to_bind.py").write_text(SLOW_TO_BIND)
+    port = free_port()
+    server = launch(["slow_to_bind.py", str(port)], tmp_path)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    finally:
+        server.stop()
 
 
 #: What `.[dev]` adds to `.[http]` (the README's run command installs `.[http]` only) and
@@ -89,11 +150,10 @@ def test_serve_runs_the_api_and_workers_on_the_sqlite_default(tmp_path: Path) ->
         assert (tmp_path / "vpsweb_tasks.db").exists()  # the embedded SQLite default
         assert f"task_id:{task_id}" in (tmp_path / "logs" / "repository.log").read_text()
     finally:
-        server.send_signal(signal.SIGTERM)
-        _, rest = server.communicate(timeout=30)
+        said = server.stop()
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
-    assert "Application shutdown complete" in rest
-    assert server.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in said
+    assert server.process.returncode in (0, -signal.SIGTERM)
 
 
 def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -> None:
@@ -121,9 +181,8 @@ def test_serve_installs_an_extension_named_on_the_command_line(tmp_path: Path) -
             paths = client.get("/openapi.json").json()["paths"]
             assert "/api/v1/background-tasks/translation" in paths, sorted(paths)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
-    assert server.returncode in (0, -signal.SIGTERM)
+        server.stop()
+    assert server.process.returncode in (0, -signal.SIGTERM)
 
 
 def readme_python_block(after: str) -> str:
@@ -153,5 +212,4 @@ def test_the_readmes_fastapi_snippet_runs_as_pasted(tmp_path: Path) -> None:
             assert vpsweb.status_code == 200, vpsweb.text
             assert vpsweb.json()["workflow"] == "builtin"
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
+        server.stop()

@@ -26,8 +26,8 @@ from vpsweb_tasks_http import create_app
 
 from .http_server import serve
 from .llm_server import fake_llm
+from .mp_support import ROOT, Worker, write_config
 from .otel_support import installed_provider, read_spans, span_dict
-from .test_multiprocess import ROOT, Worker, write_config
 from .test_translation import DOCUMENT_REQUEST, make_manager, provider
 
 pytestmark = pytest.mark.anyio

@@ -10,139 +10,46 @@ tests/mp_tasks.py and database state, each polled with a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import psutil
 import pytest
-import yaml
 
-from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.models import ExecutionOutcome, TaskRecord
+
+from . import mp_support
+from .mp_support import WorkerProcess, api, poll, processes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["api"]  # the fixture, imported to be used here
 
 
 def write_config(path: Path, storage: dict[str, Any], **background: Any) -> Path:
-    config = {
-        "storage": storage,
-        "background_tasks": {
-            "retry_delay": 0.05,
-            "queue_check_interval": 0.2,
-            "pause_on_overload": False,
-            **background,
-        },
-        # INFO: the children's drain lines are what the stop tests wait for.
-        "logging": {"file": None, "level": "INFO"},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    # INFO: the children's drain lines are what the stop tests wait for.
+    options = {"queue_check_interval": 0.2, "pause_on_overload": False, **background}
+    return mp_support.write_config(path, storage, level="INFO", **options)
 
 
-class Pool:
+class Pool(WorkerProcess):
     """One ``vpsweb-tasks worker --processes N`` process."""
-
-    def __init__(self, config: Path, tmp_path: Path, *args: str) -> None:
-        self.stderr_path = tmp_path / "pool.stderr"
-        self._stderr = self.stderr_path.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vpsweb_tasks.cli",
-                "worker",
-                "--config",
-                str(config),
-                "--import",
-                "tests.mp_tasks",
-                *args,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env={**os.environ, "MP_TASKS_LOG": str(tmp_path / "runs.log")},
-        )
-
-    async def line(self, timeout: float = 60.0) -> list[str]:
-        """The next line the pool prints, as words ([] at its end)."""
-        assert self.process.stdout is not None
-        with anyio.fail_after(timeout):
-            text = await anyio.to_thread.run_sync(
-                self.process.stdout.readline, abandon_on_cancel=True
-            )
-        return text.split()
 
     async def ready(self) -> list[str]:
         """The children's worker ids, from the pool's ``READY`` line."""
-        words = await self.line()
-        assert words[:1] == ["READY"], f"the pool did not start: {words}\n{self.stderr()}"
-        return words[1:]
-
-    async def wait(self, timeout: float = 60.0) -> int:
-        return await anyio.to_thread.run_sync(self.process.wait, timeout)
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        """After a failed test: no process of the pool is left behind."""
-        if self.process.poll() is None:
-            children = psutil.Process(self.process.pid).children()
-            self.process.kill()
-            self.process.wait()
-            for child in children:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-            psutil.wait_procs(children, timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._stderr.close()
+        return await self.ready_ids(timeout=60.0)
 
 
 @pytest.fixture
 def start_pool(tmp_path: Path) -> Iterator[Callable[..., Pool]]:
-    pools: list[Pool] = []
-
-    def start(config: Path, *args: str) -> Pool:
-        pool = Pool(config, tmp_path, *args)
-        pools.append(pool)
-        return pool
-
-    yield start
-    for pool in pools:
-        pool.close()
-
-
-async def unused_handler(context: TaskContext) -> None:
-    raise AssertionError("an API-only process never runs tasks")
-
-
-@pytest.fixture
-async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskManager]:
-    """An API-only manager in this process: it submits, the pool runs."""
-    config = write_config(tmp_path / "api.yaml", storage, enabled=False)
-    async with TaskManager(load_config(config)) as manager:
-        manager.register("mp_flow", unused_handler)
-        yield manager
-
-
-async def poll(check: Callable[[], Any], *, timeout: float = 60.0) -> None:
-    """Wait until ``await check()`` is true: other processes change the state."""
-    with anyio.fail_after(timeout):
-        while not await check():  # noqa: ASYNC110 - no event crosses the processes
-            await anyio.sleep(0.05)
+    with processes(tmp_path, Pool) as start:
+        yield start
 
 
 async def submit_blocked(api: TaskManager, release: Path, count: int) -> list[str]:

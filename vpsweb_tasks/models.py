@@ -35,6 +35,7 @@ __all__ = [
     "ExecutionOutcome",
     "ExecutionRecord",
     "JsonObject",
+    "MaxLostAttempts",
     "ProgressUpdate",
     "QueueStatus",
     "ResourceSample",
@@ -158,6 +159,10 @@ DependencyFailure = Literal["cancel", "run"]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
 
 
+#: How many attempts of a task may be lost with their worker before it is dead-lettered.
+MaxLostAttempts = Annotated[int, Field(ge=1, le=100)]
+
+
 class TaskDefinition(BaseModel):
     """What to run and how: validated on construction, errors name the field."""
 
@@ -182,7 +187,7 @@ class TaskDefinition(BaseModel):
     (type, name, payload, ...) it is an IdempotencyKeyError. Unique across processes."""
     retry: RetryConfig | None = None
     """This task's own retry policy, instead of its type's or its error category's."""
-    max_lost_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    max_lost_attempts: MaxLostAttempts | None = None
     """Attempts of this task that may be lost with their worker (killed, out of memory)
     before it is dead-lettered, instead of ``background_tasks.max_lost_attempts``. Lost
     attempts do not count against ``max_retries``."""

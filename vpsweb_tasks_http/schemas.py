@@ -19,6 +19,7 @@ from vpsweb_tasks.models import (
     DependencyFailure,
     ExecutionRecord,
     JsonObject,
+    MaxLostAttempts,
     ProgressUpdate,
     QueueStatus,
     ResourceSample,
@@ -84,6 +85,9 @@ class SubmitTaskRequest(_Request):
     """A key (a user, a tenant: ``user:42``) whose running tasks are bounded across every
     worker (``background_tasks.max_running_per_key``) and whose tasks share dispatch fairly
     with other keys' (``background_tasks.fair_share_seconds``)."""
+    max_lost_attempts: MaxLostAttempts | None = None
+    """Attempts that may be lost with their worker (killed, out of memory) before the task
+    is dead-lettered; null: the workers' ``background_tasks.max_lost_attempts``."""
 
 
 class PauseRequest(_Request):

@@ -174,16 +174,11 @@ class Direct:
 
     async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> View:
         fields = {
-            "name": body.get("task_name"),
-            "task_type": body.get("task_type"),
-            "priority": body.get("priority"),
-            "max_retries": body.get("max_retries"),
-            "timeout_seconds": body.get("timeout_seconds"),
-            "metadata": body.get("metadata"),
-            "delay": body.get("delay_seconds"),
-            "run_at": body.get("run_at"),
-            "idempotency_key": idempotency_key,
+            _DEFINITION_NAMES.get(name, name): value
+            for name, value in body.items()
+            if name != "payload"
         }
+        fields["idempotency_key"] = idempotency_key
         definition = TaskDefinition.model_validate(
             {name: value for name, value in fields.items() if value is not None}
         )
@@ -218,6 +213,11 @@ class Direct:
                 return await self.show(task_id)
             report(task_view(record))
             await anyio.sleep(interval)
+
+
+#: The HTTP submit body's names that TaskDefinition spells otherwise (the others are the
+#: same; the payload is the handler's input, not a field of the definition).
+_DEFINITION_NAMES = {"task_name": "name", "delay_seconds": "delay"}
 
 
 def _submitted(view: Mapping[str, Any]) -> View:

@@ -232,6 +232,9 @@ async def _submit(backend: Backend, args: argparse.Namespace, out: Console) -> i
         "timeout_seconds": args.timeout,
         "delay_seconds": args.delay,
         "run_at": args.run_at,
+        "queue": args.queue,
+        "depends_on": args.depends_on,
+        "concurrency_key": args.concurrency_key,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if args.metadata is not None:
@@ -489,6 +492,16 @@ def add_commands(commands: Any) -> None:
         "--run-at", metavar="TIME", help="run no earlier than this (2026-12-24T18:00:00+01:00)"
     )
     submit.add_argument("--metadata", metavar="JSON", help="a JSON object kept with the task")
+    submit.add_argument("--queue", metavar="NAME", help="the named queue it waits in")
+    submit.add_argument(
+        "--depends-on",
+        action="append",
+        metavar="TASK_ID",
+        help="start once this task completed (repeat for more)",
+    )
+    submit.add_argument(
+        "--concurrency-key", metavar="KEY", help="bounds and shares running tasks per key"
+    )
     submit.add_argument(
         "--idempotency-key", metavar="KEY", help="a repeat with this key gets the first task"
     )

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from ..errors import (
     ConfigError,
+    DependencyNotFoundError,
     HandlerUnavailableError,
     IdempotencyKeyError,
     InvalidInputError,
@@ -22,6 +23,7 @@ from ..errors import (
     StorageError,
     TaskNotFoundError,
     TaskStateError,
+    UnknownQueueError,
     UnknownTaskTypeError,
 )
 
@@ -94,6 +96,9 @@ OPTIONS = {
     "delay": "--delay",
     "delay_seconds": "--delay",
     "run_at": "--run-at",
+    "queue": "--queue",
+    "depends_on": "--depends-on",
+    "concurrency_key": "--concurrency-key",
     "idempotency_key": "--idempotency-key",
     "Idempotency-Key": "--idempotency-key",
     "reason": "--reason",
@@ -125,6 +130,9 @@ def exit_of(exc: Exception) -> CliError:
             return CliError(Exit.USAGE, f"{option_of(error['loc'])}: {error['msg']}")
         case InvalidInputError():
             return CliError(Exit.USAGE, f"{option_of(exc.field.split('.'))}: {exc.problem}")
+        case UnknownQueueError() | DependencyNotFoundError():
+            field, _, problem = str(exc).partition(": ")  # the message names its field
+            return CliError(Exit.USAGE, f"{option_of([field])}: {problem}")
         case IdempotencyKeyError():
             return CliError(Exit.USAGE, f"--idempotency-key: {exc}")
         case UnknownTaskTypeError():

@@ -65,8 +65,14 @@ def task_view(record: TaskRecord, executions: Sequence[ExecutionRecord] | None =
         "duration_seconds": record.duration_seconds,
         "lost_attempts": record.lost_attempts,
         "max_lost_attempts": record.max_lost_attempts,
-        "scheduled": record.status.is_waiting and record.run_at > datetime.now(UTC),
+        "scheduled": record.status.is_waiting
+        and not record.waiting_on_dependencies
+        and record.run_at > datetime.now(UTC),
         "idempotency_key": record.idempotency_key,
+        "queue": record.queue,
+        "depends_on": list(record.depends_on),
+        "concurrency_key": record.concurrency_key,
+        "rate_limit_keys": [key for _, key in record.rate_keys],
     }
     if executions is not None:
         view["executions"] = [execution_view(e) for e in executions]

@@ -63,6 +63,7 @@ async def submit(
         depends_on=tuple(body.depends_on),
         on_dependency_failure=body.on_dependency_failure,
         concurrency_key=body.concurrency_key,
+        max_lost_attempts=body.max_lost_attempts,
     )
     context = await state.manager.submit(definition, body.task_type, **body.payload)
     record = await context.wait_stored()
