@@ -24,12 +24,15 @@ import pytest
 import yaml
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus, load_config
+from vpsweb_tasks.collector import YOUNG_THRESHOLD
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.storage import logic
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Python's own threshold of the youngest generation, as a fresh process has it.
+DEFAULT_YOUNG = 700
 
 
 def write_config(
@@ -133,6 +136,7 @@ async def api(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[TaskMana
         manager.register("mp_work", unused_handler)
         manager.register("mp_block", unused_handler)
         manager.register("mp_loop", unused_handler)
+        manager.register("mp_gc", unused_handler)
         yield manager
 
 
@@ -431,4 +435,33 @@ async def test_a_worker_runs_on_uvloop_when_installed_unless_told_otherwise(
     task = await api.store.get_task(context.task_id)
     assert task is not None
     assert (task.status, task.result) == (TaskStatus.COMPLETED, expected)
+    assert await worker.stop() == 0
+
+
+@pytest.mark.parametrize(("background", "tuned"), [({}, True), ({"gc_tuning": False}, False)])
+async def test_a_worker_tunes_the_garbage_collector_unless_its_config_says_not_to(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+    background: dict[str, Any],
+    tuned: bool,
+) -> None:
+    worker = start_worker(write_config(tmp_path / "worker.yaml", storage, **background))
+    await worker.ready()
+    context = await api.submit(TaskDefinition(name="the collector", task_type="mp_gc"))
+
+    async def finished() -> bool:
+        task = await api.store.get_task(context.task_id)
+        return task is not None and task.status.is_terminal
+
+    await poll(finished, timeout=30)
+    task = await api.store.get_task(context.task_id)
+    assert task is not None
+    assert task.status is TaskStatus.COMPLETED, worker.stderr()
+    if tuned:
+        assert task.result["young"] == YOUNG_THRESHOLD
+        assert task.result["frozen"] > 0
+    else:
+        assert task.result == {"young": DEFAULT_YOUNG, "frozen": 0}
     assert await worker.stop() == 0
