@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/concurrency.py [--backend sqlite|postgres|both]
         [--tasks 200 2000 20000] [--window 20] [--dir DIR]
         [--dsn postgresql://postgres@127.0.0.1:5432/test] [--by-query] [--no-floor]
-        [--profile N]
+        [--profile N] [--gc SPEC...] [--sqlite-cache-mb MB]
 
 Each (backend, N) runs in a fresh child process (``--child``, internal) holding one
 ``TaskManager`` with ``max_concurrent_jobs = N``. N tasks are submitted (``submit_batch``,
@@ -30,6 +30,12 @@ Each N also gets a ``floor`` row (``--no-floor`` leaves it out): the same N coro
 each sleeping a second and then awaiting a no-op where the others report progress, in a
 plain task group with no manager. It is the benchmark's own cost on this machine, so the
 rows above it show how much of the lag, CPU and memory is ours.
+
+``--gc`` measures each row under each collector setting given (applied once the manager
+has started, or before the floor's coroutines start): ``default``, ``freeze``
+(``gc.freeze()``: what is alive then is never scanned again), ``gen0=N`` (the youngest
+generation's threshold), or both, comma-separated. ``--sqlite-cache-mb`` sets
+``storage.sqlite_cache_mb``.
 
 Prints one table. ``--by-query`` adds the window's statements by query; ``--profile N``
 prints the N functions that took most of the event loop's time in each window
@@ -303,6 +309,8 @@ async def child(
     imported_mb = rss_mb()
     if backend == "sqlite":
         storage: dict[str, Any] = {"sqlite_path": where}
+        if cache_mb := os.environ.get("BENCH_SQLITE_CACHE_MB"):  # --sqlite-cache-mb
+            storage["sqlite_cache_mb"] = int(cache_mb)
     else:
         storage = {
             "backend": "postgres",
@@ -477,9 +485,14 @@ def main() -> None:
         help="collector settings to measure in turn, applied after start-up:"
         " default, freeze, gen0=N, freeze,gen0=N",
     )
+    parser.add_argument(
+        "--sqlite-cache-mb", type=int, help="storage.sqlite_cache_mb (default: the config's)"
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     DSN = args.dsn
+    if args.sqlite_cache_mb is not None:  # the children read it
+        os.environ["BENCH_SQLITE_CACHE_MB"] = str(args.sqlite_cache_mb)
     if args.child:
         backend, n, window, where, profile = args.child
         result = anyio.run(child, backend, int(n), float(window), where, int(profile))
