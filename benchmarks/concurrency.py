@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/concurrency.py [--backend sqlite|postgres|both]
         [--tasks 200 2000 20000] [--window 20] [--dir DIR]
         [--dsn postgresql://postgres@127.0.0.1:5432/test] [--by-query] [--no-floor]
-        [--profile N]
+        [--profile N] [--gc SPEC...] [--sqlite-cache-mb MB]
 
 Each (backend, N) runs in a fresh child process (``--child``, internal) holding one
 ``TaskManager`` with ``max_concurrent_jobs = N``. N tasks are submitted (``submit_batch``,
@@ -30,6 +30,12 @@ Each N also gets a ``floor`` row (``--no-floor`` leaves it out): the same N coro
 each sleeping a second and then awaiting a no-op where the others report progress, in a
 plain task group with no manager. It is the benchmark's own cost on this machine, so the
 rows above it show how much of the lag, CPU and memory is ours.
+
+``--gc`` measures each row under each collector setting given (applied once the manager
+has started, or before the floor's coroutines start): ``default``, ``freeze``
+(``gc.freeze()``: what is alive then is never scanned again), ``gen0=N`` (the youngest
+generation's threshold), or both, comma-separated. ``--sqlite-cache-mb`` sets
+``storage.sqlite_cache_mb``.
 
 Prints one table. ``--by-query`` adds the window's statements by query; ``--profile N``
 prints the N functions that took most of the event loop's time in each window
@@ -75,6 +81,20 @@ DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LAG_TARGET_MS = 20.0
 _DIGITS = re.compile(r"[0-9.]+")
 RSS_TARGET_MB = 300.0
+
+
+def apply_gc(spec: str) -> None:
+    """``--gc``: ``default`` leaves the collector alone; ``freeze`` moves every object alive
+    now out of the collector's reach (``gc.freeze``); ``gen0=N`` sets the youngest
+    generation's threshold; ``freeze,gen0=N`` both."""
+    for part in filter(None, spec.split(",")):
+        if part == "freeze":
+            gc.collect()
+            gc.freeze()
+        elif part.startswith("gen0="):
+            gc.set_threshold(int(part[5:]), *gc.get_threshold()[1:])
+        elif part != "default":
+            raise SystemExit(f"--gc: unknown {part!r}")
 
 
 def rss_mb() -> float:
@@ -233,6 +253,7 @@ async def floor(n: int, window: float, profile: int) -> dict[str, Any]:
     all_running = anyio.Event()
     running = updates = 0
     meter = Window(profile)
+    apply_gc(os.environ.get("BENCH_GC", "default"))
 
     async def no_op(progress: float, message: str) -> None:
         pass
@@ -288,6 +309,8 @@ async def child(
     imported_mb = rss_mb()
     if backend == "sqlite":
         storage: dict[str, Any] = {"sqlite_path": where}
+        if cache_mb := os.environ.get("BENCH_SQLITE_CACHE_MB"):  # --sqlite-cache-mb
+            storage["sqlite_cache_mb"] = int(cache_mb)
     else:
         storage = {
             "backend": "postgres",
@@ -338,6 +361,7 @@ async def child(
             await hook_sqlite(manager, counter)
         else:
             hook_postgres(manager, counter)
+        apply_gc(os.environ.get("BENCH_GC", "default"))  # after the manager's start-up
         tg.start_soon(meter.probe)
         started = time.perf_counter()
         for first in range(0, n, 1000):
@@ -399,9 +423,15 @@ def database(backend: str, folder: Path) -> Any:
 
 
 def measure(
-    backend: str, n: int, window: float, folder: Path, library: str | None, profile: int
+    backend: str,
+    n: int,
+    window: float,
+    folder: Path,
+    library: str | None,
+    profile: int,
+    gc_spec: str = "default",
 ) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_LIBRARY": library or ""}
+    env = {**os.environ, "BENCH_LIBRARY": library or "", "BENCH_GC": gc_spec}
     with database(backend, folder) as where:
         command = [
             sys.executable,
@@ -417,6 +447,8 @@ def measure(
             command, cwd=BENCH, env=env, stdout=subprocess.PIPE, text=True, check=True
         )
     label = "-" if backend == "floor" else library or "."
+    if gc_spec != "default":
+        label = f"{label} {gc_spec}"
     return {**json.loads(found.stdout.strip().splitlines()[-1]), "library": label}
 
 
@@ -445,9 +477,22 @@ def main() -> None:
         metavar="N",
         help="print the N functions taking most of the event loop's time in each window",
     )
+    parser.add_argument(
+        "--gc",
+        nargs="+",
+        default=["default"],
+        metavar="SPEC",
+        help="collector settings to measure in turn, applied after start-up:"
+        " default, freeze, gen0=N, freeze,gen0=N",
+    )
+    parser.add_argument(
+        "--sqlite-cache-mb", type=int, help="storage.sqlite_cache_mb (default: the config's)"
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     DSN = args.dsn
+    if args.sqlite_cache_mb is not None:  # the children read it
+        os.environ["BENCH_SQLITE_CACHE_MB"] = str(args.sqlite_cache_mb)
     if args.child:
         backend, n, window, where, profile = args.child
         result = anyio.run(child, backend, int(n), float(window), where, int(profile))
@@ -457,20 +502,25 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-") as tmp:
         for n in args.tasks:
-            if not args.no_floor:
-                results.append(measure("floor", n, args.window, Path(tmp), None, args.profile))
-            for backend in backends:
-                for library in args.library:
+            for gc_spec in args.gc:
+                if not args.no_floor:
                     results.append(
-                        measure(backend, n, args.window, Path(tmp), library, args.profile)
+                        measure("floor", n, args.window, Path(tmp), None, args.profile, gc_spec)
                     )
+                for backend in backends:
+                    for library in args.library:
+                        results.append(
+                            measure(
+                                backend, n, args.window, Path(tmp), library, args.profile, gc_spec
+                            )
+                        )
     print(
         f"N tasks running at once in one process, each awaiting a long call and reporting"
         f" progress every second; {args.window:.0f} s measured; {os.cpu_count()} CPUs,"
         f" load {os.getloadavg()[0]:.1f}"
     )
     header = (
-        f"{'library':<14}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
+        f"{'library':<20}{'backend':<9}{'N':>7}{'lag p50':>9}{'p99':>7}{'max':>7}"
         f"{'CPU %':>7}{'loop %':>7}{'us/upd':>7}{'gc ms/s':>8}{'gc max':>7}{'full':>5}"
         f"{'RSS MB':>8}{'peak':>6}{'KB/task':>8}{'stmt/s':>8}{'xact/s':>8}{'upd/s':>8}"
         f"{'start s':>8}{'drain s':>8}{'done':>7}  target (p99 < 20 ms, RSS < 300 MB)"
@@ -481,7 +531,7 @@ def main() -> None:
         per_task = (r["peak_mb"] - r["imported_mb"]) * 1024 / r["n"]
         met = r["lag_p99"] < LAG_TARGET_MS and r["peak_mb"] < RSS_TARGET_MB
         print(
-            f"{r['library'][-13:]:<14}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
+            f"{r['library'][-19:]:<20}{r['backend']:<9}{r['n']:>7,}{r['lag_p50']:>9.1f}{r['lag_p99']:>7.1f}"
             f"{r['lag_max']:>7.0f}{r['cpu']:>7.0f}{r['loop_cpu']:>7.0f}"
             f"{r['loop_cpu'] * 1e4 / max(r['updates'], 1):>7.1f}"
             f"{r['gc_ms']:>8.1f}{r['gc_max']:>7.0f}{r['gc_full']:>5}{r['rss_window_mb']:>8.0f}"

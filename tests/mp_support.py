@@ -26,7 +26,7 @@ from vpsweb_tasks import TaskContext, TaskManager, load_config
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The task types of tests/mp_tasks.py an API-only manager submits.
-MP_TASK_TYPES = ("mp_work", "mp_block", "mp_loop", "mp_flow")
+MP_TASK_TYPES = ("mp_work", "mp_block", "mp_loop", "mp_flow", "mp_gc")
 
 
 def write_config(

@@ -11,6 +11,7 @@ short line to an ``O_APPEND`` file, so lines of concurrent processes never inter
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -54,6 +55,13 @@ async def mp_loop(context: TaskContext) -> str:
     """The class of the event loop this worker runs on, as ``module.Name``."""
     loop = type(asyncio.get_running_loop())
     return f"{loop.__module__}.{loop.__qualname__}"
+
+
+@manager.task("mp_gc")
+async def mp_gc(context: TaskContext) -> dict[str, int]:
+    """The garbage collector as this worker left it: the youngest generation's threshold
+    and the objects frozen out of collections."""
+    return {"young": gc.get_threshold()[0], "frozen": gc.get_freeze_count()}
 
 
 @manager.task("mp_gated")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from vpsweb_tasks import (
     get_task_manager,
     set_task_manager,
 )
+from vpsweb_tasks.collector import YOUNG_THRESHOLD
 from vpsweb_tasks.config import Settings
 from vpsweb_tasks.events import Event, TaskProgressed, TaskSubmitted
 from vpsweb_tasks.manager import new_task_id
@@ -765,3 +767,24 @@ async def test_leases_are_renewed_while_a_shutdown_drains_running_tasks(
     async with TaskManager(settings) as again:
         final = await again.get_task(context.task_id)
     assert (final.status, final.attempts, final.lost_attempts) == (TaskStatus.COMPLETED, 1, 0)
+
+
+@pytest.fixture
+def collector_restored() -> Iterator[tuple[int, int, int]]:
+    """The garbage collector's thresholds and frozen objects, as they were, put back."""
+    before = gc.get_threshold()
+    yield before
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+async def test_an_embedded_manager_leaves_the_garbage_collector_alone_unless_asked(
+    tmp_path: Path, collector_restored: tuple[int, int, int]
+) -> None:
+    frozen = gc.get_freeze_count()
+    async with TaskManager(make_settings(tmp_path)):
+        assert (gc.get_threshold(), gc.get_freeze_count()) == (collector_restored, frozen)
+    asked = make_settings(tmp_path, background_tasks={"gc_tuning": True})
+    async with TaskManager(asked):
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *collector_restored[1:])
+        assert gc.get_freeze_count() > frozen

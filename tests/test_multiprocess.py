@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus
+from vpsweb_tasks.collector import YOUNG_THRESHOLD
 from vpsweb_tasks.models import ExecutionOutcome
 from vpsweb_tasks.storage import logic
 
@@ -28,6 +29,9 @@ from .mp_support import Worker, api, poll, runs, start_worker, write_config
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 __all__ = ["api", "start_worker"]  # the fixtures, imported to be used here
+
+#: Python's own threshold of the youngest generation, as a fresh process has it.
+DEFAULT_YOUNG = 700
 
 
 async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(
@@ -308,4 +312,33 @@ async def test_a_worker_runs_on_uvloop_when_installed_unless_told_otherwise(
     task = await api.store.get_task(context.task_id)
     assert task is not None
     assert (task.status, task.result) == (TaskStatus.COMPLETED, expected)
+    assert await worker.stop() == 0
+
+
+@pytest.mark.parametrize(("background", "tuned"), [({}, True), ({"gc_tuning": False}, False)])
+async def test_a_worker_tunes_the_garbage_collector_unless_its_config_says_not_to(
+    api: TaskManager,
+    storage: dict[str, Any],
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+    background: dict[str, Any],
+    tuned: bool,
+) -> None:
+    worker = start_worker(write_config(tmp_path / "worker.yaml", storage, **background))
+    await worker.ready()
+    context = await api.submit(TaskDefinition(name="the collector", task_type="mp_gc"))
+
+    async def finished() -> bool:
+        task = await api.store.get_task(context.task_id)
+        return task is not None and task.status.is_terminal
+
+    await poll(finished, timeout=30)
+    task = await api.store.get_task(context.task_id)
+    assert task is not None
+    assert task.status is TaskStatus.COMPLETED, worker.stderr()
+    if tuned:
+        assert task.result["young"] == YOUNG_THRESHOLD
+        assert task.result["frozen"] > 0
+    else:
+        assert task.result == {"young": DEFAULT_YOUNG, "frozen": 0}
     assert await worker.stop() == 0

@@ -62,6 +62,7 @@ PUBLIC = {
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "tune_garbage_collector",
     "with_circuit_breaker",
     "with_retry",
 }

@@ -11,6 +11,7 @@ from .breakers import (
     with_circuit_breaker,
 )
 from .classify import classify_error, register_error_rule
+from .collector import tune_garbage_collector
 from .config import Settings, load_config
 from .context import ProcessContext, TaskContext, current_task
 from .errors import (
@@ -116,6 +117,7 @@ __all__ = [
     "load_config",
     "register_error_rule",
     "set_task_manager",
+    "tune_garbage_collector",
     "with_circuit_breaker",
     "with_retry",
 ]

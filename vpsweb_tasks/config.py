@@ -224,6 +224,13 @@ class BackgroundTaskSettings(_Section):
     shutdown_grace_period: Annotated[Seconds, Field(ge=0)] = 10.0
     """On shutdown, running tasks get this long to finish before they are cancelled and
     put back in the queue (they run again later, without losing an attempt)."""
+    gc_tuning: bool | None = None
+    """Tune Python's garbage collector once the manager has started
+    (``vpsweb_tasks.tune_garbage_collector``: the objects alive then frozen out of later
+    collections, a larger youngest generation), which shortens the event loop's pauses
+    with many tasks running. Process-wide, so null (default) turns it on only in
+    ``vpsweb-tasks worker`` and ``serve``, whose process is the library's; an application
+    that embeds the manager opts in with true."""
     progress_flush_interval: PositiveSeconds = 0.5
     """Progress reaches listeners at once; storage gets the latest value this often."""
     thread_pool_size: int | None = Field(default=None, ge=1)

@@ -120,6 +120,11 @@ class _Flag:
         await self._event.wait()
 
 
+#: The flag of a state a context starts in (a record already stored, already finished):
+#: it never changes, so every such context shares it instead of holding one of its own.
+_SET = _Flag(True)
+
+
 class TaskHost(Protocol):
     """What a context asks of the manager it belongs to."""
 
@@ -172,11 +177,12 @@ class TaskContext:
         self._message = record.message if record else None
         self._attempt = record.attempts if record else 0
         self._cancel_requested = False
-        self._stored = _Flag(record is not None)
+        self._stored = _SET if record is not None else _Flag()
         self._store_error: BaseException | None = None
-        self._done = _Flag(record is not None and record.status.is_terminal)
+        self._done = _SET if record is not None and record.status.is_terminal else _Flag()
         self._logger: TaskLogger | None = None
-        self._completion_writes: list[Step] = []
+        # Made at the first write: most tasks have none (a list a running task counted).
+        self._completion_writes: list[Step] | None = None
         self.replayed = False
         """True for the context a submit returned because its idempotency key was held
         already: the task is the first submit's (nothing new was stored)."""
@@ -317,11 +323,13 @@ class TaskContext:
         """Write ``step`` (a named query of an installed extension, see
         :mod:`vpsweb_tasks.storage.ops`) in the same transaction as this attempt's
         completion: both are stored or neither. Dropped if the attempt does not complete."""
+        if self._completion_writes is None:
+            self._completion_writes = []
         self._completion_writes.append(step)
 
     def _take_completion_writes(self) -> list[Step]:
-        writes, self._completion_writes = self._completion_writes, []
-        return writes
+        writes, self._completion_writes = self._completion_writes, None
+        return writes or []
 
     # --- wait ----------------------------------------------------------------------------
 

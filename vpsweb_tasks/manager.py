@@ -46,6 +46,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .breakers import BreakerRegistry, get_breaker_registry
 from .builtin import builtin_tasks
+from .collector import tune_garbage_collector
 from .config import RateLimitSettings, Settings, load_config
 from .context import AnyTaskFunction, Contexts, TaskContext, TaskFunction
 from .errors import (
@@ -489,6 +490,8 @@ class TaskManager:
             raise
         self._stack = stack
         self._running = True
+        if self.config.gc_tuning:  # after start-up: what it made is frozen
+            tune_garbage_collector()
 
     def _warn_of_unread_sections(self) -> None:
         read = {name for extension in self.extensions for name in extension.sections}

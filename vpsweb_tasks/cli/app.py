@@ -88,6 +88,14 @@ def _use_uvloop(loop: str) -> bool:
     return loop != "asyncio" and installed
 
 
+def _ours(background: BackgroundTaskSettings) -> BackgroundTaskSettings:
+    """The process is the library's: the garbage collector is tuned unless the config
+    says ``gc_tuning: false`` (an embedding application keeps its own)."""
+    if background.gc_tuning is not None:
+        return background
+    return background.model_copy(update={"gc_tuning": True})
+
+
 # --- worker ------------------------------------------------------------------------------
 
 
@@ -98,7 +106,10 @@ def _run_worker(args: argparse.Namespace) -> int:
     options = {"use_uvloop": True} if _use_uvloop(args.loop) else {}
     # Workers run here even if the config file (often shared with an API-only process)
     # says background_tasks.enabled: false.
-    background: dict[str, Any] = {**settings.background_tasks.model_dump(), "enabled": True}
+    background: dict[str, Any] = {
+        **_ours(settings.background_tasks).model_dump(),
+        "enabled": True,
+    }
     if args.concurrency is not None:
         background["max_concurrent_jobs"] = args.concurrency
     if args.queues is not None:
@@ -239,9 +250,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     loop: Literal["uvloop", "asyncio"] = "uvloop" if _use_uvloop(args.loop) else "asyncio"
+    background = _ours(settings.background_tasks)
     if args.no_workers:
-        background = settings.background_tasks.model_copy(update={"enabled": False})
-        settings = settings.model_copy(update={"background_tasks": background})
+        background = background.model_copy(update={"enabled": False})
+    settings = settings.model_copy(update={"background_tasks": background})
     _log_to_stderr(settings)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
