@@ -34,6 +34,7 @@ from ..models import (
     ResourceSample,
     TaskRecord,
     TaskStatus,
+    task_record,
     to_datetime,
 )
 from ..schedules import Missed, ScheduleDefinition, ScheduleRecord, first_run, plan
@@ -850,7 +851,7 @@ def finished_record(
     category = params["error_category"] if set_error else claimed.error_category
     run_at = params["run_at"]
     # Spelled out rather than dataclasses.replace(), which costs twice as much.
-    return TaskRecord(
+    return task_record(
         id=claimed.id,
         name=claimed.name,
         task_type=claimed.task_type,
@@ -887,6 +888,7 @@ def finished_record(
         updated_at=stamp,
         started_at=claimed.started_at,
         finished_at=stamp if params["terminal"] else claimed.finished_at,
+        trace_context=None,
     )
 
 
