@@ -460,6 +460,10 @@ class Contexts:
         self._live.setdefault(record.id, context)
         return context
 
+    def follows(self, task_id: str) -> bool:
+        """Whether this process holds a context of the task (one :meth:`apply` updates)."""
+        return task_id in self._live
+
     def apply(self, record: TaskRecord) -> None:
         """A task reached a new state: its context, if any, follows."""
         context = self._live.get(record.id)
