@@ -1267,14 +1267,19 @@ class TaskQueue:
         self, running: RunningTask, outcome: Completed, now: float, message: str | None
     ) -> None:
         """:meth:`_announce` of a completion written with its group, from its claim: the
-        finished record is built only for a context in this process that follows it."""
+        finished record is built only when its context's record is read."""
         claimed = running.claim.task
-        if self.contexts.follows(claimed.id):
-            params = logic.outcome_params(outcome)
-            record = logic.finished_record(claimed, params, progress=1.0, message=message, now=now)
-            self.finished(record)
-        else:
-            self.registry.drop_closure(claimed.id)
+        context = self.contexts.get(claimed.id)
+        if context is not None:
+
+            def record() -> TaskRecord:
+                params = logic.outcome_params(outcome)
+                return logic.finished_record(
+                    claimed, params, progress=1.0, message=message, now=now
+                )
+
+            context._completed(claimed.attempts, message, record)
+        self.registry.drop_closure(claimed.id)
         duration = _duration(claimed.started_at, to_datetime(now))
         await self._publish_completed(running, claimed, claimed.attempts, duration)
 
