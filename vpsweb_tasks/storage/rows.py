@@ -20,7 +20,6 @@ from ..models import (
     TaskRecord,
     TaskStatus,
     from_timestamp,
-    task_record,
     to_datetime,
 )
 from ..retry import RetryConfig
@@ -151,7 +150,7 @@ def rate_keys_of(stored: str | None) -> tuple[tuple[str, str], ...]:
 def task_from_row(row: Row) -> TaskRecord:
     category = row["error_category"]
     result = row["result"]
-    return task_record(
+    return TaskRecord(
         id=row["id"],
         name=row["name"],
         task_type=row["task_type"],
