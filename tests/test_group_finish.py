@@ -227,3 +227,27 @@ async def test_a_completion_on_its_way_to_storage_frees_its_slot(
             records = [await manager.wait(task_id) for task_id in ids]
     assert sorted(started) == sorted(ids)
     assert [r.status for r in records] == [TaskStatus.COMPLETED] * (2 * GROUP)
+
+
+async def test_a_group_completion_s_context_reads_the_stored_record(tmp_path: Path) -> None:
+    """A completion written with its group builds its record only when its context's is
+    read: then it is the row as stored, and the context followed it before (status,
+    attempt, progress, done)."""
+
+    async def noop(context: TaskContext) -> int:
+        return 7
+
+    manager = TaskManager(worker_settings(tmp_path))
+    manager.register("noop", noop)
+    async with manager:
+        with anyio.fail_after(10):
+            contexts = await manager.submit_batch(
+                [TaskDefinition(name="noop", task_type="noop")] * GROUP
+            )
+            records = [await context.wait() for context in contexts]
+            stored = await manager.store.get_tasks([c.task_id for c in contexts])
+    assert [(c.status, c.attempt, c.progress, c.done) for c in contexts] == [
+        (TaskStatus.COMPLETED, 1, 1.0, True)
+    ] * GROUP
+    assert {r.id: r for r in records} == {r.id: r for r in stored}
+    assert [r.result for r in records] == [7] * GROUP
