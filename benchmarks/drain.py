@@ -90,16 +90,17 @@ async def drain(path: Path, n: int, concurrency: int, clock: Callable[[], None])
     async with TaskManager(settings) as manager:
         manager.register("noop", noop)
         queue = manager.queue
-        original = queue.finished
+        # Let go once a task, on every path (a group's completion builds no record).
+        original = queue.registry.drop_closure
 
-        def counted(record: Any) -> None:
+        def counted(task_id: str) -> None:
             nonlocal finished
-            original(record)
+            original(task_id)
             finished += 1
             if finished == n:
                 done.set()
 
-        queue.finished = counted  # type: ignore[method-assign]
+        queue.registry.drop_closure = counted  # type: ignore[method-assign]
         await done.wait()
         elapsed = time.perf_counter() - start
         clock()

@@ -14,7 +14,7 @@ import pytest
 
 from vpsweb_tasks import TaskContext, TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.errors import LeaseLostError
-from vpsweb_tasks.models import TaskRecord
+from vpsweb_tasks.storage.logic import Written
 from vpsweb_tasks.storage.sqlite import SQLiteTaskStore
 from vpsweb_tasks.storage.types import Claim, Completed
 
@@ -50,15 +50,15 @@ async def test_a_group_that_ends_in_its_first_step_is_one_write(
 ) -> None:
     ids = await store_batch(tmp_path, ["noop"] * GROUP)
     writes: list[int] = []
-    complete_many = SQLiteTaskStore.complete_many
+    write_completions = SQLiteTaskStore.write_completions
 
     async def counted(
         self: SQLiteTaskStore, items: Sequence[tuple[Claim, Completed, float]]
-    ) -> list[TaskRecord | LeaseLostError]:
+    ) -> list[Written | LeaseLostError]:
         writes.append(len(items))
-        return await complete_many(self, items)
+        return await write_completions(self, items)
 
-    monkeypatch.setattr(SQLiteTaskStore, "complete_many", counted)
+    monkeypatch.setattr(SQLiteTaskStore, "write_completions", counted)
     completed: list[str] = []
 
     async def noop(context: TaskContext) -> str:
@@ -197,18 +197,18 @@ async def test_a_completion_on_its_way_to_storage_frees_its_slot(
     ids = await store_batch(tmp_path, ["noop"] * (2 * GROUP))
     held = anyio.Event()
     release = anyio.Event()
-    complete_many = SQLiteTaskStore.complete_many
+    write_completions = SQLiteTaskStore.write_completions
 
     async def first_held(
         self: SQLiteTaskStore, items: Sequence[tuple[Claim, Completed, float]]
-    ) -> list[TaskRecord | LeaseLostError]:
+    ) -> list[Written | LeaseLostError]:
         if not held.is_set():
             held.set()
             with anyio.move_on_after(15):  # bounded: a failing test ends (fail_after below)
                 await release.wait()
-        return await complete_many(self, items)
+        return await write_completions(self, items)
 
-    monkeypatch.setattr(SQLiteTaskStore, "complete_many", first_held)
+    monkeypatch.setattr(SQLiteTaskStore, "write_completions", first_held)
     started: list[str] = []
     all_started = anyio.Event()
 
@@ -227,3 +227,27 @@ async def test_a_completion_on_its_way_to_storage_frees_its_slot(
             records = [await manager.wait(task_id) for task_id in ids]
     assert sorted(started) == sorted(ids)
     assert [r.status for r in records] == [TaskStatus.COMPLETED] * (2 * GROUP)
+
+
+async def test_a_group_completion_s_context_reads_the_stored_record(tmp_path: Path) -> None:
+    """A completion written with its group builds its record only when its context's is
+    read: then it is the row as stored, and the context followed it before (status,
+    attempt, progress, done)."""
+
+    async def noop(context: TaskContext) -> int:
+        return 7
+
+    manager = TaskManager(worker_settings(tmp_path))
+    manager.register("noop", noop)
+    async with manager:
+        with anyio.fail_after(10):
+            contexts = await manager.submit_batch(
+                [TaskDefinition(name="noop", task_type="noop")] * GROUP
+            )
+            records = [await context.wait() for context in contexts]
+            stored = await manager.store.get_tasks([c.task_id for c in contexts])
+    assert [(c.status, c.attempt, c.progress, c.done) for c in contexts] == [
+        (TaskStatus.COMPLETED, 1, 1.0, True)
+    ] * GROUP
+    assert {r.id: r for r in records} == {r.id: r for r in stored}
+    assert [r.result for r in records] == [7] * GROUP

@@ -2152,6 +2152,36 @@ async def test_complete_many_answers_each_as_finish_would_alone(store: TaskStore
     assert await store.complete_many([]) == []
 
 
+async def test_write_completions_answers_what_the_record_needs(store: TaskStore) -> None:
+    """complete_many without its records: each completion written answered with the
+    message its row kept, from which (with its claim) the finished record is the stored
+    row; a lease no longer held gets LeaseLostError and changes nothing."""
+    tasks = [await store.add_task(new_task(T0, payload={"i": i})) for i in range(3)]
+    claims = await store.claim(worker_id="w1", now=T0, lease_seconds=LEASE, limit=3)
+    await store.save_progress([ProgressSnapshot(claims[1].task.id, 0.5, "half", None, T0 + 1)])
+    stale = Claim(claims[2].task, LeaseToken(claims[2].task.id, "w1", claims[2].token.fence - 1))
+    items = [
+        (claims[0], Completed({"n": 0}), T0 + 2),
+        (claims[1], Completed(None), T0 + 3),
+        (stale, Completed(3), T0 + 3),
+    ]
+    written = await store.write_completions(items)
+    assert written[:2] == [logic.Written(None), logic.Written("half")]
+    assert isinstance(written[2], LeaseLostError)
+    built = [
+        logic.finished_record(
+            claimed.task, logic.outcome_params(done), progress=1.0, message=w.message, now=now
+        )
+        for (claimed, done, now), w in zip(items[:2], written[:2], strict=True)
+        if isinstance(w, logic.Written)
+    ]
+    assert by_id(built) == by_id(await store.get_tasks([t.id for t in tasks[:2]]))
+    still = await store.get_task(tasks[2].id)
+    assert still is not None
+    assert still.status is TaskStatus.RUNNING
+    assert await store.write_completions([]) == []
+
+
 async def test_completions_together_release_a_dependent_once(store: TaskStore) -> None:
     deps = [await store.add_task(new_task(T0, name=f"dep{i}")) for i in range(4)]
     d = await store.add_task(new_task(T0, name="d", depends_on=tuple(t.id for t in deps)))

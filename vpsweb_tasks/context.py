@@ -172,6 +172,7 @@ class TaskContext:
         self._manager = manager
         self._record = record
         self._stored_as: NewTask | None = None  # the record of a task this process stored
+        self._finished: Callable[[], TaskRecord] | None = None  # see _completed
         self._status = record.status if record else TaskStatus.PENDING
         self._progress = record.progress if record else 0.0
         self._message = record.message if record else None
@@ -253,7 +254,9 @@ class TaskContext:
     @property
     def record(self) -> TaskRecord | None:
         """The latest record this context has seen from storage."""
-        if self._record is None and self._stored_as is not None:
+        if self._finished is not None:
+            self._record, self._finished = self._finished(), None  # built when first read
+        elif self._record is None and self._stored_as is not None:
             self._record = self._stored_as.record()  # built when first read, if ever
         return self._record
 
@@ -382,13 +385,26 @@ class TaskContext:
         if error is not None:
             self._done.set()
 
+    def _completed(
+        self, attempt: int, message: str | None, record: Callable[[], TaskRecord]
+    ) -> None:
+        """The task completed: as :meth:`_apply` of its finished record, which ``record``
+        builds when :attr:`record` is first read (most completions' never is)."""
+        self._finished = record
+        self._status = TaskStatus.COMPLETED
+        self._attempt = attempt
+        self._progress = 1.0
+        if message is not None:
+            self._message = message
+        self._done.set()
+
     def _apply(self, record: TaskRecord) -> None:
         requeued = (
             self._status is TaskStatus.FAILED
             and record.status is TaskStatus.PENDING
             and (self.record is None or record.updated_at >= self.record.updated_at)
         )
-        self._record = record
+        self._record, self._finished = record, None
         self._status = record.status
         self._attempt = record.attempts
         if record.status is TaskStatus.COMPLETED or record.progress > self._progress:

@@ -97,7 +97,7 @@ from .events import (
 )
 from .limits import claim_limits
 from .log import TaskLogger, task_logger
-from .models import ResourceSample, TaskRecord, TaskStatus
+from .models import ResourceSample, TaskRecord, TaskStatus, to_datetime
 from .overload import OverloadControl
 from .processes import ProcessPool
 from .registry import Handler, Registry
@@ -1247,8 +1247,8 @@ class TaskQueue:
     async def _finish_group(self, group: list[_Queued]) -> None:
         items = [(running.claim, outcome, now) for running, outcome, now in group]
         try:
-            results: list[TaskRecord | LeaseLostError | None] = [
-                *await self.store.complete_many(items)
+            results: list[logic.Written | LeaseLostError | None] = [
+                *await self.store.write_completions(items)
             ]
         except Exception:
             for running, _, _ in group:
@@ -1258,10 +1258,30 @@ class TaskQueue:
         for (running, _, _), result in zip(group, results, strict=True):
             if isinstance(result, LeaseLostError):
                 _lease_lost_on_write(running)
-            self._let_go(running, result if isinstance(result, TaskRecord) else None)
+            self._let_go(running, None)
         for (running, outcome, now), result in zip(group, results, strict=True):
-            if isinstance(result, TaskRecord):
-                await self._announce(result, outcome, running, now)
+            if isinstance(result, logic.Written):
+                await self._announce_completed(running, outcome, now, result.message)
+
+    async def _announce_completed(
+        self, running: RunningTask, outcome: Completed, now: float, message: str | None
+    ) -> None:
+        """:meth:`_announce` of a completion written with its group, from its claim: the
+        finished record is built only when its context's record is read."""
+        claimed = running.claim.task
+        context = self.contexts.get(claimed.id)
+        if context is not None:
+
+            def record() -> TaskRecord:
+                params = logic.outcome_params(outcome)
+                return logic.finished_record(
+                    claimed, params, progress=1.0, message=message, now=now
+                )
+
+            context._completed(claimed.attempts, message, record)
+        self.registry.drop_closure(claimed.id)
+        duration = _duration(claimed.started_at, to_datetime(now))
+        await self._publish_completed(running, claimed, claimed.attempts, duration)
 
     async def announce_cancelled_dependents(self, task_ids: list[str], *, now: float) -> None:
         """The tasks cancelled for the failure or cancel of ``task_ids`` at ``now`` (their
@@ -1276,22 +1296,23 @@ class TaskQueue:
             self.finished(record)
             await self.events.publish(TaskCancelled(task=record.id, task_type=record.task_type))
 
+    async def _publish_completed(
+        self, running: RunningTask, task: TaskRecord, attempts: int, duration: float | None
+    ) -> None:
+        if self.logs_lifecycle():
+            running.log.info("completed in %.3fs", duration or 0.0)
+        completed = TaskCompleted(
+            task=task.id, task_type=task.task_type, attempt=attempts, duration=duration
+        )
+        await self.events.publish(completed)
+
     async def _publish_outcome(
         self, record: TaskRecord, outcome: Outcome | None, running: RunningTask
     ) -> None:
         events = self.events
         task_id, task_type = record.id, record.task_type
         if record.status is TaskStatus.COMPLETED:
-            if self.logs_lifecycle():
-                running.log.info("completed in %.3fs", record.duration_seconds or 0.0)
-            await events.publish(
-                TaskCompleted(
-                    task=task_id,
-                    task_type=task_type,
-                    attempt=record.attempts,
-                    duration=record.duration_seconds,
-                )
-            )
+            await self._publish_completed(running, record, record.attempts, record.duration_seconds)
         elif record.status is TaskStatus.CANCELLED:
             if self.logs_lifecycle():
                 running.log.info("cancelled")
@@ -1427,6 +1448,11 @@ async def _json_in_chunks(rows: list[ProgressRow]) -> str:
         parts.append(dumps(rows[start : start + ENCODE_CHUNK])[1:-1])  # the items alone
         await anyio.lowlevel.checkpoint()
     return f"[{','.join(parts)}]"
+
+
+def _duration(started: datetime | None, finished: datetime) -> float | None:
+    """A finished attempt's duration as its record's ``duration_seconds`` gives it."""
+    return None if started is None else (finished - started).total_seconds()
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:

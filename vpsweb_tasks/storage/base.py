@@ -577,6 +577,14 @@ class TaskStore(abc.ABC):
         place, changing nothing of it. A worker's group of tasks that ended together."""
         return await self.run(logic.complete_many(items, metrics=self.task_metrics))
 
+    async def write_completions(
+        self, items: Sequence[tuple[Claim, Completed, float]]
+    ) -> list[logic.Written | LeaseLostError]:
+        """:meth:`complete_many` without building the finished records: each completion
+        written answered with what its record needs beyond the claim (``logic.Written``),
+        for a caller that builds a record only when something reads it."""
+        return await self.run(logic.write_completions(items, metrics=self.task_metrics))
+
     async def reap(
         self,
         *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import (
@@ -34,6 +34,7 @@ from ..models import (
     ResourceSample,
     TaskRecord,
     TaskStatus,
+    task_record,
     to_datetime,
 )
 from ..schedules import Missed, ScheduleDefinition, ScheduleRecord, first_run, plan
@@ -89,6 +90,7 @@ __all__ = [
     "BLOCKED_RUN_AT",
     "LIST_ORDERS",
     "TaskMaker",
+    "Written",
     "acquire_rate",
     "add_keyed_tasks",
     "add_resource_sample",
@@ -155,6 +157,7 @@ __all__ = [
     "set_paused",
     "set_schedule_enabled",
     "tasks_of_key",
+    "write_completions",
 ]
 
 #: ``list_tasks`` orders and the query of each.
@@ -850,7 +853,7 @@ def finished_record(
     category = params["error_category"] if set_error else claimed.error_category
     run_at = params["run_at"]
     # Spelled out rather than dataclasses.replace(), which costs twice as much.
-    return TaskRecord(
+    return task_record(
         id=claimed.id,
         name=claimed.name,
         task_type=claimed.task_type,
@@ -887,6 +890,7 @@ def finished_record(
         updated_at=stamp,
         started_at=claimed.started_at,
         finished_at=stamp if params["terminal"] else claimed.finished_at,
+        trace_context=None,
     )
 
 
@@ -936,6 +940,31 @@ def complete_many(
     concurrent calls uses it): each answered as :func:`finish` would answer it alone, a
     second finish of one attempt with LeaseLostError. The step writes the attempts still
     held and returns them; it is atomic on its own (one statement on PostgreSQL)."""
+    written = yield from write_completions(items, metrics=metrics).steps()
+    return [
+        found
+        if isinstance(found, LeaseLostError)
+        else finished_record(
+            claimed.task, outcome_params(done), progress=1.0, message=found.message, now=now
+        )
+        for (claimed, done, now), found in zip(items, written, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A completion :func:`write_completions` wrote: the message its row kept, all the
+    finished record (:func:`finished_record`) needs beyond the claim and the outcome."""
+
+    message: str | None
+
+
+@operation(Mode.STATEMENTS)
+def write_completions(
+    items: Sequence[tuple[Claim, Completed, float]], *, metrics: bool = True
+) -> Op[list[Written | LeaseLostError]]:
+    """:func:`complete_many` without building the finished records, for a caller that
+    builds one only when something reads it."""
     encoded: list[tuple[Any, ...]] = []
     places: dict[str, int] = {}
     for place, (claimed, done, now) in enumerate(items):
@@ -946,17 +975,13 @@ def complete_many(
     ended = yield rows("complete_many", rows=dumps(encoded), metrics=metrics)
     held = {found["id"]: found for found in ended}
     settle = [task_id for task_id, found in held.items() if found["dependents"]]
-    results: list[TaskRecord | LeaseLostError] = []
-    for place, (claimed, done, now) in enumerate(items):
+    results: list[Written | LeaseLostError] = []
+    for place, (claimed, _, _) in enumerate(items):
         found = held.get(claimed.token.task_id)
         if found is None or places[claimed.token.task_id] != place:
             results.append(lease_lost(claimed.token))
-            continue
-        results.append(
-            finished_record(
-                claimed.task, outcome_params(done), progress=1.0, message=found["message"], now=now
-            )
-        )
+        else:
+            results.append(Written(found["message"]))
     if settle:
         yield from settle_dependents(of=settle, now=max(now for _, _, now in items))
     return results

@@ -20,6 +20,7 @@ from ..models import (
     TaskRecord,
     TaskStatus,
     from_timestamp,
+    task_record,
     to_datetime,
 )
 from ..retry import RetryConfig
@@ -150,7 +151,7 @@ def rate_keys_of(stored: str | None) -> tuple[tuple[str, str], ...]:
 def task_from_row(row: Row) -> TaskRecord:
     category = row["error_category"]
     result = row["result"]
-    return TaskRecord(
+    return task_record(
         id=row["id"],
         name=row["name"],
         task_type=row["task_type"],
