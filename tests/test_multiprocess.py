@@ -21,7 +21,7 @@ import pytest
 
 from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus
 from vpsweb_tasks.collector import YOUNG_THRESHOLD
-from vpsweb_tasks.models import ExecutionOutcome
+from vpsweb_tasks.models import ExecutionOutcome, TaskRecord
 from vpsweb_tasks.storage import logic
 
 from .mp_support import Worker, api, poll, runs, start_worker, write_config
@@ -32,6 +32,20 @@ __all__ = ["api", "start_worker"]  # the fixtures, imported to be used here
 
 #: Python's own threshold of the youngest generation, as a fresh process has it.
 DEFAULT_YOUNG = 700
+
+
+async def run_one(api: TaskManager, task_type: str) -> TaskRecord:
+    """Submit one task of ``task_type`` and wait (polling storage) until a worker ends it."""
+    context = await api.submit(TaskDefinition(name=task_type, task_type=task_type))
+
+    async def finished() -> bool:
+        task = await api.store.get_task(context.task_id)
+        return task is not None and task.status.is_terminal
+
+    await poll(finished, timeout=30)
+    task = await api.store.get_task(context.task_id)
+    assert task is not None
+    return task
 
 
 async def test_three_workers_run_2000_tasks_and_survive_a_sigkill(
@@ -302,15 +316,7 @@ async def test_a_worker_runs_on_uvloop_when_installed_unless_told_otherwise(
     pytest.importorskip("uvloop")  # the http extra brings it
     worker = start_worker(write_config(tmp_path / "worker.yaml", storage), *args)
     await worker.ready()
-    context = await api.submit(TaskDefinition(name="which loop", task_type="mp_loop"))
-
-    async def finished() -> bool:
-        task = await api.store.get_task(context.task_id)
-        return task is not None and task.status.is_terminal
-
-    await poll(finished, timeout=30)
-    task = await api.store.get_task(context.task_id)
-    assert task is not None
+    task = await run_one(api, "mp_loop")
     assert (task.status, task.result) == (TaskStatus.COMPLETED, expected)
     assert await worker.stop() == 0
 
@@ -326,15 +332,7 @@ async def test_a_worker_tunes_the_garbage_collector_unless_its_config_says_not_t
 ) -> None:
     worker = start_worker(write_config(tmp_path / "worker.yaml", storage, **background))
     await worker.ready()
-    context = await api.submit(TaskDefinition(name="the collector", task_type="mp_gc"))
-
-    async def finished() -> bool:
-        task = await api.store.get_task(context.task_id)
-        return task is not None and task.status.is_terminal
-
-    await poll(finished, timeout=30)
-    task = await api.store.get_task(context.task_id)
-    assert task is not None
+    task = await run_one(api, "mp_gc")
     assert task.status is TaskStatus.COMPLETED, worker.stderr()
     if tuned:
         assert task.result["young"] == YOUNG_THRESHOLD
