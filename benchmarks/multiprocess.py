@@ -19,13 +19,11 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
-import yaml
-from workers import fresh_schema, never, spawn, stop  # this folder's workers.py
+from workers import fresh_schema, never, spawn, stop, write_config  # this folder's workers.py
 
 from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus, load_config
 
@@ -37,20 +35,8 @@ NO_FSYNC = " -csynchronous_commit=off"
 async def measure(
     storage: dict[str, Any], folder: Path, n: int, processes: int, jobs: int, pool: bool
 ) -> float:
-    config = folder / f"config-{uuid.uuid4().hex[:6]}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": storage,
-                "background_tasks": {
-                    "enabled": False,
-                    "max_concurrent_jobs": jobs,
-                    "max_queue_size": n + 1,
-                    "queue_check_interval": 0.05,
-                },
-                "logging": {"file": None, "level": "WARNING"},
-            }
-        )
+    config = write_config(
+        folder, storage, max_concurrent_jobs=jobs, max_queue_size=n + 1, queue_check_interval=0.05
     )
     async with TaskManager(load_config(config)) as api:
         api.register("noop", never)

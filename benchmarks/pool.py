@@ -32,8 +32,7 @@ from typing import Any
 
 import anyio
 import psutil
-import yaml
-from workers import fresh_schema, never, spawn, stop  # this folder's workers.py
+from workers import fresh_schema, never, spawn, stop, write_config  # this folder's workers.py
 
 from vpsweb_tasks import TaskDefinition, TaskManager, TaskStatus, load_config
 
@@ -59,20 +58,7 @@ async def until(check: Callable[[], Awaitable[bool]]) -> float:
 
 
 async def one_round(storage: dict[str, Any], folder: Path, pool: bool) -> dict[str, float]:
-    config = folder / f"config-{uuid.uuid4().hex[:6]}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": storage,
-                "background_tasks": {
-                    "enabled": False,
-                    "max_concurrent_jobs": 2,
-                    "pause_on_overload": False,
-                },
-                "logging": {"file": None, "level": "WARNING"},
-            }
-        )
-    )
+    config = write_config(folder, storage, max_concurrent_jobs=2, pause_on_overload=False)
     release = folder / f"release-{uuid.uuid4().hex[:6]}"
     figures: dict[str, float] = {}
     async with TaskManager(load_config(config)) as api:

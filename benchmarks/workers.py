@@ -1,6 +1,6 @@
 """What the benchmarks with worker processes share (multiprocess.py, pool.py,
-crossprocess.py): the API-only process's handler, ``vpsweb-tasks worker`` processes, and a
-fresh PostgreSQL schema a run."""
+crossprocess.py): the config file, the API-only process's handler, ``vpsweb-tasks
+worker`` processes, and a fresh PostgreSQL schema a run."""
 
 from __future__ import annotations
 
@@ -11,12 +11,27 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import yaml
 
 from vpsweb_tasks import TaskContext
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(folder: Path, storage: dict[str, Any], **background: Any) -> Path:
+    """A config file in ``folder`` for an API-only process (``enabled: false``) and its
+    workers: ``storage``, these ``background_tasks`` settings, warnings only."""
+    config = folder.resolve() / f"config-{uuid.uuid4().hex[:6]}.yaml"  # workers run in ROOT
+    settings = {
+        "storage": storage,
+        "background_tasks": {"enabled": False, **background},
+        "logging": {"file": None, "level": "WARNING"},
+    }
+    config.write_text(yaml.safe_dump(settings))
+    return config
 
 
 async def never(context: TaskContext) -> None:

@@ -67,6 +67,15 @@ async def running_by_owner(api: TaskManager) -> Counter[str | None]:
     return Counter(task.lease_owner for task in running)
 
 
+async def until_each_holds(api: TaskManager, children: list[str], count: int) -> None:
+    """Wait until each child runs ``count`` tasks (and no one else runs any)."""
+
+    async def each_holds() -> bool:
+        return await running_by_owner(api) == Counter(dict.fromkeys(children, count))
+
+    await poll(each_holds)
+
+
 def run_log(tmp_path: Path) -> Counter[tuple[str, str]]:
     """(word, task id) of each line of tests/mp_tasks.py's run log."""
     path = tmp_path / "runs.log"
@@ -100,10 +109,7 @@ async def test_a_pool_of_two_runs_a_batch_on_both_children(
     release = tmp_path / "release"
     ids = await submit_blocked(api, release, 4)
 
-    async def each_child_holds_two() -> bool:
-        return await running_by_owner(api) == Counter(dict.fromkeys(children, 2))
-
-    await poll(each_child_holds_two)  # two at once each: both children took some
+    await until_each_holds(api, children, 2)  # two at once each: both children took some
     release.touch()
     records = await finals(api, ids)
     assert {t.status for t in records} == {TaskStatus.COMPLETED}
@@ -195,10 +201,7 @@ async def test_sigterm_drains_every_child(
     release = tmp_path / "release"
     ids = await submit_blocked(api, release, 6)
 
-    async def each_child_holds_two() -> bool:
-        return await running_by_owner(api) == Counter(dict.fromkeys(children, 2))
-
-    await poll(each_child_holds_two)
+    await until_each_holds(api, children, 2)
     running = {t.id for t in await api.store.get_tasks(ids) if t.status is TaskStatus.RUNNING}
 
     pool.process.send_signal(signal.SIGTERM)
@@ -262,10 +265,7 @@ async def test_children_of_a_killed_pool_drain_and_exit(
     release = tmp_path / "release"
     ids = await submit_blocked(api, release, 2)
 
-    async def each_child_holds_one() -> bool:
-        return await running_by_owner(api) == Counter(dict.fromkeys(children, 1))
-
-    await poll(each_child_holds_one)
+    await until_each_holds(api, children, 1)
     pids = [w.pid for w in await api.store.list_workers() if w.worker_id in children]
     processes = [psutil.Process(pid) for pid in pids]
     pool.process.send_signal(signal.SIGKILL)
